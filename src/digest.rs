@@ -1,0 +1,319 @@
+//! Content digests (`sha256:<hex>`) and a writer that hashes what passes through it.
+//!
+//! This module never touches the disk: it is the vocabulary the store, the packer and the
+//! registry share.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWrite;
+
+/// A hash algorithm a digest may name. Only sha256 is accepted today; the enum leaves room for
+/// sha512 without changing every caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Algorithm {
+    Sha256,
+}
+
+impl Algorithm {
+    /// The name used in digest strings and in the store's `blobs/<algorithm>/` folder.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Sha256 => "sha256",
+        }
+    }
+
+    /// Length of the lowercase hex encoding of this algorithm's output.
+    fn hex_len(self) -> usize {
+        match self {
+            Algorithm::Sha256 => 64,
+        }
+    }
+}
+
+/// Why a string is not a digest we accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("digest {0:?} has no ':' between algorithm and hex")]
+    MissingSeparator(String),
+    #[error("digest {0:?} uses unsupported algorithm {1:?} (only sha256 is supported)")]
+    UnsupportedAlgorithm(String, String),
+    #[error("digest {0:?} must have {1} hex characters, has {2}")]
+    WrongLength(String, usize, usize),
+    #[error("digest {0:?} must be lowercase hex [0-9a-f]")]
+    NotLowercaseHex(String),
+}
+
+/// A validated digest such as `sha256:e3b0c442…`. Construction guarantees the hex part has the
+/// algorithm's length and is lowercase, so it is safe to use as a file name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    /// Which hash produced `hex`.
+    algorithm: Algorithm,
+    /// Lowercase hex of the hash; exactly `algorithm.hex_len()` characters.
+    hex: String,
+}
+
+impl Digest {
+    /// The sha256 digest of a byte slice (for small documents: configs, manifests).
+    pub fn sha256_of(bytes: &[u8]) -> Digest {
+        Digest::from_sha256(Sha256::digest(bytes).as_slice())
+    }
+
+    fn from_sha256(raw: &[u8]) -> Digest {
+        Digest {
+            algorithm: Algorithm::Sha256,
+            hex: hex::encode(raw),
+        }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The hex part, without the algorithm prefix.
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm.name(), self.hex)
+    }
+}
+
+impl FromStr for Digest {
+    type Err = DigestError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (alg, hex) = s
+            .split_once(':')
+            .ok_or_else(|| DigestError::MissingSeparator(s.to_owned()))?;
+        let algorithm = match alg {
+            "sha256" => Algorithm::Sha256,
+            other => {
+                return Err(DigestError::UnsupportedAlgorithm(
+                    s.to_owned(),
+                    other.into(),
+                ));
+            }
+        };
+        if hex.len() != algorithm.hex_len() {
+            return Err(DigestError::WrongLength(
+                s.to_owned(),
+                algorithm.hex_len(),
+                hex.len(),
+            ));
+        }
+        if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(DigestError::NotLowercaseHex(s.to_owned()));
+        }
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_owned(),
+        })
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Incremental sha256 plus a byte count: the state every hashing stage keeps.
+#[derive(Clone, Default)]
+pub struct Hasher {
+    sha: Sha256,
+    len: u64,
+}
+
+impl Hasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.sha.update(bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The digest and byte count of everything hashed.
+    pub fn finish(self) -> (Digest, u64) {
+        (
+            Digest::from_sha256(self.sha.finalize().as_slice()),
+            self.len,
+        )
+    }
+}
+
+/// An `AsyncWrite` that forwards to `inner` and hashes exactly the bytes `inner` accepted, so the
+/// digest is of what reached the next stage, never of a buffer that was only partly written.
+pub struct HashingWriter<W> {
+    /// Where the bytes go next (a compressor, a file).
+    inner: W,
+    /// Hash and count of the bytes accepted by `inner`.
+    hasher: Hasher,
+}
+
+impl<W> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Hasher::new(),
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// Gives back the inner writer and the digest and length of all bytes written through.
+    pub fn into_parts(self) -> (W, Digest, u64) {
+        let (digest, len) = self.hasher.finish();
+        (self.inner, digest, len)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for HashingWriter<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            this.hasher.update(&buf[..n]);
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    const EMPTY: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn parses_and_displays_round_trip() {
+        let d: Digest = EMPTY.parse().expect("valid digest");
+        assert_eq!(d.to_string(), EMPTY);
+        assert_eq!(d.algorithm(), Algorithm::Sha256);
+        assert_eq!(d.hex().len(), 64);
+        assert_eq!(Digest::sha256_of(b""), d);
+    }
+
+    #[test]
+    fn rejects_malformed_digests_with_reasons() {
+        let upper = EMPTY.to_uppercase().replace("SHA256", "sha256");
+        let cases: Vec<(String, &str)> = vec![
+            ("e3b0c442".into(), "no ':'"),
+            (EMPTY.replace("sha256", "md5"), "unsupported algorithm"),
+            (EMPTY.replace("sha256", "sha512"), "unsupported algorithm"),
+            (EMPTY[..EMPTY.len() - 1].into(), "64 hex characters, has 63"),
+            (format!("{EMPTY}0"), "64 hex characters, has 65"),
+            (upper, "lowercase hex"),
+            (EMPTY.replace('e', "g"), "lowercase hex"),
+            ("sha256:../../../../etc/passwd".into(), "64 hex characters"),
+            ("".into(), "no ':'"),
+        ];
+        for (input, why) in cases {
+            let err = input.parse::<Digest>().expect_err(&input).to_string();
+            assert!(err.contains(why), "{input:?}: {err:?} should say {why:?}");
+        }
+    }
+
+    #[test]
+    fn serde_uses_the_string_form_and_validates() {
+        let d: Digest = EMPTY.parse().expect("valid digest");
+        let json = serde_json::to_string(&d).expect("serialize");
+        assert_eq!(json, format!("\"{EMPTY}\""));
+        assert_eq!(serde_json::from_str::<Digest>(&json).expect("parse"), d);
+        assert!(serde_json::from_str::<Digest>("\"sha256:abc\"").is_err());
+    }
+
+    #[tokio::test]
+    async fn hashing_writer_passes_bytes_and_hashes_them() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = HashingWriter::new(Vec::new());
+        for chunk in data.chunks(7919) {
+            w.write_all(chunk).await.expect("write");
+        }
+        w.flush().await.expect("flush");
+        let (inner, digest, len) = w.into_parts();
+        assert_eq!(inner, data);
+        assert_eq!(len, data.len() as u64);
+        assert_eq!(digest, Digest::sha256_of(&data));
+    }
+
+    /// A writer that takes at most 3 bytes a call: the hash must cover only accepted bytes.
+    struct Trickle(Vec<u8>);
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(3);
+            self.0.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn hashing_writer_hashes_only_accepted_bytes() {
+        let mut w = HashingWriter::new(Trickle(Vec::new()));
+        w.write_all(b"hello, world").await.expect("write");
+        let (inner, digest, len) = w.into_parts();
+        assert_eq!(inner.0, b"hello, world");
+        assert_eq!(len, 12);
+        assert_eq!(digest, Digest::sha256_of(b"hello, world"));
+    }
+}

@@ -1,0 +1,302 @@
+//! Image config and manifests (OCI and Docker schema 2), as canonical JSON bytes. No I/O.
+//!
+//! Every document is serialized with its object keys sorted (through `serde_json::Value`,
+//! whose map is a `BTreeMap`), so the bytes, and hence the digests, do not depend on the
+//! iteration order of the `HashMap`s inside oci-spec's types.
+
+use std::collections::BTreeMap;
+
+use oci_spec::image::{
+    ConfigBuilder, Descriptor, HistoryBuilder, ImageConfigurationBuilder, ImageManifestBuilder,
+    MediaType, RootFsBuilder,
+};
+use serde::Serialize;
+
+use crate::digest::Digest;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// The default PATH of an image: the usual one, so packed tools find each other.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot build image document: {0}")]
+    Build(#[from] oci_spec::OciSpecError),
+    #[error("cannot serialize image document: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// One compressed layer as the packer produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// sha256 of the compressed bytes: the blob's name and the manifest's layer digest.
+    pub digest: Digest,
+    /// Size of the compressed blob.
+    pub size: u64,
+    /// sha256 of the uncompressed tar: what the config's `rootfs.diff_ids` lists.
+    pub diff_id: Digest,
+}
+
+/// The run-time settings that go into the image config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunConfig {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=value` entries; the default is [`DEFAULT_PATH`].
+    pub env: Vec<String>,
+    /// Image labels; a BTreeMap so callers build them in a fixed order too.
+    pub labels: BTreeMap<String, String>,
+    /// e.g. `8080/tcp`.
+    pub exposed_ports: Vec<String>,
+    /// Seconds since the epoch for `created` and history: `SOURCE_DATE_EPOCH` or 0, never now.
+    pub created: u64,
+}
+
+/// The two manifest forms we serve. Both name the same config and layer blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestForm {
+    Oci,
+    Docker,
+}
+
+impl ManifestForm {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            ManifestForm::Oci => OCI_MANIFEST,
+            ManifestForm::Docker => DOCKER_MANIFEST,
+        }
+    }
+
+    fn config_media_type(self) -> &'static str {
+        match self {
+            ManifestForm::Oci => OCI_CONFIG,
+            ManifestForm::Docker => DOCKER_CONFIG,
+        }
+    }
+
+    fn layer_media_type(self) -> &'static str {
+        match self {
+            ManifestForm::Oci => OCI_LAYER_GZIP,
+            ManifestForm::Docker => DOCKER_LAYER_GZIP,
+        }
+    }
+}
+
+/// The architecture name images use (Go's GOARCH) for the one this binary was built for.
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
+/// Serializes with object keys sorted: the same document always gives the same bytes.
+fn canonical_json(doc: &impl Serialize) -> Result<Vec<u8>, ImageError> {
+    Ok(serde_json::to_vec(&serde_json::to_value(doc)?)?)
+}
+
+/// RFC 3339 UTC time for seconds since the epoch (civil-from-days; no clock, no time zone).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The image config JSON for `layers` (base first).
+pub fn config_json(run: &RunConfig, layers: &[Layer]) -> Result<Vec<u8>, ImageError> {
+    let created = rfc3339(run.created);
+    let env = if run.env.is_empty() {
+        vec![DEFAULT_PATH.to_owned()]
+    } else {
+        run.env.clone()
+    };
+    let mut config = ConfigBuilder::default().env(env);
+    if let Some(e) = &run.entrypoint {
+        config = config.entrypoint(e.clone());
+    }
+    if let Some(c) = &run.cmd {
+        config = config.cmd(c.clone());
+    }
+    if !run.labels.is_empty() {
+        config = config.labels(
+            run.labels
+                .clone()
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+    }
+    if !run.exposed_ports.is_empty() {
+        config = config.exposed_ports(run.exposed_ports.clone());
+    }
+    let history = layers
+        .iter()
+        .map(|_| {
+            HistoryBuilder::default()
+                .created(created.clone())
+                .created_by("quinistry pack")
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let image = ImageConfigurationBuilder::default()
+        .created(created.clone())
+        .architecture(host_architecture())
+        .os("linux")
+        .config(config.build()?)
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(
+                    layers
+                        .iter()
+                        .map(|l| l.diff_id.to_string())
+                        .collect::<Vec<_>>(),
+                )
+                .build()?,
+        )
+        .history(history)
+        .build()?;
+    canonical_json(&image)
+}
+
+/// A manifest in `form` naming a config blob and `layers`.
+pub fn manifest_json(
+    form: ManifestForm,
+    config: (&Digest, u64),
+    layers: &[Layer],
+) -> Result<Vec<u8>, ImageError> {
+    let descriptor = |media: &str, digest: &Digest, size: u64| -> Result<Descriptor, ImageError> {
+        let d: oci_spec::image::Digest = digest.to_string().parse()?;
+        Ok(Descriptor::new(MediaType::from(media), size, d))
+    };
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::from(form.media_type()))
+        .config(descriptor(form.config_media_type(), config.0, config.1)?)
+        .layers(
+            layers
+                .iter()
+                .map(|l| descriptor(form.layer_media_type(), &l.digest, l.size))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+        .build()?;
+    canonical_json(&manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn layer() -> Layer {
+        Layer {
+            digest: Digest::sha256_of(b"gz"),
+            size: 2,
+            diff_id: Digest::sha256_of(b"tar"),
+        }
+    }
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn config_carries_diff_ids_and_run_settings() {
+        let run = RunConfig {
+            entrypoint: Some(vec!["/main".into()]),
+            cmd: Some(vec!["serve".into()]),
+            exposed_ports: vec!["8080/tcp".into()],
+            created: 1_700_000_000,
+            ..Default::default()
+        };
+        let json: Value =
+            serde_json::from_slice(&config_json(&run, &[layer()]).expect("config")).expect("json");
+        assert_eq!(json["rootfs"]["type"], "layers");
+        assert_eq!(
+            json["rootfs"]["diff_ids"][0],
+            Digest::sha256_of(b"tar").to_string()
+        );
+        assert_eq!(json["config"]["Entrypoint"][0], "/main");
+        assert_eq!(json["config"]["Cmd"][0], "serve");
+        assert_eq!(json["config"]["Env"][0], DEFAULT_PATH);
+        assert!(json["config"]["ExposedPorts"]["8080/tcp"].is_object());
+        assert_eq!(json["created"], "2023-11-14T22:13:20Z");
+        assert_eq!(json["history"][0]["created"], "2023-11-14T22:13:20Z");
+        assert_eq!(json["os"], "linux");
+        assert_eq!(json["architecture"], host_architecture());
+    }
+
+    #[test]
+    fn documents_are_canonical_whatever_the_map_order() {
+        // Many labels: a HashMap would iterate them in a different order run to run.
+        let labels: BTreeMap<String, String> = (0..64)
+            .map(|i| (format!("label.{i}"), i.to_string()))
+            .collect();
+        let run = RunConfig {
+            labels,
+            ..Default::default()
+        };
+        let first = config_json(&run, &[layer()]).expect("config");
+        for _ in 0..8 {
+            assert_eq!(config_json(&run, &[layer()]).expect("config"), first);
+        }
+        // Keys appear sorted at every level.
+        let text = String::from_utf8(first).expect("utf8");
+        let pos = |k: &str| text.find(k).expect(k);
+        assert!(pos("\"architecture\"") < pos("\"config\""));
+        assert!(pos("\"config\"") < pos("\"created\""));
+        assert!(pos("\"label.0\"") < pos("\"label.1\""));
+    }
+
+    #[test]
+    fn both_manifest_forms_use_their_media_types() {
+        let config = Digest::sha256_of(b"config");
+        for (form, manifest, config_type, layer_type) in [
+            (ManifestForm::Oci, OCI_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP),
+            (
+                ManifestForm::Docker,
+                DOCKER_MANIFEST,
+                DOCKER_CONFIG,
+                DOCKER_LAYER_GZIP,
+            ),
+        ] {
+            let bytes = manifest_json(form, (&config, 6), &[layer()]).expect("manifest");
+            let json: Value = serde_json::from_slice(&bytes).expect("json");
+            assert_eq!(json["schemaVersion"], 2);
+            assert_eq!(json["mediaType"], manifest);
+            assert_eq!(json["config"]["mediaType"], config_type);
+            assert_eq!(json["config"]["digest"], config.to_string());
+            assert_eq!(json["config"]["size"], 6);
+            assert_eq!(json["layers"][0]["mediaType"], layer_type);
+            assert_eq!(json["layers"][0]["digest"], layer().digest.to_string());
+            assert_eq!(json["layers"][0]["size"], 2);
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! quinistry: pack files into OCI/Docker images with a streaming pipeline, and keep them in a
+//! content-addressed store on disk.
+//!
+//! Data flows one way: the CLI (`main.rs`) hands inputs to [`pack`], which streams them
+//! through tar, hashing and gzip into the [`store`]; [`image`] turns the result into a config
+//! and manifests, which are stored as blobs too. The registry (to come) only reads the store.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`digest`] | the `Digest` type, parsing, the hashing writer; no disk access |
+//! | [`reference`] | repository-name and tag grammar; what makes a name safe as a path |
+//! | [`store`] | every on-disk path of the store, temp files, atomic commit, tags, verify |
+//! | [`pack`] | the pipeline and tar determinism |
+//! | [`image`] | config and manifest JSON (canonical bytes); no I/O |
+//! | [`layout`] | exporting an image from the store as an OCI image layout directory |
+
+pub mod digest;
+pub mod image;
+pub mod layout;
+pub mod pack;
+pub mod reference;
+pub mod store;

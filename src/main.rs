@@ -1,0 +1,278 @@
+//! The `quinistry` command line: parses arguments, sets up logging, wires the library together.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use quinistry::image::RunConfig;
+use quinistry::layout;
+use quinistry::pack::{self, Input, LayerOptions};
+use quinistry::reference::TaggedName;
+use quinistry::store::{Store, StoreError};
+
+#[derive(Parser)]
+#[command(version, about = "Pack files into OCI/Docker images, stored by digest")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pack files or directories (default: this executable, as /main) into an image.
+    Pack(PackArgs),
+    /// Re-hash every blob in the store and report any whose content does not match its name.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+#[derive(Args, Default)]
+struct StoreArg {
+    /// Store directory [default: $QUINISTRY_STORE, else $XDG_DATA_HOME/quinistry, else
+    /// ~/.local/share/quinistry]
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+}
+
+#[derive(Args, Default)]
+struct PackArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Tag the image as NAME[:TAG] [default: the first input's file name, or quinistry]
+    #[arg(long, value_name = "NAME:TAG")]
+    tag: Option<String>,
+    /// gzip level, 0 (store) to 9 (smallest)
+    #[arg(long, default_value_t = pack::DEFAULT_LEVEL, value_name = "N")]
+    level: u32,
+    /// Also write the image as an OCI image layout in DIR (readable as oci:DIR:TAG)
+    #[arg(long, value_name = "DIR")]
+    oci_layout: Option<PathBuf>,
+    /// Entrypoint path in the image [default: the input, when it is one executable file]
+    #[arg(long, value_name = "PATH")]
+    entrypoint: Option<String>,
+    /// Files or directories to pack, each as SRC or SRC:/DEST (where it goes in the image)
+    #[arg(value_name = "INPUT")]
+    inputs: Vec<String>,
+}
+
+impl StoreArg {
+    fn dir(&self) -> Result<PathBuf, String> {
+        if let Some(dir) = &self.store {
+            return Ok(dir.clone());
+        }
+        let env = |k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        env("QUINISTRY_STORE")
+            .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("quinistry")))
+            .or_else(|| env("HOME").map(|h| h.join(".local/share/quinistry")))
+            .ok_or_else(|| "no store directory: pass --store DIR (HOME is not set)".to_owned())
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("quinistry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Pack(args)) => run_pack(args).await,
+            Some(Command::Verify { store }) => run_verify(store).await,
+            // Until the registry lands, the bare command packs this executable.
+            None => run_pack(PackArgs::default_self()).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("quinistry: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl PackArgs {
+    fn default_self() -> PackArgs {
+        PackArgs {
+            level: pack::DEFAULT_LEVEL,
+            ..Default::default()
+        }
+    }
+}
+
+/// Everything is validated before the store is touched, so bad arguments store nothing.
+async fn run_pack(args: PackArgs) -> Result<(), String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let mtime = pack::source_date_epoch()?;
+    if args.level > 9 {
+        return Err(pack::PackError::BadLevel(args.level).to_string());
+    }
+    let inputs: Vec<Input> = if args.inputs.is_empty() {
+        let exe = std::env::current_exe()
+            .map_err(|err| format!("cannot find this executable to pack it: {err}"))?;
+        vec![Input::at(exe, "/main", "self").map_err(|err| e(&err))?]
+    } else {
+        args.inputs
+            .iter()
+            .map(|s| s.parse::<Input>())
+            .collect::<Result<_, _>>()
+            .map_err(|err| e(&err))?
+    };
+    let tag: TaggedName = match &args.tag {
+        Some(t) => t.parse().map_err(|err| format!("invalid --tag: {err}"))?,
+        None => default_tag(&args.inputs, &inputs)?,
+    };
+    let entrypoint = match args.entrypoint {
+        Some(p) => Some(vec![p]),
+        None => default_entrypoint(&inputs),
+    };
+    let run = RunConfig {
+        entrypoint,
+        created: mtime,
+        ..Default::default()
+    };
+
+    let store_dir = args.store.dir()?;
+    let store = Store::open(&store_dir).await.map_err(|err| e(&err))?;
+    let opts = LayerOptions {
+        level: args.level,
+        mtime,
+    };
+    let img = pack::pack_image(&store, &inputs, opts, &run, Some(&tag))
+        .await
+        .map_err(|err| e(&err))?;
+    if let Some(dir) = &args.oci_layout {
+        let p = &img.packed.layer;
+        layout::export(
+            &store,
+            dir,
+            (&img.manifest.0, img.manifest.1),
+            &[&img.config.0, &p.digest],
+            tag.tag.as_str(),
+        )
+        .map_err(|err| e(&err))?;
+    }
+    report(&img, &tag, &store_dir, args.oci_layout.as_deref());
+    Ok(())
+}
+
+/// `quinistry` for the self-image; otherwise the first input's file name, made into a valid
+/// repository name.
+fn default_tag(specs: &[String], inputs: &[Input]) -> Result<TaggedName, String> {
+    if specs.is_empty() {
+        return "quinistry:latest".parse().map_err(|e| format!("{e}"));
+    }
+    let base = inputs
+        .first()
+        .and_then(|i| i.dest.rsplit('/').next())
+        .unwrap_or_default();
+    let mut name = String::new();
+    for c in base.chars() {
+        let c = c.to_ascii_lowercase();
+        let keep = c.is_ascii_lowercase() || c.is_ascii_digit();
+        if keep {
+            name.push(c);
+        } else if !name.is_empty() && !name.ends_with('-') {
+            name.push('-');
+        }
+    }
+    let name = name.trim_end_matches('-');
+    format!("{name}:latest")
+        .parse()
+        .map_err(|_| format!("cannot derive an image name from {base:?}: pass --tag NAME:TAG"))
+}
+
+/// One executable file input runs as the entrypoint; anything else has none by default.
+fn default_entrypoint(inputs: &[Input]) -> Option<Vec<String>> {
+    match inputs {
+        [one] => std::fs::metadata(&one.source)
+            .ok()
+            .filter(pack::is_executable)
+            .map(|_| vec![one.dest.clone()]),
+        _ => None,
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn report(
+    img: &pack::PackedImage,
+    tag: &TaggedName,
+    store: &std::path::Path,
+    layout: Option<&std::path::Path>,
+) {
+    let p = &img.packed;
+    let rate = mib(p.input_bytes) / img.seconds.max(1e-9);
+    println!(
+        "packed     {:.1} MiB of input in {:.2} s ({rate:.1} MiB/s)",
+        mib(p.input_bytes),
+        img.seconds
+    );
+    println!("tag        {tag}");
+    println!("manifest   {}  {} B (OCI)", img.manifest.0, img.manifest.1);
+    println!(
+        "docker     {}  {} B (Docker schema 2)",
+        img.docker_manifest.0, img.docker_manifest.1
+    );
+    println!("config     {}  {} B", img.config.0, img.config.1);
+    println!("layer      {}  {} B", p.layer.digest, p.layer.size);
+    println!(
+        "diff_id    {}  {} B (uncompressed tar)",
+        p.layer.diff_id, p.tar_size
+    );
+    println!("store      {}", store.display());
+    if let Some(dir) = layout {
+        println!("oci-layout {}:{}", dir.display(), tag.tag);
+    }
+}
+
+async fn run_verify(arg: StoreArg) -> Result<(), String> {
+    let dir = arg.dir()?;
+    let store = Store::open(&dir).await.map_err(|e| e.to_string())?;
+    let mut bad = 0usize;
+    let mut good = 0usize;
+    for entry in store.blobs().await.map_err(|e| e.to_string())? {
+        match entry {
+            Ok(digest) => match store.verify(&digest).await {
+                Ok(()) => good += 1,
+                Err(e @ StoreError::DigestMismatch { .. }) => {
+                    bad += 1;
+                    println!("CORRUPT  {}: {e}", store.blob_path(&digest).display());
+                }
+                Err(e) => return Err(e.to_string()),
+            },
+            Err(path) => {
+                bad += 1;
+                println!("STRAY    {}: not named by a sha256 digest", path.display());
+            }
+        }
+    }
+    println!("verified {good} blobs in {}, {bad} bad", dir.display());
+    if bad > 0 {
+        Err(format!(
+            "{bad} blobs in {} do not match their names",
+            dir.display()
+        ))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,585 @@
+//! The packing pipeline: inputs → tar → sha256 (diff_id) → gzip → sha256 (layer) → store.
+//!
+//! One pass over the input; nothing is held in memory beyond fixed-size buffers, and nothing
+//! is read twice. The tar stream is deterministic (see [`plan`] and [`header`]): the same
+//! files, modes and paths give the same bytes on any machine at any time.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use async_compression::Level;
+use async_compression::tokio::write::GzipEncoder;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
+use tokio_tar::{Builder, EntryType, Header};
+
+use crate::digest::{Digest, HashingWriter};
+use crate::image::{self, Layer, ManifestForm, RunConfig};
+use crate::reference::TaggedName;
+use crate::store::{Store, StoreError};
+
+/// Read size for input files: large reads keep the pipeline fed (4 KiB reads are far slower).
+const READ_BUFFER: usize = 1 << 20;
+/// Default gzip level: the usual speed/size balance (`gzip -6`).
+pub const DEFAULT_LEVEL: u32 = 6;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("cannot read input {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("input {} is a {kind}; only files, directories and symlinks can be packed", path.display())]
+    Unsupported { path: PathBuf, kind: &'static str },
+    #[error("inputs {} and {} both go to {dest} in the image", first.display(), second.display())]
+    Conflict {
+        dest: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("invalid input {spec:?}: {why}")]
+    BadInput { spec: String, why: &'static str },
+    #[error("gzip level {0} is out of range 0-9")]
+    BadLevel(u32),
+    #[error("cannot write layer: {0}")]
+    Write(io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+}
+
+/// One thing to pack: a file or directory on the host and where it goes in the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// Host path. Followed if it is a symlink (what the user named is what they want).
+    pub source: PathBuf,
+    /// Absolute, normalized path in the image (`/` for a directory means its contents at root).
+    pub dest: String,
+}
+
+impl Input {
+    /// `source` placed at `/<its file name>`.
+    pub fn new(source: impl Into<PathBuf>) -> Result<Input, PackError> {
+        let source = source.into();
+        let spec = source.display().to_string();
+        let name = source
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or(PackError::BadInput {
+                spec: spec.clone(),
+                why: "has no file name to use in the image; give SRC:/DEST",
+            })?;
+        Input::at(source.clone(), &format!("/{name}"), &spec)
+    }
+
+    /// `source` placed at `dest`, which must be absolute; `.` and `..` are not allowed in it.
+    pub fn at(source: impl Into<PathBuf>, dest: &str, spec: &str) -> Result<Input, PackError> {
+        let bad = |why| PackError::BadInput {
+            spec: spec.to_owned(),
+            why,
+        };
+        if !dest.starts_with('/') {
+            return Err(bad("destination must be an absolute path in the image"));
+        }
+        let mut clean = String::new();
+        // Split by hand: `Path::components` silently drops inner `.` components.
+        for part in dest.split('/').filter(|p| !p.is_empty()) {
+            if part == "." || part == ".." {
+                return Err(bad("destination may not contain '.' or '..'"));
+            }
+            clean.push('/');
+            clean.push_str(part);
+        }
+        if clean.is_empty() {
+            clean.push('/');
+        }
+        Ok(Input {
+            source: source.into(),
+            dest: clean,
+        })
+    }
+}
+
+impl FromStr for Input {
+    type Err = PackError;
+
+    /// `SRC` or `SRC:/DEST` (the destination is what follows the last `:/`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.rfind(":/") {
+            Some(i) if i > 0 => Input::at(&s[..i], &s[i + 1..], s),
+            _ => Input::new(s),
+        }
+    }
+}
+
+impl fmt::Display for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.source.display(), self.dest)
+    }
+}
+
+/// Settings that change the bytes of a layer (and so belong to its identity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerOptions {
+    /// gzip level 0-9.
+    pub level: u32,
+    /// mtime of every tar entry: `SOURCE_DATE_EPOCH` or 0.
+    pub mtime: u64,
+}
+
+impl Default for LayerOptions {
+    fn default() -> Self {
+        LayerOptions {
+            level: DEFAULT_LEVEL,
+            mtime: 0,
+        }
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, or 0 (the reproducible-builds convention).
+pub fn source_date_epoch() -> Result<u64, String> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("SOURCE_DATE_EPOCH={v:?} is not a whole number of seconds")),
+        Err(_) => Ok(0),
+    }
+}
+
+/// What one tar entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File { source: PathBuf, size: u64 },
+    Symlink { target: PathBuf },
+}
+
+/// One tar entry to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    /// Permission bits, masked to 0o7777.
+    mode: u32,
+    kind: Kind,
+    /// The host path this came from, for conflict messages; `None` for implied parents.
+    origin: Option<PathBuf>,
+}
+
+/// The layer's contents, keyed by path in the image (relative, no leading `/`). `PathBuf`
+/// orders by component, so a directory always precedes what it contains.
+type Plan = BTreeMap<PathBuf, Entry>;
+
+/// Walks the inputs (metadata only) into a sorted plan of entries, with every parent
+/// directory present once. Fails on a missing or unsupported input before any byte is packed.
+fn plan(inputs: &[Input]) -> Result<Plan, PackError> {
+    let mut plan = Plan::new();
+    for input in inputs {
+        let meta = std::fs::metadata(&input.source).map_err(|source| PackError::Read {
+            path: input.source.clone(),
+            source,
+        })?;
+        let dest = PathBuf::from(input.dest.trim_start_matches('/'));
+        for parent in dest.ancestors().skip(1) {
+            if !parent.as_os_str().is_empty() {
+                plan.entry(parent.to_owned()).or_insert(Entry {
+                    mode: 0o755,
+                    kind: Kind::Dir,
+                    origin: None,
+                });
+            }
+        }
+        add(&mut plan, dest, &input.source, &meta)?;
+    }
+    Ok(plan)
+}
+
+/// Adds one host path (and, for a directory, everything below it in sorted order).
+fn add(
+    plan: &mut Plan,
+    dest: PathBuf,
+    source: &Path,
+    meta: &std::fs::Metadata,
+) -> Result<(), PackError> {
+    let read_err = |source_err: io::Error| PackError::Read {
+        path: source.to_owned(),
+        source: source_err,
+    };
+    let ft = meta.file_type();
+    let mode = meta.permissions().mode() & 0o7777;
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_file() {
+        Kind::File {
+            source: source.to_owned(),
+            size: meta.len(),
+        }
+    } else if ft.is_symlink() {
+        Kind::Symlink {
+            target: std::fs::read_link(source).map_err(read_err)?,
+        }
+    } else {
+        return Err(PackError::Unsupported {
+            path: source.to_owned(),
+            kind: special_kind(meta),
+        });
+    };
+    let is_dir = kind == Kind::Dir;
+    // `dest` empty means the image root: only a directory's contents can go there.
+    if !dest.as_os_str().is_empty() {
+        let entry = Entry {
+            mode: if ft.is_symlink() { 0o777 } else { mode },
+            kind,
+            origin: Some(source.to_owned()),
+        };
+        match plan.get_mut(&dest) {
+            None => {
+                plan.insert(dest.clone(), entry);
+            }
+            // Two directories merge; an explicit directory's mode wins over an implied one.
+            Some(existing) if existing.kind == Kind::Dir && is_dir => {
+                if existing.origin.is_none() {
+                    *existing = entry;
+                }
+            }
+            Some(existing) => {
+                return Err(PackError::Conflict {
+                    dest: format!("/{}", dest.display()),
+                    first: existing.origin.clone().unwrap_or_else(|| dest.clone()),
+                    second: source.to_owned(),
+                });
+            }
+        }
+    } else if !is_dir {
+        return Err(PackError::BadInput {
+            spec: source.display().to_string(),
+            why: "only a directory can be placed at /",
+        });
+    }
+    if is_dir {
+        let mut children = std::fs::read_dir(source)
+            .map_err(read_err)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(read_err)?;
+        children.sort();
+        for name in children {
+            let child = source.join(&name);
+            let meta = std::fs::symlink_metadata(&child).map_err(|e| PackError::Read {
+                path: child.clone(),
+                source: e,
+            })?;
+            add(plan, dest.join(&name), &child, &meta)?;
+        }
+    }
+    Ok(())
+}
+
+fn special_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_fifo() {
+        "named pipe"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
+    } else {
+        "special file"
+    }
+}
+
+/// A deterministic header: fixed mtime, uid/gid 0, empty owner names, no atime/ctime.
+fn header(entry_type: EntryType, mode: u32, size: u64, mtime: u64) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(entry_type);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(mtime);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+/// The tar stream ends up here: each stage hashes what it passes on.
+type TarSink = HashingWriter<GzipEncoder<crate::store::BlobWriter>>;
+
+/// What one pack produced, with the figures the CLI reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedLayer {
+    pub layer: Layer,
+    /// Size of the uncompressed tar stream.
+    pub tar_size: u64,
+    /// Bytes of file content read from the inputs.
+    pub input_bytes: u64,
+}
+
+/// Packs `inputs` into one gzip layer in `store`. Nothing is stored unless the whole layer is.
+pub async fn pack_layer(
+    store: &Store,
+    inputs: &[Input],
+    opts: LayerOptions,
+) -> Result<PackedLayer, PackError> {
+    if opts.level > 9 {
+        return Err(PackError::BadLevel(opts.level));
+    }
+    let owned = inputs.to_vec();
+    let plan = tokio::task::spawn_blocking(move || plan(&owned))
+        .await
+        .map_err(|e| PackError::Write(io::Error::other(e)))??;
+
+    let blob = store.new_blob().await?;
+    let gzip = GzipEncoder::with_quality(blob, Level::Precise(opts.level as i32));
+    let mut tar = Builder::new(HashingWriter::new(gzip));
+    let mut input_bytes = 0;
+    for (path, entry) in &plan {
+        input_bytes += append(&mut tar, path, entry, opts.mtime).await?;
+    }
+    let sink: TarSink = tar.into_inner().await.map_err(PackError::Write)?;
+    let (mut gzip, diff_id, tar_size) = sink.into_parts();
+    gzip.shutdown().await.map_err(PackError::Write)?;
+    let (digest, size) = gzip.into_inner().commit().await?;
+    Ok(PackedLayer {
+        layer: Layer {
+            digest,
+            size,
+            diff_id,
+        },
+        tar_size,
+        input_bytes,
+    })
+}
+
+/// Writes one entry; returns the bytes of file content it read.
+async fn append(
+    tar: &mut Builder<TarSink>,
+    path: &Path,
+    entry: &Entry,
+    mtime: u64,
+) -> Result<u64, PackError> {
+    match &entry.kind {
+        Kind::Dir => {
+            let mut h = header(EntryType::Directory, entry.mode, 0, mtime);
+            tar.append_data(&mut h, path, tokio::io::empty())
+                .await
+                .map_err(PackError::Write)?;
+            Ok(0)
+        }
+        Kind::Symlink { target } => {
+            let mut h = header(EntryType::Symlink, entry.mode, 0, mtime);
+            if h.set_link_name(target).is_err() {
+                // Longer than the header's 100 bytes: GNU tar's long-link entry comes first.
+                let bytes = target.as_os_str().as_encoded_bytes();
+                let mut long = header(EntryType::GNULongLink, 0o644, bytes.len() as u64 + 1, 0);
+                long.as_gnu_mut()
+                    .map(|g| g.name[..13].copy_from_slice(b"././@LongLink"));
+                long.set_cksum();
+                let data = [bytes, b"\0"].concat();
+                tar.append(&long, &data[..])
+                    .await
+                    .map_err(PackError::Write)?;
+                // Keep a truncated name in the header itself, as GNU tar does.
+                let cut = &bytes[..99.min(bytes.len())];
+                h.as_gnu_mut()
+                    .map(|g| g.linkname[..cut.len()].copy_from_slice(cut));
+            }
+            tar.append_data(&mut h, path, tokio::io::empty())
+                .await
+                .map_err(PackError::Write)?;
+            Ok(0)
+        }
+        Kind::File { source, size } => {
+            let read_err = |e: io::Error| PackError::Read {
+                path: source.clone(),
+                source: e,
+            };
+            let file = tokio::fs::File::open(source).await.map_err(read_err)?;
+            let reader = BufReader::with_capacity(
+                READ_BUFFER,
+                Exact {
+                    inner: file.take(*size),
+                    remaining: *size,
+                },
+            );
+            let mut h = header(EntryType::Regular, entry.mode, *size, mtime);
+            tar.append_data(&mut h, path, reader).await.map_err(|e| {
+                // Errors from the input carry the `Exact` marker; the rest are write errors.
+                match e.get_ref().and_then(|i| i.downcast_ref::<InputError>()) {
+                    Some(InputError(msg)) => read_err(io::Error::new(e.kind(), msg.clone())),
+                    None => PackError::Write(e),
+                }
+            })?;
+            Ok(*size)
+        }
+    }
+}
+
+/// Marks an I/O error as coming from the input file (not the store).
+#[derive(Debug)]
+struct InputError(String);
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for InputError {}
+
+/// Reads exactly the size the header promised: a file that shrinks while being packed is an
+/// error, not a corrupt archive (tar would pad the short entry and misalign the stream).
+struct Exact<R> {
+    /// The file, limited to the promised size (growth past it is not packed).
+    inner: R,
+    /// Bytes still owed.
+    remaining: u64,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Exact<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = (buf.filled().len() - before) as u64;
+                if n == 0 && self.remaining > 0 && buf.remaining() > 0 {
+                    let msg = format!(
+                        "file shrank while packing ({} bytes missing)",
+                        self.remaining
+                    );
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        InputError(msg),
+                    )));
+                }
+                self.remaining -= n;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                Poll::Ready(Err(io::Error::new(e.kind(), InputError(e.to_string()))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A packed, stored image: the layer and the digests of its documents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedImage {
+    pub packed: PackedLayer,
+    pub config: (Digest, u64),
+    /// The OCI manifest: what tags point at.
+    pub manifest: (Digest, u64),
+    /// The same image as a Docker schema 2 manifest (stored too, for clients that want it).
+    pub docker_manifest: (Digest, u64),
+    /// Wall time of the whole pack.
+    pub seconds: f64,
+}
+
+/// Packs `inputs`, stores the config and both manifests, and points `tag` (if any) at the OCI
+/// manifest. The tag is written last, so it never names an image whose blobs are missing.
+pub async fn pack_image(
+    store: &Store,
+    inputs: &[Input],
+    opts: LayerOptions,
+    run: &RunConfig,
+    tag: Option<&TaggedName>,
+) -> Result<PackedImage, PackError> {
+    let start = Instant::now();
+    let packed = pack_layer(store, inputs, opts).await?;
+    let layers = [packed.layer.clone()];
+    let config_bytes = image::config_json(run, &layers)?;
+    let config = (store.put(&config_bytes).await?, config_bytes.len() as u64);
+    let mut manifests = Vec::new();
+    for form in [ManifestForm::Oci, ManifestForm::Docker] {
+        let bytes = image::manifest_json(form, (&config.0, config.1), &layers)?;
+        manifests.push((store.put(&bytes).await?, bytes.len() as u64));
+    }
+    let docker_manifest = manifests
+        .pop()
+        .ok_or(PackError::Write(io::Error::other("no manifest")))?;
+    let manifest = manifests
+        .pop()
+        .ok_or(PackError::Write(io::Error::other("no manifest")))?;
+    if let Some(t) = tag {
+        store.set_tag(&t.name, &t.tag, &manifest.0).await?;
+    }
+    Ok(PackedImage {
+        packed,
+        config,
+        manifest,
+        docker_manifest,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Whether the file at `path` has any execute bit (used to pick a default entrypoint).
+pub fn is_executable(meta: &std::fs::Metadata) -> bool {
+    meta.is_file() && meta.mode() & 0o111 != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_specs_parse() {
+        let i: Input = "target/app".parse().expect("plain");
+        assert_eq!(
+            (i.source.as_path(), i.dest.as_str()),
+            (Path::new("target/app"), "/app")
+        );
+        let i: Input = "./a:b/c:/usr//bin/c/".parse().expect("with dest");
+        assert_eq!(
+            (i.source.as_path(), i.dest.as_str()),
+            (Path::new("./a:b/c"), "/usr/bin/c")
+        );
+        let i: Input = "dir:/".parse().expect("root");
+        assert_eq!(i.dest, "/");
+        for bad in ["x:/a/../b", "x:/./a", "/"] {
+            assert!(bad.parse::<Input>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn plan_orders_parents_first_and_rejects_conflicts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("d/sub")).expect("mkdir");
+        std::fs::write(root.join("d/sub/z"), b"z").expect("write");
+        std::fs::write(root.join("d/a-b"), b"ab").expect("write");
+        std::fs::write(root.join("f"), b"f").expect("write");
+        let inputs = [
+            Input::at(root.join("d"), "/opt/d", "d").expect("input"),
+            Input::at(root.join("f"), "/opt/f", "f").expect("input"),
+        ];
+        let p = plan(&inputs).expect("plan");
+        let paths: Vec<_> = p.keys().map(|k| k.display().to_string()).collect();
+        assert_eq!(
+            paths,
+            [
+                "opt",
+                "opt/d",
+                "opt/d/a-b",
+                "opt/d/sub",
+                "opt/d/sub/z",
+                "opt/f"
+            ]
+        );
+        assert_eq!(p[Path::new("opt")].mode, 0o755);
+
+        let clash = [
+            Input::at(root.join("f"), "/x", "f").expect("input"),
+            Input::at(root.join("d/a-b"), "/x", "a-b").expect("input"),
+        ];
+        let err = plan(&clash).expect_err("conflict").to_string();
+        assert!(err.contains("both go to /x"), "{err}");
+    }
+}

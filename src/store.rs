@@ -1,0 +1,561 @@
+//! The content-addressed store: the one place that knows every on-disk path.
+//!
+//! ```text
+//! <root>/blobs/sha256/<hex>                  immutable blobs, named by the sha256 of their bytes
+//! <root>/tmp/<random>                        blobs and tag files being written; each is flock'd
+//!                                            by its writer while it lives
+//! <root>/repositories/<name>/_tags/<tag>     "sha256:<hex>\n": the manifest a tag points at
+//! ```
+//!
+//! The `blobs/` part is laid out like an OCI image layout. Writers stream into a temp file,
+//! fsync it and rename it to its digest, so a reader never sees a half-written blob under a
+//! digest name (invariant 1). Names and tags are validated (`reference`) before they are joined
+//! onto a path, and components starting with `_` cannot be repository names.
+
+use std::fs as stdfs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+
+use crate::digest::{Digest, DigestError, Hasher, HashingWriter};
+use crate::reference::{Name, Tag};
+
+/// Write buffer in front of a temp file: few large writes instead of many small ones.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Read size when re-hashing a blob.
+const READ_BUFFER: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O failure, with what we were doing and where.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("blob {0} is not in the store")]
+    BlobUnknown(Digest),
+    #[error("content does not match digest: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("tag file {} is corrupt: {source}", path.display())]
+    CorruptTag { path: PathBuf, source: DigestError },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attaches an action and a path to an I/O error.
+fn ctx<T>(r: io::Result<T>, action: &'static str, path: &Path) -> Result<T> {
+    r.map_err(|source| StoreError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Runs blocking file-system work (fsync, rename, directory scans) off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        // Only a panic in `f` gets here; report it rather than propagate the panic.
+        Err(e) => ctx(Err(io::Error::other(e)), "finish store task", Path::new("")),
+    }
+}
+
+/// A handle on a store directory. Cheap to clone; all state is on disk.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// The store's root directory; every path below is derived from it here and nowhere else.
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`, checks that it is writable, and removes
+    /// temp files left by writers that died (their flock is gone).
+    pub async fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let store = Store { root: root.into() };
+        let s = store.clone();
+        blocking(move || {
+            for dir in [
+                s.root.clone(),
+                s.blob_dir(),
+                s.tmp_dir(),
+                s.repositories_dir(),
+            ] {
+                ctx(stdfs::create_dir_all(&dir), "create store directory", &dir)?;
+            }
+            s.remove_stale_temp_files()?;
+            // Prove we can write here now, rather than failing after packing gigabytes.
+            let probe = ctx(
+                tempfile::Builder::new()
+                    .prefix("probe-")
+                    .tempfile_in(s.tmp_dir()),
+                "write to store directory",
+                &s.tmp_dir(),
+            )?;
+            drop(probe);
+            Ok(())
+        })
+        .await?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn repositories_dir(&self) -> PathBuf {
+        self.root.join("repositories")
+    }
+
+    /// Where the blob named `digest` lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        // Digest's hex is validated lowercase hex of fixed length: a safe file name.
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().name())
+            .join(digest.hex())
+    }
+
+    fn tags_dir(&self, name: &Name) -> PathBuf {
+        // Name components never start with '_', so `_tags` cannot collide with a sub-repository.
+        self.repositories_dir().join(name.as_str()).join("_tags")
+    }
+
+    fn tag_path(&self, name: &Name, tag: &Tag) -> PathBuf {
+        self.tags_dir(name).join(tag.as_str())
+    }
+
+    /// Deletes temp files whose writer is gone. A live writer holds an exclusive flock on its
+    /// temp file, so a file we can lock belongs to a process that died (or was killed).
+    fn remove_stale_temp_files(&self) -> Result<usize> {
+        let dir = self.tmp_dir();
+        let mut removed = 0;
+        for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
+            let path = ctx(entry, "list", &dir)?.path();
+            let Ok(file) = stdfs::File::open(&path) else {
+                continue; // vanished meanwhile: its writer committed or cleaned it up
+            };
+            if file.try_lock().is_ok() {
+                match stdfs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return ctx(Err(e), "remove stale temp file", &path),
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, dir = %dir.display(), "removed stale temp files");
+        }
+        Ok(removed)
+    }
+
+    /// A new temp file in `tmp/`, flock'd so that a concurrent `open` leaves it alone.
+    fn create_temp(&self, prefix: &str) -> Result<(stdfs::File, tempfile::TempPath)> {
+        let dir = self.tmp_dir();
+        let named = ctx(
+            tempfile::Builder::new().prefix(prefix).tempfile_in(&dir),
+            "create temp file in",
+            &dir,
+        )?;
+        let (file, path) = named.into_parts();
+        ctx(
+            file.lock().map_err(io::Error::other),
+            "lock temp file",
+            &path,
+        )?;
+        Ok((file, path))
+    }
+
+    /// Starts writing a blob. Write the bytes, then `commit`; dropping the writer instead
+    /// removes the temp file and stores nothing.
+    pub async fn new_blob(&self) -> Result<BlobWriter> {
+        let s = self.clone();
+        let (file, temp) = blocking(move || s.create_temp("blob-")).await?;
+        Ok(BlobWriter {
+            out: HashingWriter::new(BufWriter::with_capacity(
+                WRITE_BUFFER,
+                tokio::fs::File::from_std(file),
+            )),
+            temp,
+            store: self.clone(),
+        })
+    }
+
+    /// Stores a small document (config, manifest) and returns its digest.
+    pub async fn put(&self, bytes: &[u8]) -> Result<Digest> {
+        let mut w = self.new_blob().await?;
+        let path = w.temp.to_path_buf();
+        ctx(w.write_all(bytes).await, "write", &path)?;
+        Ok(w.commit().await?.0)
+    }
+
+    pub async fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.blob_size(digest).await?.is_some())
+    }
+
+    /// The blob's size, or `None` if the store does not have it.
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.blob_path(digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => ctx(Err(e), "stat blob", &path),
+        }
+    }
+
+    /// Opens a blob for streaming; gives the file and its size.
+    pub async fn open_blob(&self, digest: &Digest) -> Result<(tokio::fs::File, u64)> {
+        let path = self.blob_path(digest);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::BlobUnknown(digest.clone()));
+            }
+            Err(e) => return ctx(Err(e), "open blob", &path),
+        };
+        let len = ctx(file.metadata().await, "stat blob", &path)?.len();
+        Ok((file, len))
+    }
+
+    /// Reads a whole blob into memory: only for small documents (configs, manifests).
+    pub async fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let (mut file, len) = self.open_blob(digest).await?;
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        ctx(
+            file.read_to_end(&mut buf).await,
+            "read blob",
+            &self.blob_path(digest),
+        )?;
+        Ok(buf)
+    }
+
+    /// Re-hashes a blob and checks it against its name.
+    pub async fn verify(&self, digest: &Digest) -> Result<()> {
+        let (mut file, _) = self.open_blob(digest).await?;
+        let path = self.blob_path(digest);
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; READ_BUFFER];
+        loop {
+            let n = ctx(file.read(&mut buf).await, "read blob", &path)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let (actual, _) = hasher.finish();
+        if &actual == digest {
+            Ok(())
+        } else {
+            Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            })
+        }
+    }
+
+    /// Every blob in the store. A file whose name is not a digest is reported as an error
+    /// rather than skipped: something other than the store wrote it.
+    pub async fn blobs(&self) -> Result<Vec<std::result::Result<Digest, PathBuf>>> {
+        let dir = self.blob_dir();
+        blocking(move || {
+            let mut out = Vec::new();
+            for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
+                let entry = ctx(entry, "list", &dir)?;
+                let name = entry.file_name();
+                let parsed = name
+                    .to_str()
+                    .and_then(|hex| format!("sha256:{hex}").parse().ok());
+                out.push(parsed.ok_or_else(|| entry.path()));
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Points `name:tag` at `digest`, atomically and durably.
+    pub async fn set_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<()> {
+        let s = self.clone();
+        let dir = self.tags_dir(name);
+        let dest = self.tag_path(name, tag);
+        let body = format!("{digest}\n");
+        blocking(move || {
+            ctx(stdfs::create_dir_all(&dir), "create tag directory", &dir)?;
+            let (mut file, temp) = s.create_temp("tag-")?;
+            ctx(
+                io::Write::write_all(&mut file, body.as_bytes()),
+                "write",
+                &temp,
+            )?;
+            ctx(file.sync_all(), "fsync", &temp)?;
+            ctx(temp.persist(&dest).map_err(|e| e.error), "write tag", &dest)?;
+            sync_dir(&dir)
+        })
+        .await
+    }
+
+    /// The manifest digest `name:tag` points at, if the tag exists.
+    pub async fn tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>> {
+        let path = self.tag_path(name, tag);
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return ctx(Err(e), "read tag", &path),
+        };
+        text.trim_end()
+            .parse()
+            .map(Some)
+            .map_err(|source| StoreError::CorruptTag { path, source })
+    }
+
+    /// The tags of a repository, sorted; empty if the repository has none.
+    pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>> {
+        let dir = self.tags_dir(name);
+        blocking(move || {
+            let entries = match stdfs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return ctx(Err(e), "list", &dir),
+            };
+            let mut tags = Vec::new();
+            for entry in entries {
+                let entry = ctx(entry, "list", &dir)?;
+                if let Some(tag) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
+                    tags.push(tag);
+                }
+            }
+            tags.sort();
+            Ok(tags)
+        })
+        .await
+    }
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    let d = ctx(stdfs::File::open(dir), "open directory", dir)?;
+    ctx(d.sync_all(), "fsync directory", dir)
+}
+
+/// A blob being written: bytes go to a locked temp file and are hashed on the way. `commit`
+/// names it by its digest; dropping it without commit removes the temp file.
+pub struct BlobWriter {
+    /// Buffered file, hashed as bytes reach it (the digest is of exactly what was written).
+    out: HashingWriter<BufWriter<tokio::fs::File>>,
+    /// The temp file's path; deleting it on drop is what makes an abandoned write vanish.
+    temp: tempfile::TempPath,
+    /// Where to commit.
+    store: Store,
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.out.written()
+    }
+
+    /// Flushes, fsyncs and renames the temp file to its digest. If the store already has that
+    /// blob, the new copy is dropped. Returns the digest and size.
+    pub async fn commit(self) -> Result<(Digest, u64)> {
+        self.commit_inner(None).await
+    }
+
+    /// Like `commit`, but stores nothing unless the content has digest `expected`.
+    pub async fn commit_expecting(self, expected: &Digest) -> Result<(Digest, u64)> {
+        self.commit_inner(Some(expected)).await
+    }
+
+    async fn commit_inner(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        let temp_path = self.temp.to_path_buf();
+        ctx(self.out.flush().await, "write", &temp_path)?;
+        let (buffered, digest, len) = self.out.into_parts();
+        if let Some(expected) = expected
+            && expected != &digest
+        {
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        let file = buffered.into_inner().into_std().await;
+        let dest = self.store.blob_path(&digest);
+        let temp = self.temp;
+        let dir = self.store.blob_dir();
+        blocking(move || {
+            if dest.exists() {
+                return Ok(()); // dedupe: `temp` is dropped, which deletes the new copy
+            }
+            ctx(file.sync_all(), "fsync", &temp_path)?;
+            ctx(
+                temp.persist(&dest).map_err(|e| e.error),
+                "commit blob",
+                &dest,
+            )?;
+            sync_dir(&dir)
+        })
+        .await?;
+        Ok((digest, len))
+    }
+}
+
+impl AsyncWrite for BlobWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.out).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.out).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Shutdown is commit's job; here it only flushes (an encoder above us calls this).
+        Pin::new(&mut self.out).poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("store")).await.expect("open");
+        (dir, store)
+    }
+
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<_> = stdfs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn put_names_blobs_by_digest_and_dedupes() {
+        let (_d, store) = fresh().await;
+        let a = store.put(b"hello").await.expect("put");
+        assert_eq!(a, Digest::sha256_of(b"hello"));
+        assert_eq!(stdfs::read(store.blob_path(&a)).expect("read"), b"hello");
+        let again = store.put(b"hello").await.expect("put again");
+        assert_eq!(again, a);
+        assert_eq!(files_in(&store.blob_dir()).len(), 1);
+        assert!(
+            files_in(&store.tmp_dir()).is_empty(),
+            "dedupe left a temp file"
+        );
+        assert_eq!(store.blob_size(&a).await.expect("size"), Some(5));
+        assert_eq!(store.read_blob(&a).await.expect("read"), b"hello");
+        store.verify(&a).await.expect("verify");
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_leaves_nothing() {
+        let (_d, store) = fresh().await;
+        let mut w = store.new_blob().await.expect("new");
+        w.write_all(&[7u8; 3 << 20]).await.expect("write");
+        assert_eq!(files_in(&store.tmp_dir()).len(), 1);
+        drop(w);
+        assert!(files_in(&store.tmp_dir()).is_empty());
+        assert!(files_in(&store.blob_dir()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn commit_expecting_rejects_other_content() {
+        let (_d, store) = fresh().await;
+        let mut w = store.new_blob().await.expect("new");
+        w.write_all(b"actual").await.expect("write");
+        let err = w
+            .commit_expecting(&Digest::sha256_of(b"expected"))
+            .await
+            .expect_err("mismatch");
+        assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+        assert!(files_in(&store.blob_dir()).is_empty());
+        assert!(files_in(&store.tmp_dir()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn open_removes_dead_temp_files_but_not_live_ones() {
+        let (_d, store) = fresh().await;
+        // A live writer: its flock must protect it from a concurrent open.
+        let mut live = store.new_blob().await.expect("new");
+        live.write_all(b"in progress").await.expect("write");
+        // A crashed writer's leftover: a temp file nobody holds a lock on.
+        let dead = store.tmp_dir().join("blob-dead");
+        stdfs::write(&dead, b"half").expect("write");
+
+        let reopened = Store::open(store.root()).await.expect("reopen");
+        assert!(!dead.exists(), "stale temp file survived open");
+        assert_eq!(
+            files_in(&store.tmp_dir()).len(),
+            1,
+            "live temp file was removed"
+        );
+        let (digest, _) = live.commit().await.expect("commit after concurrent open");
+        reopened.verify(&digest).await.expect("verify");
+    }
+
+    #[tokio::test]
+    async fn verify_detects_corruption() {
+        let (_d, store) = fresh().await;
+        let d = store.put(b"precious").await.expect("put");
+        stdfs::write(store.blob_path(&d), b"tampered").expect("tamper");
+        let err = store.verify(&d).await.expect_err("corrupt");
+        assert!(err.to_string().contains(&d.to_string()), "{err}");
+        let missing = Digest::sha256_of(b"absent");
+        assert!(matches!(
+            store.verify(&missing).await,
+            Err(StoreError::BlobUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn tags_survive_reopen_and_overwrite_atomically() {
+        let (_d, store) = fresh().await;
+        let name: Name = "a/b".parse().expect("name");
+        let (v1, v2): (Tag, Tag) = ("v1".parse().expect("tag"), "v2".parse().expect("tag"));
+        let d1 = Digest::sha256_of(b"1");
+        let d2 = Digest::sha256_of(b"2");
+        store.set_tag(&name, &v1, &d1).await.expect("tag");
+        store.set_tag(&name, &v2, &d1).await.expect("tag");
+        store.set_tag(&name, &v2, &d2).await.expect("retag");
+
+        let reopened = Store::open(store.root()).await.expect("reopen");
+        assert_eq!(reopened.tag(&name, &v1).await.expect("get"), Some(d1));
+        assert_eq!(reopened.tag(&name, &v2).await.expect("get"), Some(d2));
+        assert_eq!(reopened.tags(&name).await.expect("list"), vec![v1, v2]);
+        let other: Name = "a".parse().expect("name");
+        assert_eq!(reopened.tags(&other).await.expect("list"), vec![]);
+        assert!(files_in(&store.tmp_dir()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn open_fails_clearly_when_root_is_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("file");
+        stdfs::write(&file, b"x").expect("write");
+        let err = Store::open(file.join("store"))
+            .await
+            .expect_err("not a dir");
+        let msg = err.to_string();
+        assert!(msg.contains("cannot create store directory"), "{msg}");
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+    }
+}

@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use async_compression::Level;
 use async_compression::tokio::write::GzipEncoder;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter, DuplexStream, ReadBuf,
+};
 use tokio_tar::{Builder, EntryType, Header};
 
 use crate::digest::{Digest, HashingWriter};
@@ -26,6 +28,8 @@ use crate::store::{Store, StoreError};
 
 /// Read size for input files: large reads keep the pipeline fed (4 KiB reads are far slower).
 const READ_BUFFER: usize = 1 << 20;
+/// Batch size, and capacity, of the pipe from the tar stage to the compressor.
+const PIPE_BUFFER: usize = 1 << 20;
 /// Default gzip level: the usual speed/size balance (`gzip -6`).
 pub const DEFAULT_LEVEL: u32 = 6;
 
@@ -308,7 +312,8 @@ fn header(entry_type: EntryType, mode: u32, size: u64, mtime: u64) -> Header {
 }
 
 /// The tar stream ends up here: each stage hashes what it passes on.
-type TarSink = HashingWriter<GzipEncoder<crate::store::BlobWriter>>;
+/// The tar stream goes here: hashed (diff_id), batched, then piped to the compressor task.
+type TarSink = HashingWriter<BufWriter<DuplexStream>>;
 
 /// What one pack produced, with the figures the CLI reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,17 +339,45 @@ pub async fn pack_layer(
         .await
         .map_err(|e| PackError::Write(io::Error::other(e)))??;
 
+    // Two stages on two threads: this task reads files, builds the tar and hashes it; the
+    // spawned one compresses, hashes and writes. A bounded pipe between them keeps memory flat.
     let blob = store.new_blob().await?;
-    let gzip = GzipEncoder::with_quality(blob, Level::Precise(opts.level as i32));
-    let mut tar = Builder::new(HashingWriter::new(gzip));
+    let (tar_out, gzip_in) = tokio::io::duplex(PIPE_BUFFER);
+    let level = Level::Precise(opts.level as i32);
+    let compress = tokio::spawn(async move {
+        let mut gzip = GzipEncoder::with_quality(blob, level);
+        let mut from_tar = BufReader::with_capacity(PIPE_BUFFER, gzip_in);
+        tokio::io::copy_buf(&mut from_tar, &mut gzip).await?;
+        gzip.shutdown().await?;
+        Ok::<_, io::Error>(gzip.into_inner())
+    });
+    let mut tar = Builder::new(HashingWriter::new(BufWriter::with_capacity(
+        PIPE_BUFFER,
+        tar_out,
+    )));
     let mut input_bytes = 0;
-    for (path, entry) in &plan {
-        input_bytes += append(&mut tar, path, entry, opts.mtime).await?;
+    let built = async {
+        for (path, entry) in &plan {
+            input_bytes += append(&mut tar, path, entry, opts.mtime).await?;
+        }
+        let mut sink = tar.into_inner().await.map_err(PackError::Write)?;
+        sink.shutdown().await.map_err(PackError::Write)?;
+        Ok::<_, PackError>(sink.into_parts())
     }
-    let sink: TarSink = tar.into_inner().await.map_err(PackError::Write)?;
-    let (mut gzip, diff_id, tar_size) = sink.into_parts();
-    gzip.shutdown().await.map_err(PackError::Write)?;
-    let (digest, size) = gzip.into_inner().commit().await?;
+    .await;
+    // Whatever happened, wait for the compressor, so that a failed pack has removed its temp
+    // file before we return. `built` failing drops the pipe, which ends the compressor.
+    let compressed = compress
+        .await
+        .map_err(|e| PackError::Write(io::Error::other(e)))
+        .and_then(|r| r.map_err(PackError::Write));
+    let ((_, diff_id, tar_size), blob) = match (built, compressed) {
+        (Ok(parts), Ok(blob)) => (parts, blob),
+        // A compressor failure (say, disk full) shows on the tar side only as a broken pipe.
+        (Ok(_) | Err(PackError::Write(_)), Err(e)) => return Err(e),
+        (Err(e), _) => return Err(e),
+    };
+    let (digest, size) = blob.commit().await?;
     Ok(PackedLayer {
         layer: Layer {
             digest,

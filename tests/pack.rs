@@ -1,0 +1,273 @@
+//! End-to-end tests of `quinistry pack`: the stored layer is checked with the system's own
+//! tar, gzip and sha256sum, never with our own code.
+
+mod common;
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+/// A directory with the cases tar determinism must get right.
+fn fixture(root: &Path) {
+    let mk = |rel: &str, data: &[u8], mode: u32| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, data).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    mk("bin/tool", &noise(3 << 20, 1), 0o755);
+    mk("etc/conf", b"key = value\n", 0o640);
+    mk("empty", b"", 0o644);
+    let long_dir = format!("deep/{}/{}", "d".repeat(90), "e".repeat(60));
+    mk(&format!("{long_dir}/file-with-a-long-path"), b"long", 0o600);
+    std::fs::set_permissions(root.join("deep"), std::fs::Permissions::from_mode(0o750))
+        .expect("chmod dir");
+    symlink("bin/tool", root.join("link")).expect("symlink");
+    symlink(
+        format!("{long_dir}/file-with-a-long-path"),
+        root.join("longlink"),
+    )
+    .expect("symlink");
+}
+
+fn pack_ok(store: &Path, args: &[&str]) -> std::collections::HashMap<String, String> {
+    report(&run_ok(
+        quinistry().arg("pack").arg("--store").arg(store).args(args),
+    ))
+}
+
+/// Compares a tree extracted by tar with the original: bytes, modes, symlink targets.
+fn assert_same_tree(orig: &Path, got: &Path) {
+    for entry in std::fs::read_dir(orig).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let (o, g) = (entry.path(), got.join(entry.file_name()));
+        let (om, gm) = (
+            std::fs::symlink_metadata(&o).expect("orig meta"),
+            std::fs::symlink_metadata(&g).unwrap_or_else(|e| panic!("{}: {e}", g.display())),
+        );
+        assert_eq!(om.file_type(), gm.file_type(), "{}", g.display());
+        if om.file_type().is_symlink() {
+            assert_eq!(std::fs::read_link(&o).ok(), std::fs::read_link(&g).ok());
+            continue;
+        }
+        assert_eq!(
+            om.permissions().mode() & 0o7777,
+            gm.permissions().mode() & 0o7777,
+            "mode of {}",
+            g.display()
+        );
+        if om.is_dir() {
+            assert_same_tree(&o, &g);
+        } else {
+            assert!(
+                std::fs::read(&o).expect("read") == std::fs::read(&g).expect("read"),
+                "content of {}",
+                g.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_unpacks_with_system_tar_to_identical_files() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (src, store, out) = (
+        tmp.path().join("src"),
+        tmp.path().join("store"),
+        tmp.path().join("out"),
+    );
+    fixture(&src);
+    std::fs::create_dir(&out).expect("mkdir");
+    let r = pack_ok(
+        &store,
+        &[&format!("{}:/app", src.display()), "--tag", "fixture:v1"],
+    );
+    let layer = blob(&store, &r["layer"]);
+
+    sh(&format!(
+        "tar -xzf '{}' -C '{}'",
+        layer.display(),
+        out.display()
+    ));
+    assert_same_tree(&src, &out.join("app"));
+
+    // Every stored blob is named by the sha256 of its bytes.
+    let blobs = files(&store.join("blobs/sha256"));
+    assert_eq!(blobs.len(), 4, "layer, config, two manifests: {blobs:?}");
+    for b in &blobs {
+        let name = format!(
+            "sha256:{}",
+            b.file_name().and_then(|n| n.to_str()).expect("name")
+        );
+        assert_eq!(sha256sum(b), name);
+    }
+    // diff_id is the sha256 of the uncompressed tar; the manifest names the compressed blob.
+    let unzipped = sh(&format!("gunzip -c '{}' | sha256sum", layer.display()));
+    assert_eq!(format!("sha256:{}", &unzipped[..64]), r["diff_id"]);
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(blob(&store, &r["config"])).expect("config"))
+            .expect("json");
+    assert_eq!(config["rootfs"]["diff_ids"][0], r["diff_id"]);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(blob(&store, &r["manifest"])).expect("manifest"))
+            .expect("json");
+    assert_eq!(manifest["layers"][0]["digest"], r["layer"]);
+    assert_eq!(
+        manifest["layers"][0]["size"],
+        std::fs::metadata(&layer).expect("stat").len()
+    );
+    assert_eq!(manifest["config"]["digest"], r["config"]);
+    // The tag points at the OCI manifest, durably.
+    let tag = std::fs::read_to_string(store.join("repositories/fixture/_tags/v1")).expect("tag");
+    assert_eq!(tag.trim(), r["manifest"]);
+}
+
+#[test]
+fn tar_headers_and_gzip_header_are_deterministic() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    fixture(&src);
+    let r = report(&run_ok(
+        quinistry()
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["pack", "--store"])
+            .arg(&store)
+            .arg(format!("{}:/app", src.display())),
+    ));
+    let layer = blob(&store, &r["layer"]);
+    let listing = sh(&format!(
+        "TZ=UTC tar --numeric-owner --full-time -tvzf '{}'",
+        layer.display()
+    ));
+    let lines: Vec<&str> = listing.lines().collect();
+    assert!(lines.len() >= 10, "{listing}");
+    let mut names = Vec::new();
+    for line in &lines {
+        // perms owner/group size date time name
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[1], "0/0", "uid/gid not 0: {line}");
+        assert_eq!((f[3], f[4]), ("2023-11-14", "22:13:20"), "mtime: {line}");
+        names.push(f[5].trim_end_matches('/'));
+    }
+    let mut sorted = names.clone();
+    sorted.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
+    assert_eq!(names, sorted, "entries not in sorted order");
+    assert_eq!(names[0], "app", "parent directory not emitted first");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with("file-with-a-long-path") && n.len() > 150)
+    );
+
+    // gzip header: no file name flag, mtime 0, OS byte fixed (255 = unknown).
+    let head = std::fs::read(&layer).expect("read");
+    assert_eq!(&head[..3], &[0x1f, 0x8b, 8]);
+    assert_eq!(head[3], 0, "gzip FLG must carry no name/comment");
+    assert_eq!(&head[4..8], &[0, 0, 0, 0], "gzip MTIME must be 0");
+    assert_eq!(head[9], 0xff, "gzip OS byte");
+    // gzip itself agrees the stream is sound.
+    sh(&format!("gzip -t '{}'", layer.display()));
+}
+
+#[test]
+fn two_processes_two_stores_same_digests() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    fixture(&src);
+    let input = format!("{}:/app", src.display());
+    let a = pack_ok(&tmp.path().join("a"), &[&input]);
+    let b = pack_ok(&tmp.path().join("b"), &[&input]);
+    for key in ["manifest", "docker", "config", "layer", "diff_id"] {
+        assert_eq!(a[key], b[key], "{key} differs between runs");
+    }
+    // The test can fail: a different mtime really does change every digest.
+    let c = report(&run_ok(
+        quinistry()
+            .env("SOURCE_DATE_EPOCH", "1")
+            .args(["pack", "--store"])
+            .arg(tmp.path().join("c"))
+            .arg(&input),
+    ));
+    assert_ne!(a["diff_id"], c["diff_id"]);
+    assert_ne!(a["manifest"], c["manifest"]);
+}
+
+#[test]
+fn no_input_packs_this_executable_as_main() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (store, out) = (tmp.path().join("store"), tmp.path().join("out"));
+    std::fs::create_dir(&out).expect("mkdir");
+    let r = pack_ok(&store, &[]);
+    assert_eq!(r["tag"], "quinistry:latest");
+    sh(&format!(
+        "tar -xzf '{}' -C '{}'",
+        blob(&store, &r["layer"]).display(),
+        out.display()
+    ));
+    let main = out.join("main");
+    assert!(std::fs::read(&main).expect("main") == std::fs::read(BIN).expect("bin"));
+    assert_eq!(
+        std::fs::metadata(&main).expect("meta").permissions().mode() & 0o777,
+        0o755
+    );
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(blob(&store, &r["config"])).expect("config"))
+            .expect("json");
+    assert_eq!(config["config"]["Entrypoint"][0], "/main");
+}
+
+#[test]
+fn oci_layout_is_read_by_skopeo() {
+    if !have_tool("skopeo", "skopeo") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (src, store, layout) = (
+        tmp.path().join("src"),
+        tmp.path().join("store"),
+        tmp.path().join("layout"),
+    );
+    fixture(&src);
+    let r = pack_ok(
+        &store,
+        &[
+            &src.join("bin/tool").display().to_string(),
+            "--tag",
+            "tools/tool:v2",
+            "--oci-layout",
+            &layout.display().to_string(),
+        ],
+    );
+    let inspect = sh(&format!("skopeo inspect oci:'{}':v2", layout.display()));
+    let json: Value = serde_json::from_str(&inspect).expect("skopeo json");
+    assert_eq!(json["Digest"], r["manifest"]);
+    assert_eq!(json["Layers"][0], r["layer"]);
+    // A second image in the same layout keeps the first one reachable.
+    pack_ok(
+        &store,
+        &[
+            &src.join("etc/conf").display().to_string(),
+            "--tag",
+            "conf:v3",
+            "--oci-layout",
+            &layout.display().to_string(),
+        ],
+    );
+    let again: Value = serde_json::from_str(&sh(&format!(
+        "skopeo inspect oci:'{}':v2",
+        layout.display()
+    )))
+    .expect("json");
+    assert_eq!(again["Digest"], r["manifest"]);
+    // skopeo copies the image out and checks every digest on the way.
+    let dir = tmp.path().join("copied");
+    sh(&format!(
+        "skopeo copy oci:'{}':v2 dir:'{}'",
+        layout.display(),
+        dir.display()
+    ));
+    let hex = r["layer"].trim_start_matches("sha256:");
+    assert_eq!(sha256sum(&dir.join(hex)), r["layer"]);
+}

@@ -179,9 +179,13 @@ fn default_tag(specs: &[String], inputs: &[Input]) -> Result<TaggedName, String>
     if specs.is_empty() {
         return "quinistry:latest".parse().map_err(|e| format!("{e}"));
     }
+    // The name it has in the image, or (for a directory placed at /) on the host.
     let base = inputs
         .first()
-        .and_then(|i| i.dest.rsplit('/').next())
+        .and_then(|i| {
+            let in_image = i.dest.rsplit('/').next().filter(|b| !b.is_empty());
+            in_image.or_else(|| i.source.file_name().and_then(|n| n.to_str()))
+        })
         .unwrap_or_default();
     let mut name = String::new();
     for c in base.chars() {

@@ -410,8 +410,9 @@ async fn append(
                 // Longer than the header's 100 bytes: GNU tar's long-link entry comes first.
                 let bytes = target.as_os_str().as_encoded_bytes();
                 let mut long = header(EntryType::GNULongLink, 0o644, bytes.len() as u64 + 1, 0);
-                long.as_gnu_mut()
-                    .map(|g| g.name[..13].copy_from_slice(b"././@LongLink"));
+                if let Some(g) = long.as_gnu_mut() {
+                    g.name[..13].copy_from_slice(b"././@LongLink");
+                }
                 long.set_cksum();
                 let data = [bytes, b"\0"].concat();
                 tar.append(&long, &data[..])
@@ -419,8 +420,9 @@ async fn append(
                     .map_err(PackError::Write)?;
                 // Keep a truncated name in the header itself, as GNU tar does.
                 let cut = &bytes[..99.min(bytes.len())];
-                h.as_gnu_mut()
-                    .map(|g| g.linkname[..cut.len()].copy_from_slice(cut));
+                if let Some(g) = h.as_gnu_mut() {
+                    g.linkname[..cut.len()].copy_from_slice(cut);
+                }
             }
             tar.append_data(&mut h, path, tokio::io::empty())
                 .await

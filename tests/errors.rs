@@ -1,0 +1,294 @@
+//! Bad input and crashes: a one-line error naming the problem, a non-zero exit, and a store
+//! that holds nothing half-written.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Runs, expects failure, and returns the single stderr line.
+fn fails(cmd: &mut Command) -> String {
+    let out: Output = cmd.output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert!(
+        !out.status.success(),
+        "{cmd:?} should fail; stderr: {stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "want one error line, got: {stderr}"
+    );
+    assert!(stderr.starts_with("quinistry: "), "{stderr}");
+    stderr
+}
+
+/// Nothing committed and nothing left in the temp folder.
+fn assert_store_empty(store: &Path) {
+    assert_eq!(
+        files(&store.join("blobs/sha256")),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert_eq!(files(&store.join("tmp")), Vec::<std::path::PathBuf>::new());
+}
+
+fn is_root() -> bool {
+    sh("id -u") == "0"
+}
+
+/// A command that runs quinistry as an unprivileged user when we are root (root ignores file
+/// permissions, so permission errors can only be shown without it).
+fn unprivileged() -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .env("RUST_LOG", "warn")
+            .env_remove("SOURCE_DATE_EPOCH");
+        c
+    } else {
+        quinistry()
+    }
+}
+
+/// A temp dir everyone may enter (the unprivileged user needs to reach files inside it).
+fn open_tempdir() -> tempfile::TempDir {
+    let t = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    t
+}
+
+#[test]
+fn missing_input_is_named() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let store = t.path().join("store");
+    let missing = t.path().join("no-such-file");
+    let err = fails(
+        quinistry()
+            .arg("pack")
+            .arg("--store")
+            .arg(&store)
+            .arg(&missing),
+    );
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains("No such file"), "{err}");
+    assert_store_empty(&store);
+}
+
+#[test]
+fn unreadable_file_is_named_and_nothing_is_stored() {
+    let t = open_tempdir();
+    let store = t.path().join("store");
+    std::fs::create_dir(&store).expect("mkdir");
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let dir = t.path().join("in");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::write(dir.join("a-readable"), noise(2 << 20, 5)).expect("write");
+    let secret = dir.join("b-secret");
+    std::fs::write(&secret, b"secret").expect("write");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    // The readable file is packed first, so the failure comes mid-stream.
+    let err = fails(
+        unprivileged()
+            .arg("pack")
+            .arg("--store")
+            .arg(&store)
+            .arg(&dir),
+    );
+    assert!(err.contains(&secret.display().to_string()), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_store_empty(&store);
+}
+
+#[test]
+fn unwritable_store_is_named() {
+    let t = open_tempdir();
+    let input = t.path().join("f");
+    std::fs::write(&input, b"data").expect("write");
+    // A store below a regular file can never be created.
+    let file = t.path().join("plain-file");
+    std::fs::write(&file, b"").expect("write");
+    let err = fails(
+        quinistry()
+            .arg("pack")
+            .arg("--store")
+            .arg(file.join("store"))
+            .arg(&input),
+    );
+    assert!(err.contains("cannot create store directory"), "{err}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    // A read-only store directory (for a user who is not root).
+    let ro = t.path().join("ro-store");
+    std::fs::create_dir_all(ro.join("tmp")).expect("mkdir");
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    std::fs::set_permissions(ro.join("tmp"), std::fs::Permissions::from_mode(0o555))
+        .expect("chmod");
+    let err = fails(
+        unprivileged()
+            .arg("pack")
+            .arg("--store")
+            .arg(&ro)
+            .arg(&input),
+    );
+    assert!(err.contains(&ro.display().to_string()), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+#[test]
+fn invalid_tag_level_and_inputs_are_refused_before_touching_the_store() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let store = t.path().join("store");
+    let input = t.path().join("f");
+    std::fs::write(&input, b"data").expect("write");
+    let pack = || {
+        let mut c = quinistry();
+        c.arg("pack").arg("--store").arg(&store);
+        c
+    };
+    let err = fails(pack().args(["--tag", "Not/Valid:tag"]).arg(&input));
+    assert!(
+        err.contains("invalid --tag") && err.contains("\"Not/Valid\""),
+        "{err}"
+    );
+    let err = fails(pack().args(["--tag", "ok:.bad"]).arg(&input));
+    assert!(err.contains("\".bad\""), "{err}");
+    let err = fails(pack().args(["--level", "12"]).arg(&input));
+    assert!(err.contains("gzip level 12"), "{err}");
+    let err = fails(pack().arg(format!("{}:/a/../b", input.display())));
+    assert!(err.contains("'..'"), "{err}");
+    let err = fails(pack().env("SOURCE_DATE_EPOCH", "yesterday").arg(&input));
+    assert!(err.contains("SOURCE_DATE_EPOCH"), "{err}");
+    assert!(
+        !store.exists(),
+        "store was created for a command that was refused"
+    );
+}
+
+#[test]
+fn special_files_are_refused_by_kind() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let store = t.path().join("store");
+    let fifo = t.path().join("pipe");
+    sh(&format!("mkfifo '{}'", fifo.display()));
+    let err = fails(
+        quinistry()
+            .arg("pack")
+            .arg("--store")
+            .arg(&store)
+            .arg(&fifo),
+    );
+    assert!(
+        err.contains("named pipe") && err.contains(&fifo.display().to_string()),
+        "{err}"
+    );
+    assert_store_empty(&store);
+}
+
+#[test]
+fn sigkill_mid_pack_leaves_no_bad_blob_and_next_open_cleans_up() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let store = t.path().join("store");
+    let input = t.path().join("big");
+    // Incompressible data at level 9: slow enough to be caught in the middle.
+    std::fs::write(&input, noise(192 << 20, 9)).expect("write");
+    // One committed image first, to show a kill does not harm what is already stored.
+    let small = t.path().join("small");
+    std::fs::write(&small, b"small").expect("write");
+    run_ok(
+        quinistry()
+            .arg("pack")
+            .arg("--store")
+            .arg(&store)
+            .arg(&small),
+    );
+    let before = files(&store.join("blobs/sha256")).len();
+
+    let mut child = quinistry()
+        .args(["pack", "--level", "9", "--store"])
+        .arg(&store)
+        .arg(&input)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let writing = files(&store.join("tmp"))
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > (1 << 20)));
+        if writing {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "pack ended before the kill"
+        );
+        assert!(Instant::now() < deadline, "pack never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    assert!(
+        !status.success(),
+        "the pack finished: the kill came too late to test anything"
+    );
+
+    // Every name under blobs/ matches its content; the half-written layer is only in tmp/.
+    let blobs = files(&store.join("blobs/sha256"));
+    assert_eq!(
+        blobs.len(),
+        before,
+        "a blob was committed by the killed pack"
+    );
+    for b in &blobs {
+        let name = format!(
+            "sha256:{}",
+            b.file_name().and_then(|n| n.to_str()).expect("name")
+        );
+        assert_eq!(sha256sum(b), name);
+    }
+    assert!(
+        !files(&store.join("tmp")).is_empty(),
+        "expected the killed writer's temp file"
+    );
+
+    // The next open removes it; verify agrees the store is sound.
+    let out = run_ok(quinistry().arg("verify").arg("--store").arg(&store));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("verified {before} blobs")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(files(&store.join("tmp")), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn verify_reports_a_corrupted_blob() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let store = t.path().join("store");
+    let input = t.path().join("f");
+    std::fs::write(&input, b"data").expect("write");
+    let r = report(&run_ok(
+        quinistry()
+            .arg("pack")
+            .arg("--store")
+            .arg(&store)
+            .arg(&input),
+    ));
+    run_ok(quinistry().arg("verify").arg("--store").arg(&store));
+    std::fs::write(blob(&store, &r["config"]), b"{}").expect("tamper");
+    let out = quinistry()
+        .arg("verify")
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("CORRUPT") && stdout.contains(&r["config"][7..]),
+        "{stdout}"
+    );
+}

@@ -119,7 +119,6 @@ impl PackArgs {
 
 /// Everything is validated before the store is touched, so bad arguments store nothing.
 async fn run_pack(args: PackArgs) -> Result<(), String> {
-    let e = |e: &dyn std::fmt::Display| e.to_string();
     let mtime = pack::source_date_epoch()?;
     if args.level > 9 {
         return Err(pack::PackError::BadLevel(args.level).to_string());
@@ -127,13 +126,13 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
     let inputs: Vec<Input> = if args.inputs.is_empty() {
         let exe = std::env::current_exe()
             .map_err(|err| format!("cannot find this executable to pack it: {err}"))?;
-        vec![Input::at(exe, "/main", "self").map_err(|err| e(&err))?]
+        vec![Input::at(exe, "/main", "self").map_err(msg)?]
     } else {
         args.inputs
             .iter()
             .map(|s| s.parse::<Input>())
             .collect::<Result<_, _>>()
-            .map_err(|err| e(&err))?
+            .map_err(msg)?
     };
     let tag: TaggedName = match &args.tag {
         Some(t) => t.parse().map_err(|err| format!("invalid --tag: {err}"))?,
@@ -150,14 +149,14 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
     };
 
     let store_dir = args.store.dir()?;
-    let store = Store::open(&store_dir).await.map_err(|err| e(&err))?;
+    let store = Store::open(&store_dir).await.map_err(msg)?;
     let opts = LayerOptions {
         level: args.level,
         mtime,
     };
     let img = pack::pack_image(&store, &inputs, opts, &run, Some(&tag))
         .await
-        .map_err(|err| e(&err))?;
+        .map_err(msg)?;
     if let Some(dir) = &args.oci_layout {
         let p = &img.packed.layer;
         layout::export(
@@ -167,7 +166,7 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
             &[&img.config.0, &p.digest],
             tag.tag.as_str(),
         )
-        .map_err(|err| e(&err))?;
+        .map_err(msg)?;
     }
     report(&img, &tag, &store_dir, args.oci_layout.as_deref());
     Ok(())
@@ -212,6 +211,11 @@ fn default_entrypoint(inputs: &[Input]) -> Option<Vec<String>> {
             .map(|_| vec![one.dest.clone()]),
         _ => None,
     }
+}
+
+/// Errors reach the user as their one-line Display.
+fn msg(e: impl std::fmt::Display) -> String {
+    e.to_string()
 }
 
 fn mib(bytes: u64) -> f64 {

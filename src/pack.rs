@@ -532,17 +532,8 @@ pub async fn pack_image(
     let layers = [packed.layer.clone()];
     let config_bytes = image::config_json(run, &layers)?;
     let config = (store.put(&config_bytes).await?, config_bytes.len() as u64);
-    let mut manifests = Vec::new();
-    for form in [ManifestForm::Oci, ManifestForm::Docker] {
-        let bytes = image::manifest_json(form, (&config.0, config.1), &layers)?;
-        manifests.push((store.put(&bytes).await?, bytes.len() as u64));
-    }
-    let docker_manifest = manifests
-        .pop()
-        .ok_or(PackError::Write(io::Error::other("no manifest")))?;
-    let manifest = manifests
-        .pop()
-        .ok_or(PackError::Write(io::Error::other("no manifest")))?;
+    let manifest = put_manifest(store, ManifestForm::Oci, &config, &layers).await?;
+    let docker_manifest = put_manifest(store, ManifestForm::Docker, &config, &layers).await?;
     if let Some(t) = tag {
         store.set_tag(&t.name, &t.tag, &manifest.0).await?;
     }
@@ -555,7 +546,17 @@ pub async fn pack_image(
     })
 }
 
-/// Whether the file at `path` has any execute bit (used to pick a default entrypoint).
+async fn put_manifest(
+    store: &Store,
+    form: ManifestForm,
+    config: &(Digest, u64),
+    layers: &[Layer],
+) -> Result<(Digest, u64), PackError> {
+    let bytes = image::manifest_json(form, (&config.0, config.1), layers)?;
+    Ok((store.put(&bytes).await?, bytes.len() as u64))
+}
+
+/// Whether metadata is of a regular file with any execute bit (picks a default entrypoint).
 pub fn is_executable(meta: &std::fs::Metadata) -> bool {
     meta.is_file() && meta.mode() & 0o111 != 0
 }

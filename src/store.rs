@@ -27,6 +27,10 @@ use crate::reference::{Name, Tag};
 const WRITE_BUFFER: usize = 1 << 20;
 /// Read size when re-hashing a blob.
 const READ_BUFFER: usize = 1 << 20;
+/// Name prefix of a temp file that is not yet locked by its writer.
+const UNLOCKED_PREFIX: &str = "new-";
+/// How long an unlocked temp file is left alone (its writer locks it within microseconds).
+const UNLOCKED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -138,16 +142,27 @@ impl Store {
     }
 
     /// Deletes temp files whose writer is gone. A live writer holds an exclusive flock on its
-    /// temp file, so a file we can lock belongs to a process that died (or was killed).
+    /// temp file, so a file we can lock belongs to a process that died. A file still under
+    /// its unlocked `new-` name is only removed once old: its writer may be between creating
+    /// and locking it.
     fn remove_stale_temp_files(&self) -> Result<usize> {
         let dir = self.tmp_dir();
         let mut removed = 0;
         for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
             let path = ctx(entry, "list", &dir)?.path();
-            let Ok(file) = stdfs::File::open(&path) else {
-                continue; // vanished meanwhile: its writer committed or cleaned it up
+            let unlocked_name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(UNLOCKED_PREFIX));
+            let stale = if unlocked_name {
+                stdfs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNLOCKED_GRACE))
+            } else {
+                // A file that vanished meanwhile was committed or cleaned up by its writer.
+                stdfs::File::open(&path).is_ok_and(|f| f.try_lock().is_ok())
             };
-            if file.try_lock().is_ok() {
+            if stale {
                 match stdfs::remove_file(&path) {
                     Ok(()) => removed += 1,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -161,21 +176,44 @@ impl Store {
         Ok(removed)
     }
 
-    /// A new temp file in `tmp/`, flock'd so that a concurrent `open` leaves it alone.
+    /// A new temp file in `tmp/`, flock'd so that a concurrent `open` leaves it alone. It is
+    /// created under an unlocked name and renamed once locked, so the cleaner never mistakes
+    /// a live file it managed to lock first for a dead one.
     fn create_temp(&self, prefix: &str) -> Result<(stdfs::File, tempfile::TempPath)> {
         let dir = self.tmp_dir();
         let named = ctx(
-            tempfile::Builder::new().prefix(prefix).tempfile_in(&dir),
+            tempfile::Builder::new()
+                .prefix(&format!("{UNLOCKED_PREFIX}{prefix}"))
+                .tempfile_in(&dir),
             "create temp file in",
             &dir,
         )?;
-        let (file, path) = named.into_parts();
+        let (file, unlocked) = named.into_parts();
         ctx(
             file.lock().map_err(io::Error::other),
             "lock temp file",
-            &path,
+            &unlocked,
         )?;
-        Ok((file, path))
+        let name = unlocked
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(UNLOCKED_PREFIX))
+            .map(str::to_owned)
+            .unwrap_or_else(|| prefix.to_owned());
+        let locked = dir.join(name);
+        ctx(
+            unlocked.persist(&locked).map_err(|e| e.error),
+            "rename temp file",
+            &locked,
+        )?;
+        Ok((
+            file,
+            tempfile::TempPath::try_from_path(locked).map_err(|e| StoreError::Io {
+                action: "use temp file",
+                path: dir,
+                source: e,
+            })?,
+        ))
     }
 
     /// Starts writing a blob. Write the bytes, then `commit`; dropping the writer instead
@@ -501,8 +539,19 @@ mod tests {
         let dead = store.tmp_dir().join("blob-dead");
         stdfs::write(&dead, b"half").expect("write");
 
+        // A file under the unlocked name: young, its writer may be about to lock it; old, dead.
+        let young = store.tmp_dir().join(format!("{UNLOCKED_PREFIX}young"));
+        stdfs::write(&young, b"").expect("write");
+        let old = store.tmp_dir().join(format!("{UNLOCKED_PREFIX}old"));
+        stdfs::File::create(&old)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now() - 2 * UNLOCKED_GRACE))
+            .expect("age file");
+
         let reopened = Store::open(store.root()).await.expect("reopen");
         assert!(!dead.exists(), "stale temp file survived open");
+        assert!(!old.exists(), "old unlocked temp file survived open");
+        assert!(young.exists(), "young unlocked temp file was removed");
+        stdfs::remove_file(&young).expect("remove");
         assert_eq!(
             files_in(&store.tmp_dir()).len(),
             1,

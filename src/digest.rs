@@ -50,6 +50,16 @@ pub enum DigestError {
 
 /// A validated digest such as `sha256:e3b0c442…`. Construction guarantees the hex part has the
 /// algorithm's length and is lowercase, so it is safe to use as a file name.
+///
+/// ```
+/// use quinistry::digest::Digest;
+///
+/// let d: Digest = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+///     .parse()
+///     .unwrap();
+/// assert_eq!(d, Digest::sha256_of(b""));
+/// assert!("sha256:../../etc/passwd".parse::<Digest>().is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest {
     /// Which hash produced `hex`.

@@ -26,6 +26,13 @@ pub enum ReferenceError {
 }
 
 /// A repository name such as `quinistry` or `library/tools/env`.
+///
+/// ```
+/// use quinistry::reference::Name;
+///
+/// assert!("library/tools/env".parse::<Name>().is_ok());
+/// assert!("a/../b".parse::<Name>().is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Name(String);
 

@@ -34,8 +34,8 @@ fn ctx<T>(r: io::Result<T>, action: &'static str, path: &Path) -> Result<T, Layo
 }
 
 /// Writes `manifest` and the blobs it names (`blobs`) from `store` into the layout at `dir`,
-/// and lists it in `index.json` under `ref_name`, replacing an entry of the same name. Blobs
-/// are hard-linked where possible, else copied; existing entries of other names are kept.
+/// and lists it in `index.json` under `ref_name`, replacing an entry of the same name; entries
+/// of other names are kept.
 pub fn export(
     store: &Store,
     dir: &Path,
@@ -55,12 +55,17 @@ pub fn export(
             continue;
         }
         let from = store.blob_path(digest);
+        // Copied, not hard-linked: a tool editing the layout must not be able to change the
+        // store. std's copy uses copy_file_range, a reflink where the file system has them.
         // Copy under a temp name, then rename: a reader never sees half a blob here either.
-        let tmp = blob_dir.join(format!(".{}.tmp", digest.hex()));
-        if std::fs::hard_link(&from, &tmp).is_err() {
-            ctx(std::fs::copy(&from, &tmp).map(drop), "copy blob to", &tmp)?;
-        }
-        ctx(std::fs::rename(&tmp, &to), "write blob", &to)?;
+        let tmp = ctx(
+            tempfile::NamedTempFile::new_in(&blob_dir),
+            "create temp file in",
+            &blob_dir,
+        )?
+        .into_temp_path();
+        ctx(std::fs::copy(&from, &tmp).map(drop), "copy blob to", &tmp)?;
+        ctx(tmp.persist(&to).map_err(|e| e.error), "write blob", &to)?;
     }
     write_atomic(
         &dir.join("oci-layout"),

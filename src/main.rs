@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use quinistry::image::RunConfig;
+use quinistry::image::{self, RunConfig};
 use quinistry::layout;
 use quinistry::pack::{self, Input, LayerOptions};
 use quinistry::reference::TaggedName;
@@ -53,6 +53,12 @@ struct PackArgs {
     /// Entrypoint path in the image [default: the input, when it is one executable file]
     #[arg(long, value_name = "PATH")]
     entrypoint: Option<String>,
+    /// Default arguments (the config's Cmd); repeat for each argument
+    #[arg(long = "cmd", value_name = "ARG", allow_hyphen_values = true)]
+    cmd: Vec<String>,
+    /// Environment variable KEY=VALUE; repeatable (PATH has a standard default)
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
     /// Files or directories to pack, each as SRC or SRC:/DEST (where it goes in the image)
     #[arg(value_name = "INPUT")]
     inputs: Vec<String>,
@@ -144,6 +150,8 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
     };
     let run = RunConfig {
         entrypoint,
+        cmd: (!args.cmd.is_empty()).then_some(args.cmd),
+        env: environment(&args.env)?,
         created: mtime,
         ..Default::default()
     };
@@ -200,6 +208,21 @@ fn default_tag(specs: &[String], inputs: &[Input]) -> Result<TaggedName, String>
     format!("{name}:latest")
         .parse()
         .map_err(|_| format!("cannot derive an image name from {base:?}: pass --tag NAME:TAG"))
+}
+
+/// The image's environment: the default PATH unless given, then the `--env` entries in order.
+fn environment(given: &[String]) -> Result<Vec<String>, String> {
+    let mut env = Vec::new();
+    for e in given {
+        match e.split_once('=') {
+            Some((key, _)) if !key.is_empty() => env.push(e.clone()),
+            _ => return Err(format!("invalid --env {e:?}: use KEY=VALUE")),
+        }
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, image::DEFAULT_PATH.to_owned());
+    }
+    Ok(env)
 }
 
 /// One executable file input runs as the entrypoint; anything else has none by default.

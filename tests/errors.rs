@@ -159,6 +159,8 @@ fn invalid_tag_level_and_inputs_are_refused_before_touching_the_store() {
     assert!(err.contains("gzip level 12"), "{err}");
     let err = fails(pack().arg(format!("{}:/a/../b", input.display())));
     assert!(err.contains("'..'"), "{err}");
+    let err = fails(pack().args(["--env", "NOEQUALS"]).arg(&input));
+    assert!(err.contains("invalid --env \"NOEQUALS\""), "{err}");
     let err = fails(pack().env("SOURCE_DATE_EPOCH", "yesterday").arg(&input));
     assert!(err.contains("SOURCE_DATE_EPOCH"), "{err}");
     assert!(

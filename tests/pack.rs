@@ -246,6 +246,52 @@ fn no_input_packs_this_executable_as_main() {
 }
 
 #[test]
+fn entrypoint_cmd_and_env_reach_the_config() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let tool = tmp.path().join("tool");
+    std::fs::write(&tool, b"#!/bin/sh\n").expect("write");
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config_of = |args: &[&str]| -> Value {
+        let r = pack_ok(&store, args);
+        serde_json::from_slice(&std::fs::read(blob(&store, &r["config"])).expect("config"))
+            .expect("json")
+    };
+    let tool_arg = format!("{}:/usr/bin/tool", tool.display());
+    // One executable input: it is the entrypoint; PATH has its default.
+    let c = config_of(&[&tool_arg]);
+    assert_eq!(
+        c["config"]["Entrypoint"],
+        serde_json::json!(["/usr/bin/tool"])
+    );
+    assert!(c["config"]["Cmd"].is_null());
+    assert_eq!(
+        c["config"]["Env"],
+        serde_json::json!([quinistry::image::DEFAULT_PATH])
+    );
+    // Explicit settings win; arguments may start with '-'.
+    let c = config_of(&[
+        &tool_arg,
+        "--entrypoint",
+        "/bin/sh",
+        "--cmd",
+        "-c",
+        "--cmd",
+        "echo hi",
+        "--env",
+        "PATH=/usr/bin",
+        "--env",
+        "MODE=fast",
+    ]);
+    assert_eq!(c["config"]["Entrypoint"], serde_json::json!(["/bin/sh"]));
+    assert_eq!(c["config"]["Cmd"], serde_json::json!(["-c", "echo hi"]));
+    assert_eq!(
+        c["config"]["Env"],
+        serde_json::json!(["PATH=/usr/bin", "MODE=fast"])
+    );
+}
+
+#[test]
 fn oci_layout_is_read_by_skopeo() {
     if !have_tool("skopeo", "skopeo") {
         return;

@@ -253,7 +253,9 @@ fn add(
             Some(existing) => {
                 return Err(PackError::Conflict {
                     dest: format!("/{}", dest.display()),
-                    first: existing.origin.clone().unwrap_or_else(|| dest.clone()),
+                    first: existing.origin.clone().unwrap_or_else(|| {
+                        PathBuf::from("(the parent directory of another input)")
+                    }),
                     second: source.to_owned(),
                 });
             }

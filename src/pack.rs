@@ -160,8 +160,15 @@ pub fn source_date_epoch() -> Result<u64, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
     Dir,
-    File { source: PathBuf, size: u64 },
-    Symlink { target: PathBuf },
+    File {
+        source: PathBuf,
+        size: u64,
+        /// Modification time when planned: a file that changes while packed is an error.
+        modified: Option<std::time::SystemTime>,
+    },
+    Symlink {
+        target: PathBuf,
+    },
 }
 
 /// One tar entry to write.
@@ -221,6 +228,7 @@ fn add(
         Kind::File {
             source: source.to_owned(),
             size: meta.len(),
+            modified: meta.modified().ok(),
         }
     } else if ft.is_symlink() {
         Kind::Symlink {
@@ -460,7 +468,11 @@ async fn append(
                 .map_err(PackError::Write)?;
             Ok(0)
         }
-        Kind::File { source, size } => {
+        Kind::File {
+            source,
+            size,
+            modified,
+        } => {
             let read_err = |e: io::Error| PackError::Read {
                 path: source.clone(),
                 source: e,
@@ -481,6 +493,14 @@ async fn append(
                     None => PackError::Write(e),
                 }
             })?;
+            // Like GNU tar's "file changed as we read it", but an error: the layer would hold
+            // a state of the file that never existed.
+            let now = tokio::fs::metadata(source).await.map_err(read_err)?;
+            if now.len() != *size || now.modified().ok() != *modified {
+                return Err(read_err(io::Error::other(
+                    "file changed while it was being packed",
+                )));
+            }
             Ok(*size)
         }
     }
@@ -663,6 +683,29 @@ mod tests {
         let mut dec = async_compression::tokio::bufread::GzipDecoder::new(&whole[..]);
         dec.read_to_end(&mut back).await.expect("gunzip");
         assert!(back == data);
+    }
+
+    #[tokio::test]
+    async fn exact_reader_reports_a_file_that_shrank() {
+        let mut short = Exact {
+            inner: &b"abc"[..],
+            remaining: 5,
+        };
+        let mut out = Vec::new();
+        let err = short.read_to_end(&mut out).await.expect_err("short");
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let marker = err.get_ref().and_then(|e| e.downcast_ref::<InputError>());
+        assert!(
+            marker.is_some_and(|m| m.0.contains("2 bytes missing")),
+            "{err}"
+        );
+        let mut exact = Exact {
+            inner: &b"abcde"[..],
+            remaining: 5,
+        };
+        out.clear();
+        exact.read_to_end(&mut out).await.expect("exact");
+        assert_eq!(out, b"abcde");
     }
 
     #[test]

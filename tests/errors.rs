@@ -194,8 +194,6 @@ fn sigkill_mid_pack_leaves_no_bad_blob_and_next_open_cleans_up() {
     let t = tempfile::tempdir().expect("tempdir");
     let store = t.path().join("store");
     let input = t.path().join("big");
-    // Incompressible data at level 9: slow enough to be caught in the middle.
-    std::fs::write(&input, noise(192 << 20, 9)).expect("write");
     // One committed image first, to show a kill does not harm what is already stored.
     let small = t.path().join("small");
     std::fs::write(&small, b"small").expect("write");
@@ -208,28 +206,7 @@ fn sigkill_mid_pack_leaves_no_bad_blob_and_next_open_cleans_up() {
     );
     let before = files(&store.join("blobs/sha256")).len();
 
-    let mut child = quinistry()
-        .args(["pack", "--level", "9", "--store"])
-        .arg(&store)
-        .arg(&input)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let writing = files(&store.join("tmp"))
-            .iter()
-            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > (1 << 20)));
-        if writing {
-            break;
-        }
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "pack ended before the kill"
-        );
-        assert!(Instant::now() < deadline, "pack never started writing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = start_slow_pack(&store, &input);
     child.kill().expect("SIGKILL");
     let status = child.wait().expect("wait");
     assert!(
@@ -264,6 +241,56 @@ fn sigkill_mid_pack_leaves_no_bad_blob_and_next_open_cleans_up() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(files(&store.join("tmp")), Vec::<std::path::PathBuf>::new());
+}
+
+/// Starts a slow pack (192 MiB of incompressible data at level 9) and waits until its layer
+/// is being written, so the caller acts in the middle of the pack.
+fn start_slow_pack(store: &Path, input: &Path) -> std::process::Child {
+    std::fs::write(input, noise(192 << 20, 9)).expect("write");
+    let mut child = quinistry()
+        .args(["pack", "--level", "9", "--store"])
+        .arg(store)
+        .arg(input)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let writing = files(&store.join("tmp"))
+            .iter()
+            .any(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > (1 << 20)));
+        if writing {
+            return child;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "pack ended too early"
+        );
+        assert!(Instant::now() < deadline, "pack never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_file_that_changes_while_packed_is_an_error() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let (store, input) = (t.path().join("store"), t.path().join("growing"));
+    let child = start_slow_pack(&store, &input);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .expect("open");
+    std::io::Write::write_all(&mut f, b"appended while packing").expect("append");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "pack of a changing file succeeded");
+    assert!(
+        stderr.contains("changed while it was being packed")
+            && stderr.contains(&input.display().to_string()),
+        "{stderr}"
+    );
+    assert_store_empty(&store);
 }
 
 #[test]

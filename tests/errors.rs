@@ -66,13 +66,7 @@ fn missing_input_is_named() {
     let t = tempfile::tempdir().expect("tempdir");
     let store = t.path().join("store");
     let missing = t.path().join("no-such-file");
-    let err = fails(
-        quinistry()
-            .arg("pack")
-            .arg("--store")
-            .arg(&store)
-            .arg(&missing),
-    );
+    let err = fails(pack_in(&store).arg(&missing));
     assert!(err.contains(&missing.display().to_string()), "{err}");
     assert!(err.contains("No such file"), "{err}");
     assert_store_empty(&store);
@@ -111,13 +105,7 @@ fn unwritable_store_is_named() {
     // A store below a regular file can never be created.
     let file = t.path().join("plain-file");
     std::fs::write(&file, b"").expect("write");
-    let err = fails(
-        quinistry()
-            .arg("pack")
-            .arg("--store")
-            .arg(file.join("store"))
-            .arg(&input),
-    );
+    let err = fails(pack_in(&file.join("store")).arg(&input));
     assert!(err.contains("cannot create store directory"), "{err}");
     assert!(err.contains(&file.display().to_string()), "{err}");
     // A read-only store directory (for a user who is not root).
@@ -143,11 +131,7 @@ fn invalid_tag_level_and_inputs_are_refused_before_touching_the_store() {
     let store = t.path().join("store");
     let input = t.path().join("f");
     std::fs::write(&input, b"data").expect("write");
-    let pack = || {
-        let mut c = quinistry();
-        c.arg("pack").arg("--store").arg(&store);
-        c
-    };
+    let pack = || pack_in(&store);
     let err = fails(pack().args(["--tag", "Not/Valid:tag"]).arg(&input));
     assert!(
         err.contains("invalid --tag") && err.contains("\"Not/Valid\""),
@@ -175,13 +159,7 @@ fn special_files_are_refused_by_kind() {
     let store = t.path().join("store");
     let fifo = t.path().join("pipe");
     sh(&format!("mkfifo '{}'", fifo.display()));
-    let err = fails(
-        quinistry()
-            .arg("pack")
-            .arg("--store")
-            .arg(&store)
-            .arg(&fifo),
-    );
+    let err = fails(pack_in(&store).arg(&fifo));
     assert!(
         err.contains("named pipe") && err.contains(&fifo.display().to_string()),
         "{err}"
@@ -197,13 +175,7 @@ fn sigkill_mid_pack_leaves_no_bad_blob_and_next_open_cleans_up() {
     // One committed image first, to show a kill does not harm what is already stored.
     let small = t.path().join("small");
     std::fs::write(&small, b"small").expect("write");
-    run_ok(
-        quinistry()
-            .arg("pack")
-            .arg("--store")
-            .arg(&store)
-            .arg(&small),
-    );
+    run_ok(pack_in(&store).arg(&small));
     let before = files(&store.join("blobs/sha256")).len();
 
     let mut child = start_slow_pack(&store, &input);
@@ -299,13 +271,7 @@ fn verify_reports_a_corrupted_blob() {
     let store = t.path().join("store");
     let input = t.path().join("f");
     std::fs::write(&input, b"data").expect("write");
-    let r = report(&run_ok(
-        quinistry()
-            .arg("pack")
-            .arg("--store")
-            .arg(&store)
-            .arg(&input),
-    ));
+    let r = report(&run_ok(pack_in(&store).arg(&input)));
     run_ok(quinistry().arg("verify").arg("--store").arg(&store));
     std::fs::write(blob(&store, &r["config"]), b"{}").expect("tamper");
     let out = quinistry()

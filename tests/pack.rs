@@ -33,9 +33,7 @@ fn fixture(root: &Path) {
 }
 
 fn pack_ok(store: &Path, args: &[&str]) -> std::collections::HashMap<String, String> {
-    report(&run_ok(
-        quinistry().arg("pack").arg("--store").arg(store).args(args),
-    ))
+    report(&run_ok(pack_in(store).args(args)))
 }
 
 /// Compares a tree extracted by tar with the original: bytes, modes, symlink targets.
@@ -185,10 +183,7 @@ fn concurrent_processes_in_fresh_stores_get_the_same_digests() {
     // Four packs at once on two cores: each sees different scheduling.
     let children: Vec<_> = (0..4)
         .map(|i| {
-            quinistry()
-                .arg("pack")
-                .arg("--store")
-                .arg(tmp.path().join(format!("store{i}")))
+            pack_in(&tmp.path().join(format!("store{i}")))
                 .arg(&input)
                 .stdout(std::process::Stdio::piped())
                 .spawn()

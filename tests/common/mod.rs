@@ -17,6 +17,13 @@ pub fn quinistry() -> Command {
     c
 }
 
+/// `quinistry pack --store STORE`, ready for more arguments.
+pub fn pack_in(store: &Path) -> Command {
+    let mut c = quinistry();
+    c.arg("pack").arg("--store").arg(store);
+    c
+}
+
 /// Runs and insists on success, showing stderr otherwise.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("run quinistry");

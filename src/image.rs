@@ -20,6 +20,8 @@ pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// The default PATH of an image: the usual one, so packed tools find each other.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -188,6 +190,15 @@ pub fn manifest_json(
     config: (&Digest, u64),
     layers: &[Layer],
 ) -> Result<Vec<u8>, ImageError> {
+    let layers: Vec<(&Digest, u64)> = layers.iter().map(|l| (&l.digest, l.size)).collect();
+    manifest_from_descriptors(form, config, &layers)
+}
+
+fn manifest_from_descriptors(
+    form: ManifestForm,
+    config: (&Digest, u64),
+    layers: &[(&Digest, u64)],
+) -> Result<Vec<u8>, ImageError> {
     let descriptor = |media: &str, digest: &Digest, size: u64| -> Result<Descriptor, ImageError> {
         let d: oci_spec::image::Digest = digest.to_string().parse()?;
         Ok(Descriptor::new(MediaType::from(media), size, d))
@@ -199,11 +210,69 @@ pub fn manifest_json(
         .layers(
             layers
                 .iter()
-                .map(|l| descriptor(form.layer_media_type(), &l.digest, l.size))
+                .map(|(digest, size)| descriptor(form.layer_media_type(), digest, *size))
                 .collect::<Result<Vec<_>, _>>()?,
         )
         .build()?;
     canonical_json(&manifest)
+}
+
+/// Media types of documents served from the manifests endpoint.
+pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+];
+
+/// The media type of a manifest or index document, or `None` if `bytes` is not one. An OCI
+/// document may omit `mediaType`; its shape tells then.
+pub fn manifest_media_type(bytes: &[u8]) -> Option<&'static str> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        schema_version: Option<u64>,
+        media_type: Option<String>,
+        config: Option<serde_json::Value>,
+        manifests: Option<serde_json::Value>,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).ok()?;
+    if probe.schema_version != Some(2) {
+        return None;
+    }
+    match probe.media_type.as_deref() {
+        Some(m) => MANIFEST_MEDIA_TYPES.into_iter().find(|t| *t == m),
+        None if probe.manifests.is_some() => Some(OCI_INDEX),
+        None if probe.config.is_some() => Some(OCI_MANIFEST),
+        None => None,
+    }
+}
+
+/// The Docker schema 2 twin of an OCI image manifest that `manifest_json` wrote: the same
+/// config and gzip layers, Docker media types. `None` for anything else (annotations, a
+/// subject, zstd layers...), which has no faithful Docker form.
+pub fn docker_form(oci_manifest: &[u8]) -> Option<Vec<u8>> {
+    let m: oci_spec::image::ImageManifest = serde_json::from_slice(oci_manifest).ok()?;
+    let plain = m.media_type().as_ref().map(|t| t.to_string()).as_deref() == Some(OCI_MANIFEST)
+        && m.annotations().is_none()
+        && m.subject().is_none()
+        && m.artifact_type().is_none()
+        && m.config().media_type().to_string() == OCI_CONFIG
+        && m.layers()
+            .iter()
+            .all(|l| l.media_type().to_string() == OCI_LAYER_GZIP && l.annotations().is_none());
+    if !plain {
+        return None;
+    }
+    let digest = |d: &oci_spec::image::Digest| d.to_string().parse::<Digest>().ok();
+    let config = digest(m.config().digest())?;
+    let layers: Vec<(Digest, u64)> = m
+        .layers()
+        .iter()
+        .map(|l| Some((digest(l.digest())?, l.size())))
+        .collect::<Option<_>>()?;
+    let refs: Vec<(&Digest, u64)> = layers.iter().map(|(d, s)| (d, *s)).collect();
+    manifest_from_descriptors(ManifestForm::Docker, (&config, m.config().size()), &refs).ok()
 }
 
 #[cfg(test)]
@@ -298,5 +367,41 @@ mod tests {
             assert_eq!(json["layers"][0]["digest"], layer().digest.to_string());
             assert_eq!(json["layers"][0]["size"], 2);
         }
+    }
+
+    #[test]
+    fn docker_form_is_derived_from_the_oci_form_byte_for_byte() {
+        let config = Digest::sha256_of(b"config");
+        let layers = [layer(), layer()];
+        let oci = manifest_json(ManifestForm::Oci, (&config, 9), &layers).expect("oci");
+        let docker = manifest_json(ManifestForm::Docker, (&config, 9), &layers).expect("docker");
+        assert_eq!(docker_form(&oci), Some(docker.clone()));
+        assert_eq!(manifest_media_type(&oci), Some(OCI_MANIFEST));
+        assert_eq!(manifest_media_type(&docker), Some(DOCKER_MANIFEST));
+        // A Docker manifest has no further twin; an annotated OCI one has no faithful one.
+        assert_eq!(docker_form(&docker), None);
+        let mut v: Value = serde_json::from_slice(&oci).expect("json");
+        v["annotations"] = serde_json::json!({"a": "b"});
+        assert_eq!(docker_form(&serde_json::to_vec(&v).expect("ser")), None);
+    }
+
+    #[test]
+    fn only_manifest_documents_have_a_manifest_media_type() {
+        assert_eq!(manifest_media_type(b"not json"), None);
+        assert_eq!(manifest_media_type(b"{}"), None);
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"mediaType":"text/plain"}"#),
+            None
+        );
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"manifests":[]}"#),
+            Some(OCI_INDEX)
+        );
+        // A config blob is JSON too, but not a manifest.
+        let run = RunConfig::default();
+        assert_eq!(
+            manifest_media_type(&config_json(&run, &[layer()]).expect("c")),
+            None
+        );
     }
 }

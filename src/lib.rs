@@ -19,4 +19,5 @@ pub mod image;
 pub mod layout;
 pub mod pack;
 pub mod reference;
+pub mod registry;
 pub mod store;

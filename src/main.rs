@@ -1,5 +1,6 @@
 //! The `quinistry` command line: parses arguments, sets up logging, wires the library together.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,18 +9,26 @@ use clap::{Args, Parser, Subcommand};
 use quinistry::image::{self, RunConfig};
 use quinistry::layout;
 use quinistry::pack::{self, Input, LayerOptions};
-use quinistry::reference::TaggedName;
+use quinistry::reference::{Name, Tag, TaggedName};
+use quinistry::registry::{self, Server};
 use quinistry::store::{Store, StoreError};
 
 #[derive(Parser)]
-#[command(version, about = "Pack files into OCI/Docker images, stored by digest")]
+#[command(
+    version,
+    about = "A container registry that packs files into OCI/Docker images, stored by digest"
+)]
 struct Cli {
+    /// With no command: `serve` (packs this executable and serves it as quinistry:latest).
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Pack the inputs (default: this executable, as /main) and serve the store over the
+    /// registry API until SIGINT/SIGTERM.
+    Serve(ServeArgs),
     /// Pack files or directories (default: this executable, as /main) into an image.
     Pack(PackArgs),
     /// Re-hash every blob in the store and report any whose content does not match its name.
@@ -37,19 +46,12 @@ struct StoreArg {
     store: Option<PathBuf>,
 }
 
-#[derive(Args, Default)]
-struct PackArgs {
-    #[command(flatten)]
-    store: StoreArg,
-    /// Tag the image as NAME[:TAG] [default: the first input's file name, or quinistry]
-    #[arg(long, value_name = "NAME:TAG")]
-    tag: Option<String>,
+/// What goes into the image, shared by `pack` and `serve`.
+#[derive(Args)]
+struct ImageArgs {
     /// gzip level, 0 (store) to 9 (smallest)
     #[arg(long, default_value_t = pack::DEFAULT_LEVEL, value_name = "N")]
     level: u32,
-    /// Also write the image as an OCI image layout in DIR (readable as oci:DIR:TAG)
-    #[arg(long, value_name = "DIR")]
-    oci_layout: Option<PathBuf>,
     /// Entrypoint path in the image [default: the input, when it is one executable file]
     #[arg(long, value_name = "PATH")]
     entrypoint: Option<String>,
@@ -62,6 +64,64 @@ struct PackArgs {
     /// Files or directories to pack, each as SRC or SRC:/DEST (where it goes in the image)
     #[arg(value_name = "INPUT")]
     inputs: Vec<String>,
+}
+
+impl Default for ImageArgs {
+    fn default() -> ImageArgs {
+        ImageArgs {
+            level: pack::DEFAULT_LEVEL,
+            entrypoint: None,
+            cmd: Vec::new(),
+            env: Vec::new(),
+            inputs: Vec::new(),
+        }
+    }
+}
+
+#[derive(Args, Default)]
+struct PackArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Tag the image as NAME[:TAG] [default: the first input's file name, or quinistry]
+    #[arg(long, value_name = "NAME:TAG")]
+    tag: Option<String>,
+    /// Also write the image as an OCI image layout in DIR (readable as oci:DIR:TAG)
+    #[arg(long, value_name = "DIR")]
+    oci_layout: Option<PathBuf>,
+    #[command(flatten)]
+    image: ImageArgs,
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArg,
+    /// Address to listen on (port 0 picks a free port; the address is printed)
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    listen: String,
+    /// Repository name of the packed image [default: the first input's file name, or
+    /// quinistry]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Tag of the packed image
+    #[arg(long, default_value = "latest", value_name = "TAG")]
+    tag: String,
+    #[command(flatten)]
+    image: ImageArgs,
+}
+
+impl Default for ServeArgs {
+    fn default() -> ServeArgs {
+        ServeArgs {
+            store: StoreArg::default(),
+            listen: DEFAULT_LISTEN.to_owned(),
+            name: None,
+            tag: "latest".to_owned(),
+            image: ImageArgs::default(),
+        }
+    }
 }
 
 impl StoreArg {
@@ -88,6 +148,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -99,10 +160,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Some(Command::Serve(args)) => run_serve(args).await,
             Some(Command::Pack(args)) => run_pack(args).await,
             Some(Command::Verify { store }) => run_verify(store).await,
-            // Until the registry lands, the bare command packs this executable.
-            None => run_pack(PackArgs::default_self()).await,
+            None => run_serve(ServeArgs::default()).await,
         }
     });
     match result {
@@ -114,17 +175,16 @@ fn main() -> ExitCode {
     }
 }
 
-impl PackArgs {
-    fn default_self() -> PackArgs {
-        PackArgs {
-            level: pack::DEFAULT_LEVEL,
-            ..Default::default()
-        }
-    }
+/// An image ready to pack: its inputs, run settings and layer options, all validated.
+struct Prepared {
+    inputs: Vec<Input>,
+    run: RunConfig,
+    opts: LayerOptions,
 }
 
-/// Everything is validated before the store is touched, so bad arguments store nothing.
-async fn run_pack(args: PackArgs) -> Result<(), String> {
+/// Validates everything about the image before any store is touched, so bad arguments store
+/// nothing. No input means this executable, as /main.
+fn prepare(args: ImageArgs) -> Result<Prepared, String> {
     let mtime = pack::source_date_epoch()?;
     if args.level > 9 {
         return Err(pack::PackError::BadLevel(args.level).to_string());
@@ -140,10 +200,6 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
             .collect::<Result<_, _>>()
             .map_err(msg)?
     };
-    let tag: TaggedName = match &args.tag {
-        Some(t) => t.parse().map_err(|err| format!("invalid --tag: {err}"))?,
-        None => default_tag(&args.inputs, &inputs)?,
-    };
     let entrypoint = match args.entrypoint {
         Some(p) => Some(vec![p]),
         None => default_entrypoint(&inputs),
@@ -155,14 +211,27 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
         created: mtime,
         ..Default::default()
     };
-
-    let store_dir = args.store.dir()?;
-    let store = Store::open(&store_dir).await.map_err(msg)?;
     let opts = LayerOptions {
         level: args.level,
         mtime,
     };
-    let img = pack::pack_image(&store, &inputs, opts, &run, Some(&tag))
+    Ok(Prepared { inputs, run, opts })
+}
+
+async fn run_pack(args: PackArgs) -> Result<(), String> {
+    let tag: Option<TaggedName> = match &args.tag {
+        Some(t) => Some(t.parse().map_err(|err| format!("invalid --tag: {err}"))?),
+        None => None,
+    };
+    let specs = args.image.inputs.clone();
+    let image = prepare(args.image)?;
+    let tag = match tag {
+        Some(t) => t,
+        None => default_tag(&specs, &image.inputs)?,
+    };
+    let store_dir = args.store.dir()?;
+    let store = Store::open(&store_dir).await.map_err(msg)?;
+    let img = pack::pack_image(&store, &image.inputs, image.opts, &image.run, Some(&tag))
         .await
         .map_err(msg)?;
     if let Some(dir) = &args.oci_layout {
@@ -178,6 +247,79 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
     }
     report(&img, &tag, &store_dir, args.oci_layout.as_deref());
     Ok(())
+}
+
+async fn run_serve(args: ServeArgs) -> Result<(), String> {
+    let listen: SocketAddr = args.listen.parse().map_err(|_| {
+        format!(
+            "invalid --listen {:?}: use IP:PORT, e.g. {DEFAULT_LISTEN}",
+            args.listen
+        )
+    })?;
+    let tag: Tag = args
+        .tag
+        .parse()
+        .map_err(|err| format!("invalid --tag: {err}"))?;
+    let name: Option<Name> = match &args.name {
+        Some(n) => Some(n.parse().map_err(|err| format!("invalid --name: {err}"))?),
+        None => None,
+    };
+    let specs = args.image.inputs.clone();
+    let image = prepare(args.image)?;
+    let name = match name {
+        Some(n) => n,
+        None => default_tag(&specs, &image.inputs)?.name,
+    };
+    let tagged = TaggedName { name, tag };
+
+    let store_dir = args.store.dir()?;
+    let store = Store::open(&store_dir).await.map_err(msg)?;
+    let img = pack::pack_image(&store, &image.inputs, image.opts, &image.run, Some(&tagged))
+        .await
+        .map_err(msg)?;
+    report(&img, &tagged, &store_dir, None);
+
+    let server = Server::bind(listen, store, registry::Config::default())
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = server.local_addr().map_err(msg)?;
+    println!("listening http://{addr}");
+    println!("pull       docker pull {addr}/{tagged}");
+    server.run(shutdown_signal()?).await.map_err(msg)
+}
+
+/// Completes on the first SIGINT or SIGTERM (the server then drains); a second one exits at
+/// once, for when a download would take too long to wait for.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    let first = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = first.clone();
+    tokio::spawn(async move {
+        for count in 1.. {
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if count == 1 {
+                tracing::info!(
+                    signal = which,
+                    "finishing requests in flight; send it again to exit now"
+                );
+                notify.notify_one();
+            } else {
+                tracing::warn!(
+                    signal = which,
+                    "exiting without waiting for requests in flight"
+                );
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(async move { first.notified().await })
 }
 
 /// `quinistry` for the self-image; otherwise the first input's file name, made into a valid

@@ -358,6 +358,53 @@ impl Store {
             .map_err(|source| StoreError::CorruptTag { path, source })
     }
 
+    /// Whether `name` is a repository: it has a tag folder (tags are never removed yet).
+    pub async fn has_repository(&self, name: &Name) -> Result<bool> {
+        let dir = self.tags_dir(name);
+        match tokio::fs::metadata(&dir).await {
+            Ok(m) => Ok(m.is_dir()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => ctx(Err(e), "stat", &dir),
+        }
+    }
+
+    /// Every repository (a folder under `repositories/` holding `_tags`), sorted by name.
+    /// Folders whose path is not a valid name are skipped: the store never creates them.
+    pub async fn repositories(&self) -> Result<Vec<Name>> {
+        let root = self.repositories_dir();
+        blocking(move || {
+            let mut names = Vec::new();
+            let mut pending = vec![(root.clone(), String::new())];
+            while let Some((dir, prefix)) = pending.pop() {
+                for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
+                    let entry = ctx(entry, "list", &dir)?;
+                    // file_type does not follow symlinks: a link cannot lead the walk elsewhere.
+                    if !ctx(entry.file_type(), "stat", &entry.path())?.is_dir() {
+                        continue;
+                    }
+                    let Some(component) = entry.file_name().to_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    if component == "_tags" {
+                        if let Ok(name) = prefix.parse::<Name>() {
+                            names.push(name);
+                        }
+                    } else if !component.starts_with('_') {
+                        let path = if prefix.is_empty() {
+                            component
+                        } else {
+                            format!("{prefix}/{component}")
+                        };
+                        pending.push((entry.path(), path));
+                    }
+                }
+            }
+            names.sort();
+            Ok(names)
+        })
+        .await
+    }
+
     /// The tags of a repository, sorted; empty if the repository has none.
     pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>> {
         let dir = self.tags_dir(name);
@@ -593,6 +640,49 @@ mod tests {
         let other: Name = "a".parse().expect("name");
         assert_eq!(reopened.tags(&other).await.expect("list"), vec![]);
         assert!(files_in(&store.tmp_dir()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn repositories_are_listed_sorted_including_nested_names() {
+        let (_d, store) = fresh().await;
+        assert!(store.repositories().await.expect("list").is_empty());
+        let latest: Tag = "latest".parse().expect("tag");
+        for n in ["b", "a/b/c", "a", "a-b"] {
+            let name: Name = n.parse().expect("name");
+            store
+                .set_tag(&name, &latest, &Digest::sha256_of(b"m"))
+                .await
+                .expect("tag");
+        }
+        // A folder that is not a repository (no _tags) and a stray symlink are not listed.
+        stdfs::create_dir_all(store.repositories_dir().join("x/y")).expect("mkdir");
+        std::os::unix::fs::symlink("/", store.repositories_dir().join("z")).expect("link");
+        let names: Vec<String> = store
+            .repositories()
+            .await
+            .expect("list")
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["a", "a-b", "a/b/c", "b"]);
+        assert!(
+            store
+                .has_repository(&"a/b/c".parse().expect("n"))
+                .await
+                .expect("has")
+        );
+        assert!(
+            !store
+                .has_repository(&"a/b".parse().expect("n"))
+                .await
+                .expect("has")
+        );
+        assert!(
+            !store
+                .has_repository(&"x/y".parse().expect("n"))
+                .await
+                .expect("has")
+        );
     }
 
     #[tokio::test]

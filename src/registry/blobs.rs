@@ -1,0 +1,182 @@
+//! `GET|HEAD /v2/<name>/blobs/<digest>`: the blob streamed from its file, whole or one range.
+
+use std::io::SeekFrom;
+
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+use tokio::io::AsyncSeekExt;
+
+use super::Registry;
+use super::body::Body;
+use super::errors::{Code, RegistryError};
+use crate::digest::Digest;
+use crate::reference::Name;
+use crate::store::StoreError;
+
+pub async fn get(
+    registry: &Registry,
+    name: &Name,
+    digest: &Digest,
+    request: &HeaderMap,
+) -> Result<Response<Body>, RegistryError> {
+    if !registry.store().has_repository(name).await? {
+        return Err(
+            RegistryError::new(Code::NameUnknown, "repository name not known to registry")
+                .detail(json!({ "name": name.as_str() })),
+        );
+    }
+    let (mut file, size) = match registry.store().open_blob(digest).await {
+        Ok(f) => f,
+        Err(StoreError::BlobUnknown(_)) => {
+            return Err(
+                RegistryError::new(Code::BlobUnknown, "blob unknown to registry")
+                    .detail(json!({ "name": name.as_str(), "digest": digest.to_string() })),
+            );
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let unsatisfied = super::header_value(&format!("bytes */{size}"))?;
+    let range = match request.get(header::RANGE) {
+        None => None,
+        Some(value) => parse_range(value.as_bytes(), size).map_err(|why| {
+            RegistryError::new(
+                Code::RangeInvalid,
+                format!("requested range not satisfiable: {why}"),
+            )
+            .detail(json!({
+                "range": super::router::truncate(&String::from_utf8_lossy(value.as_bytes())),
+                "size": size,
+            }))
+            .header(header::CONTENT_RANGE, unsatisfied)
+        })?,
+    };
+    let (status, start, len) = match range {
+        Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
+        None => (StatusCode::OK, 0, size),
+    };
+    if start > 0 {
+        file.seek(SeekFrom::Start(start))
+            .await
+            .map_err(|source| StoreError::Io {
+                action: "seek in blob",
+                path: registry.store().blob_path(digest),
+                source,
+            })?;
+    }
+    let mut response = Response::new(Body::file(file, len));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Content named by its digest never changes.
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000, immutable"),
+    );
+    if let Some((first, last)) = range {
+        headers.insert(
+            header::CONTENT_RANGE,
+            super::header_value(&format!("bytes {first}-{last}/{size}"))?,
+        );
+    }
+    super::digest_headers(headers, digest)?;
+    Ok(super::conditional(response, request, digest))
+}
+
+/// The one byte range (first, last inclusive) a `Range` header asks for, `None` to send the
+/// whole blob, or why the header cannot be honoured.
+///
+/// `bytes=N-M`, `bytes=N-` (to the end) and `bytes=-N` (the last N bytes) are served; a list of
+/// several ranges gets the whole blob (RFC 9110 lets a server ignore Range), as does a unit
+/// other than bytes. Syntax errors and ranges past the end are refused with 416.
+pub fn parse_range(header: &[u8], size: u64) -> Result<Option<(u64, u64)>, &'static str> {
+    let text = std::str::from_utf8(header).map_err(|_| "not ASCII")?.trim();
+    let Some((unit, spec)) = text.split_once('=') else {
+        return Err("expected bytes=FIRST-LAST");
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return Ok(None);
+    }
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (first, last) = spec
+        .trim()
+        .split_once('-')
+        .ok_or("expected bytes=FIRST-LAST")?;
+    // More digits than a u64 holds is past the end of any blob: u64::MAX says as much.
+    let number = |s: &str| -> Result<u64, &'static str> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("positions must be decimal numbers");
+        }
+        Ok(s.parse().unwrap_or(u64::MAX))
+    };
+    if size == 0 {
+        return Err("the blob is empty");
+    }
+    match (first.trim(), last.trim()) {
+        ("", suffix) => {
+            let n = number(suffix)?;
+            if n == 0 {
+                return Err("a suffix range of zero bytes");
+            }
+            Ok(Some((size - n.min(size), size - 1)))
+        }
+        (first, last) => {
+            let first = number(first)?;
+            if first >= size {
+                return Err("first position beyond the end of the blob");
+            }
+            let last = if last.is_empty() {
+                size - 1
+            } else {
+                let last = number(last)?;
+                if last < first {
+                    return Err("last position before the first");
+                }
+                last.min(size - 1)
+            };
+            Ok(Some((first, last)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges_of_every_form() {
+        let r = |h: &str| parse_range(h.as_bytes(), 100);
+        assert_eq!(r("bytes=0-9"), Ok(Some((0, 9))));
+        assert_eq!(r("bytes=10-"), Ok(Some((10, 99))));
+        assert_eq!(r("bytes=-10"), Ok(Some((90, 99))));
+        assert_eq!(r("bytes=-1000"), Ok(Some((0, 99))));
+        assert_eq!(r("bytes=90-1000"), Ok(Some((90, 99))));
+        assert_eq!(r("bytes=90-99999999999999999999999"), Ok(Some((90, 99))));
+        assert_eq!(r("Bytes = 5-5"), Ok(Some((5, 5))));
+        assert_eq!(r("bytes=0-1,5-6"), Ok(None));
+        assert_eq!(r("items=0-1"), Ok(None));
+        for bad in [
+            "bytes=100-",
+            "bytes=100-200",
+            "bytes=9-3",
+            "bytes=-0",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=+1-2",
+            "bytes=99999999999999999999999-",
+            "bytes 0-1",
+            "bytes=0x10-",
+            "bytes=0-abc",
+        ] {
+            assert!(r(bad).is_err(), "{bad}");
+        }
+        assert!(parse_range(b"bytes=0-", 0).is_err());
+    }
+}

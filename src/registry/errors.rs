@@ -1,0 +1,155 @@
+//! OCI distribution error bodies: `{"errors":[{"code","message","detail"}]}` with the status the
+//! spec gives each code. Every failed request is answered with one of these, never an empty body.
+
+use hyper::StatusCode;
+use hyper::header::{HeaderName, HeaderValue};
+use serde_json::{Value, json};
+
+use crate::digest::DigestError;
+use crate::reference::ReferenceError;
+use crate::store::StoreError;
+
+/// The spec's error codes we answer with (plus `RANGE_INVALID` and `UNKNOWN`, which the spec
+/// leaves to the registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    BlobUnknown,
+    DigestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    PaginationNumberInvalid,
+    Unsupported,
+    /// A `Range` header we cannot satisfy (416); the spec has no code for reads.
+    RangeInvalid,
+    /// A fault on our side (500); the details go to the log, not to the client.
+    Unknown,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BlobUnknown => "BLOB_UNKNOWN",
+            Code::DigestInvalid => "DIGEST_INVALID",
+            Code::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Code::NameInvalid => "NAME_INVALID",
+            Code::NameUnknown => "NAME_UNKNOWN",
+            Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            Code::Unsupported => "UNSUPPORTED",
+            Code::RangeInvalid => "RANGE_INVALID",
+            Code::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// The status the spec pairs with the code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::BlobUnknown | Code::ManifestUnknown | Code::NameUnknown => StatusCode::NOT_FOUND,
+            Code::DigestInvalid | Code::NameInvalid | Code::PaginationNumberInvalid => {
+                StatusCode::BAD_REQUEST
+            }
+            Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            Code::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
+            Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// A failed request: what the client is told, and any header the status calls for.
+#[derive(Debug)]
+pub struct RegistryError {
+    pub code: Code,
+    /// Status sent; the code's own unless overridden (an unknown endpoint is a 404 UNSUPPORTED).
+    pub status: StatusCode,
+    pub message: String,
+    pub detail: Value,
+    /// `Allow` for 405, `Content-Range` for 416.
+    pub header: Option<Box<(HeaderName, HeaderValue)>>,
+}
+
+impl RegistryError {
+    pub fn new(code: Code, message: impl Into<String>) -> RegistryError {
+        RegistryError {
+            code,
+            status: code.status(),
+            message: message.into(),
+            detail: Value::Null,
+            header: None,
+        }
+    }
+
+    pub fn detail(mut self, detail: Value) -> RegistryError {
+        self.detail = detail;
+        self
+    }
+
+    pub fn status(mut self, status: StatusCode) -> RegistryError {
+        self.status = status;
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> RegistryError {
+        self.header = Some(Box::new((name, value)));
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        let mut error = json!({ "code": self.code.as_str(), "message": self.message });
+        if !self.detail.is_null() {
+            error["detail"] = self.detail.clone();
+        }
+        // Serializing a Value cannot fail; fall back to a fixed body rather than panic.
+        serde_json::to_vec(&json!({ "errors": [error] }))
+            .unwrap_or_else(|_| br#"{"errors":[{"code":"UNKNOWN","message":"error"}]}"#.to_vec())
+    }
+}
+
+impl From<ReferenceError> for RegistryError {
+    fn from(e: ReferenceError) -> Self {
+        RegistryError::new(Code::NameInvalid, e.to_string())
+    }
+}
+
+impl From<DigestError> for RegistryError {
+    fn from(e: DigestError) -> Self {
+        RegistryError::new(Code::DigestInvalid, e.to_string())
+    }
+}
+
+/// A store fault is the server's problem: log it whole, tell the client little (paths of the
+/// server's disk are not theirs to see).
+impl From<StoreError> for RegistryError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::BlobUnknown(d) => {
+                RegistryError::new(Code::BlobUnknown, "blob unknown to registry")
+                    .detail(json!({ "digest": d.to_string() }))
+            }
+            other => {
+                tracing::error!(error = %other, "store failure while serving a request");
+                RegistryError::new(
+                    Code::Unknown,
+                    "internal error reading the store; see the server log",
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_spec_shape() {
+        let e =
+            RegistryError::new(Code::ManifestUnknown, "no such tag").detail(json!({"tag": "v9"}));
+        let v: Value = serde_json::from_slice(&e.body()).expect("json");
+        assert_eq!(
+            v,
+            json!({"errors":[{"code":"MANIFEST_UNKNOWN","message":"no such tag","detail":{"tag":"v9"}}]})
+        );
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+    }
+}

@@ -99,7 +99,7 @@ struct ServeArgs {
     #[command(flatten)]
     store: StoreArg,
     /// Address to listen on (port 0 picks a free port; the address is printed)
-    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    #[arg(long, env = "QUINISTRY_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     listen: String,
     /// Repository name of the packed image [default: the first input's file name, or
     /// quinistry]
@@ -110,18 +110,6 @@ struct ServeArgs {
     tag: String,
     #[command(flatten)]
     image: ImageArgs,
-}
-
-impl Default for ServeArgs {
-    fn default() -> ServeArgs {
-        ServeArgs {
-            store: StoreArg::default(),
-            listen: DEFAULT_LISTEN.to_owned(),
-            name: None,
-            tag: "latest".to_owned(),
-            image: ImageArgs::default(),
-        }
-    }
 }
 
 impl StoreArg {
@@ -163,7 +151,13 @@ fn main() -> ExitCode {
             Some(Command::Serve(args)) => run_serve(args).await,
             Some(Command::Pack(args)) => run_pack(args).await,
             Some(Command::Verify { store }) => run_verify(store).await,
-            None => run_serve(ServeArgs::default()).await,
+            // Bare `quinistry` is `quinistry serve` with every default (QUINISTRY_* included).
+            None => match Cli::try_parse_from(["quinistry", "serve"]) {
+                Ok(Cli {
+                    command: Some(Command::Serve(args)),
+                }) => run_serve(args).await,
+                _ => Err("cannot apply the defaults of `serve`".to_owned()),
+            },
         }
     });
     match result {

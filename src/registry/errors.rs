@@ -5,8 +5,6 @@ use hyper::StatusCode;
 use hyper::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
-use crate::digest::DigestError;
-use crate::reference::ReferenceError;
 use crate::store::StoreError;
 
 /// The spec's error codes we answer with (plus `RANGE_INVALID` and `UNKNOWN`, which the spec
@@ -102,18 +100,6 @@ impl RegistryError {
         // Serializing a Value cannot fail; fall back to a fixed body rather than panic.
         serde_json::to_vec(&json!({ "errors": [error] }))
             .unwrap_or_else(|_| br#"{"errors":[{"code":"UNKNOWN","message":"error"}]}"#.to_vec())
-    }
-}
-
-impl From<ReferenceError> for RegistryError {
-    fn from(e: ReferenceError) -> Self {
-        RegistryError::new(Code::NameInvalid, e.to_string())
-    }
-}
-
-impl From<DigestError> for RegistryError {
-    fn from(e: DigestError) -> Self {
-        RegistryError::new(Code::DigestInvalid, e.to_string())
     }
 }
 

@@ -49,7 +49,7 @@ pub fn route(path: &str) -> Result<Route, RegistryError> {
     let name = |count: usize| -> Result<Name, RegistryError> {
         let name = segments[..count].join("/");
         name.parse::<Name>().map_err(|e| {
-            RegistryError::new(Code::NameInvalid, e.to_string())
+            RegistryError::new(Code::NameInvalid, truncate(&e.to_string()))
                 .detail(json!({ "name": truncate(&name) }))
         })
     };
@@ -74,14 +74,14 @@ fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
     }
     // A tag that breaks the grammar cannot exist, so the manifest is unknown.
     s.parse::<Tag>().map(Reference::Tag).map_err(|e| {
-        RegistryError::new(Code::ManifestUnknown, e.to_string())
+        RegistryError::new(Code::ManifestUnknown, truncate(&e.to_string()))
             .detail(json!({ "reference": truncate(s) }))
     })
 }
 
 fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
     s.parse::<Digest>().map_err(|e| {
-        RegistryError::new(Code::DigestInvalid, e.to_string())
+        RegistryError::new(Code::DigestInvalid, truncate(&e.to_string()))
             .detail(json!({ "digest": truncate(s) }))
     })
 }
@@ -92,7 +92,8 @@ fn unknown_endpoint(path: &str) -> RegistryError {
         .detail(json!({ "path": truncate(path) }))
 }
 
-/// Request text echoed in an error is cut short: an 8 KiB path need not come back whole.
+/// Request text echoed in an error (or a message quoting it) is cut short: an 8 KiB path
+/// need not come back whole.
 pub fn truncate(s: &str) -> String {
     const MAX: usize = 256;
     match s.char_indices().nth(MAX) {

@@ -113,3 +113,177 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A response read off a raw socket: for requests an HTTP client library would refuse or
+/// rewrite (`..` in a path, an 8 KiB path, a bad Range).
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `code` of the first error in an OCI error body; panics if the body is not one.
+    pub fn error_code(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{self:?}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {self:?}"));
+        v["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no errors[0].code in {v}"))
+            .to_owned()
+    }
+}
+
+/// Sends `method path` with extra header lines over a fresh connection (closed after the
+/// response) and reads the whole response.
+pub fn raw_request(addr: &str, method: &str, path: &str, headers: &[&str]) -> RawResponse {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    RawResponse {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+/// A `quinistry serve` child process on an ephemeral loopback port; killed on drop.
+pub struct Serving {
+    pub child: std::process::Child,
+    /// `127.0.0.1:PORT`, as printed by the server.
+    pub addr: String,
+    /// The report lines printed before `listening` (manifest, docker, layer, ...).
+    pub report: HashMap<String, String>,
+    /// The byte counts of report lines that have one.
+    pub sizes: HashMap<String, u64>,
+    /// Where the server's stderr (its log) goes.
+    pub log: PathBuf,
+}
+
+impl Serving {
+    /// Starts `quinistry serve --listen 127.0.0.1:0 --store STORE ARGS...` and waits until it
+    /// prints its address. `log_dir` receives `serve.log`.
+    pub fn start(store: &Path, log_dir: &Path, args: &[&str]) -> Serving {
+        use std::io::BufRead;
+        let log = log_dir.join("serve.log");
+        let mut child = quinistry()
+            .env("RUST_LOG", "info")
+            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
+            .arg(store)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn quinistry serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut report = HashMap::new();
+        let mut sizes = HashMap::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.expect("read stdout");
+            let mut words = line.split_whitespace();
+            if let (Some(k), Some(v)) = (words.next(), words.next()) {
+                if let Some(size) = words.next().and_then(|w| w.parse().ok()) {
+                    sizes.insert(k.to_owned(), size);
+                }
+                if k == "listening" {
+                    let addr = v.trim_start_matches("http://").to_owned();
+                    return Serving {
+                        child,
+                        addr,
+                        report,
+                        sizes,
+                        log,
+                    };
+                }
+                report.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let status = child.wait().expect("wait");
+        panic!(
+            "quinistry serve exited ({status}) before listening:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// The size printed after a report line's digest (`layer  sha256:...  123 B`).
+    pub fn report_size(&self, key: &str) -> u64 {
+        self.sizes
+            .get(key)
+            .copied()
+            .unwrap_or_else(|| panic!("no size for {key} in the report"))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a Docker engine answers (`docker info`), with the same skip-or-fail rule as
+/// `have_tool`. CI starts a private dockerd and points DOCKER_HOST at it.
+pub fn have_docker() -> bool {
+    if !have_tool("docker", "docker.io") {
+        return false;
+    }
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("QUINISTRY_REQUIRE_CLIENTS").is_none(),
+            "a Docker engine is required (QUINISTRY_REQUIRE_CLIENTS is set) but `docker info` fails; DOCKER_HOST={:?}",
+            std::env::var("DOCKER_HOST").unwrap_or_default()
+        );
+        eprintln!(
+            "SKIPPED: no Docker engine answers `docker info`; install docker.io and start dockerd (see .ci/run)"
+        );
+    }
+    ok
+}

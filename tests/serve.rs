@@ -1,0 +1,164 @@
+//! `quinistry serve` as a process: defaults, startup errors, and SIGTERM draining downloads.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{Serving, quinistry, raw_request};
+use quinistry::digest::Hasher;
+
+#[test]
+fn bare_command_serves_its_own_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let log = dir.path().join("log");
+    let mut child = quinistry()
+        .env("QUINISTRY_STORE", &store)
+        .env("QUINISTRY_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let mut manifest = None;
+    let addr = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| {
+                panic!(
+                    "exited before listening: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .expect("line");
+        if let Some(d) = line.strip_prefix("manifest") {
+            manifest = d.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(a) = line.strip_prefix("listening http://") {
+            break a.to_owned();
+        }
+    };
+    let r = raw_request(&addr, "HEAD", "/v2/quinistry/manifests/latest", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("docker-content-digest"), manifest.as_deref());
+    assert!(store.join("repositories/quinistry/_tags/latest").exists());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn startup_errors_are_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("addr").to_string();
+    let input = dir.path().join("f");
+    std::fs::write(&input, b"x").expect("input");
+    let input = input.to_string_lossy().into_owned();
+    let cases: Vec<(Vec<&str>, &str, bool)> = vec![
+        (
+            vec!["--listen", "localhost"],
+            "invalid --listen \"localhost\"",
+            false,
+        ),
+        (
+            vec!["--listen", "127.0.0.1:99999"],
+            "invalid --listen",
+            false,
+        ),
+        (vec!["--tag", "no tag"], "invalid --tag", false),
+        (vec!["--name", "Upper"], "invalid --name", false),
+        (vec!["--level", "12"], "level", false),
+        (vec!["/does/not/exist"], "/does/not/exist", true),
+        // The port is checked after packing, so the store exists by then.
+        (vec!["--listen", &taken, &input], "cannot listen on", true),
+    ];
+    for (i, (args, expected, store_made)) in cases.into_iter().enumerate() {
+        let store = dir.path().join(format!("store{i}"));
+        let out = quinistry()
+            .arg("serve")
+            .arg("--store")
+            .arg(&store)
+            .args(&args)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("quinistry: "), "{args:?}: {stderr}");
+        assert_eq!(store.exists(), store_made, "{args:?}");
+    }
+}
+
+#[test]
+fn sigterm_lets_a_download_in_flight_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("big");
+    std::fs::write(&input, common::noise(48 << 20, 5)).expect("input");
+    let server = Serving::start(
+        &dir.path().join("store"),
+        dir.path(),
+        &["--level", "0", "--name", "big", &input.to_string_lossy()],
+    );
+    let layer = server.report["layer"].clone();
+    let size: u64 = server.report_size("layer");
+
+    let mut conn = std::net::TcpStream::connect(&server.addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        conn,
+        "GET /v2/big/blobs/{layer} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut buf = vec![0u8; 64 << 10];
+    let mut received = Vec::new();
+    let n = conn.read(&mut buf).expect("first bytes");
+    received.extend_from_slice(&buf[..n]);
+
+    let pid = server.child.id().to_string();
+    common::sh(&format!("kill -TERM {pid}"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(&server.addr).is_err(),
+        "still accepting after SIGTERM"
+    );
+    loop {
+        let n = conn.read(&mut buf).expect("rest of the download");
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&buf[..n]);
+    }
+    let split = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let mut hasher = Hasher::new();
+    hasher.update(&received[split + 4..]);
+    let (digest, len) = hasher.finish();
+    assert_eq!((digest.to_string(), len), (layer, size));
+
+    let mut server = server;
+    let status = wait_for_exit(&mut server.child, Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        server.log_text().contains("shutting down"),
+        "{}",
+        server.log_text()
+    );
+}
+
+fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(start.elapsed() < limit, "server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -277,8 +277,9 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = server.local_addr().map_err(msg)?;
-    println!("listening http://{addr}");
-    println!("pull       docker pull {addr}/{tagged}");
+    say(format_args!("pull       docker pull {addr}/{tagged}"));
+    // Last line, and the one scripts wait for.
+    say(format_args!("listening http://{addr}"));
     server.run(shutdown_signal()?).await.map_err(msg)
 }
 
@@ -381,6 +382,13 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// One line on stdout. A closed stdout (whoever started us stopped reading) must not take a
+/// running server down, so write errors are ignored rather than panicking like `println!`.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 fn report(
     img: &pack::PackedImage,
     tag: &TaggedName,
@@ -389,26 +397,35 @@ fn report(
 ) {
     let p = &img.packed;
     let rate = mib(p.input_bytes) / img.seconds.max(1e-9);
-    println!(
+    say(format_args!(
         "packed     {:.1} MiB of input in {:.2} s ({rate:.1} MiB/s)",
         mib(p.input_bytes),
         img.seconds
-    );
-    println!("tag        {tag}");
-    println!("manifest   {}  {} B (OCI)", img.manifest.0, img.manifest.1);
-    println!(
+    ));
+    say(format_args!("tag        {tag}"));
+    say(format_args!(
+        "manifest   {}  {} B (OCI)",
+        img.manifest.0, img.manifest.1
+    ));
+    say(format_args!(
         "docker     {}  {} B (Docker schema 2)",
         img.docker_manifest.0, img.docker_manifest.1
-    );
-    println!("config     {}  {} B", img.config.0, img.config.1);
-    println!("layer      {}  {} B", p.layer.digest, p.layer.size);
-    println!(
+    ));
+    say(format_args!(
+        "config     {}  {} B",
+        img.config.0, img.config.1
+    ));
+    say(format_args!(
+        "layer      {}  {} B",
+        p.layer.digest, p.layer.size
+    ));
+    say(format_args!(
         "diff_id    {}  {} B (uncompressed tar)",
         p.layer.diff_id, p.tar_size
-    );
-    println!("store      {}", store.display());
+    ));
+    say(format_args!("store      {}", store.display()));
     if let Some(dir) = layout {
-        println!("oci-layout {}:{}", dir.display(), tag.tag);
+        say(format_args!("oci-layout {}:{}", dir.display(), tag.tag));
     }
 }
 

@@ -218,7 +218,8 @@ impl Serving {
         let stdout = child.stdout.take().expect("stdout");
         let mut report = HashMap::new();
         let mut sizes = HashMap::new();
-        for line in std::io::BufReader::new(stdout).lines() {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        while let Some(line) = lines.next() {
             let line = line.expect("read stdout");
             let mut words = line.split_whitespace();
             if let (Some(k), Some(v)) = (words.next(), words.next()) {
@@ -227,6 +228,8 @@ impl Serving {
                 }
                 if k == "listening" {
                     let addr = v.trim_start_matches("http://").to_owned();
+                    // Keep reading whatever else it prints: its stdout stays open.
+                    std::thread::spawn(move || lines.for_each(drop));
                     return Serving {
                         child,
                         addr,

@@ -95,10 +95,11 @@ done
 echo "   quinistry $(mibs "$best_q") MiB/s   nginx $(mibs "$best_n") MiB/s   ratio $(awk -v a="$best_q" -v b="$best_n" 'BEGIN { printf "%.2f", a / b }')   quinistry peak RSS $(peak)"
 
 echo "== 2. 50 concurrent downloads of a 100 MiB blob"
+mid_size=$(stat -c %s "$www/mid")
 concurrent() {  # URL -> seconds for 50 parallel downloads, each checked for its full size
   local start end
   start=$(date +%s.%N)
-  seq 1 50 | xargs -P 50 -I{} sh -c "test \$(curl -sf -o /dev/null -w '%{size_download}' '$1') -eq $((100 << 20)) || echo SHORT" >"$work/short"
+  seq 1 50 | xargs -P 50 -I{} sh -c "test \$(curl -sf -o /dev/null -w '%{size_download}' '$1') -eq $mid_size || echo SHORT" >"$work/short"
   end=$(date +%s.%N)
   if [ -s "$work/short" ]; then echo "serve.sh: a download was short or failed" >&2; exit 1; fi
   awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }'
@@ -107,12 +108,19 @@ reset_peak
 tq=$(concurrent "$Q/v2/bench/mid/blobs/$mid")
 rss=$(peak)
 tn=$(concurrent "$N/mid")
-echo "   quinistry $tq s ($(awk -v t="$tq" 'BEGIN { printf "%.0f", 5000 / t }') MiB/s total), peak RSS $rss"
-echo "   nginx     $tn s ($(awk -v t="$tn" 'BEGIN { printf "%.0f", 5000 / t }') MiB/s total)"
+total=$((50 * mid_size))
+echo "   quinistry $tq s ($(awk -v t="$tq" -v b="$total" 'BEGIN { printf "%.0f", b / 1048576 / t }') MiB/s total), peak RSS $rss"
+echo "   nginx     $tn s ($(awk -v t="$tn" -v b="$total" 'BEGIN { printf "%.0f", b / 1048576 / t }') MiB/s total)"
 
-echo "== 3. wrk -t2 -c32 -d${secs}s: manifest by tag vs nginx static file of the same size ($(stat -c %s "$www/manifest.json") B)"
+echo "== 3. wrk -t2 -c32 -d${secs}s, $runs rounds alternating: manifest by tag vs nginx static file of the same size ($(stat -c %s "$www/manifest.json") B)"
 rate() { wrk -t2 -c32 -d"${secs}s" "$@" | awk '/Requests\/sec/ { print $2 }'; }
-rq=$(rate "$Q/v2/bench/mid/manifests/v1")
-rn=$(rate "$N/manifest.json")
-echo "   quinistry $rq req/s   nginx $rn req/s   ratio $(awk -v a="$rq" -v b="$rn" 'BEGIN { printf "%.2f", a / b }')"
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+: >"$work/rq"; : >"$work/rn"
+for _ in $(seq 1 "$runs"); do
+  rq=$(rate "$Q/v2/bench/mid/manifests/v1"); echo "$rq" >>"$work/rq"
+  rn=$(rate "$N/manifest.json"); echo "$rn" >>"$work/rn"
+  echo "   round: quinistry $rq req/s, nginx $rn req/s, ratio $(awk -v a="$rq" -v b="$rn" 'BEGIN { printf "%.2f", a / b }')"
+done
+mq=$(median <"$work/rq"); mn=$(median <"$work/rn")
+echo "   median: quinistry $mq req/s   nginx $mn req/s   ratio $(awk -v a="$mq" -v b="$mn" 'BEGIN { printf "%.2f", a / b }')"
 echo "   (log lines written: quinistry $(grep -c 'quinistry::access' "$work/serve.log"), nginx $(wc -l <"$work/nginx-access.log"))"

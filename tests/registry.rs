@@ -715,3 +715,38 @@ async fn responses_on_one_keep_alive_connection() {
     }
     assert!(Path::new(f.store.root()).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_written_while_serving_are_seen() {
+    let f = Fixture::new().await;
+    let first = f.pack("app:v1", &[("/app", b"one")]).await;
+    let digest_of = |r: &reqwest::Response| header(r, "docker-content-digest").map(str::to_owned);
+    let r = f.get("/v2/app/manifests/v1", &[]).await;
+    assert_eq!(digest_of(&r), Some(first.manifest.0.to_string()));
+
+    // A new tag and a new repository are served at once (only found tags are cached).
+    assert_eq!(f.get("/v2/app/manifests/v2", &[]).await.status(), 404);
+    assert_eq!(f.get("/v2/other/tags/list", &[]).await.status(), 404);
+    let second = f.pack("app:v2", &[("/app", b"two")]).await;
+    f.pack("other:v1", &[("/o", b"o")]).await;
+    let r = f.get("/v2/app/manifests/v2", &[]).await;
+    assert_eq!(digest_of(&r), Some(second.manifest.0.to_string()));
+    assert_eq!(f.get("/v2/other/tags/list", &[]).await.status(), 200);
+
+    // A moved tag is served once the cached copy expires (one second).
+    let moved = f.pack("app:v1", &[("/app", b"three")]).await;
+    assert_ne!(moved.manifest.0, first.manifest.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = f.get("/v2/app/manifests/v1", &[]).await;
+        if digest_of(&r) == Some(moved.manifest.0.to_string()) {
+            break;
+        }
+        assert_eq!(digest_of(&r), Some(first.manifest.0.to_string()));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the moved tag is never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -20,7 +20,7 @@ pub async fn get(
     digest: &Digest,
     request: &HeaderMap,
 ) -> Result<Response<Body>, RegistryError> {
-    if !registry.store().has_repository(name).await? {
+    if !registry.has_repository(name).await? {
         return Err(
             RegistryError::new(Code::NameUnknown, "repository name not known to registry")
                 .detail(json!({ "name": name.as_str() })),

@@ -36,7 +36,7 @@ pub async fn get(
                 RegistryError::new(Code::ManifestUnknown, "manifest tag unknown to registry")
                     .detail(json!({ "name": name.as_str(), "tag": tag.as_str() }))
             };
-            let Some(digest) = registry.store().tag(name, tag).await? else {
+            let Some(digest) = registry.tag(name, tag).await? else {
                 require_repository(registry, name).await?;
                 return Err(unknown());
             };
@@ -53,7 +53,7 @@ pub async fn get(
 }
 
 async fn require_repository(registry: &Registry, name: &Name) -> Result<(), RegistryError> {
-    if registry.store().has_repository(name).await? {
+    if registry.has_repository(name).await? {
         Ok(())
     } else {
         Err(

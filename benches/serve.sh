@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Serving benchmark: quinistry beside nginx (sendfile on), same files, same run, same machine.
-#  1. one download of a 1 GiB blob (best of RUNS), and quinistry's peak RSS during it;
+#  1. one download of a 1 GiB blob (median of RUNS), and quinistry's peak RSS during them;
 #  2. 50 concurrent downloads of a 100 MiB blob, and quinistry's peak RSS during them;
 #  3. wrk -t2 -c32 on the manifest endpoint, beside nginx serving a static file of the same size.
 # Both servers log every request to a file, as they would in production.
@@ -82,17 +82,20 @@ reset_peak() { echo 5 >"/proc/$qpid/clear_refs"; }
 peak() { awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$qpid/status"; }
 mibs() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
 
-echo "== 1. one 1 GiB download, best of $runs (curl -o /dev/null)"
-best_q=0 best_n=0
+echo "== 1. one 1 GiB download, $runs rounds alternating which server goes first (curl -o /dev/null)"
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+: >"$work/dq"; : >"$work/dn"
 reset_peak
-for _ in $(seq 1 "$runs"); do
-  q=$(curl -sf -o /dev/null -w '%{speed_download}' "$Q/v2/bench/big/blobs/$big")
-  n=$(curl -sf -o /dev/null -w '%{speed_download}' "$N/big")
-  echo "   run: quinistry $(mibs "$q") MiB/s, nginx $(mibs "$n") MiB/s"
-  best_q=$(awk -v a="$best_q" -v b="$q" 'BEGIN { print (b > a ? b : a) }')
-  best_n=$(awk -v a="$best_n" -v b="$n" 'BEGIN { print (b > a ? b : a) }')
+for i in $(seq 1 "$runs"); do
+  get_q() { curl -sf -o /dev/null -w '%{speed_download}' "$Q/v2/bench/big/blobs/$big"; }
+  get_n() { curl -sf -o /dev/null -w '%{speed_download}' "$N/big"; }
+  if [ $((i % 2)) = 1 ]; then q=$(get_q); n=$(get_n); else n=$(get_n); q=$(get_q); fi
+  echo "$q" >>"$work/dq"; echo "$n" >>"$work/dn"
+  echo "   round: quinistry $(mibs "$q") MiB/s, nginx $(mibs "$n") MiB/s, ratio $(ratio "$q" "$n")"
 done
-echo "   quinistry $(mibs "$best_q") MiB/s   nginx $(mibs "$best_n") MiB/s   ratio $(awk -v a="$best_q" -v b="$best_n" 'BEGIN { printf "%.2f", a / b }')   quinistry peak RSS $(peak)"
+mq=$(median <"$work/dq"); mn=$(median <"$work/dn")
+echo "   median: quinistry $(mibs "$mq") MiB/s   nginx $(mibs "$mn") MiB/s   ratio $(ratio "$mq" "$mn")   quinistry peak RSS $(peak)"
 
 echo "== 2. 50 concurrent downloads of a 100 MiB blob"
 mid_size=$(stat -c %s "$www/mid")
@@ -114,13 +117,12 @@ echo "   nginx     $tn s ($(awk -v t="$tn" -v b="$total" 'BEGIN { printf "%.0f",
 
 echo "== 3. wrk -t2 -c32 -d${secs}s, $runs rounds alternating: manifest by tag vs nginx static file of the same size ($(stat -c %s "$www/manifest.json") B)"
 rate() { wrk -t2 -c32 -d"${secs}s" "$@" | awk '/Requests\/sec/ { print $2 }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 : >"$work/rq"; : >"$work/rn"
 for _ in $(seq 1 "$runs"); do
   rq=$(rate "$Q/v2/bench/mid/manifests/v1"); echo "$rq" >>"$work/rq"
   rn=$(rate "$N/manifest.json"); echo "$rn" >>"$work/rn"
-  echo "   round: quinistry $rq req/s, nginx $rn req/s, ratio $(awk -v a="$rq" -v b="$rn" 'BEGIN { printf "%.2f", a / b }')"
+  echo "   round: quinistry $rq req/s, nginx $rn req/s, ratio $(ratio "$rq" "$rn")"
 done
 mq=$(median <"$work/rq"); mn=$(median <"$work/rn")
-echo "   median: quinistry $mq req/s   nginx $mn req/s   ratio $(awk -v a="$mq" -v b="$mn" 'BEGIN { printf "%.2f", a / b }')"
+echo "   median: quinistry $mq req/s   nginx $mn req/s   ratio $(ratio "$mq" "$mn")"
 echo "   (log lines written: quinistry $(grep -c 'quinistry::access' "$work/serve.log"), nginx $(wc -l <"$work/nginx-access.log"))"

@@ -295,7 +295,6 @@ async fn handle(
 ) -> Response<Logged> {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
     let result = match method {
         Method::GET | Method::HEAD => dispatch(registry, &req).await,
         _ => Err(RegistryError::new(
@@ -319,7 +318,8 @@ async fn handle(
     let access = Access {
         remote,
         method,
-        path,
+        // A 60 KiB path is logged by its first 256 characters.
+        path: router::truncate(req.uri().path()),
         status: parts.status.as_u16(),
         start,
     };

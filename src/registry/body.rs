@@ -139,7 +139,7 @@ impl hyper::body::Body for Logged {
         match &frame {
             Some(Ok(f)) => {
                 this.sent += f.data_ref().map_or(0, |d| d.len() as u64);
-                this.finished = this.inner.is_end_stream_now();
+                this.finished = hyper::body::Body::is_end_stream(&this.inner);
             }
             Some(Err(e)) => this.error = Some(e.to_string()),
             None => this.finished = true,
@@ -148,7 +148,7 @@ impl hyper::body::Body for Logged {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream_now()
+        hyper::body::Body::is_end_stream(&self.inner)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -156,37 +156,25 @@ impl hyper::body::Body for Logged {
     }
 }
 
-impl Body {
-    fn is_end_stream_now(&self) -> bool {
-        hyper::body::Body::is_end_stream(self)
-    }
-}
-
 impl Drop for Logged {
     fn drop(&mut self) {
         let a = &self.access;
-        let ms = a.start.elapsed().as_secs_f64() * 1e3;
-        if let Some(error) = &self.error {
-            tracing::warn!(
+        let ms = format_args!("{:.2}", a.start.elapsed().as_secs_f64() * 1e3);
+        match &self.error {
+            Some(error) => tracing::warn!(
                 target: "quinistry::access",
                 remote = %a.remote, method = %a.method, path = %a.path, status = a.status,
-                bytes = self.sent, ms = format_args!("{ms:.2}"), error = %error,
+                bytes = self.sent, ms, %error,
                 "request failed while sending the body"
-            );
-        } else if !self.finished {
-            tracing::info!(
+            ),
+            None => tracing::info!(
                 target: "quinistry::access",
                 remote = %a.remote, method = %a.method, path = %a.path, status = a.status,
-                bytes = self.sent, ms = format_args!("{ms:.2}"),
-                "request cut off by the client"
-            );
-        } else {
-            tracing::info!(
-                target: "quinistry::access",
-                remote = %a.remote, method = %a.method, path = %a.path, status = a.status,
-                bytes = self.sent, ms = format_args!("{ms:.2}"),
+                bytes = self.sent, ms,
+                // A body dropped before its end: the client went away mid-download.
+                complete = self.finished,
                 "request"
-            );
+            ),
         }
     }
 }

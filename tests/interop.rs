@@ -167,3 +167,57 @@ fn skopeo_inspects_and_copies_with_matching_digests() {
     ));
     assert!(Path::new(&layout.join("index.json")).exists());
 }
+
+#[test]
+fn podman_pulls_by_tag_and_by_digest() {
+    if !have_tool("podman", "podman") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("tool");
+    std::fs::write(&input, common::noise(200_000, 13)).expect("input");
+    let server = Serving::start(
+        &dir.path().join("store"),
+        dir.path(),
+        &["--name", "podman/tool", &input.to_string_lossy()],
+    );
+    // A private image store: nothing shared with the machine's podman, removed with `dir`.
+    let root = dir.path().join("podman");
+    let podman = |args: &[&str]| -> String {
+        let out = run_ok(
+            Command::new("podman")
+                .arg("--root")
+                .arg(root.join("root"))
+                .arg("--runroot")
+                .arg(root.join("run"))
+                .args(["--storage-driver", "vfs", "--events-backend", "none"])
+                .args(["--cgroup-manager", "cgroupfs"])
+                .args(args),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let repo = format!("{}/podman/tool", server.addr);
+    podman(&["pull", "--tls-verify=false", &repo]);
+    let inspect = |image: &str| {
+        podman(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Digest}} {{json .RootFS.Layers}}",
+            image,
+        ])
+    };
+    let layers = format!("[\"{}\"]", server.report["diff_id"]);
+    let seen = inspect(&format!("{repo}:latest"));
+    let (digest, seen_layers) = seen.split_once(' ').expect("digest and layers");
+    assert!(
+        digest == server.report["manifest"] || digest == server.report["docker"],
+        "podman pulled {digest}, which we did not pack"
+    );
+    assert_eq!(seen_layers, layers);
+
+    let by_digest = format!("{repo}@{}", server.report["manifest"]);
+    podman(&["pull", "--tls-verify=false", &by_digest]);
+    let seen = inspect(&by_digest);
+    assert_eq!(seen, format!("{} {layers}", server.report["manifest"]));
+}

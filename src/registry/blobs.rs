@@ -20,12 +20,7 @@ pub async fn get(
     digest: &Digest,
     request: &HeaderMap,
 ) -> Result<Response<Body>, RegistryError> {
-    if !registry.has_repository(name).await? {
-        return Err(
-            RegistryError::new(Code::NameUnknown, "repository name not known to registry")
-                .detail(json!({ "name": name.as_str() })),
-        );
-    }
+    registry.require_repository(name).await?;
     let (mut file, size) = match registry.store().open_blob(digest).await {
         Ok(f) => f,
         Err(StoreError::BlobUnknown(_)) => {

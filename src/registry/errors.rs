@@ -76,6 +76,12 @@ impl RegistryError {
         }
     }
 
+    /// NAME_UNKNOWN for a repository the store does not have.
+    pub fn name_unknown(name: &crate::reference::Name) -> RegistryError {
+        RegistryError::new(Code::NameUnknown, "repository name not known to registry")
+            .detail(json!({ "name": name.as_str() }))
+    }
+
     pub fn detail(mut self, detail: Value) -> RegistryError {
         self.detail = detail;
         self

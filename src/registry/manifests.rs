@@ -25,7 +25,7 @@ pub async fn get(
 ) -> Result<Response<Body>, RegistryError> {
     let manifest = match reference {
         Reference::Digest(digest) => {
-            require_repository(registry, name).await?;
+            registry.require_repository(name).await?;
             registry.manifest(digest).await?.ok_or_else(|| {
                 RegistryError::new(Code::ManifestUnknown, "manifest unknown to registry")
                     .detail(json!({ "name": name.as_str(), "digest": digest.to_string() }))
@@ -37,7 +37,7 @@ pub async fn get(
                     .detail(json!({ "name": name.as_str(), "tag": tag.as_str() }))
             };
             let Some(digest) = registry.tag(name, tag).await? else {
-                require_repository(registry, name).await?;
+                registry.require_repository(name).await?;
                 return Err(unknown());
             };
             let Some(stored) = registry.manifest(&digest).await? else {
@@ -50,17 +50,6 @@ pub async fn get(
     let mut response = super::document(StatusCode::OK, manifest.media_type, manifest.bytes.clone());
     super::digest_headers(response.headers_mut(), &manifest.digest)?;
     Ok(super::conditional(response, request, &manifest.digest))
-}
-
-async fn require_repository(registry: &Registry, name: &Name) -> Result<(), RegistryError> {
-    if registry.has_repository(name).await? {
-        Ok(())
-    } else {
-        Err(
-            RegistryError::new(Code::NameUnknown, "repository name not known to registry")
-                .detail(json!({ "name": name.as_str() })),
-        )
-    }
 }
 
 /// Picks the form of a tagged manifest the client asked for.

@@ -137,6 +137,15 @@ impl Registry {
         Ok(found)
     }
 
+    /// NAME_UNKNOWN unless `name` is a repository in the store.
+    async fn require_repository(&self, name: &Name) -> Result<(), RegistryError> {
+        if self.has_repository(name).await? {
+            Ok(())
+        } else {
+            Err(RegistryError::name_unknown(name))
+        }
+    }
+
     /// Whether `name` is a repository in the store.
     async fn has_repository(&self, name: &Name) -> Result<bool, StoreError> {
         if read(&self.repositories)

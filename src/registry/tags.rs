@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::Registry;
 use super::body::Body;
-use super::errors::{Code, RegistryError};
+use super::errors::RegistryError;
 use super::pagination::{self, Page};
 use crate::reference::Name;
 
@@ -17,10 +17,7 @@ pub async fn get(
     let page = Page::parse(query)?;
     let tags = registry.store().tags(name).await?;
     if tags.is_empty() {
-        return Err(
-            RegistryError::new(Code::NameUnknown, "repository name not known to registry")
-                .detail(json!({ "name": name.as_str() })),
-        );
+        return Err(RegistryError::name_unknown(name));
     }
     let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
     let path = format!("/v2/{name}/tags/list");

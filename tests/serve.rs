@@ -140,16 +140,63 @@ fn sigterm_lets_a_download_in_flight_finish() {
     let mut hasher = Hasher::new();
     hasher.update(&received[split + 4..]);
     let (digest, len) = hasher.finish();
-    assert_eq!((digest.to_string(), len), (layer, size));
+    assert_eq!((digest.to_string(), len), (layer.clone(), size));
 
     let mut server = server;
     let status = wait_for_exit(&mut server.child, Duration::from_secs(30));
     assert!(status.success(), "exit status {status}");
-    assert!(
-        server.log_text().contains("shutting down"),
-        "{}",
-        server.log_text()
+    let log = server.log_text();
+    assert!(log.contains("shutting down"), "{log}");
+    // The access-log line of the download has every byte sent, logged once it was done.
+    let line = format!("method=GET path=/v2/big/blobs/{layer} status=200 bytes={size} ");
+    let found: Vec<&str> = log.lines().filter(|l| l.contains(&line)).collect();
+    assert_eq!(found.len(), 1, "{log}");
+    assert!(found[0].contains("complete=true"), "{log}");
+}
+
+#[test]
+fn a_download_cut_off_by_the_client_is_logged_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("big");
+    std::fs::write(&input, common::noise(32 << 20, 9)).expect("input");
+    let server = Serving::start(
+        &dir.path().join("store"),
+        dir.path(),
+        &["--level", "0", "--name", "big", &input.to_string_lossy()],
     );
+    let layer = server.report["layer"].clone();
+    let mut conn = std::net::TcpStream::connect(&server.addr).expect("connect");
+    write!(
+        conn,
+        "GET /v2/big/blobs/{layer} HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .expect("send");
+    let mut buf = vec![0u8; 64 << 10];
+    conn.read_exact(&mut buf).expect("first bytes");
+    drop(conn);
+    // The line is written when the server notices; wait for it rather than guess a time.
+    let wanted = format!("path=/v2/big/blobs/{layer} status=200");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        let log = server.log_text();
+        if let Some(l) = log.lines().find(|l| l.contains(&wanted)) {
+            break l.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access-log line:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(line.contains("complete=false"), "{line}");
+    let sent: u64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bytes="))
+        .and_then(|b| b.parse().ok())
+        .expect("bytes field");
+    assert!(sent < server.report_size("layer"), "{line}");
+    // And the server goes on serving.
+    assert_eq!(raw_request(&server.addr, "GET", "/v2/", &[]).status, 200);
 }
 
 fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {

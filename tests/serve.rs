@@ -96,13 +96,7 @@ fn startup_errors_are_one_clear_line() {
 #[test]
 fn sigterm_lets_a_download_in_flight_finish() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("big");
-    std::fs::write(&input, common::noise(48 << 20, 5)).expect("input");
-    let server = Serving::start(
-        &dir.path().join("store"),
-        dir.path(),
-        &["--level", "0", "--name", "big", &input.to_string_lossy()],
-    );
+    let server = serve_big(dir.path(), 48 << 20, 5);
     let layer = server.report["layer"].clone();
     let size: u64 = server.report_size("layer");
 
@@ -157,13 +151,7 @@ fn sigterm_lets_a_download_in_flight_finish() {
 #[test]
 fn a_download_cut_off_by_the_client_is_logged_as_such() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let input = dir.path().join("big");
-    std::fs::write(&input, common::noise(32 << 20, 9)).expect("input");
-    let server = Serving::start(
-        &dir.path().join("store"),
-        dir.path(),
-        &["--level", "0", "--name", "big", &input.to_string_lossy()],
-    );
+    let server = serve_big(dir.path(), 32 << 20, 9);
     let layer = server.report["layer"].clone();
     let mut conn = std::net::TcpStream::connect(&server.addr).expect("connect");
     write!(
@@ -197,6 +185,18 @@ fn a_download_cut_off_by_the_client_is_logged_as_such() {
     assert!(sent < server.report_size("layer"), "{line}");
     // And the server goes on serving.
     assert_eq!(raw_request(&server.addr, "GET", "/v2/", &[]).status, 200);
+}
+
+/// A server whose image `big:latest` has one layer of about `len` incompressible bytes
+/// (level 0: quick to pack, large enough to outlast the socket buffers).
+fn serve_big(dir: &std::path::Path, len: usize, seed: u64) -> Serving {
+    let input = dir.join("big");
+    std::fs::write(&input, common::noise(len, seed)).expect("input");
+    Serving::start(
+        &dir.join("store"),
+        dir,
+        &["--level", "0", "--name", "big", &input.to_string_lossy()],
+    )
 }
 
 fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {

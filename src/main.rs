@@ -66,19 +66,7 @@ struct ImageArgs {
     inputs: Vec<String>,
 }
 
-impl Default for ImageArgs {
-    fn default() -> ImageArgs {
-        ImageArgs {
-            level: pack::DEFAULT_LEVEL,
-            entrypoint: None,
-            cmd: Vec::new(),
-            env: Vec::new(),
-            inputs: Vec::new(),
-        }
-    }
-}
-
-#[derive(Args, Default)]
+#[derive(Args)]
 struct PackArgs {
     #[command(flatten)]
     store: StoreArg,
@@ -174,6 +162,9 @@ struct Prepared {
     inputs: Vec<Input>,
     run: RunConfig,
     opts: LayerOptions,
+    /// `quinistry:latest` for the self-image, else named after the first input; an error
+    /// only matters when no name was given.
+    default_tag: Result<TaggedName, String>,
 }
 
 /// Validates everything about the image before any store is touched, so bad arguments store
@@ -209,7 +200,13 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
         level: args.level,
         mtime,
     };
-    Ok(Prepared { inputs, run, opts })
+    let default_tag = default_tag(&args.inputs, &inputs);
+    Ok(Prepared {
+        inputs,
+        run,
+        opts,
+        default_tag,
+    })
 }
 
 async fn run_pack(args: PackArgs) -> Result<(), String> {
@@ -217,11 +214,10 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
         Some(t) => Some(t.parse().map_err(|err| format!("invalid --tag: {err}"))?),
         None => None,
     };
-    let specs = args.image.inputs.clone();
     let image = prepare(args.image)?;
     let tag = match tag {
         Some(t) => t,
-        None => default_tag(&specs, &image.inputs)?,
+        None => image.default_tag?,
     };
     let store_dir = args.store.dir()?;
     let store = Store::open(&store_dir).await.map_err(msg)?;
@@ -258,11 +254,10 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         Some(n) => Some(n.parse().map_err(|err| format!("invalid --name: {err}"))?),
         None => None,
     };
-    let specs = args.image.inputs.clone();
     let image = prepare(args.image)?;
     let name = match name {
         Some(n) => n,
-        None => default_tag(&specs, &image.inputs)?.name,
+        None => image.default_tag?.name,
     };
     let tagged = TaggedName { name, tag };
 

@@ -269,14 +269,24 @@ impl Store {
 
     /// Reads a whole blob into memory: only for small documents (configs, manifests).
     pub async fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        self.read_small_blob(digest, u64::MAX)
+            .await?
+            .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))
+    }
+
+    /// Reads a blob into memory if it is at most `max` bytes; `None` if it is larger.
+    pub async fn read_small_blob(&self, digest: &Digest, max: u64) -> Result<Option<Vec<u8>>> {
         let (mut file, len) = self.open_blob(digest).await?;
+        if len > max {
+            return Ok(None);
+        }
         let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         ctx(
             file.read_to_end(&mut buf).await,
             "read blob",
             &self.blob_path(digest),
         )?;
-        Ok(buf)
+        Ok(Some(buf))
     }
 
     /// Re-hashes a blob and checks it against its name.

@@ -31,20 +31,23 @@ pub async fn get(
         }
         Err(e) => return Err(e.into()),
     };
-    let unsatisfied = super::header_value(&format!("bytes */{size}"))?;
     let range = match request.get(header::RANGE) {
         None => None,
-        Some(value) => parse_range(value.as_bytes(), size).map_err(|why| {
-            RegistryError::new(
-                Code::RangeInvalid,
-                format!("requested range not satisfiable: {why}"),
-            )
-            .detail(json!({
-                "range": super::router::truncate(&String::from_utf8_lossy(value.as_bytes())),
-                "size": size,
-            }))
-            .header(header::CONTENT_RANGE, unsatisfied)
-        })?,
+        Some(value) => match parse_range(value.as_bytes(), size) {
+            Ok(range) => range,
+            Err(why) => {
+                let text = String::from_utf8_lossy(value.as_bytes());
+                return Err(RegistryError::new(
+                    Code::RangeInvalid,
+                    format!("requested range not satisfiable: {why}"),
+                )
+                .detail(json!({ "range": super::router::truncate(&text), "size": size }))
+                .header(
+                    header::CONTENT_RANGE,
+                    super::header_value(&format!("bytes */{size}"))?,
+                ));
+            }
+        },
     };
     let (status, start, len) = match range {
         Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),

@@ -15,12 +15,12 @@
 
 mod base;
 mod blobs;
-pub mod body;
+mod body;
 mod catalog;
-pub mod errors;
+mod errors;
 mod manifests;
 mod pagination;
-pub mod router;
+mod router;
 mod tags;
 
 use std::collections::HashMap;
@@ -92,11 +92,40 @@ pub struct Registry {
     /// Manifests by digest, parsed and hash-checked once. Blobs never change, so an entry never
     /// goes stale; entries exist only for manifests in the store, which bounds the map.
     manifests: RwLock<HashMap<Digest, Arc<Manifest>>>,
-    /// Tags found in the store, with when they were read (trusted for `TAG_TTL`). Only tags
-    /// that exist are kept, so a new tag is seen at once and the map is bounded by the store.
-    tags: RwLock<HashMap<(Name, Tag), (Digest, Instant)>>,
-    /// Repositories found in the store, with when (trusted for `TAG_TTL`).
-    repositories: RwLock<HashMap<Name, Instant>>,
+    /// Tags found in the store.
+    tags: Recent<(Name, Tag), Digest>,
+    /// Repositories found in the store.
+    repositories: Recent<Name, ()>,
+}
+
+/// What the store said recently about things that can change under us (tags, repositories),
+/// trusted for `TAG_TTL`. Only things found are kept, so something new is seen at once and the
+/// map is bounded by the store.
+struct Recent<K, V>(RwLock<HashMap<K, (V, Instant)>>);
+
+impl<K: Eq + std::hash::Hash + Clone, V: Clone> Recent<K, V> {
+    fn new() -> Self {
+        Recent(RwLock::new(HashMap::new()))
+    }
+
+    /// The fresh cached value of `key`, else what `lookup` finds in the store (then cached).
+    async fn get<F>(&self, key: &K, lookup: F) -> Result<Option<V>, StoreError>
+    where
+        F: Future<Output = Result<Option<V>, StoreError>>,
+    {
+        if let Some((value, read_at)) = read(&self.0).get(key)
+            && read_at.elapsed() < TAG_TTL
+        {
+            return Ok(Some(value.clone()));
+        }
+        let found = lookup.await?;
+        let mut map = write(&self.0);
+        match &found {
+            Some(value) => map.insert(key.clone(), (value.clone(), Instant::now())),
+            None => map.remove(key),
+        };
+        Ok(found)
+    }
 }
 
 /// Reads a lock even if a panicking thread poisoned it: the maps hold plain cached values
@@ -115,26 +144,15 @@ impl Registry {
         Registry {
             store,
             manifests: RwLock::new(HashMap::new()),
-            tags: RwLock::new(HashMap::new()),
-            repositories: RwLock::new(HashMap::new()),
+            tags: Recent::new(),
+            repositories: Recent::new(),
         }
     }
 
     /// The manifest digest `name:tag` points at, if the tag exists.
     async fn tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, StoreError> {
         let key = (name.clone(), tag.clone());
-        if let Some((digest, read_at)) = read(&self.tags).get(&key)
-            && read_at.elapsed() < TAG_TTL
-        {
-            return Ok(Some(digest.clone()));
-        }
-        let found = self.store.tag(name, tag).await?;
-        let mut tags = write(&self.tags);
-        match &found {
-            Some(digest) => tags.insert(key, (digest.clone(), Instant::now())),
-            None => tags.remove(&key),
-        };
-        Ok(found)
+        self.tags.get(&key, self.store.tag(name, tag)).await
     }
 
     /// NAME_UNKNOWN unless `name` is a repository in the store.
@@ -148,20 +166,8 @@ impl Registry {
 
     /// Whether `name` is a repository in the store.
     async fn has_repository(&self, name: &Name) -> Result<bool, StoreError> {
-        if read(&self.repositories)
-            .get(name)
-            .is_some_and(|seen| seen.elapsed() < TAG_TTL)
-        {
-            return Ok(true);
-        }
-        let exists = self.store.has_repository(name).await?;
-        let mut repositories = write(&self.repositories);
-        if exists {
-            repositories.insert(name.clone(), Instant::now());
-        } else {
-            repositories.remove(name);
-        }
-        Ok(exists)
+        let lookup = async { Ok(self.store.has_repository(name).await?.then_some(())) };
+        Ok(self.repositories.get(name, lookup).await?.is_some())
     }
 
     pub fn store(&self) -> &Store {
@@ -175,13 +181,9 @@ impl Registry {
         if cached.is_some() {
             return Ok(cached);
         }
-        match self.store.blob_size(digest).await? {
-            Some(size) if size <= MAX_MANIFEST => {}
-            _ => return Ok(None),
-        }
-        let bytes = match self.store.read_blob(digest).await {
-            Ok(b) => b,
-            Err(StoreError::BlobUnknown(_)) => return Ok(None),
+        let bytes = match self.store.read_small_blob(digest, MAX_MANIFEST).await {
+            Ok(Some(b)) => b,
+            Ok(None) | Err(StoreError::BlobUnknown(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
         // A manifest's digest is a promise about its bytes; check it rather than serve

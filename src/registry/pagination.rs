@@ -44,6 +44,11 @@ impl Page {
         Ok(page)
     }
 
+    /// How many entries this page holds at most.
+    fn limit(&self) -> usize {
+        self.n.unwrap_or(MAX_PAGE).min(MAX_PAGE)
+    }
+
     /// The entries of this page, and whether more follow it.
     pub fn select<'a>(&self, sorted: &'a [String]) -> (&'a [String], bool) {
         let from = match &self.last {
@@ -51,7 +56,7 @@ impl Page {
             None => 0,
         };
         let rest = &sorted[from..];
-        let n = self.n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        let n = self.limit();
         if n == 0 {
             // Nothing asked for; a next link would lead nowhere new.
             (&rest[..0], false)
@@ -77,8 +82,11 @@ pub fn respond(
     })?;
     let mut response = super::document(StatusCode::OK, "application/json", body.into());
     if let (true, Some(last)) = (more, entries.last()) {
-        let n = page.n.unwrap_or(MAX_PAGE).min(MAX_PAGE);
-        let link = format!("<{path}?n={n}&last={}>; rel=\"next\"", percent_encode(last));
+        let link = format!(
+            "<{path}?n={}&last={}>; rel=\"next\"",
+            page.limit(),
+            percent_encode(last)
+        );
         response
             .headers_mut()
             .insert(header::LINK, super::header_value(&link)?);

@@ -26,6 +26,43 @@ pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.mani
 /// The default PATH of an image: the usual one, so packed tools find each other.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Where the self-image keeps its store: a fixed path, so the container needs no HOME and
+/// `docker run -v VOLUME:/var/lib/quinistry` keeps it.
+pub const SELF_STORE: &str = "/var/lib/quinistry";
+/// Where the self-image's executable goes, and its entrypoint.
+pub const SELF_PATH: &str = "/main";
+
+/// The run settings of the self-image: quinistry packing its own executable. Everything here
+/// is a constant of this build, so an image run as a container computes the very same
+/// config, and so the same digests, as the process that packed it (the quine's fixed point).
+pub fn self_image(created: u64) -> RunConfig {
+    let mut labels = BTreeMap::new();
+    let mut label = |k: &str, v: &str| {
+        if !v.is_empty() {
+            labels.insert(format!("org.opencontainers.image.{k}"), v.to_owned());
+        }
+    };
+    label("title", env!("CARGO_PKG_NAME"));
+    label("version", env!("CARGO_PKG_VERSION"));
+    label("description", env!("CARGO_PKG_DESCRIPTION"));
+    label("source", env!("CARGO_PKG_REPOSITORY"));
+    RunConfig {
+        entrypoint: Some(vec![SELF_PATH.to_owned()]),
+        cmd: Some(
+            ["serve", "--listen", "0.0.0.0:8080"]
+                .map(str::to_owned)
+                .to_vec(),
+        ),
+        env: vec![
+            DEFAULT_PATH.to_owned(),
+            format!("QUINISTRY_STORE={SELF_STORE}"),
+        ],
+        labels,
+        exposed_ports: vec!["8080/tcp".to_owned()],
+        created,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("cannot build image document: {0}")]

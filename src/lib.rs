@@ -3,17 +3,22 @@
 //!
 //! Data flows one way: the CLI (`main.rs`) hands inputs to [`pack`], which streams them
 //! through tar, hashing and gzip into the [`store`]; [`image`] turns the result into a config
-//! and manifests, which are stored as blobs too. The registry (to come) only reads the store.
+//! and manifests, which are stored as blobs too. [`registry`] serves the store over the OCI
+//! distribution API and only reads it. [`closure`] tells `pack` which interpreter and
+//! libraries a dynamic executable needs, so every image it makes can run.
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`digest`] | the `Digest` type, parsing, the hashing writer; no disk access |
-//! | [`reference`] | repository-name and tag grammar; what makes a name safe as a path |
+//! | [`reference`](mod@reference) | repository-name and tag grammar; what makes a name safe as a path |
 //! | [`store`] | every on-disk path of the store, temp files, atomic commit, tags, verify |
 //! | [`pack`] | the pipeline and tar determinism |
+//! | [`closure`] | a dynamic ELF executable's interpreter and libraries, found as ld.so finds them |
 //! | [`image`] | config and manifest JSON (canonical bytes); no I/O |
+//! | [`registry`] | the HTTP API: router, one file per resource, OCI errors |
 //! | [`layout`] | exporting an image from the store as an OCI image layout directory |
 
+pub mod closure;
 pub mod digest;
 pub mod image;
 pub mod layout;

@@ -174,10 +174,11 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
     if args.level > 9 {
         return Err(pack::PackError::BadLevel(args.level).to_string());
     }
-    let inputs: Vec<Input> = if args.inputs.is_empty() {
+    let is_self = args.inputs.is_empty();
+    let inputs: Vec<Input> = if is_self {
         let exe = std::env::current_exe()
             .map_err(|err| format!("cannot find this executable to pack it: {err}"))?;
-        vec![Input::at(exe, "/main", "self").map_err(msg)?]
+        vec![Input::at(exe, image::SELF_PATH, "self").map_err(msg)?]
     } else {
         args.inputs
             .iter()
@@ -185,17 +186,24 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
             .collect::<Result<_, _>>()
             .map_err(msg)?
     };
-    let entrypoint = match args.entrypoint {
-        Some(p) => Some(vec![p]),
-        None => default_entrypoint(&inputs),
+    let mut run = if is_self {
+        image::self_image(mtime)
+    } else {
+        RunConfig {
+            entrypoint: default_entrypoint(&inputs),
+            env: vec![image::DEFAULT_PATH.to_owned()],
+            created: mtime,
+            ..Default::default()
+        }
     };
-    let run = RunConfig {
-        entrypoint,
-        cmd: (!args.cmd.is_empty()).then_some(args.cmd),
-        env: environment(&args.env)?,
-        created: mtime,
-        ..Default::default()
-    };
+    // What the command line says wins over the defaults.
+    if let Some(p) = args.entrypoint {
+        run.entrypoint = Some(vec![p]);
+    }
+    if !args.cmd.is_empty() {
+        run.cmd = Some(args.cmd);
+    }
+    run.env = environment(run.env, &args.env)?;
     let opts = LayerOptions {
         level: args.level,
         mtime,
@@ -342,17 +350,19 @@ fn default_tag(specs: &[String], inputs: &[Input]) -> Result<TaggedName, String>
         .map_err(|_| format!("cannot derive an image name from {base:?}: pass --tag NAME:TAG"))
 }
 
-/// The image's environment: the default PATH unless given, then the `--env` entries in order.
-fn environment(given: &[String]) -> Result<Vec<String>, String> {
-    let mut env = Vec::new();
+/// The image's environment: `defaults`, with each `--env KEY=VALUE` replacing the default of
+/// the same key or appended in order.
+fn environment(mut env: Vec<String>, given: &[String]) -> Result<Vec<String>, String> {
     for e in given {
-        match e.split_once('=') {
-            Some((key, _)) if !key.is_empty() => env.push(e.clone()),
+        let key = match e.split_once('=') {
+            Some((key, _)) if !key.is_empty() => key,
             _ => return Err(format!("invalid --env {e:?}: use KEY=VALUE")),
+        };
+        let same_key = |d: &String| d.split_once('=').is_some_and(|(k, _)| k == key);
+        match env.iter().position(same_key) {
+            Some(i) => env[i] = e.clone(),
+            None => env.push(e.clone()),
         }
-    }
-    if !env.iter().any(|e| e.starts_with("PATH=")) {
-        env.insert(0, image::DEFAULT_PATH.to_owned());
     }
     Ok(env)
 }
@@ -397,6 +407,15 @@ fn report(
         mib(p.input_bytes),
         img.seconds
     ));
+    if !p.runtime.is_empty() {
+        say(format_args!(
+            "runtime    {} paths: interpreter and libraries of dynamic executables",
+            p.runtime.len()
+        ));
+        for path in &p.runtime {
+            tracing::debug!(path = %path.display(), "runtime closure");
+        }
+    }
     say(format_args!("tag        {tag}"));
     say(format_args!(
         "manifest   {}  {} B (OCI)",

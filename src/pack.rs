@@ -1,7 +1,7 @@
 //! The packing pipeline: inputs → tar → sha256 (diff_id) → gzip → sha256 (layer) → store.
 //!
 //! One pass over the input; nothing is held in memory beyond fixed-size buffers, and nothing
-//! is read twice. The tar stream is deterministic (see [`plan`] and [`header`]): the same
+//! is read twice. The tar stream is deterministic (see `plan` and `header`): the same
 //! files, modes and paths give the same bytes on any machine at any time.
 
 use std::collections::BTreeMap;
@@ -21,6 +21,7 @@ use tokio::io::{
 };
 use tokio_tar::{Builder, EntryType, Header};
 
+use crate::closure;
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{self, Layer, ManifestForm, RunConfig};
 use crate::reference::TaggedName;
@@ -51,6 +52,8 @@ pub enum PackError {
     BadLevel(u32),
     #[error("cannot write layer: {0}")]
     Write(io::Error),
+    #[error(transparent)]
+    Closure(#[from] closure::ClosureError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -186,27 +189,72 @@ struct Entry {
 type Plan = BTreeMap<PathBuf, Entry>;
 
 /// Walks the inputs (metadata only) into a sorted plan of entries, with every parent
-/// directory present once. Fails on a missing or unsupported input before any byte is packed.
-fn plan(inputs: &[Input]) -> Result<Plan, PackError> {
+/// directory present once, plus the runtime closure (interpreter, libraries) of each input
+/// that is a dynamically linked executable. Fails on a missing or unsupported input, or a
+/// library that cannot be found, before any byte is packed.
+fn plan(inputs: &[Input]) -> Result<(Plan, Vec<PathBuf>), PackError> {
     let mut plan = Plan::new();
+    let mut runtime = Vec::new();
+    let mut executables = Vec::new();
     for input in inputs {
         let meta = std::fs::metadata(&input.source).map_err(|source| PackError::Read {
             path: input.source.clone(),
             source,
         })?;
         let dest = PathBuf::from(input.dest.trim_start_matches('/'));
-        for parent in dest.ancestors().skip(1) {
-            if !parent.as_os_str().is_empty() {
-                plan.entry(parent.to_owned()).or_insert(Entry {
-                    mode: 0o755,
-                    kind: Kind::Dir,
-                    origin: None,
-                });
-            }
+        add_parents(&mut plan, &dest, &input.source)?;
+        if meta.is_file() {
+            executables.push(input);
         }
         add(&mut plan, dest, &input.source, &meta)?;
     }
-    Ok(plan)
+    // After the inputs, so an input that is itself one of the libraries is already there.
+    for input in executables {
+        let Some(info) = closure::read_elf(&input.source)? else {
+            continue;
+        };
+        for needed in closure::closure(&input.source, Path::new(&input.dest), &info)? {
+            let dest = needed
+                .image
+                .strip_prefix("/")
+                .unwrap_or(&needed.image)
+                .to_owned();
+            add_parents(&mut plan, &dest, &needed.host)?;
+            let meta =
+                std::fs::symlink_metadata(&needed.host).map_err(|source| PackError::Read {
+                    path: needed.host.clone(),
+                    source,
+                })?;
+            if !plan.contains_key(&dest) {
+                runtime.push(needed.image.clone());
+            }
+            add(&mut plan, dest, &needed.host, &meta)?;
+        }
+    }
+    Ok((plan, runtime))
+}
+
+/// Every directory above `dest`, mode 0755 unless an input gives it. A non-directory in the
+/// way is a conflict: the tar would have to go through a file or a symlink.
+fn add_parents(plan: &mut Plan, dest: &Path, source: &Path) -> Result<(), PackError> {
+    for parent in dest.ancestors().skip(1) {
+        if parent.as_os_str().is_empty() {
+            continue;
+        }
+        let existing = plan.entry(parent.to_owned()).or_insert(Entry {
+            mode: 0o755,
+            kind: Kind::Dir,
+            origin: None,
+        });
+        if existing.kind != Kind::Dir {
+            return Err(PackError::Conflict {
+                dest: format!("/{}", parent.display()),
+                first: existing.origin.clone().unwrap_or_default(),
+                second: source.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Adds one host path (and, for a directory, everything below it in sorted order).
@@ -258,6 +306,8 @@ fn add(
                     *existing = entry;
                 }
             }
+            // The same file or symlink reached twice (a library two executables need).
+            Some(existing) if existing.kind == entry.kind && existing.mode == entry.mode => {}
             Some(existing) => {
                 return Err(PackError::Conflict {
                     dest: format!("/{}", dest.display()),
@@ -332,6 +382,9 @@ pub struct PackedLayer {
     pub tar_size: u64,
     /// Bytes of file content read from the inputs.
     pub input_bytes: u64,
+    /// Image paths added as the runtime closure of dynamic executables (interpreter,
+    /// libraries, symlinks), in the order found.
+    pub runtime: Vec<PathBuf>,
 }
 
 /// Packs `inputs` into one gzip layer in `store`. Nothing is stored unless the whole layer is.
@@ -344,7 +397,7 @@ pub async fn pack_layer(
         return Err(PackError::BadLevel(opts.level));
     }
     let owned = inputs.to_vec();
-    let plan = tokio::task::spawn_blocking(move || plan(&owned))
+    let (plan, runtime) = tokio::task::spawn_blocking(move || plan(&owned))
         .await
         .map_err(|e| PackError::Write(io::Error::other(e)))??;
 
@@ -389,6 +442,7 @@ pub async fn pack_layer(
         },
         tar_size,
         input_bytes,
+        runtime,
     })
 }
 
@@ -720,7 +774,7 @@ mod tests {
             Input::at(root.join("d"), "/opt/d", "d").expect("input"),
             Input::at(root.join("f"), "/opt/f", "f").expect("input"),
         ];
-        let p = plan(&inputs).expect("plan");
+        let (p, _) = plan(&inputs).expect("plan");
         let paths: Vec<_> = p.keys().map(|k| k.display().to_string()).collect();
         assert_eq!(
             paths,

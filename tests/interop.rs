@@ -6,23 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Serving, have_docker, have_tool, run_ok, sh, sha256sum};
-
-/// Removes the pulled images even when an assertion fails, so a CI engine stays clean.
-struct DockerImages(Vec<String>);
-
-impl Drop for DockerImages {
-    fn drop(&mut self) {
-        for image in &self.0 {
-            let _ = Command::new("docker").args(["rmi", "-f", image]).output();
-        }
-    }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = run_ok(Command::new("docker").args(args));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+use common::{DockerCleanup, Serving, docker, have_docker, have_tool, run_ok, sh, sha256sum};
 
 #[test]
 fn docker_pulls_the_self_image_by_tag_and_by_digest() {
@@ -35,7 +19,7 @@ fn docker_pulls_the_self_image_by_tag_and_by_digest() {
     let repo = format!("{}/quinistry", server.addr);
     let oci = server.report["manifest"].clone();
     let docker_form = server.report["docker"].clone();
-    let mut images = DockerImages(vec![format!("{repo}:latest")]);
+    let mut images = DockerCleanup::images(&[&format!("{repo}:latest")]);
 
     let pulled = docker(&["pull", &repo]);
     // Docker's Accept list lists both forms (in an order that varies between engine
@@ -70,7 +54,7 @@ fn docker_pulls_the_self_image_by_tag_and_by_digest() {
     // By digest, both forms: the engine asks for exactly those bytes and checks them.
     for digest in [&oci, &docker_form] {
         let by_digest = format!("{repo}@{digest}");
-        images.0.push(by_digest.clone());
+        images.image(&by_digest);
         docker(&["pull", &by_digest]);
         let layers = docker(&[
             "image",

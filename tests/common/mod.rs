@@ -290,3 +290,97 @@ pub fn have_docker() -> bool {
     }
     ok
 }
+
+/// Runs `docker ARGS` and insists on success; its stdout, trimmed.
+pub fn docker(args: &[&str]) -> String {
+    let out = run_ok(Command::new("docker").args(args));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Removes the containers and images a test made, even when an assertion fails, so a CI
+/// engine stays clean. Containers go first: an image in use cannot be removed.
+#[derive(Default)]
+pub struct DockerCleanup {
+    containers: Vec<String>,
+    images: Vec<String>,
+}
+
+impl DockerCleanup {
+    pub fn images(images: &[&str]) -> DockerCleanup {
+        let mut c = DockerCleanup::default();
+        for i in images {
+            c.image(i);
+        }
+        c
+    }
+
+    pub fn image(&mut self, image: &str) {
+        self.images.push(image.to_owned());
+    }
+
+    pub fn container(&mut self, name: &str) {
+        self.containers.push(name.to_owned());
+    }
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+        }
+        for i in &self.images {
+            let _ = Command::new("docker").args(["rmi", "-f", i]).output();
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago, for a server we cannot ask for port 0
+/// (a container on the host network).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Builds, with the system C compiler, a program `app` linked against a shared library of
+/// ours, `lib/libgreet.so.1` (a symlink to `libgreet.so.1.0`, as sonames usually are),
+/// found through `RUNPATH=$ORIGIN/lib`. `app NAME` prints `hello, NAME, from libgreet`.
+/// Returns the path of `app`.
+pub fn build_greeter(dir: &Path) -> PathBuf {
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib).expect("mkdir lib");
+    std::fs::write(
+        dir.join("greet.c"),
+        "#include <stdio.h>\nvoid greet(const char *who) { printf(\"hello, %s, from libgreet\\n\", who); }\n",
+    )
+    .expect("write greet.c");
+    std::fs::write(
+        dir.join("app.c"),
+        "void greet(const char *);\nint main(int argc, char **argv) { greet(argc > 1 ? argv[1] : \"world\"); return 0; }\n",
+    )
+    .expect("write app.c");
+    let d = dir.display();
+    sh(&format!(
+        "cd '{d}' && cc -shared -fPIC -Wl,-soname,libgreet.so.1 -o lib/libgreet.so.1.0 greet.c \
+         && ln -sf libgreet.so.1.0 lib/libgreet.so.1 \
+         && cc -o app app.c lib/libgreet.so.1.0 -Wl,--enable-new-dtags,-rpath,'$ORIGIN/lib'"
+    ));
+    dir.join("app")
+}
+
+/// Every entry of a gzip layer blob as `tar tvzf` lists it: `(type char, path, link target)`.
+pub fn layer_entries(blob: &Path) -> Vec<(char, String, String)> {
+    sh(&format!("tar tvzf '{}'", blob.display()))
+        .lines()
+        .filter_map(|l| {
+            let kind = l.chars().next()?;
+            // `perm owner size date time path [-> target]`
+            let rest: Vec<&str> = l.split_whitespace().skip(5).collect();
+            let joined = rest.join(" ");
+            let (path, target) = match joined.split_once(" -> ") {
+                Some((p, t)) => (p.to_owned(), t.to_owned()),
+                None => (joined, String::new()),
+            };
+            Some((kind, path, target))
+        })
+        .collect()
+}

@@ -1,0 +1,298 @@
+//! Runtime closures without a container engine: a dynamically linked executable is packed
+//! with its interpreter and libraries (checked against `ldd` and by running it in a chroot
+//! of the unpacked layer), static and non-ELF files pack alone, a missing library fails
+//! clearly and stores nothing, and the self-image has its run settings.
+
+mod common;
+
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+use common::{blob, build_greeter, files, have_tool, layer_entries, pack_in, report, run_ok, sh};
+
+/// Resolves `path` inside `root` as a process chrooted there would: absolute symlink
+/// targets start again at `root`. `None` if it leads nowhere.
+fn resolve_in(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut todo: Vec<PathBuf> = vec![path.to_owned()];
+    let mut at = PathBuf::from("/");
+    for _ in 0..40 {
+        let Some(next) = todo.pop() else {
+            return Some(at);
+        };
+        let mut parts = next.components().peekable();
+        while let Some(c) = parts.next() {
+            match c {
+                Component::RootDir => at = PathBuf::from("/"),
+                Component::ParentDir => {
+                    at.pop();
+                }
+                Component::Normal(n) => {
+                    let candidate = at.join(n);
+                    let on_disk = root.join(candidate.strip_prefix("/").ok()?);
+                    let meta = std::fs::symlink_metadata(&on_disk).ok()?;
+                    if meta.file_type().is_symlink() {
+                        let rest: PathBuf = parts.collect();
+                        if !rest.as_os_str().is_empty() {
+                            todo.push(rest);
+                        }
+                        todo.push(std::fs::read_link(&on_disk).ok()?);
+                        break;
+                    }
+                    at = candidate;
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// The interpreter and every library path `ldd` prints for `exe` on this host.
+fn ldd_paths(exe: &Path) -> Vec<PathBuf> {
+    sh(&format!("ldd '{}'", exe.display()))
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l.split_once("=> ").map_or(l, |(_, p)| p);
+            let path = path.split(" (").next()?.trim();
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// Unpacks a layer blob into a new directory under `dir`.
+fn unpack(blob: &Path, dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(&root).expect("mkdir rootfs");
+    sh(&format!(
+        "tar xzf '{}' -C '{}'",
+        blob.display(),
+        root.display()
+    ));
+    root
+}
+
+/// Runs `argv` chrooted in `root` (we are root in CI) with only `env`. `None` when chroot
+/// is not allowed here, which is a skip, not a failure.
+fn run_in_chroot(root: &Path, argv: &[&str], env: &[(&str, &str)]) -> Option<String> {
+    // Found on our PATH; the program inside gets an empty environment.
+    let out = Command::new(sh("command -v chroot"))
+        .arg(root)
+        .args(argv)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run chroot");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("Operation not permitted") {
+        assert!(
+            std::env::var_os("QUINISTRY_REQUIRE_CLIENTS").is_none(),
+            "chroot is required (QUINISTRY_REQUIRE_CLIENTS is set): {stderr}"
+        );
+        eprintln!("SKIPPED: chroot needs root: {stderr}");
+        return None;
+    }
+    assert!(out.status.success(), "chroot {argv:?} failed: {stderr}");
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[test]
+fn a_dynamic_executable_is_packed_with_what_the_loader_needs() {
+    if !have_tool("cc", "gcc") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let app = build_greeter(&dir.path().join("src"));
+    // Two executables that share libc: the shared files are packed once.
+    let spec = format!("{}:/usr/local/bin/greet", app.display());
+    let out = run_ok(pack_in(&store).args([
+        "--entrypoint",
+        "/usr/local/bin/greet",
+        &spec,
+        "/usr/bin/env",
+    ]));
+    let rep = report(&out);
+    let layer = blob(&store, &rep["layer"]);
+    let entries = layer_entries(&layer);
+    let mut paths: Vec<&str> = entries.iter().map(|(_, p, _)| p.as_str()).collect();
+    let n = paths.len();
+    paths.dedup();
+    assert_eq!(paths.len(), n, "an entry is packed twice: {entries:?}");
+
+    // The library found through $ORIGIN/lib followed the program to where it is packed,
+    // with its soname symlink kept as a symlink next to its target.
+    let find = |p: &str| entries.iter().find(|(_, path, _)| path == p).cloned();
+    assert_eq!(
+        find("usr/local/bin/lib/libgreet.so.1"),
+        Some((
+            'l',
+            "usr/local/bin/lib/libgreet.so.1".into(),
+            "libgreet.so.1.0".into()
+        ))
+    );
+    assert_eq!(
+        find("usr/local/bin/lib/libgreet.so.1.0").map(|e| e.0),
+        Some('-')
+    );
+
+    // Everything ldd says the two programs load exists in the layer (interpreter included).
+    let root = unpack(&layer, dir.path());
+    let mut needed = ldd_paths(Path::new("/usr/bin/env"));
+    needed.extend(
+        ldd_paths(&app)
+            .into_iter()
+            .filter(|p| !p.starts_with(dir.path())),
+    );
+    assert!(
+        needed
+            .iter()
+            .any(|p| p.to_string_lossy().contains("libc.so")),
+        "{needed:?}"
+    );
+    for p in &needed {
+        let found = resolve_in(&root, p);
+        assert!(
+            found.is_some_and(|f| root.join(f.strip_prefix("/").unwrap_or(&f)).is_file()),
+            "{} (from ldd) is not in the layer: {entries:?}",
+            p.display()
+        );
+    }
+
+    // And they run with nothing but the layer under them.
+    // A chroot has no /proc, from which glibc takes the program's $ORIGIN; LD_ORIGIN_PATH is
+    // its documented fallback. (Containers have /proc: the docker test needs none of this.)
+    let origin = [("LD_ORIGIN_PATH", "/usr/local/bin")];
+    if let Some(out) = run_in_chroot(&root, &["/usr/local/bin/greet", "chroot"], &origin) {
+        assert_eq!(out, "hello, chroot, from libgreet");
+        let env = run_in_chroot(&root, &["/env", "A=1"], &[]).unwrap_or_default();
+        assert_eq!(env, "A=1");
+    }
+}
+
+#[test]
+fn a_missing_library_fails_naming_it_and_stores_nothing() {
+    if !have_tool("cc", "gcc") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let app = build_greeter(&dir.path().join("src"));
+    std::fs::remove_file(dir.path().join("src/lib/libgreet.so.1")).expect("rm symlink");
+    let out = pack_in(&store).arg(&app).output().expect("run");
+    assert!(!out.status.success(), "packing succeeded without libgreet");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("cannot find library libgreet.so.1 needed by")
+            && stderr.contains(&app.display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        files(&store.join("blobs/sha256")).is_empty(),
+        "a blob was stored"
+    );
+    assert!(files(&store.join("tmp")).is_empty(), "a temp file was left");
+    assert!(
+        files(&store.join("repositories")).is_empty(),
+        "a tag was written"
+    );
+}
+
+#[test]
+fn static_and_non_elf_inputs_pack_alone() {
+    if !have_tool("cc", "gcc") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("hello.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\nint main(void) { puts(\"static\"); return 0; }\n",
+    )
+    .expect("write");
+    let exe = dir.path().join("hello");
+    sh(&format!(
+        "cc -static -o '{}' '{}'",
+        exe.display(),
+        src.display()
+    ));
+    let script = dir.path().join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\necho script\n").expect("write");
+    sh(&format!("chmod +x '{}'", script.display()));
+    let store = dir.path().join("store");
+    let out = run_ok(pack_in(&store).arg(&exe).arg(&script));
+    let rep = report(&out);
+    assert!(
+        !rep.contains_key("runtime"),
+        "a runtime closure for static inputs"
+    );
+    let paths: Vec<String> = layer_entries(&blob(&store, &rep["layer"]))
+        .into_iter()
+        .map(|(_, p, _)| p)
+        .collect();
+    assert_eq!(paths, ["hello", "run.sh"]);
+}
+
+#[test]
+fn the_self_image_carries_its_closure_and_run_settings_and_is_reproducible() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = run_ok(pack_in(&dir.path().join("a")).args(["--level", "1"]));
+    // Another store, working directory and environment: nothing of those may show.
+    let b = run_ok(
+        pack_in(&dir.path().join("b"))
+            .args(["--level", "1"])
+            .current_dir(dir.path())
+            .env("HOME", dir.path())
+            .env("TZ", "Pacific/Kiritimati")
+            .env("LD_LIBRARY_PATH", dir.path()),
+    );
+    let (ra, rb) = (report(&a), report(&b));
+    for key in ["manifest", "docker", "config", "layer", "diff_id"] {
+        assert_eq!(ra[key], rb[key], "{key} differs between two packs");
+    }
+    let store = dir.path().join("a");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&store, &ra["config"])).expect("config"))
+            .expect("config json");
+    let c = &config["config"];
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/main"]));
+    assert_eq!(
+        c["Cmd"],
+        serde_json::json!(["serve", "--listen", "0.0.0.0:8080"])
+    );
+    assert_eq!(c["ExposedPorts"], serde_json::json!({"8080/tcp": {}}));
+    assert_eq!(
+        c["Env"],
+        serde_json::json!([
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "QUINISTRY_STORE=/var/lib/quinistry"
+        ])
+    );
+    assert_eq!(c["Labels"]["org.opencontainers.image.title"], "quinistry");
+    assert_eq!(
+        c["Labels"]["org.opencontainers.image.version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(config["created"], "1970-01-01T00:00:00Z");
+
+    // The layer holds the executable at /main and what ldd says it loads.
+    let layer = blob(&store, &ra["layer"]);
+    let entries = layer_entries(&layer);
+    assert!(
+        entries.iter().any(|(k, p, _)| *k == '-' && p == "main"),
+        "{entries:?}"
+    );
+    let root = unpack(&layer, dir.path());
+    for p in ldd_paths(Path::new(common::BIN)) {
+        assert!(
+            resolve_in(&root, &p)
+                .is_some_and(|f| root.join(f.strip_prefix("/").unwrap_or(&f)).is_file()),
+            "{} (from ldd) is not in the self-image",
+            p.display()
+        );
+    }
+    if let Some(v) = run_in_chroot(&root, &["/main", "--version"], &[]) {
+        assert_eq!(v, format!("quinistry {}", env!("CARGO_PKG_VERSION")));
+    }
+}

@@ -19,7 +19,7 @@
 //!
 //! Only the headers are read (through a small cache over the file), never the whole file.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -200,7 +200,7 @@ pub fn closure(exe: &Path, image_path: &Path, info: &ElfInfo) -> Result<Vec<Need
     };
     let mut out = Closure::default();
     let interp_file =
-        walk(interp, &mut |p| out.push_host(p)).map_err(|source| ClosureError::Interpreter {
+        walk(interp, &mut |p| out.push(p, p)).map_err(|source| ClosureError::Interpreter {
             interpreter: interp.clone(),
             exe: exe.to_owned(),
             source,
@@ -213,68 +213,43 @@ pub fn closure(exe: &Path, image_path: &Path, info: &ElfInfo) -> Result<Vec<Need
     dirs.extend(flavor.default_dirs(&interp_file, info.kind.0));
     dedup(&mut dirs);
 
-    let exe_real = fs::canonicalize(exe).map_err(io_err(exe))?;
     let root = Object {
-        host: exe_real,
+        host: fs::canonicalize(exe).map_err(io_err(exe))?,
         image: image_path.to_owned(),
         info: info.clone(),
         rpaths: Vec::new(),
     };
     // The loader knows its own soname, and never searches for it.
-    let mut loaded: HashMap<String, ()> = HashMap::new();
+    let mut loaded: HashSet<String> = HashSet::new();
     if let Some(name) = interp.file_name().and_then(|n| n.to_str()) {
-        loaded.insert(name.to_owned(), ());
+        loaded.insert(name.to_owned());
     }
     // Breadth first, as the loader loads: direct dependencies before theirs.
     let mut queue = VecDeque::from([root]);
     while let Some(obj) = queue.pop_front() {
         // DT_RPATH applies to this object's needs and its dependencies' (unless they have
-        // their own DT_RUNPATH); DT_RUNPATH only to this object's.
-        let mut rpaths = obj.rpaths.clone();
+        // their own DT_RUNPATH), the object's own first, then its loaders' up to the
+        // executable; DT_RUNPATH only to this object's needs, and it turns DT_RPATH off.
+        let mut rpaths = Vec::new();
         if obj.info.runpath.is_empty() {
             rpaths.extend(obj.expand(&obj.info.rpath));
         }
+        rpaths.extend(obj.rpaths.iter().cloned());
+        let mut search = Vec::new();
+        if obj.info.runpath.is_empty() {
+            search.extend(rpaths.iter().cloned());
+        }
+        search.extend(obj.expand(&obj.info.runpath));
+        search.extend(dirs.iter().map(|d| Place::same(d)));
+
         for name in &obj.info.needed {
-            if loaded.insert(name.clone(), ()).is_some() {
+            if !loaded.insert(name.clone()) {
                 continue;
             }
-            let found = if name.contains('/') {
-                if !name.starts_with('/') {
-                    return Err(ClosureError::RelativeName {
-                        name: name.clone(),
-                        needed_by: obj.host.clone(),
-                    });
-                }
-                let p = PathBuf::from(name);
-                Some((p.clone(), p))
-            } else {
-                let mut search: Vec<(PathBuf, PathBuf)> = Vec::new();
-                if obj.info.runpath.is_empty() {
-                    search.extend(rpaths.iter().cloned());
-                }
-                search.extend(obj.expand(&obj.info.runpath));
-                search.extend(dirs.iter().map(|d| (d.clone(), d.clone())));
-                let hit = search.iter().find_map(|(host, image)| {
-                    let candidate = host.join(name);
-                    compatible(&candidate, info.kind).then(|| (candidate, image.join(name)))
-                });
-                if hit.is_none() {
-                    return Err(ClosureError::Missing {
-                        name: name.clone(),
-                        needed_by: obj.host.clone(),
-                        searched: search.into_iter().map(|(h, _)| h).collect(),
-                    });
-                }
-                hit
-            };
-            let Some((host, image)) = found else { continue };
-            // Everything met on the way to the file goes where the loader will look:
+            let (host, place) = locate(name, &obj, &search, info.kind)?;
+            // Everything met on the way to the file goes where the loader will look for it:
             // through `$ORIGIN`, relative to the object's place in the image.
-            let map = (
-                host.parent().map(Path::to_owned),
-                image.parent().map(Path::to_owned),
-            );
-            let file = walk(&host, &mut |p| out.push_mapped(p, &map)).map_err(|source| {
+            let file = walk(&host, &mut |p| out.push(p, &place.image_of(p))).map_err(|source| {
                 ClosureError::Io {
                     path: host.clone(),
                     source,
@@ -285,14 +260,74 @@ pub fn closure(exe: &Path, image_path: &Path, info: &ElfInfo) -> Result<Vec<Need
                 why: "not an ELF file".into(),
             })?;
             queue.push_back(Object {
-                host: file.clone(),
-                image: out.image_of(&file, &map),
+                image: place.image_of(&file),
+                host: file,
                 info: lib_info,
                 rpaths: rpaths.clone(),
             });
         }
     }
     Ok(out.items)
+}
+
+/// Finds `name` for `obj` in `search` (or at its own path, if it has a `/`): the host path
+/// and the directory pair it was found through.
+fn locate(
+    name: &str,
+    obj: &Object,
+    search: &[Place],
+    kind: (bool, bool, u16),
+) -> Result<(PathBuf, Place), ClosureError> {
+    let missing = |searched: Vec<PathBuf>| ClosureError::Missing {
+        name: name.to_owned(),
+        needed_by: obj.host.clone(),
+        searched,
+    };
+    if name.contains('/') {
+        if !name.starts_with('/') {
+            return Err(ClosureError::RelativeName {
+                name: name.to_owned(),
+                needed_by: obj.host.clone(),
+            });
+        }
+        let path = PathBuf::from(name);
+        let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
+        if !compatible(&path, kind) {
+            return Err(missing(vec![dir]));
+        }
+        return Ok((path, Place::same(&dir)));
+    }
+    search
+        .iter()
+        .map(|place| (place.host.join(name), place))
+        .find(|(candidate, _)| compatible(candidate, kind))
+        .map(|(candidate, place)| (candidate, place.clone()))
+        .ok_or_else(|| missing(search.iter().map(|p| p.host.clone()).collect()))
+}
+
+/// A search directory on the host and where the same directory is in the image. They differ
+/// only for `$ORIGIN` of an object packed elsewhere than where it is on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Place {
+    host: PathBuf,
+    image: PathBuf,
+}
+
+impl Place {
+    fn same(dir: &Path) -> Place {
+        Place {
+            host: dir.to_owned(),
+            image: dir.to_owned(),
+        }
+    }
+
+    /// Where a host path under this directory goes in the image (others stay where they are).
+    fn image_of(&self, host: &Path) -> PathBuf {
+        match host.strip_prefix(&self.host) {
+            Ok(rest) => self.image.join(rest),
+            Err(_) => host.to_owned(),
+        }
+    }
 }
 
 /// An object being loaded, with what its dependencies inherit from it.
@@ -302,8 +337,8 @@ struct Object {
     /// Its path in the image: `$ORIGIN` when the image runs.
     image: PathBuf,
     info: ElfInfo,
-    /// `DT_RPATH` directories inherited from the objects that loaded it, as (host, image).
-    rpaths: Vec<(PathBuf, PathBuf)>,
+    /// `DT_RPATH` directories inherited from the objects that loaded it.
+    rpaths: Vec<Place>,
 }
 
 impl Object {
@@ -311,7 +346,7 @@ impl Object {
     /// when the object is packed somewhere else than where it is on the host. Entries with
     /// other dynamic tokens (`$LIB`, `$PLATFORM`) are skipped: their values are the
     /// packing machine's.
-    fn expand(&self, dirs: &[String]) -> Vec<(PathBuf, PathBuf)> {
+    fn expand(&self, dirs: &[String]) -> Vec<Place> {
         let host_origin = self.host.parent().unwrap_or(Path::new("/"));
         let image_origin = self.image.parent().unwrap_or(Path::new("/"));
         dirs.iter()
@@ -329,7 +364,10 @@ impl Object {
                 if host.contains('$') || !host.starts_with('/') {
                     return None;
                 }
-                Some((normalize(Path::new(&host)), normalize(Path::new(&image))))
+                Some(Place {
+                    host: normalize(Path::new(&host)),
+                    image: normalize(Path::new(&image)),
+                })
             })
             .collect()
     }
@@ -552,7 +590,7 @@ fn normalize(path: &Path) -> PathBuf {
 }
 
 fn dedup(dirs: &mut Vec<PathBuf>) {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     dirs.retain(|d| seen.insert(d.clone()));
 }
 
@@ -560,37 +598,16 @@ fn dedup(dirs: &mut Vec<PathBuf>) {
 #[derive(Default)]
 struct Closure {
     items: Vec<Needed>,
-    seen: HashMap<PathBuf, ()>,
+    seen: HashSet<PathBuf>,
 }
 
 impl Closure {
-    fn push(&mut self, host: &Path, image: PathBuf) {
-        if self.seen.insert(image.clone(), ()).is_none() {
+    fn push(&mut self, host: &Path, image: &Path) {
+        if self.seen.insert(image.to_owned()) {
             self.items.push(Needed {
                 host: host.to_owned(),
-                image,
+                image: image.to_owned(),
             });
-        }
-    }
-
-    /// At the same path in the image as on the host.
-    fn push_host(&mut self, host: &Path) {
-        self.push(host, host.to_owned());
-    }
-
-    /// Under the search directory's image twin when it lies in that directory (`$ORIGIN`).
-    fn push_mapped(&mut self, host: &Path, map: &(Option<PathBuf>, Option<PathBuf>)) {
-        let image = self.image_of(host, map);
-        self.push(host, image);
-    }
-
-    fn image_of(&self, host: &Path, map: &(Option<PathBuf>, Option<PathBuf>)) -> PathBuf {
-        match map {
-            (Some(h), Some(i)) => match host.strip_prefix(h) {
-                Ok(rest) => i.join(rest),
-                Err(_) => host.to_owned(),
-            },
-            _ => host.to_owned(),
         }
     }
 }

@@ -33,9 +33,14 @@ pub const SELF_STORE: &str = "/var/lib/quinistry";
 pub const SELF_PATH: &str = "/main";
 
 /// The run settings of the self-image: quinistry packing its own executable. Everything here
-/// is a constant of this build, so an image run as a container computes the very same
-/// config, and so the same digests, as the process that packed it (the quine's fixed point).
-pub fn self_image(created: u64) -> RunConfig {
+/// is a constant of this build or a setting the image carries itself, so the image run as a
+/// container computes the very same config, and so the same digests, as the process that
+/// packed it (the quine's fixed point).
+///
+/// `settings` are the command-line arguments that changed the layer's bytes (`--level 1`);
+/// they go into the Cmd so the child packs the same way. A non-zero `created` goes into the
+/// Env as `SOURCE_DATE_EPOCH` for the same reason.
+pub fn self_image(created: u64, settings: &[String]) -> RunConfig {
     let mut labels = BTreeMap::new();
     let mut label = |k: &str, v: &str| {
         if !v.is_empty() {
@@ -50,13 +55,18 @@ pub fn self_image(created: u64) -> RunConfig {
         entrypoint: Some(vec![SELF_PATH.to_owned()]),
         cmd: Some(
             ["serve", "--listen", "0.0.0.0:8080"]
-                .map(str::to_owned)
-                .to_vec(),
+                .iter()
+                .map(|s| s.to_string())
+                .chain(settings.iter().cloned())
+                .collect(),
         ),
-        env: vec![
+        env: [
             DEFAULT_PATH.to_owned(),
             format!("QUINISTRY_STORE={SELF_STORE}"),
-        ],
+        ]
+        .into_iter()
+        .chain((created != 0).then(|| format!("SOURCE_DATE_EPOCH={created}")))
+        .collect(),
         labels,
         exposed_ports: vec!["8080/tcp".to_owned()],
         created,

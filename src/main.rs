@@ -187,7 +187,12 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
             .map_err(msg)?
     };
     let mut run = if is_self {
-        image::self_image(mtime)
+        // The settings that change the layer's bytes travel in the image's Cmd.
+        let mut settings = Vec::new();
+        if args.level != pack::DEFAULT_LEVEL {
+            settings = vec!["--level".to_owned(), args.level.to_string()];
+        }
+        image::self_image(mtime, &settings)
     } else {
         RunConfig {
             entrypoint: default_entrypoint(&inputs),

@@ -237,11 +237,11 @@ fn static_and_non_elf_inputs_pack_alone() {
 #[test]
 fn the_self_image_carries_its_closure_and_run_settings_and_is_reproducible() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = run_ok(pack_in(&dir.path().join("a")).args(["--level", "1"]));
+    // Default settings: the image `cargo run --release` serves.
+    let a = run_ok(&mut pack_in(&dir.path().join("a")));
     // Another store, working directory and environment: nothing of those may show.
     let b = run_ok(
         pack_in(&dir.path().join("b"))
-            .args(["--level", "1"])
             .current_dir(dir.path())
             .env("HOME", dir.path())
             .env("TZ", "Pacific/Kiritimati")
@@ -295,4 +295,41 @@ fn the_self_image_carries_its_closure_and_run_settings_and_is_reproducible() {
     if let Some(v) = run_in_chroot(&root, &["/main", "--version"], &[]) {
         assert_eq!(v, format!("quinistry {}", env!("CARGO_PKG_VERSION")));
     }
+}
+
+#[test]
+fn the_self_image_carries_the_settings_that_made_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let parent = run_ok(
+        pack_in(&dir.path().join("a"))
+            .args(["--level", "1"])
+            .env("SOURCE_DATE_EPOCH", "1700000000"),
+    );
+    let rep = report(&parent);
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(&dir.path().join("a"), &rep["config"])).expect("config"),
+    )
+    .expect("config json");
+    assert_eq!(config["created"], "2023-11-14T22:13:20Z");
+    let cmd: Vec<String> =
+        serde_json::from_value(config["config"]["Cmd"].clone()).expect("Cmd strings");
+    assert_eq!(cmd, ["serve", "--listen", "0.0.0.0:8080", "--level", "1"]);
+    let env: Vec<String> =
+        serde_json::from_value(config["config"]["Env"].clone()).expect("Env strings");
+    assert!(
+        env.contains(&"SOURCE_DATE_EPOCH=1700000000".to_owned()),
+        "{env:?}"
+    );
+
+    // Be the child without a container: the image's own Cmd settings and Env, nothing of
+    // ours, give the same image.
+    let mut child = pack_in(&dir.path().join("b"));
+    child.args(&cmd[3..]);
+    for kv in &env {
+        let (k, v) = kv.split_once('=').expect("KEY=VALUE");
+        child.env(k, v);
+    }
+    let rep_child = report(&run_ok(&mut child));
+    assert_eq!(rep_child["manifest"], rep["manifest"]);
+    assert_eq!(rep_child["docker"], rep["docker"]);
 }

@@ -333,3 +333,56 @@ fn the_self_image_carries_the_settings_that_made_it() {
     assert_eq!(rep_child["manifest"], rep["manifest"]);
     assert_eq!(rep_child["docker"], rep["docker"]);
 }
+
+/// app → libmid → libinner, both libraries in `app`'s `$ORIGIN/lib`, libmid with no search
+/// path of its own: libinner is found only through a search path libmid inherits from app.
+/// A DT_RPATH is inherited; a DT_RUNPATH is not. The host's loader and our closure must
+/// agree on both.
+#[test]
+fn rpath_is_inherited_by_dependencies_and_runpath_is_not() {
+    if !have_tool("cc", "gcc") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
+    sh(&format!(
+        "cd '{d}' && mkdir lib \
+         && echo 'const char *inner(void) {{ return \"inner\"; }}' > inner.c \
+         && echo 'const char *inner(void); const char *mid(void) {{ return inner(); }}' > mid.c \
+         && printf '#include <stdio.h>\\nconst char *mid(void);\\nint main(void) {{ puts(mid()); return 0; }}\\n' > app.c \
+         && cc -shared -fPIC -Wl,-soname,libinner.so.1 -o lib/libinner.so.1 inner.c \
+         && cc -shared -fPIC -Wl,-soname,libmid.so.1 -o lib/libmid.so.1 mid.c lib/libinner.so.1 \
+         && cc -o rpath app.c lib/libmid.so.1 -Wl,-rpath-link,lib,--disable-new-dtags,-rpath,'$ORIGIN/lib' \
+         && cc -o runpath app.c lib/libmid.so.1 -Wl,-rpath-link,lib,--enable-new-dtags,-rpath,'$ORIGIN/lib'"
+    ));
+    let store = dir.path().join("store");
+
+    // DT_RPATH: the host runs it, and the closure holds both libraries.
+    let rpath = dir.path().join("rpath");
+    assert_eq!(sh(&format!("'{}'", rpath.display())), "inner");
+    let out = run_ok(pack_in(&store).arg(format!("{}:/opt/app", rpath.display())));
+    let entries = layer_entries(&blob(&store, &report(&out)["layer"]));
+    for lib in ["opt/lib/libmid.so.1", "opt/lib/libinner.so.1"] {
+        assert!(
+            entries.iter().any(|(_, p, _)| p == lib),
+            "{lib} missing: {entries:?}"
+        );
+    }
+
+    // DT_RUNPATH: the host's loader cannot find libinner, and neither do we.
+    let runpath = dir.path().join("runpath");
+    let host = Command::new(&runpath).output().expect("run");
+    let host_err = String::from_utf8_lossy(&host.stderr);
+    assert!(
+        !host.status.success() && host_err.contains("libinner.so.1"),
+        "the host loader ran it: {host_err}"
+    );
+    let ours = pack_in(&store).arg(&runpath).output().expect("run");
+    let err = String::from_utf8_lossy(&ours.stderr);
+    assert!(
+        !ours.status.success()
+            && err.contains("cannot find library libinner.so.1 needed by")
+            && err.contains("libmid.so.1"),
+        "{err}"
+    );
+}

@@ -33,6 +33,12 @@ use object::{Endianness, FileKind, ReadRef};
 const MAX_SYMLINKS: usize = 40;
 /// `include` nesting in ld.so.conf beyond this is a loop.
 const MAX_CONF_DEPTH: usize = 8;
+/// Header parts are read whole, so their sizes are capped well above any real file's (an
+/// interpreter path is at most PATH_MAX; dynamic sections and their strings run to KiBs),
+/// lest a crafted size inside a large file become one huge allocation.
+const MAX_INTERP: u64 = 4096;
+const MAX_DYNAMIC: u64 = 1 << 20;
+const MAX_STRINGS: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClosureError {
@@ -109,6 +115,18 @@ fn parse<H: FileHeader<Endian = Endianness>>(
     let mut interpreter = None;
     let mut dynamic = None;
     for ph in phdrs {
+        let size: u64 = ph.p_filesz(endian).into();
+        let limit = match ph.p_type(endian) {
+            elf::PT_INTERP => MAX_INTERP,
+            elf::PT_DYNAMIC => MAX_DYNAMIC,
+            _ => u64::MAX,
+        };
+        if size > limit {
+            return Err(format!(
+                "a segment of type {} claims {size} bytes, more than a real one holds",
+                ph.p_type(endian).0
+            ));
+        }
         if let Some(i) = ph.interpreter(endian, data).map_err(e)? {
             interpreter = Some(PathBuf::from(String::from_utf8_lossy(i).into_owned()));
         }
@@ -142,6 +160,9 @@ fn parse<H: FileHeader<Endian = Endianness>>(
     let (Some(addr), Some(size)) = (tag(elf::DT_STRTAB), tag(elf::DT_STRSZ)) else {
         return Ok(Some(info));
     };
+    if size > MAX_STRINGS {
+        return Err(format!("dynamic string table claims {size} bytes"));
+    }
     let offset = phdrs.iter().find_map(|ph| {
         let start: u64 = ph.p_vaddr(endian).into();
         let filesz: u64 = ph.p_filesz(endian).into();
@@ -695,6 +716,54 @@ mod tests {
             Flavor::of(Path::new("/lib/ld-musl-aarch64.so.1")),
             Flavor::Musl("aarch64".into())
         );
+    }
+
+    /// A minimal little-endian ELF64 executable: one PT_INTERP segment of `claimed` bytes
+    /// holding `interp`, the file padded to `len` bytes.
+    fn tiny_elf(interp: &str, claimed: u64, len: usize) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&0u64.to_le_bytes()); // entry
+        f.extend_from_slice(&64u64.to_le_bytes()); // phoff
+        f.extend_from_slice(&0u64.to_le_bytes()); // shoff
+        f.extend_from_slice(&0u32.to_le_bytes());
+        for v in [64u16, 56, 1, 64, 0, 0] {
+            f.extend_from_slice(&v.to_le_bytes()); // ehsize phentsize phnum shentsize shnum shstrndx
+        }
+        f.extend_from_slice(&3u32.to_le_bytes()); // PT_INTERP
+        f.extend_from_slice(&4u32.to_le_bytes());
+        for v in [120u64, 0, 0, claimed, claimed, 1] {
+            f.extend_from_slice(&v.to_le_bytes()); // offset vaddr paddr filesz memsz align
+        }
+        f.extend_from_slice(interp.as_bytes());
+        f.push(0);
+        f.resize(len.max(f.len()), 0);
+        f
+    }
+
+    #[test]
+    fn headers_are_read_and_implausible_sizes_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = dir.path().join("ok");
+        let interp = "/nonexistent/ld.so";
+        fs::write(&ok, tiny_elf(interp, interp.len() as u64 + 1, 0)).expect("write");
+        let info = read_elf(&ok).expect("parse").expect("is ELF");
+        assert_eq!(info.interpreter, Some(PathBuf::from(interp)));
+        assert!(info.needed.is_empty());
+        let err = closure(&ok, Path::new("/ok"), &info).expect_err("no interpreter");
+        assert!(
+            err.to_string()
+                .starts_with("program interpreter /nonexistent/ld.so of "),
+            "{err}"
+        );
+        // Inside the file, but far beyond what an interpreter path can be.
+        let big = dir.path().join("big");
+        fs::write(&big, tiny_elf(interp, 1 << 16, 1 << 17)).expect("write");
+        let err = read_elf(&big).expect_err("implausible").to_string();
+        assert!(err.contains("claims 65536 bytes"), "{err}");
     }
 
     #[test]

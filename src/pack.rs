@@ -40,11 +40,11 @@ pub enum PackError {
     Read { path: PathBuf, source: io::Error },
     #[error("input {} is a {kind}; only files, directories and symlinks can be packed", path.display())]
     Unsupported { path: PathBuf, kind: &'static str },
-    #[error("inputs {} and {} both go to {dest} in the image", first.display(), second.display())]
+    #[error("{first} and {second} both go to {dest} in the image")]
     Conflict {
         dest: String,
-        first: PathBuf,
-        second: PathBuf,
+        first: String,
+        second: String,
     },
     #[error("invalid input {spec:?}: {why}")]
     BadInput { spec: String, why: &'static str },
@@ -180,8 +180,49 @@ struct Entry {
     /// Permission bits, masked to 0o7777.
     mode: u32,
     kind: Kind,
-    /// The host path this came from, for conflict messages; `None` for implied parents.
-    origin: Option<PathBuf>,
+    /// Why it is in the layer: conflict messages name both sides by it.
+    origin: Origin,
+}
+
+/// Why an entry is in the layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// A host path named as an input, or found inside an input directory.
+    Input(PathBuf),
+    /// A host path the executable `exe` needs at run time (interpreter, library, symlink).
+    Runtime { host: PathBuf, exe: PathBuf },
+    /// A directory no input names, implied by what goes below it.
+    Parent(Box<Origin>),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Input(p) => write!(f, "input {}", p.display()),
+            Origin::Runtime { host, exe } => {
+                write!(f, "{} (needed to run {})", host.display(), exe.display())
+            }
+            Origin::Parent(below) => write!(f, "the directory above {below}"),
+        }
+    }
+}
+
+/// Who is adding entries: an input, or the runtime closure of an executable.
+enum Adding<'a> {
+    Input,
+    Runtime(&'a Path),
+}
+
+impl Adding<'_> {
+    fn origin(&self, host: &Path) -> Origin {
+        match self {
+            Adding::Input => Origin::Input(host.to_owned()),
+            Adding::Runtime(exe) => Origin::Runtime {
+                host: host.to_owned(),
+                exe: exe.to_path_buf(),
+            },
+        }
+    }
 }
 
 /// The layer's contents, keyed by path in the image (relative, no leading `/`). `PathBuf`
@@ -202,24 +243,25 @@ fn plan(inputs: &[Input]) -> Result<(Plan, Vec<PathBuf>), PackError> {
             source,
         })?;
         let dest = PathBuf::from(input.dest.trim_start_matches('/'));
-        add_parents(&mut plan, &dest, &input.source)?;
+        add_parents(&mut plan, &dest, &Adding::Input.origin(&input.source))?;
         if meta.is_file() {
             executables.push(input);
         }
-        add(&mut plan, dest, &input.source, &meta)?;
+        add(&mut plan, dest, &input.source, &meta, &Adding::Input)?;
     }
     // After the inputs, so an input that is itself one of the libraries is already there.
     for input in executables {
         let Some(info) = closure::read_elf(&input.source)? else {
             continue;
         };
+        let adding = Adding::Runtime(&input.source);
         for needed in closure::closure(&input.source, Path::new(&input.dest), &info)? {
             let dest = needed
                 .image
                 .strip_prefix("/")
                 .unwrap_or(&needed.image)
                 .to_owned();
-            add_parents(&mut plan, &dest, &needed.host)?;
+            add_parents(&mut plan, &dest, &adding.origin(&needed.host))?;
             let meta =
                 std::fs::symlink_metadata(&needed.host).map_err(|source| PackError::Read {
                     path: needed.host.clone(),
@@ -228,7 +270,7 @@ fn plan(inputs: &[Input]) -> Result<(Plan, Vec<PathBuf>), PackError> {
             if !plan.contains_key(&dest) {
                 runtime.push(needed.image.clone());
             }
-            add(&mut plan, dest, &needed.host, &meta)?;
+            add(&mut plan, dest, &needed.host, &meta, &adding)?;
         }
     }
     Ok((plan, runtime))
@@ -236,21 +278,22 @@ fn plan(inputs: &[Input]) -> Result<(Plan, Vec<PathBuf>), PackError> {
 
 /// Every directory above `dest`, mode 0755 unless an input gives it. A non-directory in the
 /// way is a conflict: the tar would have to go through a file or a symlink.
-fn add_parents(plan: &mut Plan, dest: &Path, source: &Path) -> Result<(), PackError> {
+fn add_parents(plan: &mut Plan, dest: &Path, below: &Origin) -> Result<(), PackError> {
     for parent in dest.ancestors().skip(1) {
         if parent.as_os_str().is_empty() {
             continue;
         }
+        let implied = Origin::Parent(Box::new(below.clone()));
         let existing = plan.entry(parent.to_owned()).or_insert(Entry {
             mode: 0o755,
             kind: Kind::Dir,
-            origin: None,
+            origin: implied.clone(),
         });
         if existing.kind != Kind::Dir {
             return Err(PackError::Conflict {
                 dest: format!("/{}", parent.display()),
-                first: existing.origin.clone().unwrap_or_default(),
-                second: source.to_owned(),
+                first: existing.origin.to_string(),
+                second: implied.to_string(),
             });
         }
     }
@@ -263,6 +306,7 @@ fn add(
     dest: PathBuf,
     source: &Path,
     meta: &std::fs::Metadata,
+    adding: &Adding,
 ) -> Result<(), PackError> {
     let read_err = |source_err: io::Error| PackError::Read {
         path: source.to_owned(),
@@ -294,7 +338,7 @@ fn add(
         let entry = Entry {
             mode: if ft.is_symlink() { 0o777 } else { mode },
             kind,
-            origin: Some(source.to_owned()),
+            origin: adding.origin(source),
         };
         match plan.get_mut(&dest) {
             None => {
@@ -302,7 +346,7 @@ fn add(
             }
             // Two directories merge; an explicit directory's mode wins over an implied one.
             Some(existing) if existing.kind == Kind::Dir && is_dir => {
-                if existing.origin.is_none() {
+                if matches!(existing.origin, Origin::Parent(_)) {
                     *existing = entry;
                 }
             }
@@ -311,10 +355,8 @@ fn add(
             Some(existing) => {
                 return Err(PackError::Conflict {
                     dest: format!("/{}", dest.display()),
-                    first: existing.origin.clone().unwrap_or_else(|| {
-                        PathBuf::from("(the parent directory of another input)")
-                    }),
-                    second: source.to_owned(),
+                    first: existing.origin.to_string(),
+                    second: entry.origin.to_string(),
                 });
             }
         }
@@ -337,7 +379,7 @@ fn add(
                 path: child.clone(),
                 source: e,
             })?;
-            add(plan, dest.join(&name), &child, &meta)?;
+            add(plan, dest.join(&name), &child, &meta, adding)?;
         }
     }
     Ok(())

@@ -386,3 +386,33 @@ fn rpath_is_inherited_by_dependencies_and_runpath_is_not() {
         "{err}"
     );
 }
+
+#[test]
+fn a_closure_colliding_with_an_input_is_refused_naming_both() {
+    if !have_tool("cc", "gcc") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let app = build_greeter(&dir.path().join("src"));
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "a file where the library's directory must be\n").expect("write");
+    // The library follows the program into /opt/lib, where an input already put a file.
+    let out = pack_in(&store)
+        .arg(format!("{}:/opt/lib", file.display()))
+        .arg(format!("{}:/opt/app", app.display()))
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "packed over a conflict");
+    assert!(
+        err.contains(&format!("input {}", file.display()))
+            && err.contains(&format!("(needed to run {})", app.display()))
+            && err.contains("both go to /opt/lib in the image"),
+        "{err}"
+    );
+    assert!(
+        files(&store.join("blobs/sha256")).is_empty(),
+        "a blob was stored"
+    );
+}

@@ -439,9 +439,16 @@ pub async fn pack_layer(
         return Err(PackError::BadLevel(opts.level));
     }
     let owned = inputs.to_vec();
+    let planning = Instant::now();
     let (plan, runtime) = tokio::task::spawn_blocking(move || plan(&owned))
         .await
         .map_err(|e| PackError::Write(io::Error::other(e)))??;
+    tracing::debug!(
+        entries = plan.len(),
+        runtime = runtime.len(),
+        ms = planning.elapsed().as_secs_f64() * 1000.0,
+        "planned layer"
+    );
 
     // Two stages on two threads: this task reads files, builds the tar and hashes it; the
     // spawned one compresses, hashes and writes. A bounded pipe between them keeps memory flat.

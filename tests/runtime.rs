@@ -188,15 +188,18 @@ fn a_missing_library_fails_naming_it_and_stores_nothing() {
             && stderr.contains(&app.display().to_string()),
         "{stderr}"
     );
-    assert!(
-        files(&store.join("blobs/sha256")).is_empty(),
-        "a blob was stored"
-    );
-    assert!(files(&store.join("tmp")).is_empty(), "a temp file was left");
-    assert!(
-        files(&store.join("repositories")).is_empty(),
-        "a tag was written"
-    );
+    assert_stored_nothing(&store);
+}
+
+/// A refused pack leaves no blob, temp file or tag behind.
+fn assert_stored_nothing(store: &Path) {
+    for (sub, what) in [
+        ("blobs/sha256", "a blob was stored"),
+        ("tmp", "a temp file was left"),
+        ("repositories", "a tag was written"),
+    ] {
+        assert!(files(&store.join(sub)).is_empty(), "{what}");
+    }
 }
 
 #[test]
@@ -411,8 +414,5 @@ fn a_closure_colliding_with_an_input_is_refused_naming_both() {
             && err.contains("both go to /opt/lib in the image"),
         "{err}"
     );
-    assert!(
-        files(&store.join("blobs/sha256")).is_empty(),
-        "a blob was stored"
-    );
+    assert_stored_nothing(&store);
 }

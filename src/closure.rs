@@ -20,8 +20,10 @@
 //! Only the headers are read (through a small cache over the file), never the whole file.
 
 use std::collections::{HashSet, VecDeque};
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use object::elf;
@@ -128,7 +130,7 @@ fn parse<H: FileHeader<Endian = Endianness>>(
             ));
         }
         if let Some(i) = ph.interpreter(endian, data).map_err(e)? {
-            interpreter = Some(PathBuf::from(String::from_utf8_lossy(i).into_owned()));
+            interpreter = Some(PathBuf::from(OsStr::from_bytes(i)));
         }
         if let Some(d) = ph.dynamic(endian, data).map_err(e)? {
             dynamic = Some(d);
@@ -169,7 +171,8 @@ fn parse<H: FileHeader<Endian = Endianness>>(
         let in_it = ph.p_type(endian) == elf::PT_LOAD
             && addr >= start
             && addr.checked_add(size)? <= start.checked_add(filesz)?;
-        in_it.then(|| Into::<u64>::into(ph.p_offset(endian)) + (addr - start))
+        let file_offset: u64 = ph.p_offset(endian).into();
+        in_it.then(|| file_offset.checked_add(addr - start))?
     });
     let Some(offset) = offset else {
         return Err("dynamic string table is outside the file".into());
@@ -764,6 +767,43 @@ mod tests {
         fs::write(&big, tiny_elf(interp, 1 << 16, 1 << 17)).expect("write");
         let err = read_elf(&big).expect_err("implausible").to_string();
         assert!(err.contains("claims 65536 bytes"), "{err}");
+    }
+
+    /// Input files are untrusted: damaged headers give an error (or a harmless answer),
+    /// never a panic. Byte flips in the program headers of a real ELF file (this test binary).
+    #[test]
+    fn damaged_headers_never_panic() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("elf");
+        fs::copy(std::env::current_exe().expect("exe"), &copy).expect("copy");
+        let original = fs::read(&copy).expect("read");
+        let file = fs::OpenOptions::new().write(true).open(&copy).expect("open");
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut parsed, mut refused) = (0, 0);
+        for _ in 0..400 {
+            let mut flips = Vec::new();
+            for _ in 0..1 + next() % 4 {
+                // The ELF header and the program headers live in the first KiB.
+                let at = (next() % 1024) as usize;
+                flips.push(at);
+                file.write_at(&[next() as u8], at as u64).expect("flip");
+            }
+            match read_elf(&copy) {
+                Ok(_) => parsed += 1,
+                Err(_) => refused += 1,
+            }
+            for at in flips {
+                file.write_at(&original[at..at + 1], at as u64).expect("restore");
+            }
+        }
+        assert!(parsed > 0 && refused > 0, "{parsed} parsed, {refused} refused");
     }
 
     #[test]

@@ -188,10 +188,10 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
     };
     let mut run = if is_self {
         // The settings that change the layer's bytes travel in the image's Cmd.
-        let mut settings = Vec::new();
-        if args.level != pack::DEFAULT_LEVEL {
-            settings = vec!["--level".to_owned(), args.level.to_string()];
-        }
+        let settings = match args.level {
+            pack::DEFAULT_LEVEL => Vec::new(),
+            n => vec!["--level".to_owned(), n.to_string()],
+        };
         image::self_image(mtime, &settings)
     } else {
         RunConfig {

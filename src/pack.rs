@@ -236,7 +236,8 @@ type Plan = BTreeMap<PathBuf, Entry>;
 fn plan(inputs: &[Input]) -> Result<(Plan, Vec<PathBuf>), PackError> {
     let mut plan = Plan::new();
     let mut runtime = Vec::new();
-    let mut executables = Vec::new();
+    // Files named as inputs: those that are dynamic executables get their closure.
+    let mut named_files = Vec::new();
     for input in inputs {
         let meta = std::fs::metadata(&input.source).map_err(|source| PackError::Read {
             path: input.source.clone(),
@@ -245,12 +246,12 @@ fn plan(inputs: &[Input]) -> Result<(Plan, Vec<PathBuf>), PackError> {
         let dest = PathBuf::from(input.dest.trim_start_matches('/'));
         add_parents(&mut plan, &dest, &Adding::Input.origin(&input.source))?;
         if meta.is_file() {
-            executables.push(input);
+            named_files.push(input);
         }
         add(&mut plan, dest, &input.source, &meta, &Adding::Input)?;
     }
     // After the inputs, so an input that is itself one of the libraries is already there.
-    for input in executables {
+    for input in named_files {
         let Some(info) = closure::read_elf(&input.source)? else {
             continue;
         };

@@ -778,7 +778,10 @@ mod tests {
         let copy = dir.path().join("elf");
         fs::copy(std::env::current_exe().expect("exe"), &copy).expect("copy");
         let original = fs::read(&copy).expect("read");
-        let file = fs::OpenOptions::new().write(true).open(&copy).expect("open");
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&copy)
+            .expect("open");
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = || {
             x ^= x << 13;
@@ -800,10 +803,14 @@ mod tests {
                 Err(_) => refused += 1,
             }
             for at in flips {
-                file.write_at(&original[at..at + 1], at as u64).expect("restore");
+                file.write_at(&original[at..at + 1], at as u64)
+                    .expect("restore");
             }
         }
-        assert!(parsed > 0 && refused > 0, "{parsed} parsed, {refused} refused");
+        assert!(
+            parsed > 0 && refused > 0,
+            "{parsed} parsed, {refused} refused"
+        );
     }
 
     #[test]

@@ -270,7 +270,7 @@ pub fn closure(exe: &Path, image_path: &Path, info: &ElfInfo) -> Result<Vec<Need
             if !loaded.insert(name.clone()) {
                 continue;
             }
-            let (host, place) = locate(name, &obj, &search, info.kind)?;
+            let (host, place, lib_info) = locate(name, &obj, &search, info.kind)?;
             // Everything met on the way to the file goes where the loader will look for it:
             // through `$ORIGIN`, relative to the object's place in the image.
             let file = walk(&host, &mut |p| out.push(p, &place.image_of(p))).map_err(|source| {
@@ -278,10 +278,6 @@ pub fn closure(exe: &Path, image_path: &Path, info: &ElfInfo) -> Result<Vec<Need
                     path: host.clone(),
                     source,
                 }
-            })?;
-            let lib_info = read_elf(&file)?.ok_or_else(|| ClosureError::BadElf {
-                path: file.clone(),
-                why: "not an ELF file".into(),
             })?;
             queue.push_back(Object {
                 image: place.image_of(&file),
@@ -294,14 +290,14 @@ pub fn closure(exe: &Path, image_path: &Path, info: &ElfInfo) -> Result<Vec<Need
     Ok(out.items)
 }
 
-/// Finds `name` for `obj` in `search` (or at its own path, if it has a `/`): the host path
-/// and the directory pair it was found through.
+/// Finds `name` for `obj` in `search` (or at its own path, if it has a `/`): the host path,
+/// the directory pair it was found through, and its ELF facts (read once, while checking it).
 fn locate(
     name: &str,
     obj: &Object,
     search: &[Place],
     kind: (bool, bool, u16),
-) -> Result<(PathBuf, Place), ClosureError> {
+) -> Result<(PathBuf, Place, ElfInfo), ClosureError> {
     let missing = |searched: Vec<PathBuf>| ClosureError::Missing {
         name: name.to_owned(),
         needed_by: obj.host.clone(),
@@ -316,16 +312,17 @@ fn locate(
         }
         let path = PathBuf::from(name);
         let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
-        if !compatible(&path, kind) {
-            return Err(missing(vec![dir]));
-        }
-        return Ok((path, Place::same(&dir)));
+        return match compatible(&path, kind) {
+            Some(info) => Ok((path, Place::same(&dir), info)),
+            None => Err(missing(vec![dir])),
+        };
     }
     search
         .iter()
-        .map(|place| (place.host.join(name), place))
-        .find(|(candidate, _)| compatible(candidate, kind))
-        .map(|(candidate, place)| (candidate, place.clone()))
+        .find_map(|place| {
+            let candidate = place.host.join(name);
+            compatible(&candidate, kind).map(|info| (candidate, place.clone(), info))
+        })
         .ok_or_else(|| missing(search.iter().map(|p| p.host.clone()).collect()))
 }
 
@@ -536,10 +533,15 @@ fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
     }
 }
 
-/// Whether `path` is a file the loader would accept for an object of `kind`.
-fn compatible(path: &Path, kind: (bool, bool, u16)) -> bool {
-    fs::metadata(path).is_ok_and(|m| m.is_file())
-        && matches!(read_elf(path), Ok(Some(info)) if info.kind == kind)
+/// `path`'s ELF facts, if it is a file the loader would accept for an object of `kind`.
+fn compatible(path: &Path, kind: (bool, bool, u16)) -> Option<ElfInfo> {
+    if !fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    read_elf(path)
+        .ok()
+        .flatten()
+        .filter(|info| info.kind == kind)
 }
 
 /// Resolves `path` one component at a time, as the kernel does, calling `visit` with every

@@ -417,9 +417,6 @@ fn report(
             "runtime    {} paths: interpreter and libraries of dynamic executables",
             p.runtime.len()
         ));
-        for path in &p.runtime {
-            tracing::debug!(path = %path.display(), "runtime closure");
-        }
     }
     say(format_args!("tag        {tag}"));
     say(format_args!(

@@ -450,6 +450,9 @@ pub async fn pack_layer(
         ms = planning.elapsed().as_secs_f64() * 1000.0,
         "planned layer"
     );
+    for path in &runtime {
+        tracing::debug!(path = %path.display(), "runtime closure");
+    }
 
     // Two stages on two threads: this task reads files, builds the tar and hashes it; the
     // spawned one compresses, hashes and writes. A bounded pipe between them keeps memory flat.

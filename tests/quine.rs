@@ -38,12 +38,10 @@ fn wait_for_registry(name: &str, addr: &str) {
         }
         let running = docker(&["inspect", "--format", "{{.State.Running}}", name]);
         if running != "true" || Instant::now() > deadline {
-            let logs = std::process::Command::new("docker")
-                .args(["logs", name])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                .unwrap_or_default();
-            panic!("container {name} (running={running}) never served on {addr}:\n{logs}");
+            panic!(
+                "container {name} (running={running}) never served on {addr}:\n{}",
+                docker_logs(name)
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }

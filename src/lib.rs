@@ -18,11 +18,15 @@
 //! | [`registry`] | the HTTP API: router, one file per resource, OCI errors |
 //! | [`layout`] | exporting an image from the store as an OCI image layout directory |
 
+pub mod cache;
 pub mod closure;
 pub mod digest;
+pub mod flight;
 pub mod image;
 pub mod layout;
+pub mod ondemand;
 pub mod pack;
+pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod store;

@@ -8,9 +8,11 @@ use clap::{Args, Parser, Subcommand};
 
 use quinistry::image::{self, RunConfig};
 use quinistry::layout;
-use quinistry::pack::{self, Input, LayerOptions};
+use quinistry::ondemand::{ImageSpec, OnDemand};
+use quinistry::pack::{self, Input, LayerOptions, Packing};
+use quinistry::progress;
 use quinistry::reference::{Name, Tag, TaggedName};
-use quinistry::registry::{self, Server};
+use quinistry::registry::{self, Registry, Server};
 use quinistry::store::{Store, StoreError};
 
 #[derive(Parser)]
@@ -61,6 +63,9 @@ struct ImageArgs {
     /// Environment variable KEY=VALUE; repeatable (PATH has a standard default)
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Pack again even if the layer cache knows these inputs
+    #[arg(long)]
+    no_cache: bool,
     /// Files or directories to pack, each as SRC or SRC:/DEST (where it goes in the image)
     #[arg(value_name = "INPUT")]
     inputs: Vec<String>,
@@ -96,6 +101,14 @@ struct ServeArgs {
     /// Tag of the packed image
     #[arg(long, default_value = "latest", value_name = "TAG")]
     tag: String,
+    /// Also serve NAME:TAG, made of the inputs (SRC or SRC:/DEST, comma-separated) and packed
+    /// on its first pull; repeatable
+    #[arg(long = "image", value_name = "NAME[:TAG]=INPUT[,INPUT...]")]
+    images: Vec<String>,
+    /// Serve every executable file under DIR as an image named after its path below DIR
+    /// (tag latest), packed on its first pull; files added later are served too
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
     #[command(flatten)]
     image: ImageArgs,
 }
@@ -123,7 +136,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(progress::LogWriter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
@@ -162,6 +175,8 @@ struct Prepared {
     inputs: Vec<Input>,
     run: RunConfig,
     opts: LayerOptions,
+    /// Whether the layer cache may be used.
+    cache: bool,
     /// `quinistry:latest` for the self-image, else named after the first input; an error
     /// only matters when no name was given.
     default_tag: Result<TaggedName, String>,
@@ -194,12 +209,7 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
         };
         image::self_image(mtime, &settings)
     } else {
-        RunConfig {
-            entrypoint: default_entrypoint(&inputs),
-            env: vec![image::DEFAULT_PATH.to_owned()],
-            created: mtime,
-            ..Default::default()
-        }
+        pack::default_run_config(&inputs, mtime)
     };
     // What the command line says wins over the defaults.
     if let Some(p) = args.entrypoint {
@@ -218,6 +228,7 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
         inputs,
         run,
         opts,
+        cache: !args.no_cache,
         default_tag,
     })
 }
@@ -230,13 +241,11 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
     let image = prepare(args.image)?;
     let tag = match tag {
         Some(t) => t,
-        None => image.default_tag?,
+        None => image.default_tag.clone()?,
     };
     let store_dir = args.store.dir()?;
     let store = Store::open(&store_dir).await.map_err(msg)?;
-    let img = pack::pack_image(&store, &image.inputs, image.opts, &image.run, Some(&tag))
-        .await
-        .map_err(msg)?;
+    let img = pack_with_progress(&store, &image, &tag).await?;
     if let Some(dir) = &args.oci_layout {
         let p = &img.packed.layer;
         layout::export(
@@ -267,28 +276,89 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         Some(n) => Some(n.parse().map_err(|err| format!("invalid --name: {err}"))?),
         None => None,
     };
+    let specs = args
+        .images
+        .iter()
+        .map(|s| s.parse::<ImageSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let on_demand = !specs.is_empty() || args.root.is_some();
+    // With --image or --root and no inputs, nothing is packed at start: the settings of the
+    // start image would go nowhere, so they are refused rather than ignored.
+    let pack_at_start = !on_demand || !args.image.inputs.is_empty();
+    if !pack_at_start {
+        let a = &args.image;
+        if a.entrypoint.is_some() || !a.cmd.is_empty() || !a.env.is_empty() || name.is_some() {
+            return Err(
+                "--entrypoint, --cmd, --env and --name apply to the INPUTs packed at \
+                        start, and with --image or --root there are none; give INPUTs, or put \
+                        the settings in a quinistry pack"
+                    .to_owned(),
+            );
+        }
+    }
     let image = prepare(args.image)?;
-    let name = match name {
-        Some(n) => n,
-        None => image.default_tag?.name,
-    };
-    let tagged = TaggedName { name, tag };
 
     let store_dir = args.store.dir()?;
     let store = Store::open(&store_dir).await.map_err(msg)?;
-    let img = pack::pack_image(&store, &image.inputs, image.opts, &image.run, Some(&tagged))
-        .await
-        .map_err(msg)?;
-    report(&img, &tagged, &store_dir, None);
+    let mut pull = None;
+    if pack_at_start {
+        let name = match name {
+            Some(n) => n,
+            None => image.default_tag.clone()?.name,
+        };
+        let tagged = TaggedName { name, tag };
+        let img = pack_with_progress(&store, &image, &tagged).await?;
+        report(&img, &tagged, &store_dir, None);
+        pull = Some(tagged);
+    }
+    let registry = if on_demand {
+        let (images, lines) =
+            OnDemand::new(store.clone(), image.opts, specs, args.root.as_deref()).await?;
+        for line in &lines {
+            say(format_args!("on demand  {line}"));
+        }
+        if lines.is_empty() {
+            say(format_args!(
+                "on demand  no images yet (files added under --root will be)"
+            ));
+        }
+        Registry::with_images(store, std::sync::Arc::new(images))
+    } else {
+        Registry::new(store)
+    };
 
-    let server = Server::bind(listen, store, registry::Config::default())
+    let server = Server::bind_registry(listen, registry, registry::Config::default())
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = server.local_addr().map_err(msg)?;
-    say(format_args!("pull       docker pull {addr}/{tagged}"));
+    if let Some(tagged) = pull {
+        say(format_args!("pull       docker pull {addr}/{tagged}"));
+    }
     // Last line, and the one scripts wait for.
     say(format_args!("listening http://{addr}"));
     server.run(shutdown_signal()?).await.map_err(msg)
+}
+
+/// Packs a prepared image into `store` as `tag`, with a progress bar or log lines.
+async fn pack_with_progress(
+    store: &Store,
+    image: &Prepared,
+    tag: &TaggedName,
+) -> Result<pack::PackedImage, String> {
+    let packing = Packing {
+        cache: image.cache,
+        progress: Some(progress::reporter(&tag.to_string())),
+    };
+    pack::pack_image_with(
+        store,
+        &image.inputs,
+        image.opts,
+        &image.run,
+        Some(tag),
+        &packing,
+    )
+    .await
+    .map_err(msg)
 }
 
 /// Completes on the first SIGINT or SIGTERM (the server then drains); a second one exits at
@@ -370,17 +440,6 @@ fn environment(mut env: Vec<String>, given: &[String]) -> Result<Vec<String>, St
         }
     }
     Ok(env)
-}
-
-/// One executable file input runs as the entrypoint; anything else has none by default.
-fn default_entrypoint(inputs: &[Input]) -> Option<Vec<String>> {
-    match inputs {
-        [one] => std::fs::metadata(&one.source)
-            .ok()
-            .filter(pack::is_executable)
-            .map(|_| vec![one.dest.clone()]),
-        _ => None,
-    }
 }
 
 /// Errors reach the user as their one-line Display.

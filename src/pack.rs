@@ -11,6 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -21,11 +22,13 @@ use tokio::io::{
 };
 use tokio_tar::{Builder, EntryType, Header};
 
+use crate::cache::{self, Lookup};
 use crate::closure;
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{self, Layer, ManifestForm, RunConfig};
+use crate::progress::Progress;
 use crate::reference::TaggedName;
-use crate::store::{Store, StoreError};
+use crate::store::{FileStamp, Store, StoreError};
 
 /// Read size for input files: large reads keep the pipeline fed (4 KiB reads are far slower).
 const READ_BUFFER: usize = 1 << 20;
@@ -165,9 +168,9 @@ enum Kind {
     Dir,
     File {
         source: PathBuf,
-        size: u64,
-        /// Modification time when planned: a file that changes while packed is an error.
-        modified: Option<std::time::SystemTime>,
+        /// The file when planned: its size goes in the header, a file that changes while
+        /// packed is an error, and the layer cache keys on it.
+        stamp: FileStamp,
     },
     Symlink {
         target: PathBuf,
@@ -320,8 +323,7 @@ fn add(
     } else if ft.is_file() {
         Kind::File {
             source: source.to_owned(),
-            size: meta.len(),
-            modified: meta.modified().ok(),
+            stamp: FileStamp::of(meta),
         }
     } else if ft.is_symlink() {
         Kind::Symlink {
@@ -423,12 +425,32 @@ pub struct PackedLayer {
     pub layer: Layer,
     /// Size of the uncompressed tar stream.
     pub tar_size: u64,
-    /// Bytes of file content read from the inputs.
+    /// Bytes of file content read from the inputs (or that would have been, on a cache hit).
     pub input_bytes: u64,
     /// Image paths added as the runtime closure of dynamic executables (interpreter,
     /// libraries, symlinks), in the order found.
     pub runtime: Vec<PathBuf>,
+    /// Taken from the layer cache: nothing was read or compressed.
+    pub cached: bool,
+    /// Every input file was last modified well before it was read, so its stamp (size,
+    /// mtime) identifies what was packed. A file written moments before may be written
+    /// again within the same timestamp tick, unseen; such a layer is not remembered.
+    pub settled: bool,
 }
+
+/// How a pack runs, as opposed to what it makes: nothing here changes the layer's bytes.
+#[derive(Clone, Default)]
+pub struct Packing {
+    /// Look the layer up in the store's layer cache first, and remember it after packing.
+    pub cache: bool,
+    /// Told of the bytes read, for a progress bar or log lines.
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+/// How long after its last modification a file's stamp is trusted to identify its content:
+/// more than the coarsest file-system timestamp granularity in use (FAT's 2 s; ext4's is
+/// a few milliseconds), as git and ccache do for "racily clean" files.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Packs `inputs` into one gzip layer in `store`. Nothing is stored unless the whole layer is.
 pub async fn pack_layer(
@@ -436,14 +458,32 @@ pub async fn pack_layer(
     inputs: &[Input],
     opts: LayerOptions,
 ) -> Result<PackedLayer, PackError> {
+    pack_layer_with(store, inputs, opts, &Packing::default()).await
+}
+
+/// `pack_layer`, with the layer cache and progress reporting as `packing` says.
+pub async fn pack_layer_with(
+    store: &Store,
+    inputs: &[Input],
+    opts: LayerOptions,
+    packing: &Packing,
+) -> Result<PackedLayer, PackError> {
     if opts.level > 9 {
         return Err(PackError::BadLevel(opts.level));
     }
     let owned = inputs.to_vec();
     let planning = Instant::now();
+    let planned_at = std::time::SystemTime::now();
     let (plan, runtime) = tokio::task::spawn_blocking(move || plan(&owned))
         .await
         .map_err(|e| PackError::Write(io::Error::other(e)))??;
+    let total: u64 = plan
+        .values()
+        .map(|e| match &e.kind {
+            Kind::File { stamp, .. } => stamp.size,
+            _ => 0,
+        })
+        .sum();
     tracing::debug!(
         entries = plan.len(),
         runtime = runtime.len(),
@@ -453,21 +493,137 @@ pub async fn pack_layer(
     for path in &runtime {
         tracing::debug!(path = %path.display(), "runtime closure");
     }
+    let settled = settled(&plan, planned_at);
 
-    // Two stages on two threads: this task reads files, builds the tar and hashes it; the
-    // spawned one compresses, hashes and writes. A bounded pipe between them keeps memory flat.
+    let key = packing.cache.then(|| cache_key(&plan, opts));
+    let mut replace = false;
+    if let Some(key) = &key {
+        match cache::lookup(store, key).await? {
+            Lookup::Hit(hit) => {
+                tracing::info!(layer = %hit.layer.digest, "layer found in the layer cache; not packing");
+                return Ok(PackedLayer {
+                    layer: hit.layer,
+                    tar_size: hit.tar_size,
+                    input_bytes: hit.input_bytes,
+                    runtime,
+                    cached: true,
+                    settled,
+                });
+            }
+            Lookup::Stale(_) => replace = true,
+            Lookup::Miss => {}
+        }
+    }
+    tracing::info!(
+        entries = plan.len(),
+        "packing layer: {:.1} MiB of input",
+        total as f64 / (1024.0 * 1024.0)
+    );
+    let started = Instant::now();
+    if let Some(p) = &packing.progress {
+        p.begin(total);
+    }
+    let written = write_layer(store, &plan, opts, packing.progress.as_ref(), replace).await;
+    if let Some(p) = &packing.progress {
+        p.end();
+    }
+    let (layer, tar_size, input_bytes) = written?;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        layer = %layer.digest,
+        "packed layer in {secs:.2} s ({:.1} MiB/s)",
+        input_bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9)
+    );
+    if let Some(key) = &key {
+        if settled {
+            // The layer is stored either way; a cache that cannot be written costs a repack later.
+            if let Err(e) = cache::record(store, key, &layer, tar_size, input_bytes).await {
+                tracing::warn!(error = %e, "cannot record the layer in the layer cache");
+            }
+        } else {
+            tracing::debug!("an input changed moments ago: the layer is not cached");
+        }
+    }
+    Ok(PackedLayer {
+        layer,
+        tar_size,
+        input_bytes,
+        runtime,
+        cached: false,
+        settled,
+    })
+}
+
+/// Whether every file in `plan` was last modified at least `SETTLE` before `planned_at`.
+fn settled(plan: &Plan, planned_at: std::time::SystemTime) -> bool {
+    let Ok(since_epoch) = planned_at.duration_since(std::time::UNIX_EPOCH) else {
+        return false;
+    };
+    let limit = since_epoch.saturating_sub(SETTLE).as_nanos() as i128;
+    plan.values().all(|e| match &e.kind {
+        Kind::File { stamp, .. } => stamp.mtime_ns < limit,
+        _ => true,
+    })
+}
+
+/// The layer-cache key of a plan: a digest over everything that decides the layer's bytes.
+fn cache_key(plan: &Plan, opts: LayerOptions) -> Digest {
+    use crate::digest::Hasher;
+    let mut h = Hasher::new();
+    let mut field = |bytes: &[u8]| {
+        // Length-prefixed, so no two different plans hash the same sequence of bytes.
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(format!("quinistry layer cache {}", cache::FORMAT).as_bytes());
+    field(format!("gzip level={} mtime={}", opts.level, opts.mtime).as_bytes());
+    for (path, entry) in plan {
+        field(path.as_os_str().as_encoded_bytes());
+        let kind = match &entry.kind {
+            Kind::Dir => format!("dir {:o}", entry.mode),
+            Kind::Symlink { target } => {
+                field(target.as_os_str().as_encoded_bytes());
+                format!("symlink {:o}", entry.mode)
+            }
+            Kind::File { source, stamp } => {
+                field(source.as_os_str().as_encoded_bytes());
+                format!(
+                    "file {:o} dev={} ino={} size={} mtime={}",
+                    entry.mode, stamp.dev, stamp.ino, stamp.size, stamp.mtime_ns
+                )
+            }
+        };
+        field(kind.as_bytes());
+    }
+    h.finish().0
+}
+
+/// Streams the planned entries through tar, hashing and gzip into a new blob, and commits
+/// it (over any stored copy when `replace`). Gives the layer, tar size and bytes read.
+async fn write_layer(
+    store: &Store,
+    plan: &Plan,
+    opts: LayerOptions,
+    progress: Option<&Arc<dyn Progress>>,
+    replace: bool,
+) -> Result<(Layer, u64, u64), PackError> {
+    // Two stages: this task reads files, builds the tar and hashes it; a blocking thread
+    // compresses, hashes and writes (deflate is the CPU-heavy part and must not hold up the
+    // async workers, which serve requests meanwhile). A bounded pipe keeps memory flat.
     let blob = store.new_blob().await?;
     let (tar_out, gzip_in) = tokio::io::duplex(PIPE_BUFFER);
     let level = Level::Precise(opts.level as i32);
-    let compress = tokio::spawn(compress(gzip_in, blob, level));
+    let runtime = tokio::runtime::Handle::current();
+    let compress =
+        tokio::task::spawn_blocking(move || runtime.block_on(compress(gzip_in, blob, level)));
     let mut tar = Builder::new(HashingWriter::new(BufWriter::with_capacity(
         PIPE_BUFFER,
         tar_out,
     )));
     let mut input_bytes = 0;
     let built = async {
-        for (path, entry) in &plan {
-            input_bytes += append(&mut tar, path, entry, opts.mtime).await?;
+        for (path, entry) in plan {
+            input_bytes += append(&mut tar, path, entry, opts.mtime, progress).await?;
         }
         let mut sink = tar.into_inner().await.map_err(PackError::Write)?;
         sink.shutdown().await.map_err(PackError::Write)?;
@@ -486,17 +642,17 @@ pub async fn pack_layer(
         (Ok(_) | Err(PackError::Write(_)), Err(e)) => return Err(e),
         (Err(e), _) => return Err(e),
     };
-    let (digest, size) = blob.commit().await?;
-    Ok(PackedLayer {
-        layer: Layer {
-            digest,
-            size,
-            diff_id,
-        },
-        tar_size,
-        input_bytes,
-        runtime,
-    })
+    let (digest, size) = if replace {
+        blob.commit_replacing().await?
+    } else {
+        blob.commit().await?
+    };
+    let layer = Layer {
+        digest,
+        size,
+        diff_id,
+    };
+    Ok((layer, tar_size, input_bytes))
 }
 
 /// The compressor stage: gzip everything `input` yields into `out`, and give `out` back.
@@ -541,6 +697,7 @@ async fn append(
     path: &Path,
     entry: &Entry,
     mtime: u64,
+    progress: Option<&Arc<dyn Progress>>,
 ) -> Result<u64, PackError> {
     match &entry.kind {
         Kind::Dir => {
@@ -575,11 +732,8 @@ async fn append(
                 .map_err(PackError::Write)?;
             Ok(0)
         }
-        Kind::File {
-            source,
-            size,
-            modified,
-        } => {
+        Kind::File { source, stamp } => {
+            let size = &stamp.size;
             let read_err = |e: io::Error| PackError::Read {
                 path: source.clone(),
                 source: e,
@@ -590,6 +744,7 @@ async fn append(
                 Exact {
                     inner: file.take(*size),
                     remaining: *size,
+                    progress: progress.cloned(),
                 },
             );
             let mut h = header(EntryType::Regular, entry.mode, *size, mtime);
@@ -603,7 +758,7 @@ async fn append(
             // Like GNU tar's "file changed as we read it", but an error: the layer would hold
             // a state of the file that never existed.
             let now = tokio::fs::metadata(source).await.map_err(read_err)?;
-            if now.len() != *size || now.modified().ok() != *modified {
+            if FileStamp::of(&now) != *stamp {
                 return Err(read_err(io::Error::other(
                     "file changed while it was being packed",
                 )));
@@ -630,6 +785,8 @@ struct Exact<R> {
     inner: R,
     /// Bytes still owed.
     remaining: u64,
+    /// Told of every byte read.
+    progress: Option<Arc<dyn Progress>>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Exact<R> {
@@ -653,6 +810,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for Exact<R> {
                     )));
                 }
                 self.remaining -= n;
+                if let Some(p) = &self.progress {
+                    p.advance(n);
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => {
@@ -685,8 +845,20 @@ pub async fn pack_image(
     run: &RunConfig,
     tag: Option<&TaggedName>,
 ) -> Result<PackedImage, PackError> {
+    pack_image_with(store, inputs, opts, run, tag, &Packing::default()).await
+}
+
+/// `pack_image`, with the layer cache and progress reporting as `packing` says.
+pub async fn pack_image_with(
+    store: &Store,
+    inputs: &[Input],
+    opts: LayerOptions,
+    run: &RunConfig,
+    tag: Option<&TaggedName>,
+    packing: &Packing,
+) -> Result<PackedImage, PackError> {
     let start = Instant::now();
-    let packed = pack_layer(store, inputs, opts).await?;
+    let packed = pack_layer_with(store, inputs, opts, packing).await?;
     let layers = [packed.layer.clone()];
     let config_bytes = image::config_json(run, &layers)?;
     let config = (store.put(&config_bytes).await?, config_bytes.len() as u64);
@@ -717,6 +889,24 @@ async fn put_manifest(
 /// Whether metadata is of a regular file with any execute bit (picks a default entrypoint).
 pub fn is_executable(meta: &std::fs::Metadata) -> bool {
     meta.is_file() && meta.mode() & 0o111 != 0
+}
+
+/// The run settings of an image of `inputs` when nobody says otherwise: one executable file
+/// input is the entrypoint (anything else has none), PATH has its usual value.
+pub fn default_run_config(inputs: &[Input], created: u64) -> RunConfig {
+    let entrypoint = match inputs {
+        [one] => std::fs::metadata(&one.source)
+            .ok()
+            .filter(is_executable)
+            .map(|_| vec![one.dest.clone()]),
+        _ => None,
+    };
+    RunConfig {
+        entrypoint,
+        env: vec![image::DEFAULT_PATH.to_owned()],
+        created,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -797,6 +987,7 @@ mod tests {
         let mut short = Exact {
             inner: &b"abc"[..],
             remaining: 5,
+            progress: None,
         };
         let mut out = Vec::new();
         let err = short.read_to_end(&mut out).await.expect_err("short");
@@ -809,6 +1000,7 @@ mod tests {
         let mut exact = Exact {
             inner: &b"abcde"[..],
             remaining: 5,
+            progress: None,
         };
         out.clear();
         exact.read_to_end(&mut out).await.expect("exact");

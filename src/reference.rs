@@ -63,6 +63,44 @@ impl FromStr for Name {
     }
 }
 
+impl Name {
+    /// The name a file path maps to: each `/`-separated part lowercased, every character
+    /// outside `[a-z0-9._-]` made a `-`, a run of separators the grammar does not allow made
+    /// one `-`, and separators at either end dropped. `None` when a part has no letter or
+    /// digit, or the name is too long. `Tools/My App.sh` maps to `tools/my-app.sh`.
+    pub fn from_path_lossy(path: &str) -> Option<Name> {
+        let mut name = String::with_capacity(path.len());
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            let mapped = map_component(part)?;
+            if !name.is_empty() {
+                name.push('/');
+            }
+            name.push_str(&mapped);
+        }
+        name.parse().ok()
+    }
+}
+
+fn map_component(part: &str) -> Option<String> {
+    let mut out = String::with_capacity(part.len());
+    let mut pending = String::new();
+    for c in part.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            if !out.is_empty() && !pending.is_empty() {
+                let allowed = matches!(pending.as_str(), "." | "_" | "__")
+                    || pending.bytes().all(|b| b == b'-');
+                out.push_str(if allowed { &pending } else { "-" });
+            }
+            pending.clear();
+            out.push(c);
+        } else {
+            pending.push(if matches!(c, '.' | '_' | '-') { c } else { '-' });
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`: alphanumeric runs joined by one separator each.
 fn valid_component(c: &str) -> bool {
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
@@ -104,6 +142,11 @@ fn valid_component(c: &str) -> bool {
 pub struct Tag(String);
 
 impl Tag {
+    /// `latest`, the tag a bare name means.
+    pub fn latest() -> Tag {
+        Tag("latest".to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -194,6 +237,28 @@ mod tests {
             "a".repeat(256).parse::<Name>(),
             Err(ReferenceError::NameTooLong)
         );
+    }
+
+    #[test]
+    fn paths_map_onto_the_name_grammar() {
+        let map = |p: &str| Name::from_path_lossy(p).map(|n| n.to_string());
+        for (path, name) in [
+            ("tool", "tool"),
+            ("bin/Tool", "bin/tool"),
+            ("Tools/My App.sh", "tools/my-app.sh"),
+            ("a__b/c---d/e.f_g", "a__b/c---d/e.f_g"),
+            ("a._b/c___d/e..f", "a-b/c-d/e-f"),
+            (".hidden/-x-/_y_", "hidden/x/y"),
+            ("größe", "gr--e"),
+            ("x//y/", "x/y"),
+        ] {
+            assert_eq!(map(path).as_deref(), Some(name), "{path}");
+            // Whatever comes out is a valid name.
+            assert!(name.parse::<Name>().is_ok(), "{name}");
+        }
+        for unmappable in ["", "...", "a/-/b", "ü", &"a".repeat(256)] {
+            assert_eq!(map(unmappable), None, "{unmappable:?}");
+        }
     }
 
     #[test]

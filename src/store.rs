@@ -5,6 +5,8 @@
 //! <root>/tmp/<random>                        blobs and tag files being written; each is flock'd
 //!                                            by its writer while it lives
 //! <root>/repositories/<name>/_tags/<tag>     "sha256:<hex>\n": the manifest a tag points at
+//! <root>/cache/layers/<hex>                  a layer-cache record: which layer a set of input
+//!                                            files packed into (JSON, see `cache`)
 //! ```
 //!
 //! The `blobs/` part is laid out like an OCI image layout. Writers stream into a temp file,
@@ -88,6 +90,7 @@ impl Store {
                 s.blob_dir(),
                 s.tmp_dir(),
                 s.repositories_dir(),
+                s.layer_cache_dir(),
             ] {
                 ctx(stdfs::create_dir_all(&dir), "create store directory", &dir)?;
             }
@@ -130,6 +133,10 @@ impl Store {
             .join("blobs")
             .join(digest.algorithm().name())
             .join(digest.hex())
+    }
+
+    fn layer_cache_dir(&self) -> PathBuf {
+        self.root.join("cache").join("layers")
     }
 
     fn tags_dir(&self, name: &Name) -> PathBuf {
@@ -231,12 +238,58 @@ impl Store {
         })
     }
 
-    /// Stores a small document (config, manifest) and returns its digest.
+    /// Stores a small document (config, manifest) and returns its digest. A stored copy with
+    /// exactly these bytes is left alone (nothing is written); a damaged one is replaced.
     pub async fn put(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::sha256_of(bytes);
+        let path = self.blob_path(&digest);
+        match tokio::fs::read(&path).await {
+            Ok(stored) if stored == bytes => return Ok(digest),
+            Ok(_) => tracing::warn!(%digest, "stored blob does not match its name; replacing it"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return ctx(Err(e), "read blob", &path),
+        }
         let mut w = self.new_blob().await?;
-        let path = w.temp.to_path_buf();
-        ctx(w.write_all(bytes).await, "write", &path)?;
-        Ok(w.commit().await?.0)
+        let temp = w.temp.to_path_buf();
+        ctx(w.write_all(bytes).await, "write", &temp)?;
+        Ok(w.commit_replacing().await?.0)
+    }
+
+    /// How the blob's file looks on disk now, or `None` if the store does not have it.
+    pub async fn blob_stamp(&self, digest: &Digest) -> Result<Option<FileStamp>> {
+        let path = self.blob_path(digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(FileStamp::of(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => ctx(Err(e), "stat blob", &path),
+        }
+    }
+
+    /// The layer-cache record stored under `key`, if there is one.
+    pub async fn layer_record(&self, key: &Digest) -> Result<Option<Vec<u8>>> {
+        let path = self.layer_cache_dir().join(key.hex());
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => ctx(Err(e), "read layer-cache record", &path),
+        }
+    }
+
+    /// Stores the layer-cache record of `key`, replacing any, atomically (temp file, rename).
+    /// Not fsynced: a record lost in a crash costs one repack, and a torn one reads as none.
+    pub async fn set_layer_record(&self, key: &Digest, bytes: Vec<u8>) -> Result<()> {
+        let s = self.clone();
+        let dest = self.layer_cache_dir().join(key.hex());
+        blocking(move || {
+            let (mut file, temp) = s.create_temp("cache-")?;
+            ctx(io::Write::write_all(&mut file, &bytes), "write", &temp)?;
+            ctx(
+                temp.persist(&dest).map_err(|e| e.error),
+                "write layer-cache record",
+                &dest,
+            )
+        })
+        .await
     }
 
     pub async fn has_blob(&self, digest: &Digest) -> Result<bool> {
@@ -438,6 +491,29 @@ impl Store {
     }
 }
 
+/// What identifies a file's current content without reading it: the file's device and inode
+/// (replaced by another file?), its size and its modification time (written to?).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Nanoseconds since the epoch (negative before it).
+    pub mtime_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(meta: &stdfs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+}
+
 /// Makes a rename in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<()> {
     let d = ctx(stdfs::File::open(dir), "open directory", dir)?;
@@ -464,15 +540,25 @@ impl BlobWriter {
     /// Flushes, fsyncs and renames the temp file to its digest. If the store already has that
     /// blob, the new copy is dropped. Returns the digest and size.
     pub async fn commit(self) -> Result<(Digest, u64)> {
-        self.commit_inner(None).await
+        self.commit_inner(None, false).await
+    }
+
+    /// Like `commit`, but the new copy replaces a stored one: for when the stored file is
+    /// known or suspected to be damaged. Readers that have the old file open keep reading it.
+    pub async fn commit_replacing(self) -> Result<(Digest, u64)> {
+        self.commit_inner(None, true).await
     }
 
     /// Like `commit`, but stores nothing unless the content has digest `expected`.
     pub async fn commit_expecting(self, expected: &Digest) -> Result<(Digest, u64)> {
-        self.commit_inner(Some(expected)).await
+        self.commit_inner(Some(expected), false).await
     }
 
-    async fn commit_inner(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+    async fn commit_inner(
+        mut self,
+        expected: Option<&Digest>,
+        replace: bool,
+    ) -> Result<(Digest, u64)> {
         let temp_path = self.temp.to_path_buf();
         ctx(self.out.flush().await, "write", &temp_path)?;
         let (buffered, digest, len) = self.out.into_parts();
@@ -489,7 +575,7 @@ impl BlobWriter {
         let temp = self.temp;
         let dir = self.store.blob_dir();
         blocking(move || {
-            if dest.exists() {
+            if !replace && dest.exists() {
                 return Ok(()); // dedupe: `temp` is dropped, which deletes the new copy
             }
             ctx(file.sync_all(), "fsync", &temp_path)?;

@@ -1,4 +1,4 @@
-//! `GET /v2/_catalog`: every repository in the store, sorted, paginated.
+//! `GET /v2/_catalog`: every repository in the store or on demand, sorted, paginated.
 
 use hyper::Response;
 use serde_json::json;
@@ -13,13 +13,13 @@ pub async fn get(
     query: Option<&str>,
 ) -> Result<Response<Body>, RegistryError> {
     let page = Page::parse(query)?;
-    let names: Vec<String> = registry
-        .store()
-        .repositories()
-        .await?
-        .iter()
-        .map(|n| n.to_string())
-        .collect();
+    let mut names = registry.store().repositories().await?;
+    if let Some(images) = &registry.images {
+        names.extend(images.names().await);
+        names.sort();
+        names.dedup();
+    }
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     pagination::respond(
         "/v2/_catalog",
         &page,

@@ -129,6 +129,23 @@ impl From<StoreError> for RegistryError {
     }
 }
 
+/// An on-demand image that cannot be packed. Every request that waited for the pack gets
+/// this same answer. Faults of the inputs (a missing library, an unreadable file) are told to
+/// the client, who asked for that image; faults of the server's store are only logged.
+impl From<&crate::ondemand::ResolveError> for RegistryError {
+    fn from(e: &crate::ondemand::ResolveError) -> Self {
+        if e.is_internal() {
+            tracing::error!(error = %e, "on-demand image failed");
+            RegistryError::new(
+                Code::Unknown,
+                "internal error packing the image; see the server log",
+            )
+        } else {
+            RegistryError::new(Code::ManifestUnknown, e.to_string())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

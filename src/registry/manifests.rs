@@ -3,7 +3,9 @@
 //! By digest: exactly the stored bytes with that digest. By tag: the tag names the OCI
 //! manifest; a client whose `Accept` prefers Docker schema 2 gets the Docker twin, which is a
 //! separate blob with its own digest. Either way `Docker-Content-Digest` is the sha256 of the
-//! bytes sent, so a client can `GET` by that digest next (what `docker pull` does).
+//! bytes sent, so a client can `GET` by that digest next (what `docker pull` does). A tag of
+//! an on-demand image is resolved (packed, if need be) before anything is sent, so `HEAD`
+//! and `GET` answer alike; `HEAD` waits for the pack like `GET` does.
 
 use std::sync::Arc;
 
@@ -36,9 +38,22 @@ pub async fn get(
                 RegistryError::new(Code::ManifestUnknown, "manifest tag unknown to registry")
                     .detail(json!({ "name": name.as_str(), "tag": tag.as_str() }))
             };
-            let Some(digest) = registry.tag(name, tag).await? else {
-                registry.require_repository(name).await?;
-                return Err(unknown());
+            let on_demand = match &registry.images {
+                Some(images) => images.manifest(name, tag).await,
+                None => None,
+            };
+            let digest = match on_demand {
+                Some(resolved) => resolved.map_err(|e| {
+                    RegistryError::from(e.as_ref())
+                        .detail(json!({ "name": name.as_str(), "tag": tag.as_str() }))
+                })?,
+                None => match registry.tag(name, tag).await? {
+                    Some(digest) => digest,
+                    None => {
+                        registry.require_repository(name).await?;
+                        return Err(unknown());
+                    }
+                },
             };
             let Some(stored) = registry.manifest(&digest).await? else {
                 tracing::error!(%name, %tag, %digest, "tag points at a blob that is not a stored manifest");

@@ -10,7 +10,8 @@
 //! | `errors.rs` | OCI error bodies and their statuses |
 //! | `body.rs` | response bodies and the per-request access log |
 //!
-//! The registry only reads the store. A repository exists when it has a tag; any blob in the
+//! The registry only reads the store, and asks [`OnDemand`] for the images it packs on
+//! request. A repository exists when it has a tag or is an on-demand image; any blob in the
 //! store can be fetched through any repository (per-repository scoping comes with push).
 
 mod base;
@@ -42,6 +43,7 @@ use tokio::net::TcpListener;
 
 use crate::digest::Digest;
 use crate::image;
+use crate::ondemand::OnDemand;
 use crate::reference::{Name, Tag};
 use crate::store::{Store, StoreError};
 use body::{Access, Body, Logged};
@@ -96,6 +98,9 @@ pub struct Registry {
     tags: Recent<(Name, Tag), Digest>,
     /// Repositories found in the store.
     repositories: Recent<Name, ()>,
+    /// Images packed on demand (`serve --image`, `--root`); they take precedence over the
+    /// store's tags of the same name and tag.
+    images: Option<Arc<OnDemand>>,
 }
 
 /// What the store said recently about things that can change under us (tags, repositories),
@@ -146,6 +151,15 @@ impl Registry {
             manifests: RwLock::new(HashMap::new()),
             tags: Recent::new(),
             repositories: Recent::new(),
+            images: None,
+        }
+    }
+
+    /// A registry that also serves on-demand images.
+    pub fn with_images(store: Store, images: Arc<OnDemand>) -> Registry {
+        Registry {
+            images: Some(images),
+            ..Registry::new(store)
         }
     }
 
@@ -164,8 +178,13 @@ impl Registry {
         }
     }
 
-    /// Whether `name` is a repository in the store.
+    /// Whether `name` is a repository: on demand, or in the store.
     async fn has_repository(&self, name: &Name) -> Result<bool, StoreError> {
+        if let Some(images) = &self.images
+            && images.has(name).await
+        {
+            return Ok(true);
+        }
         let lookup = async { Ok(self.store.has_repository(name).await?.then_some(())) };
         Ok(self.repositories.get(name, lookup).await?.is_some())
     }
@@ -234,9 +253,18 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(addr: SocketAddr, store: Store, config: Config) -> io::Result<Server> {
+        Server::bind_registry(addr, Registry::new(store), config).await
+    }
+
+    /// Binds a server for a registry set up by the caller (say, with on-demand images).
+    pub async fn bind_registry(
+        addr: SocketAddr,
+        registry: Registry,
+        config: Config,
+    ) -> io::Result<Server> {
         Ok(Server {
             listener: TcpListener::bind(addr).await?,
-            registry: Arc::new(Registry::new(store)),
+            registry: Arc::new(registry),
             config,
         })
     }

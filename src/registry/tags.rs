@@ -15,7 +15,12 @@ pub async fn get(
     query: Option<&str>,
 ) -> Result<Response<Body>, RegistryError> {
     let page = Page::parse(query)?;
-    let tags = registry.store().tags(name).await?;
+    let mut tags = registry.store().tags(name).await?;
+    if let Some(images) = &registry.images {
+        tags.extend(images.tags(name).await);
+        tags.sort();
+        tags.dedup();
+    }
     if tags.is_empty() {
         return Err(RegistryError::name_unknown(name));
     }

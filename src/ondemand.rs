@@ -1,0 +1,627 @@
+//! Images packed on demand: `serve --image NAME[:TAG]=INPUT,...` and `serve --root DIR`.
+//!
+//! Nothing is packed at start. The first request for an image's manifest packs it (through
+//! the layer cache, so an unchanged input is not compressed again after a restart); requests
+//! that arrive meanwhile wait for that same pack ([`Flight`]). Each later request checks the
+//! input files' stamps: a changed file makes a new image on that request. An outcome is
+//! reused for at most [`RECHECK`], after which the inputs are planned again (cheap: metadata
+//! and ELF headers), so a changed library or directory content shows too.
+//!
+//! Under `--root DIR`, every regular file with an execute bit below DIR is an image named
+//! after its path relative to DIR ([`Name::from_path_lossy`]), tag `latest`. A request can
+//! only reach such a file: names come from the grammar, which has no `..`, and every file is
+//! checked at request time to resolve (symlinks followed) to an executable regular file
+//! inside DIR. On-demand images write no tags into the store: what they serve is decided by
+//! the files, now.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use crate::digest::Digest;
+use crate::flight::{Flight, Joined};
+use crate::image::RunConfig;
+use crate::pack::{self, Input, LayerOptions, PackError, Packing};
+use crate::progress;
+use crate::reference::{Name, Tag, TaggedName};
+use crate::store::{FileStamp, Store};
+
+/// How long a resolved image (or a scan of the root) is trusted before it is checked again
+/// in full. The top-level input files are checked on every request regardless.
+pub const RECHECK: Duration = Duration::from_secs(1);
+/// Directories deeper than this below the root are not scanned (a bind-mount loop would
+/// otherwise never end).
+const MAX_DEPTH: usize = 32;
+
+/// Why an image could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("cannot pack {image}: {source}")]
+    Pack { image: String, source: PackError },
+    #[error("packing {image} failed unexpectedly (see the server log)")]
+    Crashed { image: String },
+}
+
+impl ResolveError {
+    /// Whether the fault is the server's (its store or a bug) rather than the image's inputs.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            ResolveError::Crashed { .. }
+                | ResolveError::Pack {
+                    source: PackError::Store(_) | PackError::Write(_),
+                    ..
+                }
+        )
+    }
+}
+
+/// What a resolution gives: the image's OCI manifest, or the shared failure.
+type Outcome = Result<Resolved, Arc<ResolveError>>;
+
+#[derive(Debug, Clone)]
+struct Resolved {
+    manifest: Digest,
+    /// The inputs' stamps identify their content (see `PackedLayer::settled`); if not, the
+    /// outcome is not reused beyond the requests that waited for it.
+    settled: bool,
+}
+
+/// One on-demand image: how to make it, and its single flight.
+struct Image {
+    /// `NAME:TAG`, for logs and errors.
+    label: String,
+    flight: Flight<Vec<Option<FileStamp>>, Outcome>,
+}
+
+/// An image named on the command line.
+struct Explicit {
+    inputs: Vec<Input>,
+    run: RunConfig,
+    image: Image,
+}
+
+/// Every on-demand image of a server.
+pub struct OnDemand {
+    store: Store,
+    /// Layer settings (level, mtime) for every image packed here.
+    opts: LayerOptions,
+    /// `--image` entries by name, then tag.
+    explicit: BTreeMap<Name, BTreeMap<Tag, Explicit>>,
+    root: Option<Root>,
+    /// Root images seen so far, each with its flight. Only names that mapped to a file get an
+    /// entry, so the map is bounded by the files that ever existed under the root.
+    root_images: Mutex<HashMap<Name, Arc<Image>>>,
+}
+
+/// `--image NAME[:TAG]=INPUT[,INPUT...]`, parsed.
+pub struct ImageSpec {
+    pub name: TaggedName,
+    pub inputs: Vec<Input>,
+    pub run: RunConfig,
+}
+
+impl std::str::FromStr for ImageSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, inputs) = s
+            .split_once('=')
+            .ok_or_else(|| format!("invalid --image {s:?}: use NAME[:TAG]=INPUT[,INPUT...]"))?;
+        let name: TaggedName = name
+            .parse()
+            .map_err(|e| format!("invalid --image {s:?}: {e}"))?;
+        let inputs = inputs
+            .split(',')
+            .filter(|i| !i.is_empty())
+            .map(|i| i.parse::<Input>().map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if inputs.is_empty() {
+            return Err(format!("invalid --image {s:?}: no input after '='"));
+        }
+        let run = pack::default_run_config(&inputs, 0);
+        Ok(ImageSpec { name, inputs, run })
+    }
+}
+
+impl OnDemand {
+    /// Sets up the images; packs nothing. Returns the lines that describe them, for the
+    /// operator. Problems under the root (names that collide or cannot be mapped, symlinks
+    /// leading out) are logged as warnings.
+    pub async fn new(
+        store: Store,
+        opts: LayerOptions,
+        specs: Vec<ImageSpec>,
+        root: Option<&Path>,
+    ) -> Result<(OnDemand, Vec<String>), String> {
+        let mut lines = Vec::new();
+        let mut explicit: BTreeMap<Name, BTreeMap<Tag, Explicit>> = BTreeMap::new();
+        for mut spec in specs {
+            let label = spec.name.to_string();
+            let inputs: Vec<String> = spec.inputs.iter().map(|i| i.to_string()).collect();
+            lines.push(format!("{label}  <- {}", inputs.join(", ")));
+            spec.run.created = opts.mtime;
+            let tags = explicit.entry(spec.name.name).or_default();
+            if tags.contains_key(&spec.name.tag) {
+                return Err(format!("--image {label} is given twice"));
+            }
+            tags.insert(
+                spec.name.tag,
+                Explicit {
+                    inputs: spec.inputs,
+                    run: spec.run,
+                    image: Image::new(label),
+                },
+            );
+        }
+        let root = match root {
+            Some(dir) => Some(Root::new(dir)?),
+            None => None,
+        };
+        let ondemand = OnDemand {
+            store,
+            opts,
+            explicit,
+            root,
+            root_images: Mutex::new(HashMap::new()),
+        };
+        if let Some(root) = &ondemand.root {
+            let names = root.names(true).await;
+            for name in &names {
+                if ondemand
+                    .explicit
+                    .get(name)
+                    .is_some_and(|t| t.contains_key(&latest()))
+                {
+                    tracing::warn!(%name, "--image {name}:latest hides the root's file of that name");
+                } else if let Some(rel) = root.relative(name) {
+                    lines.push(format!(
+                        "{name}:latest  <- {}",
+                        root.dir.join(rel).display()
+                    ));
+                }
+            }
+        }
+        Ok((ondemand, lines))
+    }
+
+    /// The OCI manifest digest of `name:tag`, packing it if need be; `None` if `name:tag` is
+    /// not an on-demand image.
+    pub async fn manifest(
+        &self,
+        name: &Name,
+        tag: &Tag,
+    ) -> Option<Result<Digest, Arc<ResolveError>>> {
+        if let Some(e) = self.explicit.get(name).and_then(|t| t.get(tag)) {
+            return Some(
+                self.resolve(&e.image, e.inputs.clone(), e.run.clone())
+                    .await,
+            );
+        }
+        if *tag != latest() {
+            return None;
+        }
+        let (path, file_name) = self.root.as_ref()?.locate(name).await?;
+        let image = {
+            let mut images = self.root_images.lock().unwrap_or_else(|p| p.into_inner());
+            images
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(Image::new(format!("{name}:latest"))))
+                .clone()
+        };
+        let dest = format!("/{file_name}");
+        let inputs = match Input::at(path, &dest, &file_name) {
+            Ok(input) => vec![input],
+            Err(e) => {
+                let error = ResolveError::Pack {
+                    image: image.label.clone(),
+                    source: e,
+                };
+                return Some(Err(Arc::new(error)));
+            }
+        };
+        let run = pack::default_run_config(&inputs, self.opts.mtime);
+        Some(self.resolve(&image, inputs, run).await)
+    }
+
+    /// Whether `name` is an on-demand repository.
+    pub async fn has(&self, name: &Name) -> bool {
+        if self.explicit.contains_key(name) {
+            return true;
+        }
+        match &self.root {
+            Some(root) => root.locate(name).await.is_some(),
+            None => false,
+        }
+    }
+
+    /// The on-demand tags of `name`.
+    pub async fn tags(&self, name: &Name) -> Vec<Tag> {
+        let mut tags: BTreeSet<Tag> = self
+            .explicit
+            .get(name)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        if let Some(root) = &self.root
+            && root.locate(name).await.is_some()
+        {
+            tags.insert(latest());
+        }
+        tags.into_iter().collect()
+    }
+
+    /// Every on-demand repository name, the root rescanned if its last scan is old.
+    pub async fn names(&self) -> Vec<Name> {
+        let mut names: BTreeSet<Name> = self.explicit.keys().cloned().collect();
+        if let Some(root) = &self.root {
+            names.extend(root.names(false).await);
+        }
+        names.into_iter().collect()
+    }
+
+    async fn resolve(
+        &self,
+        image: &Image,
+        inputs: Vec<Input>,
+        run: RunConfig,
+    ) -> Result<Digest, Arc<ResolveError>> {
+        let label = image.label.clone();
+        // What the outcome depends on, cheaply: the top-level inputs as they are now. A
+        // missing input stamps as `None` (and its pack fails with a clear error).
+        let sources: Vec<PathBuf> = inputs.iter().map(|i| i.source.clone()).collect();
+        let stamps = tokio::task::spawn_blocking(move || {
+            sources
+                .iter()
+                .map(|s| std::fs::metadata(s).ok().map(|m| FileStamp::of(&m)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let reuse = |outcome: &Outcome, at: Instant| {
+            at.elapsed() < RECHECK && outcome.as_ref().map_or(true, |r| r.settled)
+        };
+        let (store, opts) = (self.store.clone(), self.opts);
+        let work = {
+            let label = label.clone();
+            move || {
+                let span = tracing::info_span!("pack", image = %label);
+                async move {
+                    let packing = Packing {
+                        cache: true,
+                        progress: Some(progress::reporter(&label)),
+                    };
+                    match pack::pack_image_with(&store, &inputs, opts, &run, None, &packing).await {
+                        Ok(img) => Ok(Resolved {
+                            manifest: img.manifest.0,
+                            settled: img.packed.settled,
+                        }),
+                        Err(source) => {
+                            let error = ResolveError::Pack {
+                                image: label,
+                                source,
+                            };
+                            tracing::error!("{error}");
+                            Err(Arc::new(error))
+                        }
+                    }
+                }
+                .instrument(span)
+            }
+        };
+        match image.flight.get(stamps, reuse, work).await {
+            Some((outcome, joined)) => {
+                if joined == Joined::Waited {
+                    tracing::debug!(image = %label, "waited for a pack in flight");
+                }
+                outcome.map(|r| r.manifest)
+            }
+            None => Err(Arc::new(ResolveError::Crashed { image: label })),
+        }
+    }
+}
+
+impl Image {
+    fn new(label: String) -> Image {
+        Image {
+            label,
+            flight: Flight::default(),
+        }
+    }
+}
+
+fn latest() -> Tag {
+    Tag::latest()
+}
+
+/// The `--root` folder and what was last found in it.
+struct Root {
+    /// Canonical: every exposed file must resolve to a path below it.
+    dir: PathBuf,
+    index: Mutex<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    /// When the last scan ran; `None` before the first.
+    scanned: Option<Instant>,
+    /// Image name → path relative to the root.
+    names: BTreeMap<Name, PathBuf>,
+    /// Names two or more files map to: none of them is served.
+    ambiguous: BTreeSet<Name>,
+    /// Problems already reported, so each is logged once.
+    reported: HashSet<String>,
+}
+
+/// What one scan of the root found.
+struct Scan {
+    names: BTreeMap<Name, PathBuf>,
+    ambiguous: BTreeSet<Name>,
+    problems: Vec<String>,
+}
+
+impl Root {
+    fn new(dir: &Path) -> Result<Root, String> {
+        let canonical =
+            std::fs::canonicalize(dir).map_err(|e| format!("--root {}: {e}", dir.display()))?;
+        if !canonical.is_dir() {
+            return Err(format!("--root {}: not a directory", dir.display()));
+        }
+        Ok(Root {
+            dir: canonical,
+            index: Mutex::new(Index::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn relative(&self, name: &Name) -> Option<PathBuf> {
+        self.lock().names.get(name).cloned()
+    }
+
+    /// Every image name under the root; rescans first if `force` or the last scan is old.
+    async fn names(&self, force: bool) -> Vec<Name> {
+        self.refresh(force).await;
+        self.lock().names.keys().cloned().collect()
+    }
+
+    /// Rescans if `force` or the last scan is older than `RECHECK`, and reports new problems.
+    async fn refresh(&self, force: bool) {
+        let stale = force || self.lock().scanned.is_none_or(|at| at.elapsed() >= RECHECK);
+        if !stale {
+            return;
+        }
+        let dir = self.dir.clone();
+        let Ok(scan) = tokio::task::spawn_blocking(move || scan(&dir)).await else {
+            return;
+        };
+        let mut index = self.lock();
+        for problem in scan.problems {
+            if index.reported.insert(problem.clone()) {
+                tracing::warn!(root = %self.dir.display(), "{problem}");
+            }
+        }
+        index.names = scan.names;
+        index.ambiguous = scan.ambiguous;
+        index.scanned = Some(Instant::now());
+    }
+
+    /// The file `name` stands for, checked now: its canonical path and its file name. `None`
+    /// if there is none, or it is not an executable regular file inside the root.
+    async fn locate(&self, name: &Name) -> Option<(PathBuf, String)> {
+        let known = self.relative(name);
+        let rel = match known {
+            Some(rel) => rel,
+            None => {
+                // A file added since the last scan: names mostly are their paths, so look
+                // there first (the name's grammar admits no `..` or leading `/`); else rescan.
+                if self.lock().ambiguous.contains(name) {
+                    return None;
+                }
+                let direct = PathBuf::from(name.as_str());
+                let dir = self.dir.clone();
+                let candidate = direct.clone();
+                let found = tokio::task::spawn_blocking(move || exposed(&dir, &candidate).is_ok())
+                    .await
+                    .unwrap_or(false);
+                if found {
+                    direct
+                } else {
+                    self.refresh(false).await;
+                    self.relative(name)?
+                }
+            }
+        };
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let file_name = rel.file_name()?.to_str()?.to_owned();
+            match exposed(&dir, &rel) {
+                Ok(path) => Some((path, file_name)),
+                Err(why) => {
+                    tracing::debug!(path = %rel.display(), "not served: {why}");
+                    None
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
+/// `rel` (relative to the canonical `root`) if it resolves, symlinks followed, to an
+/// executable regular file inside `root`: its canonical path. Else why not.
+fn exposed(root: &Path, rel: &Path) -> Result<PathBuf, &'static str> {
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err("not a plain relative path");
+    }
+    let real = std::fs::canonicalize(root.join(rel)).map_err(|_| "does not resolve")?;
+    if !real.starts_with(root) {
+        return Err("resolves to a path outside the root");
+    }
+    let meta = std::fs::metadata(&real).map_err(|_| "cannot be read")?;
+    if !pack::is_executable(&meta) {
+        return Err("not an executable regular file");
+    }
+    Ok(real)
+}
+
+/// Walks the root (not following symlinked directories) and maps every exposed file to a
+/// name.
+fn scan(root: &Path) -> Scan {
+    let mut found: BTreeMap<Name, Vec<PathBuf>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut pending = vec![(PathBuf::new(), 0usize)];
+    while let Some((rel, depth)) = pending.pop() {
+        let entries = match std::fs::read_dir(root.join(&rel)) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!("cannot list {}: {e}", root.join(&rel).display()));
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let child = rel.join(entry.file_name());
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if depth + 1 < MAX_DEPTH {
+                    pending.push((child, depth + 1));
+                } else {
+                    problems.push(format!("{} is too deep; not scanned", child.display()));
+                }
+                continue;
+            }
+            match exposed(root, &child) {
+                Ok(_) => {}
+                Err("resolves to a path outside the root") => {
+                    problems.push(format!(
+                        "{} leads outside the root; not served",
+                        child.display()
+                    ));
+                    continue;
+                }
+                Err(_) => continue,
+            }
+            let name = child.to_str().and_then(Name::from_path_lossy);
+            match name {
+                Some(name) => found.entry(name).or_default().push(child),
+                None => problems.push(format!(
+                    "{} cannot be made into an image name; not served",
+                    child.display()
+                )),
+            }
+        }
+    }
+    let mut names = BTreeMap::new();
+    let mut ambiguous = BTreeSet::new();
+    for (name, mut paths) in found {
+        if paths.len() == 1 {
+            names.insert(name, paths.remove(0));
+        } else {
+            paths.sort();
+            let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            problems.push(format!(
+                "{} all map to the image name {name}; none of them is served",
+                list.join(", ")
+            ));
+            ambiguous.insert(name);
+        }
+    }
+    Scan {
+        names,
+        ambiguous,
+        problems,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn exe(path: &Path) {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, b"#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    #[test]
+    fn the_root_exposes_executables_inside_it_only() {
+        let top = tempfile::tempdir().expect("tempdir");
+        let root = top.path().join("root");
+        exe(&root.join("bin/Tool"));
+        exe(&root.join("bin/tool")); // collides with bin/Tool
+        exe(&root.join("sub/app.sh"));
+        exe(&top.path().join("outside"));
+        std::fs::write(root.join("data.txt"), b"not executable").expect("write");
+        symlink(top.path().join("outside"), root.join("escape")).expect("symlink");
+        symlink("sub/app.sh", root.join("alias")).expect("symlink");
+        symlink(top.path(), root.join("up")).expect("symlink");
+        exe(&root.join("___"));
+        let root = std::fs::canonicalize(&root).expect("canonical");
+
+        let scan = scan(&root);
+        let names: Vec<String> = scan.names.keys().map(|n| n.to_string()).collect();
+        assert_eq!(names, ["alias", "sub/app.sh"]);
+        assert_eq!(
+            scan.names[&"alias".parse::<Name>().expect("name")],
+            Path::new("alias")
+        );
+        assert!(scan.ambiguous.contains(&"bin/tool".parse().expect("name")));
+        let problems = scan.problems.join("\n");
+        for expected in [
+            "bin/Tool, bin/tool all map to the image name bin/tool",
+            "escape leads outside the root",
+            "___ cannot be made into an image name",
+        ] {
+            assert!(
+                problems.contains(expected),
+                "{expected:?} not in:\n{problems}"
+            );
+        }
+
+        assert_eq!(
+            exposed(&root, Path::new("alias")),
+            Ok(root.join("sub/app.sh"))
+        );
+        for (rel, why) in [
+            ("escape", "resolves to a path outside the root"),
+            ("up/outside", "resolves to a path outside the root"),
+            ("../outside", "not a plain relative path"),
+            ("data.txt", "not an executable regular file"),
+            ("sub", "not an executable regular file"),
+            ("missing", "does not resolve"),
+        ] {
+            assert_eq!(exposed(&root, Path::new(rel)), Err(why), "{rel}");
+        }
+        assert!(exposed(&root, &top.path().join("outside")).is_err());
+    }
+
+    #[test]
+    fn image_specs_parse() {
+        let s: ImageSpec = "tools/a:v1=/bin/true,/etc/hostname:/etc/name"
+            .parse()
+            .expect("spec");
+        assert_eq!(s.name.to_string(), "tools/a:v1");
+        assert_eq!(s.inputs.len(), 2);
+        assert_eq!(s.inputs[1].dest, "/etc/name");
+        let s: ImageSpec = "a=/bin/true".parse().expect("spec");
+        assert_eq!(s.name.to_string(), "a:latest");
+        assert_eq!(s.run.entrypoint, Some(vec!["/true".to_owned()]));
+        for bad in ["a", "A=/bin/true", "a=", "a=,", "a=x:/../y"] {
+            assert!(bad.parse::<ImageSpec>().is_err(), "{bad}");
+        }
+    }
+}

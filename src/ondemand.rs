@@ -8,7 +8,8 @@
 //! and ELF headers), so a changed library or directory content shows too.
 //!
 //! Under `--root DIR`, every regular file with an execute bit below DIR is an image named
-//! after its path relative to DIR ([`Name::from_path_lossy`]), tag `latest`. A request can
+//! after its path relative to DIR ([`Name::from_path_lossy`]), tag `latest`; the file goes
+//! to `/usr/local/bin/<file name>` and is the entrypoint. A request can
 //! only reach such a file: names come from the grammar, which has no `..`, and every file is
 //! checked at request time to resolve (symlinks followed) to an executable regular file
 //! inside DIR. On-demand images write no tags into the store: what they serve is decided by
@@ -32,6 +33,9 @@ use crate::store::{FileStamp, Store};
 /// How long a resolved image (or a scan of the root) is trusted before it is checked again
 /// in full. The top-level input files are checked on every request regardless.
 pub const RECHECK: Duration = Duration::from_secs(1);
+/// Where a root image's executable goes: on PATH, and away from `/`, where an
+/// `$ORIGIN/lib` library folder would collide with the `/lib` of the runtime closure.
+pub const ROOT_IMAGE_DIR: &str = "/usr/local/bin";
 /// Directories deeper than this below the root are not scanned (a bind-mount loop would
 /// otherwise never end).
 const MAX_DEPTH: usize = 32;
@@ -212,7 +216,7 @@ impl OnDemand {
                 .or_insert_with(|| Arc::new(Image::new(format!("{name}:latest"))))
                 .clone()
         };
-        let dest = format!("/{file_name}");
+        let dest = format!("{ROOT_IMAGE_DIR}/{file_name}");
         let inputs = match Input::at(path, &dest, &file_name) {
             Ok(input) => vec![input],
             Err(e) => {

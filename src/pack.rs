@@ -500,7 +500,7 @@ pub async fn pack_layer_with(
     if let Some(key) = &key {
         match cache::lookup(store, key).await? {
             Lookup::Hit(hit) => {
-                tracing::info!(layer = %hit.layer.digest, "layer found in the layer cache; not packing");
+                tracing::info!(layer = %hit.layer.digest, "layer cache hit: nothing to read or compress");
                 return Ok(PackedLayer {
                     layer: hit.layer,
                     tar_size: hit.tar_size,

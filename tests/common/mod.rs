@@ -204,10 +204,20 @@ impl Serving {
     /// Starts `quinistry serve --listen 127.0.0.1:0 --store STORE ARGS...` and waits until it
     /// prints its address. `log_dir` receives `serve.log`.
     pub fn start(store: &Path, log_dir: &Path, args: &[&str]) -> Serving {
+        Serving::start_with_log(store, log_dir, args, "info")
+    }
+
+    /// `start`, logging with the `RUST_LOG` filter `log_filter`.
+    pub fn start_with_log(
+        store: &Path,
+        log_dir: &Path,
+        args: &[&str],
+        log_filter: &str,
+    ) -> Serving {
         use std::io::BufRead;
         let log = log_dir.join("serve.log");
         let mut child = quinistry()
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_filter)
             .args(["serve", "--listen", "127.0.0.1:0", "--store"])
             .arg(store)
             .args(args)

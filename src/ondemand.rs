@@ -24,7 +24,6 @@ use tracing::Instrument;
 
 use crate::digest::Digest;
 use crate::flight::{Flight, Joined};
-use crate::image::RunConfig;
 use crate::pack::{self, Input, LayerOptions, PackError, Packing};
 use crate::progress;
 use crate::reference::{Name, Tag, TaggedName};
@@ -84,7 +83,6 @@ struct Image {
 /// An image named on the command line.
 struct Explicit {
     inputs: Vec<Input>,
-    run: RunConfig,
     image: Image,
 }
 
@@ -101,11 +99,12 @@ pub struct OnDemand {
     root_images: Mutex<HashMap<Name, Arc<Image>>>,
 }
 
-/// `--image NAME[:TAG]=INPUT[,INPUT...]`, parsed.
+/// `--image NAME[:TAG]=INPUT[,INPUT...]`, parsed. Its run settings are the defaults
+/// (`pack::default_run_config`), decided when it is packed: an input that does not exist yet
+/// may be an executable by then.
 pub struct ImageSpec {
     pub name: TaggedName,
     pub inputs: Vec<Input>,
-    pub run: RunConfig,
 }
 
 impl std::str::FromStr for ImageSpec {
@@ -126,8 +125,7 @@ impl std::str::FromStr for ImageSpec {
         if inputs.is_empty() {
             return Err(format!("invalid --image {s:?}: no input after '='"));
         }
-        let run = pack::default_run_config(&inputs, 0);
-        Ok(ImageSpec { name, inputs, run })
+        Ok(ImageSpec { name, inputs })
     }
 }
 
@@ -143,11 +141,10 @@ impl OnDemand {
     ) -> Result<(OnDemand, Vec<String>), String> {
         let mut lines = Vec::new();
         let mut explicit: BTreeMap<Name, BTreeMap<Tag, Explicit>> = BTreeMap::new();
-        for mut spec in specs {
+        for spec in specs {
             let label = spec.name.to_string();
             let inputs: Vec<String> = spec.inputs.iter().map(|i| i.to_string()).collect();
             lines.push(format!("{label}  <- {}", inputs.join(", ")));
-            spec.run.created = opts.mtime;
             let tags = explicit.entry(spec.name.name).or_default();
             if tags.contains_key(&spec.name.tag) {
                 return Err(format!("--image {label} is given twice"));
@@ -156,7 +153,6 @@ impl OnDemand {
                 spec.name.tag,
                 Explicit {
                     inputs: spec.inputs,
-                    run: spec.run,
                     image: Image::new(label),
                 },
             );
@@ -200,10 +196,7 @@ impl OnDemand {
         tag: &Tag,
     ) -> Option<Result<Digest, Arc<ResolveError>>> {
         if let Some(e) = self.explicit.get(name).and_then(|t| t.get(tag)) {
-            return Some(
-                self.resolve(&e.image, e.inputs.clone(), e.run.clone())
-                    .await,
-            );
+            return Some(self.resolve(&e.image, e.inputs.clone()).await);
         }
         if *tag != latest() {
             return None;
@@ -227,8 +220,7 @@ impl OnDemand {
                 return Some(Err(Arc::new(error)));
             }
         };
-        let run = pack::default_run_config(&inputs, self.opts.mtime);
-        Some(self.resolve(&image, inputs, run).await)
+        Some(self.resolve(&image, inputs).await)
     }
 
     /// Whether `name` is an on-demand repository.
@@ -270,7 +262,6 @@ impl OnDemand {
         &self,
         image: &Image,
         inputs: Vec<Input>,
-        run: RunConfig,
     ) -> Result<Digest, Arc<ResolveError>> {
         let label = image.label.clone();
         // What the outcome depends on, cheaply: the top-level inputs as they are now. A
@@ -293,6 +284,7 @@ impl OnDemand {
             move || {
                 let span = tracing::info_span!("pack", image = %label);
                 async move {
+                    let run = pack::default_run_config(&inputs, opts.mtime);
                     let packing = Packing {
                         cache: true,
                         progress: Some(progress::reporter(&label)),
@@ -623,7 +615,7 @@ mod tests {
         assert_eq!(s.inputs[1].dest, "/etc/name");
         let s: ImageSpec = "a=/bin/true".parse().expect("spec");
         assert_eq!(s.name.to_string(), "a:latest");
-        assert_eq!(s.run.entrypoint, Some(vec!["/true".to_owned()]));
+        assert_eq!(s.inputs[0].dest, "/true");
         for bad in ["a", "A=/bin/true", "a=", "a=,", "a=x:/../y"] {
             assert!(bad.parse::<ImageSpec>().is_err(), "{bad}");
         }

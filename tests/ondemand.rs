@@ -494,6 +494,17 @@ async fn explicit_images_are_packed_on_first_pull() {
     );
     executable(&later, b"#!/bin/sh\necho later\n");
     pull(&http, &server.addr, "later").await;
+    // Its run settings are decided when it is packed: now it is an executable, the entrypoint.
+    let url = format!("http://{}/v2/later/manifests/latest", server.addr);
+    let m = get_json(&http, &url).await;
+    let config = m["config"]["digest"].as_str().expect("config digest");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(common::blob(&store, config)).expect("config"))
+            .expect("config JSON");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/later"])
+    );
 }
 
 #[test]

@@ -466,11 +466,19 @@ fn report(
 ) {
     let p = &img.packed;
     let rate = mib(p.input_bytes) / img.seconds.max(1e-9);
-    say(format_args!(
-        "packed     {:.1} MiB of input in {:.2} s ({rate:.1} MiB/s)",
-        mib(p.input_bytes),
-        img.seconds
-    ));
+    if p.cached {
+        say(format_args!(
+            "packed     {:.1} MiB of input: unchanged, layer taken from the layer cache ({:.2} s)",
+            mib(p.input_bytes),
+            img.seconds
+        ));
+    } else {
+        say(format_args!(
+            "packed     {:.1} MiB of input in {:.2} s ({rate:.1} MiB/s)",
+            mib(p.input_bytes),
+            img.seconds
+        ));
+    }
     if !p.runtime.is_empty() {
         say(format_args!(
             "runtime    {} paths: interpreter and libraries of dynamic executables",

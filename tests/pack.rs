@@ -339,3 +339,39 @@ fn oci_layout_is_read_by_skopeo() {
     let hex = r["layer"].trim_start_matches("sha256:");
     assert_eq!(sha256sum(&dir.join(hex)), r["layer"]);
 }
+
+#[test]
+fn a_second_pack_of_unchanged_inputs_comes_from_the_layer_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let input = dir.path().join("tool");
+    std::fs::write(&input, noise(1 << 20, 4)).expect("write");
+    // Settled: written long enough ago for its stamp to identify it.
+    std::fs::File::options()
+        .write(true)
+        .open(&input)
+        .expect("open")
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+        .expect("mtime");
+    let packed = |extra: &[&str]| {
+        let out = run_ok(pack_in(&store).args(extra).arg(&input));
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("packed"))
+            .expect("packed line")
+            .to_owned();
+        (report(&out)["layer"].clone(), line)
+    };
+    let (first, line) = packed(&[]);
+    assert!(line.contains("MiB/s"), "{line}");
+    let (cached, line) = packed(&[]);
+    assert!(line.contains("taken from the layer cache"), "{line}");
+    let (forced, line) = packed(&["--no-cache"]);
+    assert!(line.contains("MiB/s"), "{line}");
+    assert_eq!((&cached, &forced), (&first, &first));
+    // A changed input is packed again, to a new layer.
+    std::fs::write(&input, noise(1 << 20, 8)).expect("rewrite");
+    let (changed, line) = packed(&[]);
+    assert!(line.contains("MiB/s"), "{line}");
+    assert_ne!(changed, first);
+}

@@ -7,12 +7,21 @@
 //! distribution API and only reads it. [`closure`] tells `pack` which interpreter and
 //! libraries a dynamic executable needs, so every image it makes can run.
 //!
+//! Images can also be packed on request: for `serve --root`/`--image`, the registry asks
+//! [`ondemand`] for a tag's manifest, which packs through `pack` (once per image however many
+//! clients ask, [`flight`]) and the layer [`cache`] (an unchanged input is not packed again,
+//! even after a restart). [`progress`] shows a long pack moving.
+//!
 //! | module | owns |
 //! |---|---|
 //! | [`digest`] | the `Digest` type, parsing, the hashing writer; no disk access |
 //! | [`reference`](mod@reference) | repository-name and tag grammar; what makes a name safe as a path |
 //! | [`store`] | every on-disk path of the store, temp files, atomic commit, tags, verify |
 //! | [`pack`] | the pipeline and tar determinism |
+//! | [`cache`] | the layer cache: which layer a set of input files packed into, checked against the store |
+//! | [`ondemand`] | `--image` and `--root` images: the root scan, its confinement, resolution per request |
+//! | [`flight`] | single flight: concurrent callers share one run of the work, failure included |
+//! | [`progress`] | a progress bar on a terminal, else periodic log lines |
 //! | [`closure`] | a dynamic ELF executable's interpreter and libraries, found as ld.so finds them |
 //! | [`image`] | config and manifest JSON (canonical bytes); no I/O |
 //! | [`registry`] | the HTTP API: router, one file per resource, OCI errors |

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use quinistry::image::{self, RunConfig};
 use quinistry::layout;
-use quinistry::ondemand::{ImageSpec, OnDemand};
+use quinistry::ondemand::{ImageSpec, OnDemand, Setup};
 use quinistry::pack::{self, Input, LayerOptions, Packing};
 use quinistry::progress;
 use quinistry::reference::{Name, Tag, TaggedName};
@@ -282,6 +282,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         .map(|s| s.parse::<ImageSpec>())
         .collect::<Result<Vec<_>, _>>()?;
     let on_demand = !specs.is_empty() || args.root.is_some();
+    let setup = Setup::new(specs, args.root.as_deref())?;
     // With --image or --root and no inputs, nothing is packed at start: the settings of the
     // start image would go nowhere, so they are refused rather than ignored.
     let pack_at_start = !on_demand || !args.image.inputs.is_empty();
@@ -312,8 +313,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         pull = Some(tagged);
     }
     let registry = if on_demand {
-        let (images, lines) =
-            OnDemand::new(store.clone(), image.opts, specs, args.root.as_deref()).await?;
+        let (images, lines) = OnDemand::new(store.clone(), image.opts, setup).await;
         for line in &lines {
             say(format_args!("on demand  {line}"));
         }

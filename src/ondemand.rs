@@ -129,16 +129,17 @@ impl std::str::FromStr for ImageSpec {
     }
 }
 
-impl OnDemand {
-    /// Sets up the images; packs nothing. Returns the lines that describe them, for the
-    /// operator. Problems under the root (names that collide or cannot be mapped, symlinks
-    /// leading out) are logged as warnings.
-    pub async fn new(
-        store: Store,
-        opts: LayerOptions,
-        specs: Vec<ImageSpec>,
-        root: Option<&Path>,
-    ) -> Result<(OnDemand, Vec<String>), String> {
+/// The on-demand images as given, checked before anything touches the store.
+pub struct Setup {
+    explicit: BTreeMap<Name, BTreeMap<Tag, Explicit>>,
+    root: Option<Root>,
+    /// One line per `--image`, for the operator.
+    lines: Vec<String>,
+}
+
+impl Setup {
+    /// Fails on an image given twice, or a root that is not a directory.
+    pub fn new(specs: Vec<ImageSpec>, root: Option<&Path>) -> Result<Setup, String> {
         let mut lines = Vec::new();
         let mut explicit: BTreeMap<Name, BTreeMap<Tag, Explicit>> = BTreeMap::new();
         for spec in specs {
@@ -161,6 +162,24 @@ impl OnDemand {
             Some(dir) => Some(Root::new(dir)?),
             None => None,
         };
+        Ok(Setup {
+            explicit,
+            root,
+            lines,
+        })
+    }
+}
+
+impl OnDemand {
+    /// Sets up the images; packs nothing. Returns the lines that describe them, for the
+    /// operator. Problems under the root (names that collide or cannot be mapped, symlinks
+    /// leading out) are logged as warnings.
+    pub async fn new(store: Store, opts: LayerOptions, setup: Setup) -> (OnDemand, Vec<String>) {
+        let Setup {
+            explicit,
+            root,
+            mut lines,
+        } = setup;
         let ondemand = OnDemand {
             store,
             opts,
@@ -169,15 +188,14 @@ impl OnDemand {
             root_images: Mutex::new(HashMap::new()),
         };
         if let Some(root) = &ondemand.root {
-            let names = root.names(true).await;
-            for name in &names {
-                if ondemand
+            for name in root.names(true).await {
+                let hidden = ondemand
                     .explicit
-                    .get(name)
-                    .is_some_and(|t| t.contains_key(&latest()))
-                {
+                    .get(&name)
+                    .is_some_and(|t| t.contains_key(&latest()));
+                if hidden {
                     tracing::warn!(%name, "--image {name}:latest hides the root's file of that name");
-                } else if let Some(rel) = root.relative(name) {
+                } else if let Some(rel) = root.relative(&name) {
                     lines.push(format!(
                         "{name}:latest  <- {}",
                         root.dir.join(rel).display()
@@ -185,7 +203,7 @@ impl OnDemand {
                 }
             }
         }
-        Ok((ondemand, lines))
+        (ondemand, lines)
     }
 
     /// The OCI manifest digest of `name:tag`, packing it if need be; `None` if `name:tag` is

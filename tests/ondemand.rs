@@ -508,53 +508,6 @@ async fn explicit_images_are_packed_on_first_pull() {
 }
 
 #[test]
-fn on_demand_settings_are_checked_at_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("f");
-    std::fs::write(&file, b"f").expect("write");
-    let f = file.to_str().expect("utf-8");
-    let cases: Vec<(Vec<String>, &str)> = vec![
-        (
-            vec![
-                "--image".into(),
-                format!("a={f}"),
-                "--image".into(),
-                format!("a:latest={f}"),
-            ],
-            "--image a:latest is given twice",
-        ),
-        (
-            vec!["--image".into(), "Bad=x".into()],
-            "invalid --image \"Bad=x\"",
-        ),
-        (vec!["--image".into(), "a".into()], "use NAME[:TAG]=INPUT"),
-        (vec!["--root".into(), f.to_owned()], "not a directory"),
-        (vec!["--root".into(), format!("{f}-missing")], "--root"),
-        (
-            vec![
-                "--root".into(),
-                dir.path().display().to_string(),
-                "--cmd".into(),
-                "x".into(),
-            ],
-            "--cmd",
-        ),
-    ];
-    for (args, expected) in cases {
-        let out = quinistry()
-            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
-            .arg(dir.path().join("store"))
-            .args(&args)
-            .output()
-            .expect("run");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} started");
-        assert!(stderr.contains(expected), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
-    }
-}
-
-#[test]
 fn skopeo_copies_a_large_root_image() {
     if !have_tool("skopeo", "skopeo") {
         return;

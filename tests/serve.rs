@@ -57,7 +57,21 @@ fn startup_errors_are_one_clear_line() {
     let input = dir.path().join("f");
     std::fs::write(&input, b"x").expect("input");
     let input = input.to_string_lossy().into_owned();
+    let (image, image_latest) = (format!("a={input}"), format!("a:latest={input}"));
+    let missing = format!("{input}-missing");
+    let root = dir.path().to_string_lossy().into_owned();
     let cases: Vec<(Vec<&str>, &str, bool)> = vec![
+        // On-demand settings are checked before the store is touched too.
+        (
+            vec!["--image", &image, "--image", &image_latest],
+            "--image a:latest is given twice",
+            false,
+        ),
+        (vec!["--image", "Bad=x"], "invalid --image \"Bad=x\"", false),
+        (vec!["--image", "a"], "use NAME[:TAG]=INPUT", false),
+        (vec!["--root", &input], "not a directory", false),
+        (vec!["--root", &missing], "No such file", false),
+        (vec!["--root", &root, "--cmd", "x"], "--cmd", false),
         (
             vec!["--listen", "localhost"],
             "invalid --listen \"localhost\"",

@@ -290,9 +290,9 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         let a = &args.image;
         if a.entrypoint.is_some() || !a.cmd.is_empty() || !a.env.is_empty() || name.is_some() {
             return Err(
-                "--entrypoint, --cmd, --env and --name apply to the INPUTs packed at \
-                        start, and with --image or --root there are none; give INPUTs, or put \
-                        the settings in a quinistry pack"
+                "--entrypoint, --cmd, --env and --name describe the image of the \
+                        INPUTs packed at start; with --image or --root and no INPUTs there is \
+                        none"
                     .to_owned(),
             );
         }
@@ -395,8 +395,8 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     Ok(async move { first.notified().await })
 }
 
-/// `quinistry` for the self-image; otherwise the first input's file name, made into a valid
-/// repository name.
+/// `quinistry` for the self-image; otherwise the first input's file name, mapped onto the
+/// name grammar (`My_Tool.SH` is `my_tool.sh`).
 fn default_tag(specs: &[String], inputs: &[Input]) -> Result<TaggedName, String> {
     if specs.is_empty() {
         return "quinistry:latest".parse().map_err(|e| format!("{e}"));
@@ -409,20 +409,13 @@ fn default_tag(specs: &[String], inputs: &[Input]) -> Result<TaggedName, String>
             in_image.or_else(|| i.source.file_name().and_then(|n| n.to_str()))
         })
         .unwrap_or_default();
-    let mut name = String::new();
-    for c in base.chars() {
-        let c = c.to_ascii_lowercase();
-        let keep = c.is_ascii_lowercase() || c.is_ascii_digit();
-        if keep {
-            name.push(c);
-        } else if !name.is_empty() && !name.ends_with('-') {
-            name.push('-');
-        }
-    }
-    let name = name.trim_end_matches('-');
-    format!("{name}:latest")
-        .parse()
-        .map_err(|_| format!("cannot derive an image name from {base:?}: pass --tag NAME:TAG"))
+    // A single path component (no '/'), mapped as `serve --root` maps paths.
+    Name::from_path_lossy(base)
+        .map(|name| TaggedName {
+            name,
+            tag: Tag::latest(),
+        })
+        .ok_or_else(|| format!("cannot derive an image name from {base:?}: pass --tag NAME:TAG"))
 }
 
 /// The image's environment: `defaults`, with each `--env KEY=VALUE` replacing the default of

@@ -166,3 +166,55 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
         LogWriter
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Collects what the log writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn log_lines_come_when_due_and_say_how_far() {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let lines = LogLines {
+                label: "tool:latest".to_owned(),
+                total: AtomicU64::new(0),
+                done: AtomicU64::new(0),
+                started: OnceLock::new(),
+                // The first line is due at once; the next one LOG_EVERY later.
+                next_ms: AtomicU64::new(0),
+            };
+            lines.begin(300 << 20);
+            lines.advance(100 << 20);
+            lines.advance(100 << 20);
+            lines.end();
+        });
+        let text = String::from_utf8_lossy(&captured.0.lock().expect("lock")).into_owned();
+        let logged: Vec<&str> = text.lines().collect();
+        assert_eq!(logged.len(), 1, "{text}");
+        assert!(logged[0].contains("packing: 100 of 300 MiB ("), "{text}");
+        assert!(logged[0].contains("image=tool:latest"), "{text}");
+    }
+}

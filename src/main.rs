@@ -109,6 +109,10 @@ struct ServeArgs {
     /// (tag latest), packed on its first pull; files added later are served too
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// How many on-demand images may be packed at once; more requests wait for a slot
+    /// [default: the number of CPUs]
+    #[arg(long, value_name = "N")]
+    max_packs: Option<usize>,
     #[command(flatten)]
     image: ImageArgs,
 }
@@ -282,7 +286,8 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         .map(|s| s.parse::<ImageSpec>())
         .collect::<Result<Vec<_>, _>>()?;
     let on_demand = !specs.is_empty() || args.root.is_some();
-    let setup = Setup::new(specs, args.root.as_deref())?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let setup = Setup::new(specs, args.root.as_deref(), args.max_packs.unwrap_or(cpus))?;
     // With --image or --root and no inputs, nothing is packed at start: the settings of the
     // start image would go nowhere, so they are refused rather than ignored.
     let pack_at_start = !on_demand || !args.image.inputs.is_empty();
@@ -348,6 +353,7 @@ async fn pack_with_progress(
     let packing = Packing {
         cache: image.cache,
         progress: Some(progress::reporter(&tag.to_string())),
+        slots: None,
     };
     pack::pack_image_with(
         store,

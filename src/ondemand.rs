@@ -97,6 +97,8 @@ pub struct OnDemand {
     /// Root images seen so far, each with its flight. Only names that mapped to a file get an
     /// entry, so the map is bounded by the files that ever existed under the root.
     root_images: Mutex<HashMap<Name, Arc<Image>>>,
+    /// Packs that may run at once (cache hits need none).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// `--image NAME[:TAG]=INPUT[,INPUT...]`, parsed. Its run settings are the defaults
@@ -133,13 +135,22 @@ impl std::str::FromStr for ImageSpec {
 pub struct Setup {
     explicit: BTreeMap<Name, BTreeMap<Tag, Explicit>>,
     root: Option<Root>,
+    /// Packs that may run at once.
+    max_packs: usize,
     /// One line per `--image`, for the operator.
     lines: Vec<String>,
 }
 
 impl Setup {
-    /// Fails on an image given twice, or a root that is not a directory.
-    pub fn new(specs: Vec<ImageSpec>, root: Option<&Path>) -> Result<Setup, String> {
+    /// Fails on an image given twice, a root that is not a directory, or no packs allowed.
+    pub fn new(
+        specs: Vec<ImageSpec>,
+        root: Option<&Path>,
+        max_packs: usize,
+    ) -> Result<Setup, String> {
+        if max_packs == 0 {
+            return Err("--max-packs must be at least 1".to_owned());
+        }
         let mut lines = Vec::new();
         let mut explicit: BTreeMap<Name, BTreeMap<Tag, Explicit>> = BTreeMap::new();
         for spec in specs {
@@ -165,6 +176,7 @@ impl Setup {
         Ok(Setup {
             explicit,
             root,
+            max_packs,
             lines,
         })
     }
@@ -178,6 +190,7 @@ impl OnDemand {
         let Setup {
             explicit,
             root,
+            max_packs,
             mut lines,
         } = setup;
         let ondemand = OnDemand {
@@ -186,6 +199,7 @@ impl OnDemand {
             explicit,
             root,
             root_images: Mutex::new(HashMap::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(max_packs)),
         };
         if let Some(root) = &ondemand.root {
             for name in root.names(true).await {
@@ -296,7 +310,7 @@ impl OnDemand {
         let reuse = |outcome: &Outcome, at: Instant| {
             at.elapsed() < RECHECK && outcome.as_ref().map_or(true, |r| r.settled)
         };
-        let (store, opts) = (self.store.clone(), self.opts);
+        let (store, opts, slots) = (self.store.clone(), self.opts, self.slots.clone());
         let work = {
             let label = label.clone();
             move || {
@@ -306,6 +320,7 @@ impl OnDemand {
                     let packing = Packing {
                         cache: true,
                         progress: Some(progress::reporter(&label)),
+                        slots: Some(slots),
                     };
                     match pack::pack_image_with(&store, &inputs, opts, &run, None, &packing).await {
                         Ok(img) => Ok(Resolved {

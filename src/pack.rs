@@ -445,6 +445,9 @@ pub struct Packing {
     pub cache: bool,
     /// Told of the bytes read, for a progress bar or log lines.
     pub progress: Option<Arc<dyn Progress>>,
+    /// Packs that may run at once, shared by every pack of a server: each holds a few MiB of
+    /// buffers and a core, so twenty images requested together queue rather than pile up.
+    pub slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// How long after its last modification a file's stamp is trusted to identify its content:
@@ -514,6 +517,21 @@ pub async fn pack_layer_with(
             Lookup::Miss => {}
         }
     }
+    // Held until the layer is written: a cache hit above never waits for a slot.
+    let _slot = match &packing.slots {
+        Some(slots) => Some(match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::info!("waiting for a packing slot (all are busy)");
+                slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| PackError::Write(io::Error::other(e)))?
+            }
+        }),
+        None => None,
+    };
     tracing::info!(
         entries = plan.len(),
         "packing layer: {:.1} MiB of input",

@@ -343,6 +343,53 @@ async fn twenty_concurrent_first_pulls_share_one_pack() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn packs_beyond_max_packs_wait_for_a_slot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        executable(&root.join(name), &noise(8 << 20, 11 + 2 * i as u64));
+    }
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let server = Serving::start(
+        &dir.path().join("store"),
+        &logs,
+        &["--root", root.to_str().expect("utf-8"), "--max-packs", "1"],
+    );
+    let http = reqwest::Client::new();
+    let pulls: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let (http, addr) = (http.clone(), server.addr.clone());
+            tokio::spawn(async move { pull(&http, &addr, name).await })
+        })
+        .collect();
+    for p in pulls {
+        p.await.expect("pull");
+    }
+    let log = server.log_text();
+    assert!(count(&log, "waiting for a packing slot") >= 1, "{log}");
+    // One slot: each pack ends before the next one starts.
+    let events: Vec<&str> = log
+        .lines()
+        .filter_map(|l| {
+            if l.contains("packing layer:") {
+                Some("start")
+            } else if l.contains("packed layer in") {
+                Some("end")
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        events,
+        ["start", "end", "start", "end", "start", "end"],
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_pack_gives_every_waiter_the_same_error() {
     if !have_tool("cc", "gcc") {

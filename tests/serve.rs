@@ -73,6 +73,11 @@ fn startup_errors_are_one_clear_line() {
         (vec!["--root", &missing], "No such file", false),
         (vec!["--root", &root, "--cmd", "x"], "--cmd", false),
         (
+            vec!["--root", &root, "--max-packs", "0"],
+            "--max-packs",
+            false,
+        ),
+        (
             vec!["--listen", "localhost"],
             "invalid --listen \"localhost\"",
             false,

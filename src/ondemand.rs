@@ -228,12 +228,17 @@ impl OnDemand {
         tag: &Tag,
     ) -> Option<Result<Digest, Arc<ResolveError>>> {
         if let Some(e) = self.explicit.get(name).and_then(|t| t.get(tag)) {
-            return Some(self.resolve(&e.image, e.inputs.clone()).await);
+            let stamps = stamps(&e.inputs).await;
+            return Some(self.resolve(&e.image, e.inputs.clone(), stamps).await);
         }
         if *tag != latest() {
             return None;
         }
-        let (path, file_name) = self.root.as_ref()?.locate(name).await?;
+        let Located {
+            path,
+            file_name,
+            stamp,
+        } = self.root.as_ref()?.locate(name).await?;
         let image = {
             let mut images = self.root_images.lock().unwrap_or_else(|p| p.into_inner());
             images
@@ -252,7 +257,7 @@ impl OnDemand {
                 return Some(Err(Arc::new(error)));
             }
         };
-        Some(self.resolve(&image, inputs).await)
+        Some(self.resolve(&image, inputs, vec![Some(stamp)]).await)
     }
 
     /// Whether `name` is an on-demand repository.
@@ -290,23 +295,15 @@ impl OnDemand {
         names.into_iter().collect()
     }
 
+    /// The manifest of `image` made of `inputs`, whose top-level files look like `stamps`:
+    /// the outcome depends on them, so a changed file is a new pack on this very request.
     async fn resolve(
         &self,
         image: &Image,
         inputs: Vec<Input>,
+        stamps: Vec<Option<FileStamp>>,
     ) -> Result<Digest, Arc<ResolveError>> {
         let label = image.label.clone();
-        // What the outcome depends on, cheaply: the top-level inputs as they are now. A
-        // missing input stamps as `None` (and its pack fails with a clear error).
-        let sources: Vec<PathBuf> = inputs.iter().map(|i| i.source.clone()).collect();
-        let stamps = tokio::task::spawn_blocking(move || {
-            sources
-                .iter()
-                .map(|s| std::fs::metadata(s).ok().map(|m| FileStamp::of(&m)))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
         let reuse = |outcome: &Outcome, at: Instant| {
             at.elapsed() < RECHECK && outcome.as_ref().map_or(true, |r| r.settled)
         };
@@ -350,6 +347,20 @@ impl OnDemand {
             None => Err(Arc::new(ResolveError::Crashed { image: label })),
         }
     }
+}
+
+/// The inputs' stamps as they are now; a missing input stamps as `None` (and its pack fails
+/// with a clear error).
+async fn stamps(inputs: &[Input]) -> Vec<Option<FileStamp>> {
+    let sources: Vec<PathBuf> = inputs.iter().map(|i| i.source.clone()).collect();
+    tokio::task::spawn_blocking(move || {
+        sources
+            .iter()
+            .map(|s| std::fs::metadata(s).ok().map(|m| FileStamp::of(&m)))
+            .collect()
+    })
+    .await
+    .unwrap_or_else(|_| vec![None; inputs.len()])
 }
 
 impl Image {
@@ -439,37 +450,36 @@ impl Root {
         index.scanned = Some(Instant::now());
     }
 
-    /// The file `name` stands for, checked now: its canonical path and its file name. `None`
-    /// if there is none, or it is not an executable regular file inside the root.
-    async fn locate(&self, name: &Name) -> Option<(PathBuf, String)> {
-        let known = self.relative(name);
-        let rel = match known {
-            Some(rel) => rel,
-            None => {
-                // A file added since the last scan: names mostly are their paths, so look
-                // there first (the name's grammar admits no `..` or leading `/`); else rescan.
-                if self.lock().ambiguous.contains(name) {
-                    return None;
-                }
-                let direct = PathBuf::from(name.as_str());
-                let dir = self.dir.clone();
-                let candidate = direct.clone();
-                let found = tokio::task::spawn_blocking(move || exposed(&dir, &candidate).is_ok())
-                    .await
-                    .unwrap_or(false);
-                if found {
-                    direct
-                } else {
-                    self.refresh(false).await;
-                    self.relative(name)?
-                }
-            }
-        };
+    /// The file `name` stands for, checked now; `None` if there is none, or it is not an
+    /// executable regular file inside the root.
+    async fn locate(&self, name: &Name) -> Option<Located> {
+        if let Some(rel) = self.relative(name) {
+            return self.check(rel).await;
+        }
+        if self.lock().ambiguous.contains(name) {
+            return None;
+        }
+        // A file added since the last scan: names mostly are their paths, so look there first
+        // (the name's grammar admits no `..` or leading `/`); else rescan.
+        if let Some(found) = self.check(PathBuf::from(name.as_str())).await {
+            return Some(found);
+        }
+        self.refresh(false).await;
+        let rel = self.relative(name)?;
+        self.check(rel).await
+    }
+
+    /// `rel` checked with `exposed`, off the async threads.
+    async fn check(&self, rel: PathBuf) -> Option<Located> {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
             let file_name = rel.file_name()?.to_str()?.to_owned();
             match exposed(&dir, &rel) {
-                Ok(path) => Some((path, file_name)),
+                Ok((path, stamp)) => Some(Located {
+                    path,
+                    file_name,
+                    stamp,
+                }),
                 Err(why) => {
                     tracing::debug!(path = %rel.display(), "not served: {why}");
                     None
@@ -482,9 +492,19 @@ impl Root {
     }
 }
 
+/// A root file found fit to serve.
+struct Located {
+    /// Canonical path, inside the root.
+    path: PathBuf,
+    /// Its name in the root (a symlink's own name, not its target's).
+    file_name: String,
+    /// What the file looked like when checked.
+    stamp: FileStamp,
+}
+
 /// `rel` (relative to the canonical `root`) if it resolves, symlinks followed, to an
-/// executable regular file inside `root`: its canonical path. Else why not.
-fn exposed(root: &Path, rel: &Path) -> Result<PathBuf, &'static str> {
+/// executable regular file inside `root`: its canonical path and stamp. Else why not.
+fn exposed(root: &Path, rel: &Path) -> Result<(PathBuf, FileStamp), &'static str> {
     if rel.is_absolute()
         || rel
             .components()
@@ -500,7 +520,7 @@ fn exposed(root: &Path, rel: &Path) -> Result<PathBuf, &'static str> {
     if !pack::is_executable(&meta) {
         return Err("not an executable regular file");
     }
-    Ok(real)
+    Ok((real, FileStamp::of(&meta)))
 }
 
 /// Walks the root (not following symlinked directories) and maps every exposed file to a
@@ -622,7 +642,7 @@ mod tests {
         }
 
         assert_eq!(
-            exposed(&root, Path::new("alias")),
+            exposed(&root, Path::new("alias")).map(|(path, _)| path),
             Ok(root.join("sub/app.sh"))
         );
         for (rel, why) in [
@@ -633,7 +653,7 @@ mod tests {
             ("sub", "not an executable regular file"),
             ("missing", "does not resolve"),
         ] {
-            assert_eq!(exposed(&root, Path::new(rel)), Err(why), "{rel}");
+            assert_eq!(exposed(&root, Path::new(rel)).err(), Some(why), "{rel}");
         }
         assert!(exposed(&root, &top.path().join("outside")).is_err());
     }

@@ -519,17 +519,7 @@ pub async fn pack_layer_with(
     }
     // Held until the layer is written: a cache hit above never waits for a slot.
     let _slot = match &packing.slots {
-        Some(slots) => Some(match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                tracing::info!("waiting for a packing slot (all are busy)");
-                slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| PackError::Write(io::Error::other(e)))?
-            }
-        }),
+        Some(slots) => Some(slot(slots).await?),
         None => None,
     };
     tracing::info!(
@@ -570,6 +560,22 @@ pub async fn pack_layer_with(
         cached: false,
         settled,
     })
+}
+
+/// A packing slot, waited for (and the wait logged) if all are taken.
+async fn slot(
+    slots: &Arc<tokio::sync::Semaphore>,
+) -> Result<tokio::sync::OwnedSemaphorePermit, PackError> {
+    if let Ok(slot) = slots.clone().try_acquire_owned() {
+        return Ok(slot);
+    }
+    tracing::info!("waiting for a packing slot (all are busy)");
+    // Only a closed semaphore fails, and nothing closes it.
+    slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| PackError::Write(io::Error::other(e)))
 }
 
 /// Whether every file in `plan` was last modified at least `SETTLE` before `planned_at`.

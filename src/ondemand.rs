@@ -206,7 +206,7 @@ impl OnDemand {
                 let hidden = ondemand
                     .explicit
                     .get(&name)
-                    .is_some_and(|t| t.contains_key(&latest()));
+                    .is_some_and(|t| t.contains_key(&Tag::latest()));
                 if hidden {
                     tracing::warn!(%name, "--image {name}:latest hides the root's file of that name");
                 } else if let Some(rel) = root.relative(&name) {
@@ -231,7 +231,7 @@ impl OnDemand {
             let stamps = stamps(&e.inputs).await;
             return Some(self.resolve(&e.image, e.inputs.clone(), stamps).await);
         }
-        if *tag != latest() {
+        if *tag != Tag::latest() {
             return None;
         }
         let Located {
@@ -281,7 +281,7 @@ impl OnDemand {
         if let Some(root) = &self.root
             && root.locate(name).await.is_some()
         {
-            tags.insert(latest());
+            tags.insert(Tag::latest());
         }
         tags.into_iter().collect()
     }
@@ -370,10 +370,6 @@ impl Image {
             flight: Flight::default(),
         }
     }
-}
-
-fn latest() -> Tag {
-    Tag::latest()
 }
 
 /// The `--root` folder and what was last found in it.

@@ -298,12 +298,7 @@ impl Store {
 
     /// The blob's size, or `None` if the store does not have it.
     pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        let path = self.blob_path(digest);
-        match tokio::fs::metadata(&path).await {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => ctx(Err(e), "stat blob", &path),
-        }
+        Ok(self.blob_stamp(digest).await?.map(|s| s.size))
     }
 
     /// Opens a blob for streaming; gives the file and its size.

@@ -178,15 +178,18 @@ impl Registry {
         }
     }
 
-    /// Whether `name` is a repository: on demand, or in the store.
+    /// Whether `name` is a repository: in the store, or on demand. The store's answer is
+    /// cached, so it goes first; asking the root costs a file check (and, for a name it does
+    /// not know, a rescan at most once a second).
     async fn has_repository(&self, name: &Name) -> Result<bool, StoreError> {
-        if let Some(images) = &self.images
-            && images.has(name).await
-        {
+        let lookup = async { Ok(self.store.has_repository(name).await?.then_some(())) };
+        if self.repositories.get(name, lookup).await?.is_some() {
             return Ok(true);
         }
-        let lookup = async { Ok(self.store.has_repository(name).await?.then_some(())) };
-        Ok(self.repositories.get(name, lookup).await?.is_some())
+        Ok(match &self.images {
+            Some(images) => images.has(name).await,
+            None => false,
+        })
     }
 
     pub fn store(&self) -> &Store {

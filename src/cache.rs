@@ -13,11 +13,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::image::Layer;
+use crate::image::{Layer, LayerEncoding};
 use crate::store::{FileStamp, Store, StoreError};
 
 /// Bumped whenever the key or the record changes meaning; older records then never match.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// What the store keeps per key.
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,8 +53,13 @@ pub enum Lookup {
     Stale(&'static str),
 }
 
-/// The record for `key`, checked against the store.
-pub async fn lookup(store: &Store, key: &Digest) -> Result<Lookup, StoreError> {
+/// The record for `key`, checked against the store. The key covers the compression, so the
+/// caller knows the layer's `encoding`.
+pub async fn lookup(
+    store: &Store,
+    key: &Digest,
+    encoding: LayerEncoding,
+) -> Result<Lookup, StoreError> {
     let Some(bytes) = store.layer_record(key).await? else {
         return Ok(Lookup::Miss);
     };
@@ -75,6 +80,7 @@ pub async fn lookup(store: &Store, key: &Digest) -> Result<Lookup, StoreError> {
                     digest: record.digest,
                     size: record.size,
                     diff_id: record.diff_id,
+                    encoding,
                 },
                 tar_size: record.tar_size,
                 input_bytes: record.input_bytes,
@@ -123,6 +129,7 @@ mod tests {
             digest,
             size: bytes.len() as u64,
             diff_id: Digest::sha256_of(b"tar"),
+            encoding: LayerEncoding::Gzip,
         }
     }
 
@@ -131,11 +138,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).await.expect("store");
         let key = Digest::sha256_of(b"key");
-        assert!(matches!(lookup(&store, &key).await, Ok(Lookup::Miss)));
+        assert!(matches!(
+            lookup(&store, &key, LayerEncoding::Gzip).await,
+            Ok(Lookup::Miss)
+        ));
 
         let layer = stored_layer(&store, b"layer bytes").await;
         record(&store, &key, &layer, 3, 4).await.expect("record");
-        match lookup(&store, &key).await.expect("lookup") {
+        match lookup(&store, &key, LayerEncoding::Gzip)
+            .await
+            .expect("lookup")
+        {
             Lookup::Hit(c) => {
                 assert_eq!((c.layer, c.tar_size, c.input_bytes), (layer.clone(), 3, 4))
             }
@@ -154,16 +167,22 @@ mod tests {
             .expect("open");
         f.set_modified(old + std::time::Duration::from_secs(1))
             .expect("mtime");
-        assert!(matches!(lookup(&store, &key).await, Ok(Lookup::Stale(_))));
+        assert!(matches!(
+            lookup(&store, &key, LayerEncoding::Gzip).await,
+            Ok(Lookup::Stale(_))
+        ));
         // Missing.
         std::fs::remove_file(&path).expect("rm");
         assert!(matches!(
-            lookup(&store, &key).await,
+            lookup(&store, &key, LayerEncoding::Gzip).await,
             Ok(Lookup::Stale("its blob is missing from the store"))
         ));
         // A torn record reads as none.
         let torn = dir.path().join("cache/layers").join(key.hex());
         std::fs::write(&torn, b"{\"format\":1,").expect("tear");
-        assert!(matches!(lookup(&store, &key).await, Ok(Lookup::Miss)));
+        assert!(matches!(
+            lookup(&store, &key, LayerEncoding::Gzip).await,
+            Ok(Lookup::Miss)
+        ));
     }
 }

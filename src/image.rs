@@ -17,9 +17,12 @@ use crate::digest::Digest;
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
@@ -79,6 +82,8 @@ pub enum ImageError {
     Build(#[from] oci_spec::OciSpecError),
     #[error("cannot serialize image document: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("a {0:?} layer has no media type in a {1:?} manifest")]
+    NoMediaType(LayerEncoding, ManifestForm),
 }
 
 /// One compressed layer as the packer produced it.
@@ -90,6 +95,47 @@ pub struct Layer {
     pub size: u64,
     /// sha256 of the uncompressed tar: what the config's `rootfs.diff_ids` lists.
     pub diff_id: Digest,
+    /// How the tar is compressed: the layer's media type in a manifest.
+    pub encoding: LayerEncoding,
+}
+
+/// What a layer blob holds: a tar stream, plain or compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerEncoding {
+    Tar,
+    Gzip,
+    Zstd,
+}
+
+impl LayerEncoding {
+    /// The layer's media type in a manifest of `form`; `None` where that form has none
+    /// (Docker schema 2 has no zstd layers).
+    pub fn media_type(self, form: ManifestForm) -> Option<&'static str> {
+        match (form, self) {
+            (ManifestForm::Oci, LayerEncoding::Tar) => Some(OCI_LAYER_TAR),
+            (ManifestForm::Oci, LayerEncoding::Gzip) => Some(OCI_LAYER_GZIP),
+            (ManifestForm::Oci, LayerEncoding::Zstd) => Some(OCI_LAYER_ZSTD),
+            (ManifestForm::Docker, LayerEncoding::Tar) => Some(DOCKER_LAYER_TAR),
+            (ManifestForm::Docker, LayerEncoding::Gzip) => Some(DOCKER_LAYER_GZIP),
+            (ManifestForm::Docker, LayerEncoding::Zstd) => None,
+        }
+    }
+
+    /// As users name it: `tar`, `gzip`, `zstd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerEncoding::Tar => "tar",
+            LayerEncoding::Gzip => "gzip",
+            LayerEncoding::Zstd => "zstd",
+        }
+    }
+
+    /// The encoding an OCI layer media type names.
+    fn from_oci(media_type: &str) -> Option<LayerEncoding> {
+        [LayerEncoding::Tar, LayerEncoding::Gzip, LayerEncoding::Zstd]
+            .into_iter()
+            .find(|e| e.media_type(ManifestForm::Oci) == Some(media_type))
+    }
 }
 
 /// The run-time settings that go into the image config.
@@ -126,13 +172,6 @@ impl ManifestForm {
         match self {
             ManifestForm::Oci => OCI_CONFIG,
             ManifestForm::Docker => DOCKER_CONFIG,
-        }
-    }
-
-    fn layer_media_type(self) -> &'static str {
-        match self {
-            ManifestForm::Oci => OCI_LAYER_GZIP,
-            ManifestForm::Docker => DOCKER_LAYER_GZIP,
         }
     }
 }
@@ -237,14 +276,17 @@ pub fn manifest_json(
     config: (&Digest, u64),
     layers: &[Layer],
 ) -> Result<Vec<u8>, ImageError> {
-    let layers: Vec<(&Digest, u64)> = layers.iter().map(|l| (&l.digest, l.size)).collect();
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|l| (&l.digest, l.size, l.encoding))
+        .collect();
     manifest_from_descriptors(form, config, &layers)
 }
 
 fn manifest_from_descriptors(
     form: ManifestForm,
     config: (&Digest, u64),
-    layers: &[(&Digest, u64)],
+    layers: &[(&Digest, u64, LayerEncoding)],
 ) -> Result<Vec<u8>, ImageError> {
     let descriptor = |media: &str, digest: &Digest, size: u64| -> Result<Descriptor, ImageError> {
         let d: oci_spec::image::Digest = digest.to_string().parse()?;
@@ -257,7 +299,12 @@ fn manifest_from_descriptors(
         .layers(
             layers
                 .iter()
-                .map(|(digest, size)| descriptor(form.layer_media_type(), digest, *size))
+                .map(|(digest, size, encoding)| {
+                    let media = encoding
+                        .media_type(form)
+                        .ok_or(ImageError::NoMediaType(*encoding, form))?;
+                    descriptor(media, digest, *size)
+                })
                 .collect::<Result<Vec<_>, _>>()?,
         )
         .build()?;
@@ -296,8 +343,8 @@ pub fn manifest_media_type(bytes: &[u8]) -> Option<&'static str> {
 }
 
 /// The Docker schema 2 twin of an OCI image manifest that `manifest_json` wrote: the same
-/// config and gzip layers, Docker media types. `None` for anything else (annotations, a
-/// subject, zstd layers...), which has no faithful Docker form.
+/// config and layers, Docker media types. `None` for anything else (annotations, a subject,
+/// zstd layers...), which has no faithful Docker form.
 pub fn docker_form(oci_manifest: &[u8]) -> Option<Vec<u8>> {
     let m: oci_spec::image::ImageManifest = serde_json::from_slice(oci_manifest).ok()?;
     let plain = m.media_type().as_ref().map(|t| t.to_string()).as_deref() == Some(OCI_MANIFEST)
@@ -305,20 +352,22 @@ pub fn docker_form(oci_manifest: &[u8]) -> Option<Vec<u8>> {
         && m.subject().is_none()
         && m.artifact_type().is_none()
         && m.config().media_type().to_string() == OCI_CONFIG
-        && m.layers()
-            .iter()
-            .all(|l| l.media_type().to_string() == OCI_LAYER_GZIP && l.annotations().is_none());
+        && m.layers().iter().all(|l| l.annotations().is_none());
     if !plain {
         return None;
     }
     let digest = |d: &oci_spec::image::Digest| d.to_string().parse::<Digest>().ok();
     let config = digest(m.config().digest())?;
-    let layers: Vec<(Digest, u64)> = m
+    let layers: Vec<(Digest, u64, LayerEncoding)> = m
         .layers()
         .iter()
-        .map(|l| Some((digest(l.digest())?, l.size())))
+        .map(|l| {
+            let encoding = LayerEncoding::from_oci(l.media_type().as_ref())?;
+            encoding.media_type(ManifestForm::Docker)?;
+            Some((digest(l.digest())?, l.size(), encoding))
+        })
         .collect::<Option<_>>()?;
-    let refs: Vec<(&Digest, u64)> = layers.iter().map(|(d, s)| (d, *s)).collect();
+    let refs: Vec<_> = layers.iter().map(|(d, s, e)| (d, *s, *e)).collect();
     manifest_from_descriptors(ManifestForm::Docker, (&config, m.config().size()), &refs).ok()
 }
 
@@ -332,6 +381,7 @@ mod tests {
             digest: Digest::sha256_of(b"gz"),
             size: 2,
             diff_id: Digest::sha256_of(b"tar"),
+            encoding: LayerEncoding::Gzip,
         }
     }
 

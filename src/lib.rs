@@ -2,7 +2,7 @@
 //! content-addressed store on disk.
 //!
 //! Data flows one way: the CLI (`main.rs`) hands inputs to [`pack`], which streams them
-//! through tar, hashing and gzip into the [`store`]; [`image`] turns the result into a config
+//! through tar, hashing and [`compress`]ion into the [`store`]; [`image`] turns the result into a config
 //! and manifests, which are stored as blobs too. [`registry`] serves the store over the OCI
 //! distribution API and only reads it. [`closure`] tells `pack` which interpreter and
 //! libraries a dynamic executable needs, so every image it makes can run.
@@ -18,6 +18,8 @@
 //! | [`reference`](mod@reference) | repository-name and tag grammar; what makes a name safe as a path |
 //! | [`store`] | every on-disk path of the store, temp files, atomic commit, tags, verify |
 //! | [`pack`] | the pipeline and tar determinism |
+//! | [`compress`] | the layer's compression (gzip, zstd, none): its settings and running it |
+//! | [`gzip`] | parallel gzip whose bytes do not depend on the number of threads |
 //! | [`cache`] | the layer cache: which layer a set of input files packed into, checked against the store |
 //! | [`ondemand`] | `--image` and `--root` images: the root scan, its confinement, resolution per request |
 //! | [`flight`] | single flight: concurrent callers share one run of the work, failure included |
@@ -29,8 +31,10 @@
 
 pub mod cache;
 pub mod closure;
+pub mod compress;
 pub mod digest;
 pub mod flight;
+pub mod gzip;
 pub mod image;
 pub mod layout;
 pub mod ondemand;

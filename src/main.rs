@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use quinistry::compress::{self, Compression};
 use quinistry::image::{self, RunConfig};
 use quinistry::layout;
 use quinistry::ondemand::{ImageSpec, OnDemand, Setup};
@@ -48,12 +49,31 @@ struct StoreArg {
     store: Option<PathBuf>,
 }
 
+/// How layers are compressed.
+#[derive(Clone, Copy, ValueEnum)]
+enum Method {
+    Gzip,
+    Zstd,
+    None,
+}
+
 /// What goes into the image, shared by `pack` and `serve`.
 #[derive(Args)]
 struct ImageArgs {
-    /// gzip level, 0 (store) to 9 (smallest)
-    #[arg(long, default_value_t = pack::DEFAULT_LEVEL, value_name = "N")]
-    level: u32,
+    /// Layer compression; zstd layers have an OCI manifest only (Docker schema 2 has no zstd)
+    #[arg(long, value_enum, default_value = "gzip", value_name = "METHOD")]
+    compression: Method,
+    /// Compression level: gzip 0 (store) to 9 (smallest), default 6; zstd 1 to 19, default 3
+    #[arg(long, value_name = "N")]
+    level: Option<u32>,
+    /// gzip block size, e.g. 512K or 1M: blocks are compressed in parallel; 0 compresses one
+    /// stream on one core. Changes the layer's bytes [default: 1M]
+    #[arg(long, value_name = "SIZE", value_parser = compress::parse_size)]
+    block_size: Option<usize>,
+    /// Threads compressing gzip blocks; the bytes are the same for any number [default: the
+    /// number of CPUs]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
     /// Entrypoint path in the image [default: the input, when it is one executable file]
     #[arg(long, value_name = "PATH")]
     entrypoint: Option<String>,
@@ -179,6 +199,8 @@ struct Prepared {
     inputs: Vec<Input>,
     run: RunConfig,
     opts: LayerOptions,
+    /// Compression threads per pack.
+    threads: usize,
     /// Whether the layer cache may be used.
     cache: bool,
     /// `quinistry:latest` for the self-image, else named after the first input; an error
@@ -190,9 +212,17 @@ struct Prepared {
 /// nothing. No input means this executable, as /main.
 fn prepare(args: ImageArgs) -> Result<Prepared, String> {
     let mtime = pack::source_date_epoch()?;
-    if args.level > 9 {
-        return Err(pack::PackError::BadLevel(args.level).to_string());
-    }
+    let method = match args.compression {
+        Method::Gzip => "gzip",
+        Method::Zstd => "zstd",
+        Method::None => "none",
+    };
+    let compression = Compression::new(method, args.level, args.block_size)?;
+    let threads = match args.threads {
+        Some(0) => return Err("--threads must be at least 1".to_owned()),
+        Some(n) => n,
+        None => pack::default_threads(),
+    };
     let is_self = args.inputs.is_empty();
     let inputs: Vec<Input> = if is_self {
         let exe = std::env::current_exe()
@@ -207,11 +237,7 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
     };
     let mut run = if is_self {
         // The settings that change the layer's bytes travel in the image's Cmd.
-        let settings = match args.level {
-            pack::DEFAULT_LEVEL => Vec::new(),
-            n => vec!["--level".to_owned(), n.to_string()],
-        };
-        image::self_image(mtime, &settings)
+        image::self_image(mtime, &compression.args())
     } else {
         pack::default_run_config(&inputs, mtime)
     };
@@ -223,15 +249,13 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
         run.cmd = Some(args.cmd);
     }
     run.env = environment(run.env, &args.env)?;
-    let opts = LayerOptions {
-        level: args.level,
-        mtime,
-    };
+    let opts = LayerOptions { compression, mtime };
     let default_tag = default_tag(&args.inputs, &inputs);
     Ok(Prepared {
         inputs,
         run,
         opts,
+        threads,
         cache: !args.no_cache,
         default_tag,
     })
@@ -318,7 +342,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         pull = Some(tagged);
     }
     let registry = if on_demand {
-        let (images, lines) = OnDemand::new(store.clone(), image.opts, setup).await;
+        let (images, lines) = OnDemand::new(store.clone(), image.opts, image.threads, setup).await;
         for line in &lines {
             say(format_args!("on demand  {line}"));
         }
@@ -354,6 +378,7 @@ async fn pack_with_progress(
         cache: image.cache,
         progress: Some(progress::reporter(&tag.to_string())),
         slots: None,
+        threads: image.threads,
     };
     pack::pack_image_with(
         store,
@@ -489,17 +514,24 @@ fn report(
         "manifest   {}  {} B (OCI)",
         img.manifest.0, img.manifest.1
     ));
-    say(format_args!(
-        "docker     {}  {} B (Docker schema 2)",
-        img.docker_manifest.0, img.docker_manifest.1
-    ));
+    match &img.docker_manifest {
+        Some((digest, size)) => say(format_args!(
+            "docker     {digest}  {size} B (Docker schema 2)"
+        )),
+        None => say(format_args!(
+            "docker     none: Docker schema 2 has no media type for {} layers",
+            p.layer.encoding.name()
+        )),
+    }
     say(format_args!(
         "config     {}  {} B",
         img.config.0, img.config.1
     ));
     say(format_args!(
-        "layer      {}  {} B",
-        p.layer.digest, p.layer.size
+        "layer      {}  {} B ({})",
+        p.layer.digest,
+        p.layer.size,
+        p.layer.encoding.name()
     ));
     say(format_args!(
         "diff_id    {}  {} B (uncompressed tar)",

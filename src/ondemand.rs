@@ -89,8 +89,10 @@ struct Explicit {
 /// Every on-demand image of a server.
 pub struct OnDemand {
     store: Store,
-    /// Layer settings (level, mtime) for every image packed here.
+    /// Layer settings (compression, mtime) for every image packed here.
     opts: LayerOptions,
+    /// Compression threads of each pack.
+    threads: usize,
     /// `--image` entries by name, then tag.
     explicit: BTreeMap<Name, BTreeMap<Tag, Explicit>>,
     root: Option<Root>,
@@ -186,7 +188,12 @@ impl OnDemand {
     /// Sets up the images; packs nothing. Returns the lines that describe them, for the
     /// operator. Problems under the root (names that collide or cannot be mapped, symlinks
     /// leading out) are logged as warnings.
-    pub async fn new(store: Store, opts: LayerOptions, setup: Setup) -> (OnDemand, Vec<String>) {
+    pub async fn new(
+        store: Store,
+        opts: LayerOptions,
+        threads: usize,
+        setup: Setup,
+    ) -> (OnDemand, Vec<String>) {
         let Setup {
             explicit,
             root,
@@ -196,6 +203,7 @@ impl OnDemand {
         let ondemand = OnDemand {
             store,
             opts,
+            threads,
             explicit,
             root,
             root_images: Mutex::new(HashMap::new()),
@@ -308,6 +316,7 @@ impl OnDemand {
             at.elapsed() < RECHECK && outcome.as_ref().map_or(true, |r| r.settled)
         };
         let (store, opts, slots) = (self.store.clone(), self.opts, self.slots.clone());
+        let threads = self.threads;
         let work = {
             let label = label.clone();
             move || {
@@ -318,6 +327,7 @@ impl OnDemand {
                         cache: true,
                         progress: Some(progress::reporter(&label)),
                         slots: Some(slots),
+                        threads,
                     };
                     match pack::pack_image_with(&store, &inputs, opts, &run, None, &packing).await {
                         Ok(img) => Ok(Resolved {

@@ -15,15 +15,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use async_compression::Level;
-use async_compression::tokio::write::GzipEncoder;
 use tokio::io::{
-    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, DuplexStream, ReadBuf,
+    AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter, DuplexStream, ReadBuf,
 };
 use tokio_tar::{Builder, EntryType, Header};
 
 use crate::cache::{self, Lookup};
 use crate::closure;
+use crate::compress::{self, Compression};
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{self, Layer, ManifestForm, RunConfig};
 use crate::progress::Progress;
@@ -34,8 +33,6 @@ use crate::store::{FileStamp, Store, StoreError};
 const READ_BUFFER: usize = 1 << 20;
 /// Batch size, and capacity, of the pipe from the tar stage to the compressor.
 const PIPE_BUFFER: usize = 1 << 20;
-/// Default gzip level: the usual speed/size balance (`gzip -6`).
-pub const DEFAULT_LEVEL: u32 = 6;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
@@ -51,8 +48,8 @@ pub enum PackError {
     },
     #[error("invalid input {spec:?}: {why}")]
     BadInput { spec: String, why: &'static str },
-    #[error("gzip level {0} is out of range 0-9")]
-    BadLevel(u32),
+    #[error("{0}")]
+    BadCompression(String),
     #[error("cannot write layer: {0}")]
     Write(io::Error),
     #[error(transparent)]
@@ -134,21 +131,12 @@ impl fmt::Display for Input {
 }
 
 /// Settings that change the bytes of a layer (and so belong to its identity).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LayerOptions {
-    /// gzip level 0-9.
-    pub level: u32,
+    /// How the tar stream is compressed.
+    pub compression: Compression,
     /// mtime of every tar entry: `SOURCE_DATE_EPOCH` or 0.
     pub mtime: u64,
-}
-
-impl Default for LayerOptions {
-    fn default() -> Self {
-        LayerOptions {
-            level: DEFAULT_LEVEL,
-            mtime: 0,
-        }
-    }
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment, or 0 (the reproducible-builds convention).
@@ -439,7 +427,7 @@ pub struct PackedLayer {
 }
 
 /// How a pack runs, as opposed to what it makes: nothing here changes the layer's bytes.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Packing {
     /// Look the layer up in the store's layer cache first, and remember it after packing.
     pub cache: bool,
@@ -448,6 +436,24 @@ pub struct Packing {
     /// Packs that may run at once, shared by every pack of a server: each holds a few MiB of
     /// buffers and a core, so twenty images requested together queue rather than pile up.
     pub slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Cores parallel gzip may use for this pack.
+    pub threads: usize,
+}
+
+impl Default for Packing {
+    fn default() -> Self {
+        Packing {
+            cache: false,
+            progress: None,
+            slots: None,
+            threads: default_threads(),
+        }
+    }
+}
+
+/// One compression thread per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// How long after its last modification a file's stamp is trusted to identify its content:
@@ -471,9 +477,9 @@ pub async fn pack_layer_with(
     opts: LayerOptions,
     packing: &Packing,
 ) -> Result<PackedLayer, PackError> {
-    if opts.level > 9 {
-        return Err(PackError::BadLevel(opts.level));
-    }
+    opts.compression
+        .check()
+        .map_err(PackError::BadCompression)?;
     let owned = inputs.to_vec();
     let planning = Instant::now();
     let planned_at = std::time::SystemTime::now();
@@ -501,7 +507,7 @@ pub async fn pack_layer_with(
     let key = packing.cache.then(|| cache_key(&plan, opts));
     let mut replace = false;
     if let Some(key) = &key {
-        match cache::lookup(store, key).await? {
+        match cache::lookup(store, key, opts.compression.encoding()).await? {
             Lookup::Hit(hit) => {
                 tracing::info!(layer = %hit.layer.digest, "layer cache hit: nothing to read or compress");
                 return Ok(PackedLayer {
@@ -531,7 +537,7 @@ pub async fn pack_layer_with(
     if let Some(p) = &packing.progress {
         p.begin(total);
     }
-    let written = write_layer(store, &plan, opts, packing.progress.as_ref(), replace).await;
+    let written = write_layer(store, &plan, opts, packing, replace).await;
     if let Some(p) = &packing.progress {
         p.end();
     }
@@ -600,7 +606,7 @@ fn cache_key(plan: &Plan, opts: LayerOptions) -> Digest {
         h.update(bytes);
     };
     field(format!("quinistry layer cache {}", cache::FORMAT).as_bytes());
-    field(format!("gzip level={} mtime={}", opts.level, opts.mtime).as_bytes());
+    field(format!("{} mtime={}", opts.compression, opts.mtime).as_bytes());
     for (path, entry) in plan {
         field(path.as_os_str().as_encoded_bytes());
         let kind = match &entry.kind {
@@ -622,24 +628,27 @@ fn cache_key(plan: &Plan, opts: LayerOptions) -> Digest {
     h.finish().0
 }
 
-/// Streams the planned entries through tar, hashing and gzip into a new blob, and commits
-/// it (over any stored copy when `replace`). Gives the layer, tar size and bytes read.
+/// Streams the planned entries through tar, hashing and compression into a new blob, and
+/// commits it (over any stored copy when `replace`). Gives the layer, tar size and bytes read.
 async fn write_layer(
     store: &Store,
     plan: &Plan,
     opts: LayerOptions,
-    progress: Option<&Arc<dyn Progress>>,
+    packing: &Packing,
     replace: bool,
 ) -> Result<(Layer, u64, u64), PackError> {
-    // Two stages: this task reads files, builds the tar and hashes it; a blocking thread
-    // compresses, hashes and writes (deflate is the CPU-heavy part and must not hold up the
-    // async workers, which serve requests meanwhile). A bounded pipe keeps memory flat.
+    // Two stages: this task reads files, builds the tar and hashes it; another compresses,
+    // hashes and writes, its CPU-heavy part on blocking threads so that the async workers
+    // keep serving requests meanwhile. A bounded pipe keeps memory flat.
     let blob = store.new_blob().await?;
-    let (tar_out, gzip_in) = tokio::io::duplex(PIPE_BUFFER);
-    let level = Level::Precise(opts.level as i32);
-    let runtime = tokio::runtime::Handle::current();
-    let compress =
-        tokio::task::spawn_blocking(move || runtime.block_on(compress(gzip_in, blob, level)));
+    let (tar_out, compress_in) = tokio::io::duplex(PIPE_BUFFER);
+    let progress = packing.progress.as_ref();
+    let compress = tokio::spawn(compress::compress(
+        compress_in,
+        blob,
+        opts.compression,
+        packing.threads,
+    ));
     let mut tar = Builder::new(HashingWriter::new(BufWriter::with_capacity(
         PIPE_BUFFER,
         tar_out,
@@ -675,44 +684,9 @@ async fn write_layer(
         digest,
         size,
         diff_id,
+        encoding: opts.compression.encoding(),
     };
     Ok((layer, tar_size, input_bytes))
-}
-
-/// The compressor stage: gzip everything `input` yields into `out`, and give `out` back.
-///
-/// zlib-rs's output depends on how its input is split into calls (measured: the same 20 MB
-/// in 1 MiB, 8 KiB or uneven pieces gives three different streams), and the async encoder
-/// splits its input wherever its writer is not ready. So the encoder is fed fixed
-/// `PIPE_BUFFER` pieces of the stream and writes into memory, which is always ready; its
-/// output then goes to `out`. The bytes depend on the input and the level only, never on
-/// timing. Memory: one input piece plus its compressed form.
-async fn compress<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    mut input: R,
-    mut out: W,
-    level: Level,
-) -> io::Result<W> {
-    let mut gzip = GzipEncoder::with_quality(Vec::with_capacity(PIPE_BUFFER), level);
-    let mut piece = vec![0u8; PIPE_BUFFER];
-    loop {
-        // Fill the whole piece (short only at the end of the stream).
-        let mut n = 0;
-        while n < piece.len() {
-            match input.read(&mut piece[n..]).await? {
-                0 => break,
-                k => n += k,
-            }
-        }
-        if n == 0 {
-            break;
-        }
-        gzip.write_all(&piece[..n]).await?;
-        out.write_all(gzip.get_ref()).await?;
-        gzip.get_mut().clear();
-    }
-    gzip.shutdown().await?;
-    out.write_all(gzip.get_ref()).await?;
-    Ok(out)
 }
 
 /// Writes one entry; returns the bytes of file content it read.
@@ -854,8 +828,9 @@ pub struct PackedImage {
     pub config: (Digest, u64),
     /// The OCI manifest: what tags point at.
     pub manifest: (Digest, u64),
-    /// The same image as a Docker schema 2 manifest (stored too, for clients that want it).
-    pub docker_manifest: (Digest, u64),
+    /// The same image as a Docker schema 2 manifest (stored too, for clients that want it),
+    /// unless its layers have no Docker media type (zstd).
+    pub docker_manifest: Option<(Digest, u64)>,
     /// Wall time of the whole pack.
     pub seconds: f64,
 }
@@ -887,7 +862,14 @@ pub async fn pack_image_with(
     let config_bytes = image::config_json(run, &layers)?;
     let config = (store.put(&config_bytes).await?, config_bytes.len() as u64);
     let manifest = put_manifest(store, ManifestForm::Oci, &config, &layers).await?;
-    let docker_manifest = put_manifest(store, ManifestForm::Docker, &config, &layers).await?;
+    let docker_manifest = if layers
+        .iter()
+        .all(|l| l.encoding.media_type(ManifestForm::Docker).is_some())
+    {
+        Some(put_manifest(store, ManifestForm::Docker, &config, &layers).await?)
+    } else {
+        None
+    };
     if let Some(t) = tag {
         store.set_tag(&t.name, &t.tag, &manifest.0).await?;
     }
@@ -954,56 +936,6 @@ mod tests {
         for bad in ["x:/a/../b", "x:/./a", "/"] {
             assert!(bad.parse::<Input>().is_err(), "{bad}");
         }
-    }
-
-    /// Yields its data in uneven pieces and is pending every other call, like a pipe from a
-    /// busy producer.
-    struct Jittery {
-        data: Vec<u8>,
-        pos: usize,
-        calls: usize,
-    }
-
-    impl AsyncRead for Jittery {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            self.calls += 1;
-            if self.calls.is_multiple_of(2) {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            let want = 1 + (self.calls * 7919) % 100_000;
-            let n = want.min(buf.remaining()).min(self.data.len() - self.pos);
-            let start = self.pos;
-            buf.put_slice(&self.data[start..start + n]);
-            self.pos += n;
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn compressed_bytes_do_not_depend_on_how_input_arrives() {
-        // Compressible but varied data, a few pieces long.
-        let data: Vec<u8> = (0..5_000_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 27) as u8 ^ (i / 1000) as u8)
-            .collect();
-        let level = Level::Precise(6);
-        let whole = compress(&data[..], Vec::new(), level).await.expect("whole");
-        let jitter = Jittery {
-            data: data.clone(),
-            pos: 0,
-            calls: 0,
-        };
-        let pieces = compress(jitter, Vec::new(), level).await.expect("pieces");
-        assert!(whole == pieces, "gzip output changed with input chunking");
-        // And it is a gzip stream of exactly the input.
-        let mut back = Vec::new();
-        let mut dec = async_compression::tokio::bufread::GzipDecoder::new(&whole[..]);
-        dec.read_to_end(&mut back).await.expect("gunzip");
-        assert!(back == data);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{RawResponse, raw_request};
+use quinistry::compress::{self, Compression};
 use quinistry::digest::Digest;
 use quinistry::image::{DOCKER_MANIFEST, OCI_MANIFEST, RunConfig};
 use quinistry::pack::{self, Input, LayerOptions, PackedImage};
@@ -59,6 +60,19 @@ impl Fixture {
 
     /// Packs `files` (image path, content) as `tag` into the server's store.
     async fn pack(&self, tag: &str, files: &[(&str, &[u8])]) -> PackedImage {
+        let fast = Compression::Gzip {
+            level: 1,
+            block_size: compress::DEFAULT_BLOCK_SIZE,
+        };
+        self.pack_with(tag, files, fast).await
+    }
+
+    async fn pack_with(
+        &self,
+        tag: &str,
+        files: &[(&str, &[u8])],
+        compression: Compression,
+    ) -> PackedImage {
         let src = tempfile::tempdir_in(self.dir.path()).expect("src dir");
         let mut inputs = Vec::new();
         for (i, (dest, bytes)) in files.iter().enumerate() {
@@ -67,7 +81,10 @@ impl Fixture {
             inputs.push(Input::at(&path, dest, dest).expect("input"));
         }
         let tag: TaggedName = tag.parse().expect("tag");
-        let opts = LayerOptions { level: 1, mtime: 0 };
+        let opts = LayerOptions {
+            compression,
+            mtime: 0,
+        };
         pack::pack_image(
             &self.store,
             &inputs,
@@ -180,11 +197,11 @@ async fn manifests_by_tag_and_digest_with_negotiation() {
         .pack("tools/app:v1", &[("/app", b"#!/bin/sh\necho hi\n")])
         .await;
     let oci = f.store.read_blob(&img.manifest.0).await.expect("oci");
-    let docker = f
-        .store
-        .read_blob(&img.docker_manifest.0)
-        .await
-        .expect("docker");
+    let (docker_digest, _) = img
+        .docker_manifest
+        .clone()
+        .expect("a gzip image's Docker form");
+    let docker = f.store.read_blob(&docker_digest).await.expect("docker");
 
     // No Accept, or OCI first: the stored OCI manifest.
     for accept in [&[][..], &[("accept", OCI_MANIFEST)][..]] {
@@ -220,7 +237,7 @@ async fn manifests_by_tag_and_digest_with_negotiation() {
     // By digest: exactly the stored bytes of that digest, whatever Accept says.
     for (digest, bytes, media) in [
         (&img.manifest.0, &oci, OCI_MANIFEST),
-        (&img.docker_manifest.0, &docker, DOCKER_MANIFEST),
+        (&docker_digest, &docker, DOCKER_MANIFEST),
     ] {
         let r = f
             .get(&format!("/v2/tools/app/manifests/{digest}"), &DOCKER_ACCEPT)
@@ -274,6 +291,94 @@ async fn manifests_by_tag_and_digest_with_negotiation() {
         .await;
     assert_eq!(r.status(), 304);
     assert!(r.bytes().await.expect("body").is_empty());
+}
+
+/// Each compression's layer media type in each manifest form, and no Docker form for zstd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_media_types_follow_the_compression() {
+    let f = Fixture::new().await;
+    let files: &[(&str, &[u8])] = &[("/app", b"#!/bin/sh\necho hi\n")];
+    for (tag, compression, oci_layer, docker_layer) in [
+        (
+            "c:gzip",
+            Compression::default(),
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            Some("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        ),
+        (
+            "c:zstd",
+            Compression::Zstd { level: 3 },
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            None,
+        ),
+        (
+            "c:none",
+            Compression::None,
+            "application/vnd.oci.image.layer.v1.tar",
+            Some("application/vnd.docker.image.rootfs.diff.tar"),
+        ),
+    ] {
+        let img = f.pack_with(tag, files, compression).await;
+        assert_eq!(
+            img.docker_manifest.is_some(),
+            docker_layer.is_some(),
+            "{tag}"
+        );
+        let path = format!("/v2/c/manifests/{}", &tag[2..]);
+        let r = f.get(&path, &[("accept", OCI_MANIFEST)]).await;
+        assert_eq!(r.status(), 200, "{tag}");
+        let m: serde_json::Value =
+            serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+        assert_eq!(m["layers"][0]["mediaType"], oci_layer, "{tag}");
+
+        // Docker's own Accept list: the Docker form where there is one, else the OCI one.
+        let r = f.get(&path, &DOCKER_ACCEPT).await;
+        assert_eq!(r.status(), 200, "{tag}");
+        let m: serde_json::Value =
+            serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+        assert_eq!(
+            m["layers"][0]["mediaType"],
+            docker_layer.unwrap_or(oci_layer),
+            "{tag}"
+        );
+
+        // A client that takes the Docker form only gets a clear no for zstd.
+        let r = f.get(&path, &[("accept", DOCKER_MANIFEST)]).await;
+        match docker_layer {
+            Some(_) => assert_eq!(r.status(), 200, "{tag}"),
+            None => {
+                assert_eq!(r.status(), 404, "{tag}");
+                assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+            }
+        }
+        // The layer blob is the tar stream in that encoding: its diff_id is the tar's digest.
+        let layer = f
+            .store
+            .read_blob(&img.packed.layer.digest)
+            .await
+            .expect("layer");
+        let tar = match compression {
+            Compression::Gzip { .. } => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&layer[..]), &mut out)
+                    .expect("gunzip");
+                out
+            }
+            Compression::Zstd { .. } => zstd_decode(&layer).await,
+            Compression::None => layer.to_vec(),
+        };
+        assert_eq!(Digest::sha256_of(&tar), img.packed.layer.diff_id, "{tag}");
+    }
+}
+
+async fn zstd_decode(bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    async_compression::tokio::bufread::ZstdDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .await
+        .expect("unzstd");
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,446 @@
+//! The compression stage of the pipeline: which compression a layer has, and running it.
+//!
+//! Every choice here changes the layer's bytes, so [`Compression`] is part of a layer's
+//! identity (the layer cache keys on it, the self-image carries it in its Cmd). How many
+//! threads run it is not: that changes only how fast the same bytes come out.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+
+use async_compression::Level;
+use async_compression::tokio::write::{GzipEncoder, ZstdEncoder};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::gzip;
+use crate::image::LayerEncoding;
+
+/// Size of the pieces a single-stream encoder is fed, and of the copies for `none`.
+const PIECE: usize = 1 << 20;
+/// gzip's usual speed/size balance (`gzip -6`).
+pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+/// zstd's own default (`zstd -3`).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Blocks of parallel gzip. Large enough that the per-block costs (a fresh dictionary, a
+/// 5-byte flush marker) vanish, small enough that even small layers split across cores.
+pub const DEFAULT_BLOCK_SIZE: usize = 1 << 20;
+
+/// How a layer's tar stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip at `level` (0-9). `block_size` 0 is one deflate stream on one core (the bytes
+    /// `gzip` and earlier versions of quinistry make); otherwise blocks of that many bytes
+    /// are deflated in parallel (see [`crate::gzip`]).
+    Gzip { level: u32, block_size: usize },
+    /// zstd at `level` (1-19).
+    Zstd { level: i32 },
+    /// The plain tar stream.
+    None,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::Gzip {
+            level: DEFAULT_GZIP_LEVEL,
+            block_size: DEFAULT_BLOCK_SIZE,
+        }
+    }
+}
+
+impl Compression {
+    /// `method` (`gzip`, `zstd` or `none`) with an optional level and gzip block size, each
+    /// checked against what that method accepts.
+    pub fn new(
+        method: &str,
+        level: Option<u32>,
+        block_size: Option<usize>,
+    ) -> Result<Compression, String> {
+        let c = match method {
+            "gzip" => Compression::Gzip {
+                level: level.unwrap_or(DEFAULT_GZIP_LEVEL),
+                block_size: block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
+            },
+            "zstd" => Compression::Zstd {
+                level: level.map_or(DEFAULT_ZSTD_LEVEL, |l| l.min(i32::MAX as u32) as i32),
+            },
+            "none" => Compression::None,
+            other => {
+                return Err(format!(
+                    "unknown compression {other:?}: use gzip, zstd or none"
+                ));
+            }
+        };
+        if level.is_some() && c == Compression::None {
+            return Err("--level has no meaning with --compression none".to_owned());
+        }
+        if block_size.is_some() && !matches!(c, Compression::Gzip { .. }) {
+            return Err(format!(
+                "--block-size applies to gzip only, not to {}",
+                c.method()
+            ));
+        }
+        c.check()?;
+        Ok(c)
+    }
+
+    /// Whether the settings are in range.
+    pub fn check(&self) -> Result<(), String> {
+        match *self {
+            Compression::Gzip { level, .. } if level > 9 => {
+                Err(format!("gzip level {level} is out of range 0-9"))
+            }
+            Compression::Gzip { block_size, .. }
+                if block_size != 0
+                    && !(gzip::MIN_BLOCK..=gzip::MAX_BLOCK).contains(&block_size) =>
+            {
+                Err(format!(
+                    "gzip block size {block_size} is out of range: 0 (one stream) or {} KiB to {} MiB",
+                    gzip::MIN_BLOCK >> 10,
+                    gzip::MAX_BLOCK >> 20
+                ))
+            }
+            Compression::Zstd { level } if !(1..=19).contains(&level) => {
+                Err(format!("zstd level {level} is out of range 1-19"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn method(&self) -> &'static str {
+        match self {
+            Compression::Gzip { .. } => "gzip",
+            Compression::Zstd { .. } => "zstd",
+            Compression::None => "none",
+        }
+    }
+
+    /// What the layer's bytes are, for its media type.
+    pub fn encoding(&self) -> LayerEncoding {
+        match self {
+            Compression::Gzip { .. } => LayerEncoding::Gzip,
+            Compression::Zstd { .. } => LayerEncoding::Zstd,
+            Compression::None => LayerEncoding::Tar,
+        }
+    }
+
+    /// The command-line arguments that select this compression, leaving out defaults
+    /// (nothing at all for the default): the self-image passes them on to its child.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut arg = |k: &str, v: String| {
+            args.push(k.to_owned());
+            args.push(v);
+        };
+        match *self {
+            Compression::Gzip { level, block_size } => {
+                if level != DEFAULT_GZIP_LEVEL {
+                    arg("--level", level.to_string());
+                }
+                if block_size != DEFAULT_BLOCK_SIZE {
+                    arg("--block-size", block_size.to_string());
+                }
+            }
+            Compression::Zstd { level } => {
+                arg("--compression", "zstd".to_owned());
+                if level != DEFAULT_ZSTD_LEVEL {
+                    arg("--level", level.to_string());
+                }
+            }
+            Compression::None => arg("--compression", "none".to_owned()),
+        }
+        args
+    }
+}
+
+/// Everything that decides the bytes, for the layer-cache key and for logs.
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Compression::Gzip { level, block_size } => {
+                write!(f, "gzip level={level} block-size={block_size}")
+            }
+            Compression::Zstd { level } => write!(f, "zstd level={level}"),
+            Compression::None => f.write_str("none"),
+        }
+    }
+}
+
+/// Parses a size: bytes, or with a `K`/`M` suffix (KiB, MiB), e.g. `512K`, `1M`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1 << 10),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        _ => (t, 1),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("invalid size {s:?}: use bytes, or a number with K or M"))
+}
+
+/// Compresses everything `input` yields into `out` and gives `out` back. `threads` is how
+/// many cores parallel gzip may use; the bytes are the same for any value.
+pub async fn compress<R, W>(
+    input: R,
+    out: W,
+    compression: Compression,
+    threads: usize,
+) -> io::Result<W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    match compression {
+        Compression::Gzip {
+            level,
+            block_size: 0,
+        } => {
+            let gzip = GzipEncoder::with_quality(Vec::new(), Level::Precise(level as i32));
+            on_blocking_thread(single_stream(input, out, gzip)).await
+        }
+        // The workers are blocking-pool threads already; the rest is copying and waiting.
+        Compression::Gzip { level, block_size } => {
+            gzip::parallel(input, out, level, block_size, threads).await
+        }
+        Compression::Zstd { level } => {
+            let zstd = ZstdEncoder::with_quality(Vec::new(), Level::Precise(level));
+            on_blocking_thread(single_stream(input, out, zstd)).await
+        }
+        Compression::None => copy(input, out).await,
+    }
+}
+
+/// Runs CPU-heavy `work` on the blocking pool, so the async workers keep serving requests.
+async fn on_blocking_thread<T: Send + 'static>(
+    work: impl Future<Output = io::Result<T>> + Send + 'static,
+) -> io::Result<T> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(work))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// An async-compression encoder that writes into memory.
+trait InMemory: AsyncWrite + Unpin {
+    fn buffer(&mut self) -> &mut Vec<u8>;
+}
+
+impl InMemory for GzipEncoder<Vec<u8>> {
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        self.get_mut()
+    }
+}
+
+impl InMemory for ZstdEncoder<Vec<u8>> {
+    fn buffer(&mut self) -> &mut Vec<u8> {
+        self.get_mut()
+    }
+}
+
+/// One encoder over the whole stream.
+///
+/// zlib-rs's output depends on how its input is split into calls (measured: the same 20 MB
+/// in 1 MiB, 8 KiB or uneven pieces gives three different streams), and an async encoder
+/// splits its input wherever its writer is not ready. So the encoder is fed fixed `PIECE`s
+/// of the stream and writes into memory, which is always ready; its output then goes to
+/// `out`. The bytes depend on the input and the settings only, never on timing.
+async fn single_stream<R, W, E>(mut input: R, mut out: W, mut encoder: E) -> io::Result<W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    E: InMemory,
+{
+    let mut piece = vec![0u8; PIECE];
+    loop {
+        let n = read_full(&mut input, &mut piece).await?;
+        if n == 0 {
+            break;
+        }
+        encoder.write_all(&piece[..n]).await?;
+        out.write_all(encoder.buffer()).await?;
+        encoder.buffer().clear();
+    }
+    encoder.shutdown().await?;
+    out.write_all(encoder.buffer()).await?;
+    Ok(out)
+}
+
+/// The tar stream as it is.
+async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut input: R,
+    mut out: W,
+) -> io::Result<W> {
+    let mut piece = vec![0u8; PIECE];
+    loop {
+        let n = input.read(&mut piece).await?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.write_all(&piece[..n]).await?;
+    }
+}
+
+/// Fills `buf` (short only at the end of the stream); returns how much was read.
+async fn read_full<R: AsyncRead + Unpin>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]).await? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::ReadBuf;
+
+    /// Yields its data in uneven pieces and is pending every other call, like a pipe from a
+    /// busy producer.
+    struct Jittery {
+        data: Vec<u8>,
+        pos: usize,
+        calls: usize,
+    }
+
+    impl AsyncRead for Jittery {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.calls += 1;
+            if self.calls.is_multiple_of(2) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let want = 1 + (self.calls * 7919) % 100_000;
+            let n = want.min(buf.remaining()).min(self.data.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.data[start..start + n]);
+            self.pos += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn decompress(c: Compression, mut bytes: &[u8]) -> Vec<u8> {
+        use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+        let mut back = Vec::new();
+        match c {
+            Compression::Gzip { .. } => GzipDecoder::new(bytes).read_to_end(&mut back).await,
+            Compression::Zstd { .. } => ZstdDecoder::new(bytes).read_to_end(&mut back).await,
+            Compression::None => bytes.read_to_end(&mut back).await,
+        }
+        .expect("decompress");
+        back
+    }
+
+    #[tokio::test]
+    async fn bytes_do_not_depend_on_how_input_arrives() {
+        // Compressible but varied data, a few pieces long.
+        let data: Vec<u8> = (0..5_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 27) as u8 ^ (i / 1000) as u8)
+            .collect();
+        for c in [
+            Compression::default(),
+            Compression::Gzip {
+                level: 6,
+                block_size: 0,
+            },
+            Compression::Zstd { level: 3 },
+            Compression::None,
+        ] {
+            let whole = compress(std::io::Cursor::new(data.clone()), Vec::new(), c, 2)
+                .await
+                .expect("whole");
+            let jitter = Jittery {
+                data: data.clone(),
+                pos: 0,
+                calls: 0,
+            };
+            let pieces = compress(jitter, Vec::new(), c, 1).await.expect("pieces");
+            assert!(whole == pieces, "{c}: output changed with input chunking");
+            assert!(decompress(c, &whole).await == data, "{c}: round trip");
+        }
+    }
+
+    #[test]
+    fn settings_are_checked_per_method() {
+        assert_eq!(
+            Compression::new("gzip", None, None),
+            Ok(Compression::default())
+        );
+        assert_eq!(
+            Compression::new("zstd", Some(19), None),
+            Ok(Compression::Zstd { level: 19 })
+        );
+        assert_eq!(
+            Compression::new("gzip", Some(1), Some(0)),
+            Ok(Compression::Gzip {
+                level: 1,
+                block_size: 0
+            })
+        );
+        for (method, level, block, why) in [
+            ("gzip", Some(10), None, "out of range 0-9"),
+            ("zstd", Some(0), None, "out of range 1-19"),
+            ("zstd", Some(22), None, "out of range 1-19"),
+            ("none", Some(1), None, "no meaning"),
+            ("zstd", None, Some(1 << 20), "gzip only"),
+            ("gzip", None, Some(1000), "0 (one stream) or 32 KiB"),
+            ("brotli", None, None, "gzip, zstd or none"),
+        ] {
+            let err = Compression::new(method, level, block).expect_err(method);
+            assert!(err.contains(why), "{method} {level:?} {block:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("4m"), Ok(4 << 20));
+        for bad in ["", "M", "1G", "-1", "1.5M"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_settings_that_differ_from_the_defaults_become_arguments() {
+        assert!(Compression::default().args().is_empty());
+        assert_eq!(
+            Compression::Zstd { level: 3 }.args(),
+            ["--compression", "zstd"]
+        );
+        assert_eq!(
+            Compression::Gzip {
+                level: 1,
+                block_size: 0
+            }
+            .args(),
+            ["--level", "1", "--block-size", "0"]
+        );
+        // What `args` gives parses back to the same compression.
+        for c in [
+            Compression::None,
+            Compression::Zstd { level: 7 },
+            Compression::Gzip {
+                level: 9,
+                block_size: 65536,
+            },
+        ] {
+            let a = c.args();
+            let get = |k: &str| a.iter().position(|x| x == k).map(|i| a[i + 1].clone());
+            let method = get("--compression").unwrap_or_else(|| "gzip".to_owned());
+            let level = get("--level").map(|l| l.parse().expect("level"));
+            let block = get("--block-size").map(|b| parse_size(&b).expect("size"));
+            assert_eq!(Compression::new(&method, level, block), Ok(c));
+        }
+    }
+}

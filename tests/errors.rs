@@ -126,7 +126,7 @@ fn unwritable_store_is_named() {
 }
 
 #[test]
-fn invalid_tag_level_and_inputs_are_refused_before_touching_the_store() {
+fn invalid_tag_compression_and_inputs_are_refused_before_touching_the_store() {
     let t = tempfile::tempdir().expect("tempdir");
     let store = t.path().join("store");
     let input = t.path().join("f");
@@ -139,8 +139,35 @@ fn invalid_tag_level_and_inputs_are_refused_before_touching_the_store() {
     );
     let err = fails(pack().args(["--tag", "ok:.bad"]).arg(&input));
     assert!(err.contains("\".bad\""), "{err}");
-    let err = fails(pack().args(["--level", "12"]).arg(&input));
-    assert!(err.contains("gzip level 12"), "{err}");
+    for (args, why) in [
+        (&["--level", "12"][..], "gzip level 12 is out of range 0-9"),
+        (&["--compression", "zstd", "--level", "20"], "zstd level 20"),
+        (&["--compression", "none", "--level", "1"], "no meaning"),
+        (
+            &["--compression", "zstd", "--block-size", "1M"],
+            "gzip only",
+        ),
+        (&["--block-size", "1000"], "block size 1000 is out of range"),
+        (&["--threads", "0"], "--threads must be at least 1"),
+    ] {
+        let err = fails(pack().args(args).arg(&input));
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+    // Refused by the argument parser, which names the flag and the accepted values.
+    for (args, why) in [
+        (&["--block-size", "1G"][..], "invalid size \"1G\""),
+        (
+            &["--compression", "brotli"],
+            "[possible values: gzip, zstd, none]",
+        ),
+    ] {
+        let out = pack().args(args).arg(&input).output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+    }
     let err = fails(pack().arg(format!("{}:/a/../b", input.display())));
     assert!(err.contains("'..'"), "{err}");
     let err = fails(pack().args(["--env", "NOEQUALS"]).arg(&input));

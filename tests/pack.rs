@@ -375,3 +375,135 @@ fn a_second_pack_of_unchanged_inputs_comes_from_the_layer_cache() {
     assert!(line.contains("MiB/s"), "{line}");
     assert_ne!(changed, first);
 }
+
+/// Executables and libraries from /usr, concatenated (sorted) to `len` bytes: compresses like
+/// real programs do, which uniform noise does not (deflate takes no matches in noise).
+fn binary_like(len: usize) -> Vec<u8> {
+    let mut files: Vec<_> = ["/usr/bin", "/usr/lib/x86_64-linux-gnu", "/usr/lib"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 64 << 10))
+        .collect();
+    files.sort();
+    let mut data = Vec::with_capacity(len);
+    for f in files.iter().cycle().take(10_000) {
+        if let Ok(bytes) = std::fs::read(f) {
+            data.extend_from_slice(&bytes);
+        }
+        if data.len() >= len {
+            break;
+        }
+    }
+    assert!(
+        data.len() >= len,
+        "not enough files under /usr for the input"
+    );
+    data.truncate(len);
+    data
+}
+
+#[test]
+fn gzip_bytes_do_not_depend_on_the_number_of_threads() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let input = tmp.path().join("prog");
+    std::fs::write(&input, binary_like(12 << 20)).expect("input");
+    let input = input.to_string_lossy().into_owned();
+    // --no-cache: the layer cache keys on the bytes' settings only, so it would answer a
+    // second pack without compressing anything.
+    let layer_for = |extra: &[&str]| {
+        let mut args = vec!["--no-cache", "--tag", "t:t"];
+        args.extend_from_slice(extra);
+        args.push(&input);
+        pack_ok(&store, &args)["layer"].clone()
+    };
+    // The default block size (12 blocks), and 64 KiB blocks (192 of them, so every block
+    // boundary case shows up often).
+    for block in [None, Some("64K")] {
+        let digests: Vec<String> = ["1", "2", "8"]
+            .iter()
+            .map(|threads| {
+                let mut extra = vec!["--threads", threads];
+                if let Some(b) = block {
+                    extra.extend(["--block-size", b]);
+                }
+                layer_for(&extra)
+            })
+            .collect();
+        assert!(
+            digests.iter().all(|d| d == &digests[0]),
+            "block size {block:?}: layers for 1, 2 and 8 threads differ: {digests:?}"
+        );
+    }
+    let default = layer_for(&[]);
+    let small = layer_for(&["--block-size", "64K"]);
+    let single = layer_for(&["--block-size", "0"]);
+    assert!(
+        default != small && default != single,
+        "block size left no trace"
+    );
+
+    // Each is a gzip stream gzip itself accepts, and gives back the tar stream exactly: the
+    // layer packed with --compression none is that tar stream.
+    let tar = blob(&store, &layer_for(&["--compression", "none"]));
+    for layer in [&default, &small, &single] {
+        let path = blob(&store, layer);
+        sh(&format!("gzip -t '{}'", path.display()));
+        sh(&format!(
+            "gzip -dc '{}' | cmp - '{}'",
+            path.display(),
+            tar.display()
+        ));
+    }
+}
+
+#[test]
+fn each_compression_decompresses_to_the_same_tar_stream() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    fixture(&src);
+    let input = format!("{}:/app", src.display());
+    let none = pack_ok(
+        &store,
+        &["--compression", "none", "--tag", "c:none", &input],
+    );
+    let gzip = pack_ok(&store, &["--tag", "c:gzip", &input]);
+    let zstd = pack_ok(
+        &store,
+        &["--compression", "zstd", "--tag", "c:zstd", &input],
+    );
+    // One tar stream, three encodings: the same diff_id, three different layers.
+    assert_eq!(none["diff_id"], gzip["diff_id"]);
+    assert_eq!(none["diff_id"], zstd["diff_id"]);
+    assert_eq!(
+        none["layer"], none["diff_id"],
+        "an uncompressed layer is its tar"
+    );
+    assert!(gzip["layer"] != zstd["layer"]);
+    let tar = std::fs::read(blob(&store, &none["layer"])).expect("tar");
+    let zstd_blob = std::fs::read(blob(&store, &zstd["layer"])).expect("zstd");
+    let mut back = Vec::new();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        async_compression::tokio::bufread::ZstdDecoder::new(&zstd_blob[..])
+            .read_to_end(&mut back)
+            .await
+    })
+    .expect("unzstd");
+    assert!(
+        back == tar,
+        "zstd layer does not decompress to the tar stream"
+    );
+    // A zstd image has no Docker schema 2 form, and says so.
+    assert_eq!(zstd["docker"], "none:");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(blob(&store, &zstd["manifest"])).expect("m"))
+            .expect("json");
+    assert_eq!(
+        manifest["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+}

@@ -152,6 +152,22 @@ fn skopeo_inspects_and_copies_with_matching_digests() {
     assert!(Path::new(&layout.join("index.json")).exists());
 }
 
+/// Runs podman with a private image store under `root` (nothing shared with the machine's
+/// podman, removed with the test's temp dir); its stdout, trimmed.
+fn podman_in(root: &Path, args: &[&str]) -> String {
+    let out = run_ok(
+        Command::new("podman")
+            .arg("--root")
+            .arg(root.join("root"))
+            .arg("--runroot")
+            .arg(root.join("run"))
+            .args(["--storage-driver", "vfs", "--events-backend", "none"])
+            .args(["--cgroup-manager", "cgroupfs"])
+            .args(args),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 #[test]
 fn podman_pulls_by_tag_and_by_digest() {
     if !have_tool("podman", "podman") {
@@ -165,21 +181,8 @@ fn podman_pulls_by_tag_and_by_digest() {
         dir.path(),
         &["--name", "podman/tool", &input.to_string_lossy()],
     );
-    // A private image store: nothing shared with the machine's podman, removed with `dir`.
     let root = dir.path().join("podman");
-    let podman = |args: &[&str]| -> String {
-        let out = run_ok(
-            Command::new("podman")
-                .arg("--root")
-                .arg(root.join("root"))
-                .arg("--runroot")
-                .arg(root.join("run"))
-                .args(["--storage-driver", "vfs", "--events-backend", "none"])
-                .args(["--cgroup-manager", "cgroupfs"])
-                .args(args),
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let podman = |args: &[&str]| podman_in(&root, args);
     let repo = format!("{}/podman/tool", server.addr);
     podman(&["pull", "--tls-verify=false", &repo]);
     let inspect = |image: &str| {
@@ -204,4 +207,146 @@ fn podman_pulls_by_tag_and_by_digest() {
     podman(&["pull", "--tls-verify=false", &by_digest]);
     let seen = inspect(&by_digest);
     assert_eq!(seen, format!("{} {layers}", server.report["manifest"]));
+}
+
+/// A layer blob decompressed by the tool for its media type: gzip and tar by the system's
+/// own, zstd by the zstd crate (the CI machine need not have the zstd program).
+fn tar_of(layer: &Path, media_type: &str) -> Vec<u8> {
+    let bytes = std::fs::read(layer).expect("layer");
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            let out = run_ok(Command::new("gzip").arg("-dc").arg(layer));
+            out.stdout
+        }
+        "application/vnd.oci.image.layer.v1.tar+zstd" => {
+            use tokio::io::AsyncReadExt;
+            let mut tar = Vec::new();
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(
+                async_compression::tokio::bufread::ZstdDecoder::new(&bytes[..])
+                    .read_to_end(&mut tar),
+            )
+            .expect("unzstd");
+            tar
+        }
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => bytes,
+        other => panic!("unexpected layer media type {other}"),
+    }
+}
+
+#[test]
+fn every_compression_pulls_with_skopeo_zstd_with_podman_and_the_rest_with_docker() {
+    if !have_tool("skopeo", "skopeo") {
+        return;
+    }
+    let docker_too = have_docker();
+    let env = Path::new("/usr/bin/env");
+    for (method, oci_media_type) in [
+        ("gzip", "application/vnd.oci.image.layer.v1.tar+gzip"),
+        ("zstd", "application/vnd.oci.image.layer.v1.tar+zstd"),
+        ("none", "application/vnd.oci.image.layer.v1.tar"),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A dynamic executable: the layer holds it, its loader and its libraries.
+        let server = Serving::start(
+            &dir.path().join("store"),
+            dir.path(),
+            &[
+                "--compression",
+                method,
+                "--name",
+                "comp/env",
+                "/usr/bin/env",
+            ],
+        );
+        let src = format!("docker://{}/comp/env:latest", server.addr);
+
+        // skopeo asks for the OCI form first, checks every digest, and we check again.
+        let out = dir.path().join("copy");
+        sh(&format!(
+            "skopeo copy --src-tls-verify=false {src} dir:{}",
+            out.display()
+        ));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest"))
+                .expect("json");
+        let layer = &manifest["layers"][0];
+        assert_eq!(layer["mediaType"], oci_media_type, "{method}");
+        assert_eq!(
+            layer["digest"].as_str(),
+            Some(server.report["layer"].as_str())
+        );
+        let blob = out.join(server.report["layer"].trim_start_matches("sha256:"));
+        assert_eq!(sha256sum(&blob), server.report["layer"], "{method}");
+        let tar = tar_of(&blob, oci_media_type);
+        let tar_path = dir.path().join("layer.tar");
+        std::fs::write(&tar_path, &tar).expect("write tar");
+        assert_eq!(sha256sum(&tar_path), server.report["diff_id"], "{method}");
+        let unpacked = dir.path().join("unpacked");
+        std::fs::create_dir(&unpacked).expect("mkdir");
+        sh(&format!(
+            "tar -xf {} -C {}",
+            tar_path.display(),
+            unpacked.display()
+        ));
+        assert!(
+            std::fs::read(unpacked.join("env")).expect("unpacked")
+                == std::fs::read(env).expect("env"),
+            "{method}: /env differs from /usr/bin/env"
+        );
+
+        // Docker schema 2 has no zstd layer type, and docker 20.10 cannot unpack zstd layers
+        // ("invalid tar header"); podman can, and checks the diff_id as it unpacks.
+        if method == "zstd" {
+            if have_tool("podman", "podman") {
+                let root = dir.path().join("podman");
+                let image = format!("{}/comp/env:latest", server.addr);
+                podman_in(&root, &["pull", "--tls-verify=false", &image]);
+                let layers = podman_in(
+                    &root,
+                    &[
+                        "image",
+                        "inspect",
+                        "--format",
+                        "{{json .RootFS.Layers}}",
+                        &image,
+                    ],
+                );
+                assert_eq!(layers, format!("[\"{}\"]", server.report["diff_id"]));
+            }
+            continue;
+        }
+        if !docker_too {
+            continue;
+        }
+        let image = format!("{}/comp/env:latest", server.addr);
+        let _cleanup = DockerCleanup::images(&[&image]);
+        docker(&["pull", &image]);
+        let layers = docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RootFS.Layers}}",
+            &image,
+        ]);
+        assert_eq!(
+            layers,
+            format!("[\"{}\"]", server.report["diff_id"]),
+            "{method}"
+        );
+        let ran = docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &image,
+            "QUINISTRY_TEST=ran",
+        ]);
+        assert!(
+            ran.lines().any(|l| l == "QUINISTRY_TEST=ran"),
+            "{method}: docker run printed:\n{ran}"
+        );
+    }
 }

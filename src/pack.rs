@@ -1,4 +1,4 @@
-//! The packing pipeline: inputs → tar → sha256 (diff_id) → gzip → sha256 (layer) → store.
+//! The packing pipeline: inputs → tar → sha256 (diff_id) → compression → sha256 (layer) → store.
 //!
 //! One pass over the input; nothing is held in memory beyond fixed-size buffers, and nothing
 //! is read twice. The tar stream is deterministic (see `plan` and `header`): the same
@@ -461,7 +461,7 @@ pub fn default_threads() -> usize {
 /// a few milliseconds), as git and ccache do for "racily clean" files.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Packs `inputs` into one gzip layer in `store`. Nothing is stored unless the whole layer is.
+/// Packs `inputs` into one layer in `store`. Nothing is stored unless the whole layer is.
 pub async fn pack_layer(
     store: &Store,
     inputs: &[Input],

@@ -302,39 +302,58 @@ fn the_self_image_carries_its_closure_and_run_settings_and_is_reproducible() {
 
 #[test]
 fn the_self_image_carries_the_settings_that_made_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let parent = run_ok(
-        pack_in(&dir.path().join("a"))
-            .args(["--level", "1"])
-            .env("SOURCE_DATE_EPOCH", "1700000000"),
-    );
-    let rep = report(&parent);
-    let config: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(blob(&dir.path().join("a"), &rep["config"])).expect("config"),
-    )
-    .expect("config json");
-    assert_eq!(config["created"], "2023-11-14T22:13:20Z");
-    let cmd: Vec<String> =
-        serde_json::from_value(config["config"]["Cmd"].clone()).expect("Cmd strings");
-    assert_eq!(cmd, ["serve", "--listen", "0.0.0.0:8080", "--level", "1"]);
-    let env: Vec<String> =
-        serde_json::from_value(config["config"]["Env"].clone()).expect("Env strings");
-    assert!(
-        env.contains(&"SOURCE_DATE_EPOCH=1700000000".to_owned()),
-        "{env:?}"
-    );
+    // Each way of changing the layer's bytes, and the arguments the image's Cmd must carry.
+    for (given, carried) in [
+        (
+            &["--level", "1", "--block-size", "256K"][..],
+            &["--level", "1", "--block-size", "262144"][..],
+        ),
+        (
+            &["--compression", "zstd", "--level", "5"],
+            &["--compression", "zstd", "--level", "5"],
+        ),
+        // Threads do not change the bytes, so they are not carried.
+        (
+            &["--compression", "none", "--threads", "1"],
+            &["--compression", "none"],
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parent = run_ok(
+            pack_in(&dir.path().join("a"))
+                .args(given)
+                .env("SOURCE_DATE_EPOCH", "1700000000"),
+        );
+        let rep = report(&parent);
+        let config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(blob(&dir.path().join("a"), &rep["config"])).expect("config"),
+        )
+        .expect("config json");
+        assert_eq!(config["created"], "2023-11-14T22:13:20Z");
+        let cmd: Vec<String> =
+            serde_json::from_value(config["config"]["Cmd"].clone()).expect("Cmd strings");
+        assert_eq!(cmd[..3], ["serve", "--listen", "0.0.0.0:8080"]);
+        assert_eq!(cmd[3..], *carried, "{given:?}");
+        let env: Vec<String> =
+            serde_json::from_value(config["config"]["Env"].clone()).expect("Env strings");
+        assert!(
+            env.contains(&"SOURCE_DATE_EPOCH=1700000000".to_owned()),
+            "{env:?}"
+        );
 
-    // Be the child without a container: the image's own Cmd settings and Env, nothing of
-    // ours, give the same image.
-    let mut child = pack_in(&dir.path().join("b"));
-    child.args(&cmd[3..]);
-    for kv in &env {
-        let (k, v) = kv.split_once('=').expect("KEY=VALUE");
-        child.env(k, v);
+        // Be the child without a container: the image's own Cmd settings and Env, nothing of
+        // ours, give the same image.
+        let mut child = pack_in(&dir.path().join("b"));
+        child.args(&cmd[3..]);
+        for kv in &env {
+            let (k, v) = kv.split_once('=').expect("KEY=VALUE");
+            child.env(k, v);
+        }
+        let rep_child = report(&run_ok(&mut child));
+        assert_eq!(rep_child["manifest"], rep["manifest"], "{given:?}");
+        assert_eq!(rep_child["docker"], rep["docker"], "{given:?}");
+        assert_eq!(rep_child["layer"], rep["layer"], "{given:?}");
     }
-    let rep_child = report(&run_ok(&mut child));
-    assert_eq!(rep_child["manifest"], rep["manifest"]);
-    assert_eq!(rep_child["docker"], rep["docker"]);
 }
 
 /// app → libmid → libinner, both libraries in `app`'s `$ORIGIN/lib`, libmid with no search

@@ -28,6 +28,9 @@ const WINDOW: usize = 32 * 1024;
 pub const MIN_BLOCK: usize = WINDOW;
 /// Largest block: each thread holds about two, and memory should stay small.
 pub const MAX_BLOCK: usize = 64 << 20;
+/// Most workers per stream: each holds about two blocks in memory, and beyond the number of
+/// cores more workers only cost memory.
+pub const MAX_THREADS: usize = 256;
 
 /// The 10-byte gzip header: no name, mtime 0, OS "unknown", so nothing about the machine or
 /// the moment gets in. The same as async-compression's, so single-stream and parallel gzip
@@ -136,7 +139,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let threads = threads.max(1);
+    let threads = threads.clamp(1, MAX_THREADS);
     let (queue, jobs) = mpsc::channel::<Work>();
     let jobs = Arc::new(Mutex::new(jobs));
     for _ in 0..threads {

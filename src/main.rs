@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use quinistry::compress::{self, Compression};
+use quinistry::gzip;
 use quinistry::image::{self, RunConfig};
 use quinistry::layout;
 use quinistry::ondemand::{ImageSpec, OnDemand, Setup};
@@ -219,7 +220,12 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
     };
     let compression = Compression::new(method, args.level, args.block_size)?;
     let threads = match args.threads {
-        Some(0) => return Err("--threads must be at least 1".to_owned()),
+        Some(n) if !(1..=gzip::MAX_THREADS).contains(&n) => {
+            return Err(format!(
+                "--threads {n} is out of range 1-{}",
+                gzip::MAX_THREADS
+            ));
+        }
         Some(n) => n,
         None => pack::default_threads(),
     };

@@ -453,7 +453,9 @@ impl Default for Packing {
 
 /// One compression thread per core.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(crate::gzip::MAX_THREADS)
 }
 
 /// How long after its last modification a file's stamp is trusted to identify its content:

@@ -148,7 +148,8 @@ fn invalid_tag_compression_and_inputs_are_refused_before_touching_the_store() {
             "gzip only",
         ),
         (&["--block-size", "1000"], "block size 1000 is out of range"),
-        (&["--threads", "0"], "--threads must be at least 1"),
+        (&["--threads", "0"], "--threads 0 is out of range 1-256"),
+        (&["--threads", "100000"], "--threads 100000 is out of range"),
     ] {
         let err = fails(pack().args(args).arg(&input));
         assert!(err.contains(why), "{args:?}: {err}");

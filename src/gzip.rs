@@ -144,8 +144,11 @@ where
     let jobs = Arc::new(Mutex::new(jobs));
     for _ in 0..threads {
         let jobs = jobs.clone();
-        // They end when `queue` is dropped: at the end, or on an error.
-        tokio::task::spawn_blocking(move || worker(&jobs, level));
+        // Threads of our own rather than tokio's blocking pool, because they are niced. They
+        // end when `queue` is dropped: at the end, or on an error.
+        std::thread::Builder::new()
+            .name("quinistry-gzip".to_owned())
+            .spawn(move || worker(&jobs, level))?;
     }
 
     out.write_all(&header(level)).await?;
@@ -207,6 +210,7 @@ where
 
 /// Deflates blocks from `jobs` until the sender is gone.
 fn worker(jobs: &Mutex<mpsc::Receiver<Work>>, level: u32) {
+    lower_priority();
     loop {
         // Held only while waiting: the others wait for the lock instead of the channel.
         let next = match jobs.lock() {
@@ -224,6 +228,25 @@ fn worker(jobs: &Mutex<mpsc::Receiver<Work>>, level: u32) {
             });
         // The writer may have stopped on an error; then nobody wants the block.
         let _ = work.done.send(result);
+    }
+}
+
+/// Lowers this thread's CPU priority (nice 10: about a tenth of the CPU of a nice-0 thread
+/// that wants it). Deflating is the bulk of a pack's CPU time, and with a worker per core it
+/// would take turns on equal terms with everything else: the tar stage that feeds it, and a
+/// server's request handling. Niced, it takes what they leave. Only for threads of our own
+/// that end with the pack: an unprivileged thread cannot take the priority back.
+fn lower_priority() {
+    // On Linux, PRIO_PROCESS with a thread id applies to that thread only. Failing to lower
+    // it is harmless; the pack runs the same.
+    // SAFETY: system calls on this thread, no pointers.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if *libc::__errno_location() == 0 {
+            libc::setpriority(libc::PRIO_PROCESS, tid, now.saturating_add(10).min(19));
+        }
     }
 }
 

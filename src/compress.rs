@@ -283,7 +283,10 @@ async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 }
 
 /// Fills `buf` (short only at the end of the stream); returns how much was read.
-async fn read_full<R: AsyncRead + Unpin>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) async fn read_full<R: AsyncRead + Unpin>(
+    input: &mut R,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match input.read(&mut buf[n..]).await? {

@@ -18,8 +18,10 @@ use std::io;
 use std::sync::{Arc, Mutex, mpsc};
 
 use flate2::{Compress, FlushCompress, Status};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
+
+use crate::compress::read_full;
 
 /// Deflate's window: the most a match can reach back, so the most of the previous block
 /// that can help the next one.
@@ -172,8 +174,10 @@ where
         };
         let last = at_end || next.is_empty();
 
-        if pending.len() >= 2 * threads {
-            let done = finish(pending.pop_front(), &mut out, &mut crc, &mut total).await?;
+        if pending.len() >= 2 * threads
+            && let Some(oldest) = pending.pop_front()
+        {
+            let done = finish(oldest, &mut out, &mut crc, &mut total).await?;
             spare_inputs.push(done.data);
             spare_outputs.push(done.out);
         }
@@ -197,8 +201,8 @@ where
         current = next;
     }
     drop(queue);
-    while !pending.is_empty() {
-        finish(pending.pop_front(), &mut out, &mut crc, &mut total).await?;
+    for block in pending {
+        finish(block, &mut out, &mut crc, &mut total).await?;
     }
     let mut trailer = [0u8; 8];
     trailer[..4].copy_from_slice(&crc.finalize().to_le_bytes());
@@ -252,14 +256,11 @@ fn lower_priority() {
 
 /// Waits for the oldest block, writes it and folds its CRC in.
 async fn finish<W: AsyncWrite + Unpin>(
-    block: Option<oneshot::Receiver<io::Result<Done>>>,
+    block: oneshot::Receiver<io::Result<Done>>,
     out: &mut W,
     crc: &mut crc32fast::Hasher,
     total: &mut u64,
 ) -> io::Result<Done> {
-    let Some(block) = block else {
-        return Err(io::Error::other("no block to finish"));
-    };
     let done = block
         .await
         .map_err(|_| io::Error::other("a gzip worker stopped"))??;
@@ -279,13 +280,7 @@ async fn fill<R: AsyncRead + Unpin>(
     let mut buf = buffer.unwrap_or_default();
     buf.clear();
     buf.resize(size, 0);
-    let mut n = 0;
-    while n < size {
-        match input.read(&mut buf[n..]).await? {
-            0 => break,
-            k => n += k,
-        }
-    }
+    let n = read_full(input, &mut buf).await?;
     buf.truncate(n);
     Ok(buf)
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use quinistry::compress::{self, Compression};
 use quinistry::gzip;
@@ -50,20 +50,12 @@ struct StoreArg {
     store: Option<PathBuf>,
 }
 
-/// How layers are compressed.
-#[derive(Clone, Copy, ValueEnum)]
-enum Method {
-    Gzip,
-    Zstd,
-    None,
-}
-
 /// What goes into the image, shared by `pack` and `serve`.
 #[derive(Args)]
 struct ImageArgs {
     /// Layer compression; zstd layers have an OCI manifest only (Docker schema 2 has no zstd)
-    #[arg(long, value_enum, default_value = "gzip", value_name = "METHOD")]
-    compression: Method,
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"], value_name = "METHOD")]
+    compression: String,
     /// Compression level: gzip 0 (store) to 9 (smallest), default 6; zstd 1 to 19, default 3
     #[arg(long, value_name = "N")]
     level: Option<u32>,
@@ -213,12 +205,7 @@ struct Prepared {
 /// nothing. No input means this executable, as /main.
 fn prepare(args: ImageArgs) -> Result<Prepared, String> {
     let mtime = pack::source_date_epoch()?;
-    let method = match args.compression {
-        Method::Gzip => "gzip",
-        Method::Zstd => "zstd",
-        Method::None => "none",
-    };
-    let compression = Compression::new(method, args.level, args.block_size)?;
+    let compression = Compression::new(&args.compression, args.level, args.block_size)?;
     let threads = match args.threads {
         Some(n) if !(1..=gzip::MAX_THREADS).contains(&n) => {
             return Err(format!(

@@ -219,17 +219,7 @@ fn tar_of(layer: &Path, media_type: &str) -> Vec<u8> {
             let out = run_ok(Command::new("gzip").arg("-dc").arg(layer));
             out.stdout
         }
-        "application/vnd.oci.image.layer.v1.tar+zstd" => {
-            use tokio::io::AsyncReadExt;
-            let mut tar = Vec::new();
-            let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(
-                async_compression::tokio::bufread::ZstdDecoder::new(&bytes[..])
-                    .read_to_end(&mut tar),
-            )
-            .expect("unzstd");
-            tar
-        }
+        "application/vnd.oci.image.layer.v1.tar+zstd" => common::unzstd_blocking(&bytes),
         "application/vnd.oci.image.layer.v1.tar"
         | "application/vnd.docker.image.rootfs.diff.tar" => bytes,
         other => panic!("unexpected layer media type {other}"),

@@ -364,21 +364,11 @@ async fn layer_media_types_follow_the_compression() {
                     .expect("gunzip");
                 out
             }
-            Compression::Zstd { .. } => zstd_decode(&layer).await,
+            Compression::Zstd { .. } => common::unzstd(&layer).await,
             Compression::None => layer.to_vec(),
         };
         assert_eq!(Digest::sha256_of(&tar), img.packed.layer.diff_id, "{tag}");
     }
-}
-
-async fn zstd_decode(bytes: &[u8]) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    async_compression::tokio::bufread::ZstdDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .await
-        .expect("unzstd");
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

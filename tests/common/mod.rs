@@ -100,6 +100,25 @@ pub fn have_tool(name: &str, package: &str) -> bool {
     found
 }
 
+/// A zstd stream, decompressed by the zstd library async-compression wraps (the CI machine
+/// need not have the zstd program). Sync tests call it through `unzstd_blocking`.
+pub async fn unzstd(bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    async_compression::tokio::bufread::ZstdDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .await
+        .expect("unzstd");
+    out
+}
+
+/// `unzstd` outside an async runtime.
+pub fn unzstd_blocking(bytes: &[u8]) -> Vec<u8> {
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(unzstd(bytes))
+}
+
 /// Deterministic pseudo-random bytes (xorshift): incompressible test data without a crate.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;

@@ -483,6 +483,41 @@ mod tests {
     }
 
     #[test]
+    fn each_encoding_has_its_media_type_and_zstd_has_no_docker_form() {
+        let config = Digest::sha256_of(b"config");
+        let with = |encoding| Layer {
+            encoding,
+            ..layer()
+        };
+        for (encoding, oci, docker) in [
+            (LayerEncoding::Tar, OCI_LAYER_TAR, Some(DOCKER_LAYER_TAR)),
+            (LayerEncoding::Gzip, OCI_LAYER_GZIP, Some(DOCKER_LAYER_GZIP)),
+            (LayerEncoding::Zstd, OCI_LAYER_ZSTD, None),
+        ] {
+            let m = manifest_json(ManifestForm::Oci, (&config, 9), &[with(encoding)]).expect("oci");
+            let json: Value = serde_json::from_slice(&m).expect("json");
+            assert_eq!(json["layers"][0]["mediaType"], oci);
+            let direct = manifest_json(ManifestForm::Docker, (&config, 9), &[with(encoding)]);
+            match docker {
+                Some(media) => {
+                    let twin = docker_form(&m).expect("a Docker twin");
+                    assert_eq!(Some(&twin), direct.as_ref().ok());
+                    let json: Value = serde_json::from_slice(&twin).expect("json");
+                    assert_eq!(json["layers"][0]["mediaType"], media);
+                }
+                None => {
+                    assert_eq!(docker_form(&m), None);
+                    assert!(matches!(direct, Err(ImageError::NoMediaType(..))));
+                }
+            }
+        }
+        // One zstd layer among gzip ones is enough to have no Docker form.
+        let mixed = [layer(), with(LayerEncoding::Zstd)];
+        let m = manifest_json(ManifestForm::Oci, (&config, 9), &mixed).expect("oci");
+        assert_eq!(docker_form(&m), None);
+    }
+
+    #[test]
     fn only_manifest_documents_have_a_manifest_media_type() {
         assert_eq!(manifest_media_type(b"not json"), None);
         assert_eq!(manifest_media_type(b"{}"), None);

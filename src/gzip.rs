@@ -76,14 +76,13 @@ pub fn deflate_block(
     let room = data.len() + data.len() / 8 + 64;
     out.clear();
     out.resize(room, 0);
-    let (mut read, mut written) = (0, 0);
     loop {
-        let (in_before, out_before) = (deflate.total_in(), deflate.total_out());
+        // The state is new, so its totals are this block's.
+        let (read, out_before) = (deflate.total_in() as usize, deflate.total_out());
         let status = deflate
-            .compress(&data[read..], &mut out[written..], flush)
+            .compress(&data[read..], &mut out[out_before as usize..], flush)
             .map_err(io::Error::other)?;
-        read += (deflate.total_in() - in_before) as usize;
-        written += (deflate.total_out() - out_before) as usize;
+        let (read, written) = (deflate.total_in() as usize, deflate.total_out() as usize);
         // A sync flush is complete once all input is in and there was room left over.
         let done = match status {
             Status::StreamEnd => true,
@@ -99,7 +98,7 @@ pub fn deflate_block(
         let grow = out.len() / 2 + 64;
         out.resize(out.len() + grow, 0);
     }
-    out.truncate(written);
+    out.truncate(deflate.total_out() as usize);
     Ok(())
 }
 

@@ -363,7 +363,6 @@ pub fn docker_form(oci_manifest: &[u8]) -> Option<Vec<u8>> {
         .iter()
         .map(|l| {
             let encoding = LayerEncoding::from_oci(l.media_type().as_ref())?;
-            encoding.media_type(ManifestForm::Docker)?;
             Some((digest(l.digest())?, l.size(), encoding))
         })
         .collect::<Option<_>>()?;

@@ -212,16 +212,17 @@ fn podman_pulls_by_tag_and_by_digest() {
 /// A layer blob decompressed by the tool for its media type: gzip and tar by the system's
 /// own, zstd by the zstd crate (the CI machine need not have the zstd program).
 fn tar_of(layer: &Path, media_type: &str) -> Vec<u8> {
-    let bytes = std::fs::read(layer).expect("layer");
     match media_type {
         "application/vnd.oci.image.layer.v1.tar+gzip"
         | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
             let out = run_ok(Command::new("gzip").arg("-dc").arg(layer));
             out.stdout
         }
-        "application/vnd.oci.image.layer.v1.tar+zstd" => common::unzstd_blocking(&bytes),
+        "application/vnd.oci.image.layer.v1.tar+zstd" => {
+            common::unzstd_blocking(&std::fs::read(layer).expect("layer"))
+        }
         "application/vnd.oci.image.layer.v1.tar"
-        | "application/vnd.docker.image.rootfs.diff.tar" => bytes,
+        | "application/vnd.docker.image.rootfs.diff.tar" => std::fs::read(layer).expect("layer"),
         other => panic!("unexpected layer media type {other}"),
     }
 }

@@ -171,13 +171,15 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     let (digits, unit) = match t.char_indices().last() {
         Some((i, 'k' | 'K')) => (&t[..i], 1 << 10),
         Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
+        Some((i, 't' | 'T')) => (&t[..i], 1 << 40),
         _ => (t, 1),
     };
     digits
         .parse::<usize>()
         .ok()
         .and_then(|n| n.checked_mul(unit))
-        .ok_or_else(|| format!("invalid size {s:?}: use bytes, or a number with K or M"))
+        .ok_or_else(|| format!("invalid size {s:?}: use bytes, or a number with K, M, G or T"))
 }
 
 /// Compresses everything `input` yields into `out` and gives `out` back. `threads` is how
@@ -409,7 +411,9 @@ mod tests {
         assert_eq!(parse_size("65536"), Ok(65536));
         assert_eq!(parse_size("512K"), Ok(512 << 10));
         assert_eq!(parse_size("4m"), Ok(4 << 20));
-        for bad in ["", "M", "1G", "-1", "1.5M"] {
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("1t"), Ok(1 << 40));
+        for bad in ["", "M", "1X", "-1", "1.5M", "99999999999T"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }

@@ -370,6 +370,111 @@ pub fn docker_form(oci_manifest: &[u8]) -> Option<Vec<u8>> {
     manifest_from_descriptors(ManifestForm::Docker, (&config, m.config().size()), &refs).ok()
 }
 
+/// A descriptor as pushed manifests write it: only what the registry checks or reports.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PushedDescriptor {
+    media_type: Option<String>,
+    digest: String,
+    size: i64,
+    /// A layer that lives elsewhere (Docker's foreign layers): not required in the repository.
+    #[serde(default)]
+    urls: Vec<String>,
+}
+
+/// A pushed manifest or index, read for what the registry must check and index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedManifest {
+    pub media_type: &'static str,
+    /// Blobs (config, layers) the repository must hold, with the sizes the manifest claims.
+    pub blobs: Vec<(Digest, u64)>,
+    /// Manifests (of an index) the repository must hold.
+    pub children: Vec<(Digest, u64)>,
+    /// The manifest this one refers to (OCI 1.1 `subject`).
+    pub subject: Option<Digest>,
+    /// What the referrers API reports: `artifactType`, else an image's config media type.
+    pub artifact_type: Option<String>,
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Reads a pushed manifest. `content_type` is the request's `Content-Type` (parameters
+/// stripped), which must agree with the document's `mediaType` when both are given. The
+/// error says what is wrong, for a MANIFEST_INVALID answer.
+pub fn parse_pushed_manifest(
+    bytes: &[u8],
+    content_type: Option<&str>,
+) -> Result<PushedManifest, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Doc {
+        schema_version: Option<i64>,
+        media_type: Option<String>,
+        artifact_type: Option<String>,
+        config: Option<PushedDescriptor>,
+        layers: Option<Vec<PushedDescriptor>>,
+        manifests: Option<Vec<PushedDescriptor>>,
+        subject: Option<PushedDescriptor>,
+        annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    }
+    let doc: Doc =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a JSON manifest: {e}"))?;
+    if doc.schema_version != Some(2) {
+        return Err("schemaVersion must be 2 (Docker schema 1 is not supported)".to_owned());
+    }
+    let known = |t: &str| MANIFEST_MEDIA_TYPES.into_iter().find(|k| *k == t);
+    let content_type = content_type.filter(|t| !t.is_empty());
+    let media_type = match (doc.media_type.as_deref(), content_type) {
+        (Some(inner), Some(outer)) if inner != outer => {
+            return Err(format!(
+                "Content-Type {outer} does not match the manifest's mediaType {inner}"
+            ));
+        }
+        (Some(t), _) | (None, Some(t)) => {
+            known(t).ok_or_else(|| format!("unsupported manifest media type {t}"))?
+        }
+        (None, None) => manifest_media_type(bytes)
+            .ok_or("no mediaType and no Content-Type: cannot tell what this document is")?,
+    };
+    let descriptor = |d: &PushedDescriptor, what: &str| -> Result<(Digest, u64), String> {
+        let digest = d
+            .digest
+            .parse::<Digest>()
+            .map_err(|e| format!("{what} digest {:?}: {e}", d.digest))?;
+        let size =
+            u64::try_from(d.size).map_err(|_| format!("{what} size {} is negative", d.size))?;
+        Ok((digest, size))
+    };
+    let is_index = media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST;
+    let mut pushed = PushedManifest {
+        media_type,
+        blobs: Vec::new(),
+        children: Vec::new(),
+        subject: match &doc.subject {
+            Some(s) => Some(descriptor(s, "subject")?.0),
+            None => None,
+        },
+        artifact_type: doc.artifact_type.clone(),
+        annotations: doc.annotations,
+    };
+    if is_index {
+        let manifests = doc.manifests.ok_or("an index needs a manifests list")?;
+        for m in &manifests {
+            pushed.children.push(descriptor(m, "manifest")?);
+        }
+    } else {
+        let config = doc.config.ok_or("an image manifest needs a config")?;
+        let layers = doc.layers.ok_or("an image manifest needs a layers list")?;
+        pushed.blobs.push(descriptor(&config, "config")?);
+        for layer in layers.iter().filter(|l| l.urls.is_empty()) {
+            pushed.blobs.push(descriptor(layer, "layer")?);
+        }
+        if pushed.artifact_type.is_none() {
+            pushed.artifact_type = config.media_type.clone();
+        }
+    }
+    Ok(pushed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,6 +126,26 @@ struct ServeArgs {
     /// [default: the number of CPUs]
     #[arg(long, value_name = "N")]
     max_packs: Option<usize>,
+    /// Accept pushes and deletes (the OCI distribution API's write side)
+    #[arg(long)]
+    push: bool,
+    /// Require HTTP basic authentication for writes, against FILE's bcrypt entries (as
+    /// `htpasswd -B` writes them)
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// With --htpasswd: require authentication for reads too
+    #[arg(long, requires = "htpasswd")]
+    auth_reads: bool,
+    /// Allow --push on a non-loopback address without --htpasswd (anyone who can reach the
+    /// port can then overwrite tags)
+    #[arg(long, requires = "push")]
+    insecure_push: bool,
+    /// Largest blob a push may store, e.g. 512M or 8G [default: no limit]
+    #[arg(long, value_name = "SIZE", value_parser = compress::parse_size)]
+    max_blob_size: Option<usize>,
+    /// Drop an upload session (and its temp file) after this many seconds without a request
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    upload_timeout: u64,
     #[command(flatten)]
     image: ImageArgs,
 }
@@ -319,6 +339,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
             );
         }
     }
+    let access = access(&args, listen)?;
     let image = prepare(args.image)?;
 
     let store_dir = args.store.dir()?;
@@ -348,6 +369,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
     } else {
         Registry::new(store)
     };
+    let registry = registry.with_access(access);
 
     let server = Server::bind_registry(listen, registry, registry::Config::default())
         .await
@@ -359,6 +381,34 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
     // Last line, and the one scripts wait for.
     say(format_args!("listening http://{addr}"));
     server.run(shutdown_signal()?).await.map_err(msg)
+}
+
+/// The access rules `serve` was given, checked: pushing on an address others can reach needs
+/// authentication, unless the operator says otherwise in so many words.
+fn access(args: &ServeArgs, listen: SocketAddr) -> Result<registry::Access, String> {
+    if args.htpasswd.is_some() && !args.push && !args.auth_reads {
+        return Err("--htpasswd guards pushes, which are off: add --push (or --auth-reads)".into());
+    }
+    if args.push && args.htpasswd.is_none() && !listen.ip().is_loopback() && !args.insecure_push {
+        return Err(format!(
+            "--push on {listen}, which other machines can reach, needs --htpasswd FILE \
+             (or --insecure-push to let anyone push)"
+        ));
+    }
+    if args.upload_timeout == 0 {
+        return Err("--upload-timeout must be at least 1 second".into());
+    }
+    let htpasswd = match &args.htpasswd {
+        Some(path) => Some(std::sync::Arc::new(registry::Htpasswd::load(path)?)),
+        None => None,
+    };
+    Ok(registry::Access {
+        push: args.push,
+        htpasswd,
+        auth_reads: args.auth_reads,
+        max_blob_size: args.max_blob_size.map(|n| n as u64),
+        upload_timeout: std::time::Duration::from_secs(args.upload_timeout),
+    })
 }
 
 /// Packs a prepared image into `store` as `tag`, with a progress bar or log lines.

@@ -237,7 +237,7 @@ impl OnDemand {
     ) -> Option<Result<Digest, Arc<ResolveError>>> {
         if let Some(e) = self.explicit.get(name).and_then(|t| t.get(tag)) {
             let stamps = stamps(&e.inputs).await;
-            return Some(self.resolve(&e.image, e.inputs.clone(), stamps).await);
+            return Some(self.resolve(name, &e.image, e.inputs.clone(), stamps).await);
         }
         if *tag != Tag::latest() {
             return None;
@@ -265,7 +265,7 @@ impl OnDemand {
                 return Some(Err(Arc::new(error)));
             }
         };
-        Some(self.resolve(&image, inputs, vec![Some(stamp)]).await)
+        Some(self.resolve(name, &image, inputs, vec![Some(stamp)]).await)
     }
 
     /// Whether `name` is an on-demand repository.
@@ -307,6 +307,7 @@ impl OnDemand {
     /// the outcome depends on them, so a changed file is a new pack on this very request.
     async fn resolve(
         &self,
+        name: &Name,
         image: &Image,
         inputs: Vec<Input>,
         stamps: Vec<Option<FileStamp>>,
@@ -317,6 +318,7 @@ impl OnDemand {
         };
         let (store, opts, slots) = (self.store.clone(), self.opts, self.slots.clone());
         let threads = self.threads;
+        let name = name.clone();
         let work = {
             let label = label.clone();
             move || {
@@ -329,7 +331,15 @@ impl OnDemand {
                         slots: Some(slots),
                         threads,
                     };
-                    match pack::pack_image_with(&store, &inputs, opts, &run, None, &packing).await {
+                    // Linked into the repository, so its blobs are served through it.
+                    let packed =
+                        match pack::pack_image_with(&store, &inputs, opts, &run, None, &packing)
+                            .await
+                        {
+                            Ok(img) => pack::link_image(&store, &name, &img).await.map(|()| img),
+                            Err(e) => Err(e),
+                        };
+                    match packed {
                         Ok(img) => Ok(Resolved {
                             manifest: img.manifest.0,
                             settled: img.packed.settled,

@@ -26,8 +26,8 @@ use crate::compress::{self, Compression};
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{self, Layer, ManifestForm, RunConfig};
 use crate::progress::Progress;
-use crate::reference::TaggedName;
-use crate::store::{FileStamp, Store, StoreError};
+use crate::reference::{Name, TaggedName};
+use crate::store::{FileStamp, Link, Store, StoreError};
 
 /// Read size for input files: large reads keep the pipeline fed (4 KiB reads are far slower).
 const READ_BUFFER: usize = 1 << 20;
@@ -872,16 +872,30 @@ pub async fn pack_image_with(
     } else {
         None
     };
-    if let Some(t) = tag {
-        store.set_tag(&t.name, &t.tag, &manifest.0).await?;
-    }
-    Ok(PackedImage {
+    let image = PackedImage {
         packed,
         config,
         manifest,
         docker_manifest,
         seconds: start.elapsed().as_secs_f64(),
-    })
+    };
+    if let Some(t) = tag {
+        link_image(store, &t.name, &image).await?;
+        store.set_tag(&t.name, &t.tag, &image.manifest.0).await?;
+    }
+    Ok(image)
+}
+
+/// Makes a packed image's blobs and manifests part of repository `name`, so the registry
+/// serves them through it (repositories are scoped: see `store`).
+pub async fn link_image(store: &Store, name: &Name, image: &PackedImage) -> Result<(), PackError> {
+    for blob in [&image.config.0, &image.packed.layer.digest] {
+        store.link(name, Link::Blob, blob).await?;
+    }
+    for (manifest, _) in std::iter::once(&image.manifest).chain(&image.docker_manifest) {
+        store.link(name, Link::Manifest, manifest).await?;
+    }
+    Ok(())
 }
 
 async fn put_manifest(

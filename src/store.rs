@@ -5,6 +5,10 @@
 //! <root>/tmp/<random>                        blobs and tag files being written; each is flock'd
 //!                                            by its writer while it lives
 //! <root>/repositories/<name>/_tags/<tag>     "sha256:<hex>\n": the manifest a tag points at
+//! <root>/repositories/<name>/_blobs/<hex>    empty: blob <hex> (layer, config) is in <name>
+//! <root>/repositories/<name>/_manifests/<hex>  empty: manifest <hex> is in <name>
+//! <root>/repositories/<name>/_referrers/<subject hex>/<hex>
+//!                                            empty: manifest <hex> in <name> has that subject
 //! <root>/cache/layers/<hex>                  a layer-cache record: which layer a set of input
 //!                                            files packed into (JSON, see `cache`)
 //! ```
@@ -13,6 +17,10 @@
 //! fsync it and rename it to its digest, so a reader never sees a half-written blob under a
 //! digest name (invariant 1). Names and tags are validated (`reference`) before they are joined
 //! onto a path, and components starting with `_` cannot be repository names.
+//!
+//! Bytes are stored once, under `blobs/`; a repository holds *links* to them (like
+//! distribution's `_layers` and `_manifests`), so a blob pushed into one repository is not
+//! served through another. A link is an empty file: its existence is the whole record.
 
 use std::fs as stdfs;
 use std::io;
@@ -388,7 +396,7 @@ impl Store {
         let dest = self.tag_path(name, tag);
         let body = format!("{digest}\n");
         blocking(move || {
-            ctx(stdfs::create_dir_all(&dir), "create tag directory", &dir)?;
+            create_dirs_durably(&dir)?;
             let (mut file, temp) = s.create_temp("tag-")?;
             ctx(
                 io::Write::write_all(&mut file, body.as_bytes()),
@@ -416,17 +424,14 @@ impl Store {
             .map_err(|source| StoreError::CorruptTag { path, source })
     }
 
-    /// Whether `name` is a repository: it has a tag folder (tags are never removed yet).
+    /// Whether `name` is a repository: something was tagged, pushed or linked into it.
     pub async fn has_repository(&self, name: &Name) -> Result<bool> {
-        let dir = self.tags_dir(name);
-        match tokio::fs::metadata(&dir).await {
-            Ok(m) => Ok(m.is_dir()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => ctx(Err(e), "stat", &dir),
-        }
+        let dir = self.repositories_dir().join(name.as_str());
+        blocking(move || is_repository(&dir)).await
     }
 
-    /// Every repository (a folder under `repositories/` holding `_tags`), sorted by name.
+    /// Every repository (a folder under `repositories/` holding `_tags`, `_blobs` or
+    /// `_manifests`), sorted by name.
     /// Folders whose path is not a valid name are skipped: the store never creates them.
     pub async fn repositories(&self) -> Result<Vec<Name>> {
         let root = self.repositories_dir();
@@ -443,8 +448,10 @@ impl Store {
                     let Some(component) = entry.file_name().to_str().map(str::to_owned) else {
                         continue;
                     };
-                    if component == "_tags" {
-                        if let Ok(name) = prefix.parse::<Name>() {
+                    if REPOSITORY_MARKERS.contains(&component.as_str()) {
+                        if let Ok(name) = prefix.parse::<Name>()
+                            && names.last() != Some(&name)
+                        {
                             names.push(name);
                         }
                     } else if !component.starts_with('_') {
@@ -458,7 +465,102 @@ impl Store {
                 }
             }
             names.sort();
+            names.dedup();
             Ok(names)
+        })
+        .await
+    }
+
+    /// Removes `name:tag`; `false` if there was no such tag.
+    pub async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool> {
+        let path = self.tag_path(name, tag);
+        let dir = self.tags_dir(name);
+        blocking(move || remove_durably(&path, &dir)).await
+    }
+
+    fn link_path(&self, name: &Name, kind: Link, digest: &Digest) -> PathBuf {
+        self.repositories_dir()
+            .join(name.as_str())
+            .join(kind.dir())
+            .join(digest.hex())
+    }
+
+    fn referrers_dir(&self, name: &Name, subject: &Digest) -> PathBuf {
+        self.repositories_dir()
+            .join(name.as_str())
+            .join("_referrers")
+            .join(subject.hex())
+    }
+
+    /// Makes `digest` part of repository `name`, durably. The blob must already be stored
+    /// (callers link after committing, so a link never names missing bytes).
+    pub async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<()> {
+        let path = self.link_path(name, kind, digest);
+        blocking(move || create_durably(&path)).await
+    }
+
+    /// Removes `digest` from repository `name`; `false` if it was not there. The bytes stay in
+    /// `blobs/`: another repository may link them too.
+    pub async fn unlink(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool> {
+        let path = self.link_path(name, kind, digest);
+        blocking(move || {
+            let dir = path.parent().unwrap_or(&path).to_owned();
+            remove_durably(&path, &dir)
+        })
+        .await
+    }
+
+    /// Whether repository `name` holds `digest` (and the store has its bytes).
+    pub async fn is_linked(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool> {
+        let link = self.link_path(name, kind, digest);
+        let blob = self.blob_path(digest);
+        blocking(move || Ok(exists(&link)? && exists(&blob)?)).await
+    }
+
+    /// Records that manifest `referrer` in `name` has `subject` (the referrers API's index).
+    pub async fn add_referrer(
+        &self,
+        name: &Name,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        let path = self.referrers_dir(name, subject).join(referrer.hex());
+        blocking(move || create_durably(&path)).await
+    }
+
+    pub async fn remove_referrer(
+        &self,
+        name: &Name,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        let dir = self.referrers_dir(name, subject);
+        let path = dir.join(referrer.hex());
+        blocking(move || remove_durably(&path, &dir).map(drop)).await
+    }
+
+    /// The manifests of `name` recorded as having `subject`, sorted.
+    pub async fn referrers(&self, name: &Name, subject: &Digest) -> Result<Vec<Digest>> {
+        let dir = self.referrers_dir(name, subject);
+        blocking(move || {
+            let entries = match stdfs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return ctx(Err(e), "list", &dir),
+            };
+            let mut out = Vec::new();
+            for entry in entries {
+                let entry = ctx(entry, "list", &dir)?;
+                if let Some(d) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|hex| format!("sha256:{hex}").parse().ok())
+                {
+                    out.push(d);
+                }
+            }
+            out.sort();
+            Ok(out)
         })
         .await
     }
@@ -513,6 +615,88 @@ impl FileStamp {
 fn sync_dir(dir: &Path) -> Result<()> {
     let d = ctx(stdfs::File::open(dir), "open directory", dir)?;
     ctx(d.sync_all(), "fsync directory", dir)
+}
+
+/// What a repository link says a digest is there as. Manifests are kept apart from other
+/// blobs so that a layer cannot be fetched as a manifest, nor a manifest deleted as a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// A layer or config, served from `/blobs/`.
+    Blob,
+    /// A manifest or index, served from `/manifests/`.
+    Manifest,
+}
+
+impl Link {
+    fn dir(self) -> &'static str {
+        match self {
+            Link::Blob => "_blobs",
+            Link::Manifest => "_manifests",
+        }
+    }
+}
+
+/// Folders whose presence makes their parent a repository.
+const REPOSITORY_MARKERS: [&str; 3] = ["_tags", "_blobs", "_manifests"];
+
+fn is_repository(dir: &Path) -> Result<bool> {
+    for marker in REPOSITORY_MARKERS {
+        if exists(&dir.join(marker))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn exists(path: &Path) -> Result<bool> {
+    match stdfs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => ctx(Err(e), "stat", path),
+    }
+}
+
+/// Creates an empty marker file and makes it durable; an existing one is left alone (no
+/// fsync: it was made durable when created).
+fn create_durably(path: &Path) -> Result<()> {
+    if exists(path)? {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(path);
+    create_dirs_durably(dir)?;
+    // Links are empty: truncating one that appeared meanwhile changes nothing.
+    ctx(stdfs::File::create(path), "create link", path)?;
+    sync_dir(dir)
+}
+
+/// `create_dir_all`, then an fsync of the parent of every folder it made, so that a crash
+/// cannot lose a folder (and the links in it) whose creation was reported done.
+fn create_dirs_durably(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !exists(at)? {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    ctx(stdfs::create_dir_all(dir), "create directory", dir)?;
+    for made in missing.iter().rev() {
+        if let Some(parent) = made.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a file and makes the removal durable; `false` if there was none.
+fn remove_durably(path: &Path, dir: &Path) -> Result<bool> {
+    match stdfs::remove_file(path) {
+        Ok(()) => sync_dir(dir).map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => ctx(Err(e), "remove", path),
+    }
 }
 
 /// A blob being written: bytes go to a locked temp file and are hashed on the way. `commit`

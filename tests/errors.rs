@@ -156,7 +156,7 @@ fn invalid_tag_compression_and_inputs_are_refused_before_touching_the_store() {
     }
     // Refused by the argument parser, which names the flag and the accepted values.
     for (args, why) in [
-        (&["--block-size", "1G"][..], "invalid size \"1G\""),
+        (&["--block-size", "1X"][..], "invalid size \"1X\""),
         (
             &["--compression", "brotli"],
             "[possible values: gzip, zstd, none]",

@@ -293,8 +293,10 @@ async fn root_images_are_packed_on_first_pull_and_nothing_else_is_reachable() {
     .expect("chmod");
     let r = raw_request(&addr, "HEAD", "/v2/bin/hello/manifests/latest", &[]);
     assert_eq!(r.status, 404);
-    // On-demand images write no tags: what they serve is decided by the files.
-    assert!(!store.join("repositories/bin").exists());
+    // On-demand images write no tags: what they serve is decided by the files. Their blobs
+    // are linked into their repository, which is what lets it serve them.
+    assert!(!store.join("repositories/bin/hello/_tags").exists());
+    assert!(store.join("repositories/bin/hello/_manifests").is_dir());
     // And the server still serves.
     assert_eq!(raw_request(&addr, "GET", "/v2/", &[]).status, 200);
 }

@@ -653,7 +653,12 @@ async fn writes_are_refused_while_read_only() {
         assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method} {path}");
         assert_eq!(r.error_code(), "UNSUPPORTED", "{method} {path}");
     }
-    let r = f.get("/v2/app/blobs/uploads/1234", &[]).await;
+    let r = f
+        .get(
+            "/v2/app/blobs/uploads/0123456789abcdef0123456789abcdef",
+            &[],
+        )
+        .await;
     assert_eq!(r.status(), 405);
     // Nothing was written.
     assert_eq!(

@@ -1,4 +1,5 @@
 //! `GET|HEAD /v2/<name>/blobs/<digest>`: the blob streamed from its file, whole or one range.
+//! `DELETE`: the blob leaves the repository (its bytes stay while other repositories link them).
 
 use std::io::SeekFrom;
 
@@ -12,7 +13,7 @@ use super::body::Body;
 use super::errors::{Code, RegistryError};
 use crate::digest::Digest;
 use crate::reference::Name;
-use crate::store::StoreError;
+use crate::store::{Link, StoreError};
 
 pub async fn get(
     registry: &Registry,
@@ -21,14 +22,17 @@ pub async fn get(
     request: &HeaderMap,
 ) -> Result<Response<Body>, RegistryError> {
     registry.require_repository(name).await?;
-    let (mut file, size) = match registry.store().open_blob(digest).await {
+    // Scoped: only what was pushed, mounted or packed into this repository. A manifest is a
+    // blob too (some clients fetch one through /blobs/).
+    let linked = registry.is_linked(name, Link::Blob, digest).await?
+        || registry.is_linked(name, Link::Manifest, digest).await?;
+    let opened = match linked {
+        true => registry.store().open_blob(digest).await,
+        false => Err(StoreError::BlobUnknown(digest.clone())),
+    };
+    let (mut file, size) = match opened {
         Ok(f) => f,
-        Err(StoreError::BlobUnknown(_)) => {
-            return Err(
-                RegistryError::new(Code::BlobUnknown, "blob unknown to registry")
-                    .detail(json!({ "name": name.as_str(), "digest": digest.to_string() })),
-            );
-        }
+        Err(StoreError::BlobUnknown(_)) => return Err(unknown(name, digest)),
         Err(e) => return Err(e.into()),
     };
     let range = match request.get(header::RANGE) {
@@ -84,6 +88,30 @@ pub async fn get(
     }
     super::digest_headers(headers, digest)?;
     Ok(super::conditional(response, request, digest))
+}
+
+/// `DELETE /v2/<name>/blobs/<digest>`: 202, or 404 if the repository does not hold it.
+pub async fn delete(
+    registry: &Registry,
+    name: &Name,
+    digest: &Digest,
+) -> Result<Response<Body>, RegistryError> {
+    registry.require_repository(name).await?;
+    if !registry.unlink(name, Link::Blob, digest).await? {
+        return Err(unknown(name, digest));
+    }
+    tracing::info!(%name, %digest, "blob deleted from repository");
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    Ok(response)
+}
+
+fn unknown(name: &Name, digest: &Digest) -> RegistryError {
+    RegistryError::new(Code::BlobUnknown, "blob unknown to registry")
+        .detail(json!({ "name": name.as_str(), "digest": digest.to_string() }))
 }
 
 /// The one byte range (first, last inclusive) a `Range` header asks for, `None` to send the

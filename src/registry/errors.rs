@@ -12,11 +12,19 @@ use crate::store::StoreError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    Denied,
     DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
     ManifestUnknown,
     NameInvalid,
     NameUnknown,
     PaginationNumberInvalid,
+    /// Also sent with 413 for an upload or manifest over the size limit.
+    SizeInvalid,
+    Unauthorized,
     Unsupported,
     /// A `Range` header we cannot satisfy (416); the spec has no code for reads.
     RangeInvalid,
@@ -28,11 +36,18 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::BlobUnknown => "BLOB_UNKNOWN",
+            Code::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            Code::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            Code::Denied => "DENIED",
             Code::DigestInvalid => "DIGEST_INVALID",
+            Code::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            Code::ManifestInvalid => "MANIFEST_INVALID",
             Code::ManifestUnknown => "MANIFEST_UNKNOWN",
             Code::NameInvalid => "NAME_INVALID",
             Code::NameUnknown => "NAME_UNKNOWN",
             Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            Code::SizeInvalid => "SIZE_INVALID",
+            Code::Unauthorized => "UNAUTHORIZED",
             Code::Unsupported => "UNSUPPORTED",
             Code::RangeInvalid => "RANGE_INVALID",
             Code::Unknown => "UNKNOWN",
@@ -42,10 +57,19 @@ impl Code {
     /// The status the spec pairs with the code.
     pub fn status(self) -> StatusCode {
         match self {
-            Code::BlobUnknown | Code::ManifestUnknown | Code::NameUnknown => StatusCode::NOT_FOUND,
-            Code::DigestInvalid | Code::NameInvalid | Code::PaginationNumberInvalid => {
-                StatusCode::BAD_REQUEST
-            }
+            Code::BlobUnknown
+            | Code::BlobUploadUnknown
+            | Code::ManifestUnknown
+            | Code::NameUnknown => StatusCode::NOT_FOUND,
+            Code::BlobUploadInvalid
+            | Code::DigestInvalid
+            | Code::ManifestBlobUnknown
+            | Code::ManifestInvalid
+            | Code::NameInvalid
+            | Code::PaginationNumberInvalid
+            | Code::SizeInvalid => StatusCode::BAD_REQUEST,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Denied => StatusCode::FORBIDDEN,
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Code::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
             Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
@@ -61,8 +85,8 @@ pub struct RegistryError {
     pub status: StatusCode,
     pub message: String,
     pub detail: Value,
-    /// `Allow` for 405, `Content-Range` for 416.
-    pub header: Option<Box<(HeaderName, HeaderValue)>>,
+    /// `Allow` for 405, `Content-Range` for 416, `WWW-Authenticate` for 401...
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl RegistryError {
@@ -72,7 +96,7 @@ impl RegistryError {
             status: code.status(),
             message: message.into(),
             detail: Value::Null,
-            header: None,
+            headers: Vec::new(),
         }
     }
 
@@ -93,7 +117,7 @@ impl RegistryError {
     }
 
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> RegistryError {
-        self.header = Some(Box::new((name, value)));
+        self.headers.push((name, value));
         self
     }
 

@@ -6,18 +6,28 @@
 //! bytes sent, so a client can `GET` by that digest next (what `docker pull` does). A tag of
 //! an on-demand image is resolved (packed, if need be) before anything is sent, so `HEAD`
 //! and `GET` answer alike; `HEAD` waits for the pack like `GET` does.
+//!
+//! `PUT` stores a pushed manifest or index once it parses, its media type agrees with its
+//! `Content-Type`, and everything it names is in the repository. `DELETE` by tag removes the
+//! tag; by digest, the manifest leaves the repository with every tag that points at it.
 
 use std::sync::Arc;
 
-use hyper::header::{self, HeaderMap};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
 use super::body::Body;
 use super::errors::{Code, RegistryError};
 use super::router::Reference;
-use super::{Manifest, Registry};
+use super::{MAX_MANIFEST, Manifest, Registry};
+use crate::digest::Digest;
+use crate::image;
 use crate::reference::Name;
+use crate::store::Link;
 
 pub async fn get(
     registry: &Registry,
@@ -28,10 +38,11 @@ pub async fn get(
     let manifest = match reference {
         Reference::Digest(digest) => {
             registry.require_repository(name).await?;
-            registry.manifest(digest).await?.ok_or_else(|| {
-                RegistryError::new(Code::ManifestUnknown, "manifest unknown to registry")
-                    .detail(json!({ "name": name.as_str(), "digest": digest.to_string() }))
-            })?
+            let found = match registry.is_linked(name, Link::Manifest, digest).await? {
+                true => registry.manifest(digest).await?,
+                false => None,
+            };
+            found.ok_or_else(|| unknown_digest(name, digest))?
         }
         Reference::Tag(tag) => {
             let unknown = || {
@@ -59,7 +70,7 @@ pub async fn get(
                 tracing::error!(%name, %tag, %digest, "tag points at a blob that is not a stored manifest");
                 return Err(unknown());
             };
-            negotiate(registry, stored, request).await?
+            negotiate(registry, name, stored, request).await?
         }
     };
     let mut response = super::document(StatusCode::OK, manifest.media_type, manifest.bytes.clone());
@@ -70,6 +81,7 @@ pub async fn get(
 /// Picks the form of a tagged manifest the client asked for.
 async fn negotiate(
     registry: &Registry,
+    name: &Name,
     stored: Arc<Manifest>,
     request: &HeaderMap,
 ) -> Result<Arc<Manifest>, RegistryError> {
@@ -77,7 +89,11 @@ async fn negotiate(
     if accept.is_empty() {
         return Ok(stored);
     }
-    let twin = registry.docker_twin(&stored).await?;
+    // Only a twin in this repository: the client fetches it by digest next, through it.
+    let twin = match registry.docker_twin(&stored).await? {
+        Some(t) if registry.is_linked(name, Link::Manifest, &t.digest).await? => Some(t),
+        _ => None,
+    };
     let mut best: Option<(Rank, Arc<Manifest>)> = None;
     for candidate in std::iter::once(stored.clone()).chain(twin) {
         if let Some(rank) = accept.rank(candidate.media_type)
@@ -96,6 +112,193 @@ async fn negotiate(
         )
         .detail(json!({ "mediaType": stored.media_type }))
     })
+}
+
+/// `PUT /v2/<name>/manifests/<reference>`.
+pub async fn put(
+    registry: &Registry,
+    name: &Name,
+    reference: &Reference,
+    request: &HeaderMap,
+    body: Incoming,
+) -> Result<Response<Body>, RegistryError> {
+    if let Reference::Tag(tag) = reference {
+        refuse_on_demand(registry, name, tag.as_str()).await?;
+    }
+    let bytes = read_manifest(body).await?;
+    let content_type = request
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    let pushed = image::parse_pushed_manifest(&bytes, content_type)
+        .map_err(|why| RegistryError::new(Code::ManifestInvalid, why))?;
+    let digest = Digest::sha256_of(&bytes);
+    if let Reference::Digest(given) = reference
+        && given != &digest
+    {
+        return Err(RegistryError::new(
+            Code::DigestInvalid,
+            "the manifest's bytes do not have the digest it was pushed under",
+        )
+        .detail(json!({ "expected": given.to_string(), "actual": digest.to_string() })));
+    }
+    let wanted = pushed
+        .blobs
+        .iter()
+        .map(|b| (b, Link::Blob))
+        .chain(pushed.children.iter().map(|c| (c, Link::Manifest)));
+    for ((blob, size), kind) in wanted {
+        if !registry.is_linked(name, kind, blob).await? {
+            let what = match kind {
+                Link::Blob => "blob",
+                Link::Manifest => "manifest",
+            };
+            return Err(RegistryError::new(
+                Code::ManifestBlobUnknown,
+                format!("the manifest names a {what} that is not in repository {name}"),
+            )
+            .detail(json!({ "digest": blob.to_string() })));
+        }
+        let stored = registry.store().blob_size(blob).await?;
+        if stored != Some(*size) {
+            return Err(RegistryError::new(
+                Code::ManifestInvalid,
+                format!("the manifest gives {blob} a size of {size}, but it has {stored:?}"),
+            )
+            .detail(json!({ "digest": blob.to_string(), "size": size })));
+        }
+    }
+    registry.store().put(&bytes).await?;
+    registry.link(name, Link::Manifest, &digest).await?;
+    if let Some(subject) = &pushed.subject {
+        registry
+            .store()
+            .add_referrer(name, subject, &digest)
+            .await?;
+    }
+    if let Reference::Tag(tag) = reference {
+        registry.store().set_tag(name, tag, &digest).await?;
+        registry
+            .tags
+            .set(&(name.clone(), tag.clone()), Some(digest.clone()));
+    }
+    tracing::info!(%name, %digest, media_type = pushed.media_type, "manifest pushed");
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = StatusCode::CREATED;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    h.insert(
+        header::LOCATION,
+        super::header_value(&format!("/v2/{name}/manifests/{digest}"))?,
+    );
+    super::digest_headers(h, &digest)?;
+    if let Some(subject) = &pushed.subject {
+        h.insert(
+            HeaderName::from_static("oci-subject"),
+            super::header_value(&subject.to_string())?,
+        );
+    }
+    Ok(response)
+}
+
+/// `DELETE /v2/<name>/manifests/<reference>`: 202.
+pub async fn delete(
+    registry: &Registry,
+    name: &Name,
+    reference: &Reference,
+) -> Result<Response<Body>, RegistryError> {
+    registry.require_repository(name).await?;
+    match reference {
+        Reference::Tag(tag) => {
+            refuse_on_demand(registry, name, tag.as_str()).await?;
+            if !registry.store().delete_tag(name, tag).await? {
+                return Err(RegistryError::new(
+                    Code::ManifestUnknown,
+                    "manifest tag unknown to registry",
+                )
+                .detail(json!({ "name": name.as_str(), "tag": tag.as_str() })));
+            }
+            registry.tags.set(&(name.clone(), tag.clone()), None);
+            tracing::info!(%name, %tag, "tag deleted");
+        }
+        Reference::Digest(digest) => {
+            if !registry.is_linked(name, Link::Manifest, digest).await? {
+                return Err(unknown_digest(name, digest));
+            }
+            // The tags go first: a tag must never name a manifest the repository lacks.
+            for tag in registry.store().tags(name).await? {
+                if registry.store().tag(name, &tag).await?.as_ref() == Some(digest) {
+                    registry.store().delete_tag(name, &tag).await?;
+                    registry.tags.set(&(name.clone(), tag), None);
+                }
+            }
+            if let Some(m) = registry.manifest(digest).await?
+                && let Ok(pushed) = image::parse_pushed_manifest(&m.bytes, None)
+                && let Some(subject) = pushed.subject
+            {
+                registry
+                    .store()
+                    .remove_referrer(name, &subject, digest)
+                    .await?;
+            }
+            registry.unlink(name, Link::Manifest, digest).await?;
+            tracing::info!(%name, %digest, "manifest deleted from repository");
+        }
+    }
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    Ok(response)
+}
+
+/// Tags of on-demand images are the inputs' to say: a pushed or deleted tag there would be
+/// hidden by (or come back as) the on-demand image.
+async fn refuse_on_demand(
+    registry: &Registry,
+    name: &Name,
+    tag: &str,
+) -> Result<(), RegistryError> {
+    match &registry.images {
+        Some(images) if images.has(name).await => Err(RegistryError::new(
+            Code::Denied,
+            format!("{name} is packed on demand from files (--image/--root); its tags cannot be pushed or deleted"),
+        )
+        .detail(json!({ "name": name.as_str(), "tag": tag }))),
+        _ => Ok(()),
+    }
+}
+
+/// The request body, if it is at most `MAX_MANIFEST` bytes (413 otherwise).
+async fn read_manifest(mut body: Incoming) -> Result<Bytes, RegistryError> {
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            RegistryError::new(
+                Code::ManifestInvalid,
+                format!("reading the request body failed: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if (bytes.len() + data.len()) as u64 > MAX_MANIFEST {
+                return Err(RegistryError::new(
+                    Code::SizeInvalid,
+                    format!("manifests are limited to {MAX_MANIFEST} bytes"),
+                )
+                .status(StatusCode::PAYLOAD_TOO_LARGE)
+                .detail(json!({ "limit": MAX_MANIFEST })));
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(bytes))
+}
+
+fn unknown_digest(name: &Name, digest: &Digest) -> RegistryError {
+    RegistryError::new(Code::ManifestUnknown, "manifest unknown to registry")
+        .detail(json!({ "name": name.as_str(), "digest": digest.to_string() }))
 }
 
 /// How well a client wants a media type: by `q`, then by position (earlier is better), then

@@ -1,19 +1,24 @@
-//! The registry: the pull side of the OCI distribution API over the store, with hyper.
+//! The registry: the OCI distribution API (v1.1) over the store, with hyper.
 //!
 //! | file | resource |
 //! |---|---|
-//! | `router.rs` | path → resource, validating names, tags and digests |
+//! | `router.rs` | path → resource, validating names, tags, digests and upload ids |
 //! | `base.rs` | `GET /v2/` |
-//! | `manifests.rs` | `/v2/<name>/manifests/<reference>`, with `Accept` negotiation |
-//! | `blobs.rs` | `/v2/<name>/blobs/<digest>`, streamed, with `Range` |
+//! | `manifests.rs` | `/v2/<name>/manifests/<reference>`: `Accept` negotiation; push, delete |
+//! | `blobs.rs` | `/v2/<name>/blobs/<digest>`, streamed, with `Range`; delete |
+//! | `uploads.rs` | `/v2/<name>/blobs/uploads/...`: pushing blobs, whole, chunked or mounted |
+//! | `referrers.rs` | `/v2/<name>/referrers/<digest>` |
 //! | `tags.rs`, `catalog.rs` | the two paginated lists (`pagination.rs`) |
+//! | `auth.rs` | basic authentication against an htpasswd file |
 //! | `errors.rs` | OCI error bodies and their statuses |
 //! | `body.rs` | response bodies and the per-request access log |
 //!
-//! The registry only reads the store, and asks [`OnDemand`] for the images it packs on
-//! request. A repository exists when it has a tag or is an on-demand image; any blob in the
-//! store can be fetched through any repository (per-repository scoping comes with push).
+//! Reads go to the store, and to [`OnDemand`] for the images it packs on request. Writes
+//! (off unless [`Access::push`]) stream into the store's temp files and commit by digest.
+//! Repositories are scoped: a blob or manifest is served through a repository only if it was
+//! pushed, mounted or packed into it (the store's links), though its bytes are stored once.
 
+mod auth;
 mod base;
 mod blobs;
 mod body;
@@ -21,10 +26,12 @@ mod catalog;
 mod errors;
 mod manifests;
 mod pagination;
+mod referrers;
 mod router;
 mod tags;
+mod uploads;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -45,13 +52,18 @@ use crate::digest::Digest;
 use crate::image;
 use crate::ondemand::OnDemand;
 use crate::reference::{Name, Tag};
-use crate::store::{Store, StoreError};
-use body::{Access, Body, Logged};
+use crate::store::{Link, Store, StoreError};
+pub use auth::Htpasswd;
+use body::{Body, Logged};
 use errors::{Code, RegistryError};
 use router::Route;
+use uploads::Uploads;
 
 /// Manifests larger than this are not manifests (the spec lets registries cap them at 4 MiB).
 const MAX_MANIFEST: u64 = 4 << 20;
+
+/// The realm clients are told to authenticate for.
+const REALM: &str = "Basic realm=\"quinistry\", charset=\"UTF-8\"";
 
 /// How long a tag read from the store (or a repository seen to exist) is trusted before it
 /// is read again. Tags moved by another process (`quinistry pack` into the same store) show
@@ -74,6 +86,33 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Who may do what. The default is a read-only registry open to all.
+#[derive(Clone)]
+pub struct Access {
+    /// Whether pushes and deletes are accepted at all.
+    pub push: bool,
+    /// Users who may write (and read, with `auth_reads`); `None` means no authentication.
+    pub htpasswd: Option<Arc<Htpasswd>>,
+    /// Reads need credentials too.
+    pub auth_reads: bool,
+    /// Largest blob a push may store.
+    pub max_blob_size: Option<u64>,
+    /// An upload session idle this long is dropped with its temp file.
+    pub upload_timeout: Duration,
+}
+
+impl Default for Access {
+    fn default() -> Access {
+        Access {
+            push: false,
+            htpasswd: None,
+            auth_reads: false,
+            max_blob_size: None,
+            upload_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -101,6 +140,13 @@ pub struct Registry {
     /// Images packed on demand (`serve --image`, `--root`); they take precedence over the
     /// store's tags of the same name and tag.
     images: Option<Arc<OnDemand>>,
+    /// Who may read and write.
+    access: Access,
+    /// Upload sessions; `None` when pushing is off.
+    uploads: Option<Uploads>,
+    /// Repository links found in the store. Only this process removes links (and forgets
+    /// them here when it does), so a link once seen stays true; a new one is read at once.
+    linked: RwLock<HashSet<(Name, Link, Digest)>>,
 }
 
 /// What the store said recently about things that can change under us (tags, repositories),
@@ -114,6 +160,15 @@ impl<K: Eq + std::hash::Hash + Clone, V: Clone> Recent<K, V> {
     }
 
     /// The fresh cached value of `key`, else what `lookup` finds in the store (then cached).
+    /// Records what this process itself just wrote (or, with `None`, removed).
+    fn set(&self, key: &K, value: Option<V>) {
+        let mut map = write(&self.0);
+        match value {
+            Some(v) => map.insert(key.clone(), (v, Instant::now())),
+            None => map.remove(key),
+        };
+    }
+
     async fn get<F>(&self, key: &K, lookup: F) -> Result<Option<V>, StoreError>
     where
         F: Future<Output = Result<Option<V>, StoreError>>,
@@ -152,7 +207,58 @@ impl Registry {
             tags: Recent::new(),
             repositories: Recent::new(),
             images: None,
+            access: Access::default(),
+            uploads: None,
+            linked: RwLock::new(HashSet::new()),
         }
+    }
+
+    /// The registry with these access rules (say, pushing on).
+    pub fn with_access(self, access: Access) -> Registry {
+        let uploads = access
+            .push
+            .then(|| Uploads::new(access.upload_timeout, access.max_blob_size));
+        Registry {
+            access,
+            uploads,
+            ..self
+        }
+    }
+
+    /// The upload sessions; 405 when pushing is off.
+    fn uploads(&self) -> Result<&Uploads, RegistryError> {
+        self.uploads.as_ref().ok_or_else(read_only)
+    }
+
+    /// Whether repository `name` holds `digest` as `kind`.
+    async fn is_linked(
+        &self,
+        name: &Name,
+        kind: Link,
+        digest: &Digest,
+    ) -> Result<bool, StoreError> {
+        let key = (name.clone(), kind, digest.clone());
+        if read(&self.linked).contains(&key) {
+            return Ok(true);
+        }
+        let linked = self.store.is_linked(name, kind, digest).await?;
+        if linked {
+            write(&self.linked).insert(key);
+        }
+        Ok(linked)
+    }
+
+    async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<(), StoreError> {
+        self.store.link(name, kind, digest).await?;
+        write(&self.linked).insert((name.clone(), kind, digest.clone()));
+        self.repositories.set(name, Some(()));
+        Ok(())
+    }
+
+    async fn unlink(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool, StoreError> {
+        let removed = self.store.unlink(name, kind, digest).await?;
+        write(&self.linked).remove(&(name.clone(), kind, digest.clone()));
+        Ok(removed)
     }
 
     /// A registry that also serves on-demand images.
@@ -286,6 +392,21 @@ impl Server {
             .header_read_timeout(self.config.header_read_timeout);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
+        let sweeper = self.registry.uploads.as_ref().map(|uploads| {
+            let registry = Arc::downgrade(&self.registry);
+            let every = uploads.sweep_interval();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(registry) = registry.upgrade() else {
+                        break;
+                    };
+                    if let Some(uploads) = &registry.uploads {
+                        uploads.sweep();
+                    }
+                }
+            })
+        });
         loop {
             let (stream, remote) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -319,6 +440,9 @@ impl Server {
             });
         }
         drop(self.listener);
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
         tracing::info!(
             connections = graceful.count(),
             "shutting down: no new connections; finishing requests in flight"
@@ -336,18 +460,15 @@ async fn handle(
     remote: SocketAddr,
 ) -> Response<Logged> {
     let start = Instant::now();
-    let method = req.method().clone();
-    let result = match method {
-        Method::GET | Method::HEAD => dispatch(registry, &req).await,
-        _ => Err(RegistryError::new(
-            Code::Unsupported,
-            format!("{method} is not supported: this registry is read-only"),
-        )
-        .header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))),
+    let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let result = match authorize(registry, &parts).await {
+        Ok(()) => dispatch(registry, &parts, body).await,
+        Err(e) => Err(e),
     };
     let response = result.unwrap_or_else(error_response);
-    let (mut parts, body) = response.into_parts();
-    parts.headers.insert(
+    let (mut head, body) = response.into_parts();
+    head.headers.insert(
         HeaderName::from_static(API_VERSION.0),
         HeaderValue::from_static(API_VERSION.1),
     );
@@ -357,35 +478,125 @@ async fn handle(
     } else {
         body
     };
-    let access = Access {
+    let access = body::Access {
         remote,
         method,
         // A 60 KiB path is logged by its first 256 characters.
-        path: router::truncate(req.uri().path()),
-        status: parts.status.as_u16(),
+        path: router::truncate(parts.uri.path()),
+        status: head.status.as_u16(),
         start,
     };
-    Response::from_parts(parts, Logged::new(body, access))
+    Response::from_parts(head, Logged::new(body, access))
+}
+
+/// Checks credentials where the access rules want them: for writes, for reads with
+/// `auth_reads`, and for `/v2/` (the login check: `docker login` expects a challenge there).
+async fn authorize(
+    registry: &Registry,
+    req: &hyper::http::request::Parts,
+) -> Result<(), RegistryError> {
+    let Some(htpasswd) = &registry.access.htpasswd else {
+        return Ok(());
+    };
+    let read = matches!(req.method, Method::GET | Method::HEAD);
+    let base = matches!(req.uri.path(), "/v2" | "/v2/");
+    if read && !base && !registry.access.auth_reads {
+        return Ok(());
+    }
+    match htpasswd.check(req.headers.get(header::AUTHORIZATION)).await {
+        Some(_) => Ok(()),
+        None => Err(RegistryError::new(
+            Code::Unauthorized,
+            if req.headers.contains_key(header::AUTHORIZATION) {
+                "wrong user name or password"
+            } else {
+                "authentication required"
+            },
+        )
+        .header(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM))),
+    }
 }
 
 async fn dispatch(
     registry: &Registry,
-    req: &Request<Incoming>,
+    req: &hyper::http::request::Parts,
+    body: Incoming,
 ) -> Result<Response<Body>, RegistryError> {
-    match router::route(req.uri().path())? {
-        Route::Base => Ok(base::get()),
-        Route::Catalog => catalog::get(registry, req.uri().query()).await,
-        Route::Tags(name) => tags::get(registry, &name, req.uri().query()).await,
-        Route::Manifest(name, reference) => {
-            manifests::get(registry, &name, &reference, req.headers()).await
-        }
-        Route::Blob(name, digest) => blobs::get(registry, &name, &digest, req.headers()).await,
-        Route::Upload(_) => Err(RegistryError::new(
-            Code::Unsupported,
-            "uploads are not supported: this registry is read-only",
-        )
-        .header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))),
+    let (method, query, headers) = (&req.method, req.uri.query(), &req.headers);
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    if !read && !registry.access.push {
+        return Err(read_only());
     }
+    let route = router::route(req.uri.path())?;
+    match (route, method) {
+        (Route::Base, _) if read => Ok(base::get()),
+        (Route::Catalog, _) if read => catalog::get(registry, query).await,
+        (Route::Tags(name), _) if read => tags::get(registry, &name, query).await,
+        (Route::Manifest(name, reference), m) => match *m {
+            Method::GET | Method::HEAD => {
+                manifests::get(registry, &name, &reference, headers).await
+            }
+            Method::PUT => manifests::put(registry, &name, &reference, headers, body).await,
+            Method::DELETE => manifests::delete(registry, &name, &reference).await,
+            _ => Err(not_allowed(m, "GET, HEAD, PUT, DELETE")),
+        },
+        (Route::Blob(name, digest), m) => match *m {
+            Method::GET | Method::HEAD => blobs::get(registry, &name, &digest, headers).await,
+            Method::DELETE => blobs::delete(registry, &name, &digest).await,
+            _ => Err(not_allowed(m, "GET, HEAD, DELETE")),
+        },
+        (Route::Upload(name, None), &Method::POST) => {
+            let q = uploads::Query::parse(query);
+            uploads::post(registry, &name, &q, headers, body).await
+        }
+        (Route::Upload(_, None), m) => Err(not_allowed(m, "POST")),
+        (Route::Upload(name, Some(id)), m) => match *m {
+            Method::GET => uploads::status(registry, &name, &id).await,
+            Method::PATCH => uploads::patch(registry, &name, &id, headers, body).await,
+            Method::PUT => {
+                let q = uploads::Query::parse(query);
+                uploads::put(registry, &name, &id, &q, headers, body).await
+            }
+            Method::DELETE => uploads::cancel(registry, &name, &id).await,
+            _ => Err(not_allowed(m, "GET, PATCH, PUT, DELETE")),
+        },
+        (Route::Referrers(name, digest), _) if read => {
+            referrers::get(registry, &name, &digest, query).await
+        }
+        (_, m) => Err(not_allowed(m, "GET, HEAD")),
+    }
+}
+
+/// 405 for a write while pushing is off.
+fn read_only() -> RegistryError {
+    RegistryError::new(
+        Code::Unsupported,
+        "this registry is read-only (start it with --push to accept pushes)",
+    )
+    .header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))
+}
+
+fn not_allowed(method: &Method, allow: &'static str) -> RegistryError {
+    RegistryError::new(
+        Code::Unsupported,
+        format!("{method} is not supported on this endpoint"),
+    )
+    .header(header::ALLOW, HeaderValue::from_static(allow))
+}
+
+/// `key=value` pairs of a query string, values percent-decoded.
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            // A '+' is itself here (media types hold them), not a form's space.
+            let decode = |s: &str| pagination::percent_decode(&s.replace('+', "%2B"));
+            (decode(key), decode(value))
+        })
+        .collect()
 }
 
 fn error_response(e: RegistryError) -> Response<Body> {
@@ -398,7 +609,7 @@ fn error_response(e: RegistryError) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if let Some((name, value)) = e.header.map(|b| *b) {
+    for (name, value) in e.headers {
         headers.insert(name, value);
     }
     response

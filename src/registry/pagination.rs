@@ -95,7 +95,7 @@ pub fn respond(
 }
 
 /// Decodes `%XX` escapes (and `+` as space, as forms do); a bad escape stays as it is.
-fn percent_decode(s: &str) -> String {
+pub(super) fn percent_decode(s: &str) -> String {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -22,8 +22,46 @@ pub enum Route {
     Manifest(Name, Reference),
     /// `/v2/<name>/blobs/<digest>`.
     Blob(Name, Digest),
-    /// `/v2/<name>/blobs/uploads/...`: the write side, which this registry does not offer yet.
-    Upload(Name),
+    /// `/v2/<name>/blobs/uploads/` (`None`: start an upload) or `.../uploads/<id>`.
+    Upload(Name, Option<UploadId>),
+    /// `/v2/<name>/referrers/<digest>`.
+    Referrers(Name, Digest),
+}
+
+/// An upload session's id: 32 lowercase hex digits (128 random bits), so that a session cannot
+/// be guessed, and safe anywhere (it never reaches a path: sessions live in memory).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn parse(s: &str) -> Option<UploadId> {
+        (s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| UploadId(s.to_owned()))
+    }
+
+    /// A fresh random id, from the kernel's generator.
+    pub fn random() -> std::io::Result<UploadId> {
+        let mut bytes = [0u8; 16];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            let rest = &mut bytes[filled..];
+            // SAFETY: the pointer and length describe `rest`, which is valid for writes.
+            let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+                continue;
+            }
+            filled += n as usize;
+        }
+        Ok(UploadId(hex::encode(bytes)))
+    }
 }
 
 /// What a manifest request names.
@@ -54,7 +92,20 @@ pub fn route(path: &str) -> Result<Route, RegistryError> {
         })
     };
     match segments.as_slice() {
-        [.., "blobs", "uploads", _] if n >= 4 => Ok(Route::Upload(name(n - 3)?)),
+        [.., "blobs", "uploads"] if n >= 3 => Ok(Route::Upload(name(n - 2)?, None)),
+        [.., "blobs", "uploads", ""] if n >= 4 => Ok(Route::Upload(name(n - 3)?, None)),
+        [.., "blobs", "uploads", id] if n >= 4 => {
+            let name = name(n - 3)?;
+            let id = UploadId::parse(id).ok_or_else(|| {
+                RegistryError::new(Code::BlobUploadUnknown, "blob upload unknown to registry")
+                    .detail(json!({ "session": truncate(id) }))
+            })?;
+            Ok(Route::Upload(name, Some(id)))
+        }
+        [.., "referrers", digest] if n >= 3 => {
+            let name = name(n - 2)?;
+            Ok(Route::Referrers(name, parse_digest(digest)?))
+        }
         [.., "tags", "list"] if n >= 3 => Ok(Route::Tags(name(n - 2)?)),
         [.., "manifests", reference] if n >= 3 => {
             let name = name(n - 2)?;
@@ -142,8 +193,17 @@ mod tests {
             ok(&format!("/v2/blobs/blobs/{D}")),
             Route::Blob(n("blobs"), D.parse().expect("digest"))
         );
-        assert_eq!(ok("/v2/a/blobs/uploads/"), Route::Upload(n("a")));
-        assert_eq!(ok("/v2/a/b/blobs/uploads/1234"), Route::Upload(n("a/b")));
+        assert_eq!(ok("/v2/a/blobs/uploads/"), Route::Upload(n("a"), None));
+        assert_eq!(ok("/v2/a/blobs/uploads"), Route::Upload(n("a"), None));
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            ok(&format!("/v2/a/b/blobs/uploads/{id}")),
+            Route::Upload(n("a/b"), UploadId::parse(id))
+        );
+        assert_eq!(
+            ok(&format!("/v2/a/referrers/{D}")),
+            Route::Referrers(n("a"), D.parse().expect("digest"))
+        );
     }
 
     #[test]
@@ -165,6 +225,15 @@ mod tests {
         assert_eq!(code("/v2/a/manifests/sha256:../../x"), Code::Unsupported);
         assert_eq!(code("/v2/a/manifests/.hidden"), Code::ManifestUnknown);
         assert_eq!(code("/v2/a/manifests/"), Code::ManifestUnknown);
+        assert_eq!(code("/v2/a/blobs/uploads/1234"), Code::BlobUploadUnknown);
+        assert_eq!(
+            code("/v2/a/blobs/uploads/0123456789ABCDEF0123456789ABCDEF"),
+            Code::BlobUploadUnknown
+        );
+        let fresh = UploadId::random().expect("random id");
+        assert_eq!(UploadId::parse(fresh.as_str()), Some(fresh.clone()));
+        assert_ne!(UploadId::random().expect("random id"), fresh);
+        assert_eq!(code("/v2/a/referrers/latest"), Code::DigestInvalid);
         for unknown in [
             "/",
             "/v1/",

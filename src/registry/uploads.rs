@@ -1,0 +1,602 @@
+//! `/v2/<name>/blobs/uploads/...`: pushing blobs.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST uploads/` | 202: a session (`Location`, `Docker-Upload-UUID`) |
+//! | `POST uploads/?digest=D` | 201: the body is the whole blob (monolithic) |
+//! | `POST uploads/?mount=D&from=R` | 201 if repository R holds D, else 202 as a plain POST |
+//! | `PATCH uploads/<id>` | 202: a chunk appended; `Content-Range` must start where the last ended (else 416) |
+//! | `PUT uploads/<id>?digest=D` | 201: the last chunk (if any) appended, the blob committed |
+//! | `GET uploads/<id>` | 204 with `Range: 0-<last byte>` |
+//! | `DELETE uploads/<id>` | 204: cancelled, its temp file removed |
+//!
+//! A session is a store temp file fed in order and hashed as bytes arrive, so the blob is
+//! never read back to be checked; `PUT` compares the running digest with `D` and commits
+//! (fsync, rename) only on a match. Sessions live in memory and hold their temp file's lock:
+//! if the process dies, the next `Store::open` removes the file; if a client goes quiet for
+//! `upload_timeout`, the sweeper drops the session and the file with it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+
+use super::Registry;
+use super::body::Body;
+use super::errors::{Code, RegistryError};
+use super::router::UploadId;
+use crate::digest::Digest;
+use crate::reference::Name;
+use crate::store::{BlobWriter, Link, StoreError};
+
+/// The live upload sessions.
+pub struct Uploads {
+    sessions: Mutex<HashMap<UploadId, Arc<Slot>>>,
+    /// A session untouched this long is dropped by `sweep`.
+    timeout: Duration,
+    /// Largest blob accepted, if limited.
+    max_size: Option<u64>,
+}
+
+/// One session. The async lock is held while a request feeds the session, so two requests
+/// cannot interleave their bytes; `None` once the session has ended.
+struct Slot {
+    session: tokio::sync::Mutex<Option<Session>>,
+    /// When a request last finished with this session (checked without the async lock, so the
+    /// sweeper never waits behind an upload in progress).
+    touched: Mutex<Instant>,
+}
+
+struct Session {
+    /// Sessions belong to the repository they were opened in.
+    name: Name,
+    /// The temp file, hashing as it goes.
+    writer: BlobWriter,
+}
+
+impl Uploads {
+    pub fn new(timeout: Duration, max_size: Option<u64>) -> Uploads {
+        Uploads {
+            sessions: Mutex::new(HashMap::new()),
+            timeout,
+            max_size,
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<UploadId, Arc<Slot>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, name: Name, writer: BlobWriter) -> Result<UploadId, RegistryError> {
+        let id = UploadId::random().map_err(|e| {
+            tracing::error!(error = %e, "cannot draw a random upload id");
+            RegistryError::new(Code::Unknown, "internal error starting an upload")
+        })?;
+        let slot = Slot {
+            session: tokio::sync::Mutex::new(Some(Session { name, writer })),
+            touched: Mutex::new(Instant::now()),
+        };
+        self.map().insert(id.clone(), Arc::new(slot));
+        Ok(id)
+    }
+
+    fn get(&self, name: &Name, id: &UploadId) -> Result<Arc<Slot>, RegistryError> {
+        self.map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| upload_unknown(name, id))
+    }
+
+    fn remove(&self, id: &UploadId) {
+        self.map().remove(id);
+    }
+
+    /// Drops sessions idle longer than the timeout; their temp files go with them. Returns
+    /// how many were dropped.
+    pub fn sweep(&self) -> usize {
+        let mut map = self.map();
+        let before = map.len();
+        map.retain(|id, slot| {
+            let idle = slot
+                .touched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed();
+            // A session a request is feeding right now is not idle, however long it takes.
+            if idle < self.timeout || slot.session.try_lock().is_err() {
+                return true;
+            }
+            tracing::info!(
+                session = id.as_str(),
+                idle_s = idle.as_secs(),
+                "upload expired"
+            );
+            false
+        });
+        before - map.len()
+    }
+
+    /// How often `sweep` should run: often enough that a session outlives its timeout by at
+    /// most a quarter of it (and at most a minute).
+    pub fn sweep_interval(&self) -> Duration {
+        (self.timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
+    }
+}
+
+/// A session taken for one request: the lock on it, and the means to end it.
+struct Held<'a> {
+    uploads: &'a Uploads,
+    id: UploadId,
+    slot: Arc<Slot>,
+}
+
+impl Held<'_> {
+    async fn lock(&self) -> tokio::sync::MutexGuard<'_, Option<Session>> {
+        self.slot.session.lock().await
+    }
+
+    fn touch(&self) {
+        *self.slot.touched.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Ends the session: nothing can reach it afterwards.
+    fn end(&self, guard: &mut Option<Session>) -> Option<Session> {
+        self.uploads.remove(&self.id);
+        guard.take()
+    }
+}
+
+/// `POST /v2/<name>/blobs/uploads/`.
+pub async fn post(
+    registry: &Registry,
+    name: &Name,
+    query: &Query,
+    request: &HeaderMap,
+    body: Incoming,
+) -> Result<Response<Body>, RegistryError> {
+    let uploads = registry.uploads()?;
+    if let Some(mount) = &query.mount {
+        let digest = parse_digest(mount)?;
+        // A source that is no repository name cannot hold the blob: fall back to an upload,
+        // as the spec says for any mount that cannot be done.
+        let from = query.from.as_deref().and_then(|f| f.parse::<Name>().ok());
+        if let Some(from) = from
+            && registry.is_linked(&from, Link::Blob, &digest).await?
+        {
+            registry.link(name, Link::Blob, &digest).await?;
+            tracing::info!(%name, %from, %digest, "blob mounted");
+            return created(name, &digest);
+        }
+    }
+    let mut writer = registry.store().new_blob().await?;
+    if let Some(digest) = &query.digest {
+        let digest = parse_digest(digest)?;
+        check_length(request, uploads.max_size)?;
+        receive(&mut writer, body, None, uploads.max_size).await?;
+        return commit(registry, name, writer, &digest).await;
+    }
+    let id = uploads.insert(name.clone(), writer)?;
+    accepted(name, &id, 0)
+}
+
+/// `PATCH /v2/<name>/blobs/uploads/<id>`: one more chunk.
+pub async fn patch(
+    registry: &Registry,
+    name: &Name,
+    id: &UploadId,
+    request: &HeaderMap,
+    body: Incoming,
+) -> Result<Response<Body>, RegistryError> {
+    let uploads = registry.uploads()?;
+    let held = hold(uploads, name, id)?;
+    let mut guard = held.lock().await;
+    let session = open(&mut guard, name, id)?;
+    let result = append(session, name, id, request, body, uploads.max_size).await;
+    held.touch();
+    let offset = match result {
+        Ok(offset) => offset,
+        Err(Failure::Keep(e)) => return Err(e),
+        Err(Failure::End(e)) => {
+            held.end(&mut guard);
+            return Err(e);
+        }
+    };
+    accepted(name, id, offset)
+}
+
+/// `PUT /v2/<name>/blobs/uploads/<id>?digest=D`: the last chunk, if any, then commit.
+pub async fn put(
+    registry: &Registry,
+    name: &Name,
+    id: &UploadId,
+    query: &Query,
+    request: &HeaderMap,
+    body: Incoming,
+) -> Result<Response<Body>, RegistryError> {
+    let uploads = registry.uploads()?;
+    let held = hold(uploads, name, id)?;
+    let mut guard = held.lock().await;
+    let session = open(&mut guard, name, id)?;
+    // Checked before the chunk is taken, so a client that forgot the digest can retry.
+    let digest = match &query.digest {
+        Some(d) => parse_digest(d)?,
+        None => {
+            return Err(RegistryError::new(
+                Code::DigestInvalid,
+                "closing an upload needs ?digest=<digest>",
+            ));
+        }
+    };
+    let result = append(session, name, id, request, body, uploads.max_size).await;
+    held.touch();
+    match result {
+        Ok(_) => {}
+        Err(Failure::Keep(e)) => return Err(e),
+        Err(Failure::End(e)) => {
+            held.end(&mut guard);
+            return Err(e);
+        }
+    }
+    let Some(session) = held.end(&mut guard) else {
+        return Err(upload_unknown(name, id));
+    };
+    commit(registry, name, session.writer, &digest).await
+}
+
+/// `GET /v2/<name>/blobs/uploads/<id>`: how far the upload got.
+pub async fn status(
+    registry: &Registry,
+    name: &Name,
+    id: &UploadId,
+) -> Result<Response<Body>, RegistryError> {
+    let held = hold(registry.uploads()?, name, id)?;
+    let mut guard = held.lock().await;
+    let offset = open(&mut guard, name, id)?.writer.written();
+    let mut response = accepted(name, id, offset)?;
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
+}
+
+/// `DELETE /v2/<name>/blobs/uploads/<id>`: cancel; the temp file is removed.
+pub async fn cancel(
+    registry: &Registry,
+    name: &Name,
+    id: &UploadId,
+) -> Result<Response<Body>, RegistryError> {
+    let held = hold(registry.uploads()?, name, id)?;
+    let mut guard = held.lock().await;
+    open(&mut guard, name, id)?;
+    drop(held.end(&mut guard));
+    tracing::info!(%name, session = id.as_str(), "upload cancelled");
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// The query parameters the upload endpoints read.
+#[derive(Debug, Default)]
+pub struct Query {
+    pub digest: Option<String>,
+    pub mount: Option<String>,
+    pub from: Option<String>,
+}
+
+impl Query {
+    pub fn parse(query: Option<&str>) -> Query {
+        let mut q = Query::default();
+        for (key, value) in super::query_pairs(query) {
+            match key.as_str() {
+                "digest" => q.digest = Some(value),
+                "mount" => q.mount = Some(value),
+                "from" => q.from = Some(value),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+fn hold<'a>(uploads: &'a Uploads, name: &Name, id: &UploadId) -> Result<Held<'a>, RegistryError> {
+    Ok(Held {
+        uploads,
+        id: id.clone(),
+        slot: uploads.get(name, id)?,
+    })
+}
+
+/// The session behind the lock, if it is still open and belongs to `name`.
+fn open<'s>(
+    guard: &'s mut Option<Session>,
+    name: &Name,
+    id: &UploadId,
+) -> Result<&'s mut Session, RegistryError> {
+    match guard.as_mut() {
+        Some(s) if &s.name == name => Ok(s),
+        _ => Err(upload_unknown(name, id)),
+    }
+}
+
+/// Why an append failed, and whether the session survives it.
+enum Failure {
+    /// Nothing was taken from this request (or only whole bytes in order): retry from the
+    /// offset that `GET` reports.
+    Keep(RegistryError),
+    /// The session can no longer become its blob (too large, or a client error mid-body).
+    End(RegistryError),
+}
+
+/// Appends a request body at the session's offset, after checking `Content-Range` (when
+/// given) starts exactly there. Returns the new offset.
+async fn append(
+    session: &mut Session,
+    name: &Name,
+    id: &UploadId,
+    request: &HeaderMap,
+    body: Incoming,
+    max_size: Option<u64>,
+) -> Result<u64, Failure> {
+    let offset = session.writer.written();
+    let range = match request.get(header::CONTENT_RANGE) {
+        None => None,
+        Some(value) => {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let Some((first, last)) = parse_content_range(&text) else {
+                return Err(Failure::Keep(
+                    RegistryError::new(
+                        Code::BlobUploadInvalid,
+                        "Content-Range must be <first>-<last>",
+                    )
+                    .detail(json!({ "contentRange": super::router::truncate(&text) })),
+                ));
+            };
+            if first != offset || last < first {
+                let e = RegistryError::new(
+                    Code::BlobUploadInvalid,
+                    format!(
+                        "chunk {first}-{last} is out of order: the upload has {offset} bytes, \
+                         so the next chunk starts at {offset}"
+                    ),
+                )
+                .status(StatusCode::RANGE_NOT_SATISFIABLE);
+                return Err(Failure::Keep(with_upload_headers(e, name, id, offset)));
+            }
+            Some(last - first + 1)
+        }
+    };
+    if let (Some(len), Some(declared)) = (range, content_length(request))
+        && len != declared
+    {
+        return Err(Failure::Keep(RegistryError::new(
+            Code::SizeInvalid,
+            format!("Content-Range covers {len} bytes but Content-Length is {declared}"),
+        )));
+    }
+    if let Err(e) = check_length_after(request, offset, max_size) {
+        return Err(Failure::Keep(e));
+    }
+    let received = receive(
+        &mut session.writer,
+        body,
+        range,
+        max_size.map(|m| m - offset.min(m)),
+    )
+    .await
+    .map_err(Failure::End)?;
+    if let Some(len) = range
+        && received != len
+    {
+        return Err(Failure::End(RegistryError::new(
+            Code::SizeInvalid,
+            format!("the chunk held {received} bytes, not the {len} its Content-Range gives"),
+        )));
+    }
+    Ok(session.writer.written())
+}
+
+/// Streams `body` into `writer`; at most `limit` bytes (more is an error), and the whole body
+/// may not take the blob past `max` bytes. Returns the bytes taken.
+async fn receive(
+    writer: &mut BlobWriter,
+    mut body: Incoming,
+    limit: Option<u64>,
+    max: Option<u64>,
+) -> Result<u64, RegistryError> {
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            RegistryError::new(
+                Code::BlobUploadInvalid,
+                format!("reading the request body failed: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        received += data.len() as u64;
+        if limit.is_some_and(|l| received > l) {
+            return Err(RegistryError::new(
+                Code::SizeInvalid,
+                "the chunk holds more bytes than its Content-Range gives",
+            ));
+        }
+        if let Some(max) = max
+            && received > max
+        {
+            return Err(too_large(max));
+        }
+        writer.write_all(&data).await.map_err(|e| {
+            RegistryError::from(StoreError::Io {
+                action: "write upload",
+                path: "tmp".into(),
+                source: e,
+            })
+        })?;
+    }
+    Ok(received)
+}
+
+/// Commits `writer` as `digest` in repository `name`: 201, or 400 DIGEST_INVALID (and
+/// nothing stored) if the bytes have another digest.
+async fn commit(
+    registry: &Registry,
+    name: &Name,
+    writer: BlobWriter,
+    digest: &Digest,
+) -> Result<Response<Body>, RegistryError> {
+    match writer.commit_expecting(digest).await {
+        Ok(_) => {}
+        Err(StoreError::DigestMismatch { expected, actual }) => {
+            return Err(RegistryError::new(
+                Code::DigestInvalid,
+                "the uploaded content does not match the digest given; nothing was stored",
+            )
+            .detail(json!({ "expected": expected.to_string(), "actual": actual.to_string() })));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    registry.link(name, Link::Blob, digest).await?;
+    created(name, digest)
+}
+
+/// `Content-Range: <first>-<last>`, as the spec writes it; `bytes <first>-<last>/<total>`, as
+/// HTTP does, is taken too.
+fn parse_content_range(text: &str) -> Option<(u64, u64)> {
+    let text = text.trim();
+    let text = text
+        .strip_prefix("bytes")
+        .map_or(text, |t| t.trim_start_matches([' ', '=']));
+    let text = text.split_once('/').map_or(text, |(range, _)| range);
+    let (first, last) = text.split_once('-')?;
+    let number = |s: &str| {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    Some((number(first)?, number(last)?))
+}
+
+fn content_length(request: &HeaderMap) -> Option<u64> {
+    request
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn check_length(request: &HeaderMap, max: Option<u64>) -> Result<(), RegistryError> {
+    check_length_after(request, 0, max)
+}
+
+/// Refuses at once a body whose declared length would take the blob past `max`.
+fn check_length_after(
+    request: &HeaderMap,
+    offset: u64,
+    max: Option<u64>,
+) -> Result<(), RegistryError> {
+    match (content_length(request), max) {
+        (Some(len), Some(max)) if offset.saturating_add(len) > max => Err(too_large(max)),
+        _ => Ok(()),
+    }
+}
+
+fn too_large(max: u64) -> RegistryError {
+    RegistryError::new(
+        Code::SizeInvalid,
+        format!("blobs are limited to {max} bytes here (--max-blob-size)"),
+    )
+    .status(StatusCode::PAYLOAD_TOO_LARGE)
+    .detail(json!({ "limit": max }))
+}
+
+fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
+    s.parse::<Digest>().map_err(|e| {
+        RegistryError::new(Code::DigestInvalid, super::router::truncate(&e.to_string()))
+            .detail(json!({ "digest": super::router::truncate(s) }))
+    })
+}
+
+fn upload_unknown(name: &Name, id: &UploadId) -> RegistryError {
+    RegistryError::new(Code::BlobUploadUnknown, "blob upload unknown to registry")
+        .detail(json!({ "name": name.as_str(), "session": id.as_str() }))
+}
+
+fn location(name: &Name, id: &UploadId) -> String {
+    format!("/v2/{name}/blobs/uploads/{}", id.as_str())
+}
+
+/// The `Range` of an upload: `0-<last byte>`, and `0-0` when empty (as distribution does).
+fn range(offset: u64) -> String {
+    format!("0-{}", offset.saturating_sub(1))
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    response
+}
+
+/// 202 with where the session is and how far it got.
+fn accepted(name: &Name, id: &UploadId, offset: u64) -> Result<Response<Body>, RegistryError> {
+    let mut response = empty(StatusCode::ACCEPTED);
+    let h = response.headers_mut();
+    h.insert(header::LOCATION, super::header_value(&location(name, id))?);
+    h.insert(header::RANGE, super::header_value(&range(offset))?);
+    h.insert(
+        HeaderName::from_static("docker-upload-uuid"),
+        super::header_value(id.as_str())?,
+    );
+    Ok(response)
+}
+
+/// The same headers on an error (a 416 tells the client where to resume).
+fn with_upload_headers(e: RegistryError, name: &Name, id: &UploadId, offset: u64) -> RegistryError {
+    match (
+        HeaderValue::from_str(&range(offset)),
+        HeaderValue::from_str(&location(name, id)),
+    ) {
+        (Ok(r), Ok(l)) => e.header(header::RANGE, r).header(header::LOCATION, l),
+        _ => e,
+    }
+}
+
+/// 201 for a blob now in repository `name`.
+fn created(name: &Name, digest: &Digest) -> Result<Response<Body>, RegistryError> {
+    let mut response = empty(StatusCode::CREATED);
+    let h = response.headers_mut();
+    h.insert(
+        header::LOCATION,
+        super::header_value(&format!("/v2/{name}/blobs/{digest}"))?,
+    );
+    h.insert(
+        HeaderName::from_static("docker-content-digest"),
+        super::header_value(&digest.to_string())?,
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges_in_both_spellings() {
+        assert_eq!(parse_content_range("0-99"), Some((0, 99)));
+        assert_eq!(parse_content_range(" 100-199 "), Some((100, 199)));
+        assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, 199)));
+        assert_eq!(parse_content_range("bytes=5-9/10"), Some((5, 9)));
+        for bad in ["", "-", "5-", "-5", "a-b", "1-2-3", "+1-2"] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+        assert_eq!(range(0), "0-0");
+        assert_eq!(range(10), "0-9");
+    }
+}

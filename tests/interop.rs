@@ -341,3 +341,183 @@ fn every_compression_pulls_with_skopeo_zstd_with_podman_and_the_rest_with_docker
         );
     }
 }
+
+/// Writes an OCI image layout at `dir` holding one image of three gzip layers (made by tar and
+/// gzip, not by us), tagged `v1`; returns the manifest's bytes.
+fn three_layer_layout(dir: &Path) -> Vec<u8> {
+    use quinistry::digest::Digest;
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("mkdir");
+    let store = |bytes: &[u8]| -> (String, usize) {
+        let d = Digest::sha256_of(bytes);
+        std::fs::write(blobs.join(d.hex()), bytes).expect("write blob");
+        (d.to_string(), bytes.len())
+    };
+    let work = dir.join("work");
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for i in 1..=3 {
+        let d = work.join(format!("l{i}"));
+        std::fs::create_dir_all(d.join(format!("dir{i}"))).expect("mkdir");
+        std::fs::write(
+            d.join(format!("dir{i}/file")),
+            common::noise(50_000 * i, i as u64),
+        )
+        .expect("write");
+        let w = work.display();
+        sh(&format!(
+            "cd '{w}' && tar -C l{i} --sort=name --mtime=@0 --owner=0 --group=0 -cf l{i}.tar . && gzip -n -c l{i}.tar > l{i}.tgz"
+        ));
+        let tar = std::fs::read(work.join(format!("l{i}.tar"))).expect("tar");
+        diff_ids.push(Digest::sha256_of(&tar).to_string());
+        let (digest, size) = store(&std::fs::read(work.join(format!("l{i}.tgz"))).expect("tgz"));
+        layers.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest, "size": size,
+        }));
+    }
+    std::fs::remove_dir_all(&work).expect("rm work");
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/dir1/file"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .expect("json");
+    let (config_digest, config_size) = store(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config_size},
+        "layers": layers,
+    }))
+    .expect("json");
+    let (manifest_digest, manifest_size) = store(&manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": manifest_digest, "size": manifest_size,
+                       "annotations": {"org.opencontainers.image.ref.name": "v1"}}],
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).expect("index");
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
+    manifest
+}
+
+#[test]
+fn skopeo_copies_a_multi_layer_image_in_and_back_out_with_identical_digests() {
+    if !have_tool("skopeo", "skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("x");
+    std::fs::write(&input, b"x").expect("input");
+    let server = Serving::start(
+        &dir.path().join("store"),
+        dir.path(),
+        &["--push", "--level", "1", &input.to_string_lossy()],
+    );
+    let source = dir.path().join("source");
+    let manifest = three_layer_layout(&source);
+    let remote = format!("docker://{}/copied/three:v1", server.addr);
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", source.display()),
+        &remote,
+    ]));
+    // The registry serves exactly the bytes pushed, under the same digests.
+    let raw =
+        run_ok(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &remote]));
+    assert_eq!(raw.stdout, manifest, "the manifest changed on the way in");
+    let back = dir.path().join("back");
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        &remote,
+        &format!("oci:{}:v1", back.display()),
+    ]));
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = common::files(&d.join("blobs/sha256"))
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&back), names(&source), "blob sets differ");
+    assert_eq!(names(&source).len(), 5, "3 layers, a config and a manifest");
+    for blob in common::files(&back.join("blobs/sha256")) {
+        let name = blob
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        assert_eq!(
+            sha256sum(&blob),
+            format!("sha256:{name}"),
+            "{}",
+            blob.display()
+        );
+    }
+    let log = server.log_text();
+    assert!(log.contains("manifest pushed"), "{log}");
+}
+
+#[test]
+fn docker_pushes_a_pulled_image_into_another_repository_and_pulls_it_back() {
+    if !have_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A static program: the image is that one file, and `docker run` proves it arrived whole.
+    std::fs::write(
+        dir.path().join("app.c"),
+        "#include <stdio.h>\nint main(int c, char **v) { printf(\"hello, %s, from a pushed image\\n\", c > 1 ? v[1] : \"world\"); return 0; }\n",
+    )
+    .expect("write app.c");
+    sh(&format!(
+        "cd '{}' && cc -static -O1 -o app app.c",
+        dir.path().display()
+    ));
+    let app = dir.path().join("app");
+    let server = Serving::start(
+        &dir.path().join("store"),
+        dir.path(),
+        &["--push", "--level", "1", &app.to_string_lossy()],
+    );
+    let (source, copy) = (
+        format!("{}/app:latest", server.addr),
+        format!("{}/copies/greeter:v2", server.addr),
+    );
+    let _cleanup = DockerCleanup::images(&[&source, &copy]);
+    docker(&["pull", &source]);
+    docker(&["tag", &source, &copy]);
+    let pushed = docker(&["push", &copy]);
+    let digest = pushed
+        .lines()
+        .find_map(|l| l.split("digest: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest in docker push's output:\n{pushed}"))
+        .to_owned();
+    // The layer was already in the registry: docker mounts it instead of uploading it again.
+    let log = server.log_text();
+    assert!(
+        log.contains("blob mounted"),
+        "no mount in the server log:\n{log}"
+    );
+    assert!(log.contains("manifest pushed"), "{log}");
+    docker(&["rmi", &source, &copy]);
+    let pulled = docker(&["pull", &copy]);
+    assert!(pulled.contains(&format!("Digest: {digest}")), "{pulled}");
+    let ran = docker(&["run", "--rm", "--network", "none", &copy, "push"]);
+    assert_eq!(ran, "hello, push, from a pushed image");
+    let tags = common::raw_request(&server.addr, "GET", "/v2/copies/greeter/tags/list", &[]);
+    assert_eq!(tags.status, 200);
+    assert!(String::from_utf8_lossy(&tags.body).contains("\"v2\""));
+}

@@ -58,6 +58,9 @@ fn startup_errors_are_one_clear_line() {
     std::fs::write(&input, b"x").expect("input");
     let input = input.to_string_lossy().into_owned();
     let (image, image_latest) = (format!("a={input}"), format!("a:latest={input}"));
+    let md5 = dir.path().join("md5.htpasswd");
+    std::fs::write(&md5, "ci:$apr1$abcdefgh$0123456789abcdefghijkl\n").expect("htpasswd");
+    let md5 = md5.to_string_lossy().into_owned();
     let missing = format!("{input}-missing");
     let root = dir.path().to_string_lossy().into_owned();
     let cases: Vec<(Vec<&str>, &str, bool)> = vec![
@@ -88,6 +91,28 @@ fn startup_errors_are_one_clear_line() {
             false,
         ),
         (vec!["--tag", "no tag"], "invalid --tag", false),
+        // Pushing where others can reach needs authentication, unless said otherwise.
+        (
+            vec!["--push", "--listen", "0.0.0.0:0"],
+            "needs --htpasswd FILE",
+            false,
+        ),
+        (
+            vec!["--push", "--htpasswd", &md5],
+            "line 1: user \"ci\" has no bcrypt hash",
+            false,
+        ),
+        (
+            vec!["--push", "--htpasswd", &missing],
+            "cannot read --htpasswd",
+            false,
+        ),
+        (vec!["--htpasswd", &md5], "add --push", false),
+        (
+            vec!["--push", "--upload-timeout", "0"],
+            "--upload-timeout",
+            false,
+        ),
         (vec!["--name", "Upper"], "invalid --name", false),
         (vec!["--level", "12"], "level", false),
         (vec!["/does/not/exist"], "/does/not/exist", true),
@@ -227,4 +252,95 @@ fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> std::proce
         assert!(start.elapsed() < limit, "server did not exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_server_killed_mid_upload_restarts_clean_and_serves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let input = dir.path().join("small");
+    std::fs::write(&input, b"small input").expect("input");
+    let args = ["--push", "--level", "1", &input.to_string_lossy()].map(str::to_owned);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Serving::start(&store, dir.path(), &args);
+
+    // One blob pushed whole before the crash: it must survive it.
+    let kept = common::noise(100_000, 3);
+    let kept_digest = quinistry::digest::Digest::sha256_of(&kept);
+    let mut s = std::net::TcpStream::connect(&server.addr).expect("connect");
+    write!(
+        s,
+        "POST /v2/app/blobs/uploads/?digest={kept_digest} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        kept.len()
+    )
+    .expect("send");
+    s.write_all(&kept).expect("send");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+
+    // A large upload in progress: 64 MiB promised, 24 MiB sent, then SIGKILL.
+    let r = raw_request(
+        &server.addr,
+        "POST",
+        "/v2/app/blobs/uploads/",
+        &["Content-Length: 0"],
+    );
+    assert_eq!(r.status, 202);
+    let location = r.header("location").expect("location").to_owned();
+    let mut s = std::net::TcpStream::connect(&server.addr).expect("connect");
+    write!(
+        s,
+        "PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        64 << 20
+    )
+    .expect("send");
+    let chunk = common::noise(1 << 20, 4);
+    for _ in 0..24 {
+        s.write_all(&chunk).expect("send");
+    }
+    let tmp = store.join("tmp");
+    let in_tmp = || -> u64 {
+        common::files(&tmp)
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum()
+    };
+    let start = std::time::Instant::now();
+    while in_tmp() < 16 << 20 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the upload never reached the store"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("wait");
+    drop(s);
+    assert!(
+        !common::files(&tmp).is_empty(),
+        "the killed upload left no temp file to clean"
+    );
+
+    // Restart: the dead upload's temp file is removed, every blob verifies, and it serves.
+    let server = Serving::start(&store, dir.path(), &args);
+    assert!(common::files(&tmp).is_empty(), "{:?}", common::files(&tmp));
+    let verify = common::run_ok(quinistry().arg("verify").arg("--store").arg(&store));
+    let verified = String::from_utf8_lossy(&verify.stdout);
+    assert!(verified.contains(", 0 bad"), "{verified}");
+    let r = raw_request(
+        &server.addr,
+        "GET",
+        &format!("/v2/app/blobs/{kept_digest}"),
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, kept);
+    let r = raw_request(&server.addr, "GET", &location, &[]);
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error_code(), "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(
+        raw_request(&server.addr, "GET", "/v2/small/manifests/latest", &[]).status,
+        200
+    );
 }

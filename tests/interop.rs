@@ -521,3 +521,112 @@ fn docker_pushes_a_pulled_image_into_another_repository_and_pulls_it_back() {
     assert_eq!(tags.status, 200);
     assert!(String::from_utf8_lossy(&tags.body).contains("\"v2\""));
 }
+
+#[test]
+fn htpasswd_made_by_htpasswd_guards_pushes_from_skopeo_and_docker() {
+    if !have_tool("htpasswd", "apache2-utils") || !have_tool("skopeo", "skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users = dir.path().join("users");
+    let entry = run_ok(Command::new("htpasswd").args(["-Bbn", "ci", "s3cret"]));
+    std::fs::write(&users, &entry.stdout).expect("write htpasswd");
+    let input = dir.path().join("x");
+    std::fs::write(&input, b"x").expect("input");
+    let server = Serving::start(
+        &dir.path().join("store"),
+        dir.path(),
+        &[
+            "--push",
+            "--htpasswd",
+            &users.to_string_lossy(),
+            "--level",
+            "1",
+            "--name",
+            "src",
+            &input.to_string_lossy(),
+        ],
+    );
+    let (src, dst) = (
+        format!("docker://{}/src:latest", server.addr),
+        format!("docker://{}/dst:v1", server.addr),
+    );
+    let copy = |creds: &[&str]| {
+        Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+            .args(creds)
+            .args([&src, &dst])
+            .output()
+            .expect("run skopeo")
+    };
+    // Reads are open; writes are not, without the right password.
+    run_ok(Command::new("skopeo").args(["inspect", "--tls-verify=false", &src]));
+    for creds in [&[][..], &["--dest-creds", "ci:wrong"]] {
+        let out = copy(creds);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("unauthorized"),
+            "{creds:?}: {stderr}"
+        );
+    }
+    let out = copy(&["--dest-creds", "ci:s3cret"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_ok(Command::new("skopeo").args(["inspect", "--tls-verify=false", &dst]));
+
+    if !have_docker() {
+        return;
+    }
+    // docker login checks the password against /v2/; a private config keeps the
+    // credentials out of the machine's own.
+    let config = dir.path().join("docker-config");
+    let config = config.to_string_lossy();
+    let login = |password: &str| {
+        let mut child = Command::new("docker")
+            .args([
+                "--config",
+                &config,
+                "login",
+                "-u",
+                "ci",
+                "--password-stdin",
+                &server.addr,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker login");
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(password.as_bytes()).expect("password");
+        drop(stdin);
+        child.wait_with_output().expect("docker login")
+    };
+    assert!(
+        !login("wrong").status.success(),
+        "docker login accepted a wrong password"
+    );
+    let ok = login("s3cret");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let (image, pushed) = (
+        format!("{}/src:latest", server.addr),
+        format!("{}/docker/pushed:v1", server.addr),
+    );
+    let _cleanup = DockerCleanup::images(&[&image, &pushed]);
+    docker(&["--config", &config, "pull", &image]);
+    docker(&["--config", &config, "tag", &image, &pushed]);
+    docker(&["--config", &config, "push", &pushed]);
+    let tags = common::raw_request(&server.addr, "GET", "/v2/docker/pushed/tags/list", &[]);
+    assert!(
+        String::from_utf8_lossy(&tags.body).contains("\"v1\""),
+        "{tags:?}"
+    );
+}

@@ -641,3 +641,43 @@ fn docker_pulls_and_runs_root_images() {
         assert!(out.lines().any(|l| l == expected), "{name}: {out}");
     }
 }
+
+#[test]
+fn tags_of_on_demand_images_cannot_be_pushed_or_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    executable(&root.join("tool"), b"#!/bin/sh\necho tool\n");
+    let server = Serving::start(
+        &dir.path().join("store"),
+        dir.path(),
+        &["--push", "--root", &root.to_string_lossy()],
+    );
+    let manifest = raw_request(&server.addr, "GET", "/v2/tool/manifests/latest", &[]);
+    assert_eq!(manifest.status, 200);
+    let len = format!("Content-Length: {}", manifest.body.len());
+    let oci = format!("Content-Type: {}", quinistry::image::OCI_MANIFEST);
+    for (method, path, headers) in [
+        (
+            "PUT",
+            "/v2/tool/manifests/latest",
+            vec![len.as_str(), oci.as_str()],
+        ),
+        (
+            "PUT",
+            "/v2/tool/manifests/v2",
+            vec![len.as_str(), oci.as_str()],
+        ),
+        (
+            "DELETE",
+            "/v2/tool/manifests/latest",
+            vec!["Content-Length: 0"],
+        ),
+    ] {
+        let r = common::raw_request_with_body(&server.addr, method, path, &headers, &manifest.body);
+        assert_eq!(r.status, 403, "{method} {path}");
+        assert_eq!(r.error_code(), "DENIED", "{method} {path}");
+    }
+    // Still served as the files say.
+    let again = raw_request(&server.addr, "GET", "/v2/tool/manifests/latest", &[]);
+    assert_eq!(again.body, manifest.body);
+}

@@ -892,6 +892,17 @@ async fn htpasswd_guards_writes_and_with_auth_reads_reads_too() {
     f.auth = Some(basic("ci", "pw"));
     assert_eq!(f.get("/v2/").await.status(), StatusCode::OK);
     let d = f.push_blob("r", b"guarded").await;
+    // An upload's status is part of the write side: not for anonymous eyes.
+    let r = f
+        .send(Method::POST, "/v2/r/blobs/uploads/", &[], Vec::new())
+        .await;
+    let location = header(&r, "location");
+    assert_eq!(f.get(&location).await.status(), StatusCode::NO_CONTENT);
+    f.auth = None;
+    assert_eq!(f.get(&location).await.status(), StatusCode::UNAUTHORIZED);
+    f.auth = Some(basic("ci", "pw"));
+    let r = f.send(Method::DELETE, &location, &[], Vec::new()).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // Reads stay open.
     f.auth = None;
     assert_eq!(

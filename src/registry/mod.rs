@@ -498,7 +498,9 @@ async fn authorize(
     let Some(htpasswd) = &registry.access.htpasswd else {
         return Ok(());
     };
-    let read = matches!(req.method, Method::GET | Method::HEAD);
+    // Upload sessions are the write side even when asked about with GET.
+    let read = matches!(req.method, Method::GET | Method::HEAD)
+        && !matches!(router::route(req.uri.path()), Ok(Route::Upload(..)));
     let base = matches!(req.uri.path(), "/v2" | "/v2/");
     if read && !base && !registry.access.auth_reads {
         return Ok(());

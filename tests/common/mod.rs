@@ -170,6 +170,17 @@ impl RawResponse {
 /// Sends `method path` with extra header lines over a fresh connection (closed after the
 /// response) and reads the whole response.
 pub fn raw_request(addr: &str, method: &str, path: &str, headers: &[&str]) -> RawResponse {
+    raw_request_with_body(addr, method, path, headers, b"")
+}
+
+/// `raw_request` with a body after the headers (give its Content-Length among them).
+pub fn raw_request_with_body(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> RawResponse {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     stream
@@ -182,6 +193,7 @@ pub fn raw_request(addr: &str, method: &str, path: &str, headers: &[&str]) -> Ra
     }
     req.push_str("\r\n");
     stream.write_all(req.as_bytes()).expect("send");
+    stream.write_all(body).expect("send body");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");
     let split = raw

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::JsonValue;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,6 +98,10 @@ impl Fixture {
         self.send(Method::GET, path, &[], Vec::new()).await
     }
 
+    async fn delete(&self, path: &str) -> reqwest::Response {
+        self.send(Method::DELETE, path, &[], Vec::new()).await
+    }
+
     /// Pushes `bytes` as one blob into `repo` (monolithic POST); asserts 201.
     async fn push_blob(&self, repo: &str, bytes: &[u8]) -> Digest {
         let digest = Digest::sha256_of(bytes);
@@ -155,18 +161,6 @@ impl Fixture {
 
     fn files(&self, sub: &str) -> Vec<PathBuf> {
         common::files(&self.root.join(sub))
-    }
-}
-
-trait JsonValue {
-    async fn json_value(self) -> Value;
-}
-
-impl JsonValue for reqwest::Response {
-    async fn json_value(self) -> Value {
-        let bytes = self.bytes().await.expect("body");
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
     }
 }
 
@@ -367,11 +361,11 @@ async fn cancelled_and_stale_uploads_leave_no_temp_files() {
     let location = header(&r, "location");
     f.send(Method::PATCH, &location, &[], vec![1; 1000]).await;
     assert_eq!(f.files("tmp").len(), 1);
-    let r = f.send(Method::DELETE, &location, &[], Vec::new()).await;
+    let r = f.delete(&location).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert!(f.files("tmp").is_empty());
     assert_eq!(code(f.get(&location).await).await, "BLOB_UPLOAD_UNKNOWN");
-    let r = f.send(Method::DELETE, &location, &[], Vec::new()).await;
+    let r = f.delete(&location).await;
     assert_eq!(code(r).await, "BLOB_UPLOAD_UNKNOWN");
 
     // Left alone, a session expires and its temp file goes.
@@ -438,27 +432,13 @@ async fn blobs_are_scoped_and_mounted_only_from_repositories_that_hold_them() {
     assert_eq!(f.files("blobs/sha256").len(), 2, "one copy of each blob");
 
     // DELETE takes it out of one repository; the other still serves it.
-    let r = f
-        .send(
-            Method::DELETE,
-            &format!("/v2/dst/blobs/{d}"),
-            &[],
-            Vec::new(),
-        )
-        .await;
+    let r = f.delete(&format!("/v2/dst/blobs/{d}")).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(
         code(f.get(&format!("/v2/dst/blobs/{d}")).await).await,
         "BLOB_UNKNOWN"
     );
-    let r = f
-        .send(
-            Method::DELETE,
-            &format!("/v2/dst/blobs/{d}"),
-            &[],
-            Vec::new(),
-        )
-        .await;
+    let r = f.delete(&format!("/v2/dst/blobs/{d}")).await;
     assert_eq!(code(r).await, "BLOB_UNKNOWN");
     assert_eq!(
         f.get(&format!("/v2/src/blobs/{d}")).await.status(),
@@ -597,9 +577,7 @@ async fn manifests_are_checked_pushed_tagged_and_deleted() {
     );
 
     // Deleting a tag leaves the manifest; deleting the manifest takes its tags with it.
-    let r = f
-        .send(Method::DELETE, "/v2/app/manifests/v1", &[], Vec::new())
-        .await;
+    let r = f.delete("/v2/app/manifests/v1").await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(
         code(f.get("/v2/app/manifests/v1").await).await,
@@ -609,18 +587,9 @@ async fn manifests_are_checked_pushed_tagged_and_deleted() {
         f.get(&format!("/v2/app/manifests/{digest}")).await.status(),
         StatusCode::OK
     );
-    let r = f
-        .send(Method::DELETE, "/v2/app/manifests/v1", &[], Vec::new())
-        .await;
+    let r = f.delete("/v2/app/manifests/v1").await;
     assert_eq!(code(r).await, "MANIFEST_UNKNOWN");
-    let r = f
-        .send(
-            Method::DELETE,
-            &format!("/v2/app/manifests/{digest}"),
-            &[],
-            Vec::new(),
-        )
-        .await;
+    let r = f.delete(&format!("/v2/app/manifests/{digest}")).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(
         code(f.get(&format!("/v2/app/manifests/{digest}")).await).await,
@@ -632,14 +601,7 @@ async fn manifests_are_checked_pushed_tagged_and_deleted() {
     );
     let tags: Value = f.get("/v2/app/tags/list").await.json_value().await;
     assert_eq!(tags["tags"], json!(["docker", "multi"]));
-    let r = f
-        .send(
-            Method::DELETE,
-            &format!("/v2/app/manifests/{digest}"),
-            &[],
-            Vec::new(),
-        )
-        .await;
+    let r = f.delete(&format!("/v2/app/manifests/{digest}")).await;
     assert_eq!(code(r).await, "MANIFEST_UNKNOWN");
     // Pushing it again brings it back.
     assert_eq!(
@@ -741,13 +703,8 @@ async fn referrers_list_the_manifests_that_name_a_subject() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json_value().await["manifests"], json!([]));
     // A deleted referrer is no longer listed.
-    f.send(
-        Method::DELETE,
-        &format!("/v2/app/manifests/{}", digest_of(&sig)),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    f.delete(&format!("/v2/app/manifests/{}", digest_of(&sig)))
+        .await;
     let index: Value = f
         .get(&format!("/v2/app/referrers/{subject}"))
         .await
@@ -901,7 +858,7 @@ async fn htpasswd_guards_writes_and_with_auth_reads_reads_too() {
     f.auth = None;
     assert_eq!(f.get(&location).await.status(), StatusCode::UNAUTHORIZED);
     f.auth = Some(basic("ci", "pw"));
-    let r = f.send(Method::DELETE, &location, &[], Vec::new()).await;
+    let r = f.delete(&location).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // Reads stay open.
     f.auth = None;

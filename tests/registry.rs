@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{RawResponse, raw_request};
+use common::{JsonValue, RawResponse, raw_request};
 use quinistry::compress::{self, Compression};
 use quinistry::digest::Digest;
 use quinistry::image::{DOCKER_MANIFEST, OCI_MANIFEST, RunConfig};
@@ -151,18 +151,6 @@ async fn error_code(r: reqwest::Response) -> String {
     let e = &v["errors"][0];
     assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     e["code"].as_str().expect("code").to_owned()
-}
-
-trait JsonValue {
-    async fn json_value(self) -> Value;
-}
-
-impl JsonValue for reqwest::Response {
-    async fn json_value(self) -> Value {
-        let bytes = self.bytes().await.expect("body");
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
-    }
 }
 
 const DOCKER_ACCEPT: [(&str, &str); 4] = [

@@ -196,17 +196,7 @@ pub async fn patch(
     let uploads = registry.uploads()?;
     let held = hold(uploads, name, id)?;
     let mut guard = held.lock().await;
-    let session = open(&mut guard, name, id)?;
-    let result = append(session, name, id, request, body, uploads.max_size).await;
-    held.touch();
-    let offset = match result {
-        Ok(offset) => offset,
-        Err(Failure::Keep(e)) => return Err(e),
-        Err(Failure::End(e)) => {
-            held.end(&mut guard);
-            return Err(e);
-        }
-    };
+    let offset = feed(&held, &mut guard, name, id, request, body).await?;
     accepted(name, id, offset)
 }
 
@@ -220,9 +210,6 @@ pub async fn put(
     body: Incoming,
 ) -> Result<Response<Body>, RegistryError> {
     let uploads = registry.uploads()?;
-    let held = hold(uploads, name, id)?;
-    let mut guard = held.lock().await;
-    let session = open(&mut guard, name, id)?;
     // Checked before the chunk is taken, so a client that forgot the digest can retry.
     let digest = match &query.digest {
         Some(d) => parse_digest(d)?,
@@ -233,16 +220,9 @@ pub async fn put(
             ));
         }
     };
-    let result = append(session, name, id, request, body, uploads.max_size).await;
-    held.touch();
-    match result {
-        Ok(_) => {}
-        Err(Failure::Keep(e)) => return Err(e),
-        Err(Failure::End(e)) => {
-            held.end(&mut guard);
-            return Err(e);
-        }
-    }
+    let held = hold(uploads, name, id)?;
+    let mut guard = held.lock().await;
+    feed(&held, &mut guard, name, id, request, body).await?;
     let Some(session) = held.end(&mut guard) else {
         return Err(upload_unknown(name, id));
     };
@@ -317,6 +297,29 @@ fn open<'s>(
     match guard.as_mut() {
         Some(s) if &s.name == name => Ok(s),
         _ => Err(upload_unknown(name, id)),
+    }
+}
+
+/// Appends a request's body to the held session and marks it active; a failure that leaves
+/// the session unusable ends it. Returns the new offset.
+async fn feed(
+    held: &Held<'_>,
+    guard: &mut Option<Session>,
+    name: &Name,
+    id: &UploadId,
+    request: &HeaderMap,
+    body: Incoming,
+) -> Result<u64, RegistryError> {
+    let session = open(guard, name, id)?;
+    let result = append(session, name, id, request, body, held.uploads.max_size).await;
+    held.touch();
+    match result {
+        Ok(offset) => Ok(offset),
+        Err(Failure::Keep(e)) => Err(e),
+        Err(Failure::End(e)) => {
+            held.end(guard);
+            Err(e)
+        }
     }
 }
 

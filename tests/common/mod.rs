@@ -425,3 +425,17 @@ pub fn layer_entries(blob: &Path) -> Vec<(char, String, String)> {
         })
         .collect()
 }
+
+/// A response body read as JSON, with the body in the panic message when it is not.
+#[allow(async_fn_in_trait)] // used only by these tests, on one runtime
+pub trait JsonValue {
+    async fn json_value(self) -> serde_json::Value;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> serde_json::Value {
+        let bytes = self.bytes().await.expect("body");
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+    }
+}

@@ -101,12 +101,7 @@ pub async fn delete(
         return Err(unknown(name, digest));
     }
     tracing::info!(%name, %digest, "blob deleted from repository");
-    let mut response = Response::new(Body::Empty);
-    *response.status_mut() = StatusCode::ACCEPTED;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-    Ok(response)
+    Ok(super::empty(StatusCode::ACCEPTED))
 }
 
 fn unknown(name: &Name, digest: &Digest) -> RegistryError {

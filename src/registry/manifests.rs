@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
@@ -184,10 +184,8 @@ pub async fn put(
             .set(&(name.clone(), tag.clone()), Some(digest.clone()));
     }
     tracing::info!(%name, %digest, media_type = pushed.media_type, "manifest pushed");
-    let mut response = Response::new(Body::Empty);
-    *response.status_mut() = StatusCode::CREATED;
+    let mut response = super::empty(StatusCode::CREATED);
     let h = response.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     h.insert(
         header::LOCATION,
         super::header_value(&format!("/v2/{name}/manifests/{digest}"))?,
@@ -246,12 +244,7 @@ pub async fn delete(
             tracing::info!(%name, %digest, "manifest deleted from repository");
         }
     }
-    let mut response = Response::new(Body::Empty);
-    *response.status_mut() = StatusCode::ACCEPTED;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-    Ok(response)
+    Ok(super::empty(StatusCode::ACCEPTED))
 }
 
 /// Tags of on-demand images are the inputs' to say: a pushed or deleted tag there would be

@@ -617,6 +617,16 @@ fn error_response(e: RegistryError) -> Response<Body> {
     response
 }
 
+/// A response with no body (a write's answer): the status and `Content-Length: 0`.
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    response
+}
+
 /// A response with a body of known length and type: the headers every success shares.
 fn document(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
     let len = body.len();

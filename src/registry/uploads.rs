@@ -254,7 +254,7 @@ pub async fn cancel(
     open(&mut guard, name, id)?;
     drop(held.end(&mut guard));
     tracing::info!(%name, session = id.as_str(), "upload cancelled");
-    Ok(empty(StatusCode::NO_CONTENT))
+    Ok(super::empty(StatusCode::NO_CONTENT))
 }
 
 /// The query parameters the upload endpoints read.
@@ -538,18 +538,9 @@ fn range(offset: u64) -> String {
     format!("0-{}", offset.saturating_sub(1))
 }
 
-fn empty(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Body::Empty);
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-    response
-}
-
 /// 202 with where the session is and how far it got.
 fn accepted(name: &Name, id: &UploadId, offset: u64) -> Result<Response<Body>, RegistryError> {
-    let mut response = empty(StatusCode::ACCEPTED);
+    let mut response = super::empty(StatusCode::ACCEPTED);
     let h = response.headers_mut();
     h.insert(header::LOCATION, super::header_value(&location(name, id))?);
     h.insert(header::RANGE, super::header_value(&range(offset))?);
@@ -573,7 +564,7 @@ fn with_upload_headers(e: RegistryError, name: &Name, id: &UploadId, offset: u64
 
 /// 201 for a blob now in repository `name`.
 fn created(name: &Name, digest: &Digest) -> Result<Response<Body>, RegistryError> {
-    let mut response = empty(StatusCode::CREATED);
+    let mut response = super::empty(StatusCode::CREATED);
     let h = response.headers_mut();
     h.insert(
         header::LOCATION,

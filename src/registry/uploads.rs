@@ -174,14 +174,14 @@ pub async fn post(
             return created(name, &digest);
         }
     }
-    let mut writer = registry.store().new_blob().await?;
     if let Some(digest) = &query.digest {
         let digest = parse_digest(digest)?;
         check_length(request, uploads.max_size)?;
+        let mut writer = registry.store().new_blob().await?;
         receive(&mut writer, body, None, uploads.max_size).await?;
         return commit(registry, name, writer, &digest).await;
     }
-    let id = uploads.insert(name.clone(), writer)?;
+    let id = uploads.insert(name.clone(), registry.store().new_blob().await?)?;
     accepted(name, &id, 0)
 }
 

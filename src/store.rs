@@ -542,49 +542,13 @@ impl Store {
     /// The manifests of `name` recorded as having `subject`, sorted.
     pub async fn referrers(&self, name: &Name, subject: &Digest) -> Result<Vec<Digest>> {
         let dir = self.referrers_dir(name, subject);
-        blocking(move || {
-            let entries = match stdfs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return ctx(Err(e), "list", &dir),
-            };
-            let mut out = Vec::new();
-            for entry in entries {
-                let entry = ctx(entry, "list", &dir)?;
-                if let Some(d) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|hex| format!("sha256:{hex}").parse().ok())
-                {
-                    out.push(d);
-                }
-            }
-            out.sort();
-            Ok(out)
-        })
-        .await
+        blocking(move || list_names(&dir, |hex| format!("sha256:{hex}").parse().ok())).await
     }
 
     /// The tags of a repository, sorted; empty if the repository has none.
     pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>> {
         let dir = self.tags_dir(name);
-        blocking(move || {
-            let entries = match stdfs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return ctx(Err(e), "list", &dir),
-            };
-            let mut tags = Vec::new();
-            for entry in entries {
-                let entry = ctx(entry, "list", &dir)?;
-                if let Some(tag) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
-                    tags.push(tag);
-                }
-            }
-            tags.sort();
-            Ok(tags)
-        })
-        .await
+        blocking(move || list_names(&dir, |s| s.parse().ok())).await
     }
 }
 
@@ -609,6 +573,25 @@ impl FileStamp {
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         }
     }
+}
+
+/// The entries of `dir` whose names `parse` accepts, sorted; none if `dir` does not exist.
+/// Other names are skipped: the store never writes them.
+fn list_names<T: Ord>(dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
+    let entries = match stdfs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return ctx(Err(e), "list", dir),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = ctx(entry, "list", dir)?;
+        if let Some(item) = entry.file_name().to_str().and_then(&parse) {
+            out.push(item);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Makes a rename in `dir` durable.

@@ -944,6 +944,97 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn links_scope_blobs_to_repositories_and_survive_reopen() {
+        let (_d, store) = fresh().await;
+        let (a, b): (Name, Name) = ("a/x".parse().expect("name"), "b".parse().expect("name"));
+        let blob = store.put(b"bytes").await.expect("put");
+        assert!(!store.has_repository(&a).await.expect("has"));
+        store.link(&a, Link::Blob, &blob).await.expect("link");
+        store.link(&a, Link::Blob, &blob).await.expect("link twice");
+        assert!(store.has_repository(&a).await.expect("has"));
+        assert!(
+            store
+                .is_linked(&a, Link::Blob, &blob)
+                .await
+                .expect("linked")
+        );
+        assert!(
+            !store
+                .is_linked(&a, Link::Manifest, &blob)
+                .await
+                .expect("kind")
+        );
+        assert!(
+            !store
+                .is_linked(&b, Link::Blob, &blob)
+                .await
+                .expect("other repo")
+        );
+        // A link to bytes the store lacks does not count.
+        let gone = Digest::sha256_of(b"gone");
+        store.link(&a, Link::Blob, &gone).await.expect("link");
+        assert!(
+            !store
+                .is_linked(&a, Link::Blob, &gone)
+                .await
+                .expect("no bytes")
+        );
+
+        let referrer = Digest::sha256_of(b"referrer");
+        store
+            .add_referrer(&a, &blob, &referrer)
+            .await
+            .expect("referrer");
+        let reopened = Store::open(store.root()).await.expect("reopen");
+        assert!(
+            reopened
+                .is_linked(&a, Link::Blob, &blob)
+                .await
+                .expect("linked")
+        );
+        assert_eq!(
+            reopened.referrers(&a, &blob).await.expect("list"),
+            vec![referrer.clone()]
+        );
+        assert_eq!(
+            reopened.repositories().await.expect("repos"),
+            vec![a.clone()]
+        );
+
+        assert!(
+            reopened
+                .unlink(&a, Link::Blob, &blob)
+                .await
+                .expect("unlink")
+        );
+        assert!(!reopened.unlink(&a, Link::Blob, &blob).await.expect("again"));
+        assert!(
+            !reopened
+                .is_linked(&a, Link::Blob, &blob)
+                .await
+                .expect("unlinked")
+        );
+        reopened.verify(&blob).await.expect("bytes stay");
+        reopened
+            .remove_referrer(&a, &blob, &referrer)
+            .await
+            .expect("remove");
+        assert!(
+            reopened
+                .referrers(&a, &blob)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+
+        let v1: Tag = "v1".parse().expect("tag");
+        reopened.set_tag(&b, &v1, &blob).await.expect("tag");
+        assert!(reopened.delete_tag(&b, &v1).await.expect("delete"));
+        assert!(!reopened.delete_tag(&b, &v1).await.expect("again"));
+        assert_eq!(reopened.tag(&b, &v1).await.expect("get"), None);
+    }
+
+    #[tokio::test]
     async fn open_fails_clearly_when_root_is_a_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("file");

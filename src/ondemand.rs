@@ -332,13 +332,14 @@ impl OnDemand {
                         threads,
                     };
                     // Linked into the repository, so its blobs are served through it.
-                    let packed =
-                        match pack::pack_image_with(&store, &inputs, opts, &run, None, &packing)
-                            .await
-                        {
-                            Ok(img) => pack::link_image(&store, &name, &img).await.map(|()| img),
-                            Err(e) => Err(e),
-                        };
+                    let packed = async {
+                        let img =
+                            pack::pack_image_with(&store, &inputs, opts, &run, None, &packing)
+                                .await?;
+                        pack::link_image(&store, &name, &img).await?;
+                        Ok::<_, pack::PackError>(img)
+                    }
+                    .await;
                     match packed {
                         Ok(img) => Ok(Resolved {
                             manifest: img.manifest.0,

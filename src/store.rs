@@ -147,9 +147,14 @@ impl Store {
         self.root.join("cache").join("layers")
     }
 
+    /// A repository's folder. Name components never start with '_', so the `_tags`, `_blobs`,
+    /// `_manifests` and `_referrers` folders in it cannot collide with a sub-repository.
+    fn repository_dir(&self, name: &Name) -> PathBuf {
+        self.repositories_dir().join(name.as_str())
+    }
+
     fn tags_dir(&self, name: &Name) -> PathBuf {
-        // Name components never start with '_', so `_tags` cannot collide with a sub-repository.
-        self.repositories_dir().join(name.as_str()).join("_tags")
+        self.repository_dir(name).join("_tags")
     }
 
     fn tag_path(&self, name: &Name, tag: &Tag) -> PathBuf {
@@ -426,7 +431,7 @@ impl Store {
 
     /// Whether `name` is a repository: something was tagged, pushed or linked into it.
     pub async fn has_repository(&self, name: &Name) -> Result<bool> {
-        let dir = self.repositories_dir().join(name.as_str());
+        let dir = self.repository_dir(name);
         blocking(move || is_repository(&dir)).await
     }
 
@@ -449,9 +454,8 @@ impl Store {
                         continue;
                     };
                     if REPOSITORY_MARKERS.contains(&component.as_str()) {
-                        if let Ok(name) = prefix.parse::<Name>()
-                            && names.last() != Some(&name)
-                        {
+                        // A folder with several markers is listed once (dedup below).
+                        if let Ok(name) = prefix.parse::<Name>() {
                             names.push(name);
                         }
                     } else if !component.starts_with('_') {
@@ -479,15 +483,13 @@ impl Store {
     }
 
     fn link_path(&self, name: &Name, kind: Link, digest: &Digest) -> PathBuf {
-        self.repositories_dir()
-            .join(name.as_str())
+        self.repository_dir(name)
             .join(kind.dir())
             .join(digest.hex())
     }
 
     fn referrers_dir(&self, name: &Name, subject: &Digest) -> PathBuf {
-        self.repositories_dir()
-            .join(name.as_str())
+        self.repository_dir(name)
             .join("_referrers")
             .join(subject.hex())
     }

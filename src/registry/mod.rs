@@ -586,19 +586,10 @@ fn not_allowed(method: &Method, allow: &'static str) -> RegistryError {
     .header(header::ALLOW, HeaderValue::from_static(allow))
 }
 
-/// `key=value` pairs of a query string, values percent-decoded.
-fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            // A '+' is itself here (media types hold them), not a form's space.
-            let decode = |s: &str| pagination::percent_decode(&s.replace('+', "%2B"));
-            (decode(key), decode(value))
-        })
-        .collect()
+/// `key=value` pairs of a query string, values percent-decoded, `+` kept (media types and
+/// digests are read from these).
+fn query_pairs(query: Option<&str>) -> Vec<(&str, String)> {
+    pagination::query_pairs(query, false)
 }
 
 fn error_response(e: RegistryError) -> Response<Body> {

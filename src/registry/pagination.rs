@@ -23,9 +23,7 @@ pub struct Page {
 impl Page {
     pub fn parse(query: Option<&str>) -> Result<Page, RegistryError> {
         let mut page = Page::default();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value);
+        for (key, value) in query_pairs(query, true) {
             match key {
                 "n" => {
                     let n = value.parse::<usize>().map_err(|_| {
@@ -94,8 +92,23 @@ pub fn respond(
     Ok(response)
 }
 
-/// Decodes `%XX` escapes (and `+` as space, as forms do); a bad escape stays as it is.
-pub(super) fn percent_decode(s: &str) -> String {
+/// The `key=value` pairs of a query string, values percent-decoded; `plus_is_space` reads `+`
+/// as forms write a space (right for names and numbers, wrong for media types, which hold
+/// `+`).
+pub(super) fn query_pairs(query: Option<&str>, plus_is_space: bool) -> Vec<(&str, String)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key, percent_decode(value, plus_is_space))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes (and `+`, if asked, as a space); a bad escape stays as it is.
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -111,7 +124,7 @@ pub(super) fn percent_decode(s: &str) -> String {
                 i += 3;
                 continue;
             }
-            (None, b'+') => out.push(b' '),
+            (None, b'+') if plus_is_space => out.push(b' '),
             (None, b) => out.push(b),
         }
         i += 1;

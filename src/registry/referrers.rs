@@ -24,7 +24,7 @@ pub async fn get(
     registry.require_repository(name).await?;
     let filter = super::query_pairs(query)
         .into_iter()
-        .find(|(k, _)| k == "artifactType")
+        .find(|(k, _)| *k == "artifactType")
         .map(|(_, v)| v);
     let mut descriptors = Vec::new();
     for digest in registry.store().referrers(name, subject).await? {

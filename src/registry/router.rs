@@ -130,7 +130,7 @@ fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
     })
 }
 
-fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
+pub(super) fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
     s.parse::<Digest>().map_err(|e| {
         RegistryError::new(Code::DigestInvalid, truncate(&e.to_string()))
             .detail(json!({ "digest": truncate(s) }))

@@ -30,7 +30,7 @@ use tokio::io::AsyncWriteExt;
 use super::Registry;
 use super::body::Body;
 use super::errors::{Code, RegistryError};
-use super::router::UploadId;
+use super::router::{UploadId, parse_digest};
 use crate::digest::Digest;
 use crate::reference::Name;
 use crate::store::{BlobWriter, Link, StoreError};
@@ -97,12 +97,9 @@ impl Uploads {
         self.map().remove(id);
     }
 
-    /// Drops sessions idle longer than the timeout; their temp files go with them. Returns
-    /// how many were dropped.
-    pub fn sweep(&self) -> usize {
-        let mut map = self.map();
-        let before = map.len();
-        map.retain(|id, slot| {
+    /// Drops sessions idle longer than the timeout; their temp files go with them.
+    pub fn sweep(&self) {
+        self.map().retain(|id, slot| {
             let idle = slot
                 .touched
                 .lock()
@@ -119,7 +116,6 @@ impl Uploads {
             );
             false
         });
-        before - map.len()
     }
 
     /// How often `sweep` should run: often enough that a session outlives its timeout by at
@@ -176,7 +172,7 @@ pub async fn post(
     }
     if let Some(digest) = &query.digest {
         let digest = parse_digest(digest)?;
-        check_length(request, uploads.max_size)?;
+        check_length_after(request, 0, uploads.max_size)?;
         let mut writer = registry.store().new_blob().await?;
         receive(&mut writer, body, None, uploads.max_size).await?;
         return commit(registry, name, writer, &digest).await;
@@ -269,7 +265,7 @@ impl Query {
     pub fn parse(query: Option<&str>) -> Query {
         let mut q = Query::default();
         for (key, value) in super::query_pairs(query) {
-            match key.as_str() {
+            match key {
                 "digest" => q.digest = Some(value),
                 "mount" => q.mount = Some(value),
                 "from" => q.from = Some(value),
@@ -492,10 +488,6 @@ fn content_length(request: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-fn check_length(request: &HeaderMap, max: Option<u64>) -> Result<(), RegistryError> {
-    check_length_after(request, 0, max)
-}
-
 /// Refuses at once a body whose declared length would take the blob past `max`.
 fn check_length_after(
     request: &HeaderMap,
@@ -515,13 +507,6 @@ fn too_large(max: u64) -> RegistryError {
     )
     .status(StatusCode::PAYLOAD_TOO_LARGE)
     .detail(json!({ "limit": max }))
-}
-
-fn parse_digest(s: &str) -> Result<Digest, RegistryError> {
-    s.parse::<Digest>().map_err(|e| {
-        RegistryError::new(Code::DigestInvalid, super::router::truncate(&e.to_string()))
-            .detail(json!({ "digest": super::router::truncate(s) }))
-    })
 }
 
 fn upload_unknown(name: &Name, id: &UploadId) -> RegistryError {

@@ -1,4 +1,5 @@
-//! Content digests (`sha256:<hex>`) and a writer that hashes what passes through it.
+//! Content digests (`sha256:<hex>`, `sha512:<hex>`) and a writer that hashes what passes
+//! through it.
 //!
 //! This module never touches the disk: it is the vocabulary the store, the packer and the
 //! registry share.
@@ -9,14 +10,17 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context, Poll};
 
-use sha2::{Digest as _, Sha256};
+use sha2::{Digest as _, Sha256, Sha512};
 use tokio::io::AsyncWrite;
 
-/// A hash algorithm a digest may name. Only sha256 is accepted today; the enum leaves room for
-/// sha512 without changing every caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A hash algorithm a digest may name: the two the OCI image spec registers. Everything quinistry
+/// makes itself is sha256 (the canonical algorithm); sha512 is accepted wherever a client names
+/// content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum Algorithm {
+    #[default]
     Sha256,
+    Sha512,
 }
 
 impl Algorithm {
@@ -24,6 +28,7 @@ impl Algorithm {
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Sha256 => "sha256",
+            Algorithm::Sha512 => "sha512",
         }
     }
 
@@ -31,7 +36,22 @@ impl Algorithm {
     fn hex_len(self) -> usize {
         match self {
             Algorithm::Sha256 => 64,
+            Algorithm::Sha512 => 128,
         }
+    }
+
+    /// Every algorithm, in a fixed order (the store's `blobs/` folders).
+    pub const ALL: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
+}
+
+impl FromStr for Algorithm {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| format!("unsupported digest algorithm {s:?} (sha256 and sha512 are)"))
     }
 }
 
@@ -40,7 +60,7 @@ impl Algorithm {
 pub enum DigestError {
     #[error("digest {0:?} has no ':' between algorithm and hex")]
     MissingSeparator(String),
-    #[error("digest {0:?} uses unsupported algorithm {1:?} (only sha256 is supported)")]
+    #[error("digest {0:?} uses unsupported algorithm {1:?} (sha256 and sha512 are supported)")]
     UnsupportedAlgorithm(String, String),
     #[error("digest {0:?} must have {1} hex characters, has {2}")]
     WrongLength(String, usize, usize),
@@ -71,14 +91,14 @@ pub struct Digest {
 impl Digest {
     /// The sha256 digest of a byte slice (for small documents: configs, manifests).
     pub fn sha256_of(bytes: &[u8]) -> Digest {
-        Digest::from_sha256(Sha256::digest(bytes).as_slice())
+        Digest::of(Algorithm::Sha256, bytes)
     }
 
-    fn from_sha256(raw: &[u8]) -> Digest {
-        Digest {
-            algorithm: Algorithm::Sha256,
-            hex: hex::encode(raw),
-        }
+    /// The digest of a byte slice with `algorithm`.
+    pub fn of(algorithm: Algorithm, bytes: &[u8]) -> Digest {
+        let mut h = Hasher::with(algorithm);
+        h.update(bytes);
+        h.finish().0
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -104,15 +124,9 @@ impl FromStr for Digest {
         let (alg, hex) = s
             .split_once(':')
             .ok_or_else(|| DigestError::MissingSeparator(s.to_owned()))?;
-        let algorithm = match alg {
-            "sha256" => Algorithm::Sha256,
-            other => {
-                return Err(DigestError::UnsupportedAlgorithm(
-                    s.to_owned(),
-                    other.into(),
-                ));
-            }
-        };
+        let algorithm: Algorithm = alg
+            .parse()
+            .map_err(|_| DigestError::UnsupportedAlgorithm(s.to_owned(), alg.into()))?;
         if hex.len() != algorithm.hex_len() {
             return Err(DigestError::WrongLength(
                 s.to_owned(),
@@ -143,20 +157,52 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
-/// Incremental sha256 plus a byte count: the state every hashing stage keeps.
+/// An incremental hash plus a byte count: the state every hashing stage keeps.
 #[derive(Clone, Default)]
 pub struct Hasher {
-    sha: Sha256,
+    state: State,
     len: u64,
 }
 
+/// The running hash of one algorithm.
+#[derive(Clone)]
+enum State {
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::Sha256(Sha256::new())
+    }
+}
+
 impl Hasher {
+    /// A sha256 hasher: what everything quinistry makes is named by.
     pub fn new() -> Self {
         Self::default()
     }
 
+    pub fn with(algorithm: Algorithm) -> Self {
+        let state = match algorithm {
+            Algorithm::Sha256 => State::Sha256(Sha256::new()),
+            Algorithm::Sha512 => State::Sha512(Sha512::new()),
+        };
+        Hasher { state, len: 0 }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match self.state {
+            State::Sha256(_) => Algorithm::Sha256,
+            State::Sha512(_) => Algorithm::Sha512,
+        }
+    }
+
     pub fn update(&mut self, bytes: &[u8]) {
-        self.sha.update(bytes);
+        match &mut self.state {
+            State::Sha256(h) => h.update(bytes),
+            State::Sha512(h) => h.update(bytes),
+        }
         self.len += bytes.len() as u64;
     }
 
@@ -171,8 +217,15 @@ impl Hasher {
 
     /// The digest and byte count of everything hashed.
     pub fn finish(self) -> (Digest, u64) {
+        let (algorithm, raw) = match self.state {
+            State::Sha256(h) => (Algorithm::Sha256, hex::encode(h.finalize())),
+            State::Sha512(h) => (Algorithm::Sha512, hex::encode(h.finalize())),
+        };
         (
-            Digest::from_sha256(self.sha.finalize().as_slice()),
+            Digest {
+                algorithm,
+                hex: raw,
+            },
             self.len,
         )
     }
@@ -188,11 +241,20 @@ pub struct HashingWriter<W> {
 }
 
 impl<W> HashingWriter<W> {
+    /// Hashes with sha256.
     pub fn new(inner: W) -> Self {
+        HashingWriter::with(inner, Algorithm::Sha256)
+    }
+
+    pub fn with(inner: W, algorithm: Algorithm) -> Self {
         HashingWriter {
             inner,
-            hasher: Hasher::new(),
+            hasher: Hasher::with(algorithm),
         }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.hasher.algorithm()
     }
 
     /// Bytes written so far.
@@ -260,7 +322,12 @@ mod tests {
         let cases: Vec<(String, &str)> = vec![
             ("e3b0c442".into(), "no ':'"),
             (EMPTY.replace("sha256", "md5"), "unsupported algorithm"),
-            (EMPTY.replace("sha256", "sha512"), "unsupported algorithm"),
+            (
+                EMPTY.replace("sha256", "sha512"),
+                "128 hex characters, has 64",
+            ),
+            (EMPTY.replace("sha256", "blake3"), "unsupported algorithm"),
+            (EMPTY.replace("sha256", "SHA256"), "unsupported algorithm"),
             (EMPTY[..EMPTY.len() - 1].into(), "64 hex characters, has 63"),
             (format!("{EMPTY}0"), "64 hex characters, has 65"),
             (upper, "lowercase hex"),
@@ -272,6 +339,27 @@ mod tests {
             let err = input.parse::<Digest>().expect_err(&input).to_string();
             assert!(err.contains(why), "{input:?}: {err:?} should say {why:?}");
         }
+    }
+
+    #[test]
+    fn sha512_digests_parse_and_hash() {
+        // `printf '' | sha512sum`
+        const EMPTY512: &str = "sha512:cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e";
+        let d: Digest = EMPTY512.parse().expect("valid sha512 digest");
+        assert_eq!(d.algorithm(), Algorithm::Sha512);
+        assert_eq!(d.hex().len(), 128);
+        assert_eq!(d.to_string(), EMPTY512);
+        assert_eq!(Digest::of(Algorithm::Sha512, b""), d);
+        let mut h = Hasher::with(Algorithm::Sha512);
+        h.update(b"ab");
+        h.update(b"c");
+        assert_eq!(h.finish().0, Digest::of(Algorithm::Sha512, b"abc"));
+        assert_ne!(
+            Digest::of(Algorithm::Sha512, b"abc").hex()[..64],
+            *Digest::sha256_of(b"abc").hex()
+        );
+        assert_eq!("sha512".parse(), Ok(Algorithm::Sha512));
+        assert!("md5".parse::<Algorithm>().is_err());
     }
 
     #[test]

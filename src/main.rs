@@ -603,7 +603,10 @@ async fn run_verify(arg: StoreArg) -> Result<(), String> {
             },
             Err(path) => {
                 bad += 1;
-                println!("STRAY    {}: not named by a sha256 digest", path.display());
+                println!(
+                    "STRAY    {}: not named by a digest of its algorithm",
+                    path.display()
+                );
             }
         }
     }

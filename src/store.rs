@@ -2,17 +2,19 @@
 //!
 //! ```text
 //! <root>/blobs/sha256/<hex>                  immutable blobs, named by the sha256 of their bytes
+//! <root>/blobs/sha512/<hex>                  blobs a client pushed under a sha512 digest
 //! <root>/tmp/<random>                        blobs and tag files being written; each is flock'd
 //!                                            by its writer while it lives
 //! <root>/repositories/<name>/_tags/<tag>     "sha256:<hex>\n": the manifest a tag points at
-//! <root>/repositories/<name>/_blobs/<hex>    empty: blob <hex> (layer, config) is in <name>
-//! <root>/repositories/<name>/_manifests/<hex>  empty: manifest <hex> is in <name>
-//! <root>/repositories/<name>/_referrers/<subject hex>/<hex>
-//!                                            empty: manifest <hex> in <name> has that subject
+//! <root>/repositories/<name>/_blobs/<d>      empty: blob <d> (layer, config) is in <name>
+//! <root>/repositories/<name>/_manifests/<d>  empty: manifest <d> is in <name>
+//! <root>/repositories/<name>/_referrers/<subject d>/<d>
+//!                                            empty: manifest <d> in <name> has that subject
 //! <root>/cache/layers/<hex>                  a layer-cache record: which layer a set of input
 //!                                            files packed into (JSON, see `cache`)
 //! ```
 //!
+//! `<d>` is a digest as a file name: its hex for sha256, `sha512-<hex>` for sha512.
 //! The `blobs/` part is laid out like an OCI image layout. Writers stream into a temp file,
 //! fsync it and rename it to its digest, so a reader never sees a half-written blob under a
 //! digest name (invariant 1). Names and tags are validated (`reference`) before they are joined
@@ -30,7 +32,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
-use crate::digest::{Digest, DigestError, Hasher, HashingWriter};
+use crate::digest::{Algorithm, Digest, DigestError, Hasher, HashingWriter};
 use crate::reference::{Name, Tag};
 
 /// Write buffer in front of a temp file: few large writes instead of many small ones.
@@ -93,13 +95,14 @@ impl Store {
         let store = Store { root: root.into() };
         let s = store.clone();
         blocking(move || {
-            for dir in [
+            let blob_dirs = Algorithm::ALL.map(|a| s.blob_dir(a));
+            let others = [
                 s.root.clone(),
-                s.blob_dir(),
                 s.tmp_dir(),
                 s.repositories_dir(),
                 s.layer_cache_dir(),
-            ] {
+            ];
+            for dir in others.into_iter().chain(blob_dirs) {
                 ctx(stdfs::create_dir_all(&dir), "create store directory", &dir)?;
             }
             s.remove_stale_temp_files()?;
@@ -122,8 +125,8 @@ impl Store {
         &self.root
     }
 
-    fn blob_dir(&self) -> PathBuf {
-        self.root.join("blobs").join("sha256")
+    fn blob_dir(&self, algorithm: Algorithm) -> PathBuf {
+        self.root.join("blobs").join(algorithm.name())
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -137,10 +140,7 @@ impl Store {
     /// Where the blob named `digest` lives (whether or not it exists).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         // Digest's hex is validated lowercase hex of fixed length: a safe file name.
-        self.root
-            .join("blobs")
-            .join(digest.algorithm().name())
-            .join(digest.hex())
+        self.blob_dir(digest.algorithm()).join(digest.hex())
     }
 
     fn layer_cache_dir(&self) -> PathBuf {
@@ -236,16 +236,21 @@ impl Store {
         ))
     }
 
-    /// Starts writing a blob. Write the bytes, then `commit`; dropping the writer instead
-    /// removes the temp file and stores nothing.
+    /// Starts writing a blob named by its sha256. Write the bytes, then `commit`; dropping
+    /// the writer instead removes the temp file and stores nothing.
     pub async fn new_blob(&self) -> Result<BlobWriter> {
+        self.new_blob_with(Algorithm::Sha256).await
+    }
+
+    /// `new_blob`, hashing with `algorithm` as the bytes arrive.
+    pub async fn new_blob_with(&self, algorithm: Algorithm) -> Result<BlobWriter> {
         let s = self.clone();
         let (file, temp) = blocking(move || s.create_temp("blob-")).await?;
         Ok(BlobWriter {
-            out: HashingWriter::new(BufWriter::with_capacity(
-                WRITE_BUFFER,
-                tokio::fs::File::from_std(file),
-            )),
+            out: HashingWriter::with(
+                BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file)),
+                algorithm,
+            ),
             temp,
             store: self.clone(),
         })
@@ -254,7 +259,12 @@ impl Store {
     /// Stores a small document (config, manifest) and returns its digest. A stored copy with
     /// exactly these bytes is left alone (nothing is written); a damaged one is replaced.
     pub async fn put(&self, bytes: &[u8]) -> Result<Digest> {
-        let digest = Digest::sha256_of(bytes);
+        self.put_with(Algorithm::Sha256, bytes).await
+    }
+
+    /// `put`, naming the document by its `algorithm` digest.
+    pub async fn put_with(&self, algorithm: Algorithm, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(algorithm, bytes);
         let path = self.blob_path(&digest);
         match tokio::fs::read(&path).await {
             Ok(stored) if stored == bytes => return Ok(digest),
@@ -262,7 +272,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return ctx(Err(e), "read blob", &path),
         }
-        let mut w = self.new_blob().await?;
+        let mut w = self.new_blob_with(algorithm).await?;
         let temp = w.temp.to_path_buf();
         ctx(w.write_all(bytes).await, "write", &temp)?;
         Ok(w.commit_replacing().await?.0)
@@ -352,18 +362,9 @@ impl Store {
 
     /// Re-hashes a blob and checks it against its name.
     pub async fn verify(&self, digest: &Digest) -> Result<()> {
-        let (mut file, _) = self.open_blob(digest).await?;
+        let (file, _) = self.open_blob(digest).await?;
         let path = self.blob_path(digest);
-        let mut hasher = Hasher::new();
-        let mut buf = vec![0u8; READ_BUFFER];
-        loop {
-            let n = ctx(file.read(&mut buf).await, "read blob", &path)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        let (actual, _) = hasher.finish();
+        let actual = hash_file(file, digest.algorithm(), &path).await?;
         if &actual == digest {
             Ok(())
         } else {
@@ -377,16 +378,24 @@ impl Store {
     /// Every blob in the store. A file whose name is not a digest is reported as an error
     /// rather than skipped: something other than the store wrote it.
     pub async fn blobs(&self) -> Result<Vec<std::result::Result<Digest, PathBuf>>> {
-        let dir = self.blob_dir();
+        let dirs = Algorithm::ALL.map(|a| (a, self.blob_dir(a)));
         blocking(move || {
             let mut out = Vec::new();
-            for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
-                let entry = ctx(entry, "list", &dir)?;
-                let name = entry.file_name();
-                let parsed = name
-                    .to_str()
-                    .and_then(|hex| format!("sha256:{hex}").parse().ok());
-                out.push(parsed.ok_or_else(|| entry.path()));
+            for (algorithm, dir) in dirs {
+                let entries = match stdfs::read_dir(&dir) {
+                    Ok(e) => e,
+                    // A store made before sha512 existed has no folder for it.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return ctx(Err(e), "list", &dir),
+                };
+                for entry in entries {
+                    let entry = ctx(entry, "list", &dir)?;
+                    let name = entry.file_name();
+                    let parsed = name
+                        .to_str()
+                        .and_then(|hex| format!("{}:{hex}", algorithm.name()).parse().ok());
+                    out.push(parsed.ok_or_else(|| entry.path()));
+                }
             }
             out.sort();
             Ok(out)
@@ -435,8 +444,8 @@ impl Store {
         blocking(move || is_repository(&dir)).await
     }
 
-    /// Every repository (a folder under `repositories/` holding `_tags`, `_blobs` or
-    /// `_manifests`), sorted by name.
+    /// Every repository (a folder under `repositories/` whose `_tags`, `_blobs` or
+    /// `_manifests` holds something), sorted by name.
     /// Folders whose path is not a valid name are skipped: the store never creates them.
     pub async fn repositories(&self) -> Result<Vec<Name>> {
         let root = self.repositories_dir();
@@ -455,7 +464,9 @@ impl Store {
                     };
                     if REPOSITORY_MARKERS.contains(&component.as_str()) {
                         // A folder with several markers is listed once (dedup below).
-                        if let Ok(name) = prefix.parse::<Name>() {
+                        if let Ok(name) = prefix.parse::<Name>()
+                            && !is_empty_dir(&entry.path())?
+                        {
                             names.push(name);
                         }
                     } else if !component.starts_with('_') {
@@ -485,13 +496,13 @@ impl Store {
     fn link_path(&self, name: &Name, kind: Link, digest: &Digest) -> PathBuf {
         self.repository_dir(name)
             .join(kind.dir())
-            .join(digest.hex())
+            .join(file_name(digest))
     }
 
     fn referrers_dir(&self, name: &Name, subject: &Digest) -> PathBuf {
         self.repository_dir(name)
             .join("_referrers")
-            .join(subject.hex())
+            .join(file_name(subject))
     }
 
     /// Makes `digest` part of repository `name`, durably. The blob must already be stored
@@ -526,7 +537,7 @@ impl Store {
         subject: &Digest,
         referrer: &Digest,
     ) -> Result<()> {
-        let path = self.referrers_dir(name, subject).join(referrer.hex());
+        let path = self.referrers_dir(name, subject).join(file_name(referrer));
         blocking(move || create_durably(&path)).await
     }
 
@@ -537,14 +548,14 @@ impl Store {
         referrer: &Digest,
     ) -> Result<()> {
         let dir = self.referrers_dir(name, subject);
-        let path = dir.join(referrer.hex());
+        let path = dir.join(file_name(referrer));
         blocking(move || remove_durably(&path, &dir).map(drop)).await
     }
 
     /// The manifests of `name` recorded as having `subject`, sorted.
     pub async fn referrers(&self, name: &Name, subject: &Digest) -> Result<Vec<Digest>> {
         let dir = self.referrers_dir(name, subject);
-        blocking(move || list_names(&dir, |hex| format!("sha256:{hex}").parse().ok())).await
+        blocking(move || list_names(&dir, parse_file_name)).await
     }
 
     /// The tags of a repository, sorted; empty if the repository has none.
@@ -596,6 +607,39 @@ fn list_names<T: Ord>(dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Result<V
     Ok(out)
 }
 
+/// A digest as a file name in a repository's folders: the hex alone for sha256 (as stores have
+/// always had it), `<algorithm>-<hex>` for any other.
+fn file_name(digest: &Digest) -> String {
+    match digest.algorithm() {
+        Algorithm::Sha256 => digest.hex().to_owned(),
+        other => format!("{}-{}", other.name(), digest.hex()),
+    }
+}
+
+/// The digest a `file_name` names; `None` for anything else.
+fn parse_file_name(name: &str) -> Option<Digest> {
+    match name.split_once('-') {
+        Some((algorithm, hex)) => format!("{algorithm}:{hex}"),
+        None => format!("sha256:{name}"),
+    }
+    .parse()
+    .ok()
+}
+
+/// The `algorithm` digest of a file's bytes, read in `READ_BUFFER` pieces.
+async fn hash_file(mut file: tokio::fs::File, algorithm: Algorithm, path: &Path) -> Result<Digest> {
+    let mut hasher = Hasher::with(algorithm);
+    let mut buf = vec![0u8; READ_BUFFER];
+    loop {
+        let n = ctx(file.read(&mut buf).await, "read", path)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finish().0)
+}
+
 /// Makes a rename in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<()> {
     let d = ctx(stdfs::File::open(dir), "open directory", dir)?;
@@ -624,13 +668,26 @@ impl Link {
 /// Folders whose presence makes their parent a repository.
 const REPOSITORY_MARKERS: [&str; 3] = ["_tags", "_blobs", "_manifests"];
 
+/// Whether `dir` is a repository: one of its marker folders holds something. A repository
+/// whose last tag and links were deleted is gone (from the catalog too), though its empty
+/// folders stay: removing them could race a concurrent link into them.
 fn is_repository(dir: &Path) -> Result<bool> {
     for marker in REPOSITORY_MARKERS {
-        if exists(&dir.join(marker))? {
+        if !is_empty_dir(&dir.join(marker))? {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Whether `dir` has no entries; a missing `dir` counts as empty.
+fn is_empty_dir(dir: &Path) -> Result<bool> {
+    match stdfs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => Ok(true),
+        Err(e) => ctx(Err(e), "list", dir),
+    }
 }
 
 fn exists(path: &Path) -> Result<bool> {
@@ -713,7 +770,9 @@ impl BlobWriter {
         self.commit_inner(None, true).await
     }
 
-    /// Like `commit`, but stores nothing unless the content has digest `expected`.
+    /// Like `commit`, but stores nothing unless the content has digest `expected`, and names
+    /// it by that digest. The bytes were hashed as they came with the writer's algorithm; a
+    /// digest of another algorithm costs one read of the temp file.
     pub async fn commit_expecting(self, expected: &Digest) -> Result<(Digest, u64)> {
         self.commit_inner(Some(expected), false).await
     }
@@ -725,7 +784,18 @@ impl BlobWriter {
     ) -> Result<(Digest, u64)> {
         let temp_path = self.temp.to_path_buf();
         ctx(self.out.flush().await, "write", &temp_path)?;
-        let (buffered, digest, len) = self.out.into_parts();
+        let (buffered, mut digest, len) = self.out.into_parts();
+        if let Some(expected) = expected
+            && expected.algorithm() != digest.algorithm()
+        {
+            tracing::debug!(
+                algorithm = expected.algorithm().name(),
+                bytes = len,
+                "re-reading an upload to hash it with the algorithm its digest names"
+            );
+            let reread = ctx(tokio::fs::File::open(&temp_path).await, "open", &temp_path)?;
+            digest = hash_file(reread, expected.algorithm(), &temp_path).await?;
+        }
         if let Some(expected) = expected
             && expected != &digest
         {
@@ -737,7 +807,7 @@ impl BlobWriter {
         let file = buffered.into_inner().into_std().await;
         let dest = self.store.blob_path(&digest);
         let temp = self.temp;
-        let dir = self.store.blob_dir();
+        let dir = self.store.blob_dir(digest.algorithm());
         blocking(move || {
             if !replace && dest.exists() {
                 return Ok(()); // dedupe: `temp` is dropped, which deletes the new copy
@@ -801,7 +871,7 @@ mod tests {
         assert_eq!(stdfs::read(store.blob_path(&a)).expect("read"), b"hello");
         let again = store.put(b"hello").await.expect("put again");
         assert_eq!(again, a);
-        assert_eq!(files_in(&store.blob_dir()).len(), 1);
+        assert_eq!(files_in(&store.blob_dir(Algorithm::Sha256)).len(), 1);
         assert!(
             files_in(&store.tmp_dir()).is_empty(),
             "dedupe left a temp file"
@@ -819,7 +889,7 @@ mod tests {
         assert_eq!(files_in(&store.tmp_dir()).len(), 1);
         drop(w);
         assert!(files_in(&store.tmp_dir()).is_empty());
-        assert!(files_in(&store.blob_dir()).is_empty());
+        assert!(files_in(&store.blob_dir(Algorithm::Sha256)).is_empty());
     }
 
     #[tokio::test]
@@ -832,7 +902,7 @@ mod tests {
             .await
             .expect_err("mismatch");
         assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
-        assert!(files_in(&store.blob_dir()).is_empty());
+        assert!(files_in(&store.blob_dir(Algorithm::Sha256)).is_empty());
         assert!(files_in(&store.tmp_dir()).is_empty());
     }
 
@@ -1034,6 +1104,92 @@ mod tests {
         assert!(reopened.delete_tag(&b, &v1).await.expect("delete"));
         assert!(!reopened.delete_tag(&b, &v1).await.expect("again"));
         assert_eq!(reopened.tag(&b, &v1).await.expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn sha512_blobs_are_stored_verified_linked_and_listed_by_their_algorithm() {
+        let (_d, store) = fresh().await;
+        let doc = store
+            .put_with(Algorithm::Sha512, b"doc")
+            .await
+            .expect("put");
+        assert_eq!(doc, Digest::of(Algorithm::Sha512, b"doc"));
+        assert_eq!(
+            store.blob_path(&doc),
+            store.root().join("blobs/sha512").join(doc.hex())
+        );
+        store.verify(&doc).await.expect("verify");
+
+        // Hashed as sha256 while written, committed under a sha512 digest: one re-read.
+        let mut w = store.new_blob().await.expect("new");
+        w.write_all(b"layer bytes").await.expect("write");
+        let wanted = Digest::of(Algorithm::Sha512, b"layer bytes");
+        let (got, len) = w.commit_expecting(&wanted).await.expect("commit");
+        assert_eq!((&got, len), (&wanted, 11));
+        assert_eq!(
+            stdfs::read(store.blob_path(&got)).expect("read"),
+            b"layer bytes"
+        );
+        // The same with other bytes: refused, nothing stored.
+        let mut w = store.new_blob().await.expect("new");
+        w.write_all(b"other bytes").await.expect("write");
+        let err = w.commit_expecting(&wanted).await.expect_err("mismatch");
+        assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+        assert!(files_in(&store.tmp_dir()).is_empty());
+
+        let listed: Vec<Digest> = store
+            .blobs()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|b| b.expect("digest"))
+            .collect();
+        assert!(listed.contains(&doc) && listed.contains(&got), "{listed:?}");
+
+        let name: Name = "r".parse().expect("name");
+        store.link(&name, Link::Blob, &got).await.expect("link");
+        store.link(&name, Link::Manifest, &doc).await.expect("link");
+        let referrer = store.put(b"referrer").await.expect("put");
+        store
+            .add_referrer(&name, &doc, &referrer)
+            .await
+            .expect("referrer");
+        let also512 = store.put_with(Algorithm::Sha512, b"r2").await.expect("put");
+        store
+            .add_referrer(&name, &doc, &also512)
+            .await
+            .expect("referrer");
+        assert!(
+            store
+                .repository_dir(&name)
+                .join("_blobs")
+                .join(format!("sha512-{}", got.hex()))
+                .exists()
+        );
+        let reopened = Store::open(store.root()).await.expect("reopen");
+        assert!(
+            reopened
+                .is_linked(&name, Link::Blob, &got)
+                .await
+                .expect("linked")
+        );
+        assert!(
+            reopened
+                .is_linked(&name, Link::Manifest, &doc)
+                .await
+                .expect("linked")
+        );
+        // The sha256 digest of the same bytes is another name, not linked.
+        let same_bytes = Digest::sha256_of(b"layer bytes");
+        assert!(
+            !reopened
+                .is_linked(&name, Link::Blob, &same_bytes)
+                .await
+                .expect("not")
+        );
+        let mut want = vec![referrer, also512];
+        want.sort();
+        assert_eq!(reopened.referrers(&name, &doc).await.expect("list"), want);
     }
 
     #[tokio::test]

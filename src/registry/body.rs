@@ -1,6 +1,9 @@
 //! Response bodies: nothing, a small document in memory, or a blob streamed from its file in
 //! 1 MiB reads. `Logged` wraps each response body and writes the request's access-log line when
 //! the body is done (or dropped, if the client left), so the line has the bytes really sent.
+//!
+//! Request bodies reach handlers as a [`RequestBody`], which remembers whether a handler read
+//! it, so that what an early answer leaves unread can be read and dropped before it goes out.
 
 use std::io;
 use std::net::SocketAddr;
@@ -175,6 +178,69 @@ impl Drop for Logged {
                 complete = self.finished,
                 "request"
             ),
+        }
+    }
+}
+
+/// Most of an unread request body read and dropped before an early answer (say, a 416 for a
+/// chunk out of order) goes out. Were it left unread, closing the connection with the body
+/// still arriving makes the kernel reset it, and the client often loses the answer to EPIPE or
+/// ECONNRESET. Larger bodies are not read: the connection is closed on them.
+pub const LINGER_BYTES: u64 = 4 << 20;
+/// How long that reading may take at most, so a slow sender cannot hold the answer back.
+pub const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A request's body as handlers read it: frame by frame, counting what arrived.
+pub struct RequestBody {
+    inner: hyper::body::Incoming,
+    /// Whether a handler asked for a frame (for `Expect: 100-continue`: asking is what makes
+    /// hyper tell the client to send the body).
+    started: bool,
+}
+
+impl RequestBody {
+    pub fn new(inner: hyper::body::Incoming) -> RequestBody {
+        RequestBody {
+            inner,
+            started: false,
+        }
+    }
+
+    /// The next frame, `None` at the end.
+    pub async fn frame(&mut self) -> Option<Result<Frame<Bytes>, hyper::Error>> {
+        use http_body_util::BodyExt;
+        self.started = true;
+        self.inner.frame().await
+    }
+
+    /// Reads and drops the rest of the body when the answer did not need it, within
+    /// `LINGER_BYTES` and `LINGER_TIME`. Not for a client that waits for `100 Continue`
+    /// before it sends: it sends nothing until told, and is told by the answer instead.
+    pub async fn discard_rest(&mut self, request: &hyper::HeaderMap) {
+        use hyper::body::Body as _;
+        if self.inner.is_end_stream() {
+            return;
+        }
+        let expects_continue = request
+            .get(hyper::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && !self.started {
+            return;
+        }
+        if self.inner.size_hint().lower() > LINGER_BYTES {
+            return;
+        }
+        let drain = async {
+            let mut read = 0u64;
+            while let Some(Ok(frame)) = self.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(LINGER_TIME, drain).await.is_err() {
+            tracing::debug!("gave up reading the rest of a refused request's body");
         }
     }
 }

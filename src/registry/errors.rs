@@ -24,6 +24,8 @@ pub enum Code {
     PaginationNumberInvalid,
     /// Also sent with 413 for an upload or manifest over the size limit.
     SizeInvalid,
+    /// A `?tag=` on a manifest push that breaks the tag grammar.
+    TagInvalid,
     Unauthorized,
     Unsupported,
     /// A `Range` header we cannot satisfy (416); the spec has no code for reads.
@@ -47,6 +49,7 @@ impl Code {
             Code::NameUnknown => "NAME_UNKNOWN",
             Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Code::SizeInvalid => "SIZE_INVALID",
+            Code::TagInvalid => "TAG_INVALID",
             Code::Unauthorized => "UNAUTHORIZED",
             Code::Unsupported => "UNSUPPORTED",
             Code::RangeInvalid => "RANGE_INVALID",
@@ -67,7 +70,8 @@ impl Code {
             | Code::ManifestInvalid
             | Code::NameInvalid
             | Code::PaginationNumberInvalid
-            | Code::SizeInvalid => StatusCode::BAD_REQUEST,
+            | Code::SizeInvalid
+            | Code::TagInvalid => StatusCode::BAD_REQUEST,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Denied => StatusCode::FORBIDDEN,
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,

@@ -8,25 +8,25 @@
 //! and `GET` answer alike; `HEAD` waits for the pack like `GET` does.
 //!
 //! `PUT` stores a pushed manifest or index once it parses, its media type agrees with its
-//! `Content-Type`, and everything it names is in the repository. `DELETE` by tag removes the
-//! tag; by digest, the manifest leaves the repository with every tag that points at it.
+//! `Content-Type`, and everything it names is in the repository; `?tag=T` (repeatable) points
+//! tags at it too, each confirmed by an `OCI-Tag` header. A push by a sha512 digest stores and
+//! names the manifest by its sha512. `DELETE` by tag removes the tag; by digest, the manifest
+//! leaves the repository with every tag that points at it.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use super::body::Body;
+use super::body::{Body, RequestBody};
 use super::errors::{Code, RegistryError};
 use super::router::Reference;
 use super::{MAX_MANIFEST, Manifest, Registry};
-use crate::digest::Digest;
+use crate::digest::{Algorithm, Digest};
 use crate::image;
-use crate::reference::Name;
+use crate::reference::{Name, Tag};
 use crate::store::Link;
 
 pub async fn get(
@@ -114,15 +114,21 @@ async fn negotiate(
     })
 }
 
-/// `PUT /v2/<name>/manifests/<reference>`.
+/// `PUT /v2/<name>/manifests/<reference>[?tag=T...]`.
 pub async fn put(
     registry: &Registry,
     name: &Name,
     reference: &Reference,
+    query: Option<&str>,
     request: &HeaderMap,
-    body: Incoming,
+    body: &mut RequestBody,
 ) -> Result<Response<Body>, RegistryError> {
-    if let Reference::Tag(tag) = reference {
+    let extra_tags = query_tags(query)?;
+    let path_tag = match reference {
+        Reference::Tag(tag) => Some(tag),
+        Reference::Digest(_) => None,
+    };
+    for tag in path_tag.into_iter().chain(&extra_tags) {
         refuse_on_demand(registry, name, tag.as_str()).await?;
     }
     let bytes = read_manifest(body).await?;
@@ -133,7 +139,12 @@ pub async fn put(
         .map(str::trim);
     let pushed = image::parse_pushed_manifest(&bytes, content_type)
         .map_err(|why| RegistryError::new(Code::ManifestInvalid, why))?;
-    let digest = Digest::sha256_of(&bytes);
+    // Named by the algorithm it was pushed under: a sha512 reference gets a sha512 name.
+    let algorithm = match reference {
+        Reference::Digest(given) => given.algorithm(),
+        Reference::Tag(_) => Algorithm::Sha256,
+    };
+    let digest = Digest::of(algorithm, &bytes);
     if let Reference::Digest(given) = reference
         && given != &digest
     {
@@ -169,7 +180,7 @@ pub async fn put(
             .detail(json!({ "digest": blob.to_string(), "size": size })));
         }
     }
-    registry.store().put(&bytes).await?;
+    registry.store().put_with(algorithm, &bytes).await?;
     registry.link(name, Link::Manifest, &digest).await?;
     if let Some(subject) = &pushed.subject {
         registry
@@ -177,13 +188,13 @@ pub async fn put(
             .add_referrer(name, subject, &digest)
             .await?;
     }
-    if let Reference::Tag(tag) = reference {
+    for tag in path_tag.into_iter().chain(&extra_tags) {
         registry.store().set_tag(name, tag, &digest).await?;
         registry
             .tags
             .set(&(name.clone(), tag.clone()), Some(digest.clone()));
     }
-    tracing::info!(%name, %digest, media_type = pushed.media_type, "manifest pushed");
+    tracing::info!(%name, %digest, media_type = pushed.media_type, tags = extra_tags.len() + usize::from(path_tag.is_some()), "manifest pushed");
     let mut response = super::empty(StatusCode::CREATED);
     let h = response.headers_mut();
     h.insert(
@@ -195,6 +206,12 @@ pub async fn put(
         h.insert(
             HeaderName::from_static("oci-subject"),
             super::header_value(&subject.to_string())?,
+        );
+    }
+    for tag in &extra_tags {
+        h.append(
+            HeaderName::from_static("oci-tag"),
+            super::header_value(tag.as_str())?,
         );
     }
     Ok(response)
@@ -210,14 +227,13 @@ pub async fn delete(
     match reference {
         Reference::Tag(tag) => {
             refuse_on_demand(registry, name, tag.as_str()).await?;
-            if !registry.store().delete_tag(name, tag).await? {
+            if !registry.delete_tag(name, tag).await? {
                 return Err(RegistryError::new(
                     Code::ManifestUnknown,
                     "manifest tag unknown to registry",
                 )
                 .detail(json!({ "name": name.as_str(), "tag": tag.as_str() })));
             }
-            registry.tags.set(&(name.clone(), tag.clone()), None);
             tracing::info!(%name, %tag, "tag deleted");
         }
         Reference::Digest(digest) => {
@@ -227,8 +243,7 @@ pub async fn delete(
             // The tags go first: a tag must never name a manifest the repository lacks.
             for tag in registry.store().tags(name).await? {
                 if registry.store().tag(name, &tag).await?.as_ref() == Some(digest) {
-                    registry.store().delete_tag(name, &tag).await?;
-                    registry.tags.set(&(name.clone(), tag), None);
+                    registry.delete_tag(name, &tag).await?;
                 }
             }
             if let Some(m) = registry.manifest(digest).await?
@@ -264,8 +279,37 @@ async fn refuse_on_demand(
     }
 }
 
+/// Most `?tag=` parameters one push may carry.
+const MAX_PUSH_TAGS: usize = 100;
+
+/// The `tag` parameters of a manifest push, in order, each once; a malformed one is
+/// `TAG_INVALID` before anything is read.
+fn query_tags(query: Option<&str>) -> Result<Vec<Tag>, RegistryError> {
+    let mut tags: Vec<Tag> = Vec::new();
+    for (key, value) in super::query_pairs(query) {
+        if key != "tag" {
+            continue;
+        }
+        let tag = value.parse::<Tag>().map_err(|e| {
+            RegistryError::new(Code::TagInvalid, super::router::truncate(&e.to_string()))
+                .detail(json!({ "tag": super::router::truncate(&value) }))
+        })?;
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+        // Each tag is a durable write; a push is not a way to make the server do thousands.
+        if tags.len() > MAX_PUSH_TAGS {
+            return Err(RegistryError::new(
+                Code::TagInvalid,
+                format!("at most {MAX_PUSH_TAGS} tags can be given with one push"),
+            ));
+        }
+    }
+    Ok(tags)
+}
+
 /// The request body, if it is at most `MAX_MANIFEST` bytes (413 otherwise).
-async fn read_manifest(mut body: Incoming) -> Result<Bytes, RegistryError> {
+async fn read_manifest(body: &mut RequestBody) -> Result<Bytes, RegistryError> {
     let mut bytes = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
@@ -318,9 +362,11 @@ impl Accept {
                 if media.is_empty() {
                     continue;
                 }
+                // Parameter names are case-insensitive (RFC 9110 5.6.6): `Q=0.5` is `q=0.5`.
                 let q = parts
-                    .filter_map(|p| p.trim().strip_prefix("q="))
-                    .find_map(|q| q.trim().parse::<f32>().ok())
+                    .filter_map(|p| p.split_once('='))
+                    .filter(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                    .find_map(|(_, q)| q.trim().parse::<f32>().ok())
                     .unwrap_or(1.0);
                 ranges.push((media, q));
             }
@@ -388,6 +434,14 @@ mod tests {
             "{OCI_MANIFEST};q=0.5, {DOCKER_MANIFEST}"
         )]));
         assert!(!prefers_docker(&[&format!("{DOCKER_MANIFEST};q=0, */*")]));
+        // Parameter names are case-insensitive, and spaces around '=' are allowed.
+        assert!(prefers_docker(&[&format!(
+            "{OCI_MANIFEST};Q=0.5, {DOCKER_MANIFEST}"
+        )]));
+        assert!(prefers_docker(&[&format!(
+            "{OCI_MANIFEST}; q = 0.5, {DOCKER_MANIFEST}"
+        )]));
+        assert!(!prefers_docker(&[&format!("{DOCKER_MANIFEST};Q=0, */*")]));
         // An exact type beats a wildcard listed before it.
         assert!(prefers_docker(&["application/*", DOCKER_MANIFEST]));
         assert!(accept(&["text/html"]).rank(OCI_MANIFEST).is_none());

@@ -54,7 +54,7 @@ use crate::ondemand::OnDemand;
 use crate::reference::{Name, Tag};
 use crate::store::{Link, Store, StoreError};
 pub use auth::Htpasswd;
-use body::{Body, Logged};
+use body::{Body, Logged, RequestBody};
 use errors::{Code, RegistryError};
 use router::Route;
 use uploads::Uploads;
@@ -258,6 +258,16 @@ impl Registry {
     async fn unlink(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool, StoreError> {
         let removed = self.store.unlink(name, kind, digest).await?;
         write(&self.linked).remove(&(name.clone(), kind, digest.clone()));
+        // That may have been the last thing in it: ask the store again next time.
+        self.repositories.set(name, None);
+        Ok(removed)
+    }
+
+    /// Removes `name:tag`; `false` if there was no such tag.
+    async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool, StoreError> {
+        let removed = self.store.delete_tag(name, tag).await?;
+        self.tags.set(&(name.clone(), tag.clone()), None);
+        self.repositories.set(name, None);
         Ok(removed)
     }
 
@@ -316,7 +326,7 @@ impl Registry {
         };
         // A manifest's digest is a promise about its bytes; check it rather than serve
         // a damaged file under that name.
-        let actual = Digest::sha256_of(&bytes);
+        let actual = Digest::of(digest.algorithm(), &bytes);
         if &actual != digest {
             return Err(StoreError::DigestMismatch {
                 expected: digest.clone(),
@@ -461,11 +471,15 @@ async fn handle(
 ) -> Response<Logged> {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
+    let mut body = RequestBody::new(body);
     let method = parts.method.clone();
     let result = match authorize(registry, &parts).await {
-        Ok(()) => dispatch(registry, &parts, body).await,
+        Ok(()) => dispatch(registry, &parts, &mut body).await,
         Err(e) => Err(e),
     };
+    // An answer given before the body was read (a refusal): read the rest first, so the
+    // client is not reset while still sending and gets to see the answer.
+    body.discard_rest(&parts.headers).await;
     let response = result.unwrap_or_else(error_response);
     let (mut head, body) = response.into_parts();
     head.headers.insert(
@@ -522,7 +536,7 @@ async fn authorize(
 async fn dispatch(
     registry: &Registry,
     req: &hyper::http::request::Parts,
-    body: Incoming,
+    body: &mut RequestBody,
 ) -> Result<Response<Body>, RegistryError> {
     let (method, query, headers) = (&req.method, req.uri.query(), &req.headers);
     let read = matches!(*method, Method::GET | Method::HEAD);
@@ -538,7 +552,7 @@ async fn dispatch(
             Method::GET | Method::HEAD => {
                 manifests::get(registry, &name, &reference, headers).await
             }
-            Method::PUT => manifests::put(registry, &name, &reference, headers, body).await,
+            Method::PUT => manifests::put(registry, &name, &reference, query, headers, body).await,
             Method::DELETE => manifests::delete(registry, &name, &reference).await,
             _ => Err(not_allowed(m, "GET, HEAD, PUT, DELETE")),
         },

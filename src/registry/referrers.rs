@@ -1,6 +1,6 @@
 //! `GET /v2/<name>/referrers/<digest>[?artifactType=T]`: the manifests of the repository
-//! whose `subject` is `<digest>`, as an OCI image index (empty if there are none: 200 either
-//! way, per the spec). The store keeps an index of them, written when each is pushed.
+//! whose `subject` is `<digest>`, as an OCI image index (empty if there are none, or if the
+//! repository does not exist: 200 either way, per the spec). The store keeps an index of them, written when each is pushed.
 
 use bytes::Bytes;
 use hyper::header::{HeaderName, HeaderValue};
@@ -21,7 +21,7 @@ pub async fn get(
     subject: &Digest,
     query: Option<&str>,
 ) -> Result<Response<Body>, RegistryError> {
-    registry.require_repository(name).await?;
+    // No repository yet is no referrers yet: 200 with an empty index, as the spec says.
     let filter = super::query_pairs(query)
         .into_iter()
         .find(|(k, _)| *k == "artifactType")

@@ -21,8 +21,10 @@ pub async fn get(
         tags.sort();
         tags.dedup();
     }
+    // A repository with no tags (its manifests deleted, or pushed by digest only) lists
+    // none; only a name that is no repository at all is unknown, as the catalog says.
     if tags.is_empty() {
-        return Err(RegistryError::name_unknown(name));
+        registry.require_repository(name).await?;
     }
     let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
     let path = format!("/v2/{name}/tags/list");

@@ -2,7 +2,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `POST uploads/` | 202: a session (`Location`, `Docker-Upload-UUID`) |
+//! | `POST uploads/[?digest-algorithm=A]` | 202: a session (`Location`, `Docker-Upload-UUID`) hashing with A (default sha256) |
 //! | `POST uploads/?digest=D` | 201: the body is the whole blob (monolithic) |
 //! | `POST uploads/?mount=D&from=R` | 201 if repository R holds D, else 202 as a plain POST |
 //! | `PATCH uploads/<id>` | 202: a chunk appended; `Content-Range` must start where the last ended (else 416) |
@@ -11,7 +11,8 @@
 //! | `DELETE uploads/<id>` | 204: cancelled, its temp file removed |
 //!
 //! A session is a store temp file fed in order and hashed as bytes arrive, so the blob is
-//! never read back to be checked; `PUT` compares the running digest with `D` and commits
+//! never read back to be checked (unless the `PUT` names a digest of another algorithm than
+//! the session was opened with: then it is read once); `PUT` compares the running digest with `D` and commits
 //! (fsync, rename) only on a match. Sessions live in memory and hold their temp file's lock:
 //! if the process dies, the next `Store::open` removes the file; if a client goes quiet for
 //! `upload_timeout`, the sweeper drops the session and the file with it.
@@ -20,18 +21,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 use super::Registry;
-use super::body::Body;
+use super::body::{Body, RequestBody};
 use super::errors::{Code, RegistryError};
 use super::router::{UploadId, parse_digest};
-use crate::digest::Digest;
+use crate::digest::{Algorithm, Digest};
 use crate::reference::Name;
 use crate::store::{BlobWriter, Link, StoreError};
 
@@ -154,7 +153,7 @@ pub async fn post(
     name: &Name,
     query: &Query,
     request: &HeaderMap,
-    body: Incoming,
+    body: &mut RequestBody,
 ) -> Result<Response<Body>, RegistryError> {
     let uploads = registry.uploads()?;
     if let Some(mount) = &query.mount {
@@ -173,11 +172,21 @@ pub async fn post(
     if let Some(digest) = &query.digest {
         let digest = parse_digest(digest)?;
         check_length_after(request, 0, uploads.max_size)?;
-        let mut writer = registry.store().new_blob().await?;
+        let mut writer = registry.store().new_blob_with(digest.algorithm()).await?;
         receive(&mut writer, body, None, uploads.max_size).await?;
         return commit(registry, name, writer, &digest).await;
     }
-    let id = uploads.insert(name.clone(), registry.store().new_blob().await?)?;
+    // The client may say which algorithm its digest will use, so the bytes are hashed with
+    // it as they come instead of read again at the end.
+    let algorithm = match &query.algorithm {
+        None => Algorithm::Sha256,
+        Some(a) => a.parse::<Algorithm>().map_err(|why| {
+            RegistryError::new(Code::DigestInvalid, why)
+                .detail(json!({ "digest-algorithm": super::router::truncate(a) }))
+        })?,
+    };
+    let writer = registry.store().new_blob_with(algorithm).await?;
+    let id = uploads.insert(name.clone(), writer)?;
     accepted(name, &id, 0)
 }
 
@@ -187,7 +196,7 @@ pub async fn patch(
     name: &Name,
     id: &UploadId,
     request: &HeaderMap,
-    body: Incoming,
+    body: &mut RequestBody,
 ) -> Result<Response<Body>, RegistryError> {
     let uploads = registry.uploads()?;
     let held = hold(uploads, name, id)?;
@@ -203,7 +212,7 @@ pub async fn put(
     id: &UploadId,
     query: &Query,
     request: &HeaderMap,
-    body: Incoming,
+    body: &mut RequestBody,
 ) -> Result<Response<Body>, RegistryError> {
     let uploads = registry.uploads()?;
     // Checked before the chunk is taken, so a client that forgot the digest can retry.
@@ -257,6 +266,8 @@ pub async fn cancel(
 #[derive(Debug, Default)]
 pub struct Query {
     pub digest: Option<String>,
+    /// `digest-algorithm`: what the session should hash with.
+    pub algorithm: Option<String>,
     pub mount: Option<String>,
     pub from: Option<String>,
 }
@@ -267,6 +278,7 @@ impl Query {
         for (key, value) in super::query_pairs(query) {
             match key {
                 "digest" => q.digest = Some(value),
+                "digest-algorithm" => q.algorithm = Some(value),
                 "mount" => q.mount = Some(value),
                 "from" => q.from = Some(value),
                 _ => {}
@@ -304,7 +316,7 @@ async fn feed(
     name: &Name,
     id: &UploadId,
     request: &HeaderMap,
-    body: Incoming,
+    body: &mut RequestBody,
 ) -> Result<u64, RegistryError> {
     let session = open(guard, name, id)?;
     let result = append(session, name, id, request, body, held.uploads.max_size).await;
@@ -335,7 +347,7 @@ async fn append(
     name: &Name,
     id: &UploadId,
     request: &HeaderMap,
-    body: Incoming,
+    body: &mut RequestBody,
     max_size: Option<u64>,
 ) -> Result<u64, Failure> {
     let offset = session.writer.written();
@@ -400,7 +412,7 @@ async fn append(
 /// may not take the blob past `max` bytes. Returns the bytes taken.
 async fn receive(
     writer: &mut BlobWriter,
-    mut body: Incoming,
+    body: &mut RequestBody,
     limit: Option<u64>,
     max: Option<u64>,
 ) -> Result<u64, RegistryError> {

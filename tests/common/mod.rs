@@ -89,15 +89,50 @@ pub fn have_tool(name: &str, package: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        assert!(
-            std::env::var_os("QUINISTRY_REQUIRE_CLIENTS").is_none(),
-            "{name} is required (QUINISTRY_REQUIRE_CLIENTS is set) but missing: apt-get install {package}"
-        );
-        eprintln!(
-            "SKIPPED: {name} not found; install the Debian package {package} to run this test"
-        );
+        skip(&format!(
+            "{name} not found; install the Debian package {package} to run it"
+        ));
     }
     found
+}
+
+/// Records that the calling test skips its checks (it then returns, and libtest counts it as
+/// passed), or fails it when CI asked for every client (QUINISTRY_REQUIRE_CLIENTS=1). The
+/// skips of a test binary are listed on stderr after its summary, where a plain `cargo test`
+/// shows them, not only under `--nocapture`.
+pub fn skip(why: &str) {
+    use std::sync::{Mutex, Once};
+    static SKIPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static AT_EXIT: Once = Once::new();
+    extern "C" fn list_skipped() {
+        let skipped = SKIPPED.lock().unwrap_or_else(|p| p.into_inner());
+        if !skipped.is_empty() {
+            eprintln!("SKIPPED {} tests of this binary:", skipped.len());
+            for line in skipped.iter() {
+                eprintln!("  SKIPPED {line}");
+            }
+        }
+    }
+    assert!(
+        std::env::var_os("QUINISTRY_REQUIRE_CLIENTS").is_none(),
+        "required (QUINISTRY_REQUIRE_CLIENTS is set), but: {why}"
+    );
+    // libtest runs each test on a thread named after it.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("(unnamed thread)")
+        .to_owned();
+    eprintln!("SKIPPED: {why}");
+    let mut skipped = SKIPPED.lock().unwrap_or_else(|p| p.into_inner());
+    let line = format!("{test}: {why}");
+    if !skipped.contains(&line) {
+        skipped.push(line);
+    }
+    // SAFETY: `list_skipped` is a plain function that stays valid for the life of the
+    // process, which is all atexit asks of it.
+    AT_EXIT.call_once(|| unsafe {
+        libc::atexit(list_skipped);
+    });
 }
 
 /// A zstd stream, decompressed by the zstd library async-compression wraps (the CI machine
@@ -181,21 +216,37 @@ pub fn raw_request_with_body(
     headers: &[&str],
     body: &[u8],
 ) -> RawResponse {
+    try_raw_request(addr, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// `raw_request_with_body`, with the socket's errors (a reset while sending, say) returned
+/// rather than panicked on. A client sends its whole body before it reads the answer, as
+/// simple clients do.
+pub fn try_raw_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: &[u8],
+) -> std::io::Result<RawResponse> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .expect("timeout");
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
     }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).expect("send");
-    stream.write_all(body).expect("send body");
+    stream.write_all(req.as_bytes())?;
+    stream.write_all(body)?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read response");
+    stream.read_to_end(&mut raw)?;
+    Ok(parse_response(raw))
+}
+
+fn parse_response(raw: Vec<u8>) -> RawResponse {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -320,14 +371,10 @@ pub fn have_docker() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(
-            std::env::var_os("QUINISTRY_REQUIRE_CLIENTS").is_none(),
-            "a Docker engine is required (QUINISTRY_REQUIRE_CLIENTS is set) but `docker info` fails; DOCKER_HOST={:?}",
+        skip(&format!(
+            "no Docker engine answers `docker info` (DOCKER_HOST={:?}); install docker.io and start dockerd (see .ci/run)",
             std::env::var("DOCKER_HOST").unwrap_or_default()
-        );
-        eprintln!(
-            "SKIPPED: no Docker engine answers `docker info`; install docker.io and start dockerd (see .ci/run)"
-        );
+        ));
     }
     ok
 }

@@ -123,32 +123,31 @@ impl Compression {
         }
     }
 
-    /// The command-line arguments that select this compression, leaving out defaults
-    /// (nothing at all for the default): the self-image passes them on to its child.
-    pub fn args(&self) -> Vec<String> {
-        let mut args = Vec::new();
-        let mut arg = |k: &str, v: String| {
-            args.push(k.to_owned());
-            args.push(v);
-        };
+    /// The environment variables that select this compression (`QUINISTRY_COMPRESSION`,
+    /// `QUINISTRY_LEVEL`, `QUINISTRY_BLOCK_SIZE`, the defaults of `--compression`, `--level`
+    /// and `--block-size`), leaving out defaults: nothing at all for the default. The
+    /// self-image carries them in its Env, so its child packs the same way whatever command
+    /// line it is run with.
+    pub fn env(&self) -> Vec<String> {
+        let mut env = Vec::new();
         match *self {
             Compression::Gzip { level, block_size } => {
                 if level != DEFAULT_GZIP_LEVEL {
-                    arg("--level", level.to_string());
+                    env.push(format!("QUINISTRY_LEVEL={level}"));
                 }
                 if block_size != DEFAULT_BLOCK_SIZE {
-                    arg("--block-size", block_size.to_string());
+                    env.push(format!("QUINISTRY_BLOCK_SIZE={block_size}"));
                 }
             }
             Compression::Zstd { level } => {
-                arg("--compression", "zstd".to_owned());
+                env.push("QUINISTRY_COMPRESSION=zstd".to_owned());
                 if level != DEFAULT_ZSTD_LEVEL {
-                    arg("--level", level.to_string());
+                    env.push(format!("QUINISTRY_LEVEL={level}"));
                 }
             }
-            Compression::None => arg("--compression", "none".to_owned()),
+            Compression::None => env.push("QUINISTRY_COMPRESSION=none".to_owned()),
         }
-        args
+        env
     }
 }
 
@@ -419,21 +418,21 @@ mod tests {
     }
 
     #[test]
-    fn only_settings_that_differ_from_the_defaults_become_arguments() {
-        assert!(Compression::default().args().is_empty());
+    fn only_settings_that_differ_from_the_defaults_become_variables() {
+        assert!(Compression::default().env().is_empty());
         assert_eq!(
-            Compression::Zstd { level: 3 }.args(),
-            ["--compression", "zstd"]
+            Compression::Zstd { level: 3 }.env(),
+            ["QUINISTRY_COMPRESSION=zstd"]
         );
         assert_eq!(
             Compression::Gzip {
                 level: 1,
                 block_size: 0
             }
-            .args(),
-            ["--level", "1", "--block-size", "0"]
+            .env(),
+            ["QUINISTRY_LEVEL=1", "QUINISTRY_BLOCK_SIZE=0"]
         );
-        // What `args` gives parses back to the same compression.
+        // What `env` gives parses back to the same compression.
         for c in [
             Compression::None,
             Compression::Zstd { level: 7 },
@@ -442,11 +441,14 @@ mod tests {
                 block_size: 65536,
             },
         ] {
-            let a = c.args();
-            let get = |k: &str| a.iter().position(|x| x == k).map(|i| a[i + 1].clone());
-            let method = get("--compression").unwrap_or_else(|| "gzip".to_owned());
-            let level = get("--level").map(|l| l.parse().expect("level"));
-            let block = get("--block-size").map(|b| parse_size(&b).expect("size"));
+            let e = c.env();
+            let get = |k: &str| {
+                e.iter()
+                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=').map(str::to_owned))
+            };
+            let method = get("QUINISTRY_COMPRESSION").unwrap_or_else(|| "gzip".to_owned());
+            let level = get("QUINISTRY_LEVEL").map(|l| l.parse().expect("level"));
+            let block = get("QUINISTRY_BLOCK_SIZE").map(|b| parse_size(&b).expect("size"));
             assert_eq!(Compression::new(&method, level, block), Ok(c));
         }
     }

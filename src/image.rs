@@ -32,6 +32,8 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 /// Where the self-image keeps its store: a fixed path, so the container needs no HOME and
 /// `docker run -v VOLUME:/var/lib/quinistry` keeps it.
 pub const SELF_STORE: &str = "/var/lib/quinistry";
+/// Where the self-image listens unless told otherwise: every address, the port it exposes.
+pub const SELF_LISTEN: &str = "0.0.0.0:8080";
 /// Where the self-image's executable goes, and its entrypoint.
 pub const SELF_PATH: &str = "/main";
 
@@ -40,9 +42,12 @@ pub const SELF_PATH: &str = "/main";
 /// container computes the very same config, and so the same digests, as the process that
 /// packed it (the quine's fixed point).
 ///
-/// `settings` are the command-line arguments that changed the layer's bytes (`--level 1`);
-/// they go into the Cmd so the child packs the same way. A non-zero `created` goes into the
-/// Env as `SOURCE_DATE_EPOCH` for the same reason.
+/// `settings` are the `QUINISTRY_*` variables that changed the layer's bytes
+/// (`QUINISTRY_LEVEL=1`); they go into the Env, with a non-zero `created` as
+/// `SOURCE_DATE_EPOCH`, so that the child packs the same way with any command line, such as
+/// `serve --listen ADDR`. The Cmd is plain `serve`: the listen address is in the Env too
+/// (`QUINISTRY_LISTEN=0.0.0.0:8080`), so `docker run -e QUINISTRY_LISTEN=...` changes it
+/// without touching the Cmd.
 pub fn self_image(created: u64, settings: &[String]) -> RunConfig {
     let mut labels = BTreeMap::new();
     let mut label = |k: &str, v: &str| {
@@ -56,19 +61,15 @@ pub fn self_image(created: u64, settings: &[String]) -> RunConfig {
     label("source", env!("CARGO_PKG_REPOSITORY"));
     RunConfig {
         entrypoint: Some(vec![SELF_PATH.to_owned()]),
-        cmd: Some(
-            ["serve", "--listen", "0.0.0.0:8080"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain(settings.iter().cloned())
-                .collect(),
-        ),
+        cmd: Some(vec!["serve".to_owned()]),
         env: [
             DEFAULT_PATH.to_owned(),
             format!("QUINISTRY_STORE={SELF_STORE}"),
+            format!("QUINISTRY_LISTEN={SELF_LISTEN}"),
         ]
         .into_iter()
         .chain((created != 0).then(|| format!("SOURCE_DATE_EPOCH={created}")))
+        .chain(settings.iter().cloned())
         .collect(),
         labels,
         exposed_ports: vec!["8080/tcp".to_owned()],

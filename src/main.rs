@@ -54,14 +54,14 @@ struct StoreArg {
 #[derive(Args)]
 struct ImageArgs {
     /// Layer compression; zstd layers have an OCI manifest only (Docker schema 2 has no zstd)
-    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"], value_name = "METHOD")]
+    #[arg(long, env = "QUINISTRY_COMPRESSION", default_value = "gzip", value_parser = ["gzip", "zstd", "none"], value_name = "METHOD")]
     compression: String,
     /// Compression level: gzip 0 (store) to 9 (smallest), default 6; zstd 1 to 19, default 3
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "QUINISTRY_LEVEL", value_name = "N")]
     level: Option<u32>,
     /// gzip block size, e.g. 512K or 1M: blocks are compressed in parallel; 0 compresses one
     /// stream on one core. Changes the layer's bytes [default: 1M]
-    #[arg(long, value_name = "SIZE", value_parser = compress::parse_size)]
+    #[arg(long, env = "QUINISTRY_BLOCK_SIZE", value_name = "SIZE", value_parser = compress::parse_size)]
     block_size: Option<usize>,
     /// Threads compressing gzip blocks; the bytes are the same for any number [default: the
     /// number of CPUs]
@@ -249,8 +249,8 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
             .map_err(msg)?
     };
     let mut run = if is_self {
-        // The settings that change the layer's bytes travel in the image's Cmd.
-        image::self_image(mtime, &compression.args())
+        // The settings that change the layer's bytes travel in the image's Env.
+        image::self_image(mtime, &compression.env())
     } else {
         pack::default_run_config(&inputs, mtime)
     };
@@ -343,6 +343,10 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
     let image = prepare(args.image)?;
 
     let store_dir = args.store.dir()?;
+    // Bound first: a port in use is one line now, not after a pack of gigabytes.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let store = Store::open(&store_dir).await.map_err(msg)?;
     let mut pull = None;
     if pack_at_start {
@@ -369,15 +373,14 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
     } else {
         Registry::new(store)
     };
-    let registry = registry.with_access(access);
+    let registry = registry.with_access(access.clone());
 
-    let server = Server::bind_registry(listen, registry, registry::Config::default())
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let server = Server::on(listener, registry, registry::Config::default());
     let addr = server.local_addr().map_err(msg)?;
     if let Some(tagged) = pull {
         say(format_args!("pull       docker pull {addr}/{tagged}"));
     }
+    say(format_args!("access     {}", describe(&access)));
     // Last line, and the one scripts wait for.
     say(format_args!("listening http://{addr}"));
     server.run(shutdown_signal()?).await.map_err(msg)
@@ -409,6 +412,22 @@ fn access(args: &ServeArgs, listen: SocketAddr) -> Result<registry::Access, Stri
         max_blob_size: args.max_blob_size.map(|n| n as u64),
         upload_timeout: std::time::Duration::from_secs(args.upload_timeout),
     })
+}
+
+/// Who may push and who must log in, in words, for the start-up report.
+fn describe(access: &registry::Access) -> String {
+    let users = |h: &registry::Htpasswd| format!("a user of --htpasswd ({} users)", h.users());
+    match (access.push, &access.htpasswd, access.auth_reads) {
+        (false, None, _) => {
+            "read-only, open to all: pushes and deletes are refused (--push turns them on)".into()
+        }
+        (false, Some(h), _) => format!("read-only; reads need {}", users(h)),
+        (true, None, _) => {
+            "pushes on, without authentication: anyone who reaches the port may push".into()
+        }
+        (true, Some(h), false) => format!("pushes need {}; reads are open", users(h)),
+        (true, Some(h), true) => format!("pushes and reads need {}", users(h)),
+    }
 }
 
 /// Packs a prepared image into `store` as `tag`, with a progress bar or log lines.
@@ -588,7 +607,7 @@ fn report(
 
 async fn run_verify(arg: StoreArg) -> Result<(), String> {
     let dir = arg.dir()?;
-    let store = Store::open(&dir).await.map_err(|e| e.to_string())?;
+    let store = Store::open_existing(&dir).await.map_err(msg)?;
     let mut bad = 0usize;
     let mut good = 0usize;
     for entry in store.blobs().await.map_err(|e| e.to_string())? {

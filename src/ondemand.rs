@@ -159,6 +159,18 @@ impl Setup {
             let label = spec.name.to_string();
             let inputs: Vec<String> = spec.inputs.iter().map(|i| i.to_string()).collect();
             lines.push(format!("{label}  <- {}", inputs.join(", ")));
+            // Allowed (the file may be made later), but most likely a typo: say so now
+            // rather than on the first pull.
+            for input in &spec.inputs {
+                if let Err(e) = std::fs::metadata(&input.source) {
+                    tracing::warn!(
+                        image = %label,
+                        input = %input.source.display(),
+                        error = %e,
+                        "an input of --image cannot be read now; pulls of the image fail until it can"
+                    );
+                }
+            }
             let tags = explicit.entry(spec.name.name).or_default();
             if tags.contains_key(&spec.name.tag) {
                 return Err(format!("--image {label} is given twice"));

@@ -57,6 +57,8 @@ pub enum StoreError {
     BlobUnknown(Digest),
     #[error("content does not match digest: expected {expected}, got {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
+    #[error("{} is not a quinistry store (it has no blobs/ folder); give the --store that `serve` or `pack` used", .0.display())]
+    NotAStore(PathBuf),
     #[error("tag file {} is corrupt: {source}", path.display())]
     CorruptTag { path: PathBuf, source: DigestError },
 }
@@ -119,6 +121,19 @@ impl Store {
         })
         .await?;
         Ok(store)
+    }
+
+    /// Opens the store at `root` for reading only: nothing is created, cleaned or written.
+    /// A folder that is not a store (a typo) is an error, not a new empty store.
+    pub async fn open_existing(root: impl Into<PathBuf>) -> Result<Store> {
+        let store = Store { root: root.into() };
+        let blobs = store.root.join("blobs");
+        match tokio::fs::metadata(&blobs).await {
+            Ok(m) if m.is_dir() => Ok(store),
+            Ok(_) => Err(StoreError::NotAStore(store.root)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotAStore(store.root)),
+            Err(e) => ctx(Err(e), "open store", &blobs),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -1190,6 +1205,30 @@ mod tests {
         let mut want = vec![referrer, also512];
         want.sort();
         assert_eq!(reopened.referrers(&name, &doc).await.expect("list"), want);
+    }
+
+    #[tokio::test]
+    async fn open_existing_refuses_what_is_not_a_store_and_creates_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let typo = dir.path().join("typo");
+        let err = Store::open_existing(&typo).await.expect_err("no store");
+        assert!(
+            err.to_string().contains("is not a quinistry store"),
+            "{err}"
+        );
+        assert!(
+            !typo.exists(),
+            "a read-only open created {}",
+            typo.display()
+        );
+        let err = Store::open_existing(dir.path())
+            .await
+            .expect_err("empty dir");
+        assert!(matches!(err, StoreError::NotAStore(_)), "{err}");
+        let store = Store::open(dir.path().join("s")).await.expect("open");
+        let d = store.put(b"x").await.expect("put");
+        let existing = Store::open_existing(store.root()).await.expect("a store");
+        existing.verify(&d).await.expect("verify");
     }
 
     #[tokio::test]

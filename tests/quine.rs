@@ -62,8 +62,13 @@ fn the_self_image_is_a_fixed_point_across_generations() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    // Default settings: what the image's own Cmd makes the child use.
-    let parent = Serving::start(&dir.path().join("store"), dir.path(), &[]);
+    // Settings other than the defaults: the image carries them in its Env, so a child run
+    // with any command line packs the same way.
+    let parent = Serving::start(
+        &dir.path().join("store"),
+        dir.path(),
+        &["--level", "1", "--block-size", "256K"],
+    );
     let want = (
         parent.report["manifest"].clone(),
         parent.report["docker"].clone(),
@@ -85,14 +90,18 @@ fn the_self_image_is_a_fixed_point_across_generations() {
             let config = docker(&["image", "inspect", "--format", "{{json .Config}}", &image]);
             let config: serde_json::Value = serde_json::from_str(&config).expect("config json");
             assert_eq!(config["Entrypoint"], serde_json::json!(["/main"]));
-            assert_eq!(
-                config["Cmd"],
-                serde_json::json!(["serve", "--listen", "0.0.0.0:8080"])
-            );
+            assert_eq!(config["Cmd"], serde_json::json!(["serve"]));
             assert_eq!(config["ExposedPorts"], serde_json::json!({"8080/tcp": {}}));
             let env = config["Env"].to_string();
-            assert!(env.contains("PATH=/usr/local/sbin"), "{env}");
-            assert!(env.contains("QUINISTRY_STORE=/var/lib/quinistry"), "{env}");
+            for var in [
+                "PATH=/usr/local/sbin",
+                "QUINISTRY_STORE=/var/lib/quinistry",
+                "QUINISTRY_LISTEN=0.0.0.0:8080",
+                "QUINISTRY_LEVEL=1",
+                "QUINISTRY_BLOCK_SIZE=262144",
+            ] {
+                assert!(env.contains(var), "{var} not in {env}");
+            }
             let labels = &config["Labels"];
             assert_eq!(labels["org.opencontainers.image.title"], "quinistry");
             assert_eq!(
@@ -101,22 +110,20 @@ fn the_self_image_is_a_fixed_point_across_generations() {
             );
         }
 
-        // The child: the pulled image, run with only its listen address changed.
+        // The child: the pulled image with only its listen address changed. Generation 2 the
+        // README's way (a command line of its own), generation 3 keeps the image's Cmd and
+        // moves the address through the environment.
         let addr = format!("127.0.0.1:{}", free_port());
         let name = format!("quinistry-test-gen{generation}-{}", std::process::id());
         cleanup.container(&name);
-        docker(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            "host",
-            &image,
-            "serve",
-            "--listen",
-            &addr,
-        ]);
+        let listen_env = format!("QUINISTRY_LISTEN={addr}");
+        let mut run = vec!["run", "-d", "--name", &name, "--network", "host"];
+        if generation == 2 {
+            run.extend([image.as_str(), "serve", "--listen", &addr]);
+        } else {
+            run.extend(["-e", &listen_env, &image]);
+        }
+        docker(&run);
         wait_for_registry(&name, &addr);
         let served = served_digests(&addr);
         assert_eq!(

@@ -116,8 +116,8 @@ fn startup_errors_are_one_clear_line() {
         (vec!["--name", "Upper"], "invalid --name", false),
         (vec!["--level", "12"], "level", false),
         (vec!["/does/not/exist"], "/does/not/exist", true),
-        // The port is checked after packing, so the store exists by then.
-        (vec!["--listen", &taken, &input], "cannot listen on", true),
+        // The port is bound before anything is packed, or the store touched.
+        (vec!["--listen", &taken, &input], "cannot listen on", false),
     ];
     for (i, (args, expected, store_made)) in cases.into_iter().enumerate() {
         let store = dir.path().join(format!("store{i}"));
@@ -135,6 +135,39 @@ fn startup_errors_are_one_clear_line() {
         assert!(stderr.starts_with("quinistry: "), "{args:?}: {stderr}");
         assert_eq!(store.exists(), store_made, "{args:?}");
     }
+}
+
+#[test]
+fn verify_refuses_a_store_that_does_not_exist_and_creates_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let typo = dir.path().join("typo");
+    let out = quinistry()
+        .args(["verify", "--store"])
+        .arg(&typo)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "verify of a missing store succeeded");
+    assert!(stderr.contains("is not a quinistry store"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!typo.exists(), "verify created {}", typo.display());
+}
+
+#[test]
+fn serve_says_who_may_push_and_warns_of_an_image_input_that_is_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("not-there-yet");
+    let image = format!("later={}", missing.display());
+    let server = Serving::start(&dir.path().join("s1"), dir.path(), &["--image", &image]);
+    assert_eq!(server.report["access"], "read-only,");
+    let log = server.log_text();
+    assert!(
+        log.contains("cannot be read now") && log.contains(&missing.display().to_string()),
+        "{log}"
+    );
+    drop(server);
+    let server = Serving::start(&dir.path().join("s2"), dir.path(), &["--push"]);
+    assert_eq!(server.report["access"], "pushes");
 }
 
 #[test]

@@ -36,6 +36,11 @@ impl Htpasswd {
         Htpasswd::parse(&text).map_err(|e| format!("--htpasswd {}: {e}", path.display()))
     }
 
+    /// How many users the file names.
+    pub fn users(&self) -> usize {
+        self.users.len()
+    }
+
     pub fn parse(text: &str) -> Result<Htpasswd, String> {
         let mut users = HashMap::new();
         for (i, line) in text.lines().enumerate() {

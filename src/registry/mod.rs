@@ -381,11 +381,17 @@ impl Server {
         registry: Registry,
         config: Config,
     ) -> io::Result<Server> {
-        Ok(Server {
-            listener: TcpListener::bind(addr).await?,
+        Ok(Server::on(TcpListener::bind(addr).await?, registry, config))
+    }
+
+    /// A server on a listener bound earlier: `serve` binds before it packs, so a port in use
+    /// is reported at once rather than after the pack.
+    pub fn on(listener: TcpListener, registry: Registry, config: Config) -> Server {
+        Server {
+            listener,
             registry: Arc::new(registry),
             config,
-        })
+        }
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -8,12 +8,16 @@ use std::process::{Command, Output};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_quinistry");
 
-/// A `quinistry` command with a clean environment for reproducibility-sensitive variables.
+/// A `quinistry` command with a clean environment: no `SOURCE_DATE_EPOCH` and no
+/// `QUINISTRY_*` setting of the caller's reaches it.
 pub fn quinistry() -> Command {
     let mut c = Command::new(BIN);
-    c.env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("QUINISTRY_STORE")
-        .env("RUST_LOG", "warn");
+    c.env_remove("SOURCE_DATE_EPOCH").env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("QUINISTRY_") && key != "QUINISTRY_REQUIRE_CLIENTS" {
+            c.env_remove(key);
+        }
+    }
     c
 }
 

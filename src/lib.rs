@@ -28,6 +28,7 @@
 //! | [`image`] | config and manifest JSON (canonical bytes); no I/O |
 //! | [`registry`] | the HTTP API: router, one file per resource, OCI errors |
 //! | [`layout`] | exporting an image from the store as an OCI image layout directory |
+//! | [`licenses`] | the license notices of the linked crates, generated at build time |
 
 pub mod cache;
 pub mod closure;
@@ -37,6 +38,7 @@ pub mod flight;
 pub mod gzip;
 pub mod image;
 pub mod layout;
+pub mod licenses;
 pub mod ondemand;
 pub mod pack;
 pub mod progress;

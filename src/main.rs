@@ -10,6 +10,7 @@ use quinistry::compress::{self, Compression};
 use quinistry::gzip;
 use quinistry::image::{self, RunConfig};
 use quinistry::layout;
+use quinistry::licenses;
 use quinistry::ondemand::{ImageSpec, OnDemand, Setup};
 use quinistry::pack::{self, Input, LayerOptions, Packing};
 use quinistry::progress;
@@ -40,6 +41,9 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Print the license notices of the crates this executable is built from (the self-image
+    /// carries them at /usr/share/doc/quinistry/copyright).
+    Licenses,
 }
 
 #[derive(Args, Default)]
@@ -189,6 +193,12 @@ fn main() -> ExitCode {
             Some(Command::Serve(args)) => run_serve(args).await,
             Some(Command::Pack(args)) => run_pack(args).await,
             Some(Command::Verify { store }) => run_verify(store).await,
+            Some(Command::Licenses) => {
+                use std::io::Write;
+                std::io::stdout()
+                    .write_all(licenses::NOTICES.as_bytes())
+                    .map_err(msg)
+            }
             // Bare `quinistry` is `quinistry serve` with every default (QUINISTRY_* included).
             None => match Cli::try_parse_from(["quinistry", "serve"]) {
                 Ok(Cli {
@@ -210,6 +220,8 @@ fn main() -> ExitCode {
 /// An image ready to pack: its inputs, run settings and layer options, all validated.
 struct Prepared {
     inputs: Vec<Input>,
+    /// The self-image: this executable, which carries the license notices of its crates.
+    is_self: bool,
     run: RunConfig,
     opts: LayerOptions,
     /// Compression threads per pack.
@@ -266,6 +278,7 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
     let default_tag = default_tag(&args.inputs, &inputs);
     Ok(Prepared {
         inputs,
+        is_self,
         run,
         opts,
         threads,
@@ -430,28 +443,30 @@ fn describe(access: &registry::Access) -> String {
     }
 }
 
-/// Packs a prepared image into `store` as `tag`, with a progress bar or log lines.
+/// Packs a prepared image into `store` as `tag`, with a progress bar or log lines. The
+/// self-image gets the license notices of the crates in it too.
 async fn pack_with_progress(
     store: &Store,
     image: &Prepared,
     tag: &TaggedName,
 ) -> Result<pack::PackedImage, String> {
+    let mut inputs = image.inputs.clone();
+    if image.is_self {
+        let notices = store
+            .materialize(licenses::NOTICES.as_bytes())
+            .await
+            .map_err(msg)?;
+        inputs.push(Input::at(notices, licenses::NOTICES_PATH, "license notices").map_err(msg)?);
+    }
     let packing = Packing {
         cache: image.cache,
         progress: Some(progress::reporter(&tag.to_string())),
         slots: None,
         threads: image.threads,
     };
-    pack::pack_image_with(
-        store,
-        &image.inputs,
-        image.opts,
-        &image.run,
-        Some(tag),
-        &packing,
-    )
-    .await
-    .map_err(msg)
+    pack::pack_image_with(store, &inputs, image.opts, &image.run, Some(tag), &packing)
+        .await
+        .map_err(msg)
 }
 
 /// Completes on the first SIGINT or SIGTERM (the server then drains); a second one exits at

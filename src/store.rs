@@ -12,6 +12,9 @@
 //!                                            empty: manifest <d> in <name> has that subject
 //! <root>/cache/layers/<hex>                  a layer-cache record: which layer a set of input
 //!                                            files packed into (JSON, see `cache`)
+//! <root>/cache/files/<hex>                   a file made from bytes in memory so that it can
+//!                                            be packed (the self-image's license notices),
+//!                                            named by its sha256, mode 0644, mtime 0
 //! ```
 //!
 //! `<d>` is a digest as a file name: its hex for sha256, `sha512-<hex>` for sha512.
@@ -291,6 +294,46 @@ impl Store {
         let temp = w.temp.to_path_buf();
         ctx(w.write_all(bytes).await, "write", &temp)?;
         Ok(w.commit_replacing().await?.0)
+    }
+
+    /// A file holding exactly `bytes`, for packing what exists only in memory: named by its
+    /// sha256 and never rewritten, so its stamp stays the same and the layer cache keeps
+    /// hitting. Mode 0644 whatever the umask and mtime 0, as the tar entry should be anyway
+    /// (a file of known content is settled from birth).
+    pub async fn materialize(&self, bytes: &'static [u8]) -> Result<PathBuf> {
+        let dest = self
+            .root
+            .join("cache")
+            .join("files")
+            .join(Digest::sha256_of(bytes).hex());
+        let s = self.clone();
+        blocking(move || {
+            if let Ok(m) = stdfs::metadata(&dest)
+                && m.len() == bytes.len() as u64
+            {
+                return Ok(dest);
+            }
+            let dir = dest.parent().unwrap_or(&dest).to_owned();
+            create_dirs_durably(&dir)?;
+            let (mut file, temp) = s.create_temp("file-")?;
+            ctx(io::Write::write_all(&mut file, bytes), "write", &temp)?;
+            use std::os::unix::fs::PermissionsExt;
+            ctx(
+                file.set_permissions(stdfs::Permissions::from_mode(0o644)),
+                "chmod",
+                &temp,
+            )?;
+            ctx(
+                file.set_modified(std::time::UNIX_EPOCH),
+                "set mtime of",
+                &temp,
+            )?;
+            ctx(file.sync_all(), "fsync", &temp)?;
+            ctx(temp.persist(&dest).map_err(|e| e.error), "write", &dest)?;
+            sync_dir(&dir)?;
+            Ok(dest)
+        })
+        .await
     }
 
     /// How the blob's file looks on disk now, or `None` if the store does not have it.

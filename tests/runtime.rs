@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
@@ -281,6 +282,31 @@ fn the_self_image_carries_its_closure_and_run_settings_and_is_reproducible() {
         "{entries:?}"
     );
     let root = unpack(&layer, dir.path());
+    // The license notices of the crates in /main travel with it, as `licenses` prints them.
+    let printed = run_ok(common::quinistry().arg("licenses")).stdout;
+    assert!(
+        printed.starts_with(b"quinistry "),
+        "licenses printed no notices"
+    );
+    let notices = root.join("usr/share/doc/quinistry/copyright");
+    assert_eq!(
+        std::fs::read(&notices).expect("notices in the layer"),
+        printed
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|(k, p, _)| *k == '-' && p == "usr/share/doc/quinistry/copyright"),
+        "{entries:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(&notices)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
     for p in ldd_paths(Path::new(common::BIN)) {
         assert!(
             resolve_in(&root, &p)

@@ -46,20 +46,7 @@ impl UploadId {
     /// A fresh random id, from the kernel's generator.
     pub fn random() -> std::io::Result<UploadId> {
         let mut bytes = [0u8; 16];
-        let mut filled = 0;
-        while filled < bytes.len() {
-            let rest = &mut bytes[filled..];
-            // SAFETY: the pointer and length describe `rest`, which is valid for writes.
-            let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-                continue;
-            }
-            filled += n as usize;
-        }
+        getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
         Ok(UploadId(hex::encode(bytes)))
     }
 }

@@ -233,13 +233,15 @@ fn sigkill_mid_pack_leaves_no_bad_blob_and_next_open_cleans_up() {
         "expected the killed writer's temp file"
     );
 
-    // The next open removes it; verify agrees the store is sound.
+    // verify (which only reads) agrees the store is sound; the next open for writing
+    // removes the dead writer's temp file.
     let out = run_ok(quinistry().arg("verify").arg("--store").arg(&store));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(&format!("verified {before} blobs")),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    run_ok(pack_in(&store).arg(&small));
     assert_eq!(files(&store.join("tmp")), Vec::<std::path::PathBuf>::new());
 }
 

@@ -180,6 +180,15 @@ fn header(r: &reqwest::Response, name: &str) -> String {
         .to_owned()
 }
 
+/// Every `OCI-Tag` header of a manifest push's answer, in order.
+fn oci_tags(r: &reqwest::Response) -> Vec<&str> {
+    r.headers()
+        .get_all("oci-tag")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect()
+}
+
 fn digest_of(v: &Value) -> Digest {
     Digest::sha256_of(&serde_json::to_vec(v).expect("json"))
 }
@@ -1147,12 +1156,7 @@ async fn sha512_blobs_and_manifests_round_trip_through_every_endpoint() {
         header(&r, "location"),
         format!("/v2/a/manifests/{manifest_digest}")
     );
-    let tags: Vec<&str> = r
-        .headers()
-        .get_all("oci-tag")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let tags = oci_tags(&r);
     assert_eq!(tags, ["v1", "v2"]);
     assert!(
         f.root
@@ -1287,12 +1291,7 @@ async fn a_push_by_digest_with_tag_parameters_tags_the_manifest() {
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    let tags: Vec<&str> = r
-        .headers()
-        .get_all("oci-tag")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let tags = oci_tags(&r);
     assert_eq!(tags, ["latest", "1.0"], "one OCI-Tag per tag, each once");
     let list: Value = f.get("/v2/app/tags/list").await.json_value().await;
     assert_eq!(list["tags"], json!(["1.0", "latest"]));

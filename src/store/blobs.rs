@@ -1,0 +1,494 @@
+//! Blobs: writing one (`BlobWriter`: a locked temp file, hashed as it is written, committed
+//! by fsync and rename), small documents, reading, re-hashing, listing; and the layer-cache
+//! records kept beside them.
+
+use std::fs as stdfs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+
+use super::{
+    FileStamp, READ_BUFFER, Result, Store, StoreError, WRITE_BUFFER, blocking, create_dirs_durably,
+    ctx, sync_dir,
+};
+use crate::digest::{Algorithm, Digest, Hasher, HashingWriter};
+
+impl Store {
+    /// Starts writing a blob named by its sha256. Write the bytes, then `commit`; dropping
+    /// the writer instead removes the temp file and stores nothing.
+    pub async fn new_blob(&self) -> Result<BlobWriter> {
+        self.new_blob_with(Algorithm::Sha256).await
+    }
+
+    /// `new_blob`, hashing with `algorithm` as the bytes arrive.
+    pub async fn new_blob_with(&self, algorithm: Algorithm) -> Result<BlobWriter> {
+        let s = self.clone();
+        let (file, temp) = blocking(move || s.create_temp("blob-")).await?;
+        Ok(BlobWriter {
+            out: HashingWriter::with(
+                BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file)),
+                algorithm,
+            ),
+            temp,
+            store: self.clone(),
+        })
+    }
+
+    /// Stores a small document (config, manifest) and returns its digest. A stored copy with
+    /// exactly these bytes is left alone (nothing is written); a damaged one is replaced.
+    pub async fn put(&self, bytes: &[u8]) -> Result<Digest> {
+        self.put_with(Algorithm::Sha256, bytes).await
+    }
+
+    /// `put`, naming the document by its `algorithm` digest.
+    pub async fn put_with(&self, algorithm: Algorithm, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(algorithm, bytes);
+        let path = self.blob_path(&digest);
+        match tokio::fs::read(&path).await {
+            Ok(stored) if stored == bytes => return Ok(digest),
+            Ok(_) => tracing::warn!(%digest, "stored blob does not match its name; replacing it"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return ctx(Err(e), "read blob", &path),
+        }
+        let mut w = self.new_blob_with(algorithm).await?;
+        let temp = w.temp.to_path_buf();
+        ctx(w.write_all(bytes).await, "write", &temp)?;
+        Ok(w.commit_replacing().await?.0)
+    }
+
+    /// A file holding exactly `bytes`, for packing what exists only in memory: named by its
+    /// sha256 and never rewritten, so its stamp stays the same and the layer cache keeps
+    /// hitting. Mode 0644 whatever the umask and mtime 0, as the tar entry should be anyway
+    /// (a file of known content is settled from birth).
+    pub async fn materialize(&self, bytes: &'static [u8]) -> Result<PathBuf> {
+        let dest = self
+            .root
+            .join("cache")
+            .join("files")
+            .join(Digest::sha256_of(bytes).hex());
+        let s = self.clone();
+        blocking(move || {
+            if let Ok(m) = stdfs::metadata(&dest)
+                && m.len() == bytes.len() as u64
+            {
+                return Ok(dest);
+            }
+            let dir = dest.parent().unwrap_or(&dest).to_owned();
+            create_dirs_durably(&dir)?;
+            let (mut file, temp) = s.create_temp("file-")?;
+            ctx(io::Write::write_all(&mut file, bytes), "write", &temp)?;
+            use std::os::unix::fs::PermissionsExt;
+            ctx(
+                file.set_permissions(stdfs::Permissions::from_mode(0o644)),
+                "chmod",
+                &temp,
+            )?;
+            ctx(
+                file.set_modified(std::time::UNIX_EPOCH),
+                "set mtime of",
+                &temp,
+            )?;
+            ctx(file.sync_all(), "fsync", &temp)?;
+            ctx(temp.persist(&dest).map_err(|e| e.error), "write", &dest)?;
+            sync_dir(&dir)?;
+            Ok(dest)
+        })
+        .await
+    }
+
+    /// How the blob's file looks on disk now, or `None` if the store does not have it.
+    pub async fn blob_stamp(&self, digest: &Digest) -> Result<Option<FileStamp>> {
+        let path = self.blob_path(digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(FileStamp::of(&m))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => ctx(Err(e), "stat blob", &path),
+        }
+    }
+
+    /// The layer-cache record stored under `key`, if there is one.
+    pub async fn layer_record(&self, key: &Digest) -> Result<Option<Vec<u8>>> {
+        let path = self.layer_cache_dir().join(key.hex());
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => ctx(Err(e), "read layer-cache record", &path),
+        }
+    }
+
+    /// Stores the layer-cache record of `key`, replacing any, atomically (temp file, rename).
+    /// Not fsynced: a record lost in a crash costs one repack, and a torn one reads as none.
+    pub async fn set_layer_record(&self, key: &Digest, bytes: Vec<u8>) -> Result<()> {
+        let s = self.clone();
+        let dest = self.layer_cache_dir().join(key.hex());
+        blocking(move || {
+            let (mut file, temp) = s.create_temp("cache-")?;
+            ctx(io::Write::write_all(&mut file, &bytes), "write", &temp)?;
+            ctx(
+                temp.persist(&dest).map_err(|e| e.error),
+                "write layer-cache record",
+                &dest,
+            )
+        })
+        .await
+    }
+
+    pub async fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.blob_size(digest).await?.is_some())
+    }
+
+    /// The blob's size, or `None` if the store does not have it.
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.blob_stamp(digest).await?.map(|s| s.size))
+    }
+
+    /// Opens a blob for streaming; gives the file and its size.
+    pub async fn open_blob(&self, digest: &Digest) -> Result<(tokio::fs::File, u64)> {
+        let path = self.blob_path(digest);
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::BlobUnknown(digest.clone()));
+            }
+            Err(e) => return ctx(Err(e), "open blob", &path),
+        };
+        let len = ctx(file.metadata().await, "stat blob", &path)?.len();
+        Ok((file, len))
+    }
+
+    /// Reads a whole blob into memory: only for small documents (configs, manifests).
+    pub async fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        self.read_small_blob(digest, u64::MAX)
+            .await?
+            .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))
+    }
+
+    /// Reads a blob into memory if it is at most `max` bytes; `None` if it is larger.
+    pub async fn read_small_blob(&self, digest: &Digest, max: u64) -> Result<Option<Vec<u8>>> {
+        let (mut file, len) = self.open_blob(digest).await?;
+        if len > max {
+            return Ok(None);
+        }
+        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        ctx(
+            file.read_to_end(&mut buf).await,
+            "read blob",
+            &self.blob_path(digest),
+        )?;
+        Ok(Some(buf))
+    }
+
+    /// Re-hashes a blob and checks it against its name.
+    pub async fn verify(&self, digest: &Digest) -> Result<()> {
+        let (file, _) = self.open_blob(digest).await?;
+        let path = self.blob_path(digest);
+        let actual = hash_file(file, digest.algorithm(), &path).await?;
+        if &actual == digest {
+            Ok(())
+        } else {
+            Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            })
+        }
+    }
+
+    /// Every blob in the store. A file whose name is not a digest is reported as an error
+    /// rather than skipped: something other than the store wrote it.
+    pub async fn blobs(&self) -> Result<Vec<std::result::Result<Digest, PathBuf>>> {
+        let dirs = Algorithm::ALL.map(|a| (a, self.blob_dir(a)));
+        blocking(move || {
+            let mut out = Vec::new();
+            for (algorithm, dir) in dirs {
+                let entries = match stdfs::read_dir(&dir) {
+                    Ok(e) => e,
+                    // A store made before sha512 existed has no folder for it.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return ctx(Err(e), "list", &dir),
+                };
+                for entry in entries {
+                    let entry = ctx(entry, "list", &dir)?;
+                    let name = entry.file_name();
+                    let parsed = name
+                        .to_str()
+                        .and_then(|hex| format!("{}:{hex}", algorithm.name()).parse().ok());
+                    out.push(parsed.ok_or_else(|| entry.path()));
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// The `algorithm` digest of a file's bytes, read in `READ_BUFFER` pieces.
+async fn hash_file(mut file: tokio::fs::File, algorithm: Algorithm, path: &Path) -> Result<Digest> {
+    let mut hasher = Hasher::with(algorithm);
+    let mut buf = vec![0u8; READ_BUFFER];
+    loop {
+        let n = ctx(file.read(&mut buf).await, "read", path)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finish().0)
+}
+
+/// A blob being written: bytes go to a locked temp file and are hashed on the way. `commit`
+/// names it by its digest; dropping it without commit removes the temp file.
+pub struct BlobWriter {
+    /// Buffered file, hashed as bytes reach it (the digest is of exactly what was written).
+    out: HashingWriter<BufWriter<tokio::fs::File>>,
+    /// The temp file's path; deleting it on drop is what makes an abandoned write vanish.
+    temp: tempfile::TempPath,
+    /// Where to commit.
+    store: Store,
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.out.written()
+    }
+
+    /// Flushes, fsyncs and renames the temp file to its digest. If the store already has that
+    /// blob, the new copy is dropped. Returns the digest and size.
+    pub async fn commit(self) -> Result<(Digest, u64)> {
+        self.commit_inner(None, false).await
+    }
+
+    /// Like `commit`, but the new copy replaces a stored one: for when the stored file is
+    /// known or suspected to be damaged. Readers that have the old file open keep reading it.
+    pub async fn commit_replacing(self) -> Result<(Digest, u64)> {
+        self.commit_inner(None, true).await
+    }
+
+    /// Like `commit`, but stores nothing unless the content has digest `expected`, and names
+    /// it by that digest. The bytes were hashed as they came with the writer's algorithm; a
+    /// digest of another algorithm costs one read of the temp file.
+    pub async fn commit_expecting(self, expected: &Digest) -> Result<(Digest, u64)> {
+        self.commit_inner(Some(expected), false).await
+    }
+
+    async fn commit_inner(
+        mut self,
+        expected: Option<&Digest>,
+        replace: bool,
+    ) -> Result<(Digest, u64)> {
+        let temp_path = self.temp.to_path_buf();
+        ctx(self.out.flush().await, "write", &temp_path)?;
+        let (buffered, mut digest, len) = self.out.into_parts();
+        if let Some(expected) = expected
+            && expected.algorithm() != digest.algorithm()
+        {
+            tracing::debug!(
+                algorithm = expected.algorithm().name(),
+                bytes = len,
+                "re-reading an upload to hash it with the algorithm its digest names"
+            );
+            let reread = ctx(tokio::fs::File::open(&temp_path).await, "open", &temp_path)?;
+            digest = hash_file(reread, expected.algorithm(), &temp_path).await?;
+        }
+        if let Some(expected) = expected
+            && expected != &digest
+        {
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        let file = buffered.into_inner().into_std().await;
+        let dest = self.store.blob_path(&digest);
+        let temp = self.temp;
+        let dir = self.store.blob_dir(digest.algorithm());
+        blocking(move || {
+            if !replace && dest.exists() {
+                return Ok(()); // dedupe: `temp` is dropped, which deletes the new copy
+            }
+            ctx(file.sync_all(), "fsync", &temp_path)?;
+            ctx(
+                temp.persist(&dest).map_err(|e| e.error),
+                "commit blob",
+                &dest,
+            )?;
+            sync_dir(&dir)
+        })
+        .await?;
+        Ok((digest, len))
+    }
+}
+
+impl AsyncWrite for BlobWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.out).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.out).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Shutdown is commit's job; here it only flushes (an encoder above us calls this).
+        Pin::new(&mut self.out).poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::Name;
+    use crate::store::Link;
+    use crate::store::testing::*;
+
+    #[tokio::test]
+    async fn put_names_blobs_by_digest_and_dedupes() {
+        let (_d, store) = fresh().await;
+        let a = store.put(b"hello").await.expect("put");
+        assert_eq!(a, Digest::sha256_of(b"hello"));
+        assert_eq!(stdfs::read(store.blob_path(&a)).expect("read"), b"hello");
+        let again = store.put(b"hello").await.expect("put again");
+        assert_eq!(again, a);
+        assert_eq!(files_in(&store.blob_dir(Algorithm::Sha256)).len(), 1);
+        assert!(
+            files_in(&store.tmp_dir()).is_empty(),
+            "dedupe left a temp file"
+        );
+        assert_eq!(store.blob_size(&a).await.expect("size"), Some(5));
+        assert_eq!(store.read_blob(&a).await.expect("read"), b"hello");
+        store.verify(&a).await.expect("verify");
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_leaves_nothing() {
+        let (_d, store) = fresh().await;
+        let mut w = store.new_blob().await.expect("new");
+        w.write_all(&[7u8; 3 << 20]).await.expect("write");
+        assert_eq!(files_in(&store.tmp_dir()).len(), 1);
+        drop(w);
+        assert!(files_in(&store.tmp_dir()).is_empty());
+        assert!(files_in(&store.blob_dir(Algorithm::Sha256)).is_empty());
+    }
+
+    #[tokio::test]
+    async fn commit_expecting_rejects_other_content() {
+        let (_d, store) = fresh().await;
+        let mut w = store.new_blob().await.expect("new");
+        w.write_all(b"actual").await.expect("write");
+        let err = w
+            .commit_expecting(&Digest::sha256_of(b"expected"))
+            .await
+            .expect_err("mismatch");
+        assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+        assert!(files_in(&store.blob_dir(Algorithm::Sha256)).is_empty());
+        assert!(files_in(&store.tmp_dir()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn verify_detects_corruption() {
+        let (_d, store) = fresh().await;
+        let d = store.put(b"precious").await.expect("put");
+        stdfs::write(store.blob_path(&d), b"tampered").expect("tamper");
+        let err = store.verify(&d).await.expect_err("corrupt");
+        assert!(err.to_string().contains(&d.to_string()), "{err}");
+        let missing = Digest::sha256_of(b"absent");
+        assert!(matches!(
+            store.verify(&missing).await,
+            Err(StoreError::BlobUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn sha512_blobs_are_stored_verified_linked_and_listed_by_their_algorithm() {
+        let (_d, store) = fresh().await;
+        let doc = store
+            .put_with(Algorithm::Sha512, b"doc")
+            .await
+            .expect("put");
+        assert_eq!(doc, Digest::of(Algorithm::Sha512, b"doc"));
+        assert_eq!(
+            store.blob_path(&doc),
+            store.root().join("blobs/sha512").join(doc.hex())
+        );
+        store.verify(&doc).await.expect("verify");
+
+        // Hashed as sha256 while written, committed under a sha512 digest: one re-read.
+        let mut w = store.new_blob().await.expect("new");
+        w.write_all(b"layer bytes").await.expect("write");
+        let wanted = Digest::of(Algorithm::Sha512, b"layer bytes");
+        let (got, len) = w.commit_expecting(&wanted).await.expect("commit");
+        assert_eq!((&got, len), (&wanted, 11));
+        assert_eq!(
+            stdfs::read(store.blob_path(&got)).expect("read"),
+            b"layer bytes"
+        );
+        // The same with other bytes: refused, nothing stored.
+        let mut w = store.new_blob().await.expect("new");
+        w.write_all(b"other bytes").await.expect("write");
+        let err = w.commit_expecting(&wanted).await.expect_err("mismatch");
+        assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+        assert!(files_in(&store.tmp_dir()).is_empty());
+
+        let listed: Vec<Digest> = store
+            .blobs()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|b| b.expect("digest"))
+            .collect();
+        assert!(listed.contains(&doc) && listed.contains(&got), "{listed:?}");
+
+        let name: Name = "r".parse().expect("name");
+        store.link(&name, Link::Blob, &got).await.expect("link");
+        store.link(&name, Link::Manifest, &doc).await.expect("link");
+        let referrer = store.put(b"referrer").await.expect("put");
+        store
+            .add_referrer(&name, &doc, &referrer)
+            .await
+            .expect("referrer");
+        let also512 = store.put_with(Algorithm::Sha512, b"r2").await.expect("put");
+        store
+            .add_referrer(&name, &doc, &also512)
+            .await
+            .expect("referrer");
+        assert!(
+            store
+                .repository_dir(&name)
+                .join("_blobs")
+                .join(format!("sha512-{}", got.hex()))
+                .exists()
+        );
+        let reopened = Store::open(store.root()).await.expect("reopen");
+        assert!(
+            reopened
+                .is_linked(&name, Link::Blob, &got)
+                .await
+                .expect("linked")
+        );
+        assert!(
+            reopened
+                .is_linked(&name, Link::Manifest, &doc)
+                .await
+                .expect("linked")
+        );
+        // The sha256 digest of the same bytes is another name, not linked.
+        let same_bytes = Digest::sha256_of(b"layer bytes");
+        assert!(
+            !reopened
+                .is_linked(&name, Link::Blob, &same_bytes)
+                .await
+                .expect("not")
+        );
+        let mut want = vec![referrer, also512];
+        want.sort();
+        assert_eq!(reopened.referrers(&name, &doc).await.expect("list"), want);
+    }
+}

@@ -1,0 +1,477 @@
+//! The content-addressed store: the one place that knows every on-disk path.
+//!
+//! ```text
+//! <root>/blobs/sha256/<hex>                  immutable blobs, named by the sha256 of their bytes
+//! <root>/blobs/sha512/<hex>                  blobs a client pushed under a sha512 digest
+//! <root>/tmp/<random>                        blobs and tag files being written; each is flock'd
+//!                                            by its writer while it lives
+//! <root>/repositories/<name>/_tags/<tag>     "sha256:<hex>\n": the manifest a tag points at
+//! <root>/repositories/<name>/_blobs/<d>      empty: blob <d> (layer, config) is in <name>
+//! <root>/repositories/<name>/_manifests/<d>  empty: manifest <d> is in <name>
+//! <root>/repositories/<name>/_referrers/<subject d>/<d>
+//!                                            empty: manifest <d> in <name> has that subject
+//! <root>/cache/layers/<hex>                  a layer-cache record: which layer a set of input
+//!                                            files packed into (JSON, see `cache`)
+//! <root>/cache/files/<hex>                   a file made from bytes in memory so that it can
+//!                                            be packed (the self-image's license notices),
+//!                                            named by its sha256, mode 0644, mtime 0
+//! ```
+//!
+//! `<d>` is a digest as a file name: its hex for sha256, `sha512-<hex>` for sha512.
+//! The `blobs/` part is laid out like an OCI image layout. Writers stream into a temp file,
+//! fsync it and rename it to its digest, so a reader never sees a half-written blob under a
+//! digest name (invariant 1). Names and tags are validated (`reference`) before they are joined
+//! onto a path, and components starting with `_` cannot be repository names.
+//!
+//! Bytes are stored once, under `blobs/`; a repository holds *links* to them (like
+//! distribution's `_layers` and `_manifests`), so a blob pushed into one repository is not
+//! served through another. A link is an empty file: its existence is the whole record.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | every path above, opening a store, temp files, the durable file operations |
+//! | `blobs.rs` | blobs: writing (`BlobWriter`), reading, verifying, listing; layer-cache records |
+//! | `repositories.rs` | tags, links, referrer records, and which repositories exist |
+
+mod blobs;
+mod repositories;
+
+use std::fs as stdfs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::digest::{Algorithm, Digest, DigestError};
+use crate::reference::{Name, Tag};
+pub use blobs::BlobWriter;
+pub use repositories::Link;
+
+/// Write buffer in front of a temp file: few large writes instead of many small ones.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Read size when re-hashing a blob.
+const READ_BUFFER: usize = 1 << 20;
+/// Name prefix of a temp file that is not yet locked by its writer.
+const UNLOCKED_PREFIX: &str = "new-";
+/// How long an unlocked temp file is left alone (its writer locks it within microseconds).
+const UNLOCKED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O failure, with what we were doing and where.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("blob {0} is not in the store")]
+    BlobUnknown(Digest),
+    #[error("content does not match digest: expected {expected}, got {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("{} is not a quinistry store (it has no blobs/ folder); give the --store that `serve` or `pack` used", .0.display())]
+    NotAStore(PathBuf),
+    #[error("tag file {} is corrupt: {source}", path.display())]
+    CorruptTag { path: PathBuf, source: DigestError },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attaches an action and a path to an I/O error.
+fn ctx<T>(r: io::Result<T>, action: &'static str, path: &Path) -> Result<T> {
+    r.map_err(|source| StoreError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Runs blocking file-system work (fsync, rename, directory scans) off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        // Only a panic in `f` gets here; report it rather than propagate the panic.
+        Err(e) => ctx(Err(io::Error::other(e)), "finish store task", Path::new("")),
+    }
+}
+
+/// A handle on a store directory. Cheap to clone; all state is on disk.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// The store's root directory; every path below is derived from it here and nowhere else.
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`, checks that it is writable, and removes
+    /// temp files left by writers that died (their flock is gone).
+    pub async fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let store = Store { root: root.into() };
+        let s = store.clone();
+        blocking(move || {
+            let blob_dirs = Algorithm::ALL.map(|a| s.blob_dir(a));
+            let others = [
+                s.root.clone(),
+                s.tmp_dir(),
+                s.repositories_dir(),
+                s.layer_cache_dir(),
+            ];
+            for dir in others.into_iter().chain(blob_dirs) {
+                ctx(stdfs::create_dir_all(&dir), "create store directory", &dir)?;
+            }
+            s.remove_stale_temp_files()?;
+            // Prove we can write here now, rather than failing after packing gigabytes.
+            let probe = ctx(
+                tempfile::Builder::new()
+                    .prefix("probe-")
+                    .tempfile_in(s.tmp_dir()),
+                "write to store directory",
+                &s.tmp_dir(),
+            )?;
+            drop(probe);
+            Ok(())
+        })
+        .await?;
+        Ok(store)
+    }
+
+    /// Opens the store at `root` for reading only: nothing is created, cleaned or written.
+    /// A folder that is not a store (a typo) is an error, not a new empty store.
+    pub async fn open_existing(root: impl Into<PathBuf>) -> Result<Store> {
+        let store = Store { root: root.into() };
+        let blobs = store.root.join("blobs");
+        match tokio::fs::metadata(&blobs).await {
+            Ok(m) if m.is_dir() => Ok(store),
+            Ok(_) => Err(StoreError::NotAStore(store.root)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotAStore(store.root)),
+            Err(e) => ctx(Err(e), "open store", &blobs),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_dir(&self, algorithm: Algorithm) -> PathBuf {
+        self.root.join("blobs").join(algorithm.name())
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn repositories_dir(&self) -> PathBuf {
+        self.root.join("repositories")
+    }
+
+    /// Where the blob named `digest` lives (whether or not it exists).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        // Digest's hex is validated lowercase hex of fixed length: a safe file name.
+        self.blob_dir(digest.algorithm()).join(digest.hex())
+    }
+
+    fn layer_cache_dir(&self) -> PathBuf {
+        self.root.join("cache").join("layers")
+    }
+
+    /// A repository's folder. Name components never start with '_', so the `_tags`, `_blobs`,
+    /// `_manifests` and `_referrers` folders in it cannot collide with a sub-repository.
+    fn repository_dir(&self, name: &Name) -> PathBuf {
+        self.repositories_dir().join(name.as_str())
+    }
+
+    fn tags_dir(&self, name: &Name) -> PathBuf {
+        self.repository_dir(name).join("_tags")
+    }
+
+    fn tag_path(&self, name: &Name, tag: &Tag) -> PathBuf {
+        self.tags_dir(name).join(tag.as_str())
+    }
+
+    /// Deletes temp files whose writer is gone. A live writer holds an exclusive flock on its
+    /// temp file, so a file we can lock belongs to a process that died. A file still under
+    /// its unlocked `new-` name is only removed once old: its writer may be between creating
+    /// and locking it.
+    fn remove_stale_temp_files(&self) -> Result<usize> {
+        let dir = self.tmp_dir();
+        let mut removed = 0;
+        for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
+            let path = ctx(entry, "list", &dir)?.path();
+            let unlocked_name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(UNLOCKED_PREFIX));
+            let stale = if unlocked_name {
+                stdfs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNLOCKED_GRACE))
+            } else {
+                // A file that vanished meanwhile was committed or cleaned up by its writer.
+                stdfs::File::open(&path).is_ok_and(|f| f.try_lock().is_ok())
+            };
+            if stale {
+                match stdfs::remove_file(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return ctx(Err(e), "remove stale temp file", &path),
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, dir = %dir.display(), "removed stale temp files");
+        }
+        Ok(removed)
+    }
+
+    /// A new temp file in `tmp/`, flock'd so that a concurrent `open` leaves it alone. It is
+    /// created under an unlocked name and renamed once locked, so the cleaner never mistakes
+    /// a live file it managed to lock first for a dead one.
+    fn create_temp(&self, prefix: &str) -> Result<(stdfs::File, tempfile::TempPath)> {
+        let dir = self.tmp_dir();
+        let named = ctx(
+            tempfile::Builder::new()
+                .prefix(&format!("{UNLOCKED_PREFIX}{prefix}"))
+                .tempfile_in(&dir),
+            "create temp file in",
+            &dir,
+        )?;
+        let (file, unlocked) = named.into_parts();
+        ctx(
+            file.lock().map_err(io::Error::other),
+            "lock temp file",
+            &unlocked,
+        )?;
+        let name = unlocked
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(UNLOCKED_PREFIX))
+            .map(str::to_owned)
+            .unwrap_or_else(|| prefix.to_owned());
+        let locked = dir.join(name);
+        ctx(
+            unlocked.persist(&locked).map_err(|e| e.error),
+            "rename temp file",
+            &locked,
+        )?;
+        Ok((
+            file,
+            tempfile::TempPath::try_from_path(locked).map_err(|e| StoreError::Io {
+                action: "use temp file",
+                path: dir,
+                source: e,
+            })?,
+        ))
+    }
+}
+
+/// What identifies a file's current content without reading it: the file's device and inode
+/// (replaced by another file?), its size and its modification time (written to?).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Nanoseconds since the epoch (negative before it).
+    pub mtime_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(meta: &stdfs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+}
+
+/// The entries of `dir` whose names `parse` accepts, sorted; none if `dir` does not exist.
+/// Other names are skipped: the store never writes them.
+fn list_names<T: Ord>(dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
+    let entries = match stdfs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return ctx(Err(e), "list", dir),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = ctx(entry, "list", dir)?;
+        if let Some(item) = entry.file_name().to_str().and_then(&parse) {
+            out.push(item);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A digest as a file name in a repository's folders: the hex alone for sha256 (as stores have
+/// always had it), `<algorithm>-<hex>` for any other.
+fn file_name(digest: &Digest) -> String {
+    match digest.algorithm() {
+        Algorithm::Sha256 => digest.hex().to_owned(),
+        other => format!("{}-{}", other.name(), digest.hex()),
+    }
+}
+
+/// The digest a `file_name` names; `None` for anything else.
+fn parse_file_name(name: &str) -> Option<Digest> {
+    match name.split_once('-') {
+        Some((algorithm, hex)) => format!("{algorithm}:{hex}"),
+        None => format!("sha256:{name}"),
+    }
+    .parse()
+    .ok()
+}
+
+/// Makes a rename in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    let d = ctx(stdfs::File::open(dir), "open directory", dir)?;
+    ctx(d.sync_all(), "fsync directory", dir)
+}
+
+fn exists(path: &Path) -> Result<bool> {
+    match stdfs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => ctx(Err(e), "stat", path),
+    }
+}
+
+/// Creates an empty marker file and makes it durable; an existing one is left alone (no
+/// fsync: it was made durable when created).
+fn create_durably(path: &Path) -> Result<()> {
+    if exists(path)? {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(path);
+    create_dirs_durably(dir)?;
+    // Links are empty: truncating one that appeared meanwhile changes nothing.
+    ctx(stdfs::File::create(path), "create link", path)?;
+    sync_dir(dir)
+}
+
+/// `create_dir_all`, then an fsync of the parent of every folder it made, so that a crash
+/// cannot lose a folder (and the links in it) whose creation was reported done.
+fn create_dirs_durably(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    while !exists(at)? {
+        missing.push(at);
+        match at.parent() {
+            Some(parent) => at = parent,
+            None => break,
+        }
+    }
+    ctx(stdfs::create_dir_all(dir), "create directory", dir)?;
+    for made in missing.iter().rev() {
+        if let Some(parent) = made.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a file and makes the removal durable; `false` if there was none.
+fn remove_durably(path: &Path, dir: &Path) -> Result<bool> {
+    match stdfs::remove_file(path) {
+        Ok(()) => sync_dir(dir).map(|()| true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => ctx(Err(e), "remove", path),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub async fn fresh() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("store")).await.expect("open");
+        (dir, store)
+    }
+
+    pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<_> = stdfs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn open_removes_dead_temp_files_but_not_live_ones() {
+        let (_d, store) = fresh().await;
+        // A live writer: its flock must protect it from a concurrent open.
+        let mut live = store.new_blob().await.expect("new");
+        live.write_all(b"in progress").await.expect("write");
+        // A crashed writer's leftover: a temp file nobody holds a lock on.
+        let dead = store.tmp_dir().join("blob-dead");
+        stdfs::write(&dead, b"half").expect("write");
+
+        // A file under the unlocked name: young, its writer may be about to lock it; old, dead.
+        let young = store.tmp_dir().join(format!("{UNLOCKED_PREFIX}young"));
+        stdfs::write(&young, b"").expect("write");
+        let old = store.tmp_dir().join(format!("{UNLOCKED_PREFIX}old"));
+        stdfs::File::create(&old)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now() - 2 * UNLOCKED_GRACE))
+            .expect("age file");
+
+        let reopened = Store::open(store.root()).await.expect("reopen");
+        assert!(!dead.exists(), "stale temp file survived open");
+        assert!(!old.exists(), "old unlocked temp file survived open");
+        assert!(young.exists(), "young unlocked temp file was removed");
+        stdfs::remove_file(&young).expect("remove");
+        assert_eq!(
+            files_in(&store.tmp_dir()).len(),
+            1,
+            "live temp file was removed"
+        );
+        let (digest, _) = live.commit().await.expect("commit after concurrent open");
+        reopened.verify(&digest).await.expect("verify");
+    }
+
+    #[tokio::test]
+    async fn open_existing_refuses_what_is_not_a_store_and_creates_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let typo = dir.path().join("typo");
+        let err = Store::open_existing(&typo).await.expect_err("no store");
+        assert!(
+            err.to_string().contains("is not a quinistry store"),
+            "{err}"
+        );
+        assert!(
+            !typo.exists(),
+            "a read-only open created {}",
+            typo.display()
+        );
+        let err = Store::open_existing(dir.path())
+            .await
+            .expect_err("empty dir");
+        assert!(matches!(err, StoreError::NotAStore(_)), "{err}");
+        let store = Store::open(dir.path().join("s")).await.expect("open");
+        let d = store.put(b"x").await.expect("put");
+        let existing = Store::open_existing(store.root()).await.expect("a store");
+        existing.verify(&d).await.expect("verify");
+    }
+
+    #[tokio::test]
+    async fn open_fails_clearly_when_root_is_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("file");
+        stdfs::write(&file, b"x").expect("write");
+        let err = Store::open(file.join("store"))
+            .await
+            .expect_err("not a dir");
+        let msg = err.to_string();
+        assert!(msg.contains("cannot create store directory"), "{msg}");
+        assert!(msg.contains(&file.display().to_string()), "{msg}");
+    }
+}

@@ -1,0 +1,380 @@
+//! Repositories: tags, links (which blobs and manifests a repository holds), referrer
+//! records, and which repositories exist. Every record is a small file, written durably.
+
+use std::fs as stdfs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{
+    Result, Store, StoreError, blocking, create_dirs_durably, create_durably, ctx, exists,
+    file_name, list_names, parse_file_name, remove_durably, sync_dir,
+};
+use crate::digest::Digest;
+use crate::reference::{Name, Tag};
+
+impl Store {
+    /// Points `name:tag` at `digest`, atomically and durably.
+    pub async fn set_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<()> {
+        let s = self.clone();
+        let dir = self.tags_dir(name);
+        let dest = self.tag_path(name, tag);
+        let body = format!("{digest}\n");
+        blocking(move || {
+            create_dirs_durably(&dir)?;
+            let (mut file, temp) = s.create_temp("tag-")?;
+            ctx(
+                io::Write::write_all(&mut file, body.as_bytes()),
+                "write",
+                &temp,
+            )?;
+            ctx(file.sync_all(), "fsync", &temp)?;
+            ctx(temp.persist(&dest).map_err(|e| e.error), "write tag", &dest)?;
+            sync_dir(&dir)
+        })
+        .await
+    }
+
+    /// The manifest digest `name:tag` points at, if the tag exists.
+    pub async fn tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>> {
+        let path = self.tag_path(name, tag);
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return ctx(Err(e), "read tag", &path),
+        };
+        text.trim_end()
+            .parse()
+            .map(Some)
+            .map_err(|source| StoreError::CorruptTag { path, source })
+    }
+
+    /// Whether `name` is a repository: something was tagged, pushed or linked into it.
+    pub async fn has_repository(&self, name: &Name) -> Result<bool> {
+        let dir = self.repository_dir(name);
+        blocking(move || is_repository(&dir)).await
+    }
+
+    /// Every repository (a folder under `repositories/` whose `_tags`, `_blobs` or
+    /// `_manifests` holds something), sorted by name.
+    /// Folders whose path is not a valid name are skipped: the store never creates them.
+    pub async fn repositories(&self) -> Result<Vec<Name>> {
+        let root = self.repositories_dir();
+        blocking(move || {
+            let mut names = Vec::new();
+            let mut pending = vec![(root.clone(), String::new())];
+            while let Some((dir, prefix)) = pending.pop() {
+                for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
+                    let entry = ctx(entry, "list", &dir)?;
+                    // file_type does not follow symlinks: a link cannot lead the walk elsewhere.
+                    if !ctx(entry.file_type(), "stat", &entry.path())?.is_dir() {
+                        continue;
+                    }
+                    let Some(component) = entry.file_name().to_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    if REPOSITORY_MARKERS.contains(&component.as_str()) {
+                        // A folder with several markers is listed once (dedup below).
+                        if let Ok(name) = prefix.parse::<Name>()
+                            && !is_empty_dir(&entry.path())?
+                        {
+                            names.push(name);
+                        }
+                    } else if !component.starts_with('_') {
+                        let path = if prefix.is_empty() {
+                            component
+                        } else {
+                            format!("{prefix}/{component}")
+                        };
+                        pending.push((entry.path(), path));
+                    }
+                }
+            }
+            names.sort();
+            names.dedup();
+            Ok(names)
+        })
+        .await
+    }
+
+    /// Removes `name:tag`; `false` if there was no such tag.
+    pub async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool> {
+        let path = self.tag_path(name, tag);
+        let dir = self.tags_dir(name);
+        blocking(move || remove_durably(&path, &dir)).await
+    }
+
+    fn link_path(&self, name: &Name, kind: Link, digest: &Digest) -> PathBuf {
+        self.repository_dir(name)
+            .join(kind.dir())
+            .join(file_name(digest))
+    }
+
+    fn referrers_dir(&self, name: &Name, subject: &Digest) -> PathBuf {
+        self.repository_dir(name)
+            .join("_referrers")
+            .join(file_name(subject))
+    }
+
+    /// Makes `digest` part of repository `name`, durably. The blob must already be stored
+    /// (callers link after committing, so a link never names missing bytes).
+    pub async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<()> {
+        let path = self.link_path(name, kind, digest);
+        blocking(move || create_durably(&path)).await
+    }
+
+    /// Removes `digest` from repository `name`; `false` if it was not there. The bytes stay in
+    /// `blobs/`: another repository may link them too.
+    pub async fn unlink(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool> {
+        let path = self.link_path(name, kind, digest);
+        blocking(move || {
+            let dir = path.parent().unwrap_or(&path).to_owned();
+            remove_durably(&path, &dir)
+        })
+        .await
+    }
+
+    /// Whether repository `name` holds `digest` (and the store has its bytes).
+    pub async fn is_linked(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool> {
+        let link = self.link_path(name, kind, digest);
+        let blob = self.blob_path(digest);
+        blocking(move || Ok(exists(&link)? && exists(&blob)?)).await
+    }
+
+    /// Records that manifest `referrer` in `name` has `subject` (the referrers API's index).
+    pub async fn add_referrer(
+        &self,
+        name: &Name,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        let path = self.referrers_dir(name, subject).join(file_name(referrer));
+        blocking(move || create_durably(&path)).await
+    }
+
+    pub async fn remove_referrer(
+        &self,
+        name: &Name,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        let dir = self.referrers_dir(name, subject);
+        let path = dir.join(file_name(referrer));
+        blocking(move || remove_durably(&path, &dir).map(drop)).await
+    }
+
+    /// The manifests of `name` recorded as having `subject`, sorted.
+    pub async fn referrers(&self, name: &Name, subject: &Digest) -> Result<Vec<Digest>> {
+        let dir = self.referrers_dir(name, subject);
+        blocking(move || list_names(&dir, parse_file_name)).await
+    }
+
+    /// The tags of a repository, sorted; empty if the repository has none.
+    pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>> {
+        let dir = self.tags_dir(name);
+        blocking(move || list_names(&dir, |s| s.parse().ok())).await
+    }
+}
+
+/// What a repository link says a digest is there as. Manifests are kept apart from other
+/// blobs so that a layer cannot be fetched as a manifest, nor a manifest deleted as a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// A layer or config, served from `/blobs/`.
+    Blob,
+    /// A manifest or index, served from `/manifests/`.
+    Manifest,
+}
+
+impl Link {
+    fn dir(self) -> &'static str {
+        match self {
+            Link::Blob => "_blobs",
+            Link::Manifest => "_manifests",
+        }
+    }
+}
+
+/// Folders whose presence makes their parent a repository.
+const REPOSITORY_MARKERS: [&str; 3] = ["_tags", "_blobs", "_manifests"];
+
+/// Whether `dir` is a repository: one of its marker folders holds something. A repository
+/// whose last tag and links were deleted is gone (from the catalog too), though its empty
+/// folders stay: removing them could race a concurrent link into them.
+fn is_repository(dir: &Path) -> Result<bool> {
+    for marker in REPOSITORY_MARKERS {
+        if !is_empty_dir(&dir.join(marker))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `dir` has no entries; a missing `dir` counts as empty.
+fn is_empty_dir(dir: &Path) -> Result<bool> {
+    match stdfs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => Ok(true),
+        Err(e) => ctx(Err(e), "list", dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::*;
+
+    #[tokio::test]
+    async fn tags_survive_reopen_and_overwrite_atomically() {
+        let (_d, store) = fresh().await;
+        let name: Name = "a/b".parse().expect("name");
+        let (v1, v2): (Tag, Tag) = ("v1".parse().expect("tag"), "v2".parse().expect("tag"));
+        let d1 = Digest::sha256_of(b"1");
+        let d2 = Digest::sha256_of(b"2");
+        store.set_tag(&name, &v1, &d1).await.expect("tag");
+        store.set_tag(&name, &v2, &d1).await.expect("tag");
+        store.set_tag(&name, &v2, &d2).await.expect("retag");
+
+        let reopened = Store::open(store.root()).await.expect("reopen");
+        assert_eq!(reopened.tag(&name, &v1).await.expect("get"), Some(d1));
+        assert_eq!(reopened.tag(&name, &v2).await.expect("get"), Some(d2));
+        assert_eq!(reopened.tags(&name).await.expect("list"), vec![v1, v2]);
+        let other: Name = "a".parse().expect("name");
+        assert_eq!(reopened.tags(&other).await.expect("list"), vec![]);
+        assert!(files_in(&store.tmp_dir()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn repositories_are_listed_sorted_including_nested_names() {
+        let (_d, store) = fresh().await;
+        assert!(store.repositories().await.expect("list").is_empty());
+        let latest: Tag = "latest".parse().expect("tag");
+        for n in ["b", "a/b/c", "a", "a-b"] {
+            let name: Name = n.parse().expect("name");
+            store
+                .set_tag(&name, &latest, &Digest::sha256_of(b"m"))
+                .await
+                .expect("tag");
+        }
+        // A folder that is not a repository (no _tags) and a stray symlink are not listed.
+        stdfs::create_dir_all(store.repositories_dir().join("x/y")).expect("mkdir");
+        std::os::unix::fs::symlink("/", store.repositories_dir().join("z")).expect("link");
+        let names: Vec<String> = store
+            .repositories()
+            .await
+            .expect("list")
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["a", "a-b", "a/b/c", "b"]);
+        assert!(
+            store
+                .has_repository(&"a/b/c".parse().expect("n"))
+                .await
+                .expect("has")
+        );
+        assert!(
+            !store
+                .has_repository(&"a/b".parse().expect("n"))
+                .await
+                .expect("has")
+        );
+        assert!(
+            !store
+                .has_repository(&"x/y".parse().expect("n"))
+                .await
+                .expect("has")
+        );
+    }
+
+    #[tokio::test]
+    async fn links_scope_blobs_to_repositories_and_survive_reopen() {
+        let (_d, store) = fresh().await;
+        let (a, b): (Name, Name) = ("a/x".parse().expect("name"), "b".parse().expect("name"));
+        let blob = store.put(b"bytes").await.expect("put");
+        assert!(!store.has_repository(&a).await.expect("has"));
+        store.link(&a, Link::Blob, &blob).await.expect("link");
+        store.link(&a, Link::Blob, &blob).await.expect("link twice");
+        assert!(store.has_repository(&a).await.expect("has"));
+        assert!(
+            store
+                .is_linked(&a, Link::Blob, &blob)
+                .await
+                .expect("linked")
+        );
+        assert!(
+            !store
+                .is_linked(&a, Link::Manifest, &blob)
+                .await
+                .expect("kind")
+        );
+        assert!(
+            !store
+                .is_linked(&b, Link::Blob, &blob)
+                .await
+                .expect("other repo")
+        );
+        // A link to bytes the store lacks does not count.
+        let gone = Digest::sha256_of(b"gone");
+        store.link(&a, Link::Blob, &gone).await.expect("link");
+        assert!(
+            !store
+                .is_linked(&a, Link::Blob, &gone)
+                .await
+                .expect("no bytes")
+        );
+
+        let referrer = Digest::sha256_of(b"referrer");
+        store
+            .add_referrer(&a, &blob, &referrer)
+            .await
+            .expect("referrer");
+        let reopened = Store::open(store.root()).await.expect("reopen");
+        assert!(
+            reopened
+                .is_linked(&a, Link::Blob, &blob)
+                .await
+                .expect("linked")
+        );
+        assert_eq!(
+            reopened.referrers(&a, &blob).await.expect("list"),
+            vec![referrer.clone()]
+        );
+        assert_eq!(
+            reopened.repositories().await.expect("repos"),
+            vec![a.clone()]
+        );
+
+        assert!(
+            reopened
+                .unlink(&a, Link::Blob, &blob)
+                .await
+                .expect("unlink")
+        );
+        assert!(!reopened.unlink(&a, Link::Blob, &blob).await.expect("again"));
+        assert!(
+            !reopened
+                .is_linked(&a, Link::Blob, &blob)
+                .await
+                .expect("unlinked")
+        );
+        reopened.verify(&blob).await.expect("bytes stay");
+        reopened
+            .remove_referrer(&a, &blob, &referrer)
+            .await
+            .expect("remove");
+        assert!(
+            reopened
+                .referrers(&a, &blob)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+
+        let v1: Tag = "v1".parse().expect("tag");
+        reopened.set_tag(&b, &v1, &blob).await.expect("tag");
+        assert!(reopened.delete_tag(&b, &v1).await.expect("delete"));
+        assert!(!reopened.delete_tag(&b, &v1).await.expect("again"));
+        assert_eq!(reopened.tag(&b, &v1).await.expect("get"), None);
+    }
+}

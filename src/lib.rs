@@ -4,7 +4,7 @@
 //! Data flows one way: the CLI (`main.rs`) hands inputs to [`pack`], which streams them
 //! through tar, hashing and [`compress`]ion into the [`store`]; [`image`] turns the result into a config
 //! and manifests, which are stored as blobs too. [`registry`] serves the store over the OCI
-//! distribution API and only reads it. [`closure`] tells `pack` which interpreter and
+//! distribution API and only reads it. [`runtime`] tells `pack` which interpreter and
 //! libraries a dynamic executable needs, so every image it makes can run.
 //!
 //! Images can also be packed on request: for `serve --root`/`--image`, the registry asks
@@ -24,14 +24,13 @@
 //! | [`ondemand`] | `--image` and `--root` images: the root scan, its confinement, resolution per request |
 //! | [`flight`] | single flight: concurrent callers share one run of the work, failure included |
 //! | [`progress`] | a progress bar on a terminal, else periodic log lines |
-//! | [`closure`] | a dynamic ELF executable's interpreter and libraries, found as ld.so finds them |
+//! | [`runtime`] | what an image needs to run: a dynamic ELF executable's interpreter and libraries, found as ld.so finds them (`runtime::elf`) |
 //! | [`image`] | config and manifest JSON (canonical bytes); no I/O |
 //! | [`registry`] | the HTTP API: router, one file per resource, OCI errors |
 //! | [`layout`] | exporting an image from the store as an OCI image layout directory |
 //! | [`licenses`] | the license notices of the linked crates, generated at build time |
 
 pub mod cache;
-pub mod closure;
 pub mod compress;
 pub mod digest;
 pub mod flight;
@@ -44,4 +43,5 @@ pub mod pack;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod runtime;
 pub mod store;

@@ -21,12 +21,12 @@ use tokio::io::{
 use tokio_tar::{Builder, EntryType, Header};
 
 use crate::cache::{self, Lookup};
-use crate::closure;
 use crate::compress::{self, Compression};
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{self, Layer, ManifestForm, RunConfig};
 use crate::progress::Progress;
 use crate::reference::{Name, TaggedName};
+use crate::runtime::elf;
 use crate::store::{FileStamp, Link, Store, StoreError};
 
 /// Read size for input files: large reads keep the pipeline fed (4 KiB reads are far slower).
@@ -53,7 +53,7 @@ pub enum PackError {
     #[error("cannot write layer: {0}")]
     Write(io::Error),
     #[error(transparent)]
-    Closure(#[from] closure::ClosureError),
+    Closure(#[from] elf::ClosureError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -243,11 +243,11 @@ fn plan(inputs: &[Input]) -> Result<(Plan, Vec<PathBuf>), PackError> {
     }
     // After the inputs, so an input that is itself one of the libraries is already there.
     for input in named_files {
-        let Some(info) = closure::read_elf(&input.source)? else {
+        let Some(info) = elf::read_elf(&input.source)? else {
             continue;
         };
         let adding = Adding::Runtime(&input.source);
-        for needed in closure::closure(&input.source, Path::new(&input.dest), &info)? {
+        for needed in elf::closure(&input.source, Path::new(&input.dest), &info)? {
             let dest = needed
                 .image
                 .strip_prefix("/")

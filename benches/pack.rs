@@ -16,8 +16,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use quinistry::compress::{Compression, DEFAULT_BLOCK_SIZE};
 use quinistry::digest::HashingWriter;
+use quinistry::pack::compress::{Compression, DEFAULT_BLOCK_SIZE};
 use quinistry::pack::{Input, LayerOptions, Packing, pack_layer_with};
 use quinistry::store::Store;
 use tokio::io::AsyncWriteExt;

@@ -6,14 +6,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use quinistry::compress::{self, Compression};
-use quinistry::gzip;
 use quinistry::image::{self, RunConfig};
-use quinistry::layout;
 use quinistry::licenses;
 use quinistry::ondemand::{ImageSpec, OnDemand, Setup};
+use quinistry::pack::compress::{self, Compression};
+use quinistry::pack::gzip;
+use quinistry::pack::layout;
+use quinistry::pack::progress;
 use quinistry::pack::{self, Input, LayerOptions, Packing};
-use quinistry::progress;
 use quinistry::reference::{Name, Tag, TaggedName};
 use quinistry::registry::{self, Registry, Server};
 use quinistry::store::{Store, StoreError};

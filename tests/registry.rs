@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{JsonValue, RawResponse, raw_request};
-use quinistry::compress::{self, Compression};
 use quinistry::digest::Digest;
 use quinistry::image::{DOCKER_MANIFEST, OCI_MANIFEST, RunConfig};
+use quinistry::pack::compress::{self, Compression};
 use quinistry::pack::{self, Input, LayerOptions, PackedImage};
 use quinistry::reference::TaggedName;
 use quinistry::registry::{Config, Server};

@@ -12,8 +12,8 @@ use async_compression::Level;
 use async_compression::tokio::write::{GzipEncoder, ZstdEncoder};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::gzip;
 use crate::image::LayerEncoding;
+use crate::pack::gzip;
 
 /// Size of the pieces a single-stream encoder is fed, and of the copies for `none`.
 const PIECE: usize = 1 << 20;
@@ -30,7 +30,7 @@ pub const DEFAULT_BLOCK_SIZE: usize = 1 << 20;
 pub enum Compression {
     /// gzip at `level` (0-9). `block_size` 0 is one deflate stream on one core (the bytes
     /// `gzip` and earlier versions of quinistry make); otherwise blocks of that many bytes
-    /// are deflated in parallel (see [`crate::gzip`]).
+    /// are deflated in parallel (see [`crate::pack::gzip`]).
     Gzip { level: u32, block_size: usize },
     /// zstd at `level` (1-19).
     Zstd { level: i32 },
@@ -255,7 +255,7 @@ where
 {
     let mut piece = vec![0u8; PIECE];
     loop {
-        let n = read_full(&mut input, &mut piece).await?;
+        let n = gzip::read_full(&mut input, &mut piece).await?;
         if n == 0 {
             break;
         }
@@ -281,21 +281,6 @@ async fn copy<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
         out.write_all(&piece[..n]).await?;
     }
-}
-
-/// Fills `buf` (short only at the end of the stream); returns how much was read.
-pub(crate) async fn read_full<R: AsyncRead + Unpin>(
-    input: &mut R,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match input.read(&mut buf[n..]).await? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]

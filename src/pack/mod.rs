@@ -15,19 +15,25 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+pub mod cache;
+pub mod compress;
+pub mod gzip;
+pub mod layout;
+pub mod progress;
+
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter, DuplexStream, ReadBuf,
 };
 use tokio_tar::{Builder, EntryType, Header};
 
-use crate::cache::{self, Lookup};
-use crate::compress::{self, Compression};
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{self, Layer, ManifestForm, RunConfig};
-use crate::progress::Progress;
 use crate::reference::{Name, TaggedName};
 use crate::runtime::elf;
 use crate::store::{FileStamp, Link, Store, StoreError};
+use cache::Lookup;
+use compress::Compression;
+use progress::Progress;
 
 /// Read size for input files: large reads keep the pipeline fed (4 KiB reads are far slower).
 const READ_BUFFER: usize = 1 << 20;
@@ -455,7 +461,7 @@ impl Default for Packing {
 pub fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(crate::gzip::MAX_THREADS)
+        .min(crate::pack::gzip::MAX_THREADS)
 }
 
 /// How long after its last modification a file's stamp is trusted to identify its content:

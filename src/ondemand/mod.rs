@@ -15,6 +15,8 @@
 //! inside DIR. On-demand images write no tags into the store: what they serve is decided by
 //! the files, now.
 
+pub mod flight;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,9 +25,9 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::digest::Digest;
-use crate::flight::{Flight, Joined};
+use crate::ondemand::flight::{Flight, Joined};
+use crate::pack::progress;
 use crate::pack::{self, Input, LayerOptions, PackError, Packing};
-use crate::progress;
 use crate::reference::{Name, Tag, TaggedName};
 use crate::store::{FileStamp, Store};
 

@@ -18,10 +18,8 @@ use std::io;
 use std::sync::{Arc, Mutex, mpsc};
 
 use flate2::{Compress, FlushCompress, Status};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
-
-use crate::compress::read_full;
 
 /// Deflate's window: the most a match can reach back, so the most of the previous block
 /// that can help the next one.
@@ -282,6 +280,21 @@ async fn fill<R: AsyncRead + Unpin>(
     let n = read_full(input, &mut buf).await?;
     buf.truncate(n);
     Ok(buf)
+}
+
+/// Fills `buf` (short only at the end of the stream); returns how much was read.
+pub(crate) async fn read_full<R: AsyncRead + Unpin>(
+    input: &mut R,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match input.read(&mut buf[n..]).await? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

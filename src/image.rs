@@ -154,6 +154,47 @@ pub struct RunConfig {
     pub created: u64,
 }
 
+/// Run settings a user gives an image (command-line flags, an images file); what is unset
+/// keeps the image's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSettings {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=VALUE`, each replacing a default of the same key or added in order.
+    pub env: Vec<String>,
+}
+
+impl RunSettings {
+    /// Refuses an environment entry that is not `KEY=VALUE`.
+    pub fn check(&self) -> Result<(), String> {
+        for e in &self.env {
+            if e.split_once('=').is_none_or(|(key, _)| key.is_empty()) {
+                return Err(format!("invalid environment entry {e:?}: use KEY=VALUE"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `run` with these settings over its defaults.
+    pub fn apply(&self, mut run: RunConfig) -> RunConfig {
+        if let Some(e) = &self.entrypoint {
+            run.entrypoint = Some(e.clone());
+        }
+        if let Some(c) = &self.cmd {
+            run.cmd = Some(c.clone());
+        }
+        for e in &self.env {
+            let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+            let same_key = |d: &String| d.split_once('=').is_some_and(|(k, _)| k == key);
+            match run.env.iter().position(same_key) {
+                Some(i) => run.env[i] = e.clone(),
+                None => run.env.push(e.clone()),
+            }
+        }
+        run
+    }
+}
+
 /// The two manifest forms we serve. Both name the same config and layer blobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ManifestForm {

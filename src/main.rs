@@ -13,9 +13,10 @@ use quinistry::pack::compress::{self, Compression};
 use quinistry::pack::gzip;
 use quinistry::pack::layout;
 use quinistry::pack::progress;
-use quinistry::pack::{self, Input, LayerOptions, Packing};
+use quinistry::pack::{self, ClosureMode, Input, LayerOptions, Packing};
 use quinistry::reference::{Name, Tag, TaggedName};
 use quinistry::registry::{self, Registry, Server};
+use quinistry::runtime::packages::Machine;
 use quinistry::store::{Store, StoreError};
 
 #[derive(Parser)]
@@ -80,6 +81,12 @@ struct ImageArgs {
     /// Environment variable KEY=VALUE; repeatable (PATH has a standard default)
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// What the image gets beyond its inputs: `packages` (default) adds, for a file that
+    /// belongs to an installed package, that package and what it depends on, and a minimal
+    /// base; `elf` only the interpreter and libraries of ELF files (always, for the
+    /// self-image). Both close over every ELF file in the image
+    #[arg(long, env = "QUINISTRY_CLOSURE", value_parser = ["elf", "packages"], value_name = "KIND")]
+    closure: Option<String>,
     /// Pack again even if the layer cache knows these inputs
     #[arg(long)]
     no_cache: bool,
@@ -122,6 +129,10 @@ struct ServeArgs {
     /// on its first pull; repeatable
     #[arg(long = "image", value_name = "NAME[:TAG]=INPUT[,INPUT...]")]
     images: Vec<String>,
+    /// Also serve the images of a TOML file, each with its own entrypoint, cmd, env and
+    /// closure (see the README); repeatable
+    #[arg(long = "images", value_name = "FILE")]
+    image_files: Vec<PathBuf>,
     /// Serve every executable file under DIR as an image named after its path below DIR
     /// (tag latest), packed on its first pull; files added later are served too
     #[arg(long, value_name = "DIR")]
@@ -228,6 +239,8 @@ struct Prepared {
     threads: usize,
     /// Whether the layer cache may be used.
     cache: bool,
+    /// What the image gets beyond its inputs.
+    closure: ClosureMode,
     /// `quinistry:latest` for the self-image, else named after the first input; an error
     /// only matters when no name was given.
     default_tag: Result<TaggedName, String>,
@@ -249,6 +262,16 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
         None => pack::default_threads(),
     };
     let is_self = args.inputs.is_empty();
+    // The self-image holds its executable and libraries only: a container of it has no
+    // package database, and must make the very same image (the fixed point).
+    let closure = match (&args.closure, is_self) {
+        (Some(c), true) if c != "elf" => {
+            return Err("the self-image (no INPUT) is packed with --closure elf: its container has no package database to make the same image from".into());
+        }
+        (_, true) => ClosureMode::Elf,
+        (Some(c), false) => c.parse()?,
+        (None, false) => ClosureMode::default(),
+    };
     let inputs: Vec<Input> = if is_self {
         let exe = std::env::current_exe()
             .map_err(|err| format!("cannot find this executable to pack it: {err}"))?;
@@ -260,20 +283,22 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
             .collect::<Result<_, _>>()
             .map_err(msg)?
     };
-    let mut run = if is_self {
+    let run = if is_self {
         // The settings that change the layer's bytes travel in the image's Env.
         image::self_image(mtime, &compression.env())
     } else {
         pack::default_run_config(&inputs, mtime)
     };
     // What the command line says wins over the defaults.
-    if let Some(p) = args.entrypoint {
-        run.entrypoint = Some(vec![p]);
-    }
-    if !args.cmd.is_empty() {
-        run.cmd = Some(args.cmd);
-    }
-    run.env = environment(run.env, &args.env)?;
+    let settings = image::RunSettings {
+        entrypoint: args.entrypoint.map(|p| vec![p]),
+        cmd: (!args.cmd.is_empty()).then_some(args.cmd),
+        env: args.env,
+    };
+    settings
+        .check()
+        .map_err(|e| e.replace("environment entry", "--env"))?;
+    let run = settings.apply(run);
     let opts = LayerOptions { compression, mtime };
     let default_tag = default_tag(&args.inputs, &inputs);
     Ok(Prepared {
@@ -283,6 +308,7 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
         opts,
         threads,
         cache: !args.no_cache,
+        closure,
         default_tag,
     })
 }
@@ -301,12 +327,14 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
     let store = Store::open(&store_dir).await.map_err(msg)?;
     let img = pack_with_progress(&store, &image, &tag).await?;
     if let Some(dir) = &args.oci_layout {
-        let p = &img.packed.layer;
+        let blobs: Vec<&quinistry::digest::Digest> = std::iter::once(&img.config.0)
+            .chain(img.layers.iter().map(|l| &l.layer.digest))
+            .collect();
         layout::export(
             &store,
             dir,
             (&img.manifest.0, img.manifest.1),
-            &[&img.config.0, &p.digest],
+            &blobs,
             tag.tag.as_str(),
         )
         .map_err(msg)?;
@@ -330,14 +358,26 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         Some(n) => Some(n.parse().map_err(|err| format!("invalid --name: {err}"))?),
         None => None,
     };
-    let specs = args
+    let mut specs = args
         .images
         .iter()
         .map(|s| s.parse::<ImageSpec>())
         .collect::<Result<Vec<_>, _>>()?;
+    for file in &args.image_files {
+        specs.extend(quinistry::ondemand::load_images(file)?);
+    }
     let on_demand = !specs.is_empty() || args.root.is_some();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let setup = Setup::new(specs, args.root.as_deref(), args.max_packs.unwrap_or(cpus))?;
+    let server_closure = match &args.image.closure {
+        Some(c) => c.parse()?,
+        None => ClosureMode::default(),
+    };
+    let setup = Setup::new(
+        specs,
+        args.root.as_deref(),
+        args.max_packs.unwrap_or(cpus),
+        server_closure,
+    )?;
     // With --image or --root and no inputs, nothing is packed at start: the settings of the
     // start image would go nowhere, so they are refused rather than ignored.
     let pack_at_start = !on_demand || !args.image.inputs.is_empty();
@@ -353,7 +393,12 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         }
     }
     let access = access(&args, listen)?;
-    let image = prepare(args.image)?;
+    let mut image_args = args.image;
+    if !pack_at_start {
+        // --closure then speaks of the on-demand images only.
+        image_args.closure = None;
+    }
+    let image = prepare(image_args)?;
 
     let store_dir = args.store.dir()?;
     // Bound first: a port in use is one line now, not after a pack of gigabytes.
@@ -464,9 +509,21 @@ async fn pack_with_progress(
         slots: None,
         threads: image.threads,
     };
-    pack::pack_image_with(store, &inputs, image.opts, &image.run, Some(tag), &packing)
+    let machine = Machine::new("/");
+    let closure = pack::closure(store, image.closure, &machine)
         .await
-        .map_err(msg)
+        .map_err(msg)?;
+    pack::pack_image_with(
+        store,
+        &inputs,
+        &closure,
+        image.opts,
+        &image.run,
+        Some(tag),
+        &packing,
+    )
+    .await
+    .map_err(msg)
 }
 
 /// Completes on the first SIGINT or SIGTERM (the server then drains); a second one exits at
@@ -526,23 +583,6 @@ fn default_tag(specs: &[String], inputs: &[Input]) -> Result<TaggedName, String>
         .ok_or_else(|| format!("cannot derive an image name from {base:?}: pass --tag NAME:TAG"))
 }
 
-/// The image's environment: `defaults`, with each `--env KEY=VALUE` replacing the default of
-/// the same key or appended in order.
-fn environment(mut env: Vec<String>, given: &[String]) -> Result<Vec<String>, String> {
-    for e in given {
-        let key = match e.split_once('=') {
-            Some((key, _)) if !key.is_empty() => key,
-            _ => return Err(format!("invalid --env {e:?}: use KEY=VALUE")),
-        };
-        let same_key = |d: &String| d.split_once('=').is_some_and(|(k, _)| k == key);
-        match env.iter().position(same_key) {
-            Some(i) => env[i] = e.clone(),
-            None => env.push(e.clone()),
-        }
-    }
-    Ok(env)
-}
-
 /// Errors reach the user as their one-line Display.
 fn msg(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -565,25 +605,34 @@ fn report(
     store: &std::path::Path,
     layout: Option<&std::path::Path>,
 ) {
-    let p = &img.packed;
-    let rate = mib(p.input_bytes) / img.seconds.max(1e-9);
-    if p.cached {
+    let input = mib(img.input_bytes());
+    let rate = input / img.seconds.max(1e-9);
+    let layers = match img.layers.len() {
+        1 => "layer".to_owned(),
+        n => format!("{n} layers"),
+    };
+    if img.cached() {
         say(format_args!(
-            "packed     {:.1} MiB of input: unchanged, layer taken from the layer cache ({:.2} s)",
-            mib(p.input_bytes),
+            "packed     {input:.1} MiB of input: unchanged, {layers} taken from the layer cache ({:.2} s)",
             img.seconds
         ));
     } else {
         say(format_args!(
-            "packed     {:.1} MiB of input in {:.2} s ({rate:.1} MiB/s)",
-            mib(p.input_bytes),
+            "packed     {input:.1} MiB of input in {:.2} s ({rate:.1} MiB/s), {layers}",
             img.seconds
         ));
     }
-    if !p.runtime.is_empty() {
+    if !img.runtime.is_empty() {
         say(format_args!(
             "runtime    {} paths: interpreter and libraries of dynamic executables",
-            p.runtime.len()
+            img.runtime.len()
+        ));
+    }
+    if !img.packages.is_empty() {
+        say(format_args!(
+            "packages   {} installed packages: {}",
+            img.packages.len(),
+            img.packages.join(" ")
         ));
     }
     say(format_args!("tag        {tag}"));
@@ -597,23 +646,30 @@ fn report(
         )),
         None => say(format_args!(
             "docker     none: Docker schema 2 has no media type for {} layers",
-            p.layer.encoding.name()
+            img.top().layer.encoding.name()
         )),
     }
     say(format_args!(
         "config     {}  {} B",
         img.config.0, img.config.1
     ));
-    say(format_args!(
-        "layer      {}  {} B ({})",
-        p.layer.digest,
-        p.layer.size,
-        p.layer.encoding.name()
-    ));
-    say(format_args!(
-        "diff_id    {}  {} B (uncompressed tar)",
-        p.layer.diff_id, p.tar_size
-    ));
+    // Bottom first; the last is the image's own files (the only one without packages).
+    for p in &img.layers {
+        let what = match img.layers.len() {
+            1 => String::new(),
+            _ => format!(", {}", p.label),
+        };
+        say(format_args!(
+            "layer      {}  {} B ({}{what})",
+            p.layer.digest,
+            p.layer.size,
+            p.layer.encoding.name()
+        ));
+        say(format_args!(
+            "diff_id    {}  {} B (uncompressed tar)",
+            p.layer.diff_id, p.tar_size
+        ));
+    }
     say(format_args!("store      {}", store.display()));
     if let Some(dir) = layout {
         say(format_args!("oci-layout {}:{}", dir.display(), tag.tag));

@@ -247,6 +247,8 @@ fn every_compression_pulls_with_skopeo_zstd_with_podman_and_the_rest_with_docker
             &[
                 "--compression",
                 method,
+                "--closure",
+                "elf",
                 "--name",
                 "comp/env",
                 "/usr/bin/env",

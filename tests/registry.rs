@@ -342,7 +342,7 @@ async fn layer_media_types_follow_the_compression() {
         // The layer blob is the tar stream in that encoding: its diff_id is the tar's digest.
         let layer = f
             .store
-            .read_blob(&img.packed.layer.digest)
+            .read_blob(&img.top().layer.digest)
             .await
             .expect("layer");
         let tar = match compression {
@@ -355,7 +355,7 @@ async fn layer_media_types_follow_the_compression() {
             Compression::Zstd { .. } => common::unzstd(&layer).await,
             Compression::None => layer.to_vec(),
         };
-        assert_eq!(Digest::sha256_of(&tar), img.packed.layer.diff_id, "{tag}");
+        assert_eq!(Digest::sha256_of(&tar), img.top().layer.diff_id, "{tag}");
     }
 }
 
@@ -373,7 +373,7 @@ async fn manifest_errors_have_the_spec_codes() {
         ),
         // A layer or a config is a blob, not a manifest.
         (
-            format!("/v2/app/manifests/{}", img.packed.layer.digest),
+            format!("/v2/app/manifests/{}", img.top().layer.digest),
             404,
             "MANIFEST_UNKNOWN",
         ),
@@ -413,7 +413,7 @@ async fn blobs_stream_whole_or_in_ranges() {
     let f = Fixture::new().await;
     let content = common::noise(3 << 20, 7);
     let img = f.pack("app:v1", &[("/big", &content)]).await;
-    let layer = &img.packed.layer;
+    let layer = &img.top().layer;
     let stored = std::fs::read(f.store.blob_path(&layer.digest)).expect("layer file");
     let path = format!("/v2/app/blobs/{}", layer.digest);
 
@@ -746,7 +746,7 @@ async fn shutdown_lets_a_running_download_finish() {
     let mut f = Fixture::new().await;
     let content = common::noise(24 << 20, 3);
     let img = f.pack("big:v1", &[("/big", &content)]).await;
-    let layer = img.packed.layer.clone();
+    let layer = img.top().layer.clone();
 
     // Start a download and read only its first bytes, so it is mid-flight at shutdown.
     let mut r = f.get(&format!("/v2/big/blobs/{}", layer.digest), &[]).await;

@@ -103,7 +103,10 @@ fn a_dynamic_executable_is_packed_with_what_the_loader_needs() {
     let app = build_greeter(&dir.path().join("src"));
     // Two executables that share libc: the shared files are packed once.
     let spec = format!("{}:/usr/local/bin/greet", app.display());
+    // The ELF closure alone, in one layer (packages add whole packages: see packages.rs).
     let out = run_ok(pack_in(&store).args([
+        "--closure",
+        "elf",
         "--entrypoint",
         "/usr/local/bin/greet",
         &spec,

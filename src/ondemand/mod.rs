@@ -16,6 +16,7 @@
 //! the files, now.
 
 pub mod flight;
+mod spec;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,11 +26,14 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::digest::Digest;
+use crate::image::RunSettings;
 use crate::ondemand::flight::{Flight, Joined};
 use crate::pack::progress;
-use crate::pack::{self, Input, LayerOptions, PackError, Packing};
-use crate::reference::{Name, Tag, TaggedName};
+use crate::pack::{self, ClosureMode, Input, LayerOptions, PackError, Packing};
+use crate::reference::{Name, Tag};
+use crate::runtime::packages::Machine;
 use crate::store::{FileStamp, Store};
+pub use spec::{ImageSpec, load_images};
 
 /// How long a resolved image (or a scan of the root) is trusted before it is checked again
 /// in full. The top-level input files are checked on every request regardless.
@@ -82,9 +86,19 @@ struct Image {
     flight: Flight<Vec<Option<FileStamp>>, Outcome>,
 }
 
-/// An image named on the command line.
+/// How an on-demand image is made, beyond its inputs.
+struct How {
+    run: RunSettings,
+    closure: ClosureMode,
+}
+
+/// An image named on the command line or in an `--images` file.
 struct Explicit {
     inputs: Vec<Input>,
+    /// Its own run settings, over the defaults.
+    run: RunSettings,
+    /// Its own closure, else the server's.
+    closure: Option<ClosureMode>,
     image: Image,
 }
 
@@ -103,36 +117,10 @@ pub struct OnDemand {
     root_images: Mutex<HashMap<Name, Arc<Image>>>,
     /// Packs that may run at once (cache hits need none).
     slots: Arc<tokio::sync::Semaphore>,
-}
-
-/// `--image NAME[:TAG]=INPUT[,INPUT...]`, parsed. Its run settings are the defaults
-/// (`pack::default_run_config`), decided when it is packed: an input that does not exist yet
-/// may be an executable by then.
-pub struct ImageSpec {
-    pub name: TaggedName,
-    pub inputs: Vec<Input>,
-}
-
-impl std::str::FromStr for ImageSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, inputs) = s
-            .split_once('=')
-            .ok_or_else(|| format!("invalid --image {s:?}: use NAME[:TAG]=INPUT[,INPUT...]"))?;
-        let name: TaggedName = name
-            .parse()
-            .map_err(|e| format!("invalid --image {s:?}: {e}"))?;
-        let inputs = inputs
-            .split(',')
-            .filter(|i| !i.is_empty())
-            .map(|i| i.parse::<Input>().map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
-        if inputs.is_empty() {
-            return Err(format!("invalid --image {s:?}: no input after '='"));
-        }
-        Ok(ImageSpec { name, inputs })
-    }
+    /// What images reach beyond their inputs (`--closure`).
+    closure: ClosureMode,
+    /// The machine's package database, read again when it changes.
+    machine: Arc<Machine>,
 }
 
 /// The on-demand images as given, checked before anything touches the store.
@@ -141,6 +129,7 @@ pub struct Setup {
     root: Option<Root>,
     /// Packs that may run at once.
     max_packs: usize,
+    closure: ClosureMode,
     /// One line per `--image`, for the operator.
     lines: Vec<String>,
 }
@@ -151,6 +140,7 @@ impl Setup {
         specs: Vec<ImageSpec>,
         root: Option<&Path>,
         max_packs: usize,
+        closure: ClosureMode,
     ) -> Result<Setup, String> {
         if max_packs == 0 {
             return Err("--max-packs must be at least 1".to_owned());
@@ -181,6 +171,8 @@ impl Setup {
                 spec.name.tag,
                 Explicit {
                     inputs: spec.inputs,
+                    run: spec.run,
+                    closure: spec.closure,
                     image: Image::new(label),
                 },
             );
@@ -193,6 +185,7 @@ impl Setup {
             explicit,
             root,
             max_packs,
+            closure,
             lines,
         })
     }
@@ -212,6 +205,7 @@ impl OnDemand {
             explicit,
             root,
             max_packs,
+            closure,
             mut lines,
         } = setup;
         let ondemand = OnDemand {
@@ -222,6 +216,8 @@ impl OnDemand {
             root,
             root_images: Mutex::new(HashMap::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(max_packs)),
+            closure,
+            machine: Arc::new(Machine::new("/")),
         };
         if let Some(root) = &ondemand.root {
             for name in root.names(true).await {
@@ -251,7 +247,14 @@ impl OnDemand {
     ) -> Option<Result<Digest, Arc<ResolveError>>> {
         if let Some(e) = self.explicit.get(name).and_then(|t| t.get(tag)) {
             let stamps = stamps(&e.inputs).await;
-            return Some(self.resolve(name, &e.image, e.inputs.clone(), stamps).await);
+            let how = How {
+                run: e.run.clone(),
+                closure: e.closure.unwrap_or(self.closure),
+            };
+            return Some(
+                self.resolve(name, &e.image, e.inputs.clone(), how, stamps)
+                    .await,
+            );
         }
         if *tag != Tag::latest() {
             return None;
@@ -279,7 +282,14 @@ impl OnDemand {
                 return Some(Err(Arc::new(error)));
             }
         };
-        Some(self.resolve(name, &image, inputs, vec![Some(stamp)]).await)
+        let how = How {
+            run: RunSettings::default(),
+            closure: self.closure,
+        };
+        Some(
+            self.resolve(name, &image, inputs, how, vec![Some(stamp)])
+                .await,
+        )
     }
 
     /// Whether `name` is an on-demand repository.
@@ -324,6 +334,7 @@ impl OnDemand {
         name: &Name,
         image: &Image,
         inputs: Vec<Input>,
+        how: How,
         stamps: Vec<Option<FileStamp>>,
     ) -> Result<Digest, Arc<ResolveError>> {
         let label = image.label.clone();
@@ -331,6 +342,7 @@ impl OnDemand {
             at.elapsed() < RECHECK && outcome.as_ref().map_or(true, |r| r.settled)
         };
         let (store, opts, slots) = (self.store.clone(), self.opts, self.slots.clone());
+        let machine = self.machine.clone();
         let threads = self.threads;
         let name = name.clone();
         let work = {
@@ -338,7 +350,7 @@ impl OnDemand {
             move || {
                 let span = tracing::info_span!("pack", image = %label);
                 async move {
-                    let run = pack::default_run_config(&inputs, opts.mtime);
+                    let run = how.run.apply(pack::default_run_config(&inputs, opts.mtime));
                     let packing = Packing {
                         cache: true,
                         progress: Some(progress::reporter(&label)),
@@ -347,17 +359,19 @@ impl OnDemand {
                     };
                     // Linked into the repository, so its blobs are served through it.
                     let packed = async {
-                        let img =
-                            pack::pack_image_with(&store, &inputs, opts, &run, None, &packing)
-                                .await?;
+                        let closure = pack::closure(&store, how.closure, &machine).await?;
+                        let img = pack::pack_image_with(
+                            &store, &inputs, &closure, opts, &run, None, &packing,
+                        )
+                        .await?;
                         pack::link_image(&store, &name, &img).await?;
                         Ok::<_, pack::PackError>(img)
                     }
                     .await;
                     match packed {
                         Ok(img) => Ok(Resolved {
+                            settled: img.settled(),
                             manifest: img.manifest.0,
-                            settled: img.packed.settled,
                         }),
                         Err(source) => {
                             let error = ResolveError::Pack {
@@ -687,21 +701,5 @@ mod tests {
             assert_eq!(exposed(&root, Path::new(rel)).err(), Some(why), "{rel}");
         }
         assert!(exposed(&root, &top.path().join("outside")).is_err());
-    }
-
-    #[test]
-    fn image_specs_parse() {
-        let s: ImageSpec = "tools/a:v1=/bin/true,/etc/hostname:/etc/name"
-            .parse()
-            .expect("spec");
-        assert_eq!(s.name.to_string(), "tools/a:v1");
-        assert_eq!(s.inputs.len(), 2);
-        assert_eq!(s.inputs[1].dest, "/etc/name");
-        let s: ImageSpec = "a=/bin/true".parse().expect("spec");
-        assert_eq!(s.name.to_string(), "a:latest");
-        assert_eq!(s.inputs[0].dest, "/true");
-        for bad in ["a", "A=/bin/true", "a=", "a=,", "a=x:/../y"] {
-            assert!(bad.parse::<ImageSpec>().is_err(), "{bad}");
-        }
     }
 }

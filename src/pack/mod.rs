@@ -31,9 +31,11 @@ use crate::image::{self, Layer, ManifestForm, RunConfig};
 use crate::reference::{Name, TaggedName};
 
 use crate::runtime::elf;
+use crate::runtime::packages::Machine;
 use crate::store::{FileStamp, Link, Store, StoreError};
 use cache::Lookup;
 use compress::Compression;
+pub use plan::{Base, Closure};
 use plan::{Entry, Kind, Plan};
 use progress::Progress;
 
@@ -62,6 +64,8 @@ pub enum PackError {
     Write(io::Error),
     #[error(transparent)]
     Closure(#[from] elf::ClosureError),
+    #[error(transparent)]
+    Packages(#[from] crate::runtime::dpkg::DpkgError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -173,17 +177,16 @@ fn header(entry_type: EntryType, mode: u32, size: u64, mtime: u64) -> Header {
 /// The tar stream goes here: hashed (diff_id), batched, then piped to the compressor task.
 type TarSink = HashingWriter<BufWriter<DuplexStream>>;
 
-/// What one pack produced, with the figures the CLI reports.
+/// One layer a pack produced, with the figures the CLI reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedLayer {
     pub layer: Layer,
+    /// What it holds: a package's name, `other packages`, or `image` (the image's own files).
+    pub label: String,
     /// Size of the uncompressed tar stream.
     pub tar_size: u64,
     /// Bytes of file content read from the inputs (or that would have been, on a cache hit).
     pub input_bytes: u64,
-    /// Image paths added as the runtime closure of dynamic executables (interpreter,
-    /// libraries, symlinks), in the order found.
-    pub runtime: Vec<PathBuf>,
     /// Taken from the layer cache: nothing was read or compressed.
     pub cached: bool,
     /// Every input file was last modified well before it was read, so its stamp (size,
@@ -229,7 +232,8 @@ pub fn default_threads() -> usize {
 /// a few milliseconds), as git and ccache do for "racily clean" files.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Packs `inputs` into one layer in `store`. Nothing is stored unless the whole layer is.
+/// Packs `inputs` (and the ELF closure of what is in them) into one layer in `store`.
+/// Nothing is stored unless the whole layer is.
 pub async fn pack_layer(
     store: &Store,
     inputs: &[Input],
@@ -248,12 +252,41 @@ pub async fn pack_layer_with(
     opts.compression
         .check()
         .map_err(PackError::BadCompression)?;
-    let owned = inputs.to_vec();
-    let planning = Instant::now();
     let planned_at = std::time::SystemTime::now();
-    let (plan, runtime) = tokio::task::spawn_blocking(move || plan::plan(&owned))
+    let planned = plan_blocking(inputs, &Closure::Elf).await?;
+    layer_of(store, planned.plan, "image", planned_at, opts, packing).await
+}
+
+/// Plans on a blocking thread: planning stats and reads headers of every file.
+async fn plan_blocking(inputs: &[Input], closure: &Closure) -> Result<plan::Planned, PackError> {
+    let (owned, closure) = (inputs.to_vec(), closure.clone());
+    let planning = Instant::now();
+    let planned = tokio::task::spawn_blocking(move || plan::plan(&owned, &closure))
         .await
         .map_err(|e| PackError::Write(io::Error::other(e)))??;
+    tracing::debug!(
+        entries = planned.plan.len(),
+        runtime = planned.runtime.len(),
+        packages = planned.packages.len(),
+        ms = planning.elapsed().as_secs_f64() * 1000.0,
+        "planned image"
+    );
+    for path in &planned.runtime {
+        tracing::debug!(path = %path.display(), "runtime closure");
+    }
+    Ok(planned)
+}
+
+/// One layer of `plan`, from the layer cache or packed and stored.
+async fn layer_of(
+    store: &Store,
+    plan: Plan,
+    label: &str,
+    planned_at: std::time::SystemTime,
+    opts: LayerOptions,
+    packing: &Packing,
+) -> Result<PackedLayer, PackError> {
+    let label = label.to_owned();
     let total: u64 = plan
         .values()
         .map(|e| match &e.kind {
@@ -261,15 +294,6 @@ pub async fn pack_layer_with(
             _ => 0,
         })
         .sum();
-    tracing::debug!(
-        entries = plan.len(),
-        runtime = runtime.len(),
-        ms = planning.elapsed().as_secs_f64() * 1000.0,
-        "planned layer"
-    );
-    for path in &runtime {
-        tracing::debug!(path = %path.display(), "runtime closure");
-    }
     let settled = settled(&plan, planned_at);
 
     let key = packing.cache.then(|| cache_key(&plan, opts));
@@ -277,12 +301,12 @@ pub async fn pack_layer_with(
     if let Some(key) = &key {
         match cache::lookup(store, key, opts.compression.encoding()).await? {
             Lookup::Hit(hit) => {
-                tracing::info!(layer = %hit.layer.digest, "layer cache hit: nothing to read or compress");
+                tracing::info!(layer = %hit.layer.digest, %label, "layer cache hit: nothing to read or compress");
                 return Ok(PackedLayer {
                     layer: hit.layer,
+                    label,
                     tar_size: hit.tar_size,
                     input_bytes: hit.input_bytes,
-                    runtime,
                     cached: true,
                     settled,
                 });
@@ -298,6 +322,7 @@ pub async fn pack_layer_with(
     };
     tracing::info!(
         entries = plan.len(),
+        %label,
         "packing layer: {:.1} MiB of input",
         total as f64 / (1024.0 * 1024.0)
     );
@@ -328,9 +353,9 @@ pub async fn pack_layer_with(
     }
     Ok(PackedLayer {
         layer,
+        label,
         tar_size,
         input_bytes,
-        runtime,
         cached: false,
         settled,
     })
@@ -589,10 +614,77 @@ impl<R: AsyncRead + Unpin> AsyncRead for Exact<R> {
     }
 }
 
-/// A packed, stored image: the layer and the digests of its documents.
+/// Which closure an image gets (`--closure`): see `Closure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClosureMode {
+    Elf,
+    #[default]
+    Packages,
+}
+
+impl FromStr for ClosureMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "elf" => Ok(ClosureMode::Elf),
+            "packages" => Ok(ClosureMode::Packages),
+            other => Err(format!("unknown closure {other:?}: use elf or packages")),
+        }
+    }
+}
+
+/// The closure `mode` asks for on this machine: for packages, the package database as it is
+/// now and the base files, made in `store`. A machine without a package database packs as
+/// `elf` does.
+pub async fn closure(
+    store: &Store,
+    mode: ClosureMode,
+    machine: &Machine,
+) -> Result<Closure, PackError> {
+    if mode == ClosureMode::Elf {
+        return Ok(Closure::Elf);
+    }
+    let Some(db) = machine.current()? else {
+        return Ok(Closure::Elf);
+    };
+    let mut base = Base::default();
+    for (dest, text) in crate::runtime::base::FILES {
+        base.files.push((
+            PathBuf::from(dest),
+            store.materialize(text.as_bytes()).await?,
+        ));
+    }
+    // Copied, not packed from where it is: `update-ca-certificates` may rewrite it while a
+    // pack reads it, and a copy named by its content keeps the layer cache valid.
+    if let Some(bundle) = crate::runtime::base::ca_bundle(machine.root()) {
+        let bytes = tokio::fs::read(&bundle)
+            .await
+            .map_err(|source| PackError::Read {
+                path: bundle.clone(),
+                source,
+            })?;
+        base.files.push((
+            PathBuf::from(crate::runtime::base::CA_BUNDLE),
+            store.materialize(bytes).await?,
+        ));
+    }
+    base.dirs = crate::runtime::base::DIRS
+        .iter()
+        .map(|(d, mode)| (PathBuf::from(d), *mode))
+        .collect();
+    Ok(Closure::Packages(db, base))
+}
+
+/// A packed, stored image: its layers, bottom first, and the digests of its documents.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackedImage {
-    pub packed: PackedLayer,
+    pub layers: Vec<PackedLayer>,
+    /// Image paths added as the runtime closure of ELF objects (interpreter, libraries,
+    /// symlinks), in the order found.
+    pub runtime: Vec<PathBuf>,
+    /// The packages whose files the image holds, by name, sorted.
+    pub packages: Vec<String>,
     pub config: (Digest, u64),
     /// The OCI manifest: what tags point at.
     pub manifest: (Digest, u64),
@@ -603,8 +695,37 @@ pub struct PackedImage {
     pub seconds: f64,
 }
 
-/// Packs `inputs`, stores the config and both manifests, and points `tag` (if any) at the OCI
-/// manifest. The tag is written last, so it never names an image whose blobs are missing.
+impl PackedImage {
+    /// Bytes of file content in the image (read, or known from the layer cache).
+    pub fn input_bytes(&self) -> u64 {
+        self.layers.iter().map(|l| l.input_bytes).sum()
+    }
+
+    /// Size of the uncompressed layers together.
+    pub fn tar_size(&self) -> u64 {
+        self.layers.iter().map(|l| l.tar_size).sum()
+    }
+
+    /// Every layer came from the layer cache.
+    pub fn cached(&self) -> bool {
+        self.layers.iter().all(|l| l.cached)
+    }
+
+    /// Every layer's input files had settled (see `PackedLayer::settled`).
+    pub fn settled(&self) -> bool {
+        self.layers.iter().all(|l| l.settled)
+    }
+
+    /// The top layer: the image's own files (the only layer of an image without packages).
+    pub fn top(&self) -> &PackedLayer {
+        // A pack makes at least one layer.
+        &self.layers[self.layers.len() - 1]
+    }
+}
+
+/// Packs `inputs` (with what `closure` says they need), stores the config and both
+/// manifests, and points `tag` (if any) at the OCI manifest. The tag is written last, so it
+/// never names an image whose blobs are missing.
 pub async fn pack_image(
     store: &Store,
     inputs: &[Input],
@@ -612,22 +733,53 @@ pub async fn pack_image(
     run: &RunConfig,
     tag: Option<&TaggedName>,
 ) -> Result<PackedImage, PackError> {
-    pack_image_with(store, inputs, opts, run, tag, &Packing::default()).await
+    pack_image_with(
+        store,
+        inputs,
+        &Closure::Elf,
+        opts,
+        run,
+        tag,
+        &Packing::default(),
+    )
+    .await
 }
 
-/// `pack_image`, with the layer cache and progress reporting as `packing` says.
+/// `pack_image` with a closure, and the layer cache and progress reporting as `packing` says.
 pub async fn pack_image_with(
     store: &Store,
     inputs: &[Input],
+    closure: &Closure,
     opts: LayerOptions,
     run: &RunConfig,
     tag: Option<&TaggedName>,
     packing: &Packing,
 ) -> Result<PackedImage, PackError> {
     let start = Instant::now();
-    let packed = pack_layer_with(store, inputs, opts, packing).await?;
-    let layers = [packed.layer.clone()];
-    let config_bytes = image::config_json(run, &layers)?;
+    opts.compression
+        .check()
+        .map_err(PackError::BadCompression)?;
+    let planned_at = std::time::SystemTime::now();
+    let planned = plan_blocking(inputs, closure).await?;
+    let db = match closure {
+        Closure::Elf => None,
+        Closure::Packages(db, _) => Some(db.as_ref()),
+    };
+    let mut packed = Vec::new();
+    for layer in plan::layers(&planned, db) {
+        packed.push(layer_of(store, layer.plan, &layer.label, planned_at, opts, packing).await?);
+    }
+    let mut run = run.clone();
+    if !planned.library_path.is_empty() {
+        let dirs: Vec<String> = planned
+            .library_path
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        run.env.push(format!("LD_LIBRARY_PATH={}", dirs.join(":")));
+    }
+    let layers: Vec<Layer> = packed.iter().map(|p| p.layer.clone()).collect();
+    let config_bytes = image::config_json(&run, &layers)?;
     let config = (store.put(&config_bytes).await?, config_bytes.len() as u64);
     let manifest = put_manifest(store, ManifestForm::Oci, &config, &layers).await?;
     let docker_manifest = if layers
@@ -638,8 +790,17 @@ pub async fn pack_image_with(
     } else {
         None
     };
+    let packages = planned
+        .packages
+        .keys()
+        .filter_map(|p| db.map(|db| db.name(*p).to_owned()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let image = PackedImage {
-        packed,
+        layers: packed,
+        runtime: planned.runtime,
+        packages,
         config,
         manifest,
         docker_manifest,
@@ -655,7 +816,8 @@ pub async fn pack_image_with(
 /// Makes a packed image's blobs and manifests part of repository `name`, so the registry
 /// serves them through it (repositories are scoped: see `store`).
 pub async fn link_image(store: &Store, name: &Name, image: &PackedImage) -> Result<(), PackError> {
-    for blob in [&image.config.0, &image.packed.layer.digest] {
+    let layers = image.layers.iter().map(|l| &l.layer.digest);
+    for blob in std::iter::once(&image.config.0).chain(layers) {
         store.link(name, Link::Blob, blob).await?;
     }
     for (manifest, _) in std::iter::once(&image.manifest).chain(&image.docker_manifest) {
@@ -679,16 +841,13 @@ pub fn is_executable(meta: &std::fs::Metadata) -> bool {
     meta.is_file() && meta.mode() & 0o111 != 0
 }
 
-/// The run settings of an image of `inputs` when nobody says otherwise: one executable file
-/// input is the entrypoint (anything else has none), PATH has its usual value.
+/// The run settings of an image of `inputs` when nobody says otherwise: the first input that
+/// is an executable file is the entrypoint (none is none), PATH has its usual value.
 pub fn default_run_config(inputs: &[Input], created: u64) -> RunConfig {
-    let entrypoint = match inputs {
-        [one] => std::fs::metadata(&one.source)
-            .ok()
-            .filter(is_executable)
-            .map(|_| vec![one.dest.clone()]),
-        _ => None,
-    };
+    let entrypoint = inputs
+        .iter()
+        .find(|i| std::fs::metadata(&i.source).is_ok_and(|m| is_executable(&m)))
+        .map(|i| vec![i.dest.clone()]);
     RunConfig {
         entrypoint,
         env: vec![image::DEFAULT_PATH.to_owned()],

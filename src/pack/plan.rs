@@ -1,16 +1,45 @@
-//! The plan of a layer: every entry it will hold, sorted by path, each parent directory once,
+//! The plan of an image: every entry it will hold, sorted by path, each parent directory once,
 //! found from the inputs and what they need to run. Only metadata is read here (and ELF
-//! headers); the bytes are read when the layer is written.
+//! headers, and the md5 of conffiles); the bytes are read when the layers are written.
+//!
+//! What an image needs to run, beyond its inputs ([`Closure`]):
+//! - `Elf`: every ELF object in the image brings its interpreter and libraries (today's
+//!   self-image; files of no package).
+//! - `Packages`: that, and every file of an installed package (and, recursively, of what it
+//!   depends on) when a file in the image belongs to one, plus a minimal base (users,
+//!   `/tmp`, the CA bundle). Only what the package shipped, unedited and world-readable,
+//!   leaves the machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::{Input, PackError};
 use crate::runtime::elf;
+use crate::runtime::packages::{self, Conffile, PackageDb, PkgId};
 use crate::store::FileStamp;
+
+/// How far beyond its inputs an image reaches (see the module doc).
+#[derive(Clone, Debug, Default)]
+pub enum Closure {
+    #[default]
+    Elf,
+    /// With the machine's package database, and the base files already made (see `Base`).
+    Packages(Arc<dyn PackageDb>, Base),
+}
+
+/// The minimal base of an image that holds packages: files made in memory and written where
+/// they can be packed from, the host files that belong in it, and directories with a mode.
+#[derive(Clone, Debug, Default)]
+pub struct Base {
+    /// (image path, host file): `/etc/passwd` from its made copy, the host's CA bundle.
+    pub files: Vec<(PathBuf, PathBuf)>,
+    /// (image path, mode): `/tmp` 1777, `/root` 0700.
+    pub dirs: Vec<(PathBuf, u32)>,
+}
 
 /// What one tar entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,17 +62,29 @@ pub(super) struct Entry {
     /// Permission bits, masked to 0o7777.
     pub(super) mode: u32,
     pub(super) kind: Kind,
-    /// Why it is in the layer: conflict messages name both sides by it.
+    /// Why it is in the image: conflict messages name both sides by it.
     origin: Origin,
 }
 
-/// Why an entry is in the layer.
+impl Entry {
+    /// A directory only implied by what is below it (every layer holding something below it
+    /// has it too).
+    pub(super) fn implied(&self) -> bool {
+        matches!(self.origin, Origin::Parent(_))
+    }
+}
+
+/// Why an entry is in the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Origin {
     /// A host path named as an input, or found inside an input directory.
     Input(PathBuf),
     /// A host path the executable `exe` needs at run time (interpreter, library, symlink).
     Runtime { host: PathBuf, exe: PathBuf },
+    /// A file of an installed package.
+    Package { host: PathBuf, package: String },
+    /// The minimal base of an image with packages.
+    Base(PathBuf),
     /// A directory no input names, implied by what goes below it.
     Parent(Box<Origin>),
 }
@@ -55,6 +96,10 @@ impl fmt::Display for Origin {
             Origin::Runtime { host, exe } => {
                 write!(f, "{} (needed to run {})", host.display(), exe.display())
             }
+            Origin::Package { host, package } => {
+                write!(f, "{} (of package {package})", host.display())
+            }
+            Origin::Base(p) => write!(f, "the image's base {}", p.display()),
             Origin::Parent(below) => write!(f, "the directory above {below}"),
         }
     }
@@ -78,56 +123,445 @@ impl Adding<'_> {
     }
 }
 
-/// The layer's contents, keyed by path in the image (relative, no leading `/`). `PathBuf`
+/// The image's contents, keyed by path in the image (relative, no leading `/`). `PathBuf`
 /// orders by component, so a directory always precedes what it contains.
 pub(super) type Plan = BTreeMap<PathBuf, Entry>;
 
+/// A planned image: its entries, and what the closure added.
+#[derive(Debug, Default)]
+pub(super) struct Planned {
+    pub(super) plan: Plan,
+    /// Image paths added as the runtime closure of ELF objects, in the order found.
+    pub(super) runtime: Vec<PathBuf>,
+    /// The packages whose files are in the image, each with the image paths of its files (at
+    /// the paths the package put them): its layer, the same in every image that holds it.
+    pub(super) packages: BTreeMap<PkgId, Vec<PathBuf>>,
+    /// Image directories of libraries the loader finds only through the machine's
+    /// ld.so.conf: the image's `LD_LIBRARY_PATH`.
+    pub(super) library_path: Vec<PathBuf>,
+}
+
 /// Walks the inputs (metadata only) into a sorted plan of entries, with every parent
-/// directory present once, plus the runtime closure (interpreter, libraries) of each input
-/// that is a dynamically linked executable. Fails on a missing or unsupported input, or a
-/// library that cannot be found, before any byte is packed.
-pub(super) fn plan(inputs: &[Input]) -> Result<(Plan, Vec<PathBuf>), PackError> {
-    let mut plan = Plan::new();
-    let mut runtime = Vec::new();
-    // Files named as inputs: those that are dynamic executables get their closure.
-    let mut named_files = Vec::new();
+/// directory present once, plus what `closure` says they need to run. Fails on a missing or
+/// unsupported input, or a library of a named input that cannot be found, before any byte is
+/// packed.
+pub(super) fn plan(inputs: &[Input], closure: &Closure) -> Result<Planned, PackError> {
+    let mut planned = Planned::default();
+    let plan = &mut planned.plan;
+    // Files named as inputs: their closure failing fails the pack; a library inside a
+    // directory whose dependency is missing is only warned of.
+    let mut named = HashSet::new();
     for input in inputs {
         let meta = std::fs::metadata(&input.source).map_err(|source| PackError::Read {
             path: input.source.clone(),
             source,
         })?;
-        let dest = PathBuf::from(input.dest.trim_start_matches('/'));
-        add_parents(&mut plan, &dest, &Adding::Input.origin(&input.source))?;
+        let mut dest = PathBuf::from(input.dest.trim_start_matches('/'));
         if meta.is_file() {
-            named_files.push(input);
+            if let Closure::Packages(db, _) = closure
+                && db.owner(&input.source).is_some()
+                && meta.permissions().mode() & 0o004 == 0
+            {
+                return Err(PackError::BadInput {
+                    spec: input.source.display().to_string(),
+                    why: "belongs to a package but is not world-readable: an image with its package holds only what anyone on the machine may read",
+                });
+            }
+            // A program that finds its libraries through `$ORIGIN/..` (a toolchain's
+            // `bin/../lib`) keeps the layout it was installed in: packed at its own path, with
+            // `dest` a symlink to it (the loader's `$ORIGIN` is where the file really is).
+            if let Some(real) = keeps_its_layout(&input.source)?
+                && real != Path::new("/").join(&dest)
+            {
+                let link = Entry {
+                    mode: 0o777,
+                    kind: Kind::Symlink {
+                        target: real.clone(),
+                    },
+                    origin: Origin::Input(input.source.clone()),
+                };
+                add_parents(plan, &dest, &link.origin)?;
+                insert(plan, dest, link)?;
+                dest = real.strip_prefix("/").unwrap_or(&real).to_owned();
+            }
+            named.insert(dest.clone());
         }
-        add(&mut plan, dest, &input.source, &meta, &Adding::Input)?;
+        add_parents(plan, &dest, &Adding::Input.origin(&input.source))?;
+        add(plan, dest, &input.source, &meta, &Adding::Input)?;
     }
-    // After the inputs, so an input that is itself one of the libraries is already there.
-    for input in named_files {
-        let Some(info) = elf::read_elf(&input.source)? else {
+
+    let db = match closure {
+        Closure::Elf => None,
+        Closure::Packages(db, _) => Some(db.as_ref()),
+    };
+    let mut examined: HashSet<PathBuf> = HashSet::new();
+    let mut owned_checked: HashSet<PathBuf> = HashSet::new();
+    let mut included: BTreeSet<PkgId> = BTreeSet::new();
+    let mut canonical = Canonical::default();
+    let mut interpreter: Option<PathBuf> = None;
+    // To a fixed point: ELF objects bring libraries, files of packages bring their packages,
+    // whose files may be ELF objects needing more.
+    loop {
+        let mut grew = false;
+        // Every ELF file in the image not yet looked at: executables first, so a shared
+        // library is searched for as their interpreter searches.
+        let mut objects = Vec::new();
+        for (dest, entry) in planned.plan.iter() {
+            if let Kind::File { source, .. } = &entry.kind
+                && !examined.contains(dest)
+            {
+                objects.push((dest.clone(), source.clone()));
+            }
+        }
+        let mut infos = Vec::new();
+        for (dest, source) in objects {
+            examined.insert(dest.clone());
+            let info = match elf::read_elf(&source) {
+                Ok(Some(info)) => info,
+                Ok(None) => continue,
+                Err(e) if named.contains(&dest) => return Err(e.into()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "not closed over");
+                    continue;
+                }
+            };
+            if interpreter.is_none() {
+                interpreter = info.interpreter.clone();
+            }
+            infos.push((dest, source, info));
+        }
+        infos.sort_by_key(|(_, _, info)| info.interpreter.is_none());
+        for (dest, source, info) in infos {
+            let image_path = Path::new("/").join(&dest);
+            let needs = match elf::closure(&source, &image_path, &info, interpreter.as_deref()) {
+                Ok(needs) => needs,
+                Err(e) if named.contains(&dest) => return Err(e.into()),
+                Err(e) => {
+                    // A plugin of a package whose optional library is not installed, say:
+                    // it could not load on the machine either.
+                    tracing::warn!(error = %e, "a library in the image needs one that cannot be found; packed without it");
+                    continue;
+                }
+            };
+            let adding = Adding::Runtime(&source);
+            for needed in needs.items {
+                let dest = needed
+                    .image
+                    .strip_prefix("/")
+                    .unwrap_or(&needed.image)
+                    .to_owned();
+                add_parents(&mut planned.plan, &dest, &adding.origin(&needed.host))?;
+                let meta =
+                    std::fs::symlink_metadata(&needed.host).map_err(|source| PackError::Read {
+                        path: needed.host.clone(),
+                        source,
+                    })?;
+                if !planned.plan.contains_key(&dest) {
+                    planned.runtime.push(needed.image.clone());
+                    grew = true;
+                }
+                add(&mut planned.plan, dest, &needed.host, &meta, &adding)?;
+            }
+            for dir in needs.conf_dirs {
+                if !planned.library_path.contains(&dir) {
+                    planned.library_path.push(dir);
+                }
+            }
+        }
+        let Some(db) = db else { break };
+        // Packages of the files in the image; a named input's package is completed by
+        // those of the same source that depend on it (python3 for python3-minimal).
+        let mut seeds = Vec::new();
+        for (dest, entry) in planned.plan.iter() {
+            let host = match &entry.kind {
+                Kind::File { source, .. } => source.clone(),
+                Kind::Symlink { .. } | Kind::Dir => match &entry.origin {
+                    Origin::Input(h) | Origin::Runtime { host: h, .. } => h.clone(),
+                    _ => continue,
+                },
+            };
+            if entry.kind == Kind::Dir || !owned_checked.insert(dest.clone()) {
+                continue;
+            }
+            let mut owners: Vec<PkgId> = db.owner(&host).into_iter().collect();
+            // A named symlink is followed: its target's package too (python3 → python3.11).
+            if let Ok(real) = std::fs::canonicalize(&host)
+                && real != host
+            {
+                owners.extend(db.owner(&real));
+            }
+            for owner in owners {
+                if !included.contains(&owner) {
+                    seeds.push(owner);
+                    if named.contains(dest) || matches!(entry.origin, Origin::Input(_)) {
+                        seeds.extend(db.completion(owner));
+                    }
+                }
+            }
+        }
+        if seeds.is_empty() {
+            break;
+        }
+        // Debian's Essential packages are needed without being declared; of them, programs
+        // run commands through /bin/sh (git runs git-upload-pack so), so an image with
+        // packages gets the one that owns it (dash).
+        if let Some(shell) = db.owner(&db.root().join(crate::runtime::base::SHELL))
+            && !included.contains(&shell)
+        {
+            seeds.push(shell);
+        }
+        seeds.extend(included.iter().copied());
+        for package in db.closure(&seeds) {
+            if included.insert(package) {
+                let paths = add_package(&mut planned.plan, db, package, &mut canonical);
+                planned.packages.insert(package, paths);
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    if let Closure::Packages(_, base) = closure
+        && !included.is_empty()
+    {
+        add_base(&mut planned.plan, base)?;
+    }
+    Ok(planned)
+}
+
+/// Most layers an image is split into: every layer is a request and a mount, and runtimes
+/// refuse images of more than about 125.
+pub(super) const MAX_LAYERS: usize = 100;
+
+/// One layer of an image: what it holds (a package's files, several packages', or the
+/// image's own), and its entries with the directories above them.
+pub(super) struct LayerPlan {
+    pub(super) label: String,
+    pub(super) plan: Plan,
+}
+
+/// The layers of a planned image, bottom first. An image without packages is one layer, as
+/// it always was. With packages, each package is a layer of its own, the most depended-on
+/// first (libc6 at the bottom), so images that share packages share those layers and, as
+/// far as they agree from the bottom up, the chain of layers a runtime keys them by; past
+/// `MAX_LAYERS - 2` packages the least depended-on share one layer. The image's own files
+/// (inputs, base, files of no package) are the top layer.
+pub(super) fn layers(planned: &Planned, db: Option<&dyn PackageDb>) -> Vec<LayerPlan> {
+    let Some(db) = db.filter(|_| !planned.packages.is_empty()) else {
+        return vec![LayerPlan {
+            label: "image".to_owned(),
+            plan: planned.plan.clone(),
+        }];
+    };
+    let mut order: Vec<PkgId> = planned.packages.keys().copied().collect();
+    order.sort_by(|a, b| {
+        db.dependents(*b)
+            .cmp(&db.dependents(*a))
+            .then_with(|| db.name(*a).cmp(db.name(*b)))
+    });
+    let own = order.len().min(MAX_LAYERS - 2);
+    let mut groups: Vec<(String, BTreeSet<&PathBuf>)> = Vec::new();
+    for (i, package) in order.iter().enumerate() {
+        let paths = planned.packages[package].iter();
+        if i < own {
+            groups.push((db.name(*package).to_owned(), paths.collect()));
+        } else {
+            if i == own {
+                groups.push(("other packages".to_owned(), BTreeSet::new()));
+            }
+            if let Some((_, rest)) = groups.last_mut() {
+                rest.extend(paths);
+            }
+        }
+    }
+    let in_packages: HashSet<&PathBuf> =
+        groups.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+    let top: BTreeSet<&PathBuf> = planned
+        .plan
+        .iter()
+        .filter(|(path, entry)| !entry.implied() && !in_packages.contains(path))
+        .map(|(path, _)| path)
+        .collect();
+    groups.push(("image".to_owned(), top));
+    // A package of nothing but directories once documentation is left out (gcc-12-base)
+    // makes no layer: its directories are above other layers' files anyway.
+    groups.retain(|(label, paths)| {
+        label == "image"
+            || paths
+                .iter()
+                .any(|p| planned.plan.get(*p).is_some_and(|e| e.kind != Kind::Dir))
+    });
+    groups
+        .into_iter()
+        .map(|(label, paths)| {
+            let mut plan = Plan::new();
+            for path in paths {
+                // The directories above, as the image has them (the host's mode, or 0755).
+                for parent in path.ancestors().skip(1) {
+                    if parent.as_os_str().is_empty() || plan.contains_key(parent) {
+                        continue;
+                    }
+                    if let Some(entry) = planned.plan.get(parent) {
+                        plan.insert(parent.to_owned(), entry.clone());
+                    }
+                }
+                if let Some(entry) = planned.plan.get(path) {
+                    plan.insert(path.clone(), entry.clone());
+                }
+            }
+            LayerPlan { label, plan }
+        })
+        .collect()
+}
+
+/// Whether the ELF file `source` finds libraries through `$ORIGIN/..`; if so, where it
+/// really is, which is where it must be in the image for those libraries to be found.
+fn keeps_its_layout(source: &Path) -> Result<Option<PathBuf>, PackError> {
+    let Some(info) = elf::read_elf(source)? else {
+        return Ok(None);
+    };
+    let escapes = info
+        .rpath
+        .iter()
+        .chain(&info.runpath)
+        .any(|d| d.starts_with("$ORIGIN/..") || d.starts_with("${ORIGIN}/.."));
+    if !escapes {
+        return Ok(None);
+    }
+    std::fs::canonicalize(source)
+        .map(Some)
+        .map_err(|e| PackError::Read {
+            path: source.to_owned(),
+            source: e,
+        })
+}
+
+/// Host directories with their symlinks resolved, remembered: a package lists
+/// `/lib/x86_64-linux-gnu/libc.so.6`, which on a merged-`/usr` machine is packed as
+/// `usr/lib/...` beside the rest of `/usr/lib` (and `lib` is a symlink of the image's base).
+#[derive(Default)]
+struct Canonical(HashMap<PathBuf, Option<PathBuf>>);
+
+impl Canonical {
+    fn dir(&mut self, dir: &Path) -> Option<PathBuf> {
+        self.0
+            .entry(dir.to_owned())
+            .or_insert_with(|| std::fs::canonicalize(dir).ok())
+            .clone()
+    }
+
+    /// Where `path` is: its directory resolved, its last component kept (a symlink stays one).
+    fn path(&mut self, path: &Path) -> Option<PathBuf> {
+        match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) => Some(self.dir(dir)?.join(name)),
+            _ => Some(path.to_owned()),
+        }
+    }
+}
+
+/// Adds the files of `package` that may leave the machine: not documentation, readable by
+/// anyone (in a folder anyone can read), and for a conffile, unedited. What is left out is
+/// logged; a file in the way of another is left out too, not a failure. Returns the image
+/// paths of the package's files in the image.
+fn add_package(
+    plan: &mut Plan,
+    db: &dyn PackageDb,
+    package: PkgId,
+    canonical: &mut Canonical,
+) -> Vec<PathBuf> {
+    let name = db.name(package).to_owned();
+    let mut paths = Vec::new();
+    let mut hidden_dirs: Vec<PathBuf> = Vec::new();
+    for file in db.files(package) {
+        let Some(host) = canonical.path(&file.host) else {
+            continue; // gone since it was installed
+        };
+        let in_image = Path::new("/").join(host.strip_prefix(db.root()).unwrap_or(&host));
+        if packages::left_out(&in_image) || hidden_dirs.iter().any(|d| host.starts_with(d)) {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
             continue;
         };
-        let adding = Adding::Runtime(&input.source);
-        for needed in elf::closure(&input.source, Path::new(&input.dest), &info)? {
-            let dest = needed
-                .image
-                .strip_prefix("/")
-                .unwrap_or(&needed.image)
-                .to_owned();
-            add_parents(&mut plan, &dest, &adding.origin(&needed.host))?;
-            let meta =
-                std::fs::symlink_metadata(&needed.host).map_err(|source| PackError::Read {
-                    path: needed.host.clone(),
-                    source,
-                })?;
-            if !plan.contains_key(&dest) {
-                runtime.push(needed.image.clone());
+        let mode = meta.permissions().mode();
+        if meta.is_dir() && mode & 0o005 != 0o005 {
+            tracing::warn!(package = %name, dir = %host.display(), "not packed: the folder is not readable by everyone");
+            hidden_dirs.push(host);
+            continue;
+        }
+        if meta.is_file() && mode & 0o004 == 0 {
+            tracing::warn!(package = %name, file = %host.display(), "not packed: the file is not readable by everyone");
+            continue;
+        }
+        match &file.conffile {
+            Conffile::No => {}
+            Conffile::Shipped(md5) => match packages::conffile_unchanged(&host, md5) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(package = %name, file = %host.display(), "not packed: the configuration file was changed on this machine");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(package = %name, file = %host.display(), error = %e, "not packed: cannot read the configuration file");
+                    continue;
+                }
+            },
+            Conffile::Unverifiable => continue,
+        }
+        // Where it is below the machine's root is where it goes in the image.
+        let Ok(dest) = host.strip_prefix(db.root()).map(Path::to_owned) else {
+            continue;
+        };
+        if dest.as_os_str().is_empty() {
+            continue;
+        }
+        let origin = Origin::Package {
+            host: host.clone(),
+            package: name.clone(),
+        };
+        let entry = match entry_for(&host, &meta, origin.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(package = %name, error = %e, "not packed");
+                continue;
             }
-            add(&mut plan, dest, &needed.host, &meta, &adding)?;
+        };
+        match add_parents(plan, &dest, &origin).and_then(|()| insert(plan, dest.clone(), entry)) {
+            Ok(()) => paths.push(dest),
+            Err(e) => {
+                tracing::warn!(package = %name, error = %e, "not packed: another file is in the way")
+            }
         }
     }
-    Ok((plan, runtime))
+    paths
+}
+
+/// The minimal base: its files and directories, in the top layer.
+fn add_base(plan: &mut Plan, base: &Base) -> Result<(), PackError> {
+    for (dest, mode) in &base.dirs {
+        let dest = dest.strip_prefix("/").unwrap_or(dest).to_owned();
+        let origin = Origin::Base(Path::new("/").join(&dest));
+        add_parents(plan, &dest, &origin)?;
+        // A package's directory of that name (base-files' /tmp) keeps its own entry.
+        plan.entry(dest).or_insert(Entry {
+            mode: *mode,
+            kind: Kind::Dir,
+            origin,
+        });
+    }
+    for (dest, host) in &base.files {
+        let dest = dest.strip_prefix("/").unwrap_or(dest).to_owned();
+        let origin = Origin::Base(Path::new("/").join(&dest));
+        let meta = std::fs::metadata(host).map_err(|source| PackError::Read {
+            path: host.clone(),
+            source,
+        })?;
+        let entry = entry_for(host, &meta, origin.clone())?;
+        add_parents(plan, &dest, &origin)?;
+        insert(plan, dest, entry)?;
+    }
+    Ok(())
 }
 
 /// Every directory above `dest`, mode 0755 unless an input gives it. A non-directory in the
@@ -154,6 +588,65 @@ fn add_parents(plan: &mut Plan, dest: &Path, below: &Origin) -> Result<(), PackE
     Ok(())
 }
 
+/// The entry for one host path, as it is: a directory, a file, or a symlink.
+fn entry_for(source: &Path, meta: &std::fs::Metadata, origin: Origin) -> Result<Entry, PackError> {
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_file() {
+        Kind::File {
+            source: source.to_owned(),
+            stamp: FileStamp::of(meta),
+        }
+    } else if ft.is_symlink() {
+        Kind::Symlink {
+            target: std::fs::read_link(source).map_err(|e| PackError::Read {
+                path: source.to_owned(),
+                source: e,
+            })?,
+        }
+    } else {
+        return Err(PackError::Unsupported {
+            path: source.to_owned(),
+            kind: special_kind(meta),
+        });
+    };
+    Ok(Entry {
+        mode: if ft.is_symlink() {
+            0o777
+        } else {
+            meta.permissions().mode() & 0o7777
+        },
+        kind,
+        origin,
+    })
+}
+
+/// Puts `entry` at `dest`. Two directories merge (an explicit one's mode wins over an
+/// implied one's); the same file or symlink reached twice is one entry (a library two
+/// executables need, which its package lists too); anything else is a conflict.
+fn insert(plan: &mut Plan, dest: PathBuf, entry: Entry) -> Result<(), PackError> {
+    match plan.get_mut(&dest) {
+        None => {
+            plan.insert(dest, entry);
+        }
+        Some(existing) if existing.kind == Kind::Dir && entry.kind == Kind::Dir => {
+            if matches!(existing.origin, Origin::Parent(_)) {
+                *existing = entry;
+            }
+        }
+        Some(existing) if existing.kind == entry.kind && existing.mode == entry.mode => {}
+        Some(existing) => {
+            return Err(PackError::Conflict {
+                dest: format!("/{}", dest.display()),
+                first: existing.origin.to_string(),
+                second: entry.origin.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Adds one host path (and, for a directory, everything below it in sorted order).
 fn add(
     plan: &mut Plan,
@@ -166,53 +659,11 @@ fn add(
         path: source.to_owned(),
         source: source_err,
     };
-    let ft = meta.file_type();
-    let mode = meta.permissions().mode() & 0o7777;
-    let kind = if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_file() {
-        Kind::File {
-            source: source.to_owned(),
-            stamp: FileStamp::of(meta),
-        }
-    } else if ft.is_symlink() {
-        Kind::Symlink {
-            target: std::fs::read_link(source).map_err(read_err)?,
-        }
-    } else {
-        return Err(PackError::Unsupported {
-            path: source.to_owned(),
-            kind: special_kind(meta),
-        });
-    };
-    let is_dir = kind == Kind::Dir;
+    let entry = entry_for(source, meta, adding.origin(source))?;
+    let is_dir = entry.kind == Kind::Dir;
     // `dest` empty means the image root: only a directory's contents can go there.
     if !dest.as_os_str().is_empty() {
-        let entry = Entry {
-            mode: if ft.is_symlink() { 0o777 } else { mode },
-            kind,
-            origin: adding.origin(source),
-        };
-        match plan.get_mut(&dest) {
-            None => {
-                plan.insert(dest.clone(), entry);
-            }
-            // Two directories merge; an explicit directory's mode wins over an implied one.
-            Some(existing) if existing.kind == Kind::Dir && is_dir => {
-                if matches!(existing.origin, Origin::Parent(_)) {
-                    *existing = entry;
-                }
-            }
-            // The same file or symlink reached twice (a library two executables need).
-            Some(existing) if existing.kind == entry.kind && existing.mode == entry.mode => {}
-            Some(existing) => {
-                return Err(PackError::Conflict {
-                    dest: format!("/{}", dest.display()),
-                    first: existing.origin.to_string(),
-                    second: entry.origin.to_string(),
-                });
-            }
-        }
+        insert(plan, dest.clone(), entry)?;
     } else if !is_dir {
         return Err(PackError::BadInput {
             spec: source.display().to_string(),
@@ -270,7 +721,7 @@ mod tests {
             Input::at(root.join("d"), "/opt/d", "d").expect("input"),
             Input::at(root.join("f"), "/opt/f", "f").expect("input"),
         ];
-        let (p, _) = plan(&inputs).expect("plan");
+        let p = plan(&inputs, &Closure::Elf).expect("plan").plan;
         let paths: Vec<_> = p.keys().map(|k| k.display().to_string()).collect();
         assert_eq!(
             paths,
@@ -289,7 +740,127 @@ mod tests {
             Input::at(root.join("f"), "/x", "f").expect("input"),
             Input::at(root.join("d/a-b"), "/x", "a-b").expect("input"),
         ];
-        let err = plan(&clash).expect_err("conflict").to_string();
+        let err = plan(&clash, &Closure::Elf)
+            .expect_err("conflict")
+            .to_string();
         assert!(err.contains("both go to /x"), "{err}");
+    }
+
+    /// A machine of its own in a folder: a dpkg database and the files it lists.
+    fn fake_machine() -> (tempfile::TempDir, Arc<dyn PackageDb>) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let write = |path: &str, body: &str, mode: u32| {
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, body).expect("write");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        let md5 = |body: &str| {
+            use md5::Digest as _;
+            hex::encode(md5::Md5::digest(body.as_bytes()))
+        };
+        write("usr/bin/app", "#!/bin/sh\n", 0o755);
+        write("usr/lib/libfoo.so", "foo", 0o644);
+        write("usr/lib/virt/impl", "provided", 0o644);
+        write("usr/lib/app/private", "root only", 0o600);
+        write("usr/share/doc/app/copyright", "docs", 0o644);
+        write("etc/app.conf", "shipped = yes\n", 0o644);
+        write("etc/secret.conf", "password = hunter2\n", 0o644);
+        write("usr/lib/extra/plugin", "extra", 0o644);
+        write("usr/bin/other", "other", 0o755);
+        write("usr/lib/unrelated", "no", 0o644);
+        let status = format!(
+            "Package: app\nStatus: install ok installed\nArchitecture: amd64\nInstalled-Size: 10\n\
+             Depends: libfoo (>= 1), missing-thing | virt\nConffiles:\n /etc/app.conf {}\n /etc/secret.conf {}\n\n\
+             Package: app-extra\nStatus: install ok installed\nSource: app\nDepends: app\n\n\
+             Package: libfoo\nStatus: install ok installed\nArchitecture: amd64\nInstalled-Size: 3\n\n\
+             Package: provider\nStatus: install ok installed\nProvides: virt\n\n\
+             Package: other\nStatus: install ok installed\nDepends: libfoo\n\n\
+             Package: unrelated\nStatus: install ok installed\n\n\
+             Package: removed\nStatus: deinstall ok config-files\n",
+            md5("shipped = yes\n"),
+            md5("password = changed-by-the-admin\n"),
+        );
+        write("var/lib/dpkg/status", &status, 0o644);
+        let lists = [
+            (
+                "app",
+                "/.\n/usr\n/usr/bin\n/usr/bin/app\n/usr/lib\n/usr/lib/app\n/usr/lib/app/private\n/usr/share/doc/app/copyright\n/etc\n/etc/app.conf\n/etc/secret.conf\n",
+            ),
+            ("app-extra", "/usr/lib/extra\n/usr/lib/extra/plugin\n"),
+            ("libfoo:amd64", "/usr/lib\n/usr/lib/libfoo.so\n"),
+            ("provider", "/usr/lib/virt\n/usr/lib/virt/impl\n"),
+            ("other", "/usr/bin/other\n"),
+            ("unrelated", "/usr/lib/unrelated\n"),
+        ];
+        for (name, list) in lists {
+            write(&format!("var/lib/dpkg/info/{name}.list"), list, 0o644);
+        }
+        let db = crate::runtime::dpkg::Database::load(root)
+            .expect("load")
+            .expect("a database");
+        (dir, Arc::new(db))
+    }
+
+    #[test]
+    fn packages_bring_their_dependencies_but_no_docs_edits_or_private_files() {
+        let (dir, db) = fake_machine();
+        let root = dir.path();
+        let closure = Closure::Packages(db.clone(), Base::default());
+        let inputs = [Input::at(root.join("usr/bin/app"), "/app", "app").expect("input")];
+        let planned = plan(&inputs, &closure).expect("plan");
+        let has = |p: &str| planned.plan.contains_key(Path::new(p));
+        for present in [
+            "app",
+            "usr/bin/app",
+            "usr/lib/libfoo.so",
+            "usr/lib/virt/impl",
+            "etc/app.conf",
+            "usr/lib/extra/plugin",
+        ] {
+            assert!(
+                has(present),
+                "{present} is missing: {:?}",
+                planned.plan.keys()
+            );
+        }
+        for absent in [
+            "usr/share/doc/app/copyright",
+            "etc/secret.conf",
+            "usr/lib/app/private",
+            "usr/bin/other",
+            "usr/lib/unrelated",
+        ] {
+            assert!(!has(absent), "{absent} must not be packed");
+        }
+        let names: Vec<&str> = planned.packages.keys().map(|p| db.name(*p)).collect();
+        assert_eq!(names, ["app", "app-extra", "libfoo", "provider"]);
+
+        // One layer per package, the most depended-on (libfoo) first, the image's own last;
+        // libfoo's layer is the same in another image that holds it.
+        let split = layers(&planned, Some(db.as_ref()));
+        let labels: Vec<&str> = split.iter().map(|l| l.label.as_str()).collect();
+        assert_eq!(labels[0], "libfoo");
+        assert_eq!(labels.last(), Some(&"image"));
+        let top: Vec<_> = split.last().expect("top").plan.keys().collect();
+        assert_eq!(top, [Path::new("app")]);
+        let other = [Input::at(root.join("usr/bin/other"), "/other", "o").expect("input")];
+        let planned_other = plan(&other, &closure).expect("plan");
+        let layers_other = layers(&planned_other, Some(db.as_ref()));
+        assert_eq!(layers_other[0].label, "libfoo");
+        // The same entries (why each is there aside, which is not in the tar).
+        let bytes = |p: &Plan| -> Vec<(PathBuf, u32, Kind)> {
+            p.iter()
+                .map(|(k, e)| (k.clone(), e.mode, e.kind.clone()))
+                .collect()
+        };
+        assert_eq!(bytes(&layers_other[0].plan), bytes(&split[0].plan));
+
+        // With the ELF closure only, nothing of the packages comes along.
+        let elf = plan(&inputs, &Closure::Elf).expect("plan");
+        assert_eq!(elf.plan.keys().collect::<Vec<_>>(), [Path::new("app")]);
+        assert_eq!(layers(&elf, None).len(), 1);
     }
 }

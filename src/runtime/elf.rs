@@ -214,14 +214,34 @@ pub struct Needed {
     pub image: PathBuf,
 }
 
-/// The closure of one executable: its interpreter and libraries, every symlink on the way to
-/// each of them included, each once, in the order found. Empty for a static executable.
+/// What one object needs to load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Its interpreter and libraries, every symlink on the way to each included, each once,
+    /// in the order found.
+    pub items: Vec<Needed>,
+    /// Image directories of libraries found only through the machine's `/etc/ld.so.conf`:
+    /// the image has no `ld.so.cache`, so its loader would not look there unless told
+    /// (`LD_LIBRARY_PATH`).
+    pub conf_dirs: Vec<PathBuf>,
+}
+
+/// The closure of one object: an executable's interpreter and libraries, or a shared
+/// library's libraries, searched as `interp` (the interpreter of the image's programs)
+/// searches when the object names none itself. Empty for a static executable, and for a
+/// library when there is no interpreter to search as.
 ///
 /// `exe` is the host file; `image_path` is where it goes in the image (for `$ORIGIN`).
-pub fn closure(exe: &Path, image_path: &Path, info: &ElfInfo) -> Result<Vec<Needed>, ClosureError> {
-    let Some(interp) = &info.interpreter else {
-        return Ok(Vec::new());
+pub fn closure(
+    exe: &Path,
+    image_path: &Path,
+    info: &ElfInfo,
+    interp: Option<&Path>,
+) -> Result<Needs, ClosureError> {
+    let Some(interp) = info.interpreter.as_deref().or(interp) else {
+        return Ok(Needs::default());
     };
+    let interp = &interp.to_path_buf();
     let mut out = Closure::default();
     let interp_file =
         walk(interp, &mut |p| out.push(p, p)).map_err(|source| ClosureError::Interpreter {
@@ -234,8 +254,15 @@ pub fn closure(exe: &Path, image_path: &Path, info: &ElfInfo) -> Result<Vec<Need
         Flavor::Glibc => ld_so_conf(Path::new("/etc/ld.so.conf"), 0),
         Flavor::Musl(_) => Vec::new(),
     };
-    dirs.extend(flavor.default_dirs(&interp_file, info.kind.0));
+    let defaults = flavor.default_dirs(&interp_file, info.kind.0);
+    let conf_only: HashSet<PathBuf> = dirs
+        .iter()
+        .filter(|d| !defaults.contains(d))
+        .cloned()
+        .collect();
+    dirs.extend(defaults);
     dedup(&mut dirs);
+    let mut conf_dirs = Vec::new();
 
     let root = Object {
         host: fs::canonicalize(exe).map_err(io_err(exe))?,
@@ -271,6 +298,9 @@ pub fn closure(exe: &Path, image_path: &Path, info: &ElfInfo) -> Result<Vec<Need
                 continue;
             }
             let (host, place, lib_info) = locate(name, &obj, &search, info.kind)?;
+            if conf_only.contains(&place.host) && !conf_dirs.contains(&place.image) {
+                conf_dirs.push(place.image.clone());
+            }
             // Everything met on the way to the file goes where the loader will look for it:
             // through `$ORIGIN`, relative to the object's place in the image.
             let file = walk(&host, &mut |p| out.push(p, &place.image_of(p))).map_err(|source| {
@@ -287,7 +317,10 @@ pub fn closure(exe: &Path, image_path: &Path, info: &ElfInfo) -> Result<Vec<Need
             });
         }
     }
-    Ok(out.items)
+    Ok(Needs {
+        items: out.items,
+        conf_dirs,
+    })
 }
 
 /// Finds `name` for `obj` in `search` (or at its own path, if it has a `/`): the host path,
@@ -758,7 +791,7 @@ mod tests {
         let info = read_elf(&ok).expect("parse").expect("is ELF");
         assert_eq!(info.interpreter, Some(PathBuf::from(interp)));
         assert!(info.needed.is_empty());
-        let err = closure(&ok, Path::new("/ok"), &info).expect_err("no interpreter");
+        let err = closure(&ok, Path::new("/ok"), &info, None).expect_err("no interpreter");
         assert!(
             err.to_string()
                 .starts_with("program interpreter /nonexistent/ld.so of "),

@@ -3,5 +3,11 @@
 //! | file | owns |
 //! |---|---|
 //! | `elf.rs` | a dynamic ELF object's interpreter and libraries, found as ld.so finds them (reads headers only) |
+//! | `packages.rs` | the package-database interface: owners, dependencies, which package files may be packed |
+//! | `dpkg.rs` | that interface over Debian's dpkg database, read directly |
+//! | `base.rs` | the minimal base of an image with packages: users, groups, `/tmp`, the CA bundle |
 
+pub mod base;
+pub mod dpkg;
 pub mod elf;
+pub mod packages;

@@ -63,12 +63,13 @@ impl Store {
     /// sha256 and never rewritten, so its stamp stays the same and the layer cache keeps
     /// hitting. Mode 0644 whatever the umask and mtime 0, as the tar entry should be anyway
     /// (a file of known content is settled from birth).
-    pub async fn materialize(&self, bytes: &'static [u8]) -> Result<PathBuf> {
+    pub async fn materialize(&self, bytes: impl Into<Vec<u8>>) -> Result<PathBuf> {
+        let bytes: Vec<u8> = bytes.into();
         let dest = self
             .root
             .join("cache")
             .join("files")
-            .join(Digest::sha256_of(bytes).hex());
+            .join(Digest::sha256_of(&bytes).hex());
         let s = self.clone();
         blocking(move || {
             if let Ok(m) = stdfs::metadata(&dest)
@@ -79,7 +80,7 @@ impl Store {
             let dir = dest.parent().unwrap_or(&dest).to_owned();
             create_dirs_durably(&dir)?;
             let (mut file, temp) = s.create_temp("file-")?;
-            ctx(io::Write::write_all(&mut file, bytes), "write", &temp)?;
+            ctx(io::Write::write_all(&mut file, &bytes), "write", &temp)?;
             use std::os::unix::fs::PermissionsExt;
             ctx(
                 file.set_permissions(stdfs::Permissions::from_mode(0o644)),

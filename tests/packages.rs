@@ -476,3 +476,76 @@ fn curl_in_its_image_reaches_an_https_server_the_machine_trusts() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Removes what the test added to the machine's loader configuration.
+struct LoaderConf(Vec<std::path::PathBuf>);
+
+impl Drop for LoaderConf {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+        }
+        let _ = Command::new("ldconfig").output();
+    }
+}
+
+/// A library the host's loader finds only through /etc/ld.so.conf reaches the image's loader
+/// too: the image has no ld.so.cache, so its config says LD_LIBRARY_PATH.
+#[test]
+fn a_library_found_through_ld_so_conf_is_found_in_the_image() {
+    if !have_docker() || !common::have_tool("cc", "gcc") {
+        return;
+    }
+    if !nix_root() {
+        common::skip("adding a directory to the machine's ld.so.conf needs root");
+        return;
+    }
+    let _machine = machine_write();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let libdir = std::path::PathBuf::from(format!(
+        "/usr/local/lib/quinistry-test-{}",
+        std::process::id()
+    ));
+    let conf = std::path::PathBuf::from(format!(
+        "/etc/ld.so.conf.d/quinistry-test-{}.conf",
+        std::process::id()
+    ));
+    let _undo = LoaderConf(vec![libdir.clone(), conf.clone()]);
+    std::fs::create_dir_all(&libdir).expect("mkdir");
+    std::fs::write(&conf, format!("{}\n", libdir.display())).expect("conf");
+    std::fs::write(
+        dir.path().join("hi.c"),
+        "#include <stdio.h>\nvoid hi(void) { puts(\"found through ld.so.conf\"); }\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("app.c"),
+        "void hi(void);\nint main(void) { hi(); return 0; }\n",
+    )
+    .expect("write");
+    sh(&format!(
+        "cd '{d}' && cc -shared -fPIC -Wl,-soname,libhi.so -o '{l}/libhi.so' hi.c \
+         && cc -o app app.c -L'{l}' -lhi && ldconfig",
+        d = dir.path().display(),
+        l = libdir.display()
+    ));
+    let spec = format!("conf/app={}", dir.path().join("app").display());
+    let server = Serving::start(&dir.path().join("store"), dir.path(), &["--image", &spec]);
+    let image = format!("{}/conf/app:latest", server.addr);
+    let _cleanup = DockerCleanup::images(&[&image]);
+    assert_eq!(
+        run_in(&[], &image, &[]).0.trim(),
+        "found through ld.so.conf"
+    );
+    let env = common::docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Env}}",
+        &image,
+    ]);
+    assert!(
+        env.contains(&format!("LD_LIBRARY_PATH={}", libdir.display())),
+        "{env}"
+    );
+}

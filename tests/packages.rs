@@ -99,16 +99,28 @@ fn installed_programs_run_in_docker_doing_real_work_and_share_layers() {
     let images = images.display().to_string();
     // Every program of the machine is an image; the scan is timed by the start-up.
     let started = std::time::Instant::now();
-    let server = Serving::start(
-        &dir.path().join("store"),
-        dir.path(),
-        &["--root", "/usr/bin", "--images", &images],
-    );
+    // And each program as an --image of its own too (python3 is served through the root).
+    let mut args = vec![
+        "--root".to_owned(),
+        "/usr/bin".to_owned(),
+        "--images".to_owned(),
+        images,
+    ];
+    for name in ["perl", "git", "curl", "openssl", "file", "gpg", "sqlite3"] {
+        args.push("--image".to_owned());
+        args.push(format!("img/{name}=/usr/bin/{name}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Serving::start(&dir.path().join("store"), dir.path(), &args);
     eprintln!(
         "serve --root /usr/bin listening after {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
-    let image = |name: &str| format!("{}/{name}:latest", server.addr);
+    // python3 by its name under the root, ssh from the file, the rest by their --image.
+    let image = |name: &str| match name {
+        "python3" | "ssh" => format!("{}/{name}:latest", server.addr),
+        _ => format!("{}/img/{name}:latest", server.addr),
+    };
     let mut cleanup = DockerCleanup::default();
     for name in [
         "python3", "perl", "git", "curl", "openssl", "ssh", "file", "gpg", "sqlite3",

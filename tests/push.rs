@@ -1395,3 +1395,60 @@ async fn the_catalog_and_tag_lists_agree_as_a_repository_empties() {
     assert_eq!(listed().await, json!([]));
     assert_eq!(code(f.get("/v2/app/tags/list").await).await, "NAME_UNKNOWN");
 }
+
+/// Manifest pushes with tags racing deletes of the same manifest by digest: after any
+/// interleaving, every tag must name a manifest its repository links (else a pull by tag
+/// fails at the manifest's digest). Without the repository lock, every run of this ended with
+/// such a tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_racing_deletes_never_leave_a_tag_on_an_unlinked_manifest() {
+    let f = Arc::new(Fixture::new(pushing()).await);
+    let manifest = f.image("race", &[b"layer"]).await;
+    let digest = digest_of(&manifest);
+    let mut dangling = Vec::new();
+    for round in 0..30 {
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (f, manifest) = (f.clone(), manifest.clone());
+            tasks.push(tokio::spawn(async move {
+                f.put_manifest("race", &format!("t{}", i % 3), OCI_MANIFEST, &manifest)
+                    .await
+                    .status()
+            }));
+        }
+        for _ in 0..6 {
+            let f = f.clone();
+            let path = format!("/v2/race/manifests/{digest}");
+            tasks.push(tokio::spawn(async move { f.delete(&path).await.status() }));
+        }
+        for t in tasks {
+            let status = t.await.expect("join");
+            assert!(
+                [
+                    StatusCode::CREATED,
+                    StatusCode::ACCEPTED,
+                    StatusCode::NOT_FOUND
+                ]
+                .contains(&status),
+                "{status}"
+            );
+        }
+        let list: Value = f.get("/v2/race/tags/list").await.json_value().await;
+        for tag in list["tags"].as_array().into_iter().flatten() {
+            let tag = tag.as_str().expect("tag");
+            let r = f.get(&format!("/v2/race/manifests/{tag}")).await;
+            if r.status() != StatusCode::OK {
+                dangling.push(format!("round {round}: tag {tag} is {}", r.status()));
+                continue;
+            }
+            let named = header(&r, "docker-content-digest");
+            let by_digest = f.get(&format!("/v2/race/manifests/{named}")).await.status();
+            if by_digest != StatusCode::OK {
+                dangling.push(format!(
+                    "round {round}: tag {tag} names {named}, which is {by_digest}"
+                ));
+            }
+        }
+    }
+    assert!(dangling.is_empty(), "{dangling:#?}");
+}

@@ -97,6 +97,8 @@ pub async fn delete(
     digest: &Digest,
 ) -> Result<Response<Body>, RegistryError> {
     registry.require_repository(name).await?;
+    // Not while a manifest push in this repository checks that its blobs are here.
+    let _lock = registry.lock_repository(name).await;
     if !registry.unlink(name, Link::Blob, digest).await? {
         return Err(unknown(name, digest));
     }

@@ -159,6 +159,9 @@ pub async fn put(
         .iter()
         .map(|b| (b, Link::Blob))
         .chain(pushed.children.iter().map(|c| (c, Link::Manifest)));
+    // From here to the last tag, no delete in this repository interleaves: the links checked
+    // stay, and a tag is never set on a manifest a delete is unlinking.
+    let _lock = registry.lock_repository(name).await;
     for ((blob, size), kind) in wanted {
         if !registry.is_linked(name, kind, blob).await? {
             let what = match kind {
@@ -224,6 +227,7 @@ pub async fn delete(
     reference: &Reference,
 ) -> Result<Response<Body>, RegistryError> {
     registry.require_repository(name).await?;
+    let _lock = registry.lock_repository(name).await;
     match reference {
         Reference::Tag(tag) => {
             refuse_on_demand(registry, name, tag.as_str()).await?;

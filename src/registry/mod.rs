@@ -147,7 +147,17 @@ pub struct Registry {
     /// Repository links found in the store. Only this process removes links (and forgets
     /// them here when it does), so a link once seen stays true; a new one is read at once.
     linked: RwLock<HashSet<(Name, Link, Digest)>>,
+    /// Writes that change what a repository's tags and links mean to each other (a manifest
+    /// push with its tags, a delete by digest with the tags it takes, a blob delete) hold the
+    /// lock of their repository, so no interleaving leaves a tag naming an unlinked manifest.
+    /// Striped: a fixed number of locks, a repository's chosen by the hash of its name, so
+    /// their memory does not grow with the repositories.
+    repository_locks: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// How many repository locks there are (two repositories may share one; they then wait for
+/// each other's writes, which is harmless).
+const REPOSITORY_LOCKS: usize = 64;
 
 /// What the store said recently about things that can change under us (tags, repositories),
 /// trusted for `TAG_TTL`. Only things found are kept, so something new is seen at once and the
@@ -210,7 +220,20 @@ impl Registry {
             access: Access::default(),
             uploads: None,
             linked: RwLock::new(HashSet::new()),
+            repository_locks: (0..REPOSITORY_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// The write lock of repository `name` (see `repository_locks`).
+    async fn lock_repository(&self, name: &Name) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        self.repository_locks[(h.finish() % REPOSITORY_LOCKS as u64) as usize]
+            .lock()
+            .await
     }
 
     /// The registry with these access rules (say, pushing on).

@@ -27,6 +27,19 @@
 //! distribution's `_layers` and `_manifests`), so a blob pushed into one repository is not
 //! served through another. A link is an empty file: its existence is the whole record.
 //!
+//! **Tags and links stay consistent** (a tag names a manifest its repository links; a linked
+//! manifest's blobs are linked): every write that could break that is ordered so that a
+//! crash leaves it true, and writers that could interleave are serialized per repository.
+//! - Order: a blob or manifest is committed before it is linked; a manifest's blobs are
+//!   linked before it is; a tag is written after the manifest's link; a delete by digest
+//!   removes the tags first, then the link. A crash between two steps leaves at most an
+//!   unlinked blob (garbage), never a dangling tag.
+//! - Serialization: the registry holds a per-repository lock over a manifest push (from the
+//!   check of its blobs to its last tag), a delete by tag or digest, and a blob delete, so a
+//!   push cannot tag a manifest a concurrent delete is unlinking. The lock is in the
+//!   process: a second process writing the same repository's tags (`quinistry pack --tag`)
+//!   is not serialized with it.
+//!
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | every path above, opening a store, temp files, the durable file operations |

@@ -363,6 +363,11 @@ pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
 
 /// The media type of a manifest or index document, or `None` if `bytes` is not one. An OCI
 /// document may omit `mediaType`; its shape tells then.
+/// `media_type` if it is a manifest media type we serve.
+pub fn known_manifest_type(media_type: &str) -> Option<&'static str> {
+    MANIFEST_MEDIA_TYPES.into_iter().find(|t| *t == media_type)
+}
+
 pub fn manifest_media_type(bytes: &[u8]) -> Option<&'static str> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -428,6 +433,9 @@ struct PushedDescriptor {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushedManifest {
     pub media_type: &'static str,
+    /// Whether the document says its media type itself; if not, `media_type` came from the
+    /// push's `Content-Type` (or its shape) and must be remembered beside it.
+    pub declared: bool,
     /// Blobs (config, layers) the repository must hold, with the sizes the manifest claims.
     pub blobs: Vec<(Digest, u64)>,
     /// Manifests (of an index) the repository must hold.
@@ -463,6 +471,13 @@ pub fn parse_pushed_manifest(
     if doc.schema_version != Some(2) {
         return Err("schemaVersion must be 2 (Docker schema 1 is not supported)".to_owned());
     }
+    // What the document is, by its shape: it must not be both an image and an index.
+    let image_shaped = doc.config.is_some() || doc.layers.is_some();
+    if image_shaped && doc.manifests.is_some() {
+        return Err(
+            "the document has both an image's config/layers and an index's manifests".to_owned(),
+        );
+    }
     let known = |t: &str| MANIFEST_MEDIA_TYPES.into_iter().find(|k| *k == t);
     let content_type = content_type.filter(|t| !t.is_empty());
     let media_type = match (doc.media_type.as_deref(), content_type) {
@@ -487,7 +502,18 @@ pub fn parse_pushed_manifest(
         Ok((digest, size))
     };
     let is_index = media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST;
+    if is_index && image_shaped {
+        return Err(format!(
+            "{media_type} is an index, but the document has an image's config/layers"
+        ));
+    }
+    if !is_index && doc.manifests.is_some() {
+        return Err(format!(
+            "{media_type} is an image manifest, but the document has an index's manifests"
+        ));
+    }
     let mut pushed = PushedManifest {
+        declared: doc.media_type.is_some(),
         media_type,
         blobs: Vec::new(),
         children: Vec::new(),

@@ -1452,3 +1452,59 @@ async fn pushes_racing_deletes_never_leave_a_tag_on_an_unlinked_manifest() {
     }
     assert!(dangling.is_empty(), "{dangling:#?}");
 }
+
+/// What a pushed document is follows its shape and the type it was pushed with: a document
+/// both an image and an index is refused, and one without a `mediaType` is served as the
+/// `Content-Type` it was pushed with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_are_judged_by_their_shape_and_served_as_pushed() {
+    let f = Fixture::new(pushing()).await;
+    let image = f.image("shape", &[b"layer"]).await;
+    let size = serde_json::to_vec(&image).expect("json").len();
+    f.put_manifest("shape", "v1", OCI_MANIFEST, &image).await;
+    let digest = digest_of(&image);
+
+    // An image manifest's type, no mediaType, config and layers plus a manifests list.
+    let mut both = image.clone();
+    both.as_object_mut().expect("object").remove("mediaType");
+    both["manifests"] =
+        json!([{"mediaType": OCI_MANIFEST, "digest": digest.to_string(), "size": size}]);
+    let r = f.put_manifest("shape", "both", OCI_MANIFEST, &both).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(code(r).await, "MANIFEST_INVALID");
+    // An index type with an image's layers.
+    let mut index = both.clone();
+    index.as_object_mut().expect("object").remove("manifests");
+    let r = f.put_manifest("shape", "idx", OCI_INDEX, &index).await;
+    assert_eq!(code(r).await, "MANIFEST_INVALID");
+    // An image type with an index's manifests and no config.
+    let list = json!({"schemaVersion": 2, "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest.to_string(), "size": size}]});
+    let r = f.put_manifest("shape", "img", OCI_MANIFEST, &list).await;
+    assert_eq!(code(r).await, "MANIFEST_INVALID");
+
+    // Docker schema 2 without a mediaType, pushed as Docker schema 2, stays Docker schema 2.
+    let mut docker = image.clone();
+    docker.as_object_mut().expect("object").remove("mediaType");
+    docker["config"]["mediaType"] = json!("application/vnd.docker.container.image.v1+json");
+    let docker_digest = digest_of(&docker);
+    let r = f
+        .put_manifest("shape", "docker", DOCKER_MANIFEST, &docker)
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for reference in ["docker".to_owned(), docker_digest.to_string()] {
+        let r = f
+            .send(
+                Method::GET,
+                &format!("/v2/shape/manifests/{reference}"),
+                &[("accept", DOCKER_MANIFEST)],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "{reference}");
+        assert_eq!(header(&r, "content-type"), DOCKER_MANIFEST, "{reference}");
+        assert_eq!(
+            header(&r, "docker-content-digest"),
+            docker_digest.to_string()
+        );
+    }
+}

@@ -184,6 +184,12 @@ pub async fn put(
         }
     }
     registry.store().put_with(algorithm, &bytes).await?;
+    if !pushed.declared {
+        registry
+            .store()
+            .set_manifest_type(&digest, pushed.media_type)
+            .await?;
+    }
     registry.link(name, Link::Manifest, &digest).await?;
     if let Some(subject) = &pushed.subject {
         registry

@@ -356,7 +356,11 @@ impl Registry {
                 actual,
             });
         }
-        let Some(media_type) = image::manifest_media_type(&bytes) else {
+        // A manifest without a `mediaType` is what it was pushed as; else what it says, or
+        // (stores from before the record) what its shape says.
+        let recorded = self.store.manifest_type(digest).await?;
+        let recorded = recorded.and_then(|t| image::known_manifest_type(&t));
+        let Some(media_type) = recorded.or_else(|| image::manifest_media_type(&bytes)) else {
             return Ok(None);
         };
         let manifest = Arc::new(Manifest {

@@ -100,6 +100,35 @@ impl Store {
         .await
     }
 
+    /// Remembers the media type a manifest without a `mediaType` of its own was pushed as,
+    /// so it is served as that (a Docker schema 2 manifest stays one). Atomic; durable before
+    /// the manifest is linked.
+    pub async fn set_manifest_type(&self, digest: &Digest, media_type: &str) -> Result<()> {
+        let s = self.clone();
+        let dest = self.manifest_type_path(digest);
+        let body = media_type.as_bytes().to_vec();
+        blocking(move || {
+            let dir = dest.parent().unwrap_or(&dest).to_owned();
+            create_dirs_durably(&dir)?;
+            let (mut file, temp) = s.create_temp("type-")?;
+            ctx(io::Write::write_all(&mut file, &body), "write", &temp)?;
+            ctx(file.sync_all(), "fsync", &temp)?;
+            ctx(temp.persist(&dest).map_err(|e| e.error), "write", &dest)?;
+            sync_dir(&dir)
+        })
+        .await
+    }
+
+    /// The media type recorded for a manifest without one of its own, if any.
+    pub async fn manifest_type(&self, digest: &Digest) -> Result<Option<String>> {
+        let path = self.manifest_type_path(digest);
+        match tokio::fs::read_to_string(&path).await {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => ctx(Err(e), "read manifest type", &path),
+        }
+    }
+
     /// How the blob's file looks on disk now, or `None` if the store does not have it.
     pub async fn blob_stamp(&self, digest: &Digest) -> Result<Option<FileStamp>> {
         let path = self.blob_path(digest);

@@ -12,6 +12,8 @@
 //!                                            empty: manifest <d> in <name> has that subject
 //! <root>/cache/layers/<hex>                  a layer-cache record: which layer a set of input
 //!                                            files packed into (JSON, see `cache`)
+//! <root>/types/<d>                          the media type a manifest without a `mediaType`
+//!                                            was pushed as (`application/vnd.docker...`)
 //! <root>/cache/files/<hex>                   a file made from bytes in memory so that it can
 //!                                            be packed (the self-image's license notices),
 //!                                            named by its sha256, mode 0644, mtime 0
@@ -179,6 +181,11 @@ impl Store {
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         // Digest's hex is validated lowercase hex of fixed length: a safe file name.
         self.blob_dir(digest.algorithm()).join(digest.hex())
+    }
+
+    /// Where the pushed media type of a manifest without a `mediaType` is kept.
+    fn manifest_type_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("types").join(file_name(digest))
     }
 
     fn layer_cache_dir(&self) -> PathBuf {

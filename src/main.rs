@@ -37,10 +37,15 @@ enum Command {
     Serve(ServeArgs),
     /// Pack files or directories (default: this executable, as /main) into an image.
     Pack(PackArgs),
-    /// Re-hash every blob in the store and report any whose content does not match its name.
+    /// Re-hash every blob in the store and check that tags, links, manifests and referrer
+    /// records agree; exits non-zero on any inconsistency.
     Verify {
         #[command(flatten)]
         store: StoreArg,
+        /// Remove what is provably dangling (tags, links and referrer records naming what is
+        /// not there), and report it; nothing else is changed
+        #[arg(long)]
+        repair: bool,
     },
     /// Print the license notices of the crates this executable is built from (the self-image
     /// carries them at /usr/share/doc/quinistry/copyright).
@@ -203,7 +208,7 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Serve(args)) => run_serve(args).await,
             Some(Command::Pack(args)) => run_pack(args).await,
-            Some(Command::Verify { store }) => run_verify(store).await,
+            Some(Command::Verify { store, repair }) => run_verify(store, repair).await,
             Some(Command::Licenses) => {
                 use std::io::Write;
                 std::io::stdout()
@@ -676,12 +681,12 @@ fn report(
     }
 }
 
-async fn run_verify(arg: StoreArg) -> Result<(), String> {
+async fn run_verify(arg: StoreArg, repair: bool) -> Result<(), String> {
     let dir = arg.dir()?;
     let store = Store::open_existing(&dir).await.map_err(msg)?;
     let mut bad = 0usize;
     let mut good = 0usize;
-    for entry in store.blobs().await.map_err(|e| e.to_string())? {
+    for entry in store.blobs().await.map_err(msg)? {
         match entry {
             Ok(digest) => match store.verify(&digest).await {
                 Ok(()) => good += 1,
@@ -701,12 +706,42 @@ async fn run_verify(arg: StoreArg) -> Result<(), String> {
         }
     }
     println!("verified {good} blobs in {}, {bad} bad", dir.display());
+    let graph = quinistry::store::verify::check_graph(&store, repair)
+        .await
+        .map_err(msg)?;
+    for problem in &graph.problems {
+        let verb = if repair && problem.repairable() {
+            "REPAIRED"
+        } else {
+            "BROKEN  "
+        };
+        println!("{verb} {problem}");
+    }
+    println!(
+        "graph: {} repositories, {} tags, {} links, {} manifests; {} inconsistencies, {} repaired",
+        graph.repositories,
+        graph.tags,
+        graph.links,
+        graph.manifests,
+        graph.problems.len(),
+        graph.repaired
+    );
     if bad > 0 {
-        Err(format!(
+        return Err(format!(
             "{bad} blobs in {} do not match their names",
             dir.display()
-        ))
-    } else {
-        Ok(())
+        ));
+    }
+    match graph.remaining() {
+        0 => Ok(()),
+        n => Err(format!(
+            "{n} inconsistencies in {}{}",
+            dir.display(),
+            if repair {
+                " remain after --repair"
+            } else {
+                " (--repair removes the dangling ones)"
+            }
+        )),
     }
 }

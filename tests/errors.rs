@@ -317,3 +317,43 @@ fn verify_reports_a_corrupted_blob() {
         "{stdout}"
     );
 }
+
+#[test]
+fn verify_checks_the_graph_and_repair_removes_only_what_dangles() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let store = t.path().join("store");
+    let input = t.path().join("f");
+    std::fs::write(&input, b"data").expect("write");
+    let r = report(&run_ok(
+        pack_in(&store).args(["--tag", "app:v1"]).arg(&input),
+    ));
+    let verify = |repair: bool| {
+        let mut c = quinistry();
+        c.arg("verify").arg("--store").arg(&store);
+        if repair {
+            c.arg("--repair");
+        }
+        let out = c.output().expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = verify(false);
+    assert!(ok && text.contains("0 inconsistencies"), "{text}");
+    // The manifest's bytes lost: its tag and its link now name nothing.
+    std::fs::remove_file(blob(&store, &r["manifest"])).expect("remove");
+    let (ok, text) = verify(false);
+    assert!(!ok, "verify passed a dangling tag:\n{text}");
+    assert!(
+        text.contains("BROKEN   tag app:v1") && text.contains("not stored"),
+        "{text}"
+    );
+    let (ok, text) = verify(true);
+    assert!(ok, "{text}");
+    assert!(text.contains("REPAIRED tag app:v1"), "{text}");
+    let (ok, text) = verify(false);
+    assert!(ok && text.contains("0 inconsistencies"), "{text}");
+    // The config and layer are untouched: repair removes records, never blobs.
+    assert!(blob(&store, &r["config"]).exists() && blob(&store, &r["layer"]).exists());
+}

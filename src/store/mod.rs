@@ -47,9 +47,11 @@
 //! | `mod.rs` | every path above, opening a store, temp files, the durable file operations |
 //! | `blobs.rs` | blobs: writing (`BlobWriter`), reading, verifying, listing; layer-cache records |
 //! | `repositories.rs` | tags, links, referrer records, and which repositories exist |
+//! | `verify.rs` | the graph check: tags, links, manifests and referrers against each other |
 
 mod blobs;
 mod repositories;
+pub mod verify;
 
 use std::fs as stdfs;
 use std::io;

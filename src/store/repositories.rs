@@ -168,6 +168,27 @@ impl Store {
         blocking(move || list_names(&dir, parse_file_name)).await
     }
 
+    /// The digests repository `name` links as `kind`, sorted (bytes present or not).
+    pub async fn links(&self, name: &Name, kind: Link) -> Result<Vec<Digest>> {
+        let dir = self.repository_dir(name).join(kind.dir());
+        blocking(move || list_names(&dir, parse_file_name)).await
+    }
+
+    /// Every referrer record of repository `name`: (subject, referrer), sorted.
+    pub async fn referrer_records(&self, name: &Name) -> Result<Vec<(Digest, Digest)>> {
+        let dir = self.repository_dir(name).join("_referrers");
+        blocking(move || {
+            let mut out = Vec::new();
+            for subject in list_names(&dir, parse_file_name)? {
+                for referrer in list_names(&dir.join(file_name(&subject)), parse_file_name)? {
+                    out.push((subject.clone(), referrer));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// The tags of a repository, sorted; empty if the repository has none.
     pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>> {
         let dir = self.tags_dir(name);

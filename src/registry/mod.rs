@@ -131,8 +131,8 @@ pub struct Manifest {
 pub struct Registry {
     store: Store,
     /// Manifests by digest, parsed and hash-checked once. Blobs never change, so an entry never
-    /// goes stale; entries exist only for manifests in the store, which bounds the map.
-    manifests: RwLock<HashMap<Digest, Arc<Manifest>>>,
+    /// goes stale. Bounded by bytes: a client can push many 4 MiB manifests.
+    manifests: std::sync::Mutex<ManifestCache>,
     /// Tags found in the store.
     tags: Recent<(Name, Tag), Digest>,
     /// Repositories found in the store.
@@ -198,6 +198,49 @@ impl<K: Eq + std::hash::Hash + Clone, V: Clone> Recent<K, V> {
     }
 }
 
+/// How many bytes of manifests the registry keeps parsed in memory (least recently used ones
+/// go first): thousands of ordinary manifests, a handful of the largest (4 MiB).
+const MANIFEST_CACHE_BYTES: usize = 64 << 20;
+
+/// Parsed manifests, the least recently used dropped past a byte budget.
+struct ManifestCache {
+    entries: lru::LruCache<Digest, Arc<Manifest>>,
+    /// Bytes of the documents held.
+    bytes: usize,
+    budget: usize,
+}
+
+impl ManifestCache {
+    fn new(budget: usize) -> ManifestCache {
+        ManifestCache {
+            entries: lru::LruCache::unbounded(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    fn get(&mut self, digest: &Digest) -> Option<Arc<Manifest>> {
+        self.entries.get(digest).cloned()
+    }
+
+    fn insert(&mut self, manifest: Arc<Manifest>) {
+        self.bytes += manifest.bytes.len();
+        if let Some(old) = self.entries.put(manifest.digest.clone(), manifest) {
+            self.bytes -= old.bytes.len();
+        }
+        while self.bytes > self.budget {
+            match self.entries.pop_lru() {
+                Some((_, gone)) => self.bytes -= gone.bytes.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Reads a lock even if a panicking thread poisoned it: the maps hold plain cached values
 /// that a panic cannot leave half-updated.
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -213,7 +256,7 @@ impl Registry {
     pub fn new(store: Store) -> Registry {
         Registry {
             store,
-            manifests: RwLock::new(HashMap::new()),
+            manifests: std::sync::Mutex::new(ManifestCache::new(MANIFEST_CACHE_BYTES)),
             tags: Recent::new(),
             repositories: Recent::new(),
             images: None,
@@ -338,7 +381,7 @@ impl Registry {
     /// The manifest stored under `digest`, or `None` if there is no such blob or it is not a
     /// manifest (a layer or config is not served as a manifest).
     async fn manifest(&self, digest: &Digest) -> Result<Option<Arc<Manifest>>, StoreError> {
-        let cached = read(&self.manifests).get(digest).cloned();
+        let cached = lock(&self.manifests).get(digest);
         if cached.is_some() {
             return Ok(cached);
         }
@@ -369,7 +412,7 @@ impl Registry {
             media_type,
             docker_twin: tokio::sync::OnceCell::new(),
         });
-        write(&self.manifests).insert(digest.clone(), manifest.clone());
+        lock(&self.manifests).insert(manifest.clone());
         Ok(Some(manifest))
     }
 
@@ -717,4 +760,40 @@ fn header_value(s: &str) -> Result<HeaderValue, RegistryError> {
         tracing::error!(value = s, error = %e, "invalid header value");
         RegistryError::new(Code::Unknown, "internal error building a response header")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(body: &str) -> Arc<Manifest> {
+        Arc::new(Manifest {
+            digest: Digest::sha256_of(body.as_bytes()),
+            bytes: Bytes::from(body.to_owned()),
+            media_type: image::OCI_MANIFEST,
+            docker_twin: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    #[test]
+    fn the_manifest_cache_keeps_to_its_byte_budget_dropping_the_least_used() {
+        let mut cache = ManifestCache::new(100);
+        let (a, b, c, d) = (
+            manifest(&"a".repeat(40)),
+            manifest(&"b".repeat(40)),
+            manifest(&"c".repeat(40)),
+            manifest(&"d".repeat(150)),
+        );
+        cache.insert(a.clone());
+        cache.insert(b.clone());
+        assert!(cache.get(&a.digest).is_some()); // a is now the most recent
+        cache.insert(c.clone());
+        assert!(cache.bytes <= 100, "{}", cache.bytes);
+        assert!(cache.get(&b.digest).is_none(), "the least used stays");
+        assert!(cache.get(&a.digest).is_some() && cache.get(&c.digest).is_some());
+        // One larger than the budget is not kept, and leaves nothing over it.
+        cache.insert(d.clone());
+        assert!(cache.get(&d.digest).is_none());
+        assert!(cache.bytes <= 100);
+    }
 }

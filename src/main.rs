@@ -163,9 +163,16 @@ struct ServeArgs {
     /// Largest blob a push may store, e.g. 512M or 8G [default: no limit]
     #[arg(long, value_name = "SIZE", value_parser = compress::parse_size)]
     max_blob_size: Option<usize>,
-    /// Drop an upload session (and its temp file) after this many seconds without a request
+    /// Drop an upload session (and its temp file) that receives less than 64 KiB in this
+    /// many seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     upload_timeout: u64,
+    /// Most upload sessions open at once (more get 429 with Retry-After)
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_uploads: usize,
+    /// Most upload sessions one client address may have open
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_uploads_per_client: usize,
     #[command(flatten)]
     image: ImageArgs,
 }
@@ -474,6 +481,8 @@ fn access(args: &ServeArgs, listen: SocketAddr) -> Result<registry::Access, Stri
         auth_reads: args.auth_reads,
         max_blob_size: args.max_blob_size.map(|n| n as u64),
         upload_timeout: std::time::Duration::from_secs(args.upload_timeout),
+        max_uploads: args.max_uploads,
+        max_uploads_per_client: args.max_uploads_per_client,
     })
 }
 

@@ -1508,3 +1508,93 @@ async fn manifests_are_judged_by_their_shape_and_served_as_pushed() {
         );
     }
 }
+
+/// Every session holds a file descriptor and a temp file: past the caps, a new one is 429
+/// `TOOMANYREQUESTS` with `Retry-After`, and room made is room to open again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_sessions_are_capped_in_all_and_per_client() {
+    let f = Fixture::new(Access {
+        max_uploads: 5,
+        max_uploads_per_client: 3,
+        ..pushing()
+    })
+    .await;
+    let post = || f.send(Method::POST, "/v2/r/blobs/uploads/", &[], Vec::new());
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let r = post().await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        open.push(header(&r, "location"));
+    }
+    let r = post().await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&r, "retry-after"), "10");
+    let body: Value = r.json_value().await;
+    assert_eq!(body["errors"][0]["code"], "TOOMANYREQUESTS");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("this client has 3 uploads open")),
+        "{body}"
+    );
+    assert_eq!(
+        f.files("tmp").len(),
+        3,
+        "a refused session made a temp file"
+    );
+    // A monolithic push is one request, not a session: still taken.
+    f.push_blob("r", b"whole").await;
+    // Finishing or cancelling one makes room.
+    assert_eq!(
+        f.delete(&open.remove(0)).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(post().await.status(), StatusCode::ACCEPTED);
+}
+
+/// A PATCH that trickles a byte now and then does not keep its session past the timeout: the
+/// sweeper drops it, the request feeding it ends, and the temp file goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_upload_expires_with_its_request() {
+    use std::io::Write;
+    let f = Fixture::new(Access {
+        upload_timeout: Duration::from_millis(400),
+        ..pushing()
+    })
+    .await;
+    let r = f
+        .send(Method::POST, "/v2/r/blobs/uploads/", &[], Vec::new())
+        .await;
+    let location = header(&r, "location");
+    let addr = f.addr;
+    let trickle = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        write!(
+            s,
+            "PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+        )
+        .expect("headers");
+        // One byte every 100 ms for up to 10 s: far below 64 KiB per 400 ms.
+        for _ in 0..100 {
+            if s.write_all(b"x").is_err() {
+                return true; // the server ended it
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    });
+    let mut waited = Duration::ZERO;
+    while !f.files("tmp").is_empty() || waited < Duration::from_millis(200) {
+        assert!(
+            waited < Duration::from_secs(8),
+            "the trickled session outlived its timeout: {:?}",
+            f.files("tmp")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    assert!(
+        trickle.await.expect("join"),
+        "the trickling request was never ended"
+    );
+}

@@ -26,6 +26,8 @@ pub enum Code {
     SizeInvalid,
     /// A `?tag=` on a manifest push that breaks the tag grammar.
     TagInvalid,
+    /// 429: a client over a limit (open uploads, failed logins); `Retry-After` says when.
+    TooManyRequests,
     Unauthorized,
     Unsupported,
     /// A `Range` header we cannot satisfy (416); the spec has no code for reads.
@@ -50,6 +52,7 @@ impl Code {
             Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Code::SizeInvalid => "SIZE_INVALID",
             Code::TagInvalid => "TAG_INVALID",
+            Code::TooManyRequests => "TOOMANYREQUESTS",
             Code::Unauthorized => "UNAUTHORIZED",
             Code::Unsupported => "UNSUPPORTED",
             Code::RangeInvalid => "RANGE_INVALID",
@@ -73,6 +76,7 @@ impl Code {
             | Code::SizeInvalid
             | Code::TagInvalid => StatusCode::BAD_REQUEST,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Code::Denied => StatusCode::FORBIDDEN,
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Code::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,

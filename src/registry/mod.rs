@@ -101,8 +101,12 @@ pub struct Access {
     pub auth_reads: bool,
     /// Largest blob a push may store.
     pub max_blob_size: Option<u64>,
-    /// An upload session idle this long is dropped with its temp file.
+    /// An upload session that receives less than 64 KiB in this long is dropped with its
+    /// temp file.
     pub upload_timeout: Duration,
+    /// Most upload sessions open at once, and per client address.
+    pub max_uploads: usize,
+    pub max_uploads_per_client: usize,
 }
 
 impl Default for Access {
@@ -113,6 +117,8 @@ impl Default for Access {
             auth_reads: false,
             max_blob_size: None,
             upload_timeout: Duration::from_secs(3600),
+            max_uploads: 1024,
+            max_uploads_per_client: 64,
         }
     }
 }
@@ -281,9 +287,14 @@ impl Registry {
 
     /// The registry with these access rules (say, pushing on).
     pub fn with_access(self, access: Access) -> Registry {
-        let uploads = access
-            .push
-            .then(|| Uploads::new(access.upload_timeout, access.max_blob_size));
+        let uploads = access.push.then(|| {
+            Uploads::new(
+                access.upload_timeout,
+                access.max_blob_size,
+                access.max_uploads,
+                access.max_uploads_per_client,
+            )
+        });
         Registry {
             access,
             uploads,
@@ -550,7 +561,7 @@ async fn handle(
     let mut body = RequestBody::new(body);
     let method = parts.method.clone();
     let result = match authorize(registry, &parts).await {
-        Ok(()) => dispatch(registry, &parts, &mut body).await,
+        Ok(()) => dispatch(registry, &parts, &mut body, remote).await,
         Err(e) => Err(e),
     };
     // An answer given before the body was read (a refusal): read the rest first, so the
@@ -613,6 +624,7 @@ async fn dispatch(
     registry: &Registry,
     req: &hyper::http::request::Parts,
     body: &mut RequestBody,
+    remote: SocketAddr,
 ) -> Result<Response<Body>, RegistryError> {
     let (method, query, headers) = (&req.method, req.uri.query(), &req.headers);
     let read = matches!(*method, Method::GET | Method::HEAD);
@@ -639,7 +651,7 @@ async fn dispatch(
         },
         (Route::Upload(name, None), &Method::POST) => {
             let q = uploads::Query::parse(query);
-            uploads::post(registry, &name, &q, headers, body).await
+            uploads::post(registry, &name, &q, headers, body, remote.ip()).await
         }
         (Route::Upload(_, None), m) => Err(not_allowed(m, "POST")),
         (Route::Upload(name, Some(id)), m) => match *m {

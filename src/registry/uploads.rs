@@ -18,6 +18,7 @@
 //! `upload_timeout`, the sweeper drops the session and the file with it.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,20 +37,69 @@ use crate::store::{BlobWriter, Link, StoreError};
 
 /// The live upload sessions.
 pub struct Uploads {
-    sessions: Mutex<HashMap<UploadId, Arc<Slot>>>,
-    /// A session untouched this long is dropped by `sweep`.
+    table: Mutex<Table>,
+    /// A session receiving less than `MIN_PROGRESS` bytes in this long is dropped by `sweep`.
     timeout: Duration,
     /// Largest blob accepted, if limited.
     max_size: Option<u64>,
+    /// Most sessions open at once, and per client address: each holds a file descriptor
+    /// and a temp file.
+    max_sessions: usize,
+    max_per_client: usize,
 }
+
+/// The sessions, and how many each client address holds.
+#[derive(Default)]
+struct Table {
+    sessions: HashMap<UploadId, Arc<Slot>>,
+    per_client: HashMap<IpAddr, usize>,
+}
+
+impl Table {
+    fn remove(&mut self, id: &UploadId) -> Option<Arc<Slot>> {
+        let slot = self.sessions.remove(id)?;
+        if let Some(n) = self.per_client.get_mut(&slot.client) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&slot.client);
+            }
+        }
+        Some(slot)
+    }
+}
+
+/// Bytes a session must receive per `timeout` to stay open: a client that trickles a byte
+/// now and then does not keep a session (and its file) forever.
+const MIN_PROGRESS: u64 = 64 << 10;
+
+/// How long a client refused for having too many sessions is told to wait.
+const RETRY_AFTER_S: u32 = 10;
 
 /// One session. The async lock is held while a request feeds the session, so two requests
 /// cannot interleave their bytes; `None` once the session has ended.
 struct Slot {
     session: tokio::sync::Mutex<Option<Session>>,
-    /// When a request last finished with this session (checked without the async lock, so the
-    /// sweeper never waits behind an upload in progress).
+    /// When the session last made progress: opened, or `MIN_PROGRESS` bytes received (checked
+    /// without the async lock, so the sweeper never waits behind an upload in progress).
     touched: Mutex<Instant>,
+    /// Bytes received since `touched`.
+    progress: std::sync::atomic::AtomicU64,
+    /// Set when the session is dropped while a request is feeding it: the request stops.
+    cancelled: tokio_util::sync::CancellationToken,
+    /// Who opened it, for the per-client cap.
+    client: IpAddr,
+}
+
+impl Slot {
+    /// Counts received bytes; enough of them move the session's idle clock.
+    fn received(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        let total = self.progress.fetch_add(n, Ordering::Relaxed) + n;
+        if total >= MIN_PROGRESS {
+            self.progress.store(0, Ordering::Relaxed);
+            *self.touched.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
+    }
 }
 
 struct Session {
@@ -60,19 +110,49 @@ struct Session {
 }
 
 impl Uploads {
-    pub fn new(timeout: Duration, max_size: Option<u64>) -> Uploads {
+    pub fn new(
+        timeout: Duration,
+        max_size: Option<u64>,
+        max_sessions: usize,
+        max_per_client: usize,
+    ) -> Uploads {
         Uploads {
-            sessions: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
             timeout,
             max_size,
+            max_sessions,
+            max_per_client,
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<UploadId, Arc<Slot>>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert(&self, name: Name, writer: BlobWriter) -> Result<UploadId, RegistryError> {
+    /// Refuses a new session past the caps: 429, to be retried later.
+    fn admit(&self, client: IpAddr) -> Result<(), RegistryError> {
+        let table = self.table();
+        let theirs = table.per_client.get(&client).copied().unwrap_or(0);
+        let why = if table.sessions.len() >= self.max_sessions {
+            format!(
+                "{} uploads are open, the most this registry takes at once",
+                table.sessions.len()
+            )
+        } else if theirs >= self.max_per_client {
+            format!("this client has {theirs} uploads open, the most one client may")
+        } else {
+            return Ok(());
+        };
+        Err(RegistryError::new(Code::TooManyRequests, why)
+            .header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S)))
+    }
+
+    fn insert(
+        &self,
+        name: Name,
+        writer: BlobWriter,
+        client: IpAddr,
+    ) -> Result<UploadId, RegistryError> {
         let id = UploadId::random().map_err(|e| {
             tracing::error!(error = %e, "cannot draw a random upload id");
             RegistryError::new(Code::Unknown, "internal error starting an upload")
@@ -80,41 +160,51 @@ impl Uploads {
         let slot = Slot {
             session: tokio::sync::Mutex::new(Some(Session { name, writer })),
             touched: Mutex::new(Instant::now()),
+            progress: std::sync::atomic::AtomicU64::new(0),
+            cancelled: tokio_util::sync::CancellationToken::new(),
+            client,
         };
-        self.map().insert(id.clone(), Arc::new(slot));
+        let mut table = self.table();
+        table.sessions.insert(id.clone(), Arc::new(slot));
+        *table.per_client.entry(client).or_default() += 1;
         Ok(id)
     }
 
     fn get(&self, name: &Name, id: &UploadId) -> Result<Arc<Slot>, RegistryError> {
-        self.map()
+        self.table()
+            .sessions
             .get(id)
             .cloned()
             .ok_or_else(|| upload_unknown(name, id))
     }
 
     fn remove(&self, id: &UploadId) {
-        self.map().remove(id);
+        self.table().remove(id);
     }
 
-    /// Drops sessions idle longer than the timeout; their temp files go with them.
+    /// Drops sessions that made no progress for the timeout; their temp files go with them.
+    /// One a request is still feeding (too slowly) is cancelled: the request ends, and with
+    /// it the session.
     pub fn sweep(&self) {
-        self.map().retain(|id, slot| {
-            let idle = slot
-                .touched
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .elapsed();
-            // A session a request is feeding right now is not idle, however long it takes.
-            if idle < self.timeout || slot.session.try_lock().is_err() {
-                return true;
+        let mut table = self.table();
+        let expired: Vec<UploadId> = table
+            .sessions
+            .iter()
+            .filter(|(_, slot)| {
+                slot.touched
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed()
+                    >= self.timeout
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(slot) = table.remove(&id) {
+                slot.cancelled.cancel();
+                tracing::info!(session = id.as_str(), "upload expired");
             }
-            tracing::info!(
-                session = id.as_str(),
-                idle_s = idle.as_secs(),
-                "upload expired"
-            );
-            false
-        });
+        }
     }
 
     /// How often `sweep` should run: often enough that a session outlives its timeout by at
@@ -136,10 +226,6 @@ impl Held<'_> {
         self.slot.session.lock().await
     }
 
-    fn touch(&self) {
-        *self.slot.touched.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-    }
-
     /// Ends the session: nothing can reach it afterwards.
     fn end(&self, guard: &mut Option<Session>) -> Option<Session> {
         self.uploads.remove(&self.id);
@@ -154,6 +240,7 @@ pub async fn post(
     query: &Query,
     request: &HeaderMap,
     body: &mut RequestBody,
+    client: IpAddr,
 ) -> Result<Response<Body>, RegistryError> {
     let uploads = registry.uploads()?;
     if let Some(mount) = &query.mount {
@@ -173,7 +260,7 @@ pub async fn post(
         let digest = parse_digest(digest)?;
         check_length_after(request, 0, uploads.max_size)?;
         let mut writer = registry.store().new_blob_with(digest.algorithm()).await?;
-        receive(&mut writer, body, None, uploads.max_size).await?;
+        receive(&mut writer, body, None, uploads.max_size, None).await?;
         return commit(registry, name, writer, &digest).await;
     }
     // The client may say which algorithm its digest will use, so the bytes are hashed with
@@ -185,8 +272,9 @@ pub async fn post(
                 .detail(json!({ "digest-algorithm": super::router::truncate(a) }))
         })?,
     };
+    uploads.admit(client)?;
     let writer = registry.store().new_blob_with(algorithm).await?;
-    let id = uploads.insert(name.clone(), writer)?;
+    let id = uploads.insert(name.clone(), writer, client)?;
     accepted(name, &id, 0)
 }
 
@@ -319,8 +407,22 @@ async fn feed(
     body: &mut RequestBody,
 ) -> Result<u64, RegistryError> {
     let session = open(guard, name, id)?;
-    let result = append(session, name, id, request, body, held.uploads.max_size).await;
-    held.touch();
+    let mut result = append(
+        session,
+        name,
+        id,
+        request,
+        body,
+        held.uploads.max_size,
+        &held.slot,
+    )
+    .await;
+    // Waiting for its next chunk, a session holds its file but not its write buffer.
+    if !matches!(result, Err(Failure::End(_)))
+        && let Err(e) = session.writer.park().await
+    {
+        result = Err(Failure::End(e.into()));
+    }
     match result {
         Ok(offset) => Ok(offset),
         Err(Failure::Keep(e)) => Err(e),
@@ -349,6 +451,7 @@ async fn append(
     request: &HeaderMap,
     body: &mut RequestBody,
     max_size: Option<u64>,
+    slot: &Slot,
 ) -> Result<u64, Failure> {
     let offset = session.writer.written();
     let range = match request.get(header::CONTENT_RANGE) {
@@ -394,6 +497,7 @@ async fn append(
         body,
         range,
         max_size.map(|m| m - offset.min(m)),
+        Some(slot),
     )
     .await
     .map_err(Failure::End)?;
@@ -415,9 +519,23 @@ async fn receive(
     body: &mut RequestBody,
     limit: Option<u64>,
     max: Option<u64>,
+    slot: Option<&Slot>,
 ) -> Result<u64, RegistryError> {
     let mut received: u64 = 0;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let frame = match slot {
+            Some(slot) => tokio::select! {
+                f = body.frame() => f,
+                () = slot.cancelled.cancelled() => {
+                    return Err(RegistryError::new(
+                        Code::BlobUploadInvalid,
+                        "the upload received too little for too long and was dropped (--upload-timeout)",
+                    ));
+                }
+            },
+            None => body.frame().await,
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| {
             RegistryError::new(
                 Code::BlobUploadInvalid,
@@ -428,6 +546,9 @@ async fn receive(
             continue; // trailers
         };
         received += data.len() as u64;
+        if let Some(slot) = slot {
+            slot.received(data.len() as u64);
+        }
         if limit.is_some_and(|l| received > l) {
             return Err(RegistryError::new(
                 Code::SizeInvalid,

@@ -29,7 +29,10 @@ impl Store {
         let (file, temp) = blocking(move || s.create_temp("blob-")).await?;
         Ok(BlobWriter {
             out: HashingWriter::with(
-                BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file)),
+                Sink {
+                    buffered: None,
+                    parked: Some(tokio::fs::File::from_std(file)),
+                },
                 algorithm,
             ),
             temp,
@@ -272,18 +275,86 @@ async fn hash_file(mut file: tokio::fs::File, algorithm: Algorithm, path: &Path)
 /// A blob being written: bytes go to a locked temp file and are hashed on the way. `commit`
 /// names it by its digest; dropping it without commit removes the temp file.
 pub struct BlobWriter {
-    /// Buffered file, hashed as bytes reach it (the digest is of exactly what was written).
-    out: HashingWriter<BufWriter<tokio::fs::File>>,
+    /// The file, hashed as bytes reach it (the digest is of exactly what was written).
+    out: HashingWriter<Sink>,
     /// The temp file's path; deleting it on drop is what makes an abandoned write vanish.
     temp: tempfile::TempPath,
     /// Where to commit.
     store: Store,
 }
 
+/// A blob's temp file, buffered while bytes arrive. `park` writes the buffer out and gives
+/// its memory back: an upload waiting for its next chunk holds a file, not a megabyte.
+struct Sink {
+    /// The file behind a write buffer, while writing.
+    buffered: Option<BufWriter<tokio::fs::File>>,
+    /// The file alone, while parked (and before the first write).
+    parked: Option<tokio::fs::File>,
+}
+
+impl Sink {
+    /// The buffered file, the buffer made if it was parked.
+    fn writer(&mut self) -> io::Result<Pin<&mut BufWriter<tokio::fs::File>>> {
+        if self.buffered.is_none()
+            && let Some(file) = self.parked.take()
+        {
+            self.buffered = Some(BufWriter::with_capacity(WRITE_BUFFER, file));
+        }
+        match &mut self.buffered {
+            Some(b) => Ok(Pin::new(b)),
+            None => Err(io::Error::other("the blob's temp file is gone")),
+        }
+    }
+
+    /// The file, its buffer written out (call `flush` first).
+    fn into_file(self) -> Option<tokio::fs::File> {
+        match self.buffered {
+            Some(b) => Some(b.into_inner()),
+            None => self.parked,
+        }
+    }
+}
+
+impl AsyncWrite for Sink {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.writer() {
+            Ok(w) => w.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.buffered {
+            Some(b) => Pin::new(b).poll_flush(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
 impl BlobWriter {
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.out.written()
+    }
+
+    /// Writes out what is buffered and frees the buffer, for a writer that will wait (an
+    /// upload between chunks); the next write makes a new one.
+    pub async fn park(&mut self) -> Result<()> {
+        let path = self.temp.to_path_buf();
+        ctx(self.out.flush().await, "write", &path)?;
+        let sink = self.out.get_mut();
+        if let Some(b) = sink.buffered.take() {
+            sink.parked = Some(b.into_inner());
+        }
+        Ok(())
     }
 
     /// Flushes, fsyncs and renames the temp file to its digest. If the store already has that
@@ -312,7 +383,7 @@ impl BlobWriter {
     ) -> Result<(Digest, u64)> {
         let temp_path = self.temp.to_path_buf();
         ctx(self.out.flush().await, "write", &temp_path)?;
-        let (buffered, mut digest, len) = self.out.into_parts();
+        let (sink, mut digest, len) = self.out.into_parts();
         if let Some(expected) = expected
             && expected.algorithm() != digest.algorithm()
         {
@@ -332,7 +403,14 @@ impl BlobWriter {
                 actual: digest,
             });
         }
-        let file = buffered.into_inner().into_std().await;
+        let Some(file) = sink.into_file() else {
+            return ctx(
+                Err(io::Error::other("the blob's temp file is gone")),
+                "commit",
+                &temp_path,
+            );
+        };
+        let file = file.into_std().await;
         let dest = self.store.blob_path(&digest);
         let temp = self.temp;
         let dir = self.store.blob_dir(digest.algorithm());
@@ -395,6 +473,28 @@ mod tests {
         assert_eq!(store.blob_size(&a).await.expect("size"), Some(5));
         assert_eq!(store.read_blob(&a).await.expect("read"), b"hello");
         store.verify(&a).await.expect("verify");
+    }
+
+    #[tokio::test]
+    async fn a_parked_writer_holds_no_buffer_and_goes_on_where_it_stopped() {
+        let (_d, store) = fresh().await;
+        let mut w = store.new_blob().await.expect("new");
+        assert!(
+            w.out.get_ref().buffered.is_none(),
+            "a buffer before any write"
+        );
+        w.write_all(b"first ").await.expect("write");
+        assert!(w.out.get_ref().buffered.is_some());
+        w.park().await.expect("park");
+        assert!(w.out.get_ref().buffered.is_none(), "parked with a buffer");
+        assert_eq!(
+            stdfs::read(w.temp.to_path_buf()).expect("read"),
+            b"first ",
+            "park must write the buffer out"
+        );
+        w.write_all(b"second").await.expect("write");
+        let (d, len) = w.commit().await.expect("commit");
+        assert_eq!((d, len), (Digest::sha256_of(b"first second"), 12));
     }
 
     #[tokio::test]

@@ -488,7 +488,7 @@ mod tests {
         w.park().await.expect("park");
         assert!(w.out.get_ref().buffered.is_none(), "parked with a buffer");
         assert_eq!(
-            stdfs::read(w.temp.to_path_buf()).expect("read"),
+            stdfs::read(&w.temp).expect("read"),
             b"first ",
             "park must write the buffer out"
         );

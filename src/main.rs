@@ -31,6 +31,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per run: the size of the largest variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Pack the inputs (default: this executable, as /main) and serve the store over the
     /// registry API until SIGINT/SIGTERM.
@@ -167,12 +169,30 @@ struct ServeArgs {
     /// many seconds
     #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
     upload_timeout: u64,
-    /// Most upload sessions open at once (more get 429 with Retry-After)
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    max_uploads: usize,
+    /// Most upload sessions open at once (more get 429 with Retry-After) [default: 1024, or
+    /// a third of the file descriptors]
+    #[arg(long, value_name = "N")]
+    max_uploads: Option<usize>,
     /// Most upload sessions one client address may have open
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_uploads_per_client: usize,
+    /// Most connections open at once; more wait in the kernel's backlog [default: 4096, or a
+    /// third of the file descriptors]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Close a connection that sends nothing for this long while none of its requests is
+    /// being answered
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    idle_timeout: u64,
+    /// End a request whose body brings no byte for this long
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    body_timeout: u64,
+    /// Close a connection whose client takes no byte of an answer for this long
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    write_timeout: u64,
+    /// On SIGTERM, wait this long for requests in flight, then close what is left
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    shutdown_timeout: u64,
     #[command(flatten)]
     image: ImageArgs,
 }
@@ -404,7 +424,8 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
             );
         }
     }
-    let access = access(&args, listen)?;
+    let (config, fds) = limits(&args)?;
+    let access = access(&args, listen, fds)?;
     let mut image_args = args.image;
     if !pack_at_start {
         // --closure then speaks of the on-demand images only.
@@ -445,12 +466,21 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
     };
     let registry = registry.with_access(access.clone());
 
-    let server = Server::on(listener, registry, registry::Config::default());
+    let server = Server::on(listener, registry, config.clone());
     let addr = server.local_addr().map_err(msg)?;
     if let Some(tagged) = pull {
         say(format_args!("pull       docker pull {addr}/{tagged}"));
     }
     say(format_args!("access     {}", describe(&access)));
+    say(format_args!(
+        "limits     {} connections, {} uploads ({} per client), {fds} file descriptors; idle {} s, body {} s, write {} s",
+        config.max_connections,
+        access.max_uploads,
+        access.max_uploads_per_client,
+        config.idle_timeout.as_secs(),
+        config.body_timeout.as_secs(),
+        config.write_timeout.as_secs(),
+    ));
     // Last line, and the one scripts wait for.
     say(format_args!("listening http://{addr}"));
     server.run(shutdown_signal()?).await.map_err(msg)
@@ -458,7 +488,37 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
 
 /// The access rules `serve` was given, checked: pushing on an address others can reach needs
 /// authentication, unless the operator says otherwise in so many words.
-fn access(args: &ServeArgs, listen: SocketAddr) -> Result<registry::Access, String> {
+/// The file descriptors this process may open, raised to the hard limit (a registry holds a
+/// socket per connection and a file per download and upload), and the connection limits
+/// and timeouts, each checked. Defaults keep connections and uploads within the descriptors.
+fn limits(args: &ServeArgs) -> Result<(registry::Config, u64), String> {
+    let fds = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let secs = |n: u64, flag: &str| {
+        if n == 0 {
+            Err(format!("{flag} must be at least 1 second"))
+        } else {
+            Ok(std::time::Duration::from_secs(n))
+        }
+    };
+    let budget = usize::try_from(fds.saturating_sub(64)).unwrap_or(usize::MAX);
+    let max_connections = args
+        .max_connections
+        .unwrap_or_else(|| (budget / 3).clamp(16, 4096));
+    if max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
+    let config = registry::Config {
+        max_connections,
+        idle_timeout: secs(args.idle_timeout, "--idle-timeout")?,
+        body_timeout: secs(args.body_timeout, "--body-timeout")?,
+        write_timeout: secs(args.write_timeout, "--write-timeout")?,
+        shutdown_timeout: secs(args.shutdown_timeout, "--shutdown-timeout")?,
+        ..registry::Config::default()
+    };
+    Ok((config, fds))
+}
+
+fn access(args: &ServeArgs, listen: SocketAddr, fds: u64) -> Result<registry::Access, String> {
     if args.htpasswd.is_some() && !args.push && !args.auth_reads {
         return Err("--htpasswd guards pushes, which are off: add --push (or --auth-reads)".into());
     }
@@ -481,7 +541,9 @@ fn access(args: &ServeArgs, listen: SocketAddr) -> Result<registry::Access, Stri
         auth_reads: args.auth_reads,
         max_blob_size: args.max_blob_size.map(|n| n as u64),
         upload_timeout: std::time::Duration::from_secs(args.upload_timeout),
-        max_uploads: args.max_uploads,
+        max_uploads: args.max_uploads.unwrap_or_else(|| {
+            (usize::try_from(fds.saturating_sub(64)).unwrap_or(usize::MAX) / 3).clamp(16, 1024)
+        }),
         max_uploads_per_client: args.max_uploads_per_client,
     })
 }

@@ -714,6 +714,7 @@ async fn malformed_requests_get_4xx_and_the_server_keeps_serving() {
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let f = Fixture::with_config(Config {
         header_read_timeout: Duration::from_millis(300),
+        ..Config::default()
     })
     .await;
     let addr = f.addr;
@@ -837,4 +838,124 @@ async fn tags_written_while_serving_are_seen() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `GET /v2/` on a fresh connection: whether it is answered within `within`.
+fn answered_within(addr: std::net::SocketAddr, within: Duration) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    if s.set_read_timeout(Some(within)).is_err()
+        || s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200"))
+}
+
+/// With one connection allowed, the client holding it decides who else is served: one that
+/// sends nothing, one that stops mid-body and one that reads nothing of its download each
+/// lose it after their timeout, and the next client is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_a_connection_without_using_it_loses_it() {
+    use std::io::Write;
+    let f = Fixture::with_config(Config {
+        max_connections: 1,
+        idle_timeout: Duration::from_millis(400),
+        body_timeout: Duration::from_millis(400),
+        write_timeout: Duration::from_millis(400),
+        ..Config::default()
+    })
+    .await;
+    let content = common::noise(48 << 20, 5);
+    let img = f.pack("big:v1", &[("/big", &content)]).await;
+    let addr = f.addr;
+    let blob = format!("/v2/big/blobs/{}", img.top().layer.digest);
+    for holder in ["silent", "stalled body", "unread download"] {
+        let blob = blob.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            match holder {
+                "silent" => {}
+                "stalled body" => s
+                    .write_all(b"PUT /v2/x/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+                    .expect("send"),
+                _ => write!(s, "GET {blob} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send"),
+            }
+            // While it holds the only connection, another client waits...
+            let blocked = !answered_within(addr, Duration::from_millis(150));
+            // ...until its timeout frees it.
+            let served = answered_within(addr, Duration::from_secs(10));
+            drop(s);
+            (blocked, served)
+        })
+        .await
+        .expect("join");
+        assert_eq!(
+            outcome,
+            (true, true),
+            "{holder}: (held the slot, then freed it)"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_and_shutdown_is_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("store")).await.expect("store");
+    let server = Server::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        store,
+        Config {
+            max_connections: 2,
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_millis(500),
+            ..Config::default()
+        },
+    )
+    .await
+    .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let a = std::net::TcpStream::connect(addr).expect("connect");
+        let mut b = std::net::TcpStream::connect(addr).expect("connect");
+        // b is mid-request: a body it never finishes.
+        b.write_all(b"PUT /v2/x/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            .expect("send");
+        (a, b)
+    })
+    .await
+    .expect("join");
+    let third =
+        tokio::task::spawn_blocking(move || answered_within(addr, Duration::from_millis(300)));
+    assert!(
+        !third.await.expect("join"),
+        "a third connection was served past the cap of 2"
+    );
+    drop(a);
+    let fourth = tokio::task::spawn_blocking(move || answered_within(addr, Duration::from_secs(5)));
+    assert!(
+        fourth.await.expect("join"),
+        "a closed connection did not make room"
+    );
+
+    // b still holds its stalled request: shutdown waits for it 500 ms, not forever.
+    let started = std::time::Instant::now();
+    stop.send(()).expect("stop");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("shutdown was not bounded")
+        .expect("join")
+        .expect("run");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(b);
 }

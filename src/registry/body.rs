@@ -114,10 +114,12 @@ pub struct Logged {
     finished: bool,
     /// Set when reading the body failed (the error is logged with the line).
     error: Option<String>,
+    /// The request counts as in flight on its connection until its answer is done.
+    _in_flight: super::conn::InFlight,
 }
 
 impl Logged {
-    pub fn new(inner: Body, access: Access) -> Logged {
+    pub fn new(inner: Body, access: Access, in_flight: super::conn::InFlight) -> Logged {
         let finished = hyper::body::Body::is_end_stream(&inner);
         Logged {
             inner,
@@ -125,6 +127,7 @@ impl Logged {
             sent: 0,
             finished,
             error: None,
+            _in_flight: in_flight,
         }
     }
 }
@@ -190,27 +193,43 @@ pub const LINGER_BYTES: u64 = 4 << 20;
 /// How long that reading may take at most, so a slow sender cannot hold the answer back.
 pub const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A request's body as handlers read it: frame by frame, counting what arrived.
+/// A request's body as handlers read it: frame by frame, none waited for longer than the
+/// body timeout.
 pub struct RequestBody {
     inner: hyper::body::Incoming,
     /// Whether a handler asked for a frame (for `Expect: 100-continue`: asking is what makes
     /// hyper tell the client to send the body).
     started: bool,
+    /// A body that brings nothing this long ends its request.
+    timeout: std::time::Duration,
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("{0}")]
+    Client(#[from] hyper::Error),
+    #[error("no byte of the body arrived for {} s", .0.as_secs())]
+    Stalled(std::time::Duration),
 }
 
 impl RequestBody {
-    pub fn new(inner: hyper::body::Incoming) -> RequestBody {
+    pub fn new(inner: hyper::body::Incoming, timeout: std::time::Duration) -> RequestBody {
         RequestBody {
             inner,
             started: false,
+            timeout,
         }
     }
 
     /// The next frame, `None` at the end.
-    pub async fn frame(&mut self) -> Option<Result<Frame<Bytes>, hyper::Error>> {
+    pub async fn frame(&mut self) -> Option<Result<Frame<Bytes>, BodyError>> {
         use http_body_util::BodyExt;
         self.started = true;
-        self.inner.frame().await
+        match tokio::time::timeout(self.timeout, self.inner.frame()).await {
+            Ok(frame) => frame.map(|f| f.map_err(BodyError::from)),
+            Err(_) => Some(Err(BodyError::Stalled(self.timeout))),
+        }
     }
 
     /// Reads and drops the rest of the body when the answer did not need it, within

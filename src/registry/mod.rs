@@ -23,6 +23,7 @@ mod base;
 mod blobs;
 mod body;
 mod catalog;
+mod conn;
 mod errors;
 mod manifests;
 mod pagination;
@@ -55,6 +56,7 @@ use crate::reference::{Name, Tag};
 use crate::store::{Link, Store, StoreError};
 pub use auth::Htpasswd;
 use body::{Body, Logged, RequestBody};
+use conn::{ConnState, InFlight, Watched};
 use errors::{Code, RegistryError};
 use router::Route;
 use uploads::Uploads;
@@ -80,15 +82,38 @@ pub struct Config {
     /// A client must send its request headers within this time, or the connection is closed
     /// (a slow-header client would otherwise hold a connection forever).
     pub header_read_timeout: Duration,
+    /// Most connections open at once; more wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// A connection that sends nothing this long while none of its requests is being
+    /// answered is closed (from the moment it connects).
+    pub idle_timeout: Duration,
+    /// A request body that brings no byte this long ends its request.
+    pub body_timeout: Duration,
+    /// A client that takes no byte of an answer this long loses its connection.
+    pub write_timeout: Duration,
+    /// How long shutdown waits for requests in flight before it closes what is left.
+    pub shutdown_timeout: Duration,
+    /// HTTP/2: streams one connection may have open.
+    pub h2_max_streams: u32,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+            h2_max_streams: 32,
         }
     }
 }
+
+/// HTTP/2: bytes of answer hyper buffers per stream ahead of the client's window (its default
+/// is 400 KiB, which 200 stalled streams turn into 80 MB per connection).
+const H2_SEND_BUFFER: usize = 64 << 10;
 
 /// Who may do what. The default is a read-only registry open to all.
 #[derive(Clone)]
@@ -482,11 +507,19 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets every request in flight
     /// finish (a download runs to its end) and closes idle connections.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let config = &self.config;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.config.header_read_timeout);
+            .header_read_timeout(config.header_read_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.h2_max_streams)
+            .max_send_buf_size(H2_SEND_BUFFER)
+            .max_header_list_size(64 << 10);
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         let sweeper = self.registry.uploads.as_ref().map(|uploads| {
@@ -505,6 +538,15 @@ impl Server {
             })
         });
         loop {
+            // At the cap, stop accepting: new connections wait in the kernel's backlog, and
+            // the open ones go on being served.
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break, // never closed
+                },
+                () = &mut shutdown => break,
+            };
             let (stream, remote) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
@@ -522,18 +564,32 @@ impl Server {
                 tracing::debug!(error = %e, "set TCP_NODELAY");
             }
             let registry = self.registry.clone();
+            let state = Arc::new(ConnState::default());
+            let watched = Watched::new(
+                stream,
+                state.clone(),
+                config.idle_timeout,
+                config.write_timeout,
+            );
+            let body_timeout = config.body_timeout;
             let service = hyper::service::service_fn(move |req| {
                 let registry = registry.clone();
-                async move { Ok::<_, Infallible>(handle(&registry, req, remote).await) }
+                let in_flight = state.begin();
+                async move {
+                    Ok::<_, Infallible>(
+                        handle(&registry, req, remote, body_timeout, in_flight).await,
+                    )
+                }
             });
             let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(watched), service)
                 .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(%remote, error = %e, "connection ended with an error");
                 }
+                drop(permit);
             });
         }
         drop(self.listener);
@@ -544,8 +600,15 @@ impl Server {
             connections = graceful.count(),
             "shutting down: no new connections; finishing requests in flight"
         );
-        graceful.shutdown().await;
-        tracing::info!("all connections closed");
+        // Bounded: a client trickling a body, or stalled on an answer, does not hold the
+        // process; what is still open after the timeout is closed as the process exits.
+        match tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!(
+                timeout_s = config.shutdown_timeout.as_secs(),
+                "connections still open after the shutdown timeout are closed"
+            ),
+        }
         Ok(())
     }
 }
@@ -555,10 +618,12 @@ async fn handle(
     registry: &Registry,
     req: Request<Incoming>,
     remote: SocketAddr,
+    body_timeout: Duration,
+    in_flight: InFlight,
 ) -> Response<Logged> {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
-    let mut body = RequestBody::new(body);
+    let mut body = RequestBody::new(body, body_timeout);
     let method = parts.method.clone();
     let result = match authorize(registry, &parts).await {
         Ok(()) => dispatch(registry, &parts, &mut body, remote).await,
@@ -587,7 +652,7 @@ async fn handle(
         status: head.status.as_u16(),
         start,
     };
-    Response::from_parts(head, Logged::new(body, access))
+    Response::from_parts(head, Logged::new(body, access, in_flight))
 }
 
 /// Checks credentials where the access rules want them: for writes, for reads with

@@ -1,0 +1,171 @@
+//! What one connection may hold, and for how long. A client cannot keep a connection it does
+//! not use: the socket is watched ([`Watched`]) for a peer that sends nothing while no request
+//! of it is being answered (the idle timeout, from the moment it connects), and for a peer
+//! that takes no byte of an answer (the write timeout). A request body that stops arriving is
+//! the body timeout's (`RequestBody`); how many connections are open at once is the
+//! server's cap.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// What the requests of a connection tell its socket.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// Requests read and not yet answered to their last byte. While one is, the connection
+    /// is the server's to use (a pack may take a minute), not idle.
+    in_flight: AtomicUsize,
+}
+
+impl ConnState {
+    /// Marks a request in flight until the returned guard is dropped (with its answer).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// A request in flight; dropped when its answer is done (or abandoned).
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A socket that fails with `TimedOut` when its peer holds it without using it: nothing
+/// received for `idle` while no request is in flight, or nothing taken of an answer for
+/// `write`. hyper then closes the connection.
+pub struct Watched<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    idle: Duration,
+    write: Duration,
+    /// Armed when a read finds nothing and no request is in flight.
+    read_deadline: Option<Pin<Box<Sleep>>>,
+    /// Armed when the socket takes no more bytes.
+    write_deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, state: Arc<ConnState>, idle: Duration, write: Duration) -> Watched<S> {
+        Watched {
+            inner,
+            state,
+            idle,
+            write,
+            read_deadline: None,
+            write_deadline: None,
+        }
+    }
+}
+
+/// Arms `deadline` (if it is not) to `after` from now and polls it: true once it has passed.
+fn expired(deadline: &mut Option<Pin<Box<Sleep>>>, after: Duration, cx: &mut Context<'_>) -> bool {
+    deadline
+        .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)))
+        .as_mut()
+        .poll(cx)
+        .is_ready()
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what.to_owned())
+}
+
+use std::future::Future as _;
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    this.read_deadline = None;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if this.state.busy() => {
+                // Waiting on a request body is the body timeout's business; waiting while
+                // we answer is ours.
+                this.read_deadline = None;
+                Poll::Pending
+            }
+            Poll::Pending => {
+                if expired(&mut this.read_deadline, this.idle, cx) {
+                    return Poll::Ready(Err(timed_out("the connection sent nothing for too long")));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<S> Watched<S> {
+    /// A write that went through clears the write deadline; one that did not arms it.
+    fn watch_write(
+        &mut self,
+        polled: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.write_deadline = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending if expired(&mut self.write_deadline, self.write, cx) => Poll::Ready(Err(
+                timed_out("the client took nothing of the answer for too long"),
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch_write(polled, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch_write(polled, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

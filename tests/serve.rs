@@ -377,3 +377,35 @@ fn a_server_killed_mid_upload_restarts_clean_and_serves() {
         200
     );
 }
+
+/// What hyper refuses before a request reaches us (a 64 KiB path, 400 KiB of headers) gets
+/// hyper's own answer, and an access-log line saying so.
+#[test]
+fn requests_the_http_parser_refuses_are_logged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("f");
+    std::fs::write(&input, b"x").expect("input");
+    let server = Serving::start(
+        &dir.path().join("store"),
+        dir.path(),
+        &[input.to_str().expect("utf8")],
+    );
+    let long_path = format!("/v2/{}/tags/list", "a".repeat(70_000));
+    let r = common::raw_request(&server.addr, "GET", &long_path, &[]);
+    assert_eq!(r.status, 414);
+    let big_header = format!("X-Big: {}", "b".repeat(500_000));
+    let r = common::raw_request(&server.addr, "GET", "/v2/", &[&big_header]);
+    assert_eq!(r.status, 431);
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = server.log_text();
+        if log.matches("request refused by the HTTP parser").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        log.contains("status=414") && log.contains("status=431"),
+        "{log}"
+    );
+}

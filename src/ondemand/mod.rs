@@ -55,6 +55,23 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
+    /// Whether the pack failed because the store's disk is full.
+    pub fn disk_full(&self) -> bool {
+        use crate::store::StoreError;
+        let io = match self {
+            ResolveError::Pack {
+                source: PackError::Store(StoreError::Io { source, .. }),
+                ..
+            }
+            | ResolveError::Pack {
+                source: PackError::Write(source),
+                ..
+            } => source,
+            _ => return false,
+        };
+        crate::store::disk_full(io)
+    }
+
     /// Whether the fault is the server's (its store or a bug) rather than the image's inputs.
     pub fn is_internal(&self) -> bool {
         matches!(

@@ -150,15 +150,29 @@ impl From<StoreError> for RegistryError {
                 RegistryError::new(Code::BlobUnknown, "blob unknown to registry")
                     .detail(json!({ "digest": d.to_string() }))
             }
+            StoreError::Io { source, .. } if crate::store::disk_full(&source) => {
+                tracing::error!(error = %source, "the store's disk is full");
+                storage_full()
+            }
             other => {
                 tracing::error!(error = %other, "store failure while serving a request");
                 RegistryError::new(
                     Code::Unknown,
-                    "internal error reading the store; see the server log",
+                    "internal error in the registry's store; see the server log",
                 )
             }
         }
     }
+}
+
+/// 507 Insufficient Storage: what a write onto a full disk gets (the spec has no code for
+/// it; `UNKNOWN` with a message that says what happened).
+pub fn storage_full() -> RegistryError {
+    RegistryError::new(
+        Code::Unknown,
+        "the registry's disk is full: nothing was stored; retry when space is freed",
+    )
+    .status(StatusCode::INSUFFICIENT_STORAGE)
 }
 
 /// An on-demand image that cannot be packed. Every request that waited for the pack gets
@@ -166,6 +180,10 @@ impl From<StoreError> for RegistryError {
 /// the client, who asked for that image; faults of the server's store are only logged.
 impl From<&crate::ondemand::ResolveError> for RegistryError {
     fn from(e: &crate::ondemand::ResolveError) -> Self {
+        if e.disk_full() {
+            tracing::error!(error = %e, "on-demand image failed: the disk is full");
+            return storage_full();
+        }
         if e.is_internal() {
             tracing::error!(error = %e, "on-demand image failed");
             RegistryError::new(

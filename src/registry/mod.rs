@@ -587,7 +587,7 @@ impl Server {
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
-                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    log_connection_error(remote, e.as_ref());
                 }
                 drop(permit);
             });
@@ -610,6 +610,28 @@ impl Server {
             ),
         }
         Ok(())
+    }
+}
+
+/// How a connection ended badly, for the log. A request hyper refused before it reached us
+/// (a path over its 64 KiB limit: 414; headers over its buffer: 431; not HTTP: 400) gets
+/// hyper's own empty answer, which no hook lets us replace with an OCI body, so it gets an
+/// access-log line here instead; the rest (a client gone, a timeout) are debug lines.
+fn log_connection_error(remote: SocketAddr, e: &(dyn std::error::Error + 'static)) {
+    match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_parse_too_large() || h.is_parse() => tracing::info!(
+            target: "quinistry::access",
+            %remote,
+            // hyper's own choice, by its error's words (its kinds are private).
+            status = match h.to_string() {
+                t if t.contains("URI too long") => 414,
+                _ if h.is_parse_too_large() => 431,
+                _ => 400,
+            },
+            error = %h,
+            "request refused by the HTTP parser"
+        ),
+        _ => tracing::debug!(%remote, error = %e, "connection ended with an error"),
     }
 }
 

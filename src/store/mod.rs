@@ -92,6 +92,13 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Whether an I/O error says the disk (or the quota) is full: a write that cannot be done
+/// now, not a fault of the store.
+pub fn disk_full(e: &io::Error) -> bool {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    matches!(e.kind(), StorageFull | QuotaExceeded)
+}
+
 /// Attaches an action and a path to an I/O error.
 fn ctx<T>(r: io::Result<T>, action: &'static str, path: &Path) -> Result<T> {
     r.map_err(|source| StoreError::Io {

@@ -158,6 +158,10 @@ struct ServeArgs {
     /// With --htpasswd: require authentication for reads too
     #[arg(long, requires = "htpasswd")]
     auth_reads: bool,
+    /// With --htpasswd: wrong passwords one client address may try per minute before it is
+    /// answered 429 until the minute is over
+    #[arg(long, value_name = "N", default_value_t = registry::DEFAULT_FAILURES_PER_MINUTE)]
+    auth_failures_per_minute: u32,
     /// Allow --push on a non-loopback address without --htpasswd (anyone who can reach the
     /// port can then overwrite tags)
     #[arg(long, requires = "push")]
@@ -532,7 +536,9 @@ fn access(args: &ServeArgs, listen: SocketAddr, fds: u64) -> Result<registry::Ac
         return Err("--upload-timeout must be at least 1 second".into());
     }
     let htpasswd = match &args.htpasswd {
-        Some(path) => Some(std::sync::Arc::new(registry::Htpasswd::load(path)?)),
+        Some(path) => Some(std::sync::Arc::new(
+            registry::Htpasswd::load(path)?.failures_per_minute(args.auth_failures_per_minute),
+        )),
         None => None,
     };
     Ok(registry::Access {

@@ -54,7 +54,7 @@ use crate::image;
 use crate::ondemand::OnDemand;
 use crate::reference::{Name, Tag};
 use crate::store::{Link, Store, StoreError};
-pub use auth::Htpasswd;
+pub use auth::{DEFAULT_FAILURES_PER_MINUTE, Htpasswd};
 use body::{Body, Logged, RequestBody};
 use conn::{ConnState, InFlight, Watched};
 use errors::{Code, RegistryError};
@@ -647,7 +647,7 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let mut body = RequestBody::new(body, body_timeout);
     let method = parts.method.clone();
-    let result = match authorize(registry, &parts).await {
+    let result = match authorize(registry, &parts, remote).await {
         Ok(()) => dispatch(registry, &parts, &mut body, remote).await,
         Err(e) => Err(e),
     };
@@ -682,6 +682,7 @@ async fn handle(
 async fn authorize(
     registry: &Registry,
     req: &hyper::http::request::Parts,
+    remote: SocketAddr,
 ) -> Result<(), RegistryError> {
     let Some(htpasswd) = &registry.access.htpasswd else {
         return Ok(());
@@ -693,9 +694,22 @@ async fn authorize(
     if read && !base && !registry.access.auth_reads {
         return Ok(());
     }
-    match htpasswd.check(req.headers.get(header::AUTHORIZATION)).await {
-        Some(_) => Ok(()),
-        None => Err(RegistryError::new(
+    match htpasswd
+        .check(req.headers.get(header::AUTHORIZATION), remote.ip())
+        .await
+    {
+        auth::Verdict::User(_) => Ok(()),
+        auth::Verdict::Throttled(wait) => Err(RegistryError::new(
+            Code::TooManyRequests,
+            "too many wrong passwords from this address; wait before trying again",
+        )
+        .header(header::RETRY_AFTER, HeaderValue::from(wait))),
+        auth::Verdict::Busy => Err(RegistryError::new(
+            Code::TooManyRequests,
+            "too many logins are being checked; retry in a moment",
+        )
+        .header(header::RETRY_AFTER, HeaderValue::from(1))),
+        auth::Verdict::Refused => Err(RegistryError::new(
             Code::Unauthorized,
             if req.headers.contains_key(header::AUTHORIZATION) {
                 "wrong user name or password"

@@ -856,17 +856,17 @@ fn answered_within(addr: std::net::SocketAddr, within: Duration) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200"))
 }
 
-/// With one connection allowed, the client holding it decides who else is served: one that
-/// sends nothing, one that stops mid-body and one that reads nothing of its download each
-/// lose it after their timeout, and the next client is answered.
+/// A connection that sends nothing is closed after the idle timeout. With one connection
+/// allowed, a client that stops mid-body, or reads nothing of its download, holds it (it is
+/// busy, so not closed to make room) until its timeout, and the next client is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_holding_a_connection_without_using_it_loses_it() {
     use std::io::Write;
     let f = Fixture::with_config(Config {
         max_connections: 1,
         idle_timeout: Duration::from_millis(400),
-        body_timeout: Duration::from_millis(400),
-        write_timeout: Duration::from_millis(400),
+        body_timeout: Duration::from_millis(1500),
+        write_timeout: Duration::from_millis(1500),
         ..Config::default()
     })
     .await;
@@ -874,17 +874,31 @@ async fn a_client_holding_a_connection_without_using_it_loses_it() {
     let img = f.pack("big:v1", &[("/big", &content)]).await;
     let addr = f.addr;
     let blob = format!("/v2/big/blobs/{}", img.top().layer.digest);
-    for holder in ["silent", "stalled body", "unread download"] {
+    let silent = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 16];
+        matches!(s.read(&mut buf), Ok(0))
+            || matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    });
+    assert!(
+        silent.await.expect("join"),
+        "a silent connection was not closed"
+    );
+    for holder in ["stalled body", "unread download"] {
         let blob = blob.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let mut s = std::net::TcpStream::connect(addr).expect("connect");
             match holder {
-                "silent" => {}
                 "stalled body" => s
                     .write_all(b"PUT /v2/x/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
                     .expect("send"),
                 _ => write!(s, "GET {blob} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send"),
             }
+            // Its request is in flight, so it is busy: not closed to make room.
+            std::thread::sleep(Duration::from_millis(300));
             // While it holds the only connection, another client waits...
             let blocked = !answered_within(addr, Duration::from_millis(150));
             // ...until its timeout frees it.
@@ -903,7 +917,7 @@ async fn a_client_holding_a_connection_without_using_it_loses_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_past_the_cap_wait_and_shutdown_is_bounded() {
+async fn at_the_connection_cap_idle_ones_make_room_busy_ones_do_not_and_shutdown_is_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path().join("store")).await.expect("store");
     let server = Server::bind(
@@ -924,14 +938,36 @@ async fn connections_past_the_cap_wait_and_shutdown_is_bounded() {
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
+    // Two connections that send nothing fill the cap: a new client is served at once, each
+    // time, by closing the one idle longest.
+    let idle = tokio::task::spawn_blocking(move || {
+        let held: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let served = (0..3).all(|_| answered_within(addr, Duration::from_secs(2)));
+        drop(held);
+        served
+    });
+    assert!(
+        idle.await.expect("join"),
+        "idle connections kept a new client out"
+    );
+
+    // Two connections mid-request (bodies they never finish) are busy: a third waits...
     let (a, b) = tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let a = std::net::TcpStream::connect(addr).expect("connect");
-        let mut b = std::net::TcpStream::connect(addr).expect("connect");
-        // b is mid-request: a body it never finishes.
-        b.write_all(b"PUT /v2/x/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        let stalled = || {
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.write_all(
+                b"PUT /v2/x/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+            )
             .expect("send");
-        (a, b)
+            s
+        };
+        let pair = (stalled(), stalled());
+        std::thread::sleep(Duration::from_millis(100));
+        pair
     })
     .await
     .expect("join");
@@ -939,8 +975,9 @@ async fn connections_past_the_cap_wait_and_shutdown_is_bounded() {
         tokio::task::spawn_blocking(move || answered_within(addr, Duration::from_millis(300)));
     assert!(
         !third.await.expect("join"),
-        "a third connection was served past the cap of 2"
+        "a third connection was served past the cap of 2 busy ones"
     );
+    // ...until one of them closes.
     drop(a);
     let fourth = tokio::task::spawn_blocking(move || answered_within(addr, Duration::from_secs(5)));
     assert!(

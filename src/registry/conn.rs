@@ -2,28 +2,50 @@
 //! not use: the socket is watched ([`Watched`]) for a peer that sends nothing while no request
 //! of it is being answered (the idle timeout, from the moment it connects), and for a peer
 //! that takes no byte of an answer (the write timeout). A request body that stops arriving is
-//! the body timeout's (`RequestBody`); how many connections are open at once is the
-//! server's cap.
+//! the body timeout's (`RequestBody`). How many connections are open at once is capped; at
+//! the cap, the connection idle longest is closed to make room ([`Connections`]), so a flood
+//! of connections that send nothing cannot keep new clients out.
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// What the requests of a connection tell its socket.
+/// What the requests of a connection tell its socket, and the server its connections.
 #[derive(Debug, Default)]
 pub struct ConnState {
     /// Requests read and not yet answered to their last byte. While one is, the connection
     /// is the server's to use (a pack may take a minute), not idle.
     in_flight: AtomicUsize,
+    /// When it last received a byte or finished an answer, in ms since `epoch()`.
+    last_active: AtomicU64,
+    /// Cancelled to close the connection (at the cap, to make room for a new one).
+    pub evict: tokio_util::sync::CancellationToken,
+}
+
+/// A fixed instant for connections' activity times (atomics hold numbers, not instants).
+fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl ConnState {
+    pub fn new() -> ConnState {
+        let state = ConnState::default();
+        state.active();
+        state
+    }
+
     /// Marks a request in flight until the returned guard is dropped (with its answer).
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -33,6 +55,62 @@ impl ConnState {
     fn busy(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) > 0
     }
+
+    fn active(&self) {
+        self.last_active.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// The open connections: at the cap, the one idle longest makes room for a new one.
+#[derive(Default)]
+pub struct Connections {
+    open: Mutex<HashMap<u64, Arc<ConnState>>>,
+    next: AtomicU64,
+}
+
+impl Connections {
+    /// Registers a connection; `Registered` takes it out again when dropped.
+    pub fn add(self: &Arc<Self>, state: Arc<ConnState>) -> Registered {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, state);
+        Registered {
+            connections: self.clone(),
+            id,
+        }
+    }
+
+    /// Closes the connection that has been idle longest (no request in flight); false if
+    /// every connection is busy.
+    pub fn evict_idlest(&self) -> bool {
+        let open = self.lock();
+        let idlest = open
+            .values()
+            .filter(|c| !c.busy() && !c.evict.is_cancelled())
+            .min_by_key(|c| c.last_active.load(Ordering::Relaxed));
+        match idlest {
+            Some(c) => {
+                c.evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A connection in `Connections`, until it ends.
+pub struct Registered {
+    connections: Arc<Connections>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connections.lock().remove(&self.id);
+    }
 }
 
 /// A request in flight; dropped when its answer is done (or abandoned).
@@ -41,6 +119,7 @@ pub struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.active();
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -99,6 +178,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     this.read_deadline = None;
+                    this.state.active();
                 }
                 Poll::Ready(r)
             }

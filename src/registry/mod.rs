@@ -56,7 +56,7 @@ use crate::reference::{Name, Tag};
 use crate::store::{Link, Store, StoreError};
 pub use auth::{DEFAULT_FAILURES_PER_MINUTE, Htpasswd};
 use body::{Body, Logged, RequestBody};
-use conn::{ConnState, InFlight, Watched};
+use conn::{ConnState, Connections, InFlight, Watched};
 use errors::{Code, RegistryError};
 use router::Route;
 use uploads::Uploads;
@@ -520,6 +520,7 @@ impl Server {
             .max_send_buf_size(H2_SEND_BUFFER)
             .max_header_list_size(64 << 10);
         let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let connections = Arc::new(Connections::default());
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         let sweeper = self.registry.uploads.as_ref().map(|uploads| {
@@ -538,15 +539,6 @@ impl Server {
             })
         });
         loop {
-            // At the cap, stop accepting: new connections wait in the kernel's backlog, and
-            // the open ones go on being served.
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break, // never closed
-                },
-                () = &mut shutdown => break,
-            };
             let (stream, remote) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
@@ -559,12 +551,33 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            // At the cap, the connection idle longest is closed to make room; if every one
+            // is busy, this one waits (and further ones in the kernel's backlog).
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    if connections.evict_idlest() {
+                        tracing::debug!(
+                            "at the connection cap: closed the connection idle longest"
+                        );
+                    }
+                    tokio::select! {
+                        p = slots.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            Err(_) => break, // never closed
+                        },
+                        () = &mut shutdown => break,
+                    }
+                }
+            };
             // Small responses (manifests, errors) should not wait for Nagle.
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "set TCP_NODELAY");
             }
             let registry = self.registry.clone();
-            let state = Arc::new(ConnState::default());
+            let state = Arc::new(ConnState::new());
+            let registered = connections.add(state.clone());
+            let evicted = state.evict.clone();
             let watched = Watched::new(
                 stream,
                 state.clone(),
@@ -586,10 +599,15 @@ impl Server {
                 .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    log_connection_error(remote, e.as_ref());
+                tokio::select! {
+                    ended = conn => if let Err(e) = ended {
+                        log_connection_error(remote, e.as_ref());
+                    },
+                    () = evicted.cancelled() => {
+                        tracing::debug!(%remote, "idle connection closed to make room");
+                    }
                 }
-                drop(permit);
+                drop((registered, permit));
             });
         }
         drop(self.listener);

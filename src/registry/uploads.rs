@@ -48,23 +48,48 @@ pub struct Uploads {
     max_per_client: usize,
 }
 
-/// The sessions, and how many each client address holds.
+/// The sessions, and how many each client address holds (or is opening: admitted, its temp
+/// file being made).
 #[derive(Default)]
 struct Table {
     sessions: HashMap<UploadId, Arc<Slot>>,
+    /// Admitted but not yet in `sessions`.
+    opening: usize,
     per_client: HashMap<IpAddr, usize>,
 }
 
 impl Table {
     fn remove(&mut self, id: &UploadId) -> Option<Arc<Slot>> {
         let slot = self.sessions.remove(id)?;
-        if let Some(n) = self.per_client.get_mut(&slot.client) {
+        self.release(slot.client);
+        Some(slot)
+    }
+
+    fn release(&mut self, client: IpAddr) {
+        if let Some(n) = self.per_client.get_mut(&client) {
             *n -= 1;
             if *n == 0 {
-                self.per_client.remove(&slot.client);
+                self.per_client.remove(&client);
             }
         }
-        Some(slot)
+    }
+}
+
+/// A place taken under the caps for a session being opened; given back if it never opens.
+struct Admission<'a> {
+    uploads: &'a Uploads,
+    client: IpAddr,
+    /// Set once the session is in the table (its place is then the session's).
+    opened: bool,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        let mut table = self.uploads.table();
+        table.opening -= 1;
+        if !self.opened {
+            table.release(self.client);
+        }
     }
 }
 
@@ -129,19 +154,24 @@ impl Uploads {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Refuses a new session past the caps: 429, to be retried later.
-    fn admit(&self, client: IpAddr) -> Result<(), RegistryError> {
-        let table = self.table();
+    /// Takes a place for a new session under the caps (counted at once, so concurrent
+    /// requests cannot all squeeze past them), or refuses: 429, to be retried later.
+    fn admit(&self, client: IpAddr) -> Result<Admission<'_>, RegistryError> {
+        let mut table = self.table();
         let theirs = table.per_client.get(&client).copied().unwrap_or(0);
-        let why = if table.sessions.len() >= self.max_sessions {
-            format!(
-                "{} uploads are open, the most this registry takes at once",
-                table.sessions.len()
-            )
+        let open = table.sessions.len() + table.opening;
+        let why = if open >= self.max_sessions {
+            format!("{open} uploads are open, the most this registry takes at once")
         } else if theirs >= self.max_per_client {
             format!("this client has {theirs} uploads open, the most one client may")
         } else {
-            return Ok(());
+            table.opening += 1;
+            *table.per_client.entry(client).or_default() += 1;
+            return Ok(Admission {
+                uploads: self,
+                client,
+                opened: false,
+            });
         };
         Err(RegistryError::new(Code::TooManyRequests, why)
             .header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S)))
@@ -151,8 +181,9 @@ impl Uploads {
         &self,
         name: Name,
         writer: BlobWriter,
-        client: IpAddr,
+        mut admission: Admission<'_>,
     ) -> Result<UploadId, RegistryError> {
+        let client = admission.client;
         let id = UploadId::random().map_err(|e| {
             tracing::error!(error = %e, "cannot draw a random upload id");
             RegistryError::new(Code::Unknown, "internal error starting an upload")
@@ -164,9 +195,8 @@ impl Uploads {
             cancelled: tokio_util::sync::CancellationToken::new(),
             client,
         };
-        let mut table = self.table();
-        table.sessions.insert(id.clone(), Arc::new(slot));
-        *table.per_client.entry(client).or_default() += 1;
+        self.table().sessions.insert(id.clone(), Arc::new(slot));
+        admission.opened = true;
         Ok(id)
     }
 
@@ -272,9 +302,9 @@ pub async fn post(
                 .detail(json!({ "digest-algorithm": super::router::truncate(a) }))
         })?,
     };
-    uploads.admit(client)?;
+    let admission = uploads.admit(client)?;
     let writer = registry.store().new_blob_with(algorithm).await?;
-    let id = uploads.insert(name.clone(), writer, client)?;
+    let id = uploads.insert(name.clone(), writer, admission)?;
     accepted(name, &id, 0)
 }
 

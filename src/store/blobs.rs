@@ -345,14 +345,20 @@ impl BlobWriter {
         self.out.written()
     }
 
-    /// Writes out what is buffered and frees the buffer, for a writer that will wait (an
-    /// upload between chunks); the next write makes a new one.
+    /// Writes out what is buffered and frees the buffers (ours and tokio's), for a writer
+    /// that will wait (an upload between chunks); the next write makes new ones.
     pub async fn park(&mut self) -> Result<()> {
         let path = self.temp.to_path_buf();
         ctx(self.out.flush().await, "write", &path)?;
         let sink = self.out.get_mut();
-        if let Some(b) = sink.buffered.take() {
-            sink.parked = Some(b.into_inner());
+        let file = match sink.buffered.take() {
+            Some(b) => Some(b.into_inner()),
+            None => sink.parked.take(),
+        };
+        // tokio's File keeps a buffer of its own as big as the largest write it was given
+        // (a megabyte here); a File made anew from the std one has none.
+        if let Some(file) = file {
+            sink.parked = Some(tokio::fs::File::from_std(file.into_std().await));
         }
         Ok(())
     }

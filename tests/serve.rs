@@ -409,3 +409,133 @@ fn requests_the_http_parser_refuses_are_logged() {
         "{log}"
     );
 }
+
+/// A number from the clock's nanoseconds: enough to vary where each trial is killed.
+fn jitter(below: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos) % below
+}
+
+/// One push of a small image (config, layer, manifest tagged `tag`); its manifest digest.
+fn push_image(addr: &str, repo: &str, tag: &str, seed: u64) -> Option<String> {
+    let mut digests = Vec::new();
+    for body in [
+        format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":{seed}}}").into_bytes(),
+        common::noise(64 << 10, seed),
+    ] {
+        let d = format!("sha256:{}", {
+            let mut h = Hasher::new();
+            h.update(&body);
+            h.finish().0.hex().to_owned()
+        });
+        let r = common::try_raw_request(
+            addr,
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+            &[&format!("Content-Length: {}", body.len())],
+            &body,
+        )
+        .ok()?;
+        (r.status == 201).then_some(())?;
+        digests.push((d, body.len()));
+    }
+    let manifest = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\
+         \"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"{}\",\"size\":{}}},\
+         \"layers\":[{{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"{}\",\"size\":{}}}]}}",
+        digests[0].0, digests[0].1, digests[1].0, digests[1].1
+    );
+    let r = common::try_raw_request(
+        addr,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            &format!("Content-Length: {}", manifest.len()),
+        ],
+        manifest.as_bytes(),
+    )
+    .ok()?;
+    (r.status == 201).then(|| r.header("docker-content-digest").unwrap_or("").to_owned())
+}
+
+/// 30 servers killed with SIGKILL at a random moment while clients push images, delete
+/// them by digest and by tag, and pull an on-demand image that changes every trial (so it is
+/// packed): after each, `quinistry verify` finds every blob whole and the graph consistent.
+#[test]
+fn thirty_sigkills_during_pushes_deletes_and_packs_leave_a_consistent_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let input = dir.path().join("od");
+    let spec = format!("od={}", input.display());
+    for trial in 0..30u64 {
+        std::fs::write(&input, common::noise(8 << 20, 100 + trial)).expect("input");
+        let mut server = Serving::start(&store, dir.path(), &["--push", "--image", &spec]);
+        let addr = server.addr.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut clients = Vec::new();
+        for worker in 0..3u64 {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            clients.push(std::thread::spawn(move || {
+                let mut pushed = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let seed = trial * 10_000 + worker * 1000 + i;
+                    match worker {
+                        0 | 1 => {
+                            if let Some(d) =
+                                push_image(&addr, "kill/app", &format!("t{}", i % 4), seed)
+                            {
+                                pushed.push(d);
+                            }
+                            // Now and then, one of them goes again by digest or by tag.
+                            if i.is_multiple_of(3)
+                                && let Some(d) = pushed.pop()
+                            {
+                                let path = if i.is_multiple_of(2) {
+                                    format!("/v2/kill/app/manifests/{d}")
+                                } else {
+                                    format!("/v2/kill/app/manifests/t{}", i % 4)
+                                };
+                                let _ = common::try_raw_request(&addr, "DELETE", &path, &[], b"");
+                            }
+                        }
+                        _ => {
+                            let _ = common::try_raw_request(
+                                &addr,
+                                "GET",
+                                "/v2/od/manifests/latest",
+                                &[],
+                                b"",
+                            );
+                        }
+                    }
+                }
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(150 + jitter(600)));
+        server.child.kill().expect("SIGKILL");
+        let _ = server.child.wait();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for c in clients {
+            c.join().expect("client");
+        }
+        let out = quinistry()
+            .args(["verify", "--store"])
+            .arg(&store)
+            .output()
+            .expect("verify");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(", 0 bad") && text.contains("0 inconsistencies"),
+            "trial {trial}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The trials did work before each kill: images pushed, layers of the on-demand image.
+    let blobs = common::files(&store.join("blobs/sha256")).len();
+    assert!(blobs > 60, "only {blobs} blobs: the clients did little before the kills");
+}

@@ -247,30 +247,36 @@ pub fn try_raw_request(
     stream.write_all(body)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
-    Ok(parse_response(raw))
+    parse_response(raw)
 }
 
-fn parse_response(raw: Vec<u8>) -> RawResponse {
+fn parse_response(raw: Vec<u8>) -> std::io::Result<RawResponse> {
+    let bad = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{what} in {:?}", String::from_utf8_lossy(&raw)),
+        )
+    };
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
+        .ok_or_else(|| bad("no header end"))?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {head}"));
+        .ok_or_else(|| bad("no status line"))?;
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    RawResponse {
+    Ok(RawResponse {
         status,
         headers,
         body: raw[split + 4..].to_vec(),
-    }
+    })
 }
 
 /// A `quinistry serve` child process on an ephemeral loopback port; killed on drop.

@@ -537,5 +537,8 @@ fn thirty_sigkills_during_pushes_deletes_and_packs_leave_a_consistent_store() {
     }
     // The trials did work before each kill: images pushed, layers of the on-demand image.
     let blobs = common::files(&store.join("blobs/sha256")).len();
-    assert!(blobs > 60, "only {blobs} blobs: the clients did little before the kills");
+    assert!(
+        blobs > 60,
+        "only {blobs} blobs: the clients did little before the kills"
+    );
 }

@@ -32,7 +32,7 @@ mod router;
 mod tags;
 mod uploads;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -177,7 +177,8 @@ pub struct Registry {
     uploads: Option<Uploads>,
     /// Repository links found in the store. Only this process removes links (and forgets
     /// them here when it does), so a link once seen stays true; a new one is read at once.
-    linked: RwLock<HashSet<(Name, Link, Digest)>>,
+    /// At most `REMEMBERED` of them.
+    linked: RwLock<HashMap<(Name, Link, Digest), ()>>,
     /// Writes that change what a repository's tags and links mean to each other (a manifest
     /// push with its tags, a delete by digest with the tags it takes, a blob delete) hold the
     /// lock of their repository, so no interleaving leaves a tag naming an unlinked manifest.
@@ -190,9 +191,22 @@ pub struct Registry {
 /// each other's writes, which is harmless).
 const REPOSITORY_LOCKS: usize = 64;
 
+/// At most this many entries in each of the registry's maps of what the store said (tags,
+/// repositories, links): the store itself has no bound, and a client can push millions of
+/// small things. Past it a map starts over empty, which costs only store reads.
+const REMEMBERED: usize = 100_000;
+
+/// Inserts into a map of remembered store answers, starting it over when it is full.
+fn remember<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, key: K, value: V) {
+    if map.len() >= REMEMBERED && !map.contains_key(&key) {
+        map.clear();
+    }
+    map.insert(key, value);
+}
+
 /// What the store said recently about things that can change under us (tags, repositories),
-/// trusted for `TAG_TTL`. Only things found are kept, so something new is seen at once and the
-/// map is bounded by the store.
+/// trusted for `TAG_TTL`. Only things found are kept, so something new is seen at once; at
+/// most `REMEMBERED` of them.
 struct Recent<K, V>(RwLock<HashMap<K, (V, Instant)>>);
 
 impl<K: Eq + std::hash::Hash + Clone, V: Clone> Recent<K, V> {
@@ -205,9 +219,9 @@ impl<K: Eq + std::hash::Hash + Clone, V: Clone> Recent<K, V> {
     fn set(&self, key: &K, value: Option<V>) {
         let mut map = write(&self.0);
         match value {
-            Some(v) => map.insert(key.clone(), (v, Instant::now())),
-            None => map.remove(key),
-        };
+            Some(v) => remember(&mut map, key.clone(), (v, Instant::now())),
+            None => drop(map.remove(key)),
+        }
     }
 
     async fn get<F>(&self, key: &K, lookup: F) -> Result<Option<V>, StoreError>
@@ -222,9 +236,9 @@ impl<K: Eq + std::hash::Hash + Clone, V: Clone> Recent<K, V> {
         let found = lookup.await?;
         let mut map = write(&self.0);
         match &found {
-            Some(value) => map.insert(key.clone(), (value.clone(), Instant::now())),
-            None => map.remove(key),
-        };
+            Some(value) => remember(&mut map, key.clone(), (value.clone(), Instant::now())),
+            None => drop(map.remove(key)),
+        }
         Ok(found)
     }
 }
@@ -293,7 +307,7 @@ impl Registry {
             images: None,
             access: Access::default(),
             uploads: None,
-            linked: RwLock::new(HashSet::new()),
+            linked: RwLock::new(HashMap::new()),
             repository_locks: (0..REPOSITORY_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -340,19 +354,23 @@ impl Registry {
         digest: &Digest,
     ) -> Result<bool, StoreError> {
         let key = (name.clone(), kind, digest.clone());
-        if read(&self.linked).contains(&key) {
+        if read(&self.linked).contains_key(&key) {
             return Ok(true);
         }
         let linked = self.store.is_linked(name, kind, digest).await?;
         if linked {
-            write(&self.linked).insert(key);
+            remember(&mut write(&self.linked), key, ());
         }
         Ok(linked)
     }
 
     async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<(), StoreError> {
         self.store.link(name, kind, digest).await?;
-        write(&self.linked).insert((name.clone(), kind, digest.clone()));
+        remember(
+            &mut write(&self.linked),
+            (name.clone(), kind, digest.clone()),
+            (),
+        );
         self.repositories.set(name, Some(()));
         Ok(())
     }
@@ -904,6 +922,20 @@ mod tests {
             media_type: image::OCI_MANIFEST,
             docker_twin: tokio::sync::OnceCell::new(),
         })
+    }
+
+    #[test]
+    fn remembered_store_answers_never_pass_their_bound() {
+        let mut map = HashMap::new();
+        for i in 0..REMEMBERED * 2 + 7 {
+            remember(&mut map, i, ());
+            assert!(map.len() <= REMEMBERED, "{} entries", map.len());
+            assert!(map.contains_key(&i), "the newest answer is kept");
+        }
+        // Refreshing a key already there never empties a full map.
+        let mut full: HashMap<usize, ()> = (0..REMEMBERED).map(|i| (i, ())).collect();
+        remember(&mut full, 3, ());
+        assert_eq!(full.len(), REMEMBERED);
     }
 
     #[test]

@@ -244,6 +244,16 @@ fn wanted(key: &str) -> bool {
     std::env::var("ATTACK").map_or(true, |w| w.split(',').any(|k| k == key))
 }
 
+/// Counts a response by `prefix` and its status ("error" when there was none).
+fn count_response(statuses: &Statuses, prefix: &str, r: reqwest::Result<reqwest::Response>) {
+    count(
+        statuses,
+        r.map_or("error".into(), |r| {
+            format!("{prefix}{}", r.status().as_u16())
+        }),
+    );
+}
+
 fn count(statuses: &Statuses, what: String) {
     *statuses
         .lock()
@@ -336,10 +346,7 @@ async fn upload_sessions(addr: SocketAddr, statuses: Statuses, n: usize) {
                     .post(format!("http://{addr}/v2/flood/blobs/uploads/"))
                     .send()
                     .await;
-                count(
-                    &statuses,
-                    r.map_or("error".into(), |r| r.status().as_u16().to_string()),
-                );
+                count_response(&statuses, "", r);
             }
         }));
     }
@@ -381,10 +388,7 @@ async fn patched_sessions(addr: SocketAddr, statuses: Statuses, n: usize) {
                     .body(chunk.clone())
                     .send()
                     .await;
-                count(
-                    &statuses,
-                    r.map_or("error".into(), |r| format!("patch {}", r.status().as_u16())),
-                );
+                count_response(&statuses, "patch ", r);
             }
         }));
     }
@@ -508,10 +512,7 @@ async fn big_manifests(addr: SocketAddr, statuses: Statuses) {
             .body(bytes)
             .send()
             .await;
-        count(
-            &statuses,
-            r.map_or("error".into(), |r| format!("put {}", r.status().as_u16())),
-        );
+        count_response(&statuses, "put ", r);
         digests.push(d);
     }
     for d in digests {
@@ -545,10 +546,7 @@ async fn wrong_passwords(addr: SocketAddr, statuses: Statuses) {
                     .basic_auth("alice", Some(format!("guess-{i}")))
                     .send()
                     .await;
-                count(
-                    &statuses,
-                    r.map_or("error".into(), |r| r.status().as_u16().to_string()),
-                );
+                count_response(&statuses, "", r);
             }
         }));
     }

@@ -38,18 +38,10 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 peak() { awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$1/status"; }
 
-start() {
-  RUST_LOG=info "$bin" serve --listen 127.0.0.1:0 --store "$work/store" --level "$level" \
-    --root "$work/root" >"$work/out" 2>>"$work/serve.log" &
-  pid=$!
-  for _ in $(seq 1 100); do
-    addr=$(awk '$1 == "listening" { sub("http://", "", $2); print $2 }' "$work/out")
-    [ -n "$addr" ] && return
-    sleep 0.05
-  done
-  echo "server did not start" >&2; cat "$work/serve.log" >&2; exit 1
-}
-stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
+# shellcheck source=benches/serve-lib.sh
+. benches/serve-lib.sh
+start() { serve_start --level "$level" --root "$work/root"; }
+stop() { serve_stop; }
 head_digest() {
   curl -sfI -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
     "http://$addr/v2/tools/big/manifests/latest" | awk 'tolower($1) == "docker-content-digest:" { print $2 }' | tr -d '\r'

@@ -55,18 +55,10 @@ cat "$work/data" >>"$big"
 rm "$work/data"
 touch -d '1 hour ago' "$big"
 
-start() {
-  RUST_LOG=info "$bin" serve --listen 127.0.0.1:0 --store "$work/store" \
-    --image python3=/usr/bin/python3 --root "$work/root" >"$work/out" 2>>"$work/serve.log" &
-  pid=$!
-  for _ in $(seq 1 100); do
-    addr=$(awk '$1 == "listening" { sub("http://", "", $2); print $2 }' "$work/out")
-    [ -n "$addr" ] && return
-    sleep 0.05
-  done
-  echo "server did not start" >&2; cat "$work/serve.log" >&2; exit 1
-}
-stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
+# shellcheck source=benches/serve-lib.sh
+. benches/serve-lib.sh
+start() { serve_start --image python3=/usr/bin/python3 --root "$work/root"; }
+stop() { serve_stop; }
 copy() {
   rm -rf "$work/copy"
   local t0; t0=$(now)

@@ -361,14 +361,22 @@ pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
     DOCKER_MANIFEST_LIST,
 ];
 
-/// The media type of a manifest or index document, or `None` if `bytes` is not one. An OCI
-/// document may omit `mediaType`; its shape tells then.
 /// `media_type` if it is a manifest media type we serve.
 pub fn known_manifest_type(media_type: &str) -> Option<&'static str> {
     MANIFEST_MEDIA_TYPES.into_iter().find(|t| *t == media_type)
 }
 
-pub fn manifest_media_type(bytes: &[u8]) -> Option<&'static str> {
+/// How a schema 2 document tells what it is.
+pub enum ManifestKind {
+    /// By its `mediaType` (`None`: a type we do not serve).
+    Declared(Option<&'static str>),
+    /// It has no `mediaType` (OCI allows that); by its shape it looks like this (`None`:
+    /// neither an image nor an index).
+    Undeclared(Option<&'static str>),
+}
+
+/// How `bytes` tells what it is, or `None` if it is not a schema 2 JSON document.
+pub fn manifest_kind(bytes: &[u8]) -> Option<ManifestKind> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Probe {
@@ -381,11 +389,19 @@ pub fn manifest_media_type(bytes: &[u8]) -> Option<&'static str> {
     if probe.schema_version != Some(2) {
         return None;
     }
-    match probe.media_type.as_deref() {
-        Some(m) => MANIFEST_MEDIA_TYPES.into_iter().find(|t| *t == m),
-        None if probe.manifests.is_some() => Some(OCI_INDEX),
-        None if probe.config.is_some() => Some(OCI_MANIFEST),
-        None => None,
+    Some(match probe.media_type.as_deref() {
+        Some(m) => ManifestKind::Declared(known_manifest_type(m)),
+        None if probe.manifests.is_some() => ManifestKind::Undeclared(Some(OCI_INDEX)),
+        None if probe.config.is_some() => ManifestKind::Undeclared(Some(OCI_MANIFEST)),
+        None => ManifestKind::Undeclared(None),
+    })
+}
+
+/// The media type of a manifest or index document, or `None` if `bytes` is not one. An OCI
+/// document may omit `mediaType`; its shape tells then.
+pub fn manifest_media_type(bytes: &[u8]) -> Option<&'static str> {
+    match manifest_kind(bytes)? {
+        ManifestKind::Declared(t) | ManifestKind::Undeclared(t) => t,
     }
 }
 
@@ -478,7 +494,6 @@ pub fn parse_pushed_manifest(
             "the document has both an image's config/layers and an index's manifests".to_owned(),
         );
     }
-    let known = |t: &str| MANIFEST_MEDIA_TYPES.into_iter().find(|k| *k == t);
     let content_type = content_type.filter(|t| !t.is_empty());
     let media_type = match (doc.media_type.as_deref(), content_type) {
         (Some(inner), Some(outer)) if inner != outer => {
@@ -487,7 +502,7 @@ pub fn parse_pushed_manifest(
             ));
         }
         (Some(t), _) | (None, Some(t)) => {
-            known(t).ok_or_else(|| format!("unsupported manifest media type {t}"))?
+            known_manifest_type(t).ok_or_else(|| format!("unsupported manifest media type {t}"))?
         }
         (None, None) => manifest_media_type(bytes)
             .ok_or("no mediaType and no Content-Type: cannot tell what this document is")?,

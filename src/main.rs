@@ -490,8 +490,6 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
     server.run(shutdown_signal()?).await.map_err(msg)
 }
 
-/// The access rules `serve` was given, checked: pushing on an address others can reach needs
-/// authentication, unless the operator says otherwise in so many words.
 /// The file descriptors this process may open, raised to the hard limit (a registry holds a
 /// socket per connection and a file per download and upload), and the connection limits
 /// and timeouts, each checked. Defaults keep connections and uploads within the descriptors.
@@ -504,10 +502,7 @@ fn limits(args: &ServeArgs) -> Result<(registry::Config, u64), String> {
             Ok(std::time::Duration::from_secs(n))
         }
     };
-    let budget = usize::try_from(fds.saturating_sub(64)).unwrap_or(usize::MAX);
-    let max_connections = args
-        .max_connections
-        .unwrap_or_else(|| (budget / 3).clamp(16, 4096));
+    let max_connections = args.max_connections.unwrap_or_else(|| fd_share(fds, 4096));
     if max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
@@ -522,6 +517,14 @@ fn limits(args: &ServeArgs) -> Result<(registry::Config, u64), String> {
     Ok((config, fds))
 }
 
+/// A default cap for something that holds a file descriptor each (connections, uploads): a
+/// third of the descriptors, keeping 64 for the rest of the process, within `16..=max`.
+fn fd_share(fds: u64, max: usize) -> usize {
+    (usize::try_from(fds.saturating_sub(64)).unwrap_or(usize::MAX) / 3).clamp(16, max)
+}
+
+/// The access rules `serve` was given, checked: pushing on an address others can reach needs
+/// authentication, unless the operator says otherwise in so many words.
 fn access(args: &ServeArgs, listen: SocketAddr, fds: u64) -> Result<registry::Access, String> {
     if args.htpasswd.is_some() && !args.push && !args.auth_reads {
         return Err("--htpasswd guards pushes, which are off: add --push (or --auth-reads)".into());
@@ -547,9 +550,7 @@ fn access(args: &ServeArgs, listen: SocketAddr, fds: u64) -> Result<registry::Ac
         auth_reads: args.auth_reads,
         max_blob_size: args.max_blob_size.map(|n| n as u64),
         upload_timeout: std::time::Duration::from_secs(args.upload_timeout),
-        max_uploads: args.max_uploads.unwrap_or_else(|| {
-            (usize::try_from(fds.saturating_sub(64)).unwrap_or(usize::MAX) / 3).clamp(16, 1024)
-        }),
+        max_uploads: args.max_uploads.unwrap_or_else(|| fd_share(fds, 1024)),
         max_uploads_per_client: args.max_uploads_per_client,
     })
 }

@@ -361,16 +361,7 @@ fn a_program_finding_its_libraries_through_origin_dotdot_keeps_its_layout() {
     let tool = dir.path().join("toolchain");
     std::fs::create_dir_all(tool.join("bin")).expect("mkdir");
     std::fs::create_dir_all(tool.join("lib")).expect("mkdir");
-    std::fs::write(
-        dir.path().join("greet.c"),
-        "#include <stdio.h>\nvoid greet(void) { puts(\"hello from ../lib\"); }\n",
-    )
-    .expect("write");
-    std::fs::write(
-        dir.path().join("app.c"),
-        "void greet(void);\nint main(void) { greet(); return 0; }\n",
-    )
-    .expect("write");
+    library_and_app(dir.path(), "greet", "hello from ../lib");
     sh(&format!(
         "cd '{d}' && cc -shared -fPIC -Wl,-soname,libgreet.so -o toolchain/lib/libgreet.so greet.c \
          && cc -o toolchain/bin/app app.c toolchain/lib/libgreet.so -Wl,--enable-new-dtags,-rpath,'$ORIGIN/../lib'",
@@ -525,16 +516,7 @@ fn a_library_found_through_ld_so_conf_is_found_in_the_image() {
     let _undo = LoaderConf(vec![libdir.clone(), conf.clone()]);
     std::fs::create_dir_all(&libdir).expect("mkdir");
     std::fs::write(&conf, format!("{}\n", libdir.display())).expect("conf");
-    std::fs::write(
-        dir.path().join("hi.c"),
-        "#include <stdio.h>\nvoid hi(void) { puts(\"found through ld.so.conf\"); }\n",
-    )
-    .expect("write");
-    std::fs::write(
-        dir.path().join("app.c"),
-        "void hi(void);\nint main(void) { hi(); return 0; }\n",
-    )
-    .expect("write");
+    library_and_app(dir.path(), "hi", "found through ld.so.conf");
     sh(&format!(
         "cd '{d}' && cc -shared -fPIC -Wl,-soname,libhi.so -o '{l}/libhi.so' hi.c \
          && cc -o app app.c -L'{l}' -lhi && ldconfig",
@@ -560,4 +542,19 @@ fn a_library_found_through_ld_so_conf_is_found_in_the_image() {
         env.contains(&format!("LD_LIBRARY_PATH={}", libdir.display())),
         "{env}"
     );
+}
+
+/// Writes `<function>.c`, a library function that prints `message`, and `app.c`, a program
+/// that calls it, into `dir`.
+fn library_and_app(dir: &Path, function: &str, message: &str) {
+    std::fs::write(
+        dir.join(format!("{function}.c")),
+        format!("#include <stdio.h>\nvoid {function}(void) {{ puts(\"{message}\"); }}\n"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("app.c"),
+        format!("void {function}(void);\nint main(void) {{ {function}(); return 0; }}\n"),
+    )
+    .expect("write");
 }

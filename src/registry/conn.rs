@@ -7,6 +7,7 @@
 //! of connections that send nothing cannot keep new clients out.
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -163,8 +164,6 @@ fn expired(deadline: &mut Option<Pin<Box<Sleep>>>, after: Duration, cx: &mut Con
 fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, what.to_owned())
 }
-
-use std::future::Future as _;
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(

@@ -203,7 +203,8 @@ pub async fn put(
             .tags
             .set(&(name.clone(), tag.clone()), Some(digest.clone()));
     }
-    tracing::info!(%name, %digest, media_type = pushed.media_type, tags = extra_tags.len() + usize::from(path_tag.is_some()), "manifest pushed");
+    let tags = extra_tags.len() + usize::from(path_tag.is_some());
+    tracing::info!(%name, %digest, media_type = pushed.media_type, tags, "manifest pushed");
     let mut response = super::empty(StatusCode::CREATED);
     let h = response.headers_mut();
     h.insert(

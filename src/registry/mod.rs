@@ -453,11 +453,20 @@ impl Registry {
                 actual,
             });
         }
-        // A manifest without a `mediaType` is what it was pushed as; else what it says, or
-        // (stores from before the record) what its shape says.
-        let recorded = self.store.manifest_type(digest).await?;
-        let recorded = recorded.and_then(|t| image::known_manifest_type(&t));
-        let Some(media_type) = recorded.or_else(|| image::manifest_media_type(&bytes)) else {
+        let media_type = match image::manifest_kind(&bytes) {
+            None => None,
+            Some(image::ManifestKind::Declared(t)) => t,
+            // Without a `mediaType` it is what it was pushed as (recorded only for such
+            // documents, so only they pay the read), else (stores from before the record)
+            // what its shape says.
+            Some(image::ManifestKind::Undeclared(shape)) => {
+                let recorded = self.store.manifest_type(digest).await?;
+                recorded
+                    .and_then(|t| image::known_manifest_type(&t))
+                    .or(shape)
+            }
+        };
+        let Some(media_type) = media_type else {
             return Ok(None);
         };
         let manifest = Arc::new(Manifest {
@@ -952,7 +961,7 @@ mod tests {
         assert!(cache.get(&a.digest).is_some()); // a is now the most recent
         cache.insert(c.clone());
         assert!(cache.bytes <= 100, "{}", cache.bytes);
-        assert!(cache.get(&b.digest).is_none(), "the least used stays");
+        assert!(cache.get(&b.digest).is_none(), "the least used one stayed");
         assert!(cache.get(&a.digest).is_some() && cache.get(&c.digest).is_some());
         // One larger than the budget is not kept, and leaves nothing over it.
         cache.insert(d.clone());

@@ -12,8 +12,8 @@
 //!
 //! A session is a store temp file fed in order and hashed as bytes arrive, so the blob is
 //! never read back to be checked (unless the `PUT` names a digest of another algorithm than
-//! the session was opened with: then it is read once); `PUT` compares the running digest with `D` and commits
-//! (fsync, rename) only on a match. Sessions live in memory and hold their temp file's lock:
+//! the session was opened with: then it is read once); `PUT` compares the running digest
+//! with `D` and commits (fsync, rename) only on a match. Sessions live in memory and hold their temp file's lock:
 //! if the process dies, the next `Store::open` removes the file; if a client goes quiet for
 //! `upload_timeout`, the sweeper drops the session and the file with it.
 

@@ -306,11 +306,11 @@ impl Sink {
         }
     }
 
-    /// The file, its buffer written out (call `flush` first).
-    fn into_file(self) -> Option<tokio::fs::File> {
-        match self.buffered {
+    /// The file, taken out of its buffer (call `flush` first).
+    fn take_file(&mut self) -> Option<tokio::fs::File> {
+        match self.buffered.take() {
             Some(b) => Some(b.into_inner()),
-            None => self.parked,
+            None => self.parked.take(),
         }
     }
 }
@@ -351,13 +351,9 @@ impl BlobWriter {
         let path = self.temp.to_path_buf();
         ctx(self.out.flush().await, "write", &path)?;
         let sink = self.out.get_mut();
-        let file = match sink.buffered.take() {
-            Some(b) => Some(b.into_inner()),
-            None => sink.parked.take(),
-        };
         // tokio's File keeps a buffer of its own as big as the largest write it was given
         // (a megabyte here); a File made anew from the std one has none.
-        if let Some(file) = file {
+        if let Some(file) = sink.take_file() {
             sink.parked = Some(tokio::fs::File::from_std(file.into_std().await));
         }
         Ok(())
@@ -389,7 +385,7 @@ impl BlobWriter {
     ) -> Result<(Digest, u64)> {
         let temp_path = self.temp.to_path_buf();
         ctx(self.out.flush().await, "write", &temp_path)?;
-        let (sink, mut digest, len) = self.out.into_parts();
+        let (mut sink, mut digest, len) = self.out.into_parts();
         if let Some(expected) = expected
             && expected.algorithm() != digest.algorithm()
         {
@@ -409,7 +405,7 @@ impl BlobWriter {
                 actual: digest,
             });
         }
-        let Some(file) = sink.into_file() else {
+        let Some(file) = sink.take_file() else {
             return ctx(
                 Err(io::Error::other("the blob's temp file is gone")),
                 "commit",

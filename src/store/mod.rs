@@ -12,7 +12,7 @@
 //!                                            empty: manifest <d> in <name> has that subject
 //! <root>/cache/layers/<hex>                  a layer-cache record: which layer a set of input
 //!                                            files packed into (JSON, see `cache`)
-//! <root>/types/<d>                          the media type a manifest without a `mediaType`
+//! <root>/types/<d>                           the media type a manifest without a `mediaType`
 //!                                            was pushed as (`application/vnd.docker...`)
 //! <root>/cache/files/<hex>                   a file made from bytes in memory so that it can
 //!                                            be packed (the self-image's license notices),

@@ -1,0 +1,15 @@
+# Sourced by the bench scripts that run a quinistry server: `serve_start ARGS...` starts
+# "$bin serve --listen 127.0.0.1:0 --store $work/store ARGS..." in the background and waits
+# for its `listening` line (sets $pid and $addr); `serve_stop` stops it. Needs $bin and $work.
+serve_start() {
+  RUST_LOG=info "$bin" serve --listen 127.0.0.1:0 --store "$work/store" "$@" \
+    >"$work/out" 2>>"$work/serve.log" &
+  pid=$!
+  for _ in $(seq 1 100); do
+    addr=$(awk '$1 == "listening" { sub("http://", "", $2); print $2 }' "$work/out")
+    [ -n "$addr" ] && return
+    sleep 0.05
+  done
+  echo "server did not start" >&2; cat "$work/serve.log" >&2; exit 1
+}
+serve_stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }

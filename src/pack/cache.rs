@@ -17,7 +17,9 @@ use crate::image::{Layer, LayerEncoding};
 use crate::store::{FileStamp, Store, StoreError};
 
 /// Bumped whenever the key or the record changes meaning; older records then never match.
-pub const FORMAT: u32 = 2;
+/// 3: parallel gzip became libdeflate members (issue 18), so the same options make other
+/// bytes than a format-2 record names.
+pub const FORMAT: u32 = 3;
 
 /// What the store keeps per key.
 #[derive(Debug, Serialize, Deserialize)]

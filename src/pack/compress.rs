@@ -8,8 +8,8 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 
-use async_compression::Level;
 use async_compression::tokio::write::{GzipEncoder, ZstdEncoder};
+use async_compression::{Level, zstd};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::image::LayerEncoding;
@@ -21,8 +21,8 @@ const PIECE: usize = 1 << 20;
 pub const DEFAULT_GZIP_LEVEL: u32 = 6;
 /// zstd's own default (`zstd -3`).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
-/// Blocks of parallel gzip. Large enough that the per-block costs (a fresh dictionary, a
-/// 5-byte flush marker) vanish, small enough that even small layers split across cores.
+/// Blocks of parallel gzip. Large enough that the per-block costs (matches lost at the cut,
+/// 18 bytes of member header and trailer) vanish, small enough that even small layers split across cores.
 pub const DEFAULT_BLOCK_SIZE: usize = 1 << 20;
 
 /// How a layer's tar stream is compressed.
@@ -206,8 +206,21 @@ where
             gzip::parallel(input, out, level, block_size, threads).await
         }
         Compression::Zstd { level } => {
-            let zstd = ZstdEncoder::with_quality(Vec::new(), Level::Precise(level));
-            on_blocking_thread(single_stream(input, out, zstd)).await
+            // libzstd's multithreaded mode: the input is cut into jobs whose size depends on
+            // the level only, so any number of workers from 1 up gives the same bytes (0, the
+            // single-threaded mode, would give others: it is never used). `single_stream`
+            // never flushes, which would cut a job early.
+            let workers = threads.clamp(1, gzip::MAX_THREADS) as u32;
+            let params = [zstd::CParameter::nb_workers(workers)];
+            on_niced_thread(move || {
+                let zstd = ZstdEncoder::with_quality_and_params(
+                    Vec::new(),
+                    Level::Precise(level),
+                    &params,
+                );
+                single_stream(input, out, zstd)
+            })
+            .await
         }
         Compression::None => copy(input, out).await,
     }
@@ -221,6 +234,27 @@ async fn on_blocking_thread<T: Send + 'static>(
     tokio::task::spawn_blocking(move || runtime.block_on(work))
         .await
         .map_err(io::Error::other)?
+}
+
+/// Runs `work` on a thread of its own at lower priority, for an encoder that starts threads
+/// of its own: on Linux a thread starts with its creator's nice value, so libzstd's workers
+/// take only what the server's threads leave, as the gzip workers do.
+async fn on_niced_thread<T, F>(work: impl FnOnce() -> F + Send + 'static) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: Future<Output = io::Result<T>>,
+{
+    let runtime = tokio::runtime::Handle::current();
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("quinistry-zstd".to_owned())
+        .spawn(move || {
+            gzip::lower_priority();
+            let _ = done.send(runtime.block_on(work()));
+        })?;
+    result
+        .await
+        .map_err(|_| io::Error::other("the zstd thread stopped"))?
 }
 
 /// An async-compression encoder that writes into memory.
@@ -322,7 +356,12 @@ mod tests {
         use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
         let mut back = Vec::new();
         match c {
-            Compression::Gzip { .. } => GzipDecoder::new(bytes).read_to_end(&mut back).await,
+            Compression::Gzip { .. } => {
+                // Parallel gzip is one member per block.
+                let mut gz = GzipDecoder::new(bytes);
+                gz.multiple_members(true);
+                gz.read_to_end(&mut back).await
+            }
             Compression::Zstd { .. } => ZstdDecoder::new(bytes).read_to_end(&mut back).await,
             Compression::None => bytes.read_to_end(&mut back).await,
         }
@@ -356,6 +395,33 @@ mod tests {
             let pieces = compress(jitter, Vec::new(), c, 1).await.expect("pieces");
             assert!(whole == pieces, "{c}: output changed with input chunking");
             assert!(decompress(c, &whole).await == data, "{c}: round trip");
+        }
+    }
+
+    /// zstd#2327: a one-shot call once made multithreaded zstd's bytes depend on the number
+    /// of workers. 40 MB is five of level 3's 8 MiB jobs, so 2 and 8 workers really share it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn zstd_bytes_do_not_depend_on_the_number_of_workers() {
+        let data: Vec<u8> = (0..40_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 29) as u8 ^ (i / 4096) as u8)
+            .collect();
+        for level in [1, 3, 9] {
+            let c = Compression::Zstd { level };
+            let one = compress(std::io::Cursor::new(data.clone()), Vec::new(), c, 1)
+                .await
+                .expect("1 worker");
+            for workers in [2, 8] {
+                let jitter = Jittery {
+                    data: data.clone(),
+                    pos: 0,
+                    calls: 0,
+                };
+                let many = compress(jitter, Vec::new(), c, workers)
+                    .await
+                    .expect("n workers");
+                assert!(one == many, "{c}: {workers} workers differ from 1");
+            }
+            assert!(decompress(c, &one).await == data, "{c}: round trip");
         }
     }
 

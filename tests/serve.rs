@@ -542,3 +542,104 @@ fn thirty_sigkills_during_pushes_deletes_and_packs_leave_a_consistent_store() {
         "only {blobs} blobs: the clients did little before the kills"
     );
 }
+
+/// Blobs go out of plain HTTP/1.1 connections by sendfile from maps of 8 MiB of the file at a
+/// time (src/registry/sendfile.rs): whole, in ranges that start off a page and cross a map's
+/// end, back to back on one kept-alive connection, and over HTTP/2 (which reads the maps), the
+/// bytes are the stored blob's.
+#[test]
+fn downloads_are_byte_identical_by_sendfile_in_ranges_and_over_http2() {
+    const MAP: usize = 8 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve_big(dir.path(), 2 * MAP + 12_345, 21);
+    let layer = server.report["layer"].clone();
+    let stored = std::fs::read(common::blob(&dir.path().join("store"), &layer)).expect("blob");
+    let size = stored.len();
+    assert!(size > 2 * MAP && size % 4096 != 0, "{size}");
+    let path = format!("/v2/big/blobs/{layer}");
+
+    let whole = raw_request(&server.addr, "GET", &path, &[]);
+    assert_eq!(whole.status, 200);
+    assert!(whole.body == stored, "whole blob differs");
+    let ranges = [
+        (0, 0),
+        (1, 4096),
+        (4095, 4097),
+        (MAP - 1, MAP),
+        (MAP + 7, 2 * MAP + 4099),
+        (12_345, size - 1),
+        (size - 1, size - 1),
+    ];
+    for (first, last) in ranges {
+        let r = raw_request(
+            &server.addr,
+            "GET",
+            &path,
+            &[&format!("Range: bytes={first}-{last}")],
+        );
+        assert_eq!(r.status, 206, "{first}-{last}");
+        assert!(r.body == stored[first..=last], "{first}-{last} differs");
+    }
+
+    // Three answers on one connection: what follows a sendfile body is a clean response.
+    let mut conn = std::net::TcpStream::connect(&server.addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let ask = |range: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n{range}\r\n");
+    let requests = [
+        ask("Range: bytes=4095-4097\r\n"),
+        ask(""),
+        ask("Range: bytes=-3\r\n"),
+    ];
+    conn.write_all(requests.concat().as_bytes()).expect("send");
+    let mut reader = std::io::BufReader::new(conn);
+    for want in [&stored[4095..=4097], &stored[..], &stored[size - 3..]] {
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).expect("header line");
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse::<usize>().ok();
+            }
+        }
+        let mut body = vec![0u8; length.expect("content-length")];
+        reader.read_exact(&mut body).expect("body");
+        assert!(body == want, "a kept-alive answer differs");
+    }
+
+    // HTTP/2 (prior knowledge): the same maps, read by the h2 framing instead.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&server.addr)
+            .await
+            .expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(
+                    tcp,
+                ))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        for range in [None, Some((MAP - 1, 2 * MAP + 1))] {
+            let mut req = hyper::Request::get(format!("http://{}{path}", server.addr));
+            if let Some((first, last)) = range {
+                req = req.header("range", format!("bytes={first}-{last}"));
+            }
+            let req = req.body(http_body_util::Empty::new()).expect("request");
+            let response = send.send_request(req).await.expect("h2 response");
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .expect("h2 body")
+                .to_bytes();
+            let want = match range {
+                Some((first, last)) => &stored[first..=last],
+                None => &stored[..],
+            };
+            assert!(body == want, "HTTP/2 {range:?} differs");
+        }
+    });
+}

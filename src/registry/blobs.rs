@@ -20,6 +20,7 @@ pub async fn get(
     name: &Name,
     digest: &Digest,
     request: &HeaderMap,
+    mapped: bool,
 ) -> Result<Response<Body>, RegistryError> {
     registry.require_repository(name).await?;
     // Scoped: only what was pushed, mounted or packed into this repository. A manifest is a
@@ -57,16 +58,21 @@ pub async fn get(
         Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
         None => (StatusCode::OK, 0, size),
     };
-    if start > 0 {
-        file.seek(SeekFrom::Start(start))
-            .await
-            .map_err(|source| StoreError::Io {
-                action: "seek in blob",
-                path: registry.store().blob_path(digest),
-                source,
-            })?;
-    }
-    let mut response = Response::new(Body::file(file, len));
+    let body = if mapped {
+        Body::mapped(file.into_std().await, start, len)
+    } else {
+        if start > 0 {
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(|source| StoreError::Io {
+                    action: "seek in blob",
+                    path: registry.store().blob_path(digest),
+                    source,
+                })?;
+        }
+        Body::file(file, len)
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(

@@ -28,7 +28,15 @@ pub enum Body {
     Empty,
     /// A whole document (manifest, JSON list, error); `None` once sent.
     Bytes(Option<Bytes>),
-    /// A blob, or a range of one; `remaining` gives hyper an exact size hint.
+    /// A blob, or a range of one, as maps of its file that the socket sends with
+    /// `sendfile` (see [`super::sendfile`]).
+    Mapped {
+        file: std::sync::Arc<std::fs::File>,
+        /// Where the next map starts.
+        offset: u64,
+        remaining: u64,
+    },
+    /// A blob, or a range of one, read in chunks; `remaining` gives hyper an exact size hint.
     File {
         stream: ReaderStream<tokio::io::Take<tokio::fs::File>>,
         remaining: u64,
@@ -38,6 +46,15 @@ pub enum Body {
 impl Body {
     pub fn bytes(b: impl Into<Bytes>) -> Body {
         Body::Bytes(Some(b.into()))
+    }
+
+    /// `len` bytes of `file` from `offset`, as maps.
+    pub fn mapped(file: std::fs::File, offset: u64, len: u64) -> Body {
+        Body::Mapped {
+            file: std::sync::Arc::new(file),
+            offset,
+            remaining: len,
+        }
     }
 
     /// `len` bytes of `file` from its current position.
@@ -60,6 +77,24 @@ impl hyper::body::Body for Body {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Mapped {
+                file,
+                offset,
+                remaining,
+            } => {
+                if *remaining == 0 {
+                    return Poll::Ready(None);
+                }
+                let len = (*remaining).min(super::sendfile::MAP_CHUNK as u64);
+                match super::sendfile::map(file, *offset, len as usize) {
+                    Ok(chunk) => {
+                        *offset += len;
+                        *remaining -= len;
+                        Poll::Ready(Some(Ok(Frame::data(chunk))))
+                    }
+                    Err(e) => Poll::Ready(Some(Err(e))),
+                }
+            }
             Body::File { stream, remaining } => {
                 match std::task::ready!(Pin::new(stream).poll_next(cx)) {
                     Some(Ok(chunk)) => {
@@ -83,7 +118,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Bytes(b) => b.is_none(),
-            Body::File { remaining, .. } => *remaining == 0,
+            Body::File { remaining, .. } | Body::Mapped { remaining, .. } => *remaining == 0,
         }
     }
 
@@ -91,7 +126,9 @@ impl hyper::body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::File { remaining, .. } => SizeHint::with_exact(*remaining),
+            Body::File { remaining, .. } | Body::Mapped { remaining, .. } => {
+                SizeHint::with_exact(*remaining)
+            }
         }
     }
 }

@@ -29,6 +29,7 @@ mod manifests;
 mod pagination;
 mod referrers;
 mod router;
+mod sendfile;
 mod tags;
 mod uploads;
 
@@ -606,7 +607,7 @@ impl Server {
             let registered = connections.add(state.clone());
             let evicted = state.evict.clone();
             let watched = Watched::new(
-                stream,
+                sendfile::Sendfile::new(stream),
                 state.clone(),
                 config.idle_timeout,
                 config.write_timeout,
@@ -791,7 +792,11 @@ async fn dispatch(
             _ => Err(not_allowed(m, "GET, HEAD, PUT, DELETE")),
         },
         (Route::Blob(name, digest), m) => match *m {
-            Method::GET | Method::HEAD => blobs::get(registry, &name, &digest, headers).await,
+            Method::GET | Method::HEAD => {
+                // The Sendfile socket sees HTTP/1 writes only; HTTP/2 frames its data.
+                let mapped = req.version <= hyper::Version::HTTP_11;
+                blobs::get(registry, &name, &digest, headers, mapped).await
+            }
             Method::DELETE => blobs::delete(registry, &name, &digest).await,
             _ => Err(not_allowed(m, "GET, HEAD, DELETE")),
         },

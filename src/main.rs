@@ -219,13 +219,42 @@ impl StoreArg {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::prelude::*;
+    // The access log (one line per request) is handed to a thread that writes it in batches:
+    // written with a system call per line on the request's own thread, it cost a fifth of
+    // the manifest GET rate (86k against 116k per second with it off). Not lossy: past
+    // 128,000 lines waiting, requests wait for the log, as nginx's do. Every other line is
+    // written at once, in order with what the program prints. The guard writes out what is
+    // left when `main` returns.
+    let (access_writer, _access_guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("quinistry-log")
+            .finish(std::io::BufWriter::with_capacity(
+                64 << 10,
+                progress::LogWriter,
+            ));
+    let is_access = |m: &tracing::Metadata<'_>| m.target() == registry::ACCESS_LOG;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(progress::LogWriter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(access_writer)
+                .with_ansi(ansi)
+                .with_filter(tracing_subscriber::filter::filter_fn(is_access)),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(progress::LogWriter)
+                .with_ansi(ansi)
+                .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+                    !is_access(m)
+                })),
+        )
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {

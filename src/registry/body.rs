@@ -205,13 +205,13 @@ impl Drop for Logged {
         let ms = format_args!("{:.2}", a.start.elapsed().as_secs_f64() * 1e3);
         match &self.error {
             Some(error) => tracing::warn!(
-                target: "quinistry::access",
+                target: super::ACCESS_LOG,
                 remote = %a.remote, method = %a.method, path = %a.path, status = a.status,
                 bytes = self.sent, ms, %error,
                 "request failed while sending the body"
             ),
             None => tracing::info!(
-                target: "quinistry::access",
+                target: super::ACCESS_LOG,
                 remote = %a.remote, method = %a.method, path = %a.path, status = a.status,
                 bytes = self.sent, ms,
                 // A body dropped before its end: the client went away mid-download.

@@ -62,6 +62,10 @@ use errors::{Code, RegistryError};
 use router::Route;
 use uploads::Uploads;
 
+/// The tracing target of the access log, one line per request: `main` writes it apart from
+/// the rest (batched, on a thread of its own).
+pub const ACCESS_LOG: &str = "quinistry::access";
+
 /// Manifests larger than this are not manifests (the spec lets registries cap them at 4 MiB).
 const MAX_MANIFEST: u64 = 4 << 20;
 
@@ -666,7 +670,7 @@ impl Server {
 fn log_connection_error(remote: SocketAddr, e: &(dyn std::error::Error + 'static)) {
     match e.downcast_ref::<hyper::Error>() {
         Some(h) if h.is_parse_too_large() || h.is_parse() => tracing::info!(
-            target: "quinistry::access",
+            target: ACCESS_LOG,
             %remote,
             // hyper's own choice, by its error's words (its kinds are private).
             status = match h.to_string() {

@@ -148,6 +148,15 @@ struct ServeArgs {
     /// [default: the number of CPUs]
     #[arg(long, value_name = "N")]
     max_packs: Option<usize>,
+    /// Do not pack on-demand images ahead of their first pull. By default each is packed in
+    /// the background at start and whenever its files change (one at a time, at low
+    /// priority), so a pull finds its layers ready
+    #[arg(long)]
+    no_prepack: bool,
+    /// How often the background packing checks every on-demand image even without a change
+    /// notice (for file systems inotify cannot watch)
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    rescan: u64,
     /// Accept pushes and deletes (the OCI distribution API's write side)
     #[arg(long)]
     push: bool,
@@ -409,6 +418,9 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
 }
 
 async fn run_serve(args: ServeArgs) -> Result<(), String> {
+    if args.rescan == 0 {
+        return Err("--rescan must be at least 1 second".to_owned());
+    }
     let listen: SocketAddr = args.listen.parse().map_err(|_| {
         format!(
             "invalid --listen {:?}: use IP:PORT, e.g. {DEFAULT_LISTEN}",
@@ -483,8 +495,13 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
         report(&img, &tagged, &store_dir, None);
         pull = Some(tagged);
     }
+    let mut prepack = None;
     let registry = if on_demand {
         let (images, lines) = OnDemand::new(store.clone(), image.opts, image.threads, setup).await;
+        let images = std::sync::Arc::new(images);
+        if !args.no_prepack {
+            prepack = Some(images.clone());
+        }
         for line in &lines {
             say(format_args!("on demand  {line}"));
         }
@@ -493,7 +510,7 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
                 "on demand  no images yet (files added under --root will be)"
             ));
         }
-        Registry::with_images(store, std::sync::Arc::new(images))
+        Registry::with_images(store, images)
     } else {
         Registry::new(store)
     };
@@ -516,6 +533,9 @@ async fn run_serve(args: ServeArgs) -> Result<(), String> {
     ));
     // Last line, and the one scripts wait for.
     say(format_args!("listening http://{addr}"));
+    if let Some(images) = prepack {
+        quinistry::ondemand::prepack::spawn(images, std::time::Duration::from_secs(args.rescan));
+    }
     server.run(shutdown_signal()?).await.map_err(msg)
 }
 

@@ -37,12 +37,14 @@ fn age(path: &Path, secs: u64) {
         .expect("set mtime");
 }
 
+/// `serve --root ROOT`, packing on pulls only (`--no-prepack`): these tests are about what
+/// a pull does; the background packing has tests of its own.
 fn serve_root(store: &Path, logs: &Path, root: &Path, log_filter: &str) -> Serving {
     std::fs::create_dir_all(logs).expect("log dir");
     Serving::start_with_log(
         store,
         logs,
-        &["--root", root.to_str().expect("utf-8 path")],
+        &["--no-prepack", "--root", root.to_str().expect("utf-8 path")],
         log_filter,
     )
 }
@@ -357,7 +359,13 @@ async fn packs_beyond_max_packs_wait_for_a_slot() {
     let server = Serving::start(
         &dir.path().join("store"),
         &logs,
-        &["--root", root.to_str().expect("utf-8"), "--max-packs", "1"],
+        &[
+            "--no-prepack",
+            "--root",
+            root.to_str().expect("utf-8"),
+            "--max-packs",
+            "1",
+        ],
     );
     let http = reqwest::Client::new();
     let pulls: Vec<_> = ["a", "b", "c"]
@@ -516,7 +524,8 @@ async fn explicit_images_are_packed_on_first_pull() {
     let pair = format!("tools/pair:v1={},{}:/opt/d", a.display(), d.display());
     let missing = format!("later={}", later.display());
     let store = dir.path().join("store");
-    let server = Serving::start(&store, dir.path(), &["--image", &pair, "--image", &missing]);
+    let args = ["--no-prepack", "--image", &pair, "--image", &missing];
+    let server = Serving::start(&store, dir.path(), &args);
     let http = reqwest::Client::new();
     assert!(blobs(&store).is_empty(), "packed at start");
     assert_eq!(catalog(&http, &server.addr).await, ["later", "tools/pair"]);
@@ -680,4 +689,85 @@ fn tags_of_on_demand_images_cannot_be_pushed_or_deleted() {
     // Still served as the files say.
     let again = raw_request(&server.addr, "GET", "/v2/tool/manifests/latest", &[]);
     assert_eq!(again.body, manifest.body);
+}
+
+/// `serve --root ROOT` with background packing (the default) at level 9, which packs
+/// incompressible bytes slowly enough for a test to act while the pack runs.
+fn serve_root_prepacking(dir: &Path, root: &Path) -> Serving {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    Serving::start_with_log(
+        &dir.join("store"),
+        &logs,
+        &["--level", "9", "--root", root.to_str().expect("utf-8 path")],
+        "info,quinistry::ondemand=debug",
+    )
+}
+
+/// Waits until the server's log has `needle` (at most 60 s); the log then.
+fn wait_for_log(server: &Serving, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = server.log_text();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{needle}` in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_packed_in_the_background_and_a_pull_joins_the_pack_in_flight() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    executable(&root.join("big"), &noise(48 << 20, 31));
+    let server = serve_root_prepacking(dir.path(), &root);
+    // Nobody asked; the pack starts anyway. A pull now joins it rather than packing again.
+    wait_for_log(&server, "packing layer:");
+    let http = reqwest::Client::new();
+    let first = pull(&http, &server.addr, "big").await;
+    let log = server.log_text();
+    assert_eq!(count(&log, "packing layer:"), 1, "{log}");
+    assert!(count(&log, "waited for a pack in flight") >= 1, "{log}");
+
+    // A file added later is packed without a pull too (inotify), and the pull that follows
+    // finds it ready: no pack of its own.
+    executable(&root.join("later"), &noise(1 << 20, 32));
+    wait_for_log(&server, "image=later:latest}: quinistry::pack: packed layer in");
+    let packs = count(&server.log_text(), "packing layer:");
+    pull(&http, &server.addr, "later").await;
+    assert_eq!(pull(&http, &server.addr, "big").await, first);
+    let log = server.log_text();
+    assert_eq!(count(&log, "packing layer:"), packs, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_during_a_background_pack_never_yields_a_wrong_layer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    let tool = root.join("tool");
+    executable(&tool, &noise(48 << 20, 41));
+    let server = serve_root_prepacking(dir.path(), &root);
+    wait_for_log(&server, "packing layer:");
+    // Rewritten in place while the background pack reads it.
+    let new = noise(48 << 20, 42);
+    executable(&tool, &new);
+    let log = wait_for_log(&server, "file changed while it was being packed");
+    assert_eq!(count(&log, "packed layer in"), 0, "{log}");
+    // The change brings another pass, which packs what the file holds now.
+    wait_for_log(&server, "packed layer in");
+    let http = reqwest::Client::new();
+    let pulled = pull(&http, &server.addr, "tool").await;
+    let store = dir.path().join("store");
+    assert!(
+        file_in_layer(&store, &pulled.layer, "usr/local/bin/tool") == new,
+        "the layer does not hold the file as it is"
+    );
+    drop(server);
+    // And nothing in the store is named wrongly or left half-made.
+    run_ok(quinistry().arg("verify").arg("--store").arg(&store));
 }

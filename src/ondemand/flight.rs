@@ -83,6 +83,15 @@ impl<S: PartialEq, T: Clone + Send + Sync + 'static> Flight<S, T> {
         let done = outcome.wait_for(Option::is_some).await.ok()?;
         done.as_ref().map(|(t, _)| (t.clone(), joined))
     }
+
+    /// Whether the latest attempt was for `stamp`, has finished, and `good` likes its outcome.
+    pub fn done_for(&self, stamp: &S, good: impl Fn(&T) -> bool) -> bool {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest
+            .as_ref()
+            .filter(|a| a.stamp == *stamp)
+            .is_some_and(|a| a.outcome.borrow().as_ref().is_some_and(|(t, _)| good(t)))
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! the files, now.
 
 pub mod flight;
+pub mod prepack;
 mod spec;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

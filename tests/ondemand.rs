@@ -737,7 +737,10 @@ async fn files_are_packed_in_the_background_and_a_pull_joins_the_pack_in_flight(
     // A file added later is packed without a pull too (inotify), and the pull that follows
     // finds it ready: no pack of its own.
     executable(&root.join("later"), &noise(1 << 20, 32));
-    wait_for_log(&server, "image=later:latest}: quinistry::pack: packed layer in");
+    wait_for_log(
+        &server,
+        "image=later:latest}: quinistry::pack: packed layer in",
+    );
     let packs = count(&server.log_text(), "packing layer:");
     pull(&http, &server.addr, "later").await;
     assert_eq!(pull(&http, &server.addr, "big").await, first);

@@ -18,12 +18,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::OnDemand;
+use crate::reference::{Name, Tag};
+use crate::store::FileStamp;
 
 /// How long changes must have stopped before a pass starts.
 pub const QUIET: Duration = Duration::from_secs(1);
@@ -38,10 +40,14 @@ async fn run(ondemand: Arc<OnDemand>, every: Duration) {
     let (changed, mut changes) = mpsc::channel::<()>(1);
     let _watcher = watch(&ondemand, changed);
     loop {
-        ondemand.pack_all().await;
+        // A pass that left images for later (files still settling) comes back for them.
+        let again = ondemand
+            .pack_all()
+            .await
+            .map_or(every, |later| later.min(every));
         tokio::select! {
             _ = changes.recv() => {}
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(again) => {}
         }
         // Wait for the changes to stop: a file copied in fires for every write.
         while let Ok(Some(())) = tokio::time::timeout(QUIET, changes.recv()).await {}
@@ -99,12 +105,20 @@ impl OnDemand {
         if let Some(root) = &self.root {
             paths.push((root.dir.clone(), RecursiveMode::Recursive));
         }
-        let inputs = self.explicit.values().flat_map(|t| t.values()).flat_map(|e| &e.inputs);
+        let inputs = self
+            .explicit
+            .values()
+            .flat_map(|t| t.values())
+            .flat_map(|e| &e.inputs);
         for input in inputs {
             if input.source.is_dir() {
                 paths.push((input.source.clone(), RecursiveMode::Recursive));
             } else if let Some(parent) = input.source.parent() {
-                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
                 paths.push((parent.to_path_buf(), RecursiveMode::NonRecursive));
             }
         }
@@ -114,41 +128,78 @@ impl OnDemand {
     }
 
     /// Resolves every on-demand image in turn, packing what is not packed; failures are
-    /// logged by the pack, and retried on the next pass.
-    pub async fn pack_all(&self) {
-        let mut images: Vec<(crate::reference::Name, crate::reference::Tag)> = self
+    /// logged by the pack, and retried on the next pass. Returns how soon another pass is
+    /// due for images whose files were modified too recently to pack now.
+    pub async fn pack_all(&self) -> Option<Duration> {
+        let mut images: Vec<(Name, Tag)> = self
             .explicit
             .iter()
             .flat_map(|(name, tags)| tags.keys().map(move |tag| (name.clone(), tag.clone())))
             .collect();
         if let Some(root) = &self.root {
-            let latest = crate::reference::Tag::latest();
-            images.extend(root.names(true).await.into_iter().map(|n| (n, latest.clone())));
+            images.extend(
+                root.names(true)
+                    .await
+                    .into_iter()
+                    .map(|n| (n, Tag::latest())),
+            );
         }
+        let mut again: Option<Duration> = None;
+        let mut later = |wait: Duration| again = Some(again.map_or(wait, |a| a.min(wait)));
         for (name, tag) in images {
-            if !self.packed_as_is(&name, &tag).await {
-                let _ = self.manifest(&name, &tag).await;
+            let Some(stamps) = self.current_stamps(&name, &tag).await else {
+                continue; // gone since the scan
+            };
+            if self.packed_for(&name, &tag, &stamps) {
+                continue;
+            }
+            if let Some(wait) = settling(&stamps, SystemTime::now()) {
+                later(wait);
+                continue;
+            }
+            let packed = self.manifest(&name, &tag).await;
+            // Served, but not cached: files below an input folder were fresh. Once they have
+            // settled, a pack of them is remembered.
+            if matches!(packed, Some(Ok(_))) && !self.packed_for(&name, &tag, &stamps) {
+                later(crate::pack::SETTLE);
             }
         }
+        again
     }
 
-    /// Whether the image's last pack succeeded, with inputs that had settled and look as
-    /// they do now: then a pass leaves it alone (and the log quiet). What only its libraries
-    /// changed, a pull finds, as it plans again after `RECHECK`.
-    async fn packed_as_is(&self, name: &crate::reference::Name, tag: &crate::reference::Tag) -> bool {
+    /// The stamps of an image's top-level inputs now; `None` if it has no file any more.
+    async fn current_stamps(&self, name: &Name, tag: &Tag) -> Option<Vec<Option<FileStamp>>> {
+        if let Some(e) = self.explicit.get(name).and_then(|t| t.get(tag)) {
+            return Some(super::stamps(&e.inputs).await);
+        }
+        let found = self.root.as_ref()?.locate(name).await?;
+        Some(vec![Some(found.stamp)])
+    }
+
+    /// Whether the image's last pack was of inputs stamped `stamps`, succeeded, and had
+    /// settled (so its layers are cached): then a pass leaves it alone, and the log quiet.
+    /// What only its libraries changed, a pull finds, as it plans again after `RECHECK`.
+    fn packed_for(&self, name: &Name, tag: &Tag, stamps: &Vec<Option<FileStamp>>) -> bool {
         let good = |o: &super::Outcome| o.as_ref().is_ok_and(|r| r.settled);
         if let Some(e) = self.explicit.get(name).and_then(|t| t.get(tag)) {
-            return e.image.flight.done_for(&super::stamps(&e.inputs).await, good);
+            return e.image.flight.done_for(stamps, good);
         }
-        let Some(root) = &self.root else {
-            return false;
-        };
-        let image = self.root_images.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
-        match (image, root.locate(name).await) {
-            (Some(image), Some(found)) => image.flight.done_for(&vec![Some(found.stamp)], good),
-            _ => false,
-        }
+        let images = self.root_images.lock().unwrap_or_else(|p| p.into_inner());
+        images
+            .get(name)
+            .is_some_and(|i| i.flight.done_for(stamps, good))
     }
+}
+
+/// How long until the newest of `stamps` is `SETTLE` old; `None` if it is already. A file
+/// modified so recently may still be being written (a copy in progress): packed now, it
+/// would be served but not cached, and most likely fail as it changes under the pack.
+fn settling(stamps: &[Option<FileStamp>], now: SystemTime) -> Option<Duration> {
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_nanos() as i128;
+    let newest = stamps.iter().flatten().map(|s| s.mtime_ns).max()?;
+    let left = crate::pack::SETTLE.as_nanos() as i128 - (now - newest);
+    // A little past the limit, so the next look finds it settled.
+    (left > 0).then(|| Duration::from_nanos(left as u64) + Duration::from_millis(100))
 }
 
 #[cfg(test)]
@@ -161,11 +212,39 @@ mod tests {
     }
 
     #[test]
+    fn fresh_files_are_left_until_they_settle() {
+        let stamp = |age_ms: u64, now: SystemTime| FileStamp {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: (now - Duration::from_millis(age_ms))
+                .duration_since(UNIX_EPOCH)
+                .expect("after 1970")
+                .as_nanos() as i128,
+        };
+        let now = SystemTime::now();
+        assert_eq!(settling(&[Some(stamp(10_000, now))], now), None);
+        assert_eq!(settling(&[None], now), None);
+        let wait = settling(
+            &[Some(stamp(10_000, now)), Some(stamp(1_000, now)), None],
+            now,
+        )
+        .expect("one input is a second old");
+        assert!(
+            wait > Duration::from_millis(1_900) && wait <= Duration::from_millis(2_100),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
     fn reads_and_the_stores_own_writes_bring_no_pass() {
         let store = Path::new("/root/store");
         let write = EventKind::Modify(ModifyKind::Any);
         assert!(matters(&event(write, "/root/app"), store));
-        assert!(matters(&event(EventKind::Create(CreateKind::File), "/root/new"), store));
+        assert!(matters(
+            &event(EventKind::Create(CreateKind::File), "/root/new"),
+            store
+        ));
         let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
         assert!(matters(&event(closed, "/root/app"), store));
         let read = EventKind::Access(AccessKind::Open(AccessMode::Any));

@@ -230,7 +230,7 @@ pub fn default_threads() -> usize {
 /// How long after its last modification a file's stamp is trusted to identify its content:
 /// more than the coarsest file-system timestamp granularity in use (FAT's 2 s; ext4's is
 /// a few milliseconds), as git and ccache do for "racily clean" files.
-const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Packs `inputs` (and the ELF closure of what is in them) into one layer in `store`.
 /// Nothing is stored unless the whole layer is.

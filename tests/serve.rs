@@ -543,13 +543,12 @@ fn thirty_sigkills_during_pushes_deletes_and_packs_leave_a_consistent_store() {
     );
 }
 
-/// Blobs go out of plain HTTP/1.1 connections by sendfile from maps of 8 MiB of the file at a
-/// time (src/registry/sendfile.rs): whole, in ranges that start off a page and cross a map's
-/// end, back to back on one kept-alive connection, and over HTTP/2 (which reads the maps), the
-/// bytes are the stored blob's.
+/// Blobs go out from maps of 1 MiB of the file at a time (src/registry/mapped.rs): whole, in
+/// ranges that start off a page and cross a map's end, back to back on one kept-alive
+/// connection, and over HTTP/2, the bytes are the stored blob's.
 #[test]
-fn downloads_are_byte_identical_by_sendfile_in_ranges_and_over_http2() {
-    const MAP: usize = 8 << 20;
+fn downloads_from_maps_are_byte_identical_whole_in_ranges_and_over_http2() {
+    const MAP: usize = 1 << 20;
     let dir = tempfile::tempdir().expect("tempdir");
     let server = serve_big(dir.path(), 2 * MAP + 12_345, 21);
     let layer = server.report["layer"].clone();
@@ -581,7 +580,7 @@ fn downloads_are_byte_identical_by_sendfile_in_ranges_and_over_http2() {
         assert!(r.body == stored[first..=last], "{first}-{last} differs");
     }
 
-    // Three answers on one connection: what follows a sendfile body is a clean response.
+    // Three answers on one connection: what follows a mapped body is a clean response.
     let mut conn = std::net::TcpStream::connect(&server.addr).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
@@ -610,7 +609,7 @@ fn downloads_are_byte_identical_by_sendfile_in_ranges_and_over_http2() {
         assert!(body == want, "a kept-alive answer differs");
     }
 
-    // HTTP/2 (prior knowledge): the same maps, read by the h2 framing instead.
+    // HTTP/2 (prior knowledge): the same maps, framed by h2.
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let tcp = tokio::net::TcpStream::connect(&server.addr)

@@ -1,6 +1,6 @@
-//! Response bodies: nothing, a small document in memory, or a blob streamed from its file in
-//! 1 MiB reads. `Logged` wraps each response body and writes the request's access-log line when
-//! the body is done (or dropped, if the client left), so the line has the bytes really sent.
+//! Response bodies: nothing, a small document in memory, or a blob sent from maps of its file.
+//! `Logged` wraps each response body and writes the request's access-log line when the body
+//! is done (or dropped, if the client left), so the line has the bytes really sent.
 //!
 //! Request bodies reach handlers as a [`RequestBody`], which remembers whether a handler read
 //! it, so that what an early answer leaves unread can be read and dropped before it goes out.
@@ -12,33 +12,18 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_core::Stream;
 use hyper::body::{Frame, SizeHint};
-use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
-
-/// Read size for streaming blobs. Each download holds up to two chunks (hyper asks for the
-/// next one before the last is fully sent), so this sets memory per download. Measured with
-/// 50 concurrent downloads (benches/serve.sh): 1 MiB chunks peaked at 110 MiB RSS, 512 KiB at
-/// 58 MiB, 256 KiB at 41 MiB; one download ran at nginx's speed or better with each (4 KiB,
-/// the default, is 8x slower).
-pub const STREAM_CHUNK: usize = 512 << 10;
 
 pub enum Body {
     Empty,
     /// A whole document (manifest, JSON list, error); `None` once sent.
     Bytes(Option<Bytes>),
-    /// A blob, or a range of one, as maps of its file that the socket sends with
-    /// `sendfile` (see [`super::sendfile`]).
+    /// A blob, or a range of one, as maps of its file (see [`super::mapped`]);
+    /// `remaining` gives hyper an exact size hint.
     Mapped {
         file: std::sync::Arc<std::fs::File>,
         /// Where the next map starts.
         offset: u64,
-        remaining: u64,
-    },
-    /// A blob, or a range of one, read in chunks; `remaining` gives hyper an exact size hint.
-    File {
-        stream: ReaderStream<tokio::io::Take<tokio::fs::File>>,
         remaining: u64,
     },
 }
@@ -56,14 +41,6 @@ impl Body {
             remaining: len,
         }
     }
-
-    /// `len` bytes of `file` from its current position.
-    pub fn file(file: tokio::fs::File, len: u64) -> Body {
-        Body::File {
-            stream: ReaderStream::with_capacity(file.take(len), STREAM_CHUNK),
-            remaining: len,
-        }
-    }
 }
 
 impl hyper::body::Body for Body {
@@ -72,7 +49,7 @@ impl hyper::body::Body for Body {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
@@ -85,30 +62,14 @@ impl hyper::body::Body for Body {
                 if *remaining == 0 {
                     return Poll::Ready(None);
                 }
-                let len = (*remaining).min(super::sendfile::MAP_CHUNK as u64);
-                match super::sendfile::map(file, *offset, len as usize) {
+                let len = (*remaining).min(super::mapped::MAP_CHUNK as u64);
+                match super::mapped::map(file, *offset, len as usize) {
                     Ok(chunk) => {
                         *offset += len;
                         *remaining -= len;
                         Poll::Ready(Some(Ok(Frame::data(chunk))))
                     }
                     Err(e) => Poll::Ready(Some(Err(e))),
-                }
-            }
-            Body::File { stream, remaining } => {
-                match std::task::ready!(Pin::new(stream).poll_next(cx)) {
-                    Some(Ok(chunk)) => {
-                        *remaining = remaining.saturating_sub(chunk.len() as u64);
-                        Poll::Ready(Some(Ok(Frame::data(chunk))))
-                    }
-                    Some(Err(e)) => Poll::Ready(Some(Err(e))),
-                    // The file ended early (it cannot, in the store; but never promise
-                    // bytes that will not come): fail the response rather than hang.
-                    None if *remaining > 0 => Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "blob file is shorter than its recorded size",
-                    )))),
-                    None => Poll::Ready(None),
                 }
             }
         }
@@ -118,7 +79,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Empty => true,
             Body::Bytes(b) => b.is_none(),
-            Body::File { remaining, .. } | Body::Mapped { remaining, .. } => *remaining == 0,
+            Body::Mapped { remaining, .. } => *remaining == 0,
         }
     }
 
@@ -126,9 +87,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Empty => SizeHint::with_exact(0),
             Body::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Body::File { remaining, .. } | Body::Mapped { remaining, .. } => {
-                SizeHint::with_exact(*remaining)
-            }
+            Body::Mapped { remaining, .. } => SizeHint::with_exact(*remaining),
         }
     }
 }

@@ -26,10 +26,10 @@ mod catalog;
 mod conn;
 mod errors;
 mod manifests;
+mod mapped;
 mod pagination;
 mod referrers;
 mod router;
-mod sendfile;
 mod tags;
 mod uploads;
 
@@ -611,7 +611,7 @@ impl Server {
             let registered = connections.add(state.clone());
             let evicted = state.evict.clone();
             let watched = Watched::new(
-                sendfile::Sendfile::new(stream),
+                stream,
                 state.clone(),
                 config.idle_timeout,
                 config.write_timeout,
@@ -796,11 +796,7 @@ async fn dispatch(
             _ => Err(not_allowed(m, "GET, HEAD, PUT, DELETE")),
         },
         (Route::Blob(name, digest), m) => match *m {
-            Method::GET | Method::HEAD => {
-                // The Sendfile socket sees HTTP/1 writes only; HTTP/2 frames its data.
-                let mapped = req.version <= hyper::Version::HTTP_11;
-                blobs::get(registry, &name, &digest, headers, mapped).await
-            }
+            Method::GET | Method::HEAD => blobs::get(registry, &name, &digest, headers).await,
             Method::DELETE => blobs::delete(registry, &name, &digest).await,
             _ => Err(not_allowed(m, "GET, HEAD, DELETE")),
         },

@@ -1,5 +1,6 @@
-//! Real clients against a real `quinistry serve` on an ephemeral loopback port: skopeo and
-//! docker pull what we serve, and their view of it matches what we packed.
+//! Real clients against a real `quinistry serve` on an ephemeral loopback port: skopeo,
+//! docker, podman and containerd pull what we serve, and their view of it matches what we
+//! packed.
 
 mod common;
 
@@ -630,5 +631,170 @@ fn htpasswd_made_by_htpasswd_guards_pushes_from_skopeo_and_docker() {
     assert!(
         String::from_utf8_lossy(&tags.body).contains("\"v1\""),
         "{tags:?}"
+    );
+}
+
+/// A containerd of the test's own: root, state, socket and config under `dir`, no CRI plugin
+/// (nothing but pulls); killed on drop.
+struct Containerd {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Containerd {
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = {:?}\n",
+                dir.join("root"),
+                dir.join("state"),
+                socket
+            ),
+        )
+        .expect("containerd config");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log")).expect("log"))
+            .spawn()
+            .expect("spawn containerd");
+        let containerd = Containerd { child, socket };
+        for _ in 0..200 {
+            if containerd.ctr(&["version"]).status.success() {
+                return containerd;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "containerd did not start:\n{}",
+            std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+        );
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", "quinistry-test"])
+            .args(args)
+            .output()
+            .expect("run ctr")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parallel gzip makes a layer of one gzip member per 1 MiB block (src/pack/gzip.rs). Every
+/// client unpacks such a layer whole and checks it against the config's diff_id: gzip -t,
+/// skopeo, podman, docker and containerd.
+#[test]
+fn layers_of_many_gzip_members_pull_with_every_client() {
+    let clients = [
+        ("gzip", "gzip"),
+        ("skopeo", "skopeo"),
+        ("podman", "podman"),
+        ("containerd", "containerd"),
+        ("ctr", "containerd"),
+    ];
+    if !clients
+        .iter()
+        .all(|(tool, package)| have_tool(tool, package))
+        || !have_docker()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Half noise, half text: compressible enough that each member is a real deflate stream.
+    let input = dir.path().join("tool");
+    let mut bytes = common::noise(2 << 20, 51);
+    bytes.extend(std::iter::repeat_n(&b"a member per block; "[..], 100_000).flatten());
+    std::fs::write(&input, &bytes).expect("input");
+    let server = Serving::start(
+        &dir.path().join("store"),
+        dir.path(),
+        &["--name", "members/tool", &input.to_string_lossy()],
+    );
+    let (layer, diff_id) = (&server.report["layer"], &server.report["diff_id"]);
+    let blob = common::blob(&dir.path().join("store"), layer);
+    let gz = std::fs::read(&blob).expect("layer blob");
+    // More than one member: a reader that stops after the first gets only its block.
+    let mut first = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut first)
+        .expect("first member");
+    assert_eq!(first.len(), 1 << 20, "the first member is one 1 MiB block");
+    run_ok(Command::new("gzip").arg("-t").arg(&blob));
+
+    let repo = format!("{}/members/tool", server.addr);
+    // skopeo checks each blob's digest as it copies.
+    let copy = dir.path().join("copy");
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{repo}:latest"))
+            .arg(format!("dir:{}", copy.display())),
+    );
+    assert_eq!(
+        sha256sum(&copy.join(layer.trim_start_matches("sha256:"))),
+        *layer
+    );
+
+    // podman and docker unpack the layer and check it against the diff_id.
+    let root = dir.path().join("podman");
+    podman_in(&root, &["pull", "--tls-verify=false", &repo]);
+    let seen = podman_in(
+        &root,
+        &[
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RootFS.Layers}}",
+            &repo,
+        ],
+    );
+    assert_eq!(seen, format!("[\"{diff_id}\"]"));
+    let mut cleanup = DockerCleanup::images(&[]);
+    cleanup.image(&repo);
+    docker(&["pull", &repo]);
+    let seen = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RootFS.Layers}}",
+        &repo,
+    ]);
+    assert_eq!(seen.trim(), format!("[\"{diff_id}\"]"));
+
+    // containerd unpacks it into a snapshot, checking the uncompressed digest on the way.
+    let containerd = Containerd::start(dir.path());
+    let pulled = containerd.ctr(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "native",
+        &format!("{repo}:latest"),
+    ]);
+    assert!(
+        pulled.status.success(),
+        "ctr pull: {}{}",
+        String::from_utf8_lossy(&pulled.stdout),
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let check = containerd.ctr(&["images", "check", "--snapshotter", "native"]);
+    let check = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert!(
+        check
+            .lines()
+            .any(|l| l.contains("members/tool") && l.contains("complete") && l.contains("true")),
+        "ctr images check:\n{check}"
     );
 }

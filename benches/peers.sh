@@ -203,7 +203,7 @@ qsize=$(awk '$1 == "layer" { print $3 }' "$work/pack.out")
 gsize=$(tar cf - -C "$work" input | gzip -6 | wc -c)
 psize=$(tar cf - -C "$work" input | pigz -6 -p"$ncpu" | wc -c)
 echo "   layer sizes: quinistry $qsize B, gzip -6 $gsize B ($(awk -v a="$qsize" -v b="$gsize" 'BEGIN { printf "%+.2f%%", 100 * (a - b) / b }') against gzip -6), pigz $psize B"
-[ -n "$seed_ok" ] && echo "   seed peak RSS: $(( $(cat "$work/seed/rss" 2>/dev/null || echo 0) / 1024 )) MiB"
+[ -n "$seed_ok" ] && echo "   seed peak RSS: $(( $(tail -n 1 "$work/seed/rss" 2>/dev/null | grep -E "^[0-9]+$" || echo 0) / 1024 )) MiB"
 
 echo
 echo "== 2. pack, zstd level 3, MiB/s of input ($rounds rounds; $(load))"

@@ -169,6 +169,13 @@ fn podman_in(root: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Pulls `image` with podman into its store under `root`; the layers' diff_ids, as JSON.
+fn podman_pull_layers(root: &Path, image: &str) -> String {
+    podman_in(root, &["pull", "--tls-verify=false", image]);
+    let format = "{{json .RootFS.Layers}}";
+    podman_in(root, &["image", "inspect", "--format", format, image])
+}
+
 #[test]
 fn podman_pulls_by_tag_and_by_digest() {
     if !have_tool("podman", "podman") {
@@ -297,17 +304,7 @@ fn every_compression_pulls_with_skopeo_zstd_with_podman_and_the_rest_with_docker
             if have_tool("podman", "podman") {
                 let root = dir.path().join("podman");
                 let image = format!("{}/comp/env:latest", server.addr);
-                podman_in(&root, &["pull", "--tls-verify=false", &image]);
-                let layers = podman_in(
-                    &root,
-                    &[
-                        "image",
-                        "inspect",
-                        "--format",
-                        "{{json .RootFS.Layers}}",
-                        &image,
-                    ],
-                );
+                let layers = podman_pull_layers(&root, &image);
                 assert_eq!(layers, format!("[\"{}\"]", server.report["diff_id"]));
             }
             continue;
@@ -749,20 +746,9 @@ fn layers_of_many_gzip_members_pull_with_every_client() {
 
     // podman and docker unpack the layer and check it against the diff_id.
     let root = dir.path().join("podman");
-    podman_in(&root, &["pull", "--tls-verify=false", &repo]);
-    let seen = podman_in(
-        &root,
-        &[
-            "image",
-            "inspect",
-            "--format",
-            "{{json .RootFS.Layers}}",
-            &repo,
-        ],
-    );
+    let seen = podman_pull_layers(&root, &repo);
     assert_eq!(seen, format!("[\"{diff_id}\"]"));
-    let mut cleanup = DockerCleanup::images(&[]);
-    cleanup.image(&repo);
+    let _cleanup = DockerCleanup::images(&[&repo]);
     docker(&["pull", &repo]);
     let seen = docker(&[
         "image",

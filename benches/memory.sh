@@ -22,7 +22,7 @@ for mib in "${sizes[@]}"; do
   /usr/bin/time -v target/release/quinistry pack --level "$level" ${PACK_ARGS:-} \
     --store "$work/store" "$work/input" >"$work/out" 2>"$work/time"
   rss=$(awk -F: '/Maximum resident/ { gsub(/ /, "", $2); printf "%.1f MiB", $2 / 1024 }' "$work/time")
-  rate=$(awk '$1 == "packed" { print $(NF-1) " " $NF }' "$work/out" | tr -d '()')
+  rate=$(awk '$1 == "packed" && match($0, /\([0-9.]+ MiB\/s\)/) { print substr($0, RSTART + 1, RLENGTH - 2) }' "$work/out")
   printf '%-10s %-12s %-12s\n' "${mib} MiB" "$rss" "$rate"
   rm -rf "$work/store" "$work/input"
 done

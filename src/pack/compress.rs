@@ -27,7 +27,8 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// for 0.05% more bytes (2 MiB: 30 MiB, 0.6% more).
 const ZSTD_JOB: u32 = 4 << 20;
 /// Blocks of parallel gzip. Large enough that the per-block costs (matches lost at the cut,
-/// 18 bytes of member header and trailer) vanish, small enough that even small layers split across cores.
+/// 18 bytes of member header and trailer) vanish, small enough that even small layers split
+/// across cores.
 pub const DEFAULT_BLOCK_SIZE: usize = 1 << 20;
 
 /// How a layer's tar stream is compressed.
@@ -211,10 +212,10 @@ where
             gzip::parallel(input, out, level, block_size, threads).await
         }
         Compression::Zstd { level } => {
-            // libzstd's multithreaded mode: the input is cut into jobs whose size depends on
-            // the level only, so any number of workers from 1 up gives the same bytes (0, the
-            // single-threaded mode, would give others: it is never used). `single_stream`
-            // never flushes, which would cut a job early.
+            // libzstd's multithreaded mode: the input is cut into `ZSTD_JOB`-sized jobs
+            // whatever the number of workers, so any number from 1 up gives the same bytes
+            // (0, the single-threaded mode, would give others: it is never used).
+            // `single_stream` never flushes, which would cut a job early.
             let workers = threads.clamp(1, gzip::MAX_THREADS) as u32;
             let params = [
                 zstd::CParameter::nb_workers(workers),

@@ -45,7 +45,7 @@ fn compressor(level: u32) -> io::Result<Compressor> {
 }
 
 /// Compresses `data` as one gzip member into `out` (replacing what it held).
-pub fn gzip_member(compressor: &mut Compressor, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+fn gzip_member(compressor: &mut Compressor, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     // The bound is libdeflate's worst case for this length, so the call cannot run short.
     out.clear();
     out.resize(compressor.gzip_compress_bound(data.len()), 0);

@@ -543,9 +543,10 @@ fn thirty_sigkills_during_pushes_deletes_and_packs_leave_a_consistent_store() {
     );
 }
 
-/// Blobs go out from maps of 1 MiB of the file at a time (src/registry/mapped.rs): whole, in
-/// ranges that start off a page and cross a map's end, back to back on one kept-alive
-/// connection, and over HTTP/2, the bytes are the stored blob's.
+/// Blobs go out from maps of 1 MiB of the file at a time on HTTP/1.1 (src/registry/mapped.rs)
+/// and read in 512 KiB pieces on HTTP/2: whole, in ranges that start off a page and cross a
+/// map's end, back to back on one kept-alive connection, and over HTTP/2, the bytes are the
+/// stored blob's.
 #[test]
 fn downloads_from_maps_are_byte_identical_whole_in_ranges_and_over_http2() {
     const MAP: usize = 1 << 20;
@@ -641,4 +642,80 @@ fn downloads_from_maps_are_byte_identical_whole_in_ranges_and_over_http2() {
             assert!(body == want, "HTTP/2 {range:?} differs");
         }
     });
+}
+
+/// A blob cut short behind the store's back while it is being downloaded (a damaged store)
+/// fails that download, over HTTP/1.1 and HTTP/2, and the server goes on serving: the maps
+/// of the part that is gone are not made, or fail the write (touched from user space, they
+/// would be SIGBUS, the end of the process).
+#[test]
+fn a_blob_truncated_during_its_download_fails_it_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = serve_big(dir.path(), 32 << 20, 23);
+    let layer = server.report["layer"].clone();
+    let blob = common::blob(&dir.path().join("store"), &layer);
+    let truncate = || {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(&blob)
+            .expect("open");
+        file.set_len((1 << 20) + 5).expect("truncate");
+    };
+    let path = format!("/v2/big/blobs/{layer}");
+
+    let mut conn = std::net::TcpStream::connect(&server.addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut first = vec![0u8; 64 << 10];
+    conn.read_exact(&mut first).expect("first bytes");
+    truncate();
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    assert!(
+        first.len() + rest.len() < 32 << 20,
+        "{} bytes came",
+        first.len() + rest.len()
+    );
+    assert_eq!(raw_request(&server.addr, "GET", "/v2/", &[]).status, 200);
+
+    // The blob whole again, then the same over HTTP/2.
+    std::fs::write(&blob, common::noise(32 << 20, 0)).expect("rewrite");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&server.addr)
+            .await
+            .expect("connect");
+        let (mut send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(
+                    tcp,
+                ))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://{}{path}", server.addr))
+            .body(http_body_util::Empty::new())
+            .expect("request");
+        let mut body = send.send_request(req).await.expect("response").into_body();
+        let mut got = 0;
+        let mut cut = false;
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            match frame {
+                Ok(f) => got += f.data_ref().map_or(0, |d| d.len()),
+                Err(_) => break,
+            }
+            if !cut && got >= 64 << 10 {
+                truncate();
+                cut = true;
+            }
+        }
+        assert!(got < 32 << 20, "{got} bytes came over HTTP/2");
+    });
+    assert_eq!(raw_request(&server.addr, "GET", "/v2/", &[]).status, 200);
+    let mut server = server;
+    assert!(
+        server.child.try_wait().expect("wait").is_none(),
+        "the server died"
+    );
 }

@@ -1,9 +1,12 @@
 //! `GET|HEAD /v2/<name>/blobs/<digest>`: the blob streamed from its file, whole or one range.
 //! `DELETE`: the blob leaves the repository (its bytes stay while other repositories link them).
 
+use std::io::SeekFrom;
+
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
+use tokio::io::AsyncSeekExt;
 
 use super::Registry;
 use super::body::Body;
@@ -17,6 +20,7 @@ pub async fn get(
     name: &Name,
     digest: &Digest,
     request: &HeaderMap,
+    mapped: bool,
 ) -> Result<Response<Body>, RegistryError> {
     registry.require_repository(name).await?;
     // Scoped: only what was pushed, mounted or packed into this repository. A manifest is a
@@ -27,7 +31,7 @@ pub async fn get(
         true => registry.store().open_blob(digest).await,
         false => Err(StoreError::BlobUnknown(digest.clone())),
     };
-    let (file, size) = match opened {
+    let (mut file, size) = match opened {
         Ok(f) => f,
         Err(StoreError::BlobUnknown(_)) => return Err(unknown(name, digest)),
         Err(e) => return Err(e.into()),
@@ -54,7 +58,20 @@ pub async fn get(
         Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
         None => (StatusCode::OK, 0, size),
     };
-    let body = Body::mapped(file.into_std().await, start, len);
+    let body = if mapped {
+        Body::mapped(file.into_std().await, start, len)
+    } else {
+        if start > 0 {
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(|source| StoreError::Io {
+                    action: "seek in blob",
+                    path: registry.store().blob_path(digest),
+                    source,
+                })?;
+        }
+        Body::file(file, len)
+    };
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -1,4 +1,4 @@
-//! Blob bodies as memory maps of the blob's file.
+//! Blob bodies as memory maps of the blob's file, for plain HTTP/1.1.
 //!
 //! A download is a series of 1 MiB maps of the file, each handed to hyper as a `Bytes` that
 //! owns its map. hyper queues a `Bytes` without copying and writes it to the socket from the
@@ -24,9 +24,12 @@
 //! reclaimable), at most two maps per download.
 //!
 //! A map stays valid because the store never truncates or rewrites a blob's file, only
-//! renames over it and unlinks it, which leave an open file's pages alone. Were a blob
-//! truncated behind the store's back, the kernel's copy from the map fails the write (EFAULT)
-//! and the download ends there.
+//! renames over it and unlinks it, which leave an open file's pages alone. A blob cut short
+//! behind the store's back (a damaged store) must not end the server: a map touched past
+//! the file's end is SIGBUS. So maps are made only for HTTP/1.1, where hyper hands them to
+//! the kernel and the kernel's copy fails the write instead (EFAULT); HTTP/2's framing copies
+//! small pieces in user space, so it reads the blob instead (`Body::File`). A blob found
+//! shorter than its size before a map is made fails its download (see [`map`]).
 
 use std::fs::File;
 use std::io;
@@ -54,6 +57,15 @@ impl AsRef<[u8]> for Mapping {
 pub fn map(file: &Arc<File>, offset: u64, len: usize) -> io::Result<Bytes> {
     if len == 0 {
         return Ok(Bytes::new());
+    }
+    // Touching a map past the end of its file is SIGBUS, which would end the whole server.
+    // Blobs are never truncated by the store; one cut short behind its back (a damaged
+    // store) fails this download instead, as a read would have.
+    if file.metadata()?.len() < offset + len as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "blob file is shorter than its recorded size",
+        ));
     }
     // A map starts on a page; the bytes before `offset` are sliced off.
     let page = page_size();

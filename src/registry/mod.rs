@@ -796,7 +796,13 @@ async fn dispatch(
             _ => Err(not_allowed(m, "GET, HEAD, PUT, DELETE")),
         },
         (Route::Blob(name, digest), m) => match *m {
-            Method::GET | Method::HEAD => blobs::get(registry, &name, &digest, headers).await,
+            Method::GET | Method::HEAD => {
+                // Maps only where the kernel copies from them (hyper's HTTP/1.1 writes the
+                // map itself); HTTP/2 framing copies in user space (see body::Body::File).
+                // A TLS stream would too.
+                let mapped = req.version <= hyper::Version::HTTP_11;
+                blobs::get(registry, &name, &digest, headers, mapped).await
+            }
             Method::DELETE => blobs::delete(registry, &name, &digest).await,
             _ => Err(not_allowed(m, "GET, HEAD, DELETE")),
         },

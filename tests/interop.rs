@@ -35,13 +35,7 @@ fn docker_pulls_the_self_image_by_tag_and_by_digest() {
         "docker pulled {digest}, which we did not pack\n(server log)\n{}",
         server.log_text()
     );
-    let layers = docker(&[
-        "image",
-        "inspect",
-        "--format",
-        "{{json .RootFS.Layers}}",
-        &format!("{repo}:latest"),
-    ]);
+    let layers = docker_layers(&format!("{repo}:latest"));
     assert_eq!(layers, format!("[\"{}\"]", server.report["diff_id"]));
     let entrypoint = docker(&[
         "image",
@@ -57,13 +51,7 @@ fn docker_pulls_the_self_image_by_tag_and_by_digest() {
         let by_digest = format!("{repo}@{digest}");
         images.image(&by_digest);
         docker(&["pull", &by_digest]);
-        let layers = docker(&[
-            "image",
-            "inspect",
-            "--format",
-            "{{json .RootFS.Layers}}",
-            &by_digest,
-        ]);
+        let layers = docker_layers(&by_digest);
         assert_eq!(layers, format!("[\"{}\"]", server.report["diff_id"]));
     }
     // The current pull sequence: HEAD by tag for the digest, then GET by that digest.
@@ -167,6 +155,17 @@ fn podman_in(root: &Path, args: &[&str]) -> String {
             .args(args),
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The diff_ids docker holds for `image` (pulled), as JSON.
+fn docker_layers(image: &str) -> String {
+    docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RootFS.Layers}}",
+        image,
+    ])
 }
 
 /// Pulls `image` with podman into its store under `root`; the layers' diff_ids, as JSON.
@@ -315,13 +314,7 @@ fn every_compression_pulls_with_skopeo_zstd_with_podman_and_the_rest_with_docker
         let image = format!("{}/comp/env:latest", server.addr);
         let _cleanup = DockerCleanup::images(&[&image]);
         docker(&["pull", &image]);
-        let layers = docker(&[
-            "image",
-            "inspect",
-            "--format",
-            "{{json .RootFS.Layers}}",
-            &image,
-        ]);
+        let layers = docker_layers(&image);
         assert_eq!(
             layers,
             format!("[\"{}\"]", server.report["diff_id"]),
@@ -750,13 +743,7 @@ fn layers_of_many_gzip_members_pull_with_every_client() {
     assert_eq!(seen, format!("[\"{diff_id}\"]"));
     let _cleanup = DockerCleanup::images(&[&repo]);
     docker(&["pull", &repo]);
-    let seen = docker(&[
-        "image",
-        "inspect",
-        "--format",
-        "{{json .RootFS.Layers}}",
-        &repo,
-    ]);
+    let seen = docker_layers(&repo);
     assert_eq!(seen.trim(), format!("[\"{diff_id}\"]"));
 
     // containerd unpacks it into a snapshot, checking the uncompressed digest on the way.

@@ -543,6 +543,20 @@ fn thirty_sigkills_during_pushes_deletes_and_packs_leave_a_consistent_store() {
     );
 }
 
+/// An HTTP/2 (prior knowledge) connection to `addr`, driven by a task of its own.
+async fn h2_client(
+    addr: &str,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
 /// Blobs go out from maps of 1 MiB of the file at a time on HTTP/1.1 (src/registry/mapped.rs)
 /// and read in 512 KiB pieces on HTTP/2: whole, in ranges that start off a page and cross a
 /// map's end, back to back on one kept-alive connection, and over HTTP/2, the bytes are the
@@ -613,17 +627,7 @@ fn downloads_from_maps_are_byte_identical_whole_in_ranges_and_over_http2() {
     // HTTP/2 (prior knowledge): the same maps, framed by h2.
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(&server.addr)
-            .await
-            .expect("connect");
-        let (mut send, conn) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(
-                    tcp,
-                ))
-                .await
-                .expect("h2 handshake");
-        tokio::spawn(conn);
+        let mut send = h2_client(&server.addr).await;
         for range in [None, Some((MAP - 1, 2 * MAP + 1))] {
             let mut req = hyper::Request::get(format!("http://{}{path}", server.addr));
             if let Some((first, last)) = range {
@@ -683,17 +687,7 @@ fn a_blob_truncated_during_its_download_fails_it_and_nothing_else() {
     std::fs::write(&blob, common::noise(32 << 20, 0)).expect("rewrite");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(&server.addr)
-            .await
-            .expect("connect");
-        let (mut send, conn) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(
-                    tcp,
-                ))
-                .await
-                .expect("h2 handshake");
-        tokio::spawn(conn);
+        let mut send = h2_client(&server.addr).await;
         let req = hyper::Request::get(format!("http://{}{path}", server.addr))
             .body(http_body_util::Empty::new())
             .expect("request");

@@ -43,19 +43,25 @@ struct Crate {
 
 fn notices() -> Result<String, String> {
     let manifest = Path::new(&env("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let output = Command::new(env("CARGO"))
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--filter-platform",
-        ])
-        .arg(env("TARGET"))
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .output()
-        .map_err(|e| format!("cannot run cargo metadata: {e}"))?;
+    let metadata = |offline: bool| {
+        let mut cmd = Command::new(env("CARGO"));
+        cmd.args(["metadata", "--format-version", "1", "--filter-platform"])
+            .arg(env("TARGET"))
+            .arg("--manifest-path")
+            .arg(&manifest);
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.output()
+            .map_err(|e| format!("cannot run cargo metadata: {e}"))
+    };
+    // Offline first: the build already has every crate it links. But `cargo metadata`
+    // resolves the dev-dependencies too, which `cargo build` (and `cargo run`) on a fresh
+    // machine has not downloaded, so then it asks again, online.
+    let mut output = metadata(true)?;
+    if !output.status.success() {
+        output = metadata(false)?;
+    }
     if !output.status.success() {
         return Err(format!(
             "cargo metadata failed: {}",

@@ -12,6 +12,7 @@
 //! | `auth.rs` | basic authentication against an htpasswd file |
 //! | `errors.rs` | OCI error bodies and their statuses |
 //! | `body.rs` | response bodies and the per-request access log |
+//! | `server.rs`, `conn.rs` | the listener, connection limits and timeouts |
 //!
 //! Reads go to the store, and to [`OnDemand`] for the images it packs on request. Writes
 //! (off unless [`Access::push`]) stream into the store's temp files and commit by digest.
@@ -30,13 +31,12 @@ mod mapped;
 mod pagination;
 mod referrers;
 mod router;
+mod server;
 mod tags;
 mod uploads;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -45,10 +45,6 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 
 use crate::digest::Digest;
 use crate::image;
@@ -57,9 +53,10 @@ use crate::reference::{Name, Tag};
 use crate::store::{Link, Store, StoreError};
 pub use auth::{DEFAULT_FAILURES_PER_MINUTE, Htpasswd};
 use body::{Body, Logged, RequestBody};
-use conn::{ConnState, Connections, InFlight, Watched};
+use conn::InFlight;
 use errors::{Code, RegistryError};
 use router::Route;
+pub use server::Server;
 use uploads::Uploads;
 
 /// The tracing target of the access log, one line per request: `main` writes it apart from
@@ -498,190 +495,6 @@ impl Registry {
             })
             .await
             .cloned()
-    }
-}
-
-/// A bound listener and the registry it serves.
-pub struct Server {
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    config: Config,
-}
-
-impl Server {
-    pub async fn bind(addr: SocketAddr, store: Store, config: Config) -> io::Result<Server> {
-        Server::bind_registry(addr, Registry::new(store), config).await
-    }
-
-    /// Binds a server for a registry set up by the caller (say, with on-demand images).
-    pub async fn bind_registry(
-        addr: SocketAddr,
-        registry: Registry,
-        config: Config,
-    ) -> io::Result<Server> {
-        Ok(Server::on(TcpListener::bind(addr).await?, registry, config))
-    }
-
-    /// A server on a listener bound earlier: `serve` binds before it packs, so a port in use
-    /// is reported at once rather than after the pack.
-    pub fn on(listener: TcpListener, registry: Registry, config: Config) -> Server {
-        Server {
-            listener,
-            registry: Arc::new(registry),
-            config,
-        }
-    }
-
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serves until `shutdown` completes, then stops accepting, lets every request in flight
-    /// finish (a download runs to its end) and closes idle connections.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let config = &self.config;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(config.h2_max_streams)
-            .max_send_buf_size(H2_SEND_BUFFER)
-            .max_header_list_size(64 << 10);
-        let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
-        let connections = Arc::new(Connections::default());
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        let sweeper = self.registry.uploads.as_ref().map(|uploads| {
-            let registry = Arc::downgrade(&self.registry);
-            let every = uploads.sweep_interval();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let Some(registry) = registry.upgrade() else {
-                        break;
-                    };
-                    if let Some(uploads) = &registry.uploads {
-                        uploads.sweep();
-                    }
-                }
-            })
-        });
-        loop {
-            let (stream, remote) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait rather than spin.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            // At the cap, the connection idle longest is closed to make room; if every one
-            // is busy, this one waits (and further ones in the kernel's backlog).
-            let permit = match slots.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => {
-                    if connections.evict_idlest() {
-                        tracing::debug!(
-                            "at the connection cap: closed the connection idle longest"
-                        );
-                    }
-                    tokio::select! {
-                        p = slots.clone().acquire_owned() => match p {
-                            Ok(p) => p,
-                            Err(_) => break, // never closed
-                        },
-                        () = &mut shutdown => break,
-                    }
-                }
-            };
-            // Small responses (manifests, errors) should not wait for Nagle.
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(error = %e, "set TCP_NODELAY");
-            }
-            let registry = self.registry.clone();
-            let state = Arc::new(ConnState::new());
-            let registered = connections.add(state.clone());
-            let evicted = state.evict.clone();
-            let watched = Watched::new(
-                stream,
-                state.clone(),
-                config.idle_timeout,
-                config.write_timeout,
-            );
-            let body_timeout = config.body_timeout;
-            let service = hyper::service::service_fn(move |req| {
-                let registry = registry.clone();
-                let in_flight = state.begin();
-                async move {
-                    Ok::<_, Infallible>(
-                        handle(&registry, req, remote, body_timeout, in_flight).await,
-                    )
-                }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(watched), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                tokio::select! {
-                    ended = conn => if let Err(e) = ended {
-                        log_connection_error(remote, e.as_ref());
-                    },
-                    () = evicted.cancelled() => {
-                        tracing::debug!(%remote, "idle connection closed to make room");
-                    }
-                }
-                drop((registered, permit));
-            });
-        }
-        drop(self.listener);
-        if let Some(sweeper) = sweeper {
-            sweeper.abort();
-        }
-        tracing::info!(
-            connections = graceful.count(),
-            "shutting down: no new connections; finishing requests in flight"
-        );
-        // Bounded: a client trickling a body, or stalled on an answer, does not hold the
-        // process; what is still open after the timeout is closed as the process exits.
-        match tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await {
-            Ok(()) => tracing::info!("all connections closed"),
-            Err(_) => tracing::warn!(
-                timeout_s = config.shutdown_timeout.as_secs(),
-                "connections still open after the shutdown timeout are closed"
-            ),
-        }
-        Ok(())
-    }
-}
-
-/// How a connection ended badly, for the log. A request hyper refused before it reached us
-/// (a path over its 64 KiB limit: 414; headers over its buffer: 431; not HTTP: 400) gets
-/// hyper's own empty answer, which no hook lets us replace with an OCI body, so it gets an
-/// access-log line here instead; the rest (a client gone, a timeout) are debug lines.
-fn log_connection_error(remote: SocketAddr, e: &(dyn std::error::Error + 'static)) {
-    match e.downcast_ref::<hyper::Error>() {
-        Some(h) if h.is_parse_too_large() || h.is_parse() => tracing::info!(
-            target: ACCESS_LOG,
-            %remote,
-            // hyper's own choice, by its error's words (its kinds are private).
-            status = match h.to_string() {
-                t if t.contains("URI too long") => 414,
-                _ if h.is_parse_too_large() => 431,
-                _ => 400,
-            },
-            error = %h,
-            "request refused by the HTTP parser"
-        ),
-        _ => tracing::debug!(%remote, error = %e, "connection ended with an error"),
     }
 }
 

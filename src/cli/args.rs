@@ -1,0 +1,216 @@
+//! The command line's words: every subcommand and flag, with its help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use quinistry::pack::compress;
+use quinistry::registry;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A container registry that packs files into OCI/Docker images, stored by digest"
+)]
+pub struct Cli {
+    /// With no command: `serve` (packs this executable and serves it as quinistry:latest).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+// Parsed once per run: the size of the largest variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
+pub enum Command {
+    /// Pack the inputs (default: this executable, as /main) and serve the store over the
+    /// registry API until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Pack files or directories (default: this executable, as /main) into an image.
+    Pack(PackArgs),
+    /// Re-hash every blob in the store and check that tags, links, manifests and referrer
+    /// records agree; exits non-zero on any inconsistency.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Remove what is provably dangling (tags, links and referrer records naming what is
+        /// not there), and report it; nothing else is changed
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Print the license notices of the crates this executable is built from (the self-image
+    /// carries them at /usr/share/doc/quinistry/copyright).
+    Licenses,
+}
+
+#[derive(Args, Default)]
+pub struct StoreArg {
+    /// Store directory [default: $QUINISTRY_STORE, else $XDG_DATA_HOME/quinistry, else
+    /// ~/.local/share/quinistry]
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+}
+
+/// What goes into the image, shared by `pack` and `serve`.
+#[derive(Args)]
+pub struct ImageArgs {
+    /// Layer compression; zstd layers have an OCI manifest only (Docker schema 2 has no zstd)
+    #[arg(long, env = "QUINISTRY_COMPRESSION", default_value = "gzip", value_parser = ["gzip", "zstd", "none"], value_name = "METHOD")]
+    pub compression: String,
+    /// Compression level: gzip 0 (store) to 9 (smallest), default 6; zstd 1 to 19, default 3
+    #[arg(long, env = "QUINISTRY_LEVEL", value_name = "N")]
+    pub level: Option<u32>,
+    /// gzip block size, e.g. 512K or 1M: blocks are compressed in parallel; 0 compresses one
+    /// stream on one core. Changes the layer's bytes [default: 1M]
+    #[arg(long, env = "QUINISTRY_BLOCK_SIZE", value_name = "SIZE", value_parser = compress::parse_size)]
+    pub block_size: Option<usize>,
+    /// Threads compressing gzip blocks; the bytes are the same for any number [default: the
+    /// number of CPUs]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Entrypoint path in the image [default: the input, when it is one executable file]
+    #[arg(long, value_name = "PATH")]
+    pub entrypoint: Option<String>,
+    /// Default arguments (the config's Cmd); repeat for each argument
+    #[arg(long = "cmd", value_name = "ARG", allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+    /// Environment variable KEY=VALUE; repeatable (PATH has a standard default)
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// What the image gets beyond its inputs: `packages` (default) adds, for a file that
+    /// belongs to an installed package, that package and what it depends on, and a minimal
+    /// base; `elf` only the interpreter and libraries of ELF files (always, for the
+    /// self-image). Both close over every ELF file in the image
+    #[arg(long, env = "QUINISTRY_CLOSURE", value_parser = ["elf", "packages"], value_name = "KIND")]
+    pub closure: Option<String>,
+    /// Pack again even if the layer cache knows these inputs
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Files or directories to pack, each as SRC or SRC:/DEST (where it goes in the image)
+    #[arg(value_name = "INPUT")]
+    pub inputs: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct PackArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Tag the image as NAME[:TAG] [default: the first input's file name, or quinistry]
+    #[arg(long, value_name = "NAME:TAG")]
+    pub tag: Option<String>,
+    /// Also write the image as an OCI image layout in DIR (readable as oci:DIR:TAG)
+    #[arg(long, value_name = "DIR")]
+    pub oci_layout: Option<PathBuf>,
+    #[command(flatten)]
+    pub image: ImageArgs,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Address to listen on (port 0 picks a free port; the address is printed)
+    #[arg(long, env = "QUINISTRY_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: String,
+    /// Repository name of the packed image [default: the first input's file name, or
+    /// quinistry]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Tag of the packed image
+    #[arg(long, default_value = "latest", value_name = "TAG")]
+    pub tag: String,
+    /// Also serve NAME:TAG, made of the inputs (SRC or SRC:/DEST, comma-separated) and packed
+    /// on its first pull; repeatable
+    #[arg(long = "image", value_name = "NAME[:TAG]=INPUT[,INPUT...]")]
+    pub images: Vec<String>,
+    /// Also serve the images of a TOML file, each with its own entrypoint, cmd, env and
+    /// closure (see the README); repeatable
+    #[arg(long = "images", value_name = "FILE")]
+    pub image_files: Vec<PathBuf>,
+    /// Serve every executable file under DIR as an image named after its path below DIR
+    /// (tag latest), packed on its first pull; files added later are served too
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// How many on-demand images may be packed at once; more requests wait for a slot
+    /// [default: the number of CPUs]
+    #[arg(long, value_name = "N")]
+    pub max_packs: Option<usize>,
+    /// Do not pack on-demand images ahead of their first pull. By default each is packed in
+    /// the background at start and whenever its files change (one at a time, at low
+    /// priority), so a pull finds its layers ready
+    #[arg(long)]
+    pub no_prepack: bool,
+    /// How often the background packing checks every on-demand image even without a change
+    /// notice (for file systems inotify cannot watch)
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub rescan: u64,
+    /// Accept pushes and deletes (the OCI distribution API's write side)
+    #[arg(long)]
+    pub push: bool,
+    /// Require HTTP basic authentication for writes, against FILE's bcrypt entries (as
+    /// `htpasswd -B` writes them)
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+    /// With --htpasswd: require authentication for reads too
+    #[arg(long, requires = "htpasswd")]
+    pub auth_reads: bool,
+    /// With --htpasswd: wrong passwords one client address may try per minute before it is
+    /// answered 429 until the minute is over
+    #[arg(long, value_name = "N", default_value_t = registry::DEFAULT_FAILURES_PER_MINUTE)]
+    pub auth_failures_per_minute: u32,
+    /// Allow --push on a non-loopback address without --htpasswd (anyone who can reach the
+    /// port can then overwrite tags)
+    #[arg(long, requires = "push")]
+    pub insecure_push: bool,
+    /// Largest blob a push may store, e.g. 512M or 8G [default: no limit]
+    #[arg(long, value_name = "SIZE", value_parser = compress::parse_size)]
+    pub max_blob_size: Option<usize>,
+    /// Drop an upload session (and its temp file) that receives less than 64 KiB in this
+    /// many seconds
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub upload_timeout: u64,
+    /// Most upload sessions open at once (more get 429 with Retry-After) [default: 1024, or
+    /// a third of the file descriptors]
+    #[arg(long, value_name = "N")]
+    pub max_uploads: Option<usize>,
+    /// Most upload sessions one client address may have open
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_uploads_per_client: usize,
+    /// Most connections open at once; more wait in the kernel's backlog [default: 4096, or a
+    /// third of the file descriptors]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Close a connection that sends nothing for this long while none of its requests is
+    /// being answered
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub idle_timeout: u64,
+    /// End a request whose body brings no byte for this long
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub body_timeout: u64,
+    /// Close a connection whose client takes no byte of an answer for this long
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub write_timeout: u64,
+    /// On SIGTERM, wait this long for requests in flight, then close what is left
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    #[command(flatten)]
+    pub image: ImageArgs,
+}
+
+impl StoreArg {
+    pub fn dir(&self) -> Result<PathBuf, String> {
+        if let Some(dir) = &self.store {
+            return Ok(dir.clone());
+        }
+        let env = |k| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        env("QUINISTRY_STORE")
+            .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("quinistry")))
+            .or_else(|| env("HOME").map(|h| h.join(".local/share/quinistry")))
+            .ok_or_else(|| "no store directory: pass --store DIR (HOME is not set)".to_owned())
+    }
+}

@@ -27,6 +27,7 @@
 pub mod digest;
 pub mod image;
 pub mod licenses;
+pub mod metrics;
 pub mod ondemand;
 pub mod pack;
 pub mod reference;

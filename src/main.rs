@@ -2,11 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 
 mod cli;
-use cli::args::{Cli, Command, ImageArgs, PackArgs, StoreArg};
-use cli::serve::run_serve;
+use cli::args::{Cli, Command, ConfigCommand, ImageArgs, PackArgs, ServeArgs, StoreArg};
+use cli::config;
+use cli::serve::{self, FromFile};
 
 use quinistry::image::{self, RunConfig};
 use quinistry::licenses;
@@ -20,45 +21,36 @@ use quinistry::registry;
 use quinistry::runtime::packages::Machine;
 use quinistry::store::{Store, StoreError};
 
+/// What this run does, its settings gathered.
+// Made once per run: the size of the largest variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
+enum Job {
+    /// `serve`, or with `check`, `config check`: its flags, with the config file applied.
+    Serve {
+        args: ServeArgs,
+        file: FromFile,
+        check: Option<std::path::PathBuf>,
+    },
+    Pack(PackArgs),
+    Verify(StoreArg, bool),
+    Licenses,
+}
+
 fn main() -> ExitCode {
-    use tracing_subscriber::prelude::*;
-    // The access log (one line per request) is handed to a thread that writes it in batches:
-    // written with a system call per line on the request's own thread, it cost a fifth of
-    // the manifest GET rate (86k against 116k per second with it off). Not lossy: past
-    // 128,000 lines waiting, requests wait for the log, as nginx's do. Every other line is
-    // written at once, in order with what the program prints. The guard writes out what is
-    // left when `main` returns.
-    let (access_writer, _access_guard) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(false)
-            .thread_name("quinistry-log")
-            .finish(std::io::BufWriter::with_capacity(
-                64 << 10,
-                progress::LogWriter,
-            ));
-    let is_access = |m: &tracing::Metadata<'_>| m.target() == registry::ACCESS_LOG;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(access_writer)
-                .with_ansi(ansi)
-                .with_filter(tracing_subscriber::filter::filter_fn(is_access)),
-        )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(progress::LogWriter)
-                .with_ansi(ansi)
-                .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
-                    !is_access(m)
-                })),
-        )
-        .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Settings first (the config file may say how to log), logging next, then the rest.
+    let (job, format) = match job(cli, &matches) {
+        Ok(j) => j,
+        Err(msg) => {
+            eprintln!("quinistry: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _log_guard = logging(format.as_deref() == Some("json"));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -67,23 +59,35 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Some(Command::Serve(args)) => run_serve(args).await,
-            Some(Command::Pack(args)) => run_pack(args).await,
-            Some(Command::Verify { store, repair }) => run_verify(store, repair).await,
-            Some(Command::Licenses) => {
+        match job {
+            Job::Serve {
+                args,
+                file,
+                check: None,
+            } => serve::run(serve::settle(args, file)?).await,
+            Job::Serve {
+                args,
+                file,
+                check: Some(path),
+            } => {
+                let settings = serve::settle(args, file)?;
+                say(format_args!("config     {}: valid", path.display()));
+                for line in serve::summary(&settings) {
+                    say(format_args!("{line}"));
+                }
+                if let Some(m) = settings.metrics_listen() {
+                    say(format_args!("metrics    http://{m}/metrics"));
+                }
+                Ok(())
+            }
+            Job::Pack(args) => run_pack(args).await,
+            Job::Verify(store, repair) => run_verify(store, repair).await,
+            Job::Licenses => {
                 use std::io::Write;
                 std::io::stdout()
                     .write_all(licenses::NOTICES.as_bytes())
                     .map_err(msg)
             }
-            // Bare `quinistry` is `quinistry serve` with every default (QUINISTRY_* included).
-            None => match Cli::try_parse_from(["quinistry", "serve"]) {
-                Ok(Cli {
-                    command: Some(Command::Serve(args)),
-                }) => run_serve(args).await,
-                _ => Err("cannot apply the defaults of `serve`".to_owned()),
-            },
         }
     });
     match result {
@@ -95,8 +99,118 @@ fn main() -> ExitCode {
     }
 }
 
+/// The job the command line asks for, and the log format (flag, variable, or config file).
+fn job(cli: Cli, root: &ArgMatches) -> Result<(Job, Option<String>), String> {
+    let mut format = cli.log_format;
+    // `serve`'s flags as parsed from `argv`, with clap's record of where each value came from.
+    let serve_from = |argv: &[&std::ffi::OsStr]| -> Result<(ServeArgs, ArgMatches), String> {
+        let m = Cli::command()
+            .try_get_matches_from(argv)
+            .map_err(|e| e.to_string())?;
+        let sub = m
+            .subcommand_matches("serve")
+            .ok_or("cannot apply the defaults of `serve`")?;
+        let args = ServeArgs::from_arg_matches(sub).map_err(|e| e.to_string())?;
+        Ok((args, sub.clone()))
+    };
+    let (args, m, check) = match cli.command {
+        Some(Command::Serve(args)) => {
+            let m = root
+                .subcommand_matches("serve")
+                .ok_or("cannot read the flags of `serve`")?
+                .clone();
+            (args, m, None)
+        }
+        // Bare `quinistry` is `quinistry serve` with every default (QUINISTRY_* included).
+        None => {
+            let (args, m) = serve_from(&["quinistry".as_ref(), "serve".as_ref()])?;
+            (args, m, None)
+        }
+        Some(Command::Config(ConfigCommand::Check { file })) => {
+            let argv = [
+                "quinistry".as_ref(),
+                "serve".as_ref(),
+                "--config".as_ref(),
+                file.as_os_str(),
+            ];
+            let (args, m) = serve_from(&argv)?;
+            (args, m, Some(file))
+        }
+        Some(Command::Pack(args)) => return Ok((Job::Pack(args), format)),
+        Some(Command::Verify { store, repair }) => return Ok((Job::Verify(store, repair), format)),
+        Some(Command::Licenses) => return Ok((Job::Licenses, format)),
+    };
+    let mut args = args;
+    let mut file = FromFile::default();
+    if let Some(path) = args.config.clone() {
+        let loaded = config::File::load(&path)?;
+        format = config::log_format(root, format, Some(&loaded));
+        let (images, access) = config::apply(loaded, &m, &mut args)
+            .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        file = FromFile { images, access };
+    }
+    if let Some(f) = &format
+        && !["text", "json"].contains(&f.as_str())
+    {
+        return Err(format!("log format {f:?}: use text or json"));
+    }
+    Ok((Job::Serve { args, file, check }, format))
+}
+
+/// Sets up logging: `RUST_LOG` filters (default `info`); lines as text, or one JSON object
+/// each. The returned guard writes out the access log's last lines when dropped.
+fn logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::prelude::*;
+    // The access log (one line per request) is handed to a thread that writes it in batches:
+    // written with a system call per line on the request's own thread, it cost a fifth of
+    // the manifest GET rate (86k against 116k per second with it off). Not lossy: past
+    // 128,000 lines waiting, requests wait for the log, as nginx's do. Every other line is
+    // written at once, in order with what the program prints.
+    let (access_writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("quinistry-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 << 10,
+            progress::LogWriter,
+        ));
+    let is_access = |m: &tracing::Metadata<'_>| m.target() == registry::ACCESS_LOG;
+    let ansi = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Fields at the top level of each object, next to `timestamp`, `level` and `target`, so
+    // `jq .status` reads them.
+    let access = tracing_subscriber::fmt::layer()
+        .with_writer(access_writer)
+        .with_ansi(ansi);
+    let access = if json {
+        access.json().flatten_event(true).boxed()
+    } else {
+        access.boxed()
+    };
+    let rest = tracing_subscriber::fmt::layer()
+        .with_writer(progress::LogWriter)
+        .with_ansi(ansi);
+    let rest = if json {
+        rest.json().flatten_event(true).boxed()
+    } else {
+        rest.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with(access.with_filter(tracing_subscriber::filter::filter_fn(is_access)))
+        .with(
+            rest.with_filter(tracing_subscriber::filter::filter_fn(move |m| {
+                !is_access(m)
+            })),
+        )
+        .init();
+    guard
+}
+
 /// An image ready to pack: its inputs, run settings and layer options, all validated.
-struct Prepared {
+pub struct Prepared {
     inputs: Vec<Input>,
     /// The self-image: this executable, which carries the license notices of its crates.
     is_self: bool,

@@ -16,6 +16,9 @@ pub struct Cli {
     /// With no command: `serve` (packs this executable and serves it as quinistry:latest).
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Log lines as text, or as one JSON object per line [default: text]
+    #[arg(long, global = true, env = "QUINISTRY_LOG_FORMAT", value_parser = ["text", "json"], value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -40,6 +43,20 @@ pub enum Command {
     /// Print the license notices of the crates this executable is built from (the self-image
     /// carries them at /usr/share/doc/quinistry/copyright).
     Licenses,
+    /// Work with `serve --config` files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Check a config file (with the QUINISTRY_* environment applied) as `serve --config`
+    /// would, without starting: every key known, every value valid, every file it names
+    /// readable; prints the settings in effect
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Default)]
@@ -65,10 +82,10 @@ pub struct ImageArgs {
     pub block_size: Option<usize>,
     /// Threads compressing gzip blocks; the bytes are the same for any number [default: the
     /// number of CPUs]
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "QUINISTRY_THREADS", value_name = "N")]
     pub threads: Option<usize>,
     /// Entrypoint path in the image [default: the input, when it is one executable file]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "QUINISTRY_ENTRYPOINT", value_name = "PATH")]
     pub entrypoint: Option<String>,
     /// Default arguments (the config's Cmd); repeat for each argument
     #[arg(long = "cmd", value_name = "ARG", allow_hyphen_values = true)]
@@ -83,7 +100,7 @@ pub struct ImageArgs {
     #[arg(long, env = "QUINISTRY_CLOSURE", value_parser = ["elf", "packages"], value_name = "KIND")]
     pub closure: Option<String>,
     /// Pack again even if the layer cache knows these inputs
-    #[arg(long)]
+    #[arg(long, env = "QUINISTRY_NO_CACHE")]
     pub no_cache: bool,
     /// Files or directories to pack, each as SRC or SRC:/DEST (where it goes in the image)
     #[arg(value_name = "INPUT")]
@@ -108,17 +125,43 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 #[derive(Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file (see the README); QUINISTRY_* variables override it,
+    /// and flags override both
+    #[arg(long, env = "QUINISTRY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate chain: the server's
+    /// certificate first, then its intermediates. Read again when it changes, or on SIGHUP
+    #[arg(long, env = "QUINISTRY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, env = "QUINISTRY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by one of these PEM CA certificates
+    #[arg(long, env = "QUINISTRY_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (and /healthz, /readyz); off by
+    /// default
+    #[arg(long, env = "QUINISTRY_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Write access-log lines for /healthz and /readyz too
+    #[arg(long, env = "QUINISTRY_LOG_HEALTH")]
+    pub log_health: bool,
     /// Address to listen on (port 0 picks a free port; the address is printed)
     #[arg(long, env = "QUINISTRY_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub listen: String,
     /// Repository name of the packed image [default: the first input's file name, or
     /// quinistry]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, env = "QUINISTRY_NAME", value_name = "NAME")]
     pub name: Option<String>,
     /// Tag of the packed image
-    #[arg(long, default_value = "latest", value_name = "TAG")]
+    #[arg(
+        long,
+        env = "QUINISTRY_TAG",
+        default_value = "latest",
+        value_name = "TAG"
+    )]
     pub tag: String,
     /// Also serve NAME:TAG, made of the inputs (SRC or SRC:/DEST, comma-separated) and packed
     /// on its first pull; repeatable
@@ -130,69 +173,104 @@ pub struct ServeArgs {
     pub image_files: Vec<PathBuf>,
     /// Serve every executable file under DIR as an image named after its path below DIR
     /// (tag latest), packed on its first pull; files added later are served too
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "QUINISTRY_ROOT", value_name = "DIR")]
     pub root: Option<PathBuf>,
     /// How many on-demand images may be packed at once; more requests wait for a slot
     /// [default: the number of CPUs]
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "QUINISTRY_MAX_PACKS", value_name = "N")]
     pub max_packs: Option<usize>,
     /// Do not pack on-demand images ahead of their first pull. By default each is packed in
     /// the background at start and whenever its files change (one at a time, at low
     /// priority), so a pull finds its layers ready
-    #[arg(long)]
+    #[arg(long, env = "QUINISTRY_NO_PREPACK")]
     pub no_prepack: bool,
     /// How often the background packing checks every on-demand image even without a change
     /// notice (for file systems inotify cannot watch)
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "QUINISTRY_RESCAN",
+        default_value_t = 60,
+        value_name = "SECONDS"
+    )]
     pub rescan: u64,
     /// Accept pushes and deletes (the OCI distribution API's write side)
-    #[arg(long)]
+    #[arg(long, env = "QUINISTRY_PUSH")]
     pub push: bool,
     /// Require HTTP basic authentication for writes, against FILE's bcrypt entries (as
     /// `htpasswd -B` writes them)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "QUINISTRY_HTPASSWD", value_name = "FILE")]
     pub htpasswd: Option<PathBuf>,
     /// With --htpasswd: require authentication for reads too
-    #[arg(long, requires = "htpasswd")]
+    #[arg(long, env = "QUINISTRY_AUTH_READS")]
     pub auth_reads: bool,
     /// With --htpasswd: wrong passwords one client address may try per minute before it is
     /// answered 429 until the minute is over
-    #[arg(long, value_name = "N", default_value_t = registry::DEFAULT_FAILURES_PER_MINUTE)]
+    #[arg(long, env = "QUINISTRY_AUTH_FAILURES_PER_MINUTE", value_name = "N", default_value_t = registry::DEFAULT_FAILURES_PER_MINUTE)]
     pub auth_failures_per_minute: u32,
     /// Allow --push on a non-loopback address without --htpasswd (anyone who can reach the
     /// port can then overwrite tags)
-    #[arg(long, requires = "push")]
+    #[arg(long, env = "QUINISTRY_INSECURE_PUSH")]
     pub insecure_push: bool,
     /// Largest blob a push may store, e.g. 512M or 8G [default: no limit]
-    #[arg(long, value_name = "SIZE", value_parser = compress::parse_size)]
+    #[arg(long, env = "QUINISTRY_MAX_BLOB_SIZE", value_name = "SIZE", value_parser = compress::parse_size)]
     pub max_blob_size: Option<usize>,
     /// Drop an upload session (and its temp file) that receives less than 64 KiB in this
     /// many seconds
-    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    #[arg(
+        long,
+        env = "QUINISTRY_UPLOAD_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 3600
+    )]
     pub upload_timeout: u64,
     /// Most upload sessions open at once (more get 429 with Retry-After) [default: 1024, or
     /// a third of the file descriptors]
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "QUINISTRY_MAX_UPLOADS", value_name = "N")]
     pub max_uploads: Option<usize>,
     /// Most upload sessions one client address may have open
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(
+        long,
+        env = "QUINISTRY_MAX_UPLOADS_PER_CLIENT",
+        value_name = "N",
+        default_value_t = 64
+    )]
     pub max_uploads_per_client: usize,
     /// Most connections open at once; more wait in the kernel's backlog [default: 4096, or a
     /// third of the file descriptors]
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "QUINISTRY_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
     /// Close a connection that sends nothing for this long while none of its requests is
     /// being answered
-    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    #[arg(
+        long,
+        env = "QUINISTRY_IDLE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 60
+    )]
     pub idle_timeout: u64,
     /// End a request whose body brings no byte for this long
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "QUINISTRY_BODY_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
     pub body_timeout: u64,
     /// Close a connection whose client takes no byte of an answer for this long
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "QUINISTRY_WRITE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
     pub write_timeout: u64,
     /// On SIGTERM, wait this long for requests in flight, then close what is left
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "QUINISTRY_SHUTDOWN_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
     pub shutdown_timeout: u64,
     #[command(flatten)]
     pub image: ImageArgs,

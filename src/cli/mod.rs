@@ -1,4 +1,5 @@
-//! The command line, apart from `main`: its arguments and the `serve` command.
+//! The command line, apart from `main`: its arguments, the config file, and `serve`.
 
 pub mod args;
+pub mod config;
 pub mod serve;

@@ -2,26 +2,57 @@
 //! registry until a signal.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use quinistry::ondemand::{ImageSpec, OnDemand, Setup};
+use quinistry::ondemand::{FileImage, ImageSpec, OnDemand, Setup};
 use quinistry::pack::ClosureMode;
 use quinistry::reference::{Name, Tag, TaggedName};
-use quinistry::registry::{self, Registry, Server};
+use quinistry::registry::{self, Registry, Server, Tls, TlsFiles};
 use quinistry::store::Store;
 
 use super::args::{DEFAULT_LISTEN, ServeArgs};
-use crate::{msg, pack_with_progress, prepare, report, say};
+use super::config;
+use crate::{Prepared, msg, pack_with_progress, prepare, report, say};
 
-pub async fn run_serve(args: ServeArgs) -> Result<(), String> {
+/// What the config file says that has no flag: its `[[image]]` tables and access rules.
+#[derive(Default)]
+pub struct FromFile {
+    pub images: Vec<FileImage>,
+    pub access: config::Access,
+}
+
+/// Every setting of `serve`, checked: what `config check` reports and `run` uses.
+pub struct Settings {
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+    tls: Option<Arc<Tls>>,
+    config: registry::Config,
+    /// File descriptors this process may open.
+    fds: u64,
+    access: registry::Access,
+    image: Prepared,
+    /// The name and tag of the image packed at start, if one is.
+    start: Option<(Option<Name>, Tag)>,
+    /// The on-demand images, if any.
+    on_demand: Option<Setup>,
+    prepack: bool,
+    rescan: Duration,
+    store_dir: PathBuf,
+}
+
+/// Checks every setting without binding or writing anything.
+pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
     if args.rescan == 0 {
         return Err("--rescan must be at least 1 second".to_owned());
     }
-    let listen: SocketAddr = args.listen.parse().map_err(|_| {
-        format!(
-            "invalid --listen {:?}: use IP:PORT, e.g. {DEFAULT_LISTEN}",
-            args.listen
-        )
-    })?;
+    let listen = address(&args.listen, "--listen")?;
+    let metrics_listen = args
+        .metrics_listen
+        .as_deref()
+        .map(|a| address(a, "--metrics-listen"))
+        .transpose()?;
     let tag: Tag = args
         .tag
         .parse()
@@ -37,6 +68,9 @@ pub async fn run_serve(args: ServeArgs) -> Result<(), String> {
         .collect::<Result<Vec<_>, _>>()?;
     for file in &args.image_files {
         specs.extend(quinistry::ondemand::load_images(file)?);
+    }
+    for image in file.images {
+        specs.push(image.into_spec().map_err(|e| format!("--config: {e}"))?);
     }
     let on_demand = !specs.is_empty() || args.root.is_some();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -64,74 +98,184 @@ pub async fn run_serve(args: ServeArgs) -> Result<(), String> {
             );
         }
     }
+    let tls = tls(&args)?;
     let (config, fds) = limits(&args)?;
-    let access = access(&args, listen, fds)?;
+    let access = access(&args, listen, tls.is_some(), fds, file.access)?;
+    let store_dir = args.store.dir()?;
+    let (prepack, rescan) = (!args.no_prepack, Duration::from_secs(args.rescan));
     let mut image_args = args.image;
     if !pack_at_start {
         // --closure then speaks of the on-demand images only.
         image_args.closure = None;
     }
     let image = prepare(image_args)?;
+    Ok(Settings {
+        listen,
+        metrics_listen,
+        tls,
+        config,
+        fds,
+        access,
+        image,
+        start: pack_at_start.then_some((name, tag)),
+        on_demand: on_demand.then_some(setup),
+        prepack,
+        rescan,
+        store_dir,
+    })
+}
 
-    let store_dir = args.store.dir()?;
+impl Settings {
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.metrics_listen
+    }
+}
+
+fn address(text: &str, flag: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("invalid {flag} {text:?}: use IP:PORT, e.g. {DEFAULT_LISTEN}"))
+}
+
+/// The lines `serve` prints about its settings before `listening`, and `config check` prints.
+pub fn summary(s: &Settings) -> Vec<String> {
+    let c = &s.config;
+    let mut lines = vec![
+        format!("store      {}", s.store_dir.display()),
+        format!("listen     {}", s.listen),
+        format!("access     {}", describe(&s.access)),
+        format!(
+            "limits     {} connections, {} uploads ({} per client), {} file descriptors; idle {} s, body {} s, write {} s",
+            c.max_connections,
+            s.access.max_uploads,
+            s.access.max_uploads_per_client,
+            s.fds,
+            c.idle_timeout.as_secs(),
+            c.body_timeout.as_secs(),
+            c.write_timeout.as_secs(),
+        ),
+    ];
+    if let Some(tls) = &s.tls {
+        let f = tls.files();
+        lines.push(format!(
+            "tls        {} ({}), reloaded when changed or on SIGHUP{}",
+            f.cert.display(),
+            f.key.display(),
+            match &f.client_ca {
+                Some(ca) => format!("; client certificates of {} required", ca.display()),
+                None => String::new(),
+            }
+        ));
+    }
+    lines
+}
+
+/// `serve`: binds, packs what is packed at start, serves until a signal.
+pub async fn run(mut s: Settings) -> Result<(), String> {
     // Bound first: a port in use is one line now, not after a pack of gigabytes.
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = tokio::net::TcpListener::bind(s.listen)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let store = Store::open(&store_dir).await.map_err(msg)?;
+        .map_err(|e| format!("cannot listen on {}: {e}", s.listen))?;
+    let metrics_listener = match s.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (--metrics-listen): {e}"))?,
+        ),
+        None => None,
+    };
+    if metrics_listener.is_some() {
+        // Before the pack, so it is counted.
+        quinistry::metrics::enable();
+    }
+    let store = Store::open(&s.store_dir).await.map_err(msg)?;
     let mut pull = None;
-    if pack_at_start {
+    if let Some((name, tag)) = s.start.clone() {
         let name = match name {
             Some(n) => n,
-            None => image.default_tag.clone()?.name,
+            None => s.image.default_tag.clone()?.name,
         };
         let tagged = TaggedName { name, tag };
-        let img = pack_with_progress(&store, &image, &tagged).await?;
-        report(&img, &tagged, &store_dir, None);
+        let img = pack_with_progress(&store, &s.image, &tagged).await?;
+        report(&img, &tagged, &s.store_dir, None);
         pull = Some(tagged);
     }
     let mut prepack = None;
-    let registry = if on_demand {
-        let (images, lines) = OnDemand::new(store.clone(), image.opts, image.threads, setup).await;
-        let images = std::sync::Arc::new(images);
-        if !args.no_prepack {
-            prepack = Some(images.clone());
+    let registry = match s.on_demand.take() {
+        Some(setup) => {
+            let (images, lines) =
+                OnDemand::new(store.clone(), s.image.opts, s.image.threads, setup).await;
+            let images = Arc::new(images);
+            if s.prepack {
+                prepack = Some(images.clone());
+            }
+            for line in &lines {
+                say(format_args!("on demand  {line}"));
+            }
+            if lines.is_empty() {
+                say(format_args!(
+                    "on demand  no images yet (files added under --root will be)"
+                ));
+            }
+            Registry::with_images(store.clone(), images)
         }
-        for line in &lines {
-            say(format_args!("on demand  {line}"));
-        }
-        if lines.is_empty() {
-            say(format_args!(
-                "on demand  no images yet (files added under --root will be)"
-            ));
-        }
-        Registry::with_images(store, images)
-    } else {
-        Registry::new(store)
+        None => Registry::new(store.clone()),
     };
-    let registry = registry.with_access(access.clone());
+    let registry = registry.with_access(s.access.clone());
 
-    let server = Server::on(listener, registry, config.clone());
+    let mut server = Server::on(listener, registry, s.config.clone());
+    let scheme = match &s.tls {
+        Some(tls) => {
+            tls.watch()?;
+            server = server.with_tls(tls.clone());
+            "https"
+        }
+        None => "http",
+    };
     let addr = server.local_addr().map_err(msg)?;
     if let Some(tagged) = pull {
         say(format_args!("pull       docker pull {addr}/{tagged}"));
     }
-    say(format_args!("access     {}", describe(&access)));
-    say(format_args!(
-        "limits     {} connections, {} uploads ({} per client), {fds} file descriptors; idle {} s, body {} s, write {} s",
-        config.max_connections,
-        access.max_uploads,
-        access.max_uploads_per_client,
-        config.idle_timeout.as_secs(),
-        config.body_timeout.as_secs(),
-        config.write_timeout.as_secs(),
-    ));
+    for line in summary(&s) {
+        // Said by the pack report, or below with the port really bound.
+        if !line.starts_with("store") && !line.starts_with("listen") {
+            say(format_args!("{line}"));
+        }
+    }
+    if let Some(listener) = metrics_listener {
+        let at = listener.local_addr().map_err(msg)?;
+        say(format_args!("metrics    http://{at}/metrics"));
+        tokio::spawn(registry::serve_metrics(listener, server.registry()));
+        // Counted once in the background; commits keep the count after.
+        tokio::spawn(async move {
+            if let Err(e) = store.count().await {
+                tracing::warn!(error = %e, "cannot count the store's blobs for the metrics");
+            }
+        });
+    }
     // Last line, and the one scripts wait for.
-    say(format_args!("listening http://{addr}"));
+    say(format_args!("listening {scheme}://{addr}"));
     if let Some(images) = prepack {
-        quinistry::ondemand::prepack::spawn(images, std::time::Duration::from_secs(args.rescan));
+        quinistry::ondemand::prepack::spawn(images, s.rescan);
     }
     server.run(shutdown_signal()?).await.map_err(msg)
+}
+
+/// The TLS configuration the flags name, loaded.
+fn tls(args: &ServeArgs) -> Result<Option<Arc<Tls>>, String> {
+    match (&args.tls_cert, &args.tls_key) {
+        (None, None) if args.tls_client_ca.is_some() => {
+            Err("--tls-client-ca needs --tls-cert and --tls-key".into())
+        }
+        (None, None) => Ok(None),
+        (Some(_), None) => Err("--tls-cert needs --tls-key".into()),
+        (None, Some(_)) => Err("--tls-key needs --tls-cert".into()),
+        (Some(cert), Some(key)) => Tls::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })
+        .map(Some),
+    }
 }
 
 /// The file descriptors this process may open, raised to the hard limit (a registry holds a
@@ -168,40 +312,105 @@ fn fd_share(fds: u64, max: usize) -> usize {
 }
 
 /// The access rules `serve` was given, checked: pushing on an address others can reach needs
-/// authentication, unless the operator says otherwise in so many words.
-fn access(args: &ServeArgs, listen: SocketAddr, fds: u64) -> Result<registry::Access, String> {
-    if args.htpasswd.is_some() && !args.push && !args.auth_reads {
+/// authentication, unless the operator says otherwise in so many words; basic
+/// authentication there without TLS is warned about (the passwords cross in clear).
+fn access(
+    args: &ServeArgs,
+    listen: SocketAddr,
+    tls: bool,
+    fds: u64,
+    file: config::Access,
+) -> Result<registry::Access, String> {
+    let rules = file.anonymous_read.is_some() || file.users.is_some();
+    if args.htpasswd.is_some() && !args.push && !args.auth_reads && !rules {
         return Err("--htpasswd guards pushes, which are off: add --push (or --auth-reads)".into());
     }
-    if args.push && args.htpasswd.is_none() && !listen.ip().is_loopback() && !args.insecure_push {
+    if args.auth_reads && args.htpasswd.is_none() {
+        return Err("--auth-reads needs --htpasswd".into());
+    }
+    if args.insecure_push && !args.push {
+        return Err("--insecure-push needs --push".into());
+    }
+    if rules && args.htpasswd.is_none() {
+        return Err(
+            "access rules (access.users, access.anonymous_read) need an htpasswd file to log \
+             users in: set access.htpasswd or --htpasswd"
+                .into(),
+        );
+    }
+    if rules && args.auth_reads {
+        return Err(
+            "--auth-reads and access rules both say who may read: with rules, list what \
+             anonymous clients may read in access.anonymous_read (nothing, if it is empty)"
+                .into(),
+        );
+    }
+    let exposed = !listen.ip().is_loopback();
+    if args.push && args.htpasswd.is_none() && exposed && !args.insecure_push {
         return Err(format!(
             "--push on {listen}, which other machines can reach, needs --htpasswd FILE \
              (or --insecure-push to let anyone push)"
         ));
     }
+    if args.htpasswd.is_some() && exposed && !tls {
+        tracing::warn!(
+            %listen,
+            "basic authentication over plain HTTP on an address other machines can reach: \
+             passwords cross the network in clear; serve TLS with --tls-cert and --tls-key"
+        );
+    }
     if args.upload_timeout == 0 {
         return Err("--upload-timeout must be at least 1 second".into());
     }
     let htpasswd = match &args.htpasswd {
-        Some(path) => Some(std::sync::Arc::new(
+        Some(path) => Some(Arc::new(
             registry::Htpasswd::load(path)?.failures_per_minute(args.auth_failures_per_minute),
         )),
         None => None,
+    };
+    let rules = match (rules, &htpasswd) {
+        (true, Some(h)) => {
+            let users = file.users.unwrap_or_default();
+            if let Some(unknown) = users.keys().find(|u| !h.has_user(u)) {
+                return Err(format!(
+                    "access.users.{unknown}: no such user in the htpasswd file"
+                ));
+            }
+            let anonymous = file.anonymous_read.unwrap_or_default();
+            Some(Arc::new(
+                registry::Rules::new(&anonymous, &users).map_err(|e| format!("access.{e}"))?,
+            ))
+        }
+        _ => None,
     };
     Ok(registry::Access {
         push: args.push,
         htpasswd,
         auth_reads: args.auth_reads,
         max_blob_size: args.max_blob_size.map(|n| n as u64),
-        upload_timeout: std::time::Duration::from_secs(args.upload_timeout),
+        upload_timeout: Duration::from_secs(args.upload_timeout),
         max_uploads: args.max_uploads.unwrap_or_else(|| fd_share(fds, 1024)),
         max_uploads_per_client: args.max_uploads_per_client,
+        rules,
+        log_health: args.log_health,
     })
 }
 
 /// Who may push and who must log in, in words, for the start-up report.
 fn describe(access: &registry::Access) -> String {
     let users = |h: &registry::Htpasswd| format!("a user of --htpasswd ({} users)", h.users());
+    if let (Some(rules), Some(h)) = (&access.rules, &access.htpasswd) {
+        return format!(
+            "{}; per-repository rules for {} of {} users, and for anonymous reads",
+            if access.push {
+                "pushes on"
+            } else {
+                "read-only"
+            },
+            rules.users().count(),
+            h.users()
+        );
+    }
     match (access.push, &access.htpasswd, access.auth_reads) {
         (false, None, _) => {
             "read-only, open to all: pushes and deletes are refused (--push turns them on)".into()

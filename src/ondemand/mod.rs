@@ -34,7 +34,7 @@ use crate::pack::{self, ClosureMode, Input, LayerOptions, PackError, Packing};
 use crate::reference::{Name, Tag};
 use crate::runtime::packages::Machine;
 use crate::store::{FileStamp, Store};
-pub use spec::{ImageSpec, load_images};
+pub use spec::{FileImage, ImageSpec, load_images};
 
 /// How long a resolved image (or a scan of the root) is trusted before it is checked again
 /// in full. The top-level input files are checked on every request regardless.

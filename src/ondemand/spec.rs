@@ -68,10 +68,10 @@ struct ImagesFile {
     image: Vec<FileImage>,
 }
 
-/// One `[[image]]` table.
+/// One `[[image]]` table (of an `--images` file, or of `serve --config`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileImage {
+pub struct FileImage {
     name: String,
     inputs: Vec<String>,
     entrypoint: Option<Vec<String>>,
@@ -91,34 +91,37 @@ pub fn load_images(path: &Path) -> Result<Vec<ImageSpec>, String> {
 
 fn parse_images(text: &str) -> Result<Vec<ImageSpec>, String> {
     let file: ImagesFile = toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
-    file.image
-        .into_iter()
-        .map(|i| {
-            let what = |e: String| format!("image {:?}: {e}", i.name);
-            let name: TaggedName = i.name.parse().map_err(|e| what(format!("{e}")))?;
-            if i.inputs.is_empty() {
-                return Err(what("no inputs".to_owned()));
-            }
-            let inputs = i
-                .inputs
-                .iter()
-                .map(|s| s.parse::<Input>().map_err(|e| what(e.to_string())))
-                .collect::<Result<Vec<_>, _>>()?;
-            let run = RunSettings {
-                entrypoint: i.entrypoint,
-                cmd: i.cmd,
-                env: i.env,
-            };
-            run.check().map_err(what)?;
-            let closure = i.closure.map(|c| c.parse()).transpose().map_err(what)?;
-            Ok(ImageSpec {
-                name,
-                inputs,
-                run,
-                closure,
-            })
+    file.image.into_iter().map(FileImage::into_spec).collect()
+}
+
+impl FileImage {
+    /// The image it describes, checked; an error names the image.
+    pub fn into_spec(self) -> Result<ImageSpec, String> {
+        let i = self;
+        let what = |e: String| format!("image {:?}: {e}", i.name);
+        let name: TaggedName = i.name.parse().map_err(|e| what(format!("{e}")))?;
+        if i.inputs.is_empty() {
+            return Err(what("no inputs".to_owned()));
+        }
+        let inputs = i
+            .inputs
+            .iter()
+            .map(|s| s.parse::<Input>().map_err(|e| what(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let run = RunSettings {
+            entrypoint: i.entrypoint,
+            cmd: i.cmd,
+            env: i.env,
+        };
+        run.check().map_err(what)?;
+        let closure = i.closure.map(|c| c.parse()).transpose().map_err(what)?;
+        Ok(ImageSpec {
+            name,
+            inputs,
+            run,
+            closure,
         })
-        .collect()
+    }
 }
 
 #[cfg(test)]

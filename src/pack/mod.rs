@@ -299,7 +299,9 @@ async fn layer_of(
     let key = packing.cache.then(|| cache_key(&plan, opts));
     let mut replace = false;
     if let Some(key) = &key {
-        match cache::lookup(store, key, opts.compression.encoding()).await? {
+        let found = cache::lookup(store, key, opts.compression.encoding()).await?;
+        crate::metrics::layer_cache(matches!(found, Lookup::Hit(_)));
+        match found {
             Lookup::Hit(hit) => {
                 tracing::info!(layer = %hit.layer.digest, %label, "layer cache hit: nothing to read or compress");
                 return Ok(PackedLayer {
@@ -747,6 +749,26 @@ pub async fn pack_image(
 
 /// `pack_image` with a closure, and the layer cache and progress reporting as `packing` says.
 pub async fn pack_image_with(
+    store: &Store,
+    inputs: &[Input],
+    closure: &Closure,
+    opts: LayerOptions,
+    run: &RunConfig,
+    tag: Option<&TaggedName>,
+    packing: &Packing,
+) -> Result<PackedImage, PackError> {
+    let start = Instant::now();
+    let packed = pack_image_inner(store, inputs, closure, opts, run, tag, packing).await;
+    match &packed {
+        Ok(img) if img.cached() => crate::metrics::packed("cached", img.input_bytes(), img.seconds),
+        Ok(img) => crate::metrics::packed("packed", img.input_bytes(), img.seconds),
+        Err(_) => crate::metrics::packed("failed", 0, start.elapsed().as_secs_f64()),
+    }
+    packed
+}
+
+/// `pack_image_with` without the metrics.
+async fn pack_image_inner(
     store: &Store,
     inputs: &[Input],
     closure: &Closure,

@@ -81,6 +81,11 @@ impl Htpasswd {
         Htpasswd::parse(&text).map_err(|e| format!("--htpasswd {}: {e}", path.display()))
     }
 
+    /// Whether the file has an entry for `user`.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// How many users the file names.
     pub fn users(&self) -> usize {
         self.users.len()

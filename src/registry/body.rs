@@ -140,8 +140,66 @@ pub struct Access {
     pub remote: SocketAddr,
     pub method: hyper::Method,
     pub path: String,
+    /// The query string, credentials and signatures redacted ([`redact`]).
+    pub query: Option<String>,
+    /// The API resource (`manifest`, `blob`, `upload`, ... or `healthz`).
+    pub route: &'static str,
     pub status: u16,
+    /// Who the credentials proved, if any were checked.
+    pub user: Option<String>,
+    /// The upload session named by the path or opened by the answer.
+    pub upload: Option<String>,
+    /// The digest named by the path or the answer (`Docker-Content-Digest`).
+    pub digest: Option<String>,
+    /// Bytes of the request body read.
+    pub received: u64,
     pub start: Instant,
+    /// No line for it (health checks, by default); it is still counted in the metrics.
+    pub quiet: bool,
+}
+
+/// Query parameters whose values are secrets: credentials, and the signatures of presigned
+/// URLs (which are credentials for as long as they live).
+fn secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    let part = [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "signature",
+        "credential",
+    ];
+    let whole = ["sig", "key", "auth", "apikey", "api_key", "access_key"];
+    part.iter().any(|p| key.contains(p)) || whole.contains(&key.as_str())
+}
+
+/// A query string fit for the log: every value of a secret parameter replaced by
+/// `REDACTED`, and at most 256 characters.
+pub fn redact(query: &str) -> String {
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if secret(k) => format!("{k}=REDACTED"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    super::router::truncate(&redacted.join("&"))
+}
+
+/// A method as a label: the API's few, and one word for the rest (so clients cannot make
+/// new label sets).
+fn method_label(m: &hyper::Method) -> &'static str {
+    use hyper::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
 }
 
 /// A response body that logs its request once it is finished.
@@ -204,17 +262,55 @@ impl hyper::body::Body for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         let a = &self.access;
-        let ms = format_args!("{:.2}", a.start.elapsed().as_secs_f64() * 1e3);
+        let elapsed = a.start.elapsed().as_secs_f64();
+        let method = method_label(&a.method);
+        if let Some(m) = crate::metrics::get() {
+            use crate::metrics::{RequestLabels, RouteLabels};
+            m.in_flight.dec();
+            let route = RouteLabels {
+                method,
+                route: a.route,
+            };
+            let status = a.status;
+            m.requests
+                .get_or_create(&RequestLabels {
+                    method,
+                    route: a.route,
+                    status,
+                })
+                .inc();
+            m.request_seconds.get_or_create(&route).observe(elapsed);
+            if self.sent > 0 {
+                m.sent_bytes.get_or_create(&route).inc_by(self.sent);
+            }
+            if a.received > 0 {
+                m.received_bytes.get_or_create(&route).inc_by(a.received);
+            }
+        }
+        if a.quiet {
+            return;
+        }
+        // A number, to two decimals (JSON logs keep it a number).
+        let ms = (elapsed * 1e5).round() / 100.0;
+        // Absent values are left out of the line rather than written as empty.
+        let (query, user, upload, digest) = (
+            a.query.as_deref().map(tracing::field::display),
+            a.user.as_deref().map(tracing::field::display),
+            a.upload.as_deref().map(tracing::field::display),
+            a.digest.as_deref().map(tracing::field::display),
+        );
         match &self.error {
             Some(error) => tracing::warn!(
                 target: super::ACCESS_LOG,
-                remote = %a.remote, method = %a.method, path = %a.path, status = a.status,
+                remote = %a.remote, method, path = %a.path, query, route = a.route,
+                status = a.status, user, upload, digest, received = a.received,
                 bytes = self.sent, ms, %error,
                 "request failed while sending the body"
             ),
             None => tracing::info!(
                 target: super::ACCESS_LOG,
-                remote = %a.remote, method = %a.method, path = %a.path, status = a.status,
+                remote = %a.remote, method, path = %a.path, query, route = a.route,
+                status = a.status, user, upload, digest, received = a.received,
                 bytes = self.sent, ms,
                 // A body dropped before its end: the client went away mid-download.
                 complete = self.finished,
@@ -241,6 +337,8 @@ pub struct RequestBody {
     started: bool,
     /// A body that brings nothing this long ends its request.
     timeout: std::time::Duration,
+    /// Bytes read so far.
+    received: u64,
 }
 
 /// Why a request body could not be read.
@@ -258,6 +356,7 @@ impl RequestBody {
             inner,
             started: false,
             timeout,
+            received: 0,
         }
     }
 
@@ -266,9 +365,19 @@ impl RequestBody {
         use http_body_util::BodyExt;
         self.started = true;
         match tokio::time::timeout(self.timeout, self.inner.frame()).await {
-            Ok(frame) => frame.map(|f| f.map_err(BodyError::from)),
+            Ok(frame) => {
+                if let Some(Ok(f)) = &frame {
+                    self.received += f.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                frame.map(|f| f.map_err(BodyError::from))
+            }
             Err(_) => Some(Err(BodyError::Stalled(self.timeout))),
         }
+    }
+
+    /// Bytes of the body read so far.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Reads and drops the rest of the body when the answer did not need it, within

@@ -1,4 +1,5 @@
-//! `GET /v2/_catalog`: every repository in the store or on demand, sorted, paginated.
+//! `GET /v2/_catalog`: every repository in the store or on demand that the caller may read,
+//! sorted, paginated.
 
 use hyper::Response;
 use serde_json::json;
@@ -7,10 +8,12 @@ use super::Registry;
 use super::body::Body;
 use super::errors::RegistryError;
 use super::pagination::{self, Page};
+use super::rules::Right;
 
 pub async fn get(
     registry: &Registry,
     query: Option<&str>,
+    user: Option<&str>,
 ) -> Result<Response<Body>, RegistryError> {
     let page = Page::parse(query)?;
     let mut names = registry.store().repositories().await?;
@@ -19,7 +22,12 @@ pub async fn get(
         names.sort();
         names.dedup();
     }
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    // Only what the caller may read: a name is information too.
+    let names: Vec<String> = names
+        .iter()
+        .filter(|n| registry.may(user, n, Right::Read))
+        .map(|n| n.to_string())
+        .collect();
     pagination::respond(
         "/v2/_catalog",
         &page,

@@ -26,13 +26,16 @@ mod body;
 mod catalog;
 mod conn;
 mod errors;
+mod health;
 mod manifests;
 mod mapped;
 mod pagination;
 mod referrers;
 mod router;
+mod rules;
 mod server;
 mod tags;
+mod tls;
 mod uploads;
 
 use std::collections::HashMap;
@@ -55,8 +58,11 @@ pub use auth::{DEFAULT_FAILURES_PER_MINUTE, Htpasswd};
 use body::{Body, Logged, RequestBody};
 use conn::InFlight;
 use errors::{Code, RegistryError};
+pub use health::serve_metrics;
 use router::Route;
+pub use rules::{Grant, Right, Rules};
 pub use server::Server;
+pub use tls::{Tls, TlsFiles};
 use uploads::Uploads;
 
 /// The tracing target of the access log, one line per request: `main` writes it apart from
@@ -134,6 +140,11 @@ pub struct Access {
     /// Most upload sessions open at once, and per client address.
     pub max_uploads: usize,
     pub max_uploads_per_client: usize,
+    /// Per-repository rights of the htpasswd users and of anonymous clients; `None`: every
+    /// user may read and write everything, anonymous clients read unless `auth_reads`.
+    pub rules: Option<Arc<Rules>>,
+    /// Health checks get access-log lines too.
+    pub log_health: bool,
 }
 
 impl Default for Access {
@@ -146,6 +157,8 @@ impl Default for Access {
             upload_timeout: Duration::from_secs(3600),
             max_uploads: 1024,
             max_uploads_per_client: 64,
+            rules: None,
+            log_health: false,
         }
     }
 }
@@ -187,6 +200,8 @@ pub struct Registry {
     /// Striped: a fixed number of locks, a repository's chosen by the hash of its name, so
     /// their memory does not grow with the repositories.
     repository_locks: Vec<tokio::sync::Mutex<()>>,
+    /// What `/readyz` says besides the store (shutting down, at the connection cap).
+    health: health::Health,
 }
 
 /// How many repository locks there are (two repositories may share one; they then wait for
@@ -313,6 +328,7 @@ impl Registry {
             repository_locks: (0..REPOSITORY_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            health: health::Health::default(),
         }
     }
 
@@ -503,102 +519,257 @@ async fn handle(
     registry: &Registry,
     req: Request<Incoming>,
     remote: SocketAddr,
+    secure: bool,
     body_timeout: Duration,
     in_flight: InFlight,
 ) -> Response<Logged> {
     let start = Instant::now();
+    if let Some(m) = crate::metrics::get() {
+        m.in_flight.inc();
+    }
     let (parts, body) = req.into_parts();
-    let mut body = RequestBody::new(body, body_timeout);
-    let method = parts.method.clone();
-    let result = match authorize(registry, &parts, remote).await {
-        Ok(()) => dispatch(registry, &parts, &mut body, remote).await,
-        Err(e) => Err(e),
+    let path = parts.uri.path();
+    let mut log = body::Access {
+        remote,
+        method: parts.method.clone(),
+        // A 60 KiB path is logged by its first 256 characters.
+        path: router::truncate(path),
+        query: parts.uri.query().map(body::redact),
+        route: "",
+        status: 0,
+        user: None,
+        upload: None,
+        digest: None,
+        received: 0,
+        start,
+        quiet: false,
     };
-    // An answer given before the body was read (a refusal): read the rest first, so the
-    // client is not reset while still sending and gets to see the answer.
-    body.discard_rest(&parts.headers).await;
-    let response = result.unwrap_or_else(error_response);
-    let (mut head, body) = response.into_parts();
+    let (mut head, body) = match health::answer(registry, path).await {
+        Some(response) => {
+            log.route = if path == "/healthz" {
+                "healthz"
+            } else {
+                "readyz"
+            };
+            log.quiet = !registry.access.log_health;
+            response.into_parts()
+        }
+        None => {
+            let route = router::route(path);
+            log.route = route_label(&route);
+            (log.upload, log.digest) = route_ids(&route);
+            let mut body = RequestBody::new(body, body_timeout);
+            let result = match authorize(registry, &parts, &route, remote).await {
+                Ok(user) => {
+                    let answer = dispatch(
+                        registry,
+                        &parts,
+                        route,
+                        &mut body,
+                        remote,
+                        secure,
+                        user.as_deref(),
+                    )
+                    .await;
+                    log.user = user;
+                    answer
+                }
+                Err((e, user)) => {
+                    log.user = user;
+                    Err(e)
+                }
+            };
+            // An answer given before the body was read (a refusal): read the rest first, so
+            // the client is not reset while still sending and gets to see the answer.
+            body.discard_rest(&parts.headers).await;
+            log.received = body.received();
+            result.unwrap_or_else(error_response).into_parts()
+        }
+    };
+    // What the answer names: the session a POST opened, the digest a PUT stored or a tag
+    // resolved to; so a push can be followed from its POST to its manifest.
+    let text = |name: &str| {
+        head.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if log.upload.is_none() {
+        log.upload = text("docker-upload-uuid");
+    }
+    if let Some(digest) = text("docker-content-digest") {
+        log.digest = Some(digest);
+    }
     head.headers.insert(
         HeaderName::from_static(API_VERSION.0),
         HeaderValue::from_static(API_VERSION.1),
     );
     // HEAD answers carry GET's headers, Content-Length included, and no body.
-    let body = if method == Method::HEAD {
+    let body = if parts.method == Method::HEAD {
         Body::Empty
     } else {
         body
     };
-    let access = body::Access {
-        remote,
-        method,
-        // A 60 KiB path is logged by its first 256 characters.
-        path: router::truncate(parts.uri.path()),
-        status: head.status.as_u16(),
-        start,
-    };
-    Response::from_parts(head, Logged::new(body, access, in_flight))
+    log.status = head.status.as_u16();
+    Response::from_parts(head, Logged::new(body, log, in_flight))
 }
 
-/// Checks credentials where the access rules want them: for writes, for reads with
-/// `auth_reads`, and for `/v2/` (the login check: `docker login` expects a challenge there).
+/// The API resource a path names, for the access log and metrics labels.
+fn route_label(route: &Result<Route, RegistryError>) -> &'static str {
+    match route {
+        Ok(Route::Base) => "base",
+        Ok(Route::Catalog) => "catalog",
+        Ok(Route::Tags(_)) => "tags",
+        Ok(Route::Manifest(..)) => "manifest",
+        Ok(Route::Blob(..)) => "blob",
+        Ok(Route::Upload(..)) => "upload",
+        Ok(Route::Referrers(..)) => "referrers",
+        Err(_) => "invalid",
+    }
+}
+
+/// The upload session and digest a path names, for the access log.
+fn route_ids(route: &Result<Route, RegistryError>) -> (Option<String>, Option<String>) {
+    match route {
+        Ok(Route::Upload(_, Some(id))) => (Some(id.as_str().to_owned()), None),
+        Ok(Route::Blob(_, d) | Route::Referrers(_, d)) => (None, Some(d.to_string())),
+        Ok(Route::Manifest(_, router::Reference::Digest(d))) => (None, Some(d.to_string())),
+        _ => (None, None),
+    }
+}
+
+/// What a request needs to be let through.
+#[derive(Clone, Copy)]
+enum Need<'a> {
+    /// Nothing (a path that is no API resource: the router's error answers it).
+    Nothing,
+    /// `/v2/`: the login check.
+    Login,
+    /// The catalog: open to whoever may read something; filtered by what they may read.
+    List,
+    Repository(&'a Name, rules::Right),
+}
+
+impl<'a> Need<'a> {
+    fn of(method: &Method, route: &'a Result<Route, RegistryError>) -> Need<'a> {
+        use rules::Right::{Read, Write};
+        let read = if matches!(*method, Method::GET | Method::HEAD) {
+            Read
+        } else {
+            Write
+        };
+        match route {
+            Err(_) => Need::Nothing,
+            Ok(Route::Base) => Need::Login,
+            Ok(Route::Catalog) => Need::List,
+            // Upload sessions are the write side even when asked about with GET.
+            Ok(Route::Upload(name, _)) => Need::Repository(name, Write),
+            Ok(
+                Route::Tags(name)
+                | Route::Manifest(name, _)
+                | Route::Blob(name, _)
+                | Route::Referrers(name, _),
+            ) => Need::Repository(name, read),
+        }
+    }
+}
+
+impl Registry {
+    /// Whether `user` (`None`: an anonymous client) may do `right` on repository `name`.
+    fn may(&self, user: Option<&str>, name: &Name, right: rules::Right) -> bool {
+        let access = &self.access;
+        if access.htpasswd.is_none() {
+            return true;
+        }
+        match &access.rules {
+            Some(rules) => rules.allows(user, name, right),
+            None => user.is_some() || (right == rules::Right::Read && !access.auth_reads),
+        }
+    }
+
+    fn may_do(&self, user: Option<&str>, need: Need<'_>) -> bool {
+        match need {
+            Need::Nothing => true,
+            Need::Login => user.is_some(),
+            Need::List => self.access.rules.is_some() || user.is_some() || !self.access.auth_reads,
+            Need::Repository(name, right) => self.may(user, name, right),
+        }
+    }
+}
+
+/// Checks credentials where the access rules want them, and returns the user they prove (a
+/// refusal too, when it is one of the rules' and not of the credentials').
+/// A request anonymous clients may make needs none, but credentials sent with it are
+/// checked (they may give more, and name the user in the log); wrong ones are then ignored,
+/// as they were not needed. `/v2/` always asks: `docker login` expects a challenge there.
 async fn authorize(
     registry: &Registry,
     req: &hyper::http::request::Parts,
+    route: &Result<Route, RegistryError>,
     remote: SocketAddr,
-) -> Result<(), RegistryError> {
+) -> Result<Option<String>, (RegistryError, Option<String>)> {
     let Some(htpasswd) = &registry.access.htpasswd else {
-        return Ok(());
+        return Ok(None);
     };
-    // Upload sessions are the write side even when asked about with GET.
-    let read = matches!(req.method, Method::GET | Method::HEAD)
-        && !matches!(router::route(req.uri.path()), Ok(Route::Upload(..)));
-    let base = matches!(req.uri.path(), "/v2" | "/v2/");
-    if read && !base && !registry.access.auth_reads {
-        return Ok(());
+    let need = Need::of(&req.method, route);
+    let anonymous = registry.may_do(None, need);
+    let credentials = req.headers.get(header::AUTHORIZATION);
+    if credentials.is_none() && anonymous {
+        return Ok(None);
     }
-    match htpasswd
-        .check(req.headers.get(header::AUTHORIZATION), remote.ip())
-        .await
-    {
-        auth::Verdict::User(_) => Ok(()),
-        auth::Verdict::Throttled(wait) => Err(RegistryError::new(
+    let refusal = match htpasswd.check(credentials, remote.ip()).await {
+        auth::Verdict::User(user) if registry.may_do(Some(&user), need) => return Ok(Some(user)),
+        auth::Verdict::User(user) => return Err((denied(&user, need), Some(user))),
+        _ if anonymous => return Ok(None),
+        auth::Verdict::Throttled(wait) => RegistryError::new(
             Code::TooManyRequests,
             "too many wrong passwords from this address; wait before trying again",
         )
-        .header(header::RETRY_AFTER, HeaderValue::from(wait))),
-        auth::Verdict::Busy => Err(RegistryError::new(
+        .header(header::RETRY_AFTER, HeaderValue::from(wait)),
+        auth::Verdict::Busy => RegistryError::new(
             Code::TooManyRequests,
             "too many logins are being checked; retry in a moment",
         )
-        .header(header::RETRY_AFTER, HeaderValue::from(1))),
-        auth::Verdict::Refused => Err(RegistryError::new(
+        .header(header::RETRY_AFTER, HeaderValue::from(1)),
+        auth::Verdict::Refused => RegistryError::new(
             Code::Unauthorized,
-            if req.headers.contains_key(header::AUTHORIZATION) {
+            if credentials.is_some() {
                 "wrong user name or password"
             } else {
                 "authentication required"
             },
         )
-        .header(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM))),
-    }
+        .header(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM)),
+    };
+    Err((refusal, None))
+}
+
+/// 403 for a user the rules do not let through.
+fn denied(user: &str, need: Need<'_>) -> RegistryError {
+    let what = match need {
+        Need::Repository(name, right) => format!("{} repository {name}", right.verb()),
+        _ => "do this".to_owned(),
+    };
+    RegistryError::new(Code::Denied, format!("user {user:?} may not {what}"))
 }
 
 async fn dispatch(
     registry: &Registry,
     req: &hyper::http::request::Parts,
+    route: Result<Route, RegistryError>,
     body: &mut RequestBody,
     remote: SocketAddr,
+    secure: bool,
+    user: Option<&str>,
 ) -> Result<Response<Body>, RegistryError> {
     let (method, query, headers) = (&req.method, req.uri.query(), &req.headers);
     let read = matches!(*method, Method::GET | Method::HEAD);
     if !read && !registry.access.push {
         return Err(read_only());
     }
-    let route = router::route(req.uri.path())?;
-    match (route, method) {
+    match (route?, method) {
         (Route::Base, _) if read => Ok(base::get()),
-        (Route::Catalog, _) if read => catalog::get(registry, query).await,
+        (Route::Catalog, _) if read => catalog::get(registry, query, user).await,
         (Route::Tags(name), _) if read => tags::get(registry, &name, query).await,
         (Route::Manifest(name, reference), m) => match *m {
             Method::GET | Method::HEAD => {
@@ -611,16 +782,24 @@ async fn dispatch(
         (Route::Blob(name, digest), m) => match *m {
             Method::GET | Method::HEAD => {
                 // Maps only where the kernel copies from them (hyper's HTTP/1.1 writes the
-                // map itself); HTTP/2 framing copies in user space (see body::Body::File).
-                // A TLS stream would too.
-                let mapped = req.version <= hyper::Version::HTTP_11;
+                // map itself); HTTP/2 framing and TLS encryption read them in user space,
+                // where a blob cut short behind the store's back is SIGBUS (body::Body::File).
+                let mapped = req.version <= hyper::Version::HTTP_11 && !secure;
                 blobs::get(registry, &name, &digest, headers, mapped).await
             }
             Method::DELETE => blobs::delete(registry, &name, &digest).await,
             _ => Err(not_allowed(m, "GET, HEAD, DELETE")),
         },
         (Route::Upload(name, None), &Method::POST) => {
-            let q = uploads::Query::parse(query);
+            let mut q = uploads::Query::parse(query);
+            // A mount reads its source: from a repository the user may not read, it is no
+            // mount (the spec's fallback: an upload session, and the blob must be sent).
+            let from = q.from.as_deref().and_then(|f| f.parse::<Name>().ok());
+            if let Some(from) = from
+                && !registry.may(user, &from, rules::Right::Read)
+            {
+                q.mount = None;
+            }
             uploads::post(registry, &name, &q, headers, body, remote.ip()).await
         }
         (Route::Upload(_, None), m) => Err(not_allowed(m, "POST")),

@@ -14,6 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::conn::{ConnState, Connections, Watched};
+use super::tls::Tls;
 use super::{ACCESS_LOG, Config, H2_SEND_BUFFER, Registry, handle};
 use crate::store::Store;
 
@@ -22,6 +23,8 @@ pub struct Server {
     listener: TcpListener,
     registry: Arc<Registry>,
     config: Config,
+    /// Serve HTTPS with this configuration; `None`: plain HTTP.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Server {
@@ -45,7 +48,21 @@ impl Server {
             listener,
             registry: Arc::new(registry),
             config,
+            tls: None,
         }
+    }
+
+    /// The server speaking TLS only.
+    pub fn with_tls(self, tls: Arc<Tls>) -> Server {
+        Server {
+            tls: Some(tls),
+            ..self
+        }
+    }
+
+    /// The registry it serves (for a second listener, such as the metrics one).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -109,13 +126,16 @@ impl Server {
                             "at the connection cap: closed the connection idle longest"
                         );
                     }
-                    tokio::select! {
+                    self.registry.health.at_cap(true);
+                    let p = tokio::select! {
                         p = slots.clone().acquire_owned() => match p {
                             Ok(p) => p,
                             Err(_) => break, // never closed
                         },
                         () = &mut shutdown => break,
-                    }
+                    };
+                    self.registry.health.at_cap(false);
+                    p
                 }
             };
             // Small responses (manifests, errors) should not wait for Nagle.
@@ -125,6 +145,10 @@ impl Server {
             let registry = self.registry.clone();
             let state = Arc::new(ConnState::new());
             let registered = connections.add(state.clone());
+            let metrics = crate::metrics::get();
+            if let Some(m) = metrics {
+                m.connections.inc();
+            }
             let evicted = state.evict.clone();
             let watched = Watched::new(
                 stream,
@@ -133,31 +157,68 @@ impl Server {
                 config.write_timeout,
             );
             let body_timeout = config.body_timeout;
+            let secure = self.tls.is_some();
             let service = hyper::service::service_fn(move |req| {
                 let registry = registry.clone();
                 let in_flight = state.begin();
                 async move {
                     Ok::<_, Infallible>(
-                        handle(&registry, req, remote, body_timeout, in_flight).await,
+                        handle(&registry, req, remote, secure, body_timeout, in_flight).await,
                     )
                 }
             });
-            let conn = builder
-                .serve_connection(TokioIo::new(watched), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            // Taken per connection: a reloaded certificate serves the next one.
+            let acceptor = self.tls.as_ref().map(|t| t.acceptor());
+            let handshake_timeout = config.header_read_timeout;
             tokio::spawn(async move {
-                tokio::select! {
-                    ended = conn => if let Err(e) = ended {
+                let served = async {
+                    let ended = match acceptor {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(watched), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            // Bounded like request headers: a client that opens a connection
+                            // and never finishes the handshake holds a slot only this long.
+                            let stream = match tokio::time::timeout(
+                                handshake_timeout,
+                                acceptor.accept(watched),
+                            )
+                            .await
+                            {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%remote, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                    };
+                    if let Err(e) = ended {
                         log_connection_error(remote, e.as_ref());
-                    },
+                    }
+                };
+                tokio::select! {
+                    () = served => {},
                     () = evicted.cancelled() => {
                         tracing::debug!(%remote, "idle connection closed to make room");
                     }
                 }
                 drop((registered, permit));
+                if let Some(m) = metrics {
+                    m.connections.dec();
+                }
             });
         }
+        self.registry.health.draining();
         drop(self.listener);
         if let Some(sweeper) = sweeper {
             sweeper.abort();

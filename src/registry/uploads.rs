@@ -239,6 +239,11 @@ impl Uploads {
 
     /// How often `sweep` should run: often enough that a session outlives its timeout by at
     /// most a quarter of it (and at most a minute).
+    /// Sessions open now.
+    pub fn open(&self) -> usize {
+        self.table().sessions.len()
+    }
+
     pub fn sweep_interval(&self) -> Duration {
         (self.timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
     }

@@ -416,9 +416,11 @@ impl BlobWriter {
         let dest = self.store.blob_path(&digest);
         let temp = self.temp;
         let dir = self.store.blob_dir(digest.algorithm());
-        blocking(move || {
-            if !replace && dest.exists() {
-                return Ok(()); // dedupe: `temp` is dropped, which deletes the new copy
+        let store = self.store.clone();
+        let new = blocking(move || {
+            let existed = dest.exists();
+            if !replace && existed {
+                return Ok(false); // dedupe: `temp` is dropped, which deletes the new copy
             }
             ctx(file.sync_all(), "fsync", &temp_path)?;
             ctx(
@@ -426,9 +428,13 @@ impl BlobWriter {
                 "commit blob",
                 &dest,
             )?;
-            sync_dir(&dir)
+            sync_dir(&dir)?;
+            Ok(!existed)
         })
         .await?;
+        if new {
+            store.added(len);
+        }
         Ok((digest, len))
     }
 }

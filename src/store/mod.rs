@@ -56,6 +56,8 @@ pub mod verify;
 use std::fs as stdfs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::digest::{Algorithm, Digest, DigestError};
 use crate::reference::{Name, Tag};
@@ -108,6 +110,10 @@ fn ctx<T>(r: io::Result<T>, action: &'static str, path: &Path) -> Result<T> {
     })
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Runs blocking file-system work (fsync, rename, directory scans) off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     match tokio::task::spawn_blocking(f).await {
@@ -117,18 +123,102 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     }
 }
 
-/// A handle on a store directory. Cheap to clone; all state is on disk.
+/// A handle on a store directory. Cheap to clone; all state is on disk, but for running
+/// totals kept for metrics.
 #[derive(Debug, Clone)]
 pub struct Store {
     /// The store's root directory; every path below is derived from it here and nowhere else.
     root: PathBuf,
+    /// How many blobs and bytes the store holds, without a walk per question.
+    totals: Arc<Totals>,
+}
+
+/// Blobs and bytes in the store: a walk counts them once (`Store::count`), then this process's
+/// commits add theirs. Writes by another process (`quinistry pack` into the same store) show
+/// at the next count; a blob committed while the walk runs may be counted twice.
+#[derive(Debug, Default)]
+struct Totals {
+    /// What the walk found, and what had been added when it began.
+    walked: std::sync::Mutex<Option<(i64, i64)>>,
+    added_at_walk: std::sync::Mutex<(i64, i64)>,
+    added_blobs: AtomicI64,
+    added_bytes: AtomicI64,
 }
 
 impl Store {
+    fn at(root: PathBuf) -> Store {
+        Store {
+            root,
+            totals: Arc::default(),
+        }
+    }
+
+    /// Records a blob this process committed under a new name.
+    fn added(&self, bytes: u64) {
+        self.totals.added_blobs.fetch_add(1, Ordering::Relaxed);
+        self.totals
+            .added_bytes
+            .fetch_add(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Counts the blobs and their bytes with a walk of the store (once, at start: after it
+    /// [`Store::totals`] are kept by commits).
+    pub async fn count(&self) -> Result<()> {
+        *lock(&self.totals.added_at_walk) = (
+            self.totals.added_blobs.load(Ordering::Relaxed),
+            self.totals.added_bytes.load(Ordering::Relaxed),
+        );
+        let dirs = Algorithm::ALL.map(|a| self.blob_dir(a));
+        let found = blocking(move || {
+            let (mut blobs, mut bytes) = (0i64, 0i64);
+            for dir in dirs {
+                let entries = match stdfs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return ctx(Err(e), "list", &dir),
+                };
+                for entry in entries.flatten() {
+                    if let Ok(m) = entry.metadata() {
+                        blobs += 1;
+                        bytes += i64::try_from(m.len()).unwrap_or(i64::MAX);
+                    }
+                }
+            }
+            Ok((blobs, bytes))
+        })
+        .await?;
+        *lock(&self.totals.walked) = Some(found);
+        Ok(())
+    }
+
+    /// Blobs and bytes in the store, once counted.
+    pub fn totals(&self) -> Option<(i64, i64)> {
+        let (blobs, bytes) = (*lock(&self.totals.walked))?;
+        let (b0, y0) = *lock(&self.totals.added_at_walk);
+        Some((
+            blobs + self.totals.added_blobs.load(Ordering::Relaxed) - b0,
+            bytes + self.totals.added_bytes.load(Ordering::Relaxed) - y0,
+        ))
+    }
+
+    /// Whether the store can be read and written now: lists the blob folder and writes and
+    /// removes a temp file (for `/readyz`; a full disk or a lost mount says no).
+    pub async fn probe(&self) -> Result<()> {
+        let s = self.clone();
+        blocking(move || {
+            let dir = s.blob_dir(Algorithm::Sha256);
+            ctx(stdfs::read_dir(&dir).map(drop), "list", &dir)?;
+            let tmp = s.tmp_dir();
+            let mut probe = ctx(tempfile::tempfile_in(&tmp), "create a file in", &tmp)?;
+            ctx(io::Write::write_all(&mut probe, b"ready"), "write in", &tmp)
+        })
+        .await
+    }
+
     /// Opens (creating if needed) the store at `root`, checks that it is writable, and removes
     /// temp files left by writers that died (their flock is gone).
     pub async fn open(root: impl Into<PathBuf>) -> Result<Store> {
-        let store = Store { root: root.into() };
+        let store = Store::at(root.into());
         let s = store.clone();
         blocking(move || {
             let blob_dirs = Algorithm::ALL.map(|a| s.blob_dir(a));
@@ -160,7 +250,7 @@ impl Store {
     /// Opens the store at `root` for reading only: nothing is created, cleaned or written.
     /// A folder that is not a store (a typo) is an error, not a new empty store.
     pub async fn open_existing(root: impl Into<PathBuf>) -> Result<Store> {
-        let store = Store { root: root.into() };
+        let store = Store::at(root.into());
         let blobs = store.root.join("blobs");
         match tokio::fs::metadata(&blobs).await {
             Ok(m) if m.is_dir() => Ok(store),

@@ -329,7 +329,10 @@ impl Serving {
                     sizes.insert(k.to_owned(), size);
                 }
                 if k == "listening" {
-                    let addr = v.trim_start_matches("http://").to_owned();
+                    let addr = v
+                        .trim_start_matches("http://")
+                        .trim_start_matches("https://")
+                        .to_owned();
                     // Keep reading whatever else it prints: its stdout stays open.
                     std::thread::spawn(move || lines.for_each(drop));
                     return Serving {

@@ -1,0 +1,395 @@
+//! `serve --config FILE`: a TOML file that can say everything `serve`'s flags say.
+//!
+//! Precedence, highest first: a flag on the command line, its `QUINISTRY_*` environment
+//! variable, the file, the built-in default. clap tells which of its values came from the
+//! command line or the environment (`ArgMatches::value_source`); the file fills every other.
+//! A list given on the command line (`--image`, `--env`, INPUTs) replaces the file's list.
+//! `[[image]]` tables are served besides any `--image`.
+//!
+//! Every table denies keys it does not know, so a typo is an error naming the key and its
+//! line, not a setting silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use serde::Deserialize;
+
+use quinistry::ondemand::FileImage;
+use quinistry::registry::Grant;
+
+use super::args::ServeArgs;
+
+/// The whole file.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    store: Option<PathBuf>,
+    listen: Option<String>,
+    #[serde(default)]
+    tls: Tls,
+    #[serde(default)]
+    metrics: Metrics,
+    #[serde(default)]
+    log: Log,
+    #[serde(default)]
+    pub access: Access,
+    #[serde(default)]
+    limits: Limits,
+    /// The image packed at start (default: quinistry itself).
+    #[serde(default)]
+    start: Start,
+    /// How layers are made, for the start image and on-demand ones.
+    #[serde(default)]
+    pack: Pack,
+    #[serde(default)]
+    on_demand: OnDemand,
+    /// On-demand images, as in an `--images` file.
+    #[serde(default)]
+    pub image: Vec<FileImage>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Tls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Metrics {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Log {
+    format: Option<String>,
+    health: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    push: Option<bool>,
+    htpasswd: Option<PathBuf>,
+    auth_reads: Option<bool>,
+    auth_failures_per_minute: Option<u32>,
+    insecure_push: Option<bool>,
+    /// Repository patterns anyone may read without logging in.
+    pub anonymous_read: Option<Vec<String>>,
+    /// Per user of the htpasswd file: the patterns they may read, or read and write.
+    pub users: Option<BTreeMap<String, Grant>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    max_connections: Option<usize>,
+    idle_timeout: Option<u64>,
+    body_timeout: Option<u64>,
+    write_timeout: Option<u64>,
+    shutdown_timeout: Option<u64>,
+    max_blob_size: Option<Size>,
+    upload_timeout: Option<u64>,
+    max_uploads: Option<usize>,
+    max_uploads_per_client: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Start {
+    name: Option<String>,
+    tag: Option<String>,
+    inputs: Option<Vec<String>>,
+    entrypoint: Option<String>,
+    cmd: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Pack {
+    compression: Option<String>,
+    level: Option<u32>,
+    block_size: Option<Size>,
+    threads: Option<usize>,
+    closure: Option<String>,
+    cache: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OnDemand {
+    root: Option<PathBuf>,
+    max_packs: Option<usize>,
+    prepack: Option<bool>,
+    rescan: Option<u64>,
+    images_files: Option<Vec<PathBuf>>,
+}
+
+/// A size as a number of bytes or as text with a suffix (`"512M"`), as the flags take it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(self, key: &str) -> Result<usize, String> {
+        match self {
+            Size::Bytes(n) => usize::try_from(n).map_err(|_| format!("{key}: {n} is too large")),
+            Size::Text(t) => {
+                quinistry::pack::compress::parse_size(&t).map_err(|e| format!("{key}: {e}"))
+            }
+        }
+    }
+}
+
+impl File {
+    /// Reads and parses `path`; errors name the file, and TOML's the key and line.
+    pub fn load(path: &Path) -> Result<File, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| format!("--config {}: {}", path.display(), e.to_string().trim()))
+    }
+}
+
+/// Whether the user set `id` (on the command line or in its environment variable).
+fn given(m: &ArgMatches, id: &str) -> bool {
+    matches!(
+        m.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+/// Puts the file's value in `slot` unless the user set `id`.
+fn fill<T>(m: &ArgMatches, id: &str, slot: &mut T, value: Option<T>) {
+    if let Some(v) = value
+        && !given(m, id)
+    {
+        *slot = v;
+    }
+}
+
+/// The log format: the flag or its variable, else the file's.
+pub fn log_format(root: &ArgMatches, flag: Option<String>, file: Option<&File>) -> Option<String> {
+    if given(root, "log_format") {
+        return flag;
+    }
+    file.and_then(|f| f.log.format.clone()).or(flag)
+}
+
+/// Fills `args` from the file wherever the user set nothing; the file's images and access
+/// rules are returned for `serve` to take as they are.
+pub fn apply(
+    file: File,
+    m: &ArgMatches,
+    args: &mut ServeArgs,
+) -> Result<(Vec<FileImage>, Access), String> {
+    let File {
+        store,
+        listen,
+        tls,
+        metrics,
+        log,
+        access,
+        limits,
+        start,
+        pack,
+        on_demand,
+        image,
+    } = file;
+    let env_store = std::env::var_os("QUINISTRY_STORE").is_some_and(|v| !v.is_empty());
+    if !env_store {
+        fill(m, "store", &mut args.store.store, store.map(Some));
+    }
+    fill(m, "listen", &mut args.listen, listen);
+    fill(m, "tls_cert", &mut args.tls_cert, tls.cert.map(Some));
+    fill(m, "tls_key", &mut args.tls_key, tls.key.map(Some));
+    fill(
+        m,
+        "tls_client_ca",
+        &mut args.tls_client_ca,
+        tls.client_ca.map(Some),
+    );
+    fill(
+        m,
+        "metrics_listen",
+        &mut args.metrics_listen,
+        metrics.listen.map(Some),
+    );
+    fill(m, "log_health", &mut args.log_health, log.health);
+    fill(m, "push", &mut args.push, access.push);
+    fill(
+        m,
+        "htpasswd",
+        &mut args.htpasswd,
+        access.htpasswd.clone().map(Some),
+    );
+    fill(m, "auth_reads", &mut args.auth_reads, access.auth_reads);
+    fill(
+        m,
+        "auth_failures_per_minute",
+        &mut args.auth_failures_per_minute,
+        access.auth_failures_per_minute,
+    );
+    fill(
+        m,
+        "insecure_push",
+        &mut args.insecure_push,
+        access.insecure_push,
+    );
+    fill(
+        m,
+        "max_connections",
+        &mut args.max_connections,
+        limits.max_connections.map(Some),
+    );
+    fill(
+        m,
+        "idle_timeout",
+        &mut args.idle_timeout,
+        limits.idle_timeout,
+    );
+    fill(
+        m,
+        "body_timeout",
+        &mut args.body_timeout,
+        limits.body_timeout,
+    );
+    fill(
+        m,
+        "write_timeout",
+        &mut args.write_timeout,
+        limits.write_timeout,
+    );
+    fill(
+        m,
+        "shutdown_timeout",
+        &mut args.shutdown_timeout,
+        limits.shutdown_timeout,
+    );
+    let max_blob = limits
+        .max_blob_size
+        .map(|s| s.bytes("limits.max_blob_size"))
+        .transpose()?;
+    fill(
+        m,
+        "max_blob_size",
+        &mut args.max_blob_size,
+        max_blob.map(Some),
+    );
+    fill(
+        m,
+        "upload_timeout",
+        &mut args.upload_timeout,
+        limits.upload_timeout,
+    );
+    fill(
+        m,
+        "max_uploads",
+        &mut args.max_uploads,
+        limits.max_uploads.map(Some),
+    );
+    fill(
+        m,
+        "max_uploads_per_client",
+        &mut args.max_uploads_per_client,
+        limits.max_uploads_per_client,
+    );
+    fill(m, "name", &mut args.name, start.name.map(Some));
+    fill(m, "tag", &mut args.tag, start.tag);
+    let image_args = &mut args.image;
+    fill(m, "inputs", &mut image_args.inputs, start.inputs);
+    fill(
+        m,
+        "entrypoint",
+        &mut image_args.entrypoint,
+        start.entrypoint.map(Some),
+    );
+    fill(m, "cmd", &mut image_args.cmd, start.cmd);
+    fill(m, "env", &mut image_args.env, start.env);
+    if let Some(c) = &pack.compression
+        && !["gzip", "zstd", "none"].contains(&c.as_str())
+    {
+        return Err(format!("pack.compression {c:?}: use gzip, zstd or none"));
+    }
+    fill(
+        m,
+        "compression",
+        &mut image_args.compression,
+        pack.compression,
+    );
+    fill(m, "level", &mut image_args.level, pack.level.map(Some));
+    let block = pack
+        .block_size
+        .map(|s| s.bytes("pack.block_size"))
+        .transpose()?;
+    fill(m, "block_size", &mut image_args.block_size, block.map(Some));
+    fill(
+        m,
+        "threads",
+        &mut image_args.threads,
+        pack.threads.map(Some),
+    );
+    fill(
+        m,
+        "closure",
+        &mut image_args.closure,
+        pack.closure.map(Some),
+    );
+    fill(
+        m,
+        "no_cache",
+        &mut image_args.no_cache,
+        pack.cache.map(|c| !c),
+    );
+    fill(m, "root", &mut args.root, on_demand.root.map(Some));
+    fill(
+        m,
+        "max_packs",
+        &mut args.max_packs,
+        on_demand.max_packs.map(Some),
+    );
+    fill(
+        m,
+        "no_prepack",
+        &mut args.no_prepack,
+        on_demand.prepack.map(|p| !p),
+    );
+    fill(m, "rescan", &mut args.rescan, on_demand.rescan);
+    fill(
+        m,
+        "image_files",
+        &mut args.image_files,
+        on_demand.images_files,
+    );
+    Ok((image, access))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it_and_its_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("q.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\n[limits]\nidle_timeout = 5\nidle_timout = 6\n",
+        )
+        .expect("write");
+        let err = File::load(&path).err().expect("refused");
+        assert!(
+            err.contains("idle_timout") && err.contains("line 4"),
+            "{err}"
+        );
+    }
+}

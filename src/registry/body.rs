@@ -302,15 +302,15 @@ impl Drop for Logged {
         match &self.error {
             Some(error) => tracing::warn!(
                 target: super::ACCESS_LOG,
-                remote = %a.remote, method, path = %a.path, query, route = a.route,
-                status = a.status, user, upload, digest, received = a.received,
+                remote = %a.remote, method = %method, path = %a.path, status = a.status,
+                query, route = %a.route, user, upload, digest, received = a.received,
                 bytes = self.sent, ms, %error,
                 "request failed while sending the body"
             ),
             None => tracing::info!(
                 target: super::ACCESS_LOG,
-                remote = %a.remote, method, path = %a.path, query, route = a.route,
-                status = a.status, user, upload, digest, received = a.received,
+                remote = %a.remote, method = %method, path = %a.path, status = a.status,
+                query, route = %a.route, user, upload, digest, received = a.received,
                 bytes = self.sent, ms,
                 // A body dropped before its end: the client went away mid-download.
                 complete = self.finished,

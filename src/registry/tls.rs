@@ -40,6 +40,7 @@ pub struct Tls {
 /// A change is acted on once the files have been quiet this long: a certificate and its key
 /// are usually written one after the other.
 const SETTLE: Duration = Duration::from_millis(300);
+const SETTLE_MAX: Duration = Duration::from_secs(3);
 
 impl Tls {
     /// Loads the files; an error names the file and what is wrong with it.
@@ -83,7 +84,9 @@ impl Tls {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                // Reads of the files (ours, or clients' of a CA kept in the same folder)
+                // change nothing.
+                if event.is_ok_and(|e| !e.kind.is_access()) {
                     let _ = tx.send(());
                 }
             })
@@ -120,8 +123,13 @@ impl Tls {
                     },
                     _ = hup.recv() => "SIGHUP",
                 };
-                // Wait for the writes to settle, taking every event that comes meanwhile.
-                while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
+                // Wait for the writes to settle, taking every event that comes meanwhile; a
+                // folder that never stops changing is read anyway after `SETTLE_MAX`.
+                let began = tokio::time::Instant::now();
+                while began.elapsed() < SETTLE_MAX
+                    && let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await
+                {
+                }
                 let Some(tls) = tls.upgrade() else { break };
                 match tls.reload() {
                     Ok(true) => {

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# What the production features cost, in one run, in interleaved rounds (each round runs every
+# contender once, in a rotating order); medians, and each ratio over the plain server:
+#
+#   manifest GET by tag, `wrk -t2 -c32`, requests/s, from four servers on one store:
+#     plain      quinistry serve (text access log)
+#     metrics    + --metrics-listen (every request counted: 4 label lookups, a histogram)
+#     json       + --log-format json
+#     tls        + --tls-cert/--tls-key (wrk over HTTPS, keep-alive: one handshake per
+#                connection)
+#
+# usage: benches/ops.sh [ROUNDS (default 5)] [WRK_SECONDS (default 10)]
+# Needs: curl wrk openssl (installed with apt when missing and run as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+secs=${2:-10}
+
+need=()
+for tool in curl:curl wrk:wrk openssl:openssl; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "ops.sh needs: ${need[*]}" >&2
+    exit 1
+  fi
+fi
+
+cargo build --release -q
+bin=$PWD/target/release/quinistry
+work=$(mktemp -d /tmp/quinistry-ops.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "-" }'; }
+load() { top -bn2 -d1 | awk '/^%Cpu/ { line = $0 } END { print line }'; }
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=localhost -addext "subjectAltName=IP:127.0.0.1" \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+head -c 100000 /dev/urandom >"$work/tool"
+# One store, packed once; each server finds the image in its layer cache.
+"$bin" pack --store "$work/store" --tag ops/tool:latest "$work/tool" >/dev/null
+
+declare -A addr
+start() {  # NAME FLAGS...: a server on a free port; its address in addr[NAME]
+  local name=$1
+  shift
+  "$bin" serve --store "$work/store" --listen 127.0.0.1:0 --no-prepack "$@" \
+    >"$work/$name.out" 2>"$work/$name.log" &
+  pids+=($!)
+  for _ in $(seq 600); do
+    grep -q '^listening' "$work/$name.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  addr[$name]=$(awk '/^listening/ { print $2 }' "$work/$name.out")
+}
+start plain --name ops/tool "$work/tool"
+start metrics --metrics-listen 127.0.0.1:0 --name ops/tool "$work/tool"
+start json --log-format json --name ops/tool "$work/tool"
+start tls --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" --name ops/tool "$work/tool"
+
+contenders=(plain metrics json tls)
+declare -A rates
+echo "== manifest GET by tag, wrk -t2 -c32 -d${secs}s, requests/s ($rounds rounds; $(load))"
+for r in $(seq "$rounds"); do
+  n=${#contenders[@]}
+  for i in $(seq 0 $((n - 1))); do
+    c=${contenders[$(((i + r) % n))]}
+    url="${addr[$c]}/v2/ops/tool/manifests/latest"
+    rate=$(wrk -t2 -c32 -d"${secs}s" -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$url" |
+      awk '/^Requests\/sec/ { print $2 }')
+    rates[$c]="${rates[$c]:-} $rate"
+  done
+done
+base=$(median "${rates[plain]}")
+for c in "${contenders[@]}"; do
+  m=$(median "${rates[$c]}")
+  printf '%-8s %10.0f  (%s of plain; rounds:%s)\n' "$c" "$m" "$(ratio "$m" "$base")" "${rates[$c]}"
+done
+# The metrics really counted what wrk sent.
+maddr=$(awk '/^metrics/ { print $2 }' "$work/metrics.out")
+counted=$(curl -s "$maddr" | awk '/^quinistry_http_requests_total\{.*route="manifest".*status="200"/ { s += $2 } END { print s + 0 }')
+echo "metrics: quinistry_http_requests_total{route=\"manifest\",status=\"200\"} = $counted"

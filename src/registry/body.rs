@@ -264,29 +264,16 @@ impl Drop for Logged {
         let a = &self.access;
         let elapsed = a.start.elapsed().as_secs_f64();
         let method = method_label(&a.method);
-        if let Some(m) = crate::metrics::get() {
-            use crate::metrics::{RequestLabels, RouteLabels};
-            m.in_flight.dec();
-            let route = RouteLabels {
+        crate::metrics::request(
+            crate::metrics::RequestLabels {
                 method,
                 route: a.route,
-            };
-            let status = a.status;
-            m.requests
-                .get_or_create(&RequestLabels {
-                    method,
-                    route: a.route,
-                    status,
-                })
-                .inc();
-            m.request_seconds.get_or_create(&route).observe(elapsed);
-            if self.sent > 0 {
-                m.sent_bytes.get_or_create(&route).inc_by(self.sent);
-            }
-            if a.received > 0 {
-                m.received_bytes.get_or_create(&route).inc_by(a.received);
-            }
-        }
+                status: a.status,
+            },
+            elapsed,
+            self.sent,
+            a.received,
+        );
         if a.quiet {
             return;
         }

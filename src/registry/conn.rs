@@ -80,6 +80,16 @@ impl Connections {
         }
     }
 
+    /// Connections open, and requests in flight on them.
+    pub fn counts(&self) -> (usize, usize) {
+        let open = self.lock();
+        let busy = open
+            .values()
+            .map(|c| c.in_flight.load(Ordering::Relaxed))
+            .sum();
+        (open.len(), busy)
+    }
+
     /// Closes the connection that has been idle longest (no request in flight); false if
     /// every connection is busy.
     pub fn evict_idlest(&self) -> bool {

@@ -145,6 +145,10 @@ pub async fn serve_metrics(listener: TcpListener, registry: Arc<Registry>) {
 
 /// The metrics, with the gauges read from their sources first.
 fn scrape(registry: &Registry, metrics: &crate::metrics::Metrics) -> Response<Body> {
+    let (open, in_flight) = registry.connections.counts();
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    metrics.connections.set(count(open));
+    metrics.in_flight.set(count(in_flight));
     if let Some(uploads) = &registry.uploads {
         metrics
             .upload_sessions

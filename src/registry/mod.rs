@@ -202,6 +202,8 @@ pub struct Registry {
     repository_locks: Vec<tokio::sync::Mutex<()>>,
     /// What `/readyz` says besides the store (shutting down, at the connection cap).
     health: health::Health,
+    /// The open connections (the server's; here for the metrics to count).
+    connections: Arc<conn::Connections>,
 }
 
 /// How many repository locks there are (two repositories may share one; they then wait for
@@ -329,6 +331,7 @@ impl Registry {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             health: health::Health::default(),
+            connections: Arc::default(),
         }
     }
 
@@ -524,9 +527,6 @@ async fn handle(
     in_flight: InFlight,
 ) -> Response<Logged> {
     let start = Instant::now();
-    if let Some(m) = crate::metrics::get() {
-        m.in_flight.inc();
-    }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let mut log = body::Access {

@@ -13,7 +13,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use super::conn::{ConnState, Connections, Watched};
+use super::conn::{ConnState, Watched};
 use super::tls::Tls;
 use super::{ACCESS_LOG, Config, H2_SEND_BUFFER, Registry, handle};
 use crate::store::Store;
@@ -85,7 +85,7 @@ impl Server {
             .max_send_buf_size(H2_SEND_BUFFER)
             .max_header_list_size(64 << 10);
         let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
-        let connections = Arc::new(Connections::default());
+        let connections = self.registry.connections.clone();
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         let sweeper = self.registry.uploads.as_ref().map(|uploads| {
@@ -145,10 +145,6 @@ impl Server {
             let registry = self.registry.clone();
             let state = Arc::new(ConnState::new());
             let registered = connections.add(state.clone());
-            let metrics = crate::metrics::get();
-            if let Some(m) = metrics {
-                m.connections.inc();
-            }
             let evicted = state.evict.clone();
             let watched = Watched::new(
                 stream,
@@ -213,9 +209,6 @@ impl Server {
                     }
                 }
                 drop((registered, permit));
-                if let Some(m) = metrics {
-                    m.connections.dec();
-                }
             });
         }
         self.registry.health.draining();

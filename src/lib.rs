@@ -21,7 +21,8 @@
 //! | [`runtime`] | what an image needs to run: `elf`, a dynamic ELF executable's interpreter and libraries, found as ld.so finds them |
 //! | [`ondemand`] | `--image` and `--root` images: the root scan, its confinement, resolution per request; `flight` (concurrent callers share one pack) |
 //! | [`image`] | config and manifest JSON (canonical bytes); no I/O |
-//! | [`registry`] | the HTTP API: router, one file per resource, OCI errors |
+//! | [`registry`] | the HTTP API: router, one file per resource, OCI errors, TLS, access rules, health |
+//! | [`metrics`] | Prometheus metrics, off unless `serve --metrics-listen` |
 //! | [`licenses`] | the license notices of the linked crates, generated at build time |
 
 pub mod digest;

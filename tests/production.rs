@@ -1134,3 +1134,51 @@ read = ["a/*"]
         assert!(!out.status.success(), "skopeo pushed to b/ as alice");
     }
 }
+
+#[test]
+fn basic_auth_over_plain_http_beyond_loopback_is_warned_about_and_push_without_it_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let users = dir.path().join("htpasswd");
+    let hash = bcrypt::hash("pw", 4).expect("hash");
+    std::fs::write(&users, format!("ci:{hash}\n")).expect("htpasswd");
+    let pki = Pki::new(&dir.path().join("pki"));
+    let (cert, key, _) = pki.issue("server", false);
+    let config = dir.path().join("q.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "store = \"{}/store\"\nlisten = \"0.0.0.0:0\"\n{extra}",
+                dir.path().display()
+            ),
+        )
+        .expect("config")
+    };
+    let c = config.to_string_lossy().into_owned();
+    let check = || run(&["config", "check", &c], &[]);
+    write("[access]\npush = true\n");
+    let (ok, _, err) = check();
+    assert!(!ok && err.contains("needs --htpasswd"), "{err}");
+    let auth = format!(
+        "[access]\npush = true\nhtpasswd = \"{}\"\n",
+        users.display()
+    );
+    write(&auth);
+    let (ok, _, err) = check();
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("passwords cross the network in clear"),
+        "{err}"
+    );
+    write(&format!(
+        "{auth}[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let (ok, _, err) = check();
+    assert!(ok, "{err}");
+    assert!(
+        !err.contains("in clear"),
+        "TLS with htpasswd is the safe setup: {err}"
+    );
+}

@@ -10,6 +10,9 @@
 //! | `referrers.rs` | `/v2/<name>/referrers/<digest>` |
 //! | `tags.rs`, `catalog.rs` | the two paginated lists (`pagination.rs`) |
 //! | `auth.rs` | basic authentication against an htpasswd file |
+//! | `rules.rs` | per-repository rights of users and anonymous clients |
+//! | `health.rs` | `/healthz`, `/readyz`, and the metrics port |
+//! | `tls.rs` | rustls, its certificate reloaded when the files change |
 //! | `errors.rs` | OCI error bodies and their statuses |
 //! | `body.rs` | response bodies and the per-request access log |
 //! | `server.rs`, `conn.rs` | the listener, connection limits and timeouts |

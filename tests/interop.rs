@@ -141,22 +141,6 @@ fn skopeo_inspects_and_copies_with_matching_digests() {
     assert!(Path::new(&layout.join("index.json")).exists());
 }
 
-/// Runs podman with a private image store under `root` (nothing shared with the machine's
-/// podman, removed with the test's temp dir); its stdout, trimmed.
-fn podman_in(root: &Path, args: &[&str]) -> String {
-    let out = run_ok(
-        Command::new("podman")
-            .arg("--root")
-            .arg(root.join("root"))
-            .arg("--runroot")
-            .arg(root.join("run"))
-            .args(["--storage-driver", "vfs", "--events-backend", "none"])
-            .args(["--cgroup-manager", "cgroupfs"])
-            .args(args),
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// The diff_ids docker holds for `image` (pulled), as JSON.
 fn docker_layers(image: &str) -> String {
     docker(&[
@@ -170,9 +154,9 @@ fn docker_layers(image: &str) -> String {
 
 /// Pulls `image` with podman into its store under `root`; the layers' diff_ids, as JSON.
 fn podman_pull_layers(root: &Path, image: &str) -> String {
-    podman_in(root, &["pull", "--tls-verify=false", image]);
+    common::podman_in(root, &["pull", "--tls-verify=false", image]);
     let format = "{{json .RootFS.Layers}}";
-    podman_in(root, &["image", "inspect", "--format", format, image])
+    common::podman_in(root, &["image", "inspect", "--format", format, image])
 }
 
 #[test]
@@ -189,7 +173,7 @@ fn podman_pulls_by_tag_and_by_digest() {
         &["--name", "podman/tool", &input.to_string_lossy()],
     );
     let root = dir.path().join("podman");
-    let podman = |args: &[&str]| podman_in(&root, args);
+    let podman = |args: &[&str]| common::podman_in(&root, args);
     let repo = format!("{}/podman/tool", server.addr);
     podman(&["pull", "--tls-verify=false", &repo]);
     let inspect = |image: &str| {

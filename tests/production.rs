@@ -153,6 +153,16 @@ fn small_input(dir: &Path) -> String {
     input.to_string_lossy().into_owned()
 }
 
+/// `quinistry serve` over TLS with this certificate and key, of a small image, and `args`.
+fn serve_tls(dir: &Path, (cert, key): (&Path, &Path), args: &[&str]) -> Serving {
+    let input = small_input(dir);
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let mut all = vec!["--tls-cert", &cert, "--tls-key", &key];
+    all.extend_from_slice(args);
+    all.push(&input);
+    Serving::start(&dir.join("store"), dir, &all)
+}
+
 /// `/etc/docker/certs.d/ADDR/`, which dockerd reads per registry, removed on drop.
 struct DockerCerts(PathBuf);
 
@@ -179,21 +189,7 @@ fn docker_skopeo_and_podman_pull_and_push_over_tls_trusting_a_test_ca() {
     let dir = tempfile::tempdir().expect("tmp");
     let pki = Pki::new(&dir.path().join("pki"));
     let (cert, key, _) = pki.issue("server", false);
-    let input = small_input(dir.path());
-    let server = Serving::start(
-        &dir.path().join("store"),
-        dir.path(),
-        &[
-            "--push",
-            "--tls-cert",
-            &cert.to_string_lossy(),
-            "--tls-key",
-            &key.to_string_lossy(),
-            "--name",
-            "tls/tool",
-            &input,
-        ],
-    );
+    let server = serve_tls(dir.path(), (&cert, &key), &["--push", "--name", "tls/tool"]);
     let addr = &server.addr;
     // Only TLS is spoken: a plain HTTP request gets no HTTP answer.
     let plain = common::try_raw_request(addr, "GET", "/v2/", &[], &[]);
@@ -248,18 +244,7 @@ fn docker_skopeo_and_podman_pull_and_push_over_tls_trusting_a_test_ca() {
     }
     if podman {
         let root = dir.path().join("podman");
-        let podman = |args: &[&str]| {
-            run_ok(
-                Command::new("podman")
-                    .arg("--root")
-                    .arg(root.join("root"))
-                    .arg("--runroot")
-                    .arg(root.join("run"))
-                    .args(["--storage-driver", "vfs", "--events-backend", "none"])
-                    .args(["--cgroup-manager", "cgroupfs"])
-                    .args(args),
-            )
-        };
+        let podman = |args: &[&str]| common::podman_in(&root, args);
         let image = format!("{addr}/tls/tool:latest");
         podman(&["pull", "--cert-dir", &certs, &image]);
         let pushed = format!("{addr}/podman/tool:pushed");
@@ -300,18 +285,7 @@ fn a_certificate_swapped_on_disk_is_served_to_the_next_connection() {
     let pki = Pki::new(&dir.path().join("pki"));
     let (cert, key, first) = pki.issue("first", false);
     let (cert2, key2, second) = pki.issue("second", false);
-    let input = small_input(dir.path());
-    let server = Serving::start(
-        &dir.path().join("store"),
-        dir.path(),
-        &[
-            "--tls-cert",
-            &cert.to_string_lossy(),
-            "--tls-key",
-            &key.to_string_lossy(),
-            &input,
-        ],
-    );
+    let server = serve_tls(dir.path(), (&cert, &key), &[]);
     let rt = runtime();
     let seen = rt.block_on(tls_get(&server.addr, &pki.ca_file(), None, "/v2/"));
     assert_eq!(
@@ -360,21 +334,11 @@ fn with_a_client_ca_a_client_without_a_certificate_is_refused() {
     let pki = Pki::new(&dir.path().join("pki"));
     let (cert, key, _) = pki.issue("server", false);
     let (client_cert, client_key, _) = pki.issue("client", true);
-    let input = small_input(dir.path());
-    let server = Serving::start(
-        &dir.path().join("store"),
+    let ca = pki.ca_file().to_string_lossy().into_owned();
+    let server = serve_tls(
         dir.path(),
-        &[
-            "--tls-cert",
-            &cert.to_string_lossy(),
-            "--tls-key",
-            &key.to_string_lossy(),
-            "--tls-client-ca",
-            &pki.ca_file().to_string_lossy(),
-            "--name",
-            "mtls/tool",
-            &input,
-        ],
+        (&cert, &key),
+        &["--tls-client-ca", &ca, "--name", "mtls/tool"],
     );
     let rt = runtime();
     let without = rt.block_on(tls_get(&server.addr, &pki.ca_file(), None, "/v2/"));

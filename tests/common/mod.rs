@@ -499,3 +499,19 @@ impl JsonValue for reqwest::Response {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
     }
 }
+
+/// Runs podman with a private image store under `root` (nothing shared with the machine's
+/// podman, removed with the test's temp dir); its stdout, trimmed.
+pub fn podman_in(root: &Path, args: &[&str]) -> String {
+    let out = run_ok(
+        std::process::Command::new("podman")
+            .arg("--root")
+            .arg(root.join("root"))
+            .arg("--runroot")
+            .arg(root.join("run"))
+            .args(["--storage-driver", "vfs", "--events-backend", "none"])
+            .args(["--cgroup-manager", "cgroupfs"])
+            .args(args),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

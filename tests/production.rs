@@ -202,6 +202,25 @@ fn docker_skopeo_and_podman_pull_and_push_over_tls_trusting_a_test_ca() {
     let seen = runtime().block_on(tls_get(addr, &pki.ca_file(), None, "/v2/"));
     assert_eq!(seen.status.as_deref(), Ok("HTTP/1.1 200 OK"));
 
+    if have_tool("curl", "curl") {
+        // ALPN offers HTTP/2 and HTTP/1.1; curl takes 2 when it may, 1.1 when told.
+        let version = |flag: &str| {
+            let out = run_ok(Command::new("curl").args([
+                "-sS",
+                flag,
+                "--cacert",
+                &pki.ca_file().to_string_lossy(),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{response_code}",
+                &format!("https://{addr}/v2/"),
+            ]));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert_eq!(version("--http2"), "2 200");
+        assert_eq!(version("--http1.1"), "1.1 200");
+    }
     let certs = dir.path().join("client-certs");
     std::fs::create_dir_all(&certs).expect("certs dir");
     std::fs::copy(pki.ca_file(), certs.join("ca.crt")).expect("ca");

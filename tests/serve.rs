@@ -219,8 +219,12 @@ fn sigterm_lets_a_download_in_flight_finish() {
     let log = server.log_text();
     assert!(log.contains("shutting down"), "{log}");
     // The access-log line of the download has every byte sent, logged once it was done.
-    let line = format!("method=GET path=/v2/big/blobs/{layer} status=200 bytes={size} ");
-    let found: Vec<&str> = log.lines().filter(|l| l.contains(&line)).collect();
+    let request = format!("method=GET path=/v2/big/blobs/{layer} status=200 ");
+    let bytes = format!(" bytes={size} ");
+    let found: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&request) && l.contains(&bytes))
+        .collect();
     assert_eq!(found.len(), 1, "{log}");
     assert!(found[0].contains("complete=true"), "{log}");
 }

@@ -9,6 +9,9 @@
 #     tls        + --tls-cert/--tls-key (wrk over HTTPS, keep-alive: one handshake per
 #                connection)
 #
+# On a machine of 2 or more CPUs every server runs on CPU 1 and wrk on CPU 0 (taskset), so a
+# rate is what one core of server does, and wrk's own work does not move it around.
+#
 # usage: benches/ops.sh [ROUNDS (default 5)] [WRK_SECONDS (default 10)]
 # Needs: curl wrk openssl (installed with apt when missing and run as root).
 set -euo pipefail
@@ -40,6 +43,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if [ "$(nproc)" -ge 2 ]; then
+  on_server=(taskset -c 1)
+  on_client=(taskset -c 0)
+else
+  on_server=()
+  on_client=()
+fi
+
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "-" }'; }
 load() { top -bn2 -d1 | awk '/^%Cpu/ { line = $0 } END { print line }'; }
@@ -51,13 +62,15 @@ head -c 100000 /dev/urandom >"$work/tool"
 # One store, packed once; each server finds the image in its layer cache.
 "$bin" pack --store "$work/store" --tag ops/tool:latest "$work/tool" >/dev/null
 
-declare -A addr
+declare -A addr spid
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }  # utime + stime, in clock ticks
 start() {  # NAME FLAGS...: a server on a free port; its address in addr[NAME]
   local name=$1
   shift
-  "$bin" serve --store "$work/store" --listen 127.0.0.1:0 --no-prepack "$@" \
+  "${on_server[@]}" "$bin" serve --store "$work/store" --listen 127.0.0.1:0 --no-prepack "$@" \
     >"$work/$name.out" 2>"$work/$name.log" &
   pids+=($!)
+  spid[$name]=$!
   for _ in $(seq 600); do
     grep -q '^listening' "$work/$name.out" 2>/dev/null && break
     sleep 0.1
@@ -70,22 +83,32 @@ start json --log-format json --name ops/tool "$work/tool"
 start tls --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" --name ops/tool "$work/tool"
 
 contenders=(plain metrics json tls)
-declare -A rates
-echo "== manifest GET by tag, wrk -t2 -c32 -d${secs}s, requests/s ($rounds rounds; $(load))"
+declare -A rates costs
+hz=$(getconf CLK_TCK)
+echo "== manifest GET by tag, wrk -t2 -c32 -d${secs}s (${on_server[*]:-unpinned}; $rounds rounds; $(load))"
+echo "   requests/s, and the server's CPU time per request (utime+stime over wrk's count)"
 for r in $(seq "$rounds"); do
   n=${#contenders[@]}
   for i in $(seq 0 $((n - 1))); do
     c=${contenders[$(((i + r) % n))]}
     url="${addr[$c]}/v2/ops/tool/manifests/latest"
-    rate=$(wrk -t2 -c32 -d"${secs}s" -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$url" |
-      awk '/^Requests\/sec/ { print $2 }')
+    before=$(cpu_ticks "${spid[$c]}")
+    out=$("${on_client[@]}" wrk -t2 -c32 -d"${secs}s" -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$url")
+    after=$(cpu_ticks "${spid[$c]}")
+    rate=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
+    count=$(awk '/requests in/ { print $1 }' <<<"$out")
     rates[$c]="${rates[$c]:-} $rate"
+    costs[$c]="${costs[$c]:-} $(awk -v t=$((after - before)) -v hz="$hz" -v n="$count" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }')"
   done
 done
 base=$(median "${rates[plain]}")
+base_cost=$(median "${costs[plain]}")
 for c in "${contenders[@]}"; do
   m=$(median "${rates[$c]}")
-  printf '%-8s %10.0f  (%s of plain; rounds:%s)\n' "$c" "$m" "$(ratio "$m" "$base")" "${rates[$c]}"
+  cost=$(median "${costs[$c]}")
+  printf '%-8s %8.0f/s (%s of plain)  %6.2f us CPU/request (%s of plain)\n' \
+    "$c" "$m" "$(ratio "$m" "$base")" "$cost" "$(ratio "$cost" "$base_cost")"
+  printf '           rounds:%s\n           us:%s\n' "${rates[$c]}" "${costs[$c]}"
 done
 # The metrics really counted what wrk sent.
 maddr=$(awk '/^metrics/ { print $2 }' "$work/metrics.out")

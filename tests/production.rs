@@ -1165,3 +1165,48 @@ fn basic_auth_over_plain_http_beyond_loopback_is_warned_about_and_push_without_i
         "TLS with htpasswd is the safe setup: {err}"
     );
 }
+
+#[test]
+fn sighup_reloads_a_certificate_whose_change_no_watched_folder_saw() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = Pki::new(&dir.path().join("pki"));
+    let (cert, key, first) = pki.issue("first", false);
+    let (cert2, key2, second) = pki.issue("second", false);
+    // The server is given links in a folder of their own; the files they point at live in
+    // another folder, which nobody watches, and are rewritten in place there.
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).expect("links");
+    let (cert_link, key_link) = (links.join("tls.crt"), links.join("tls.key"));
+    std::os::unix::fs::symlink(&cert, &cert_link).expect("link");
+    std::os::unix::fs::symlink(&key, &key_link).expect("link");
+    let server = serve_tls(dir.path(), (&cert_link, &key_link), &[]);
+    let rt = runtime();
+    let peer = || {
+        rt.block_on(tls_get(&server.addr, &pki.ca_file(), None, "/v2/"))
+            .peer
+    };
+    assert_eq!(peer().as_deref(), Some(&first[..]));
+    std::fs::write(&key, std::fs::read(&key2).expect("key2")).expect("rewrite key");
+    std::fs::write(&cert, std::fs::read(&cert2).expect("cert2")).expect("rewrite cert");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(peer().as_deref(), Some(&first[..]), "no change was seen");
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while peer().as_deref() != Some(&second[..]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload the certificate:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        server.log_text().contains("why=\"SIGHUP\""),
+        "{}",
+        server.log_text()
+    );
+}

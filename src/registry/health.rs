@@ -83,16 +83,15 @@ async fn ready(registry: &Registry) -> Result<(), String> {
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
-    let len = body.len();
-    let mut response = Response::new(Body::bytes(Bytes::from(body)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    typed(status, "text/plain; charset=utf-8", body)
+}
+
+/// The registry's `document`, never cached (a health answer is about now).
+fn typed(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = super::document(status, content_type, Bytes::from(body));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -150,25 +149,18 @@ fn scrape(registry: &Registry, metrics: &crate::metrics::Metrics) -> Response<Bo
     metrics.connections.set(count(open));
     metrics.in_flight.set(count(in_flight));
     if let Some(uploads) = &registry.uploads {
-        metrics
-            .upload_sessions
-            .set(i64::try_from(uploads.open()).unwrap_or(i64::MAX));
+        metrics.upload_sessions.set(count(uploads.open()));
     }
     if let Some((blobs, bytes)) = registry.store().totals() {
         metrics.store_blobs.set(blobs);
         metrics.store_bytes.set(bytes);
     }
     match metrics.encode() {
-        Ok(body) => {
-            let mut r = text(StatusCode::OK, body);
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        }
+        Ok(body) => typed(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body,
+        ),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode the metrics: {e}\n"),

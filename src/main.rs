@@ -33,6 +33,11 @@ enum Job {
     },
     Pack(PackArgs),
     Verify(StoreArg, bool),
+    Gc {
+        store: StoreArg,
+        dry_run: bool,
+        grace: std::time::Duration,
+    },
     Licenses,
 }
 
@@ -82,6 +87,11 @@ fn main() -> ExitCode {
             }
             Job::Pack(args) => run_pack(args).await,
             Job::Verify(store, repair) => run_verify(store, repair).await,
+            Job::Gc {
+                store,
+                dry_run,
+                grace,
+            } => run_gc(store, dry_run, grace).await,
             Job::Licenses => {
                 use std::io::Write;
                 std::io::stdout()
@@ -138,6 +148,20 @@ fn job(cli: Cli, root: &ArgMatches) -> Result<(Job, Option<String>), String> {
         }
         Some(Command::Pack(args)) => return Ok((Job::Pack(args), format)),
         Some(Command::Verify { store, repair }) => return Ok((Job::Verify(store, repair), format)),
+        Some(Command::Gc {
+            store,
+            dry_run,
+            grace,
+        }) => {
+            return Ok((
+                Job::Gc {
+                    store,
+                    dry_run,
+                    grace,
+                },
+                format,
+            ));
+        }
         Some(Command::Licenses) => return Ok((Job::Licenses, format)),
     };
     let mut args = args;
@@ -541,4 +565,32 @@ async fn run_verify(arg: StoreArg, repair: bool) -> Result<(), String> {
             }
         )),
     }
+}
+
+/// `quinistry gc`: collects a store no server or pack has open (see `store::gc`); the layers
+/// the layer cache vouches for are kept.
+async fn run_gc(arg: StoreArg, dry_run: bool, grace: std::time::Duration) -> Result<(), String> {
+    let dir = arg.dir()?;
+    let store = Store::open_alone(&dir).await.map_err(msg)?;
+    let roots = pack::cache::layers(&store).await.map_err(msg)?;
+    let r = quinistry::store::gc::collect(&store, &roots, grace, dry_run)
+        .await
+        .map_err(msg)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "gc: {} blobs, {} live; {verb} {} ({:.1} MiB) and {} blob links no manifest names; kept {} unreachable younger than {}{}",
+        r.blobs,
+        r.live,
+        r.reclaimed,
+        mib(r.reclaimed_bytes),
+        r.stale_links,
+        r.young,
+        humantime::format_duration(grace),
+        if r.strays > 0 {
+            format!("; {} files not named by a digest left alone", r.strays)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }

@@ -40,6 +40,19 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Remove the blobs nothing in the store reaches any more (deleted images' layers,
+    /// superseded packs), once they are older than the grace period. The store must not be
+    /// open in a `serve` or `pack`: gc refuses it then.
+    Gc {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Only report what would be removed
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep unreachable blobs younger than this, e.g. 30m, 1h, 2d, or 0
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        grace: std::time::Duration,
+    },
     /// Print the license notices of the crates this executable is built from (the self-image
     /// carries them at /usr/share/doc/quinistry/copyright).
     Licenses,

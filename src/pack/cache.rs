@@ -37,6 +37,20 @@ struct Record {
     blob: FileStamp,
 }
 
+/// The layers the layer cache has records of (of this format), for `gc` to keep: a record
+/// whose layer were collected would only cost a pack, but a layer packed in the background
+/// and not pulled yet is linked nowhere else.
+pub async fn layers(store: &Store) -> Result<Vec<Digest>, StoreError> {
+    Ok(store
+        .layer_cache_records()
+        .await?
+        .iter()
+        .filter_map(|bytes| serde_json::from_slice::<Record>(bytes).ok())
+        .filter(|r| r.format == FORMAT)
+        .map(|r| r.digest)
+        .collect())
+}
+
 /// A layer the cache vouches for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedLayer {

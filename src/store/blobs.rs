@@ -229,6 +229,57 @@ impl Store {
         }
     }
 
+    /// Removes blob `digest` and the media-type record of a manifest, if it has one; its
+    /// size, or `None` if it was not there. For `gc` only: links and tags are not checked.
+    pub(crate) async fn remove_blob(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.blob_path(digest);
+        let dir = self.blob_dir(digest.algorithm());
+        let record = self.manifest_type_path(digest);
+        let removed = blocking(move || {
+            let len = match stdfs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return ctx(Err(e), "stat", &path),
+            };
+            ctx(stdfs::remove_file(&path), "remove", &path)?;
+            match stdfs::remove_file(&record) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => ctx(Err(e), "remove", &record)?,
+                _ => {}
+            }
+            sync_dir(&dir)?;
+            Ok(Some(len))
+        })
+        .await?;
+        if let Some(len) = removed {
+            self.removed(len);
+        }
+        Ok(removed)
+    }
+
+    /// The layer-cache records, as stored (`pack::cache` reads them).
+    pub async fn layer_cache_records(&self) -> Result<Vec<Vec<u8>>> {
+        let dir = self.layer_cache_dir();
+        blocking(move || {
+            let entries = match stdfs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return ctx(Err(e), "list", &dir),
+            };
+            let mut records = Vec::new();
+            for entry in entries {
+                let path = ctx(entry, "list", &dir)?.path();
+                match stdfs::read(&path) {
+                    Ok(bytes) => records.push(bytes),
+                    // Replaced or removed meanwhile: its successor is read, or none is needed.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return ctx(Err(e), "read", &path),
+                }
+            }
+            Ok(records)
+        })
+        .await
+    }
+
     /// Every blob in the store. A file whose name is not a digest is reported as an error
     /// rather than skipped: something other than the store wrote it.
     pub async fn blobs(&self) -> Result<Vec<std::result::Result<Digest, PathBuf>>> {

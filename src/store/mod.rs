@@ -14,6 +14,8 @@
 //!                                            files packed into (JSON, see `cache`)
 //! <root>/types/<d>                           the media type a manifest without a `mediaType`
 //!                                            was pushed as (`application/vnd.docker...`)
+//! <root>/lock                               flock'd shared by every `serve` and `pack` while
+//!                                            they have the store open, exclusively by `gc`
 //! <root>/cache/files/<hex>                   a file made from bytes in memory so that it can
 //!                                            be packed (the self-image's license notices),
 //!                                            named by its sha256, mode 0644, mtime 0
@@ -48,8 +50,10 @@
 //! | `blobs.rs` | blobs: writing (`BlobWriter`), reading, verifying, listing; layer-cache records |
 //! | `repositories.rs` | tags, links, referrer records, and which repositories exist |
 //! | `verify.rs` | the graph check: tags, links, manifests and referrers against each other |
+//! | `gc.rs` | garbage collection of a store nothing else has open: mark and sweep |
 
 mod blobs;
+pub mod gc;
 mod repositories;
 pub mod verify;
 
@@ -88,6 +92,8 @@ pub enum StoreError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("{} is not a quinistry store (it has no blobs/ folder); give the --store that `serve` or `pack` used", .0.display())]
     NotAStore(PathBuf),
+    #[error("the store is in use by a quinistry serve or pack ({} is locked): stop it first", .0.display())]
+    InUse(PathBuf),
     #[error("tag file {} is corrupt: {source}", path.display())]
     CorruptTag { path: PathBuf, source: DigestError },
 }
@@ -131,6 +137,9 @@ pub struct Store {
     root: PathBuf,
     /// How many blobs and bytes the store holds, without a walk per question.
     totals: Arc<Totals>,
+    /// A shared lock on `<root>/lock` while any handle of this opening lives: `quinistry gc`
+    /// takes it exclusively, so it never sweeps a store a server or a pack is writing.
+    _in_use: Option<Arc<stdfs::File>>,
 }
 
 /// Blobs and bytes in the store: a walk counts them once (`Store::count`), then this process's
@@ -150,7 +159,12 @@ impl Store {
         Store {
             root,
             totals: Arc::default(),
+            _in_use: None,
         }
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.root.join("lock")
     }
 
     /// Records a blob this process committed under a new name.
@@ -159,6 +173,14 @@ impl Store {
         self.totals
             .added_bytes
             .fetch_add(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Records a blob removed (by `gc`).
+    fn removed(&self, bytes: u64) {
+        self.totals.added_blobs.fetch_sub(1, Ordering::Relaxed);
+        self.totals
+            .added_bytes
+            .fetch_sub(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
     /// Counts the blobs and their bytes with a walk of the store (once, at start: after it
@@ -220,7 +242,7 @@ impl Store {
     pub async fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let store = Store::at(root.into());
         let s = store.clone();
-        blocking(move || {
+        let lock = blocking(move || {
             let blob_dirs = Algorithm::ALL.map(|a| s.blob_dir(a));
             let others = [
                 s.root.clone(),
@@ -241,10 +263,51 @@ impl Store {
                 &s.tmp_dir(),
             )?;
             drop(probe);
-            Ok(())
+            // Waits while `quinistry gc` runs (it holds the lock exclusively).
+            let path = s.lock_path();
+            let lock = ctx(
+                stdfs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path),
+                "open",
+                &path,
+            )?;
+            ctx(lock.lock_shared(), "lock", &path)?;
+            Ok(lock)
         })
         .await?;
-        Ok(store)
+        Ok(Store {
+            _in_use: Some(Arc::new(lock)),
+            ..store
+        })
+    }
+
+    /// Opens an existing store for `quinistry gc`: alone, or not at all. Fails at once if a
+    /// server or a pack has it open.
+    pub async fn open_alone(root: impl Into<PathBuf>) -> Result<Store> {
+        let store = Store::open_existing(root).await?;
+        let path = store.lock_path();
+        let lock = blocking(move || {
+            let lock = ctx(
+                stdfs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path),
+                "open",
+                &path,
+            )?;
+            match lock.try_lock() {
+                Ok(()) => Ok(lock),
+                Err(stdfs::TryLockError::WouldBlock) => Err(StoreError::InUse(path)),
+                Err(stdfs::TryLockError::Error(e)) => ctx(Err(e), "lock", &path),
+            }
+        })
+        .await?;
+        Ok(Store {
+            _in_use: Some(Arc::new(lock)),
+            ..store
+        })
     }
 
     /// Opens the store at `root` for reading only: nothing is created, cleaned or written.

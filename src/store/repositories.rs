@@ -133,6 +133,22 @@ impl Store {
         .await
     }
 
+    /// When the link of `digest` in `name` was made; `None` if there is none.
+    pub(crate) async fn link_made(
+        &self,
+        name: &Name,
+        kind: Link,
+        digest: &Digest,
+    ) -> Result<Option<std::time::SystemTime>> {
+        let path = self.link_path(name, kind, digest);
+        blocking(move || match stdfs::metadata(&path) {
+            Ok(m) => ctx(m.modified(), "stat", &path).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => ctx(Err(e), "stat", &path),
+        })
+        .await
+    }
+
     /// Whether repository `name` holds `digest` (and the store has its bytes).
     pub async fn is_linked(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool> {
         let link = self.link_path(name, kind, digest);

@@ -116,6 +116,18 @@ fn ctx<T>(r: io::Result<T>, action: &'static str, path: &Path) -> Result<T> {
     })
 }
 
+/// The store's lock file (`<root>/lock`), created if needed.
+fn open_lock_file(path: &Path) -> Result<stdfs::File> {
+    ctx(
+        stdfs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path),
+        "open",
+        path,
+    )
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -265,14 +277,7 @@ impl Store {
             drop(probe);
             // Waits while `quinistry gc` runs (it holds the lock exclusively).
             let path = s.lock_path();
-            let lock = ctx(
-                stdfs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path),
-                "open",
-                &path,
-            )?;
+            let lock = open_lock_file(&path)?;
             ctx(lock.lock_shared(), "lock", &path)?;
             Ok(lock)
         })
@@ -289,14 +294,7 @@ impl Store {
         let store = Store::open_existing(root).await?;
         let path = store.lock_path();
         let lock = blocking(move || {
-            let lock = ctx(
-                stdfs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path),
-                "open",
-                &path,
-            )?;
+            let lock = open_lock_file(&path)?;
             match lock.try_lock() {
                 Ok(()) => Ok(lock),
                 Err(stdfs::TryLockError::WouldBlock) => Err(StoreError::InUse(path)),

@@ -24,21 +24,12 @@ use super::Registry;
 use super::body::Body;
 
 /// What `/readyz` knows besides the store.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Health {
     /// Shutdown began: no new connections are taken.
     draining: AtomicBool,
     /// The accept loop is waiting for a connection slot.
     at_cap: AtomicBool,
-}
-
-impl Default for Health {
-    fn default() -> Health {
-        Health {
-            draining: AtomicBool::new(false),
-            at_cap: AtomicBool::new(false),
-        }
-    }
 }
 
 impl Health {

@@ -242,11 +242,24 @@ impl Store {
         blocking(move || {
             let dir = s.blob_dir(Algorithm::Sha256);
             ctx(stdfs::read_dir(&dir).map(drop), "list", &dir)?;
-            let tmp = s.tmp_dir();
-            let mut probe = ctx(tempfile::tempfile_in(&tmp), "create a file in", &tmp)?;
-            ctx(io::Write::write_all(&mut probe, b"ready"), "write in", &tmp)
+            s.check_writable()
         })
         .await
+    }
+
+    /// Writes a byte to an unnamed temp file in `tmp/` (gone when closed).
+    fn check_writable(&self) -> Result<()> {
+        let tmp = self.tmp_dir();
+        let mut probe = ctx(
+            tempfile::tempfile_in(&tmp),
+            "write to store directory",
+            &tmp,
+        )?;
+        ctx(
+            io::Write::write_all(&mut probe, b"ready"),
+            "write to store directory",
+            &tmp,
+        )
     }
 
     /// Opens (creating if needed) the store at `root`, checks that it is writable, and removes
@@ -267,14 +280,7 @@ impl Store {
             }
             s.remove_stale_temp_files()?;
             // Prove we can write here now, rather than failing after packing gigabytes.
-            let probe = ctx(
-                tempfile::Builder::new()
-                    .prefix("probe-")
-                    .tempfile_in(s.tmp_dir()),
-                "write to store directory",
-                &s.tmp_dir(),
-            )?;
-            drop(probe);
+            s.check_writable()?;
             // Waits while `quinistry gc` runs (it holds the lock exclusively).
             let path = s.lock_path();
             let lock = open_lock_file(&path)?;

@@ -35,8 +35,7 @@ enum Job {
     Verify(StoreArg, bool),
     Gc {
         store: StoreArg,
-        dry_run: bool,
-        grace: std::time::Duration,
+        policy: quinistry::store::gc::Policy,
     },
     Licenses,
 }
@@ -87,11 +86,7 @@ fn main() -> ExitCode {
             }
             Job::Pack(args) => run_pack(args).await,
             Job::Verify(store, repair) => run_verify(store, repair).await,
-            Job::Gc {
-                store,
-                dry_run,
-                grace,
-            } => run_gc(store, dry_run, grace).await,
+            Job::Gc { store, policy } => run_gc(store, policy).await,
             Job::Licenses => {
                 use std::io::Write;
                 std::io::stdout()
@@ -149,18 +144,22 @@ fn job(cli: Cli, root: &ArgMatches) -> Result<(Job, Option<String>), String> {
         Some(Command::Pack(args)) => return Ok((Job::Pack(args), format)),
         Some(Command::Verify { store, repair }) => return Ok((Job::Verify(store, repair), format)),
         Some(Command::Gc {
-            store,
+            config,
+            mut store,
             dry_run,
-            grace,
+            mut gc,
         }) => {
-            return Ok((
-                Job::Gc {
-                    store,
-                    dry_run,
-                    grace,
-                },
-                format,
-            ));
+            if let Some(path) = config {
+                let loaded = config::File::load(&path)?;
+                format = config::log_format(root, format, Some(&loaded));
+                let m = root
+                    .subcommand_matches("gc")
+                    .ok_or("cannot read the flags of `gc`")?;
+                config::apply_to_gc(loaded, m, &mut store, &mut gc)
+                    .map_err(|e| format!("--config {}: {e}", path.display()))?;
+            }
+            let policy = gc.policy(dry_run)?;
+            return Ok((Job::Gc { store, policy }, format));
         }
         Some(Command::Licenses) => return Ok((Job::Licenses, format)),
     };
@@ -567,30 +566,26 @@ async fn run_verify(arg: StoreArg, repair: bool) -> Result<(), String> {
     }
 }
 
-/// `quinistry gc`: collects a store no server or pack has open (see `store::gc`); the layers
-/// the layer cache vouches for are kept.
-async fn run_gc(arg: StoreArg, dry_run: bool, grace: std::time::Duration) -> Result<(), String> {
+/// `quinistry gc`: one pass over a store, stopped or in use (see `store::gc`); the layers
+/// of the layer-cache records a pack can still use are kept, the others' records pruned.
+async fn run_gc(arg: StoreArg, policy: quinistry::store::gc::Policy) -> Result<(), String> {
     let dir = arg.dir()?;
-    let store = Store::open_alone(&dir).await.map_err(msg)?;
-    let roots = pack::cache::layers(&store).await.map_err(msg)?;
-    let r = quinistry::store::gc::collect(&store, &roots, grace, dry_run)
+    // Not `open`: a typo'd --store must not become a new empty store.
+    let store = Store::open_existing(&dir).await.map_err(msg)?;
+    let (roots, pruned) = pack::cache::prune(&store, policy.dry_run)
         .await
         .map_err(msg)?;
-    let verb = if dry_run { "would remove" } else { "removed" };
+    let report = quinistry::store::gc::collect(&store, &roots, &policy)
+        .await
+        .map_err(msg)?;
+    let verb = if policy.dry_run {
+        "would prune"
+    } else {
+        "pruned"
+    };
     println!(
-        "gc: {} blobs, {} live; {verb} {} ({:.1} MiB) and {} blob links no manifest names; kept {} unreachable younger than {}{}",
-        r.blobs,
-        r.live,
-        r.reclaimed,
-        mib(r.reclaimed_bytes),
-        r.stale_links,
-        r.young,
-        humantime::format_duration(grace),
-        if r.strays > 0 {
-            format!("; {} files not named by a digest left alone", r.strays)
-        } else {
-            String::new()
-        }
+        "gc: {}; {verb} {pruned} layer-cache records no pack can use",
+        report.summary()
     );
     Ok(())
 }

@@ -56,6 +56,11 @@ pub struct Metrics {
     /// Set from the store's running count when scraped; `-1` until its first walk is done.
     pub store_bytes: Gauge,
     pub store_blobs: Gauge,
+    /// The online collector's passes and what they removed.
+    pub gc_passes: Counter,
+    pub gc_blobs: Counter,
+    pub gc_bytes: Counter,
+    pub gc_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     registry: Registry,
 }
 
@@ -89,6 +94,10 @@ impl Metrics {
             layer_cache_misses: Counter::default(),
             store_bytes: Gauge::default(),
             store_blobs: Gauge::default(),
+            gc_passes: Counter::default(),
+            gc_blobs: Counter::default(),
+            gc_bytes: Counter::default(),
+            gc_seconds: Gauge::default(),
             registry: Registry::with_prefix("quinistry"),
         };
         m.store_bytes.set(-1);
@@ -133,6 +142,28 @@ impl Metrics {
             "layer_cache_misses",
             "Layers packed because the layer cache had no record of their inputs",
             m.layer_cache_misses.clone(),
+        );
+        r.register(
+            "gc_passes",
+            "Collector passes finished",
+            m.gc_passes.clone(),
+        );
+        r.register(
+            "gc_reclaimed_blobs",
+            "Blobs the collector removed",
+            m.gc_blobs.clone(),
+        );
+        r.register_with_unit(
+            "gc_reclaimed",
+            "Bytes of blobs the collector removed",
+            Unit::Bytes,
+            m.gc_bytes.clone(),
+        );
+        r.register_with_unit(
+            "gc_last_pass_duration",
+            "How long the last collector pass took",
+            Unit::Seconds,
+            m.gc_seconds.clone(),
         );
         r.register_with_unit(
             "store",
@@ -334,6 +365,18 @@ impl prometheus_client::collector::Collector for Requests {
 type BTreeMapOf<L> = std::collections::BTreeMap<L, RequestStats>;
 
 /// Records one finished pack.
+/// Counts a finished collector pass.
+pub fn collected(report: &crate::store::gc::GcReport) {
+    if let Some(m) = get() {
+        m.gc_passes.inc();
+        if !report.dry_run {
+            m.gc_blobs.inc_by(report.reclaimed as u64);
+            m.gc_bytes.inc_by(report.reclaimed_bytes);
+        }
+        m.gc_seconds.set(report.seconds);
+    }
+}
+
 pub fn packed(result: &'static str, input_bytes: u64, seconds: f64) {
     if let Some(m) = get() {
         let labels = PackLabels { result };

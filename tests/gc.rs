@@ -1,5 +1,6 @@
-//! `quinistry gc` on a stopped store: what deletes left behind is reclaimed after the grace
-//! period, what anything still reaches is kept, and a store in use is refused.
+//! Garbage collection: `quinistry gc` beside a running server reclaims what deletes left
+//! behind once past the grace periods and keeps what anything still reaches; retention
+//! rules; and the online collector racing pushes without losing one.
 
 mod common;
 
@@ -42,7 +43,7 @@ fn blob_count(store: &Path) -> usize {
 }
 
 #[test]
-fn gc_reclaims_deleted_images_keeps_shared_and_cached_layers_and_refuses_a_store_in_use() {
+fn gc_reclaims_deleted_images_and_keeps_shared_and_cached_layers_beside_a_running_server() {
     let dir = tempfile::tempdir().expect("tmp");
     let store = dir.path().join("store");
     let (shared, own, cached, start) = (
@@ -83,52 +84,50 @@ fn gc_reclaims_deleted_images_keeps_shared_and_cached_layers_and_refuses_a_store
     let d = pack(&store, "gc/d:1", &cached, &["--closure", "elf"]);
     assert_eq!(a["layer"], b["layer"], "a and b share their layer");
 
-    // Delete a, c and d (both manifest forms each) through the registry, then stop it.
-    {
-        let server = Serving::start(
-            &store,
-            dir.path(),
-            &["--push", "--no-prepack", &start.to_string_lossy()],
-        );
-        let (ok, out) = gc(&store, &["--dry-run"]);
-        assert!(
-            !ok && out.contains("in use"),
-            "gc ran beside a server: {out}"
-        );
-        for (name, r) in [("gc/a", &a), ("gc/c", &c), ("gc/d", &d)] {
-            for form in ["manifest", "docker"] {
-                let path = format!("/v2/{name}/manifests/{}", r[form]);
-                let status = common::raw_request(&server.addr, "DELETE", &path, &[]).status;
-                assert_eq!(status, 202, "DELETE {path}");
-            }
+    // Delete a, c and d (both manifest forms each) through the registry, and collect while
+    // it runs.
+    let server = Serving::start(
+        &store,
+        dir.path(),
+        &["--push", "--no-prepack", &start.to_string_lossy()],
+    );
+    for (name, r) in [("gc/a", &a), ("gc/c", &c), ("gc/d", &d)] {
+        for form in ["manifest", "docker"] {
+            let path = format!("/v2/{name}/manifests/{}", r[form]);
+            let status = common::raw_request(&server.addr, "DELETE", &path, &[]).status;
+            assert_eq!(status, 202, "DELETE {path}");
         }
     }
     // a: config and 2 manifests; c: layer, config, 2 manifests; d: config and 2 manifests
     // (its layer is the layer cache's). The server's own start image is live.
     let unreachable = 3 + 4 + 3;
     let before = blob_count(&store);
-    let (ok, out) = gc(&store, &["--dry-run", "--grace", "0"]);
+    // Within the grace periods nothing goes: the deleted manifests were pushed moments ago,
+    // and the blob links they leave (as young) still hold their configs and layers.
+    let (ok, out) = gc(&store, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("removed 0 ")
+            && out.contains(", 0 blob links")
+            && out.contains("kept 6 unreachable but recently touched"),
+        "{out}"
+    );
+    assert_eq!(blob_count(&store), before);
+    // A zero grace still keeps what was touched in the last tick (2 s) before the pass.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let zero = ["--grace", "0", "--link-grace", "0"];
+    let (ok, out) = gc(&store, &[&zero[..], &["--dry-run"]].concat());
     assert!(ok, "{out}");
     assert!(
         out.contains(&format!("would remove {unreachable} ")),
         "{out}"
     );
     assert_eq!(blob_count(&store), before, "a dry run removes nothing");
-    // Within the grace period nothing goes: the deleted manifests are kept as young, and the
-    // blob links they leave (young too) still hold their configs and layers.
-    let (ok, out) = gc(&store, &[]);
-    assert!(ok, "{out}");
-    assert!(
-        out.contains("removed 0 ")
-            && out.contains("and 0 blob links")
-            && out.contains("kept 6 unreachable younger than 1h"),
-        "{out}"
-    );
-    assert_eq!(blob_count(&store), before);
-    let (ok, out) = gc(&store, &["--grace", "0"]);
+    let (ok, out) = gc(&store, &zero);
     assert!(ok, "{out}");
     assert!(out.contains(&format!("removed {unreachable} ")), "{out}");
     assert_eq!(blob_count(&store), before - unreachable);
+    drop(server);
     let blob = |d: &str| common::blob(&store, d).exists();
     assert!(blob(&a["layer"]), "the layer b shares stays");
     assert!(
@@ -152,7 +151,7 @@ fn gc_reclaims_deleted_images_keeps_shared_and_cached_layers_and_refuses_a_store
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0 inconsistencies"), "{text}");
     // A second pass finds nothing more.
-    let (ok, out) = gc(&store, &["--grace", "0"]);
+    let (ok, out) = gc(&store, &zero);
     assert!(ok && out.contains("removed 0 "), "{out}");
 
     // Every tag still pulls.

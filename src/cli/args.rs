@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use quinistry::pack::compress;
 use quinistry::registry;
+use quinistry::store::gc;
 
 #[derive(Parser)]
 #[command(
@@ -40,18 +41,21 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Remove the blobs nothing in the store reaches any more (deleted images' layers,
-    /// superseded packs), once they are older than the grace period. The store must not be
-    /// open in a `serve` or `pack`: gc refuses it then.
+    /// Collect garbage once: apply the retention rules, then remove the blobs nothing in the
+    /// store reaches any more (deleted images' layers, superseded packs) once they were last
+    /// touched longer ago than the grace period. Safe on a store a `serve` or `pack` is
+    /// using: pushes that go on meanwhile lose nothing.
     Gc {
+        /// Read `store` and the `[gc]` section from this TOML file (flags override it)
+        #[arg(long, env = "QUINISTRY_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         store: StoreArg,
         /// Only report what would be removed
         #[arg(long)]
         dry_run: bool,
-        /// Keep unreachable blobs younger than this, e.g. 30m, 1h, 2d, or 0
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
-        grace: std::time::Duration,
+        #[command(flatten)]
+        gc: GcArgs,
     },
     /// Print the license notices of the crates this executable is built from (the self-image
     /// carries them at /usr/share/doc/quinistry/copyright).
@@ -70,6 +74,56 @@ pub enum ConfigCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+/// What the collector keeps, shared by `gc` and `serve --gc-interval`.
+#[derive(Args, Clone, Debug)]
+pub struct GcArgs {
+    /// Keep a blob nothing reaches until it was last touched (pushed, mounted, linked,
+    /// named by a pushed manifest) this long ago, e.g. 30m, 1h, 2d, or 0
+    #[arg(long, env = "QUINISTRY_GC_GRACE", default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub grace: std::time::Duration,
+    /// Keep a layer linked into a repository without a manifest there naming it this long
+    /// after it was last pushed: the time a client has between a layer and its manifest
+    #[arg(long, env = "QUINISTRY_GC_LINK_GRACE", default_value = "24h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub link_grace: std::time::Duration,
+    /// Unlink manifests no tag reaches (with their referrers) once last pushed this long ago
+    /// [default: keep them]
+    #[arg(long, env = "QUINISTRY_KEEP_UNTAGGED", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub keep_untagged: Option<std::time::Duration>,
+    /// In repositories matching PATTERN (`*` crosses `/`), keep only the N most recently
+    /// set tags; the first rule that matches a repository applies. Repeatable
+    #[arg(long, env = "QUINISTRY_KEEP_TAGS", value_delimiter = ',', value_parser = keep_tags, value_name = "PATTERN=N")]
+    pub keep_tags: Vec<(String, usize)>,
+}
+
+impl GcArgs {
+    /// The collector's policy these flags say.
+    pub fn policy(&self, dry_run: bool) -> Result<gc::Policy, String> {
+        let keep_tags = self
+            .keep_tags
+            .iter()
+            .map(|(pattern, n)| gc::KeepTags::new(pattern, *n))
+            .collect::<Result<_, _>>()?;
+        Ok(gc::Policy {
+            grace: self.grace,
+            link_grace: self.link_grace,
+            keep_untagged: self.keep_untagged,
+            keep_tags,
+            dry_run,
+        })
+    }
+}
+
+fn keep_tags(s: &str) -> Result<(String, usize), String> {
+    let (pattern, n) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?}: write PATTERN=N, e.g. 'ci/*=10'"))?;
+    let n = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: N must be a whole number"))?;
+    Ok((pattern.trim().to_owned(), n))
 }
 
 #[derive(Args, Default)]
@@ -144,6 +198,12 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
+    /// Collect garbage in the background, a pass every DURATION (e.g. 1h), while serving;
+    /// what it keeps is set as for `quinistry gc` [default: off]
+    #[arg(long, env = "QUINISTRY_GC_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub gc_interval: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub gc: GcArgs,
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate chain: the server's
     /// certificate first, then its intermediates. Read again when it changes, or on SIGHUP
     #[arg(long, env = "QUINISTRY_TLS_CERT", value_name = "FILE")]

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use quinistry::ondemand::FileImage;
 use quinistry::registry::Grant;
 
-use super::args::ServeArgs;
+use super::args::{GcArgs, ServeArgs, StoreArg};
 
 /// The whole file.
 #[derive(Deserialize, Default)]
@@ -48,6 +48,74 @@ pub struct File {
     /// On-demand images, as in an `--images` file.
     #[serde(default)]
     pub image: Vec<FileImage>,
+    /// Garbage collection and retention (`serve --gc-interval`, `quinistry gc`).
+    #[serde(default)]
+    gc: Gc,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Gc {
+    interval: Option<String>,
+    grace: Option<String>,
+    link_grace: Option<String>,
+    keep_untagged: Option<String>,
+    keep_tags: Option<Vec<KeepTags>>,
+}
+
+/// `[[gc.keep_tags]]`: in the repositories `repositories` matches, keep the `last` tags.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeepTags {
+    repositories: String,
+    last: usize,
+}
+
+/// A duration as the flags take it (`"90s"`, `"1h"`, `"2d"`).
+fn duration(key: &str, text: Option<String>) -> Result<Option<std::time::Duration>, String> {
+    text.map(|t| humantime::parse_duration(&t).map_err(|e| format!("{key} {t:?}: {e}")))
+        .transpose()
+}
+
+/// Fills the collector's settings from the file's `[gc]` wherever the user set nothing;
+/// the interval, for `serve`.
+fn apply_gc(
+    gc: Gc,
+    m: &ArgMatches,
+    args: &mut GcArgs,
+) -> Result<Option<std::time::Duration>, String> {
+    fill(m, "grace", &mut args.grace, duration("gc.grace", gc.grace)?);
+    fill(
+        m,
+        "link_grace",
+        &mut args.link_grace,
+        duration("gc.link_grace", gc.link_grace)?,
+    );
+    fill(
+        m,
+        "keep_untagged",
+        &mut args.keep_untagged,
+        duration("gc.keep_untagged", gc.keep_untagged)?.map(Some),
+    );
+    let rules = gc
+        .keep_tags
+        .map(|r| r.into_iter().map(|k| (k.repositories, k.last)).collect());
+    fill(m, "keep_tags", &mut args.keep_tags, rules);
+    duration("gc.interval", gc.interval)
+}
+
+/// `quinistry gc --config FILE`: the file's `store` and `[gc]`, under the flags.
+pub fn apply_to_gc(
+    file: File,
+    m: &ArgMatches,
+    store: &mut StoreArg,
+    args: &mut GcArgs,
+) -> Result<(), String> {
+    let env_store = std::env::var_os("QUINISTRY_STORE").is_some_and(|v| !v.is_empty());
+    if !env_store {
+        fill(m, "store", &mut store.store, file.store.map(Some));
+    }
+    apply_gc(file.gc, m, args).map(drop)
 }
 
 #[derive(Deserialize, Default)]
@@ -204,7 +272,10 @@ pub fn apply(
         pack,
         on_demand,
         image,
+        gc,
     } = file;
+    let interval = apply_gc(gc, m, &mut args.gc)?;
+    fill(m, "gc_interval", &mut args.gc_interval, interval.map(Some));
     let env_store = std::env::var_os("QUINISTRY_STORE").is_some_and(|v| !v.is_empty());
     if !env_store {
         fill(m, "store", &mut args.store.store, store.map(Some));

@@ -10,7 +10,7 @@ use quinistry::ondemand::{FileImage, ImageSpec, OnDemand, Setup};
 use quinistry::pack::ClosureMode;
 use quinistry::reference::{Name, Tag, TaggedName};
 use quinistry::registry::{self, Registry, Server, Tls, TlsFiles};
-use quinistry::store::Store;
+use quinistry::store::{Store, gc};
 
 use super::args::{DEFAULT_LISTEN, ServeArgs};
 use super::config;
@@ -40,6 +40,8 @@ pub struct Settings {
     prepack: bool,
     rescan: Duration,
     store_dir: PathBuf,
+    /// A collector pass every this long, with this policy (`--gc-interval`).
+    gc: Option<(Duration, gc::Policy)>,
 }
 
 /// Checks every setting without binding or writing anything.
@@ -99,6 +101,11 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         }
     }
     let tls = tls(&args)?;
+    let gc = match args.gc_interval {
+        Some(every) if every.is_zero() => return Err("--gc-interval must be more than 0".into()),
+        Some(every) => Some((every, args.gc.policy(false)?)),
+        None => None,
+    };
     let (config, fds) = limits(&args)?;
     let access = access(&args, listen, tls.is_some(), fds, file.access)?;
     let store_dir = args.store.dir()?;
@@ -122,6 +129,7 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         prepack,
         rescan,
         store_dir,
+        gc,
     })
 }
 
@@ -154,6 +162,22 @@ pub fn summary(s: &Settings) -> Vec<String> {
             c.write_timeout.as_secs(),
         ),
     ];
+    if let Some((every, p)) = &s.gc {
+        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        let mut line = format!(
+            "gc         every {}; blobs kept {} after last use, layers without a manifest {}",
+            d(every),
+            d(&p.grace),
+            d(&p.link_grace)
+        );
+        if let Some(u) = &p.keep_untagged {
+            line += &format!(", untagged manifests {}", d(u));
+        }
+        for k in &p.keep_tags {
+            line += &format!("; {}: last {} tags", k.pattern, k.last);
+        }
+        lines.push(line);
+    }
     if let Some(tls) = &s.tls {
         let f = tls.files();
         lines.push(format!(
@@ -257,7 +281,46 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
     if let Some(images) = prepack {
         quinistry::ondemand::prepack::spawn(images, s.rescan);
     }
+    if let Some((every, policy)) = s.gc.take() {
+        tokio::spawn(collector(server.registry(), every, policy));
+    }
     server.run(shutdown_signal()?).await.map_err(msg)
+}
+
+/// The online collector: a pass every `every`, the first one `every` after start. A pass
+/// that fails is logged and the next one is tried as usual.
+async fn collector(registry: Arc<registry::Registry>, every: Duration, policy: gc::Policy) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // A pass longer than the interval is followed by the next at once, not by a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match collect_once(&registry, &policy).await {
+            Ok(summary) => tracing::info!(target: "quinistry::gc", "gc: {summary}"),
+            Err(e) => tracing::error!(target: "quinistry::gc", error = %e, "gc pass failed"),
+        }
+    }
+}
+
+/// One pass over the registry's store: the layer cache's live layers and the on-demand
+/// images served now are roots.
+pub async fn collect_once(
+    registry: &registry::Registry,
+    policy: &gc::Policy,
+) -> Result<String, quinistry::store::StoreError> {
+    let store = registry.store();
+    let (mut roots, pruned) = quinistry::pack::cache::prune(store, policy.dry_run).await?;
+    roots.extend(registry.on_demand_served());
+    let report = gc::collect(store, &roots, policy).await?;
+    if report.reclaimed + report.stale_links + report.tags_removed + report.untagged_removed > 0 {
+        // Nothing removed may be answered from memory.
+        registry.forget_cached();
+    }
+    quinistry::metrics::collected(&report);
+    Ok(format!(
+        "{}; {pruned} layer-cache records no pack can use",
+        report.summary()
+    ))
 }
 
 /// The TLS configuration the flags name, loaded.

@@ -84,6 +84,14 @@ impl<S: PartialEq, T: Clone + Send + Sync + 'static> Flight<S, T> {
         done.as_ref().map(|(t, _)| (t.clone(), joined))
     }
 
+    /// The latest finished outcome, whatever its stamp.
+    pub fn latest(&self) -> Option<T> {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        let attempt = latest.as_ref()?;
+        let outcome = attempt.outcome.borrow();
+        outcome.as_ref().map(|(t, _)| t.clone())
+    }
+
     /// Whether the latest attempt was for `stamp`, has finished, and `good` likes its outcome.
     pub fn done_for(&self, stamp: &S, good: impl Fn(&T) -> bool) -> bool {
         let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());

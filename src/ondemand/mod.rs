@@ -337,6 +337,26 @@ impl OnDemand {
     }
 
     /// Every on-demand repository name, the root rescanned if its last scan is old.
+    /// The manifests of the images served now (the latest pack of each): the collector's
+    /// roots, since the store has no tag for them.
+    pub fn served(&self) -> Vec<Digest> {
+        let mut images: Vec<Arc<Image>> = {
+            let map = self.root_images.lock().unwrap_or_else(|p| p.into_inner());
+            map.values().cloned().collect()
+        };
+        let explicit = self.explicit.values().flat_map(|tags| tags.values());
+        let latest = |image: &Image| {
+            image
+                .flight
+                .latest()
+                .and_then(|o| o.ok())
+                .map(|r| r.manifest)
+        };
+        let mut served: Vec<Digest> = explicit.filter_map(|e| latest(&e.image)).collect();
+        served.extend(images.drain(..).filter_map(|i| latest(&i)));
+        served
+    }
+
     pub async fn names(&self) -> Vec<Name> {
         let mut names: BTreeSet<Name> = self.explicit.keys().cloned().collect();
         if let Some(root) = &self.root {

@@ -10,6 +10,8 @@
 //! the record stale, and the layer is packed again (and replaces the blob). Content damaged
 //! without any change to the file's stamp is what `quinistry verify` is for.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
@@ -35,20 +37,48 @@ struct Record {
     input_bytes: u64,
     /// The blob's file right after commit; any change to it means the record is stale.
     blob: FileStamp,
+    /// The input files and their stamps (part of the key): once one changed or is gone, no
+    /// pack can look this record up again, and `prune` removes it. Records written before
+    /// it existed have none and are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    inputs: Vec<(PathBuf, FileStamp)>,
 }
 
-/// The layers the layer cache has records of (of this format), for `gc` to keep: a record
-/// whose layer were collected would only cost a pack, but a layer packed in the background
-/// and not pulled yet is linked nowhere else.
-pub async fn layers(store: &Store) -> Result<Vec<Digest>, StoreError> {
-    Ok(store
-        .layer_cache_records()
-        .await?
-        .iter()
-        .filter_map(|bytes| serde_json::from_slice::<Record>(bytes).ok())
-        .filter(|r| r.format == FORMAT)
-        .map(|r| r.digest)
-        .collect())
+/// The layers of the records a pack could still look up, for the collector to keep (a
+/// layer packed in the background and not pulled yet is linked nowhere else); and how many
+/// records no pack can look up again were removed (with `dry_run`, would be): those of
+/// another format, unreadable ones, and those an input file of changed or vanished since.
+/// Their layers are left to the collector, which takes them if nothing else reaches them:
+/// that is how a superseded on-demand layer goes.
+pub async fn prune(store: &Store, dry_run: bool) -> Result<(Vec<Digest>, usize), StoreError> {
+    let mut layers = Vec::new();
+    let mut dead = Vec::new();
+    for (key, bytes) in store.layer_cache_records().await? {
+        match serde_json::from_slice::<Record>(&bytes) {
+            Ok(r) if r.format == FORMAT => {
+                let inputs = r.inputs;
+                let alive = tokio::task::spawn_blocking(move || {
+                    inputs.iter().all(|(path, stamp)| {
+                        std::fs::symlink_metadata(path).is_ok_and(|m| FileStamp::of(&m) == *stamp)
+                    })
+                })
+                .await
+                .unwrap_or(true);
+                if alive {
+                    layers.push(r.digest);
+                } else {
+                    dead.push(key);
+                }
+            }
+            _ => dead.push(key),
+        }
+    }
+    if !dry_run {
+        for key in &dead {
+            store.remove_layer_record(key).await?;
+        }
+    }
+    Ok((layers, dead.len()))
 }
 
 /// A layer the cache vouches for.
@@ -117,6 +147,7 @@ pub async fn record(
     layer: &Layer,
     tar_size: u64,
     input_bytes: u64,
+    inputs: Vec<(PathBuf, FileStamp)>,
 ) -> Result<(), StoreError> {
     let Some(blob) = store.blob_stamp(&layer.digest).await? else {
         return Err(StoreError::BlobUnknown(layer.digest.clone()));
@@ -129,9 +160,18 @@ pub async fn record(
         tar_size,
         input_bytes,
         blob,
+        inputs,
     };
-    // A struct of digests and numbers always serializes.
-    let bytes = serde_json::to_vec(&record).unwrap_or_default();
+    // Paths that are not UTF-8 cannot be written as JSON: such a record keeps no inputs
+    // (it is kept until its layer goes). Digests and numbers always serialize.
+    let bytes = match serde_json::to_vec(&record) {
+        Ok(b) => b,
+        Err(_) => serde_json::to_vec(&Record {
+            inputs: Vec::new(),
+            ..record
+        })
+        .unwrap_or_default(),
+    };
     store.set_layer_record(key, bytes).await
 }
 
@@ -160,7 +200,9 @@ mod tests {
         ));
 
         let layer = stored_layer(&store, b"layer bytes").await;
-        record(&store, &key, &layer, 3, 4).await.expect("record");
+        record(&store, &key, &layer, 3, 4, Vec::new())
+            .await
+            .expect("record");
         match lookup(&store, &key, LayerEncoding::Gzip)
             .await
             .expect("lookup")

@@ -32,7 +32,7 @@ use crate::reference::{Name, TaggedName};
 
 use crate::runtime::elf;
 use crate::runtime::packages::Machine;
-use crate::store::{FileStamp, Link, Store, StoreError};
+use crate::store::{FileStamp, Hold, Link, Pin as StorePin, Store, StoreError};
 use cache::Lookup;
 use compress::Compression;
 pub use plan::{Base, Closure};
@@ -254,7 +254,9 @@ pub async fn pack_layer_with(
         .map_err(PackError::BadCompression)?;
     let planned_at = std::time::SystemTime::now();
     let planned = plan_blocking(inputs, &Closure::Elf).await?;
-    layer_of(store, planned.plan, "image", planned_at, opts, packing).await
+    // A bare layer is linked nowhere: the hold ends here (the layer cache names it).
+    let (layer, _hold) = layer_of(store, planned.plan, "image", planned_at, opts, packing).await?;
+    Ok(layer)
 }
 
 /// Plans on a blocking thread: planning stats and reads headers of every file.
@@ -277,7 +279,8 @@ async fn plan_blocking(inputs: &[Input], closure: &Closure) -> Result<plan::Plan
     Ok(planned)
 }
 
-/// One layer of `plan`, from the layer cache or packed and stored.
+/// One layer of `plan`, from the layer cache or packed and stored; held (see `store::Hold`)
+/// until the caller links it.
 async fn layer_of(
     store: &Store,
     plan: Plan,
@@ -285,7 +288,7 @@ async fn layer_of(
     planned_at: std::time::SystemTime,
     opts: LayerOptions,
     packing: &Packing,
-) -> Result<PackedLayer, PackError> {
+) -> Result<(PackedLayer, Hold), PackError> {
     let label = label.to_owned();
     let total: u64 = plan
         .values()
@@ -303,15 +306,20 @@ async fn layer_of(
         crate::metrics::layer_cache(matches!(found, Lookup::Hit(_)));
         match found {
             Lookup::Hit(hit) => {
-                tracing::info!(layer = %hit.layer.digest, %label, "layer cache hit: nothing to read or compress");
-                return Ok(PackedLayer {
-                    layer: hit.layer,
-                    label,
-                    tar_size: hit.tar_size,
-                    input_bytes: hit.input_bytes,
-                    cached: true,
-                    settled,
-                });
+                let pin = store.pin().await?;
+                // Gone since the lookup (a collector): packed again below.
+                if let Some(hold) = store.hold(&pin, &hit.layer.digest).await? {
+                    tracing::info!(layer = %hit.layer.digest, %label, "layer cache hit: nothing to read or compress");
+                    let layer = PackedLayer {
+                        layer: hit.layer,
+                        label,
+                        tar_size: hit.tar_size,
+                        input_bytes: hit.input_bytes,
+                        cached: true,
+                        settled,
+                    };
+                    return Ok((layer, hold));
+                }
             }
             Lookup::Stale(_) => replace = true,
             Lookup::Miss => {}
@@ -336,7 +344,7 @@ async fn layer_of(
     if let Some(p) = &packing.progress {
         p.end();
     }
-    let (layer, tar_size, input_bytes) = written?;
+    let (layer, tar_size, input_bytes, hold) = written?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
         layer = %layer.digest,
@@ -346,21 +354,30 @@ async fn layer_of(
     if let Some(key) = &key {
         if settled {
             // The layer is stored either way; a cache that cannot be written costs a repack later.
-            if let Err(e) = cache::record(store, key, &layer, tar_size, input_bytes).await {
+            let inputs = plan
+                .values()
+                .filter_map(|e| match &e.kind {
+                    Kind::File { source, stamp } => Some((source.clone(), *stamp)),
+                    _ => None,
+                })
+                .collect();
+            let recorded = cache::record(store, key, &layer, tar_size, input_bytes, inputs);
+            if let Err(e) = recorded.await {
                 tracing::warn!(error = %e, "cannot record the layer in the layer cache");
             }
         } else {
             tracing::debug!("an input changed moments ago: the layer is not cached");
         }
     }
-    Ok(PackedLayer {
+    let layer = PackedLayer {
         layer,
         label,
         tar_size,
         input_bytes,
         cached: false,
         settled,
-    })
+    };
+    Ok((layer, hold))
 }
 
 /// A packing slot, waited for (and the wait logged) if all are taken.
@@ -431,7 +448,7 @@ async fn write_layer(
     opts: LayerOptions,
     packing: &Packing,
     replace: bool,
-) -> Result<(Layer, u64, u64), PackError> {
+) -> Result<(Layer, u64, u64, Hold), PackError> {
     // Two stages: this task reads files, builds the tar and hashes it; another compresses,
     // hashes and writes, its CPU-heavy part on blocking threads so that the async workers
     // keep serving requests meanwhile. A bounded pipe keeps memory flat.
@@ -470,18 +487,14 @@ async fn write_layer(
         (Ok(_) | Err(PackError::Write(_)), Err(e)) => return Err(e),
         (Err(e), _) => return Err(e),
     };
-    let (digest, size) = if replace {
-        blob.commit_replacing().await?
-    } else {
-        blob.commit().await?
-    };
+    let (digest, size, hold) = blob.commit_held(replace).await?;
     let layer = Layer {
         digest,
         size,
         diff_id,
         encoding: opts.compression.encoding(),
     };
-    Ok((layer, tar_size, input_bytes))
+    Ok((layer, tar_size, input_bytes, hold))
 }
 
 /// Writes one entry; returns the bytes of file content it read.
@@ -695,6 +708,19 @@ pub struct PackedImage {
     pub docker_manifest: Option<(Digest, u64)>,
     /// Wall time of the whole pack.
     pub seconds: f64,
+    /// Keeps the collector off its blobs until they are linked (dropped with the image).
+    pub holds: Holds,
+}
+
+/// A pack's holds on its blobs (see `store::Hold`). Not part of what was packed: two
+/// images compare equal whatever they hold.
+#[derive(Debug, Clone, Default)]
+pub struct Holds(#[allow(dead_code)] Arc<Vec<Hold>>);
+
+impl PartialEq for Holds {
+    fn eq(&self, _: &Holds) -> bool {
+        true
+    }
 }
 
 impl PackedImage {
@@ -788,8 +814,12 @@ async fn pack_image_inner(
         Closure::Packages(db, _) => Some(db.as_ref()),
     };
     let mut packed = Vec::new();
+    let mut holds = Vec::new();
     for layer in plan::layers(&planned, db) {
-        packed.push(layer_of(store, layer.plan, &layer.label, planned_at, opts, packing).await?);
+        let (layer, hold) =
+            layer_of(store, layer.plan, &layer.label, planned_at, opts, packing).await?;
+        packed.push(layer);
+        holds.push(hold);
     }
     let mut run = run.clone();
     if !planned.library_path.is_empty() {
@@ -802,13 +832,15 @@ async fn pack_image_inner(
     }
     let layers: Vec<Layer> = packed.iter().map(|p| p.layer.clone()).collect();
     let config_bytes = image::config_json(&run, &layers)?;
-    let config = (store.put(&config_bytes).await?, config_bytes.len() as u64);
-    let manifest = put_manifest(store, ManifestForm::Oci, &config, &layers).await?;
+    let (config, hold) = store.put_held(&config_bytes).await?;
+    holds.push(hold);
+    let config = (config, config_bytes.len() as u64);
+    let manifest = put_manifest(store, ManifestForm::Oci, &config, &layers, &mut holds).await?;
     let docker_manifest = if layers
         .iter()
         .all(|l| l.encoding.media_type(ManifestForm::Docker).is_some())
     {
-        Some(put_manifest(store, ManifestForm::Docker, &config, &layers).await?)
+        Some(put_manifest(store, ManifestForm::Docker, &config, &layers, &mut holds).await?)
     } else {
         None
     };
@@ -827,10 +859,14 @@ async fn pack_image_inner(
         manifest,
         docker_manifest,
         seconds: start.elapsed().as_secs_f64(),
+        holds: Holds(Arc::new(holds)),
     };
     if let Some(t) = tag {
-        link_image(store, &t.name, &image).await?;
-        store.set_tag(&t.name, &t.tag, &image.manifest.0).await?;
+        let pin = store.pin().await?;
+        link_image_pinned(store, &pin, &t.name, &image).await?;
+        store
+            .set_tag(&pin, &t.name, &t.tag, &image.manifest.0)
+            .await?;
     }
     Ok(image)
 }
@@ -838,12 +874,22 @@ async fn pack_image_inner(
 /// Makes a packed image's blobs and manifests part of repository `name`, so the registry
 /// serves them through it (repositories are scoped: see `store`).
 pub async fn link_image(store: &Store, name: &Name, image: &PackedImage) -> Result<(), PackError> {
+    let pin = store.pin().await?;
+    link_image_pinned(store, &pin, name, image).await
+}
+
+async fn link_image_pinned(
+    store: &Store,
+    pin: &StorePin,
+    name: &Name,
+    image: &PackedImage,
+) -> Result<(), PackError> {
     let layers = image.layers.iter().map(|l| &l.layer.digest);
     for blob in std::iter::once(&image.config.0).chain(layers) {
-        store.link(name, Link::Blob, blob).await?;
+        store.link(pin, name, Link::Blob, blob).await?;
     }
     for (manifest, _) in std::iter::once(&image.manifest).chain(&image.docker_manifest) {
-        store.link(name, Link::Manifest, manifest).await?;
+        store.link(pin, name, Link::Manifest, manifest).await?;
     }
     Ok(())
 }
@@ -853,9 +899,12 @@ async fn put_manifest(
     form: ManifestForm,
     config: &(Digest, u64),
     layers: &[Layer],
+    holds: &mut Vec<Hold>,
 ) -> Result<(Digest, u64), PackError> {
     let bytes = image::manifest_json(form, (&config.0, config.1), layers)?;
-    Ok((store.put(&bytes).await?, bytes.len() as u64))
+    let (digest, hold) = store.put_held(&bytes).await?;
+    holds.push(hold);
+    Ok((digest, bytes.len() as u64))
 }
 
 /// Whether metadata is of a regular file with any execute bit (picks a default entrypoint).

@@ -162,6 +162,8 @@ pub async fn put(
     // From here to the last tag, no delete in this repository interleaves: the links checked
     // stay, and a tag is never set on a manifest a delete is unlinking.
     let _lock = registry.lock_repository(name).await;
+    // And no collector removes what is checked here before it is linked (`store::Pin`).
+    let pin = registry.store().pin().await?;
     for ((blob, size), kind) in wanted {
         if !registry.is_linked(name, kind, blob).await? {
             let what = match kind {
@@ -182,6 +184,10 @@ pub async fn put(
             )
             .detail(json!({ "digest": blob.to_string(), "size": size })));
         }
+        // Linked again: touches the blob and its link, so that the pass that may be
+        // marking right now leaves them (the blob is still there: the size was read
+        // under the pin).
+        registry.link(&pin, name, kind, blob).await?;
     }
     registry.store().put_with(algorithm, &bytes).await?;
     if !pushed.declared {
@@ -190,15 +196,15 @@ pub async fn put(
             .set_manifest_type(&digest, pushed.media_type)
             .await?;
     }
-    registry.link(name, Link::Manifest, &digest).await?;
+    registry.link(&pin, name, Link::Manifest, &digest).await?;
     if let Some(subject) = &pushed.subject {
         registry
             .store()
-            .add_referrer(name, subject, &digest)
+            .add_referrer(&pin, name, subject, &digest)
             .await?;
     }
     for tag in path_tag.into_iter().chain(&extra_tags) {
-        registry.store().set_tag(name, tag, &digest).await?;
+        registry.store().set_tag(&pin, name, tag, &digest).await?;
         registry
             .tags
             .set(&(name.clone(), tag.clone()), Some(digest.clone()));

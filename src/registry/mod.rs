@@ -56,7 +56,7 @@ use crate::digest::Digest;
 use crate::image;
 use crate::ondemand::OnDemand;
 use crate::reference::{Name, Tag};
-use crate::store::{Link, Store, StoreError};
+use crate::store::{Link, Pin, Store, StoreError};
 pub use auth::{DEFAULT_FAILURES_PER_MINUTE, Htpasswd};
 use body::{Body, Logged, RequestBody};
 use conn::InFlight;
@@ -388,8 +388,35 @@ impl Registry {
         Ok(linked)
     }
 
-    async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<(), StoreError> {
-        self.store.link(name, kind, digest).await?;
+    /// The manifests of the on-demand images served now: roots for the collector.
+    pub fn on_demand_served(&self) -> Vec<Digest> {
+        self.images.as_ref().map_or_else(Vec::new, |i| i.served())
+    }
+
+    /// Forgets that `name` links blob `digest` (the store says it is gone).
+    fn forget_link(&self, name: &Name, digest: &Digest) {
+        write(&self.linked).remove(&(name.clone(), Link::Blob, digest.clone()));
+    }
+
+    /// Forgets every cached tag, link, repository and manifest: after a collector removed
+    /// some, so that nothing removed is served from memory.
+    pub fn forget_cached(&self) {
+        write(&self.linked).clear();
+        write(&self.tags.0).clear();
+        write(&self.repositories.0).clear();
+        let mut manifests = lock(&self.manifests);
+        *manifests = ManifestCache::new(manifests.budget);
+    }
+
+    /// Links `digest` into `name` (under `pin`: see `store::Pin`) and remembers it.
+    async fn link(
+        &self,
+        pin: &Pin,
+        name: &Name,
+        kind: Link,
+        digest: &Digest,
+    ) -> Result<(), StoreError> {
+        self.store.link(pin, name, kind, digest).await?;
         remember(
             &mut write(&self.linked),
             (name.clone(), kind, digest.clone()),

@@ -286,9 +286,17 @@ pub async fn post(
         if let Some(from) = from
             && registry.is_linked(&from, Link::Blob, &digest).await?
         {
-            registry.link(name, Link::Blob, &digest).await?;
-            tracing::info!(%name, %from, %digest, "blob mounted");
-            return created(name, &digest);
+            // The pin keeps a collector from removing the blob between the check and the
+            // link; one that did before it shows as BlobUnknown, and an upload is asked for.
+            let pin = registry.store().pin().await?;
+            match registry.link(&pin, name, Link::Blob, &digest).await {
+                Ok(()) => {
+                    tracing::info!(%name, %from, %digest, "blob mounted");
+                    return created(name, &digest);
+                }
+                Err(StoreError::BlobUnknown(_)) => registry.forget_link(&from, &digest),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     if let Some(digest) = &query.digest {
@@ -614,6 +622,9 @@ async fn commit(
     writer: BlobWriter,
     digest: &Digest,
 ) -> Result<Response<Body>, RegistryError> {
+    // From the commit to the link, so that a collector cannot take a blob that was there
+    // already (a push of the same bytes) before it is linked here.
+    let pin = registry.store().pin().await?;
     match writer.commit_expecting(digest).await {
         Ok(_) => {}
         Err(StoreError::DigestMismatch { expected, actual }) => {
@@ -625,7 +636,7 @@ async fn commit(
         }
         Err(e) => return Err(e.into()),
     }
-    registry.link(name, Link::Blob, digest).await?;
+    registry.link(&pin, name, Link::Blob, digest).await?;
     created(name, digest)
 }
 

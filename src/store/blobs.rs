@@ -11,8 +11,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 
 use super::{
-    FileStamp, READ_BUFFER, Result, Store, StoreError, WRITE_BUFFER, blocking, create_dirs_durably,
-    ctx, sync_dir,
+    FileStamp, Hold, READ_BUFFER, Result, Store, StoreError, WRITE_BUFFER, blocking,
+    create_dirs_durably, ctx, sync_dir,
 };
 use crate::digest::{Algorithm, Digest, Hasher, HashingWriter};
 
@@ -44,6 +44,14 @@ impl Store {
     /// exactly these bytes is left alone (nothing is written); a damaged one is replaced.
     pub async fn put(&self, bytes: &[u8]) -> Result<Digest> {
         self.put_with(Algorithm::Sha256, bytes).await
+    }
+
+    /// `put`, holding the blob (see `BlobWriter::commit_held`).
+    pub async fn put_held(&self, bytes: &[u8]) -> Result<(Digest, Hold)> {
+        let mut w = self.new_blob().await?;
+        ctx(w.write_all(bytes).await, "write", &w.temp)?;
+        let (digest, _, hold) = w.commit_held(false).await?;
+        Ok((digest, hold))
     }
 
     /// `put`, naming the document by its `algorithm` digest.
@@ -229,35 +237,41 @@ impl Store {
         }
     }
 
-    /// Removes blob `digest` and the media-type record of a manifest, if it has one; its
-    /// size, or `None` if it was not there. For `gc` only: links and tags are not checked.
-    pub(crate) async fn remove_blob(&self, digest: &Digest) -> Result<Option<u64>> {
+    /// Removes blob `digest` (and the media-type record of a manifest) if it was last
+    /// touched at or before `cutoff`: its size, or `None` if it was touched since (or is
+    /// gone). With `dry_run`, only the size. For the collector, under the exclusive gate;
+    /// links and tags are not checked.
+    pub(crate) fn remove_blob_untouched(
+        &self,
+        digest: &Digest,
+        cutoff: std::time::SystemTime,
+        dry_run: bool,
+    ) -> Result<Option<u64>> {
         let path = self.blob_path(digest);
-        let dir = self.blob_dir(digest.algorithm());
-        let record = self.manifest_type_path(digest);
-        let removed = blocking(move || {
-            let len = match stdfs::metadata(&path) {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return ctx(Err(e), "stat", &path),
-            };
-            ctx(stdfs::remove_file(&path), "remove", &path)?;
-            match stdfs::remove_file(&record) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => ctx(Err(e), "remove", &record)?,
-                _ => {}
-            }
-            sync_dir(&dir)?;
-            Ok(Some(len))
-        })
-        .await?;
-        if let Some(len) = removed {
-            self.removed(len);
+        let meta = match stdfs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return ctx(Err(e), "stat", &path),
+        };
+        if super::gate::touched(&meta).is_none_or(|t| t > cutoff) {
+            return Ok(None);
         }
-        Ok(removed)
+        if dry_run {
+            return Ok(Some(meta.len()));
+        }
+        ctx(stdfs::remove_file(&path), "remove", &path)?;
+        let record = self.manifest_type_path(digest);
+        match stdfs::remove_file(&record) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => ctx(Err(e), "remove", &record)?,
+            _ => {}
+        }
+        sync_dir(&self.blob_dir(digest.algorithm()))?;
+        self.removed(meta.len());
+        Ok(Some(meta.len()))
     }
 
-    /// The layer-cache records, as stored (`pack::cache` reads them).
-    pub async fn layer_cache_records(&self) -> Result<Vec<Vec<u8>>> {
+    /// The layer-cache records, by key, as stored (`pack::cache` reads them).
+    pub async fn layer_cache_records(&self) -> Result<Vec<(Digest, Vec<u8>)>> {
         let dir = self.layer_cache_dir();
         blocking(move || {
             let entries = match stdfs::read_dir(&dir) {
@@ -268,8 +282,16 @@ impl Store {
             let mut records = Vec::new();
             for entry in entries {
                 let path = ctx(entry, "list", &dir)?.path();
+                // Keys are sha256 hex; anything else is not a record.
+                let Some(key) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| format!("sha256:{n}").parse::<Digest>().ok())
+                else {
+                    continue;
+                };
                 match stdfs::read(&path) {
-                    Ok(bytes) => records.push(bytes),
+                    Ok(bytes) => records.push((key, bytes)),
                     // Replaced or removed meanwhile: its successor is read, or none is needed.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return ctx(Err(e), "read", &path),
@@ -278,6 +300,16 @@ impl Store {
             Ok(records)
         })
         .await
+    }
+
+    /// Removes the layer-cache record of `key` (no fsync: a record that comes back in a
+    /// crash is pruned again).
+    pub async fn remove_layer_record(&self, key: &Digest) -> Result<()> {
+        let path = self.layer_cache_dir().join(key.hex());
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => ctx(Err(e), "remove", &path),
+            _ => Ok(()),
+        }
     }
 
     /// Every blob in the store. A file whose name is not a digest is reported as an error
@@ -429,6 +461,18 @@ impl BlobWriter {
         self.commit_inner(Some(expected), false).await
     }
 
+    /// Commits (replacing a stored copy, with `replace`) and holds the blob (see `gate`):
+    /// for a pack, which links its blobs only once the whole image is made.
+    pub async fn commit_held(self, replace: bool) -> Result<(Digest, u64, Hold)> {
+        let store = self.store.clone();
+        let pin = store.pin().await?;
+        let (digest, len) = self.commit_inner(None, replace).await?;
+        match store.hold(&pin, &digest).await? {
+            Some(hold) => Ok((digest, len, hold)),
+            None => Err(StoreError::BlobUnknown(digest)),
+        }
+    }
+
     async fn commit_inner(
         mut self,
         expected: Option<&Digest>,
@@ -469,18 +513,22 @@ impl BlobWriter {
         let dir = self.store.blob_dir(digest.algorithm());
         let store = self.store.clone();
         let new = blocking(move || {
-            let existed = dest.exists();
-            if !replace && existed {
+            // Touched either way: a blob pushed again is needed again (see `gate`).
+            let existed = !replace && super::gate::touch(&dest)?;
+            if existed {
                 return Ok(false); // dedupe: `temp` is dropped, which deletes the new copy
             }
+            let replaced = dest.exists();
             ctx(file.sync_all(), "fsync", &temp_path)?;
             ctx(
                 temp.persist(&dest).map_err(|e| e.error),
                 "commit blob",
                 &dest,
             )?;
+            // Its times are from when it was written, which may be before a pass began.
+            super::gate::touch(&dest)?;
             sync_dir(&dir)?;
-            Ok(!existed)
+            Ok(!replaced)
         })
         .await?;
         if new {
@@ -598,6 +646,7 @@ mod tests {
     #[tokio::test]
     async fn sha512_blobs_are_stored_verified_linked_and_listed_by_their_algorithm() {
         let (_d, store) = fresh().await;
+        let pin = store.pin().await.expect("pin");
         let doc = store
             .put_with(Algorithm::Sha512, b"doc")
             .await
@@ -636,16 +685,22 @@ mod tests {
         assert!(listed.contains(&doc) && listed.contains(&got), "{listed:?}");
 
         let name: Name = "r".parse().expect("name");
-        store.link(&name, Link::Blob, &got).await.expect("link");
-        store.link(&name, Link::Manifest, &doc).await.expect("link");
+        store
+            .link(&pin, &name, Link::Blob, &got)
+            .await
+            .expect("link");
+        store
+            .link(&pin, &name, Link::Manifest, &doc)
+            .await
+            .expect("link");
         let referrer = store.put(b"referrer").await.expect("put");
         store
-            .add_referrer(&name, &doc, &referrer)
+            .add_referrer(&pin, &name, &doc, &referrer)
             .await
             .expect("referrer");
         let also512 = store.put_with(Algorithm::Sha512, b"r2").await.expect("put");
         store
-            .add_referrer(&name, &doc, &also512)
+            .add_referrer(&pin, &name, &doc, &also512)
             .await
             .expect("referrer");
         assert!(

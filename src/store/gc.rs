@@ -1,31 +1,115 @@
-//! Garbage collection of a store that nothing else has open (`quinistry gc`): mark, then
-//! sweep.
+//! Garbage collection, online: retention, then mark, then sweep, while pushes and pulls go on
+//! (`quinistry gc` on a stopped or running store, and `serve --gc-interval`).
 //!
-//! Live is everything reachable from the store's records: every repository's tags, linked
-//! manifests (tagged or not) and referrers, the config, layers and child manifests of every
-//! live manifest, and the extra roots the caller gives (the layers the layer cache vouches
-//! for). A repository's blob link counts while a manifest linked there names the blob, or
-//! while the link is younger than the grace period (a pushed layer waiting for its
-//! manifest); an older one that no manifest names (left by a deleted manifest) is removed.
-//! A blob that is not live and whose file is older than the grace period is removed, with
-//! the media-type record of a manifest; a younger one is kept and counted.
+//! **Retention** (only when asked) removes tags and manifest links as a client's `DELETE`
+//! would: tags beyond the last N set in a repository that a [`KeepTags`] rule names, and
+//! manifests no tag reaches whose link is older than `keep_untagged`, with their referrers.
 //!
-//! Why this is safe here: `Store::open_alone` takes the store's lock exclusively, which
-//! every `serve` and `pack` holds shared while it has the store open, so no write can
-//! happen between the mark and the sweep. A server that starts meanwhile waits for the
-//! lock. Collecting while a server runs, where a push may be about to link what the mark
-//! did not see, is the online collector's problem (not built yet).
+//! **Live** is everything reachable from the store's records: every repository's tags,
+//! linked manifests (tagged or not) and referrers, the config, layers and child manifests of
+//! every live manifest, and the extra `roots` the caller gives (the layers the layer cache
+//! vouches for, the images served on demand). A repository's blob link counts while a
+//! manifest linked there names the blob, or while the link was touched within `link_grace`
+//! (a pushed layer waiting for its manifest); an older one no manifest names is removed.
+//!
+//! **Sweep**: a blob that is not live, not held by a pack, and was last touched before the
+//! pass began minus `grace` is removed, with a manifest's media-type record.
+//!
+//! **Why a concurrent push cannot lose a blob it was told exists.** Every step that finds
+//! or makes a blob and then links it (an upload's commit and link, a mount, a manifest
+//! push from the check of its blobs to its last tag, a pack's link and tag) runs under a
+//! [`Pin`](super::Pin), and inside it touches every blob it relies on and every link it
+//! makes. A pack, which commits a layer long before it links it, holds the layer from the
+//! commit on. The pass:
+//! 1. takes the gate exclusively and reads the clock: `T0`. No pinned step is half done at
+//!    `T0`: each finished before (its links are there for the mark to see) or begins after
+//!    (each of its touches reads a clock at or after `T0`);
+//! 2. marks, without any lock;
+//! 3. removes, in batches, each under the gate taken exclusively: re-reads the blob's touch
+//!    time and the live holds, and removes it only if it was last touched at or before
+//!    `T0 - grace - TICK` and nothing holds it.
+//!
+//! A blob a push relied on is therefore either reached by the mark (the link was made
+//! before `T0`) or touched after `T0` (kept by step 3), or the push found it gone under
+//! its pin and said so (`BLOB_UNKNOWN`, an upload asked for instead of a mount) rather than
+//! acknowledging it. Nothing in this depends on how long a step takes; `grace` only decides
+//! how long garbage stays. The same holds for blob links: one that a push makes or finds is
+//! touched under its pin, and a stale one is removed only if its touch time, read again
+//! under the exclusive gate, is still past `link_grace`. The one assumption is a wall clock
+//! that does not step back by more than `TICK` during a pass.
 
-use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::{Link, Result, Store, StoreError};
+use super::{Link, Result, Store, StoreError, blocking};
 use crate::digest::Digest;
 use crate::image;
-use crate::reference::Name;
+use crate::reference::{Name, Tag};
+
+/// Added to every age before anything is removed: a file system that keeps times coarsely
+/// (seconds) may store a touch as earlier than the clock read it.
+pub const TICK: Duration = Duration::from_secs(2);
+
+/// At most this many removals per hold of the exclusive gate, so pushes wait little.
+const BATCH: usize = 256;
+
+/// Manifests larger than this are not read as manifests (the registry's own limit).
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// What to keep, and how long.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// How long a blob nothing reaches stays after it was last touched (pushed, mounted,
+    /// linked, named by a pushed manifest).
+    pub grace: Duration,
+    /// How long a blob link no manifest of its repository names stays after it was last
+    /// touched: the time a client has between pushing a layer and pushing its manifest.
+    pub link_grace: Duration,
+    /// Unlink manifests no tag reaches once their link is this old (`None`: keep them all).
+    pub keep_untagged: Option<Duration>,
+    /// Keep only the most recently set tags of the repositories these rules name.
+    pub keep_tags: Vec<KeepTags>,
+    /// Count, but remove nothing.
+    pub dry_run: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            grace: Duration::from_secs(3600),
+            link_grace: Duration::from_secs(24 * 3600),
+            keep_untagged: None,
+            keep_tags: Vec::new(),
+            dry_run: false,
+        }
+    }
+}
+
+/// "In the repositories `pattern` matches, keep the `last` most recently set tags."
+#[derive(Debug, Clone)]
+pub struct KeepTags {
+    pub pattern: String,
+    matcher: globset::GlobMatcher,
+    pub last: usize,
+}
+
+impl KeepTags {
+    /// A rule; `*` in the pattern crosses `/` (as in the access rules).
+    pub fn new(pattern: &str, last: usize) -> std::result::Result<KeepTags, String> {
+        let glob = globset::GlobBuilder::new(pattern)
+            .literal_separator(false)
+            .build()
+            .map_err(|e| format!("repository pattern {pattern:?}: {e}"))?;
+        Ok(KeepTags {
+            pattern: pattern.to_owned(),
+            matcher: glob.compile_matcher(),
+            last,
+        })
+    }
+}
 
 /// What a collection found and did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct GcReport {
     /// Blobs in the store before the sweep.
     pub blobs: usize,
@@ -33,91 +117,310 @@ pub struct GcReport {
     /// Removed (or, on a dry run, that would be).
     pub reclaimed: usize,
     pub reclaimed_bytes: u64,
-    /// Unreachable, but younger than the grace period: kept.
+    /// Unreachable, but touched within the grace period (or since the pass began): kept.
     pub young: usize,
+    /// Unreachable, but held by a pack that has not linked it yet: kept.
+    pub held: usize,
     /// Files under `blobs/` not named by a digest: never touched.
     pub strays: usize,
-    /// Blob links no manifest of their repository names, older than the grace period.
+    /// Blob links no manifest of their repository names, older than the link grace.
     pub stale_links: usize,
+    /// Tags removed by a `KeepTags` rule.
+    pub tags_removed: usize,
+    /// Manifests unlinked by `keep_untagged` (referrers included).
+    pub untagged_removed: usize,
+    /// Wall time of the pass.
+    pub seconds: f64,
+    /// Nothing was removed: the counts say what would have been.
+    pub dry_run: bool,
 }
 
-/// Manifests larger than this are not read as manifests (the registry's own limit).
-const MAX_MANIFEST: u64 = 4 << 20;
+impl GcReport {
+    /// One line for a log or a terminal.
+    pub fn summary(&self) -> String {
+        let verb = if self.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        let mut s = format!(
+            "{} blobs, {} live; {verb} {} ({:.1} MiB), {} blob links no manifest names",
+            self.blobs,
+            self.live,
+            self.reclaimed,
+            self.reclaimed_bytes as f64 / (1024.0 * 1024.0),
+            self.stale_links,
+        );
+        if self.tags_removed > 0 || self.untagged_removed > 0 {
+            s += &format!(
+                ", {} tags and {} untagged manifests",
+                self.tags_removed, self.untagged_removed
+            );
+        }
+        s += &format!(
+            "; kept {} unreachable but recently touched, {} held by packs; {:.2} s",
+            self.young, self.held, self.seconds
+        );
+        if self.strays > 0 {
+            s += &format!(
+                "; {} files under blobs/ are not named by a digest (left alone)",
+                self.strays
+            );
+        }
+        s
+    }
+}
 
-/// Marks from the store's records and `roots`, then removes what is unreachable and older
-/// than `grace` (nothing, with `dry_run`).
-pub async fn collect(
-    store: &Store,
-    roots: &[Digest],
-    grace: Duration,
-    dry_run: bool,
-) -> Result<GcReport> {
-    let started = SystemTime::now();
-    let (live, stale) = mark(store, roots, started, grace).await?;
+/// Runs one pass: retention, mark, sweep (see the module doc).
+pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result<GcReport> {
+    let started = Instant::now();
     let mut report = GcReport {
-        stale_links: stale.len(),
+        dry_run: policy.dry_run,
         ..GcReport::default()
     };
-    if !dry_run {
-        for (name, digest) in &stale {
-            store.unlink(name, Link::Blob, digest).await?;
-        }
+    if policy.keep_untagged.is_some() || !policy.keep_tags.is_empty() {
+        retain(store, roots, policy, &mut report).await?;
     }
+    // No pinned step is half done now (see the module doc, step 1).
+    let t0 = store.exclusive().await?.at;
+    let (live, stale) = mark(store, roots, t0, policy.link_grace).await?;
+    let link_cutoff = cutoff(t0, policy.link_grace);
+    let stale: Vec<_> = stale
+        .into_iter()
+        .map(|(name, d)| Removal::Link(name, Link::Blob, d, link_cutoff))
+        .collect();
+    report.stale_links = apply(store, stale, policy.dry_run).await?;
+
+    let blob_cutoff = cutoff(t0, policy.grace);
+    let mut doomed = Vec::new();
     for entry in store.blobs().await? {
-        let digest = match entry {
-            Ok(d) => d,
-            Err(_) => {
-                report.strays += 1;
-                continue;
-            }
+        let Ok(digest) = entry else {
+            report.strays += 1;
+            continue;
         };
         report.blobs += 1;
         if live.contains(&digest) {
             report.live += 1;
-            continue;
-        }
-        let path = store.blob_path(&digest);
-        let meta = match tokio::fs::metadata(&path).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(StoreError::Io {
-                    action: "stat",
-                    path,
-                    source,
-                });
-            }
-        };
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| started.duration_since(m).ok())
-            .unwrap_or_default();
-        if age < grace {
-            report.young += 1;
-            continue;
-        }
-        if dry_run {
-            report.reclaimed += 1;
-            report.reclaimed_bytes += meta.len();
-        } else if let Some(len) = store.remove_blob(&digest).await? {
-            report.reclaimed += 1;
-            report.reclaimed_bytes += len;
+        } else {
+            doomed.push(digest);
         }
     }
+    for chunk in doomed.chunks(BATCH) {
+        let chunk = chunk.to_vec();
+        let s = store.clone();
+        let dry_run = policy.dry_run;
+        // Under the exclusive gate, with the holds read under it too (step 3).
+        let gate = store.exclusive().await?;
+        let held = store.held().await?;
+        let swept = blocking(move || {
+            let mut out = Vec::new();
+            for digest in chunk {
+                if held.contains(&digest) {
+                    out.push(Swept::Held);
+                    continue;
+                }
+                out.push(
+                    match s.remove_blob_untouched(&digest, blob_cutoff, dry_run)? {
+                        Some(len) => Swept::Removed(len),
+                        None => Swept::Young,
+                    },
+                );
+            }
+            Ok(out)
+        })
+        .await?;
+        drop(gate);
+        for s in swept {
+            match s {
+                Swept::Removed(len) => {
+                    report.reclaimed += 1;
+                    report.reclaimed_bytes += len;
+                }
+                Swept::Young => report.young += 1,
+                Swept::Held => report.held += 1,
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
+enum Swept {
+    Removed(u64),
+    Young,
+    Held,
+}
+
+/// `t0` less `age` and a tick: what was touched at or before it may go.
+fn cutoff(t0: SystemTime, age: Duration) -> SystemTime {
+    t0.checked_sub(age + TICK).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// A removal decided on what the store looked like, made only if it still holds under the
+/// exclusive gate.
+enum Removal {
+    /// A link, if last touched at or before the time.
+    Link(Name, Link, Digest, SystemTime),
+    /// A tag, if it still points where it did and was not set again since.
+    Tag(Name, Tag, Digest, SystemTime),
+    /// A manifest's link, if last touched at or before the time, and then its referrer
+    /// records under these subjects.
+    Manifest(Name, Digest, SystemTime, Vec<Digest>),
+}
+
+/// Makes `removals` in batches under the exclusive gate; how many were made (or, on a dry
+/// run, would be).
+async fn apply(store: &Store, removals: Vec<Removal>, dry_run: bool) -> Result<usize> {
+    if dry_run {
+        return Ok(removals.len());
+    }
+    let mut made = 0;
+    let mut removals = removals.into_iter().peekable();
+    while removals.peek().is_some() {
+        let batch: Vec<Removal> = removals.by_ref().take(BATCH).collect();
+        let _gate = store.exclusive().await?;
+        let s = store.clone();
+        made += blocking(move || {
+            let mut made = 0;
+            for r in batch {
+                let done = match r {
+                    Removal::Link(name, kind, digest, cutoff) => {
+                        s.unlink_untouched(&name, kind, &digest, cutoff)?
+                    }
+                    Removal::Tag(name, tag, digest, set) => {
+                        s.delete_tag_if(&name, &tag, &digest, set)?
+                    }
+                    Removal::Manifest(name, digest, cutoff, subjects) => {
+                        let gone = s.unlink_untouched(&name, Link::Manifest, &digest, cutoff)?;
+                        if gone {
+                            for subject in subjects {
+                                s.remove_referrer_sync(&name, &subject, &digest)?;
+                            }
+                        }
+                        gone
+                    }
+                };
+                made += usize::from(done);
+            }
+            Ok(made)
+        })
+        .await?;
+    }
+    Ok(made)
+}
+
+/// Retention: decides from a snapshot, removes under the gate (see `apply`).
+async fn retain(
+    store: &Store,
+    protected: &[Digest],
+    policy: &Policy,
+    report: &mut GcReport,
+) -> Result<()> {
+    let now = SystemTime::now();
+    let protected: BTreeSet<&Digest> = protected.iter().collect();
+    let mut tag_removals = Vec::new();
+    let mut link_removals = Vec::new();
+    for name in store.repositories().await? {
+        let mut tags = Vec::new();
+        for tag in store.tags(&name).await? {
+            if let Some((digest, set)) = store.tag_set(&name, &tag).await? {
+                tags.push((tag, digest, set));
+            }
+        }
+        if let Some(rule) = policy
+            .keep_tags
+            .iter()
+            .find(|r| r.matcher.is_match(name.as_str()))
+        {
+            // Newest first; the name breaks ties, so the choice does not depend on listing.
+            tags.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+            for (tag, digest, set) in tags.split_off(rule.last.min(tags.len())) {
+                tag_removals.push(Removal::Tag(name.clone(), tag, digest, set));
+            }
+        }
+        let Some(keep_untagged) = policy.keep_untagged else {
+            continue;
+        };
+        // What the remaining tags reach, and the referrers of that, stays.
+        let tagged: Vec<Digest> = tags.iter().map(|(_, d, _)| d.clone()).collect();
+        let referrers = store.referrer_records(&name).await?;
+        let kept = reach_with_referrers(store, tagged, &referrers).await?;
+        let cutoff = cutoff(now, keep_untagged);
+        let mut gone = BTreeSet::new();
+        for manifest in store.links(&name, Link::Manifest).await? {
+            if kept.contains(&manifest) || protected.contains(&manifest) {
+                continue;
+            }
+            let touched = store.link_touched(&name, Link::Manifest, &manifest).await?;
+            if touched.is_some_and(|t| t <= cutoff) {
+                gone.insert(manifest);
+            }
+        }
+        // Their referrers go with them, however young (nothing else reaches them).
+        let mut pending: Vec<Digest> = gone.iter().cloned().collect();
+        while let Some(subject) = pending.pop() {
+            for (s, referrer) in &referrers {
+                if s == &subject && !kept.contains(referrer) && gone.insert(referrer.clone()) {
+                    pending.push(referrer.clone());
+                }
+            }
+        }
+        for manifest in gone {
+            let subjects = referrers
+                .iter()
+                .filter(|(_, r)| r == &manifest)
+                .map(|(s, _)| s.clone())
+                .collect();
+            // Re-checked against the time the decision was made: a push since touched it.
+            link_removals.push(Removal::Manifest(name.clone(), manifest, now, subjects));
+        }
+    }
+    report.tags_removed = apply(store, tag_removals, policy.dry_run).await?;
+    report.untagged_removed = apply(store, link_removals, policy.dry_run).await?;
+    Ok(())
+}
+
+/// `manifests`, what they reach, and the referrers (by `records`: subject, referrer) of all
+/// of that, transitively.
+async fn reach_with_referrers(
+    store: &Store,
+    manifests: Vec<Digest>,
+    records: &[(Digest, Digest)],
+) -> Result<BTreeSet<Digest>> {
+    let mut by_subject: BTreeMap<&Digest, Vec<&Digest>> = BTreeMap::new();
+    for (subject, referrer) in records {
+        by_subject.entry(subject).or_default().push(referrer);
+    }
+    let mut live = BTreeSet::new();
+    let mut pending = manifests;
+    loop {
+        let named = reach(store, std::mem::take(&mut pending), &mut live).await?;
+        for d in &named {
+            for r in by_subject.get(d).into_iter().flatten() {
+                if !live.contains(*r) {
+                    pending.push((*r).clone());
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Ok(live);
+        }
+    }
+}
+
 /// Every digest reachable from the tags, links and referrer records, and from `roots`;
-/// and the blob links to remove (see the module doc).
+/// and the blob links that no manifest of their repository names and that were last
+/// touched at or before `now - grace` (stale: see the module doc).
 pub async fn mark(
     store: &Store,
     roots: &[Digest],
     now: SystemTime,
     grace: Duration,
 ) -> Result<(BTreeSet<Digest>, Vec<(Name, Digest)>)> {
-    let mut live: BTreeSet<Digest> = roots.iter().cloned().collect();
+    let mut live: BTreeSet<Digest> = BTreeSet::new();
+    reach(store, roots.to_vec(), &mut live).await?;
     let mut stale = Vec::new();
+    let cutoff = cutoff(now, grace);
     for name in store.repositories().await? {
         let mut manifests = store.links(&name, Link::Manifest).await?;
         for tag in store.tags(&name).await? {
@@ -126,19 +429,17 @@ pub async fn mark(
         for (_, referrer) in store.referrer_records(&name).await? {
             manifests.push(referrer);
         }
-        let named = reach(store, manifests, &mut live).await?;
+        let named = reach(store, manifests, &mut BTreeSet::new()).await?;
+        live.extend(named.iter().cloned());
         for blob in store.links(&name, Link::Blob).await? {
             if named.contains(&blob) {
                 continue;
             }
-            let made = store.link_made(&name, Link::Blob, &blob).await?;
-            let age = made
-                .and_then(|m| now.duration_since(m).ok())
-                .unwrap_or_default();
-            if age < grace {
-                live.insert(blob);
-            } else {
+            let touched = store.link_touched(&name, Link::Blob, &blob).await?;
+            if touched.is_some_and(|t| t <= cutoff) {
                 stale.push((name.clone(), blob));
+            } else {
+                live.insert(blob);
             }
         }
     }
@@ -146,7 +447,7 @@ pub async fn mark(
 }
 
 /// Marks `manifests` and everything they name, children first to last, into `live`; the
-/// blobs and manifests named.
+/// digests reached (these manifests, their blobs and children).
 async fn reach(
     store: &Store,
     mut manifests: Vec<Digest>,
@@ -160,7 +461,8 @@ async fn reach(
         }
         let bytes = match store.read_small_blob(&manifest, MAX_MANIFEST).await {
             Ok(Some(bytes)) => bytes,
-            // Not a manifest (too large), or gone: `verify` reports a dangling record.
+            // Not a manifest (a layer given as a root, or too large), or gone: `verify`
+            // reports a dangling record.
             Ok(None) | Err(StoreError::BlobUnknown(_)) => continue,
             Err(e) => return Err(e),
         };

@@ -14,8 +14,10 @@
 //!                                            files packed into (JSON, see `cache`)
 //! <root>/types/<d>                           the media type a manifest without a `mediaType`
 //!                                            was pushed as (`application/vnd.docker...`)
-//! <root>/lock                               flock'd shared by every `serve` and `pack` while
-//!                                            they have the store open, exclusively by `gc`
+//! <root>/gc.lock                             the gate between writers and the collector's
+//!                                            sweep (`gate`): flock'd, never written
+//! <root>/holds/<d>.<random>                  a pack's claim on blob <d> until it is linked;
+//!                                            flock'd by the pack while it lives
 //! <root>/cache/files/<hex>                   a file made from bytes in memory so that it can
 //!                                            be packed (the self-image's license notices),
 //!                                            named by its sha256, mode 0644, mtime 0
@@ -50,9 +52,11 @@
 //! | `blobs.rs` | blobs: writing (`BlobWriter`), reading, verifying, listing; layer-cache records |
 //! | `repositories.rs` | tags, links, referrer records, and which repositories exist |
 //! | `verify.rs` | the graph check: tags, links, manifests and referrers against each other |
-//! | `gc.rs` | garbage collection of a store nothing else has open: mark and sweep |
+//! | `gate.rs` | the gate between the collector and writers: pins, touches, holds |
+//! | `gc.rs` | garbage collection, online: retention, mark, sweep, and why no push loses a blob |
 
 mod blobs;
+mod gate;
 pub mod gc;
 mod repositories;
 pub mod verify;
@@ -66,6 +70,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use crate::digest::{Algorithm, Digest, DigestError};
 use crate::reference::{Name, Tag};
 pub use blobs::BlobWriter;
+pub use gate::{Hold, Pin};
 pub use repositories::Link;
 
 /// Write buffer in front of a temp file: few large writes instead of many small ones.
@@ -92,8 +97,6 @@ pub enum StoreError {
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("{} is not a quinistry store (it has no blobs/ folder); give the --store that `serve` or `pack` used", .0.display())]
     NotAStore(PathBuf),
-    #[error("the store is in use by a quinistry serve or pack ({} is locked): stop it first", .0.display())]
-    InUse(PathBuf),
     #[error("tag file {} is corrupt: {source}", path.display())]
     CorruptTag { path: PathBuf, source: DigestError },
 }
@@ -116,7 +119,7 @@ fn ctx<T>(r: io::Result<T>, action: &'static str, path: &Path) -> Result<T> {
     })
 }
 
-/// The store's lock file (`<root>/lock`), created if needed.
+/// A lock file (the collector's gate, `<root>/gc.lock`), created if needed.
 fn open_lock_file(path: &Path) -> Result<stdfs::File> {
     ctx(
         stdfs::OpenOptions::new()
@@ -149,9 +152,8 @@ pub struct Store {
     root: PathBuf,
     /// How many blobs and bytes the store holds, without a walk per question.
     totals: Arc<Totals>,
-    /// A shared lock on `<root>/lock` while any handle of this opening lives: `quinistry gc`
-    /// takes it exclusively, so it never sweeps a store a server or a pack is writing.
-    _in_use: Option<Arc<stdfs::File>>,
+    /// The in-process half of the gate between writers and the sweep (`gate`).
+    turn: gate::Turn,
 }
 
 /// Blobs and bytes in the store: a walk counts them once (`Store::count`), then this process's
@@ -171,12 +173,8 @@ impl Store {
         Store {
             root,
             totals: Arc::default(),
-            _in_use: None,
+            turn: gate::Turn::default(),
         }
-    }
-
-    fn lock_path(&self) -> PathBuf {
-        self.root.join("lock")
     }
 
     /// Records a blob this process committed under a new name.
@@ -267,7 +265,7 @@ impl Store {
     pub async fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let store = Store::at(root.into());
         let s = store.clone();
-        let lock = blocking(move || {
+        blocking(move || {
             let blob_dirs = Algorithm::ALL.map(|a| s.blob_dir(a));
             let others = [
                 s.root.clone(),
@@ -280,38 +278,10 @@ impl Store {
             }
             s.remove_stale_temp_files()?;
             // Prove we can write here now, rather than failing after packing gigabytes.
-            s.check_writable()?;
-            // Waits while `quinistry gc` runs (it holds the lock exclusively).
-            let path = s.lock_path();
-            let lock = open_lock_file(&path)?;
-            ctx(lock.lock_shared(), "lock", &path)?;
-            Ok(lock)
+            s.check_writable()
         })
         .await?;
-        Ok(Store {
-            _in_use: Some(Arc::new(lock)),
-            ..store
-        })
-    }
-
-    /// Opens an existing store for `quinistry gc`: alone, or not at all. Fails at once if a
-    /// server or a pack has it open.
-    pub async fn open_alone(root: impl Into<PathBuf>) -> Result<Store> {
-        let store = Store::open_existing(root).await?;
-        let path = store.lock_path();
-        let lock = blocking(move || {
-            let lock = open_lock_file(&path)?;
-            match lock.try_lock() {
-                Ok(()) => Ok(lock),
-                Err(stdfs::TryLockError::WouldBlock) => Err(StoreError::InUse(path)),
-                Err(stdfs::TryLockError::Error(e)) => ctx(Err(e), "lock", &path),
-            }
-        })
-        .await?;
-        Ok(Store {
-            _in_use: Some(Arc::new(lock)),
-            ..store
-        })
+        Ok(store)
     }
 
     /// Opens the store at `root` for reading only: nothing is created, cleaned or written.
@@ -523,16 +493,19 @@ fn exists(path: &Path) -> Result<bool> {
     }
 }
 
-/// Creates an empty marker file and makes it durable; an existing one is left alone (no
+/// Creates an empty marker file and makes it durable; an existing one is touched (no
 /// fsync: it was made durable when created).
 fn create_durably(path: &Path) -> Result<()> {
-    if exists(path)? {
+    // Touched: made again means needed again (the age the collector reads).
+    if gate::touch(path)? {
         return Ok(());
     }
     let dir = path.parent().unwrap_or(path);
     create_dirs_durably(dir)?;
     // Links are empty: truncating one that appeared meanwhile changes nothing.
     ctx(stdfs::File::create(path), "create link", path)?;
+    // Its creation time came from the kernel's coarse clock; the collector compares fine.
+    gate::touch(path)?;
     sync_dir(dir)
 }
 

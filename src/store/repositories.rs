@@ -4,9 +4,11 @@
 use std::fs as stdfs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
+use super::gate::touched;
 use super::{
-    Result, Store, StoreError, blocking, create_dirs_durably, create_durably, ctx, exists,
+    Pin, Result, Store, StoreError, blocking, create_dirs_durably, create_durably, ctx, exists,
     file_name, list_names, parse_file_name, remove_durably, sync_dir,
 };
 use crate::digest::Digest;
@@ -14,7 +16,10 @@ use crate::reference::{Name, Tag};
 
 impl Store {
     /// Points `name:tag` at `digest`, atomically and durably.
-    pub async fn set_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<()> {
+    /// Under a pin, so that retention's check of a tag's age and its removal of the tag
+    /// cannot straddle a push that moves it.
+    pub async fn set_tag(&self, pin: &Pin, name: &Name, tag: &Tag, digest: &Digest) -> Result<()> {
+        let _ = pin;
         let s = self.clone();
         let dir = self.tags_dir(name);
         let dest = self.tag_path(name, tag);
@@ -115,11 +120,22 @@ impl Store {
             .join(file_name(subject))
     }
 
-    /// Makes `digest` part of repository `name`, durably. The blob must already be stored
-    /// (callers link after committing, so a link never names missing bytes).
-    pub async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<()> {
+    /// Makes `digest` part of repository `name`, durably; `BlobUnknown` if the store does not
+    /// have its bytes, so a link never names missing bytes. The blob and the link are
+    /// touched, under the caller's pin: the sweep cannot remove either until a pass that
+    /// sees the link (see `gate`).
+    pub async fn link(&self, pin: &Pin, name: &Name, kind: Link, digest: &Digest) -> Result<()> {
+        let _ = pin;
         let path = self.link_path(name, kind, digest);
-        blocking(move || create_durably(&path)).await
+        let blob = self.blob_path(digest);
+        let d = digest.clone();
+        blocking(move || {
+            if !super::gate::touch(&blob)? {
+                return Err(StoreError::BlobUnknown(d));
+            }
+            create_durably(&path)
+        })
+        .await
     }
 
     /// Removes `digest` from repository `name`; `false` if it was not there. The bytes stay in
@@ -133,20 +149,90 @@ impl Store {
         .await
     }
 
-    /// When the link of `digest` in `name` was made; `None` if there is none.
-    pub(crate) async fn link_made(
+    /// When the link of `digest` in `name` was last touched (made, or made again by a push);
+    /// `None` if there is none.
+    pub(crate) async fn link_touched(
         &self,
         name: &Name,
         kind: Link,
         digest: &Digest,
-    ) -> Result<Option<std::time::SystemTime>> {
+    ) -> Result<Option<SystemTime>> {
         let path = self.link_path(name, kind, digest);
         blocking(move || match stdfs::metadata(&path) {
-            Ok(m) => ctx(m.modified(), "stat", &path).map(Some),
+            Ok(m) => Ok(touched(&m)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => ctx(Err(e), "stat", &path),
         })
         .await
+    }
+
+    /// Removes the link if it was last touched at or before `cutoff`; whether it did. For
+    /// the collector, under the exclusive gate.
+    pub(crate) fn unlink_untouched(
+        &self,
+        name: &Name,
+        kind: Link,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<bool> {
+        let path = self.link_path(name, kind, digest);
+        match stdfs::metadata(&path) {
+            Ok(m) if touched(&m).is_some_and(|t| t <= cutoff) => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return ctx(Err(e), "stat", &path),
+        }
+        let dir = path.parent().unwrap_or(&path).to_owned();
+        remove_durably(&path, &dir)
+    }
+
+    /// Where `name:tag` points and when it was set; `None` if there is no such tag.
+    pub(crate) async fn tag_set(
+        &self,
+        name: &Name,
+        tag: &Tag,
+    ) -> Result<Option<(Digest, SystemTime)>> {
+        let path = self.tag_path(name, tag);
+        let Some(digest) = self.tag(name, tag).await? else {
+            return Ok(None);
+        };
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some((digest, ctx(m.modified(), "stat", &path)?))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => ctx(Err(e), "stat", &path),
+        }
+    }
+
+    /// Removes `name:tag` if it still points at `digest` and was set at `set` (not since);
+    /// whether it did. For retention, under the exclusive gate (tags are set under pins).
+    pub(crate) fn delete_tag_if(
+        &self,
+        name: &Name,
+        tag: &Tag,
+        digest: &Digest,
+        set: SystemTime,
+    ) -> Result<bool> {
+        let path = self.tag_path(name, tag);
+        let (text, meta) = match (stdfs::read_to_string(&path), stdfs::metadata(&path)) {
+            (Ok(t), Ok(m)) => (t, m),
+            (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            (Err(e), _) | (_, Err(e)) => return ctx(Err(e), "read tag", &path),
+        };
+        if text.trim_end() != digest.to_string() || ctx(meta.modified(), "stat", &path)? != set {
+            return Ok(false);
+        }
+        remove_durably(&path, &self.tags_dir(name))
+    }
+
+    /// `remove_referrer`, on the calling thread; whether there was one.
+    pub(crate) fn remove_referrer_sync(
+        &self,
+        name: &Name,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<bool> {
+        let dir = self.referrers_dir(name, subject);
+        remove_durably(&dir.join(file_name(referrer)), &dir)
     }
 
     /// Whether repository `name` holds `digest` (and the store has its bytes).
@@ -159,6 +245,7 @@ impl Store {
     /// Records that manifest `referrer` in `name` has `subject` (the referrers API's index).
     pub async fn add_referrer(
         &self,
+        _pin: &Pin,
         name: &Name,
         subject: &Digest,
         referrer: &Digest,
@@ -257,6 +344,14 @@ fn is_empty_dir(dir: &Path) -> Result<bool> {
 }
 
 #[cfg(test)]
+impl Store {
+    /// A link made as an older store or a crash could leave it: to nothing, if so.
+    pub(crate) fn link_raw(&self, name: &Name, kind: Link, digest: &Digest) {
+        create_durably(&self.link_path(name, kind, digest)).expect("link");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::testing::*;
@@ -264,13 +359,14 @@ mod tests {
     #[tokio::test]
     async fn tags_survive_reopen_and_overwrite_atomically() {
         let (_d, store) = fresh().await;
+        let pin = store.pin().await.expect("pin");
         let name: Name = "a/b".parse().expect("name");
         let (v1, v2): (Tag, Tag) = ("v1".parse().expect("tag"), "v2".parse().expect("tag"));
         let d1 = Digest::sha256_of(b"1");
         let d2 = Digest::sha256_of(b"2");
-        store.set_tag(&name, &v1, &d1).await.expect("tag");
-        store.set_tag(&name, &v2, &d1).await.expect("tag");
-        store.set_tag(&name, &v2, &d2).await.expect("retag");
+        store.set_tag(&pin, &name, &v1, &d1).await.expect("tag");
+        store.set_tag(&pin, &name, &v2, &d1).await.expect("tag");
+        store.set_tag(&pin, &name, &v2, &d2).await.expect("retag");
 
         let reopened = Store::open(store.root()).await.expect("reopen");
         assert_eq!(reopened.tag(&name, &v1).await.expect("get"), Some(d1));
@@ -284,12 +380,13 @@ mod tests {
     #[tokio::test]
     async fn repositories_are_listed_sorted_including_nested_names() {
         let (_d, store) = fresh().await;
+        let pin = store.pin().await.expect("pin");
         assert!(store.repositories().await.expect("list").is_empty());
         let latest: Tag = "latest".parse().expect("tag");
         for n in ["b", "a/b/c", "a", "a-b"] {
             let name: Name = n.parse().expect("name");
             store
-                .set_tag(&name, &latest, &Digest::sha256_of(b"m"))
+                .set_tag(&pin, &name, &latest, &Digest::sha256_of(b"m"))
                 .await
                 .expect("tag");
         }
@@ -327,11 +424,15 @@ mod tests {
     #[tokio::test]
     async fn links_scope_blobs_to_repositories_and_survive_reopen() {
         let (_d, store) = fresh().await;
+        let pin = store.pin().await.expect("pin");
         let (a, b): (Name, Name) = ("a/x".parse().expect("name"), "b".parse().expect("name"));
         let blob = store.put(b"bytes").await.expect("put");
         assert!(!store.has_repository(&a).await.expect("has"));
-        store.link(&a, Link::Blob, &blob).await.expect("link");
-        store.link(&a, Link::Blob, &blob).await.expect("link twice");
+        store.link(&pin, &a, Link::Blob, &blob).await.expect("link");
+        store
+            .link(&pin, &a, Link::Blob, &blob)
+            .await
+            .expect("link twice");
         assert!(store.has_repository(&a).await.expect("has"));
         assert!(
             store
@@ -353,7 +454,7 @@ mod tests {
         );
         // A link to bytes the store lacks does not count.
         let gone = Digest::sha256_of(b"gone");
-        store.link(&a, Link::Blob, &gone).await.expect("link");
+        store.link_raw(&a, Link::Blob, &gone);
         assert!(
             !store
                 .is_linked(&a, Link::Blob, &gone)
@@ -363,7 +464,7 @@ mod tests {
 
         let referrer = Digest::sha256_of(b"referrer");
         store
-            .add_referrer(&a, &blob, &referrer)
+            .add_referrer(&pin, &a, &blob, &referrer)
             .await
             .expect("referrer");
         let reopened = Store::open(store.root()).await.expect("reopen");
@@ -409,7 +510,7 @@ mod tests {
         );
 
         let v1: Tag = "v1".parse().expect("tag");
-        reopened.set_tag(&b, &v1, &blob).await.expect("tag");
+        reopened.set_tag(&pin, &b, &v1, &blob).await.expect("tag");
         assert!(reopened.delete_tag(&b, &v1).await.expect("delete"));
         assert!(!reopened.delete_tag(&b, &v1).await.expect("again"));
         assert_eq!(reopened.tag(&b, &v1).await.expect("get"), None);

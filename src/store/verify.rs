@@ -215,6 +215,7 @@ mod tests {
     #[tokio::test]
     async fn dangling_records_are_found_and_repaired_and_nothing_else_is_touched() {
         let (_d, store) = fresh().await;
+        let pin = store.pin().await.expect("pin");
         let name: Name = "r".parse().expect("name");
         let config = store.put(b"{}").await.expect("put");
         let layer = store.put(b"layer").await.expect("put");
@@ -233,10 +234,10 @@ mod tests {
             (Link::Blob, &layer),
             (Link::Manifest, &m),
         ] {
-            store.link(&name, kind, d).await.expect("link");
+            store.link(&pin, &name, kind, d).await.expect("link");
         }
         let v1: Tag = "v1".parse().expect("tag");
-        store.set_tag(&name, &v1, &m).await.expect("tag");
+        store.set_tag(&pin, &name, &v1, &m).await.expect("tag");
         let clean = check_graph(&store, false).await.expect("check");
         assert!(clean.problems.is_empty(), "{:?}", clean.problems);
         assert_eq!((clean.tags, clean.links, clean.manifests), (1, 3, 1));
@@ -245,10 +246,13 @@ mod tests {
         // a manifest whose layer is gone.
         let ghost = Digest::sha256_of(b"never stored");
         let gone: Tag = "gone".parse().expect("tag");
-        store.set_tag(&name, &gone, &ghost).await.expect("tag");
-        store.link(&name, Link::Blob, &ghost).await.expect("link");
         store
-            .add_referrer(&name, &m, &ghost)
+            .set_tag(&pin, &name, &gone, &ghost)
+            .await
+            .expect("tag");
+        store.link_raw(&name, Link::Blob, &ghost);
+        store
+            .add_referrer(&pin, &name, &m, &ghost)
             .await
             .expect("referrer");
         std::fs::remove_file(store.blob_path(&layer)).expect("remove");

@@ -179,3 +179,303 @@ fn gc_reclaims_deleted_images_and_keeps_shared_and_cached_layers_beside_a_runnin
         common::docker(&["pull", &image]);
     }
 }
+
+/// One client's view of a push: what it was told, and what went wrong after.
+#[derive(Default)]
+struct Tally {
+    /// Manifests pushed (201) whose every blob was acknowledged first.
+    acknowledged: usize,
+    /// Anything a client was told exists and then did not: each a line saying what.
+    lost: Vec<String>,
+    /// Mounts that were made (201) rather than answered with an upload (202).
+    mounted: usize,
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(bytes);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Puts `bytes` into `repo` as a blob: a mount from `from` if given and the registry makes
+/// it, else a monolithic upload. Whether the registry said it is there (201).
+fn put_blob(addr: &str, repo: &str, bytes: &[u8], from: Option<&str>, t: &mut Tally) -> bool {
+    let digest = sha256_digest(bytes);
+    if let Some(from) = from {
+        let path = format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}");
+        let r = common::raw_request(addr, "POST", &path, &["Content-Length: 0"]);
+        match r.status {
+            201 => {
+                t.mounted += 1;
+                return true;
+            }
+            // Not mounted: the session it opened is cancelled, and the blob uploaded.
+            202 => {
+                let at = r.header("location").unwrap_or_default().to_owned();
+                common::raw_request(addr, "DELETE", &at, &[]);
+            }
+            s => panic!("mount answered {s}: {r:?}"),
+        }
+    }
+    let path = format!("/v2/{repo}/blobs/uploads/?digest={digest}");
+    let len = format!("Content-Length: {}", bytes.len());
+    let r = common::raw_request_with_body(addr, "POST", &path, &[&len], bytes);
+    assert_eq!(r.status, 201, "upload to {repo}: {r:?}");
+    true
+}
+
+/// Pushes an image of `layers` and a config unique to `id` into `repo:tag`, then reads
+/// every part back through the repository. Its manifest digest, if it was acknowledged.
+fn push_and_check(
+    addr: &str,
+    repo: &str,
+    tag: &str,
+    layers: &[&[u8]],
+    from: Option<&str>,
+    id: &str,
+    t: &mut Tally,
+) -> Option<(String, Vec<String>)> {
+    let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"id\":\"{id}\"}}");
+    let mut blobs = Vec::new();
+    let mut described = Vec::new();
+    for layer in layers {
+        put_blob(addr, repo, layer, from, t);
+        blobs.push(sha256_digest(layer));
+        described.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": sha256_digest(layer),
+            "size": layer.len(),
+        }));
+    }
+    put_blob(addr, repo, config.as_bytes(), None, t);
+    blobs.push(sha256_digest(config.as_bytes()));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256_digest(config.as_bytes()),
+            "size": config.len(),
+        },
+        "layers": described,
+    }))
+    .expect("json");
+    let len = format!("Content-Length: {}", manifest.len());
+    let r = common::raw_request_with_body(
+        addr,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            &len,
+        ],
+        &manifest,
+    );
+    if r.status != 201 {
+        t.lost.push(format!(
+            "{repo}:{tag}: every blob was acknowledged, then the manifest got {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        ));
+        return None;
+    }
+    t.acknowledged += 1;
+    for (blob, expected) in blobs
+        .iter()
+        .zip(layers.iter().copied().chain([config.as_bytes()]))
+    {
+        let r = common::raw_request(addr, "GET", &format!("/v2/{repo}/blobs/{blob}"), &[]);
+        if r.status != 200 || r.body != expected {
+            t.lost.push(format!(
+                "{repo}:{tag}: blob {blob} answered {} after the push",
+                r.status
+            ));
+        }
+    }
+    Some((sha256_digest(&manifest), blobs))
+}
+
+/// Writes `n` small images straight into the store's folders (as a server would leave them)
+/// in repository `m/filler`: marking them makes each collector pass long, so that pushes
+/// land between its mark and its sweep.
+fn fill(store: &Path, n: usize) {
+    let blobs = store.join("blobs/sha256");
+    let repo = store.join("repositories/m/filler");
+    for d in [&blobs, &repo.join("_manifests"), &repo.join("_blobs")] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let put = |bytes: &[u8], kind: &str| {
+        let digest = sha256_digest(bytes);
+        let hex = &digest["sha256:".len()..];
+        std::fs::write(blobs.join(hex), bytes).expect("blob");
+        std::fs::write(repo.join(kind).join(hex), b"").expect("link");
+        digest
+    };
+    let layer = b"filler layer";
+    let layer_digest = put(layer, "_blobs");
+    for i in 0..n {
+        let config = format!("{{\"filler\":{i}}}");
+        let config_digest = put(config.as_bytes(), "_blobs");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+        });
+        put(&serde_json::to_vec(&manifest).expect("json"), "_manifests");
+    }
+}
+
+/// The must-show of issue 20: pushes (uploads of blobs the store already has,
+/// cross-repository mounts, manifests after their layers) race a collector that runs back
+/// to back with a zero grace period, and every acknowledged push stays whole.
+///
+/// Each push promotes a layer from a staging repository: it is pushed into `a/keep*`
+/// (mounted from the staging repository, or uploaded again), its manifest pushed, and then
+/// its staging link deleted. A pass that reads `a/keep*` before the new link and the
+/// staging repository after the deletion (the store's filler images lie between them in
+/// its walk, so most passes spend a quarter of a second there) finds the layer linked
+/// nowhere, though the push was acknowledged. Only the gate and the touches (see
+/// `store::gc`) keep it: without them this test loses most of its pushes.
+#[test]
+fn pushes_racing_a_back_to_back_collector_lose_nothing() {
+    const WORKERS: usize = 8;
+    const EACH: usize = 20;
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = dir.path().join("store");
+    fill(&store, 3000);
+    let start = dir.path().join("start");
+    std::fs::write(&start, common::noise(10_000, 9)).expect("input");
+    let server = Serving::start(
+        &store,
+        dir.path(),
+        &[
+            "--push",
+            "--no-prepack",
+            "--gc-interval",
+            "1ms",
+            "--grace",
+            "0s",
+            &start.to_string_lossy(),
+        ],
+    );
+    let addr = server.addr.clone();
+    // `noise` makes the same bytes of seeds 2n and 2n+1: seeds are even here.
+    let layer = |w: usize, j: usize| common::noise(8 << 10, 2 * (1000 * w + j) as u64);
+    // Staged, then left to age past the collector's tick, so that only a touch can save
+    // one from a pass that does not see it linked. Junk pushed and unlinked at once gives
+    // the collector something to take.
+    let mut t = Tally::default();
+    for w in 0..WORKERS {
+        for j in 0..EACH {
+            put_blob(&addr, "race/staging", &layer(w, j), None, &mut t);
+            // Read once: under `relatime` later reads leave its access time alone, so
+            // that it does not pass for a touch.
+            let path = format!("/v2/race/staging/blobs/{}", sha256_digest(&layer(w, j)));
+            assert_eq!(common::raw_request(&addr, "GET", &path, &[]).status, 200);
+            let junk = common::noise(1 << 10, 2 * (50_000 + 1000 * w + j) as u64);
+            put_blob(&addr, "race/junk", &junk, None, &mut t);
+            let path = format!("/v2/race/junk/blobs/{}", sha256_digest(&junk));
+            assert_eq!(common::raw_request(&addr, "DELETE", &path, &[]).status, 202);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut t = Tally::default();
+                let mut kept = Vec::new();
+                let repo = format!("a/keep{w}");
+                for j in 0..EACH {
+                    let bytes = layer(w, j);
+                    let from = (j % 2 == 1).then_some("race/staging");
+                    let tag = format!("v{j}");
+                    let id = format!("{w}-{j}");
+                    if let Some((manifest, blobs)) =
+                        push_and_check(&addr, &repo, &tag, &[&bytes], from, &id, &mut t)
+                    {
+                        kept.push((repo.clone(), tag, manifest, blobs));
+                    }
+                    let path = format!("/v2/race/staging/blobs/{}", sha256_digest(&bytes));
+                    let status = common::raw_request(&addr, "DELETE", &path, &[]).status;
+                    if status != 202 {
+                        t.lost
+                            .push(format!("DELETE {path}: {status}, so the blob was gone"));
+                    }
+                }
+                (t, kept)
+            })
+        })
+        .collect();
+    let mut kept = Vec::new();
+    for w in workers {
+        let (wt, k) = w.join().expect("worker");
+        t.acknowledged += wt.acknowledged;
+        t.mounted += wt.mounted;
+        t.lost.extend(wt.lost);
+        kept.extend(k);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // Passes that began during the last promotions have swept by now.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for (repo, tag, manifest, blobs) in &kept {
+        let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+        let r = common::raw_request(
+            &addr,
+            "GET",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[accept],
+        );
+        if r.status != 200 || sha256_digest(&r.body) != *manifest {
+            t.lost
+                .push(format!("{repo}:{tag}: the manifest answered {}", r.status));
+        }
+        for blob in blobs {
+            let r = common::raw_request(&addr, "GET", &format!("/v2/{repo}/blobs/{blob}"), &[]);
+            if r.status != 200 || sha256_digest(&r.body) != *blob {
+                t.lost
+                    .push(format!("{repo}:{tag}: blob {blob} answered {}", r.status));
+            }
+        }
+    }
+    // The collector really ran, and really removed things, meanwhile.
+    let log = server.log_text();
+    let passes: Vec<&str> = log.lines().filter(|l| l.contains("gc: ")).collect();
+    let removed: usize = passes
+        .iter()
+        .filter_map(|l| l.split("; removed ").nth(1))
+        .filter_map(|r| r.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    eprintln!(
+        "{} pushes acknowledged ({} by mount) in {seconds:.1} s beside {} collector passes that removed {removed} blobs",
+        t.acknowledged,
+        t.mounted,
+        passes.len()
+    );
+    assert!(
+        t.lost.is_empty(),
+        "{} losses among {} pushes:\n{}",
+        t.lost.len(),
+        WORKERS * EACH,
+        t.lost.join("\n")
+    );
+    assert_eq!(t.acknowledged, WORKERS * EACH);
+    assert!(
+        t.mounted > 0,
+        "no mount was made: the race had no mounts in it"
+    );
+    assert!(
+        passes.len() >= 5,
+        "{} collector passes: {log}",
+        passes.len()
+    );
+    assert!(removed > 0, "the collector removed nothing: {log}");
+    drop(server);
+    // And the store's graph is whole: no tag, link or manifest names what is not there.
+    let out = run_ok(quinistry().args(["verify", "--store"]).arg(&store));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("0 inconsistencies"), "{text}");
+}

@@ -207,6 +207,38 @@ impl Store {
             .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))
     }
 
+    /// A manifest's bytes and recorded media type, read on the calling thread (for the
+    /// collector); `None` if it is larger than `max` or not in the store.
+    pub(crate) fn read_manifest_now(
+        &self,
+        digest: &Digest,
+        max: u64,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>> {
+        let path = self.blob_path(digest);
+        let mut file = match stdfs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return ctx(Err(e), "open blob", &path),
+        };
+        let len = ctx(file.metadata(), "stat blob", &path)?.len();
+        if len > max {
+            return Ok(None);
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        ctx(
+            io::Read::read_to_end(&mut file, &mut bytes),
+            "read blob",
+            &path,
+        )?;
+        let type_path = self.manifest_type_path(digest);
+        let recorded = match stdfs::read_to_string(&type_path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return ctx(Err(e), "read manifest type", &type_path),
+        };
+        Ok(Some((bytes, recorded)))
+    }
+
     /// Reads a blob into memory if it is at most `max` bytes; `None` if it is larger.
     pub async fn read_small_blob(&self, digest: &Digest, max: u64) -> Result<Option<Vec<u8>>> {
         let (mut file, len) = self.open_blob(digest).await?;

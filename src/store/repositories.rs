@@ -63,42 +63,45 @@ impl Store {
     /// `_manifests` holds something), sorted by name.
     /// Folders whose path is not a valid name are skipped: the store never creates them.
     pub async fn repositories(&self) -> Result<Vec<Name>> {
+        let s = self.clone();
+        blocking(move || s.repositories_now()).await
+    }
+
+    /// `repositories`, on the calling thread (for the collector's blocking pass).
+    pub(crate) fn repositories_now(&self) -> Result<Vec<Name>> {
         let root = self.repositories_dir();
-        blocking(move || {
-            let mut names = Vec::new();
-            let mut pending = vec![(root.clone(), String::new())];
-            while let Some((dir, prefix)) = pending.pop() {
-                for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
-                    let entry = ctx(entry, "list", &dir)?;
-                    // file_type does not follow symlinks: a link cannot lead the walk elsewhere.
-                    if !ctx(entry.file_type(), "stat", &entry.path())?.is_dir() {
-                        continue;
+        let mut names = Vec::new();
+        let mut pending = vec![(root.clone(), String::new())];
+        while let Some((dir, prefix)) = pending.pop() {
+            for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
+                let entry = ctx(entry, "list", &dir)?;
+                // file_type does not follow symlinks: a link cannot lead the walk elsewhere.
+                if !ctx(entry.file_type(), "stat", &entry.path())?.is_dir() {
+                    continue;
+                }
+                let Some(component) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if REPOSITORY_MARKERS.contains(&component.as_str()) {
+                    // A folder with several markers is listed once (dedup below).
+                    if let Ok(name) = prefix.parse::<Name>()
+                        && !is_empty_dir(&entry.path())?
+                    {
+                        names.push(name);
                     }
-                    let Some(component) = entry.file_name().to_str().map(str::to_owned) else {
-                        continue;
+                } else if !component.starts_with('_') {
+                    let path = if prefix.is_empty() {
+                        component
+                    } else {
+                        format!("{prefix}/{component}")
                     };
-                    if REPOSITORY_MARKERS.contains(&component.as_str()) {
-                        // A folder with several markers is listed once (dedup below).
-                        if let Ok(name) = prefix.parse::<Name>()
-                            && !is_empty_dir(&entry.path())?
-                        {
-                            names.push(name);
-                        }
-                    } else if !component.starts_with('_') {
-                        let path = if prefix.is_empty() {
-                            component
-                        } else {
-                            format!("{prefix}/{component}")
-                        };
-                        pending.push((entry.path(), path));
-                    }
+                    pending.push((entry.path(), path));
                 }
             }
-            names.sort();
-            names.dedup();
-            Ok(names)
-        })
-        .await
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     /// Removes `name:tag`; `false` if there was no such tag.
@@ -149,23 +152,6 @@ impl Store {
         .await
     }
 
-    /// When the link of `digest` in `name` was last touched (made, or made again by a push);
-    /// `None` if there is none.
-    pub(crate) async fn link_touched(
-        &self,
-        name: &Name,
-        kind: Link,
-        digest: &Digest,
-    ) -> Result<Option<SystemTime>> {
-        let path = self.link_path(name, kind, digest);
-        blocking(move || match stdfs::metadata(&path) {
-            Ok(m) => Ok(touched(&m)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => ctx(Err(e), "stat", &path),
-        })
-        .await
-    }
-
     /// Removes the link if it was last touched at or before `cutoff`; whether it did. For
     /// the collector, under the exclusive gate.
     pub(crate) fn unlink_untouched(
@@ -184,23 +170,6 @@ impl Store {
         }
         let dir = path.parent().unwrap_or(&path).to_owned();
         remove_durably(&path, &dir)
-    }
-
-    /// Where `name:tag` points and when it was set; `None` if there is no such tag.
-    pub(crate) async fn tag_set(
-        &self,
-        name: &Name,
-        tag: &Tag,
-    ) -> Result<Option<(Digest, SystemTime)>> {
-        let path = self.tag_path(name, tag);
-        let Some(digest) = self.tag(name, tag).await? else {
-            return Ok(None);
-        };
-        match tokio::fs::metadata(&path).await {
-            Ok(m) => Ok(Some((digest, ctx(m.modified(), "stat", &path)?))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => ctx(Err(e), "stat", &path),
-        }
     }
 
     /// Removes `name:tag` if it still points at `digest` and was set at `set` (not since);
@@ -292,11 +261,67 @@ impl Store {
         .await
     }
 
+    /// Everything repository `name` records, read at once on the calling thread, for the
+    /// collector: tags with where they point and when they were set (a corrupt tag is
+    /// skipped: it names nothing), links with when they were last touched, referrer records.
+    pub(crate) fn records(&self, name: &Name) -> Result<Records> {
+        let repo = self.repository_dir(name);
+        let touched_links = |kind: Link| -> Result<Vec<(Digest, Option<SystemTime>)>> {
+            let dir = repo.join(kind.dir());
+            let mut out = Vec::new();
+            for d in list_names(&dir, parse_file_name)? {
+                let path = dir.join(file_name(&d));
+                match stdfs::metadata(&path) {
+                    Ok(m) => out.push((d, touched(&m))),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return ctx(Err(e), "stat", &path),
+                }
+            }
+            Ok(out)
+        };
+        let mut tags = Vec::new();
+        let dir = self.tags_dir(name);
+        for tag in list_names(&dir, |s| s.parse::<Tag>().ok())? {
+            let path = dir.join(tag.as_str());
+            let (text, meta) = match (stdfs::read_to_string(&path), stdfs::metadata(&path)) {
+                (Ok(t), Ok(m)) => (t, m),
+                (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => continue,
+                (Err(e), _) | (_, Err(e)) => return ctx(Err(e), "read tag", &path),
+            };
+            if let (Ok(d), Ok(set)) = (text.trim_end().parse(), meta.modified()) {
+                tags.push((tag, d, set));
+            }
+        }
+        let referrers_dir = repo.join("_referrers");
+        let mut referrers = Vec::new();
+        for subject in list_names(&referrers_dir, parse_file_name)? {
+            for r in list_names(&referrers_dir.join(file_name(&subject)), parse_file_name)? {
+                referrers.push((subject.clone(), r));
+            }
+        }
+        Ok(Records {
+            tags,
+            manifests: touched_links(Link::Manifest)?,
+            blobs: touched_links(Link::Blob)?,
+            referrers,
+        })
+    }
+
     /// The tags of a repository, sorted; empty if the repository has none.
     pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>> {
         let dir = self.tags_dir(name);
         blocking(move || list_names(&dir, |s| s.parse().ok())).await
     }
+}
+
+/// A repository's records, as the collector reads them (see `Store::records`).
+pub(crate) struct Records {
+    pub tags: Vec<(Tag, Digest, SystemTime)>,
+    /// Linked manifests and blobs, each with when its link was last touched.
+    pub manifests: Vec<(Digest, Option<SystemTime>)>,
+    pub blobs: Vec<(Digest, Option<SystemTime>)>,
+    /// (subject, referrer).
+    pub referrers: Vec<(Digest, Digest)>,
 }
 
 /// What a repository link says a digest is there as. Manifests are kept apart from other

@@ -479,3 +479,266 @@ fn pushes_racing_a_back_to_back_collector_lose_nothing() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0 inconsistencies"), "{text}");
 }
+
+/// Tags of `repo` the registry lists.
+fn tags_of(addr: &str, repo: &str) -> Vec<String> {
+    let r = common::raw_request(addr, "GET", &format!("/v2/{repo}/tags/list"), &[]);
+    if r.status == 404 {
+        return Vec::new();
+    }
+    assert_eq!(r.status, 200, "{r:?}");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    let mut tags: Vec<String> = v["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    tags.sort();
+    tags
+}
+
+fn catalog(addr: &str) -> Vec<String> {
+    let r = common::raw_request(addr, "GET", "/v2/_catalog", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    v["repositories"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Retention: "keep the last N tags" rules, untagged manifests (with their referrers) past
+/// `--keep-untagged`, layer-cache records whose input changed; what retention leaves is
+/// collected, repositories left with nothing leave the catalog, and every tag that stays
+/// still pulls.
+#[test]
+fn retention_keeps_the_last_tags_drops_old_untagged_manifests_and_dead_cache_records() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = dir.path().join("store");
+    let (input, cached, start) = (
+        dir.path().join("input"),
+        dir.path().join("cached"),
+        dir.path().join("start"),
+    );
+    std::fs::write(&input, common::noise(100_000, 2)).expect("input");
+    std::fs::write(&cached, common::noise(100_000, 4)).expect("input");
+    std::fs::write(&start, common::noise(10_000, 6)).expect("input");
+    for f in [&input, &cached] {
+        let minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(f)
+            .and_then(|f| f.set_modified(minute_ago))
+            .expect("mtime");
+    }
+    // ci/app:1..5 (set in that order), ci/gone:1, keep/x:a and keep/x:b; keep/x:old is
+    // packed twice, so its first manifest is left untagged. All share one layer.
+    let mut manifests = std::collections::HashMap::new();
+    let tagged = [
+        "ci/app:1",
+        "ci/app:2",
+        "ci/app:3",
+        "ci/app:4",
+        "ci/app:5",
+        "ci/gone:1",
+        "keep/x:a",
+        "keep/x:b",
+        "keep/x:old",
+    ];
+    for (i, tag) in tagged.iter().enumerate() {
+        let who = format!("WHO={i}");
+        let r = pack(&store, tag, &input, &["--env", &who, "--closure", "elf"]);
+        manifests.insert(tag.to_string(), r);
+        // Tags set in distinct clock ticks, whatever the file system's resolution.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let old = manifests["keep/x:old"]["manifest"].clone();
+    let again = pack(
+        &store,
+        "keep/x:old",
+        &input,
+        &["--env", "WHO=again", "--closure", "elf"],
+    );
+    assert_ne!(again["manifest"], old);
+    // A layer-cache record, its image then deleted, and its input changed: nothing can use
+    // the record again, so it goes, and then the layer.
+    let dead = pack(&store, "cache/dead:1", &cached, &["--closure", "elf"]);
+
+    let server = Serving::start(
+        &store,
+        dir.path(),
+        &["--push", "--no-prepack", &start.to_string_lossy()],
+    );
+    let addr = server.addr.clone();
+    // A referrer of the untagged manifest: it goes with it.
+    let mut t = Tally::default();
+    put_blob(&addr, "keep/x", b"{}", None, &mut t);
+    let size = std::fs::metadata(common::blob(&store, &old))
+        .expect("stat")
+        .len();
+    let referrer = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.sbom",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256_digest(b"{}"), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256_digest(b"{}"), "size": 2}],
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": old, "size": size},
+    }))
+    .expect("json");
+    let referrer_digest = sha256_digest(&referrer);
+    let len = format!("Content-Length: {}", referrer.len());
+    let r = common::raw_request_with_body(
+        &addr,
+        "PUT",
+        &format!("/v2/keep/x/manifests/{referrer_digest}"),
+        &[
+            "Content-Type: application/vnd.oci.image.manifest.v1+json",
+            &len,
+        ],
+        &referrer,
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    for form in ["manifest", "docker"] {
+        let path = format!("/v2/cache/dead/manifests/{}", dead[form]);
+        assert_eq!(common::raw_request(&addr, "DELETE", &path, &[]).status, 202);
+    }
+    std::fs::write(&cached, common::noise(100_000, 8)).expect("change the input");
+    assert!(catalog(&addr).contains(&"ci/gone".to_owned()));
+
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let rules = [
+        "--keep-tags",
+        "ci/gone=0",
+        "--keep-tags",
+        "ci/*=2",
+        "--keep-untagged",
+        "0s",
+        "--grace",
+        "0",
+        "--link-grace",
+        "0",
+    ];
+    let (ok, out) = gc(&store, &[&rules[..], &["--dry-run"]].concat());
+    assert!(ok && out.contains("would remove"), "{out}");
+    assert_eq!(tags_of(&addr, "ci/app").len(), 5, "a dry run removed tags");
+    let (ok, out) = gc(&store, &rules);
+    assert!(ok, "{out}");
+    // 3 of ci/app's tags and ci/gone's one; untagged: both forms of each untagged image
+    // (ci/app:1-3, ci/gone:1, the first keep/x:old) and the referrer.
+    assert!(out.contains("4 tags and 11 untagged manifests"), "{out}");
+    assert!(out.contains("pruned 1 layer-cache records"), "{out}");
+    assert_eq!(tags_of(&addr, "ci/app"), ["4", "5"]);
+    assert_eq!(tags_of(&addr, "keep/x"), ["a", "b", "old"]);
+    let names = catalog(&addr);
+    assert!(!names.contains(&"ci/gone".to_owned()), "{names:?}");
+    assert!(!names.contains(&"cache/dead".to_owned()), "{names:?}");
+    assert!(names.contains(&"ci/app".to_owned()), "{names:?}");
+    for gone in [
+        &old,
+        &referrer_digest,
+        &dead["layer"],
+        &manifests["ci/app:1"]["manifest"],
+    ] {
+        assert!(!common::blob(&store, gone).exists(), "{gone} stayed");
+    }
+    let path = format!("/v2/keep/x/manifests/{old}");
+    assert_eq!(common::raw_request(&addr, "GET", &path, &[]).status, 404);
+    assert!(common::blob(&store, &manifests["ci/app:5"]["layer"]).exists());
+
+    // Every tag left pulls, with docker when there is one, and the store is whole.
+    let left = [
+        "ci/app:4",
+        "ci/app:5",
+        "keep/x:a",
+        "keep/x:b",
+        "keep/x:old",
+        "start:latest",
+    ];
+    if common::have_docker() {
+        let images: Vec<String> = left.iter().map(|t| format!("{addr}/{t}")).collect();
+        let refs: Vec<&str> = images.iter().map(String::as_str).collect();
+        let _cleanup = common::DockerCleanup::images(&refs);
+        for image in &images {
+            common::docker(&["pull", image]);
+        }
+    } else {
+        for tag in left {
+            let (repo, tag) = tag.split_once(':').expect("tag");
+            let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+            let r = common::raw_request(
+                &addr,
+                "GET",
+                &format!("/v2/{repo}/manifests/{tag}"),
+                &[accept],
+            );
+            assert_eq!(r.status, 200, "{repo}:{tag}");
+        }
+    }
+    drop(server);
+    let out = run_ok(quinistry().args(["verify", "--store"]).arg(&store));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("0 inconsistencies"), "{text}");
+}
+
+/// The online collector with retention takes what an on-demand image left behind when its
+/// input changed (its old manifest, then its old layer), and keeps what it serves now.
+#[test]
+fn the_online_collector_takes_superseded_on_demand_layers_and_keeps_the_served_ones() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = dir.path().join("store");
+    let input = dir.path().join("tool");
+    std::fs::write(&input, common::noise(50_000, 10)).expect("input");
+    let spec = format!("od/tool:1={}", input.display());
+    let server = Serving::start(
+        &store,
+        dir.path(),
+        &[
+            "--no-prepack",
+            "--image",
+            &spec,
+            "--gc-interval",
+            "100ms",
+            "--keep-untagged",
+            "0s",
+            "--grace",
+            "0s",
+            "--link-grace",
+            "0s",
+        ],
+    );
+    let addr = server.addr.clone();
+    let layer_of = || {
+        let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+        let r = common::raw_request(&addr, "GET", "/v2/od/tool/manifests/1", &[accept]);
+        assert_eq!(r.status, 200, "{r:?}");
+        let m: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        let layer = m["layers"][0]["digest"].as_str().expect("layer").to_owned();
+        let path = format!("/v2/od/tool/blobs/{layer}");
+        assert_eq!(common::raw_request(&addr, "GET", &path, &[]).status, 200);
+        layer
+    };
+    let first = layer_of();
+    std::fs::write(&input, common::noise(50_000, 12)).expect("change the input");
+    let second = layer_of();
+    assert_ne!(first, second);
+    // Past the tick every age is measured with, a few passes later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while common::blob(&store, &first).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the superseded layer stayed: {}",
+            server.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // As long again, for the served image to be as old as the superseded one was.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert!(
+        common::blob(&store, &second).exists(),
+        "the served layer went"
+    );
+    assert_eq!(layer_of(), second);
+}

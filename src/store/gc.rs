@@ -465,14 +465,19 @@ fn names_of(store: &Store, manifest: &Digest) -> Result<Option<Names>> {
     let Some((bytes, recorded)) = store.read_manifest_now(manifest, MAX_MANIFEST)? else {
         return Ok(None);
     };
-    Ok(image::parse_pushed_manifest(&bytes, recorded.as_deref())
-        .ok()
-        .map(|p| {
-            (
-                p.blobs.into_iter().map(|(d, _)| d).collect(),
-                p.children.into_iter().map(|(d, _)| d).collect(),
-            )
-        }))
+    let Ok(parsed) = image::parse_pushed_manifest(&bytes, recorded.as_deref()) else {
+        return Ok(None);
+    };
+    let mut children: Vec<Digest> = parsed.children.into_iter().map(|(d, _)| d).collect();
+    // A tag of an OCI manifest is served to Docker-only clients as its Docker twin (see
+    // `registry`): the twin lives as long as the manifest.
+    if let Some(twin) = image::docker_form(&bytes) {
+        children.push(Digest::sha256_of(&twin));
+    }
+    Ok(Some((
+        parsed.blobs.into_iter().map(|(d, _)| d).collect(),
+        children,
+    )))
 }
 
 /// `manifests` and everything they name, children first to last, with each manifest read

@@ -424,7 +424,7 @@ pub fn mark(
     roots: &[Digest],
     now: SystemTime,
     grace: Duration,
-) -> Result<(BTreeSet<Digest>, Vec<(Name, Digest)>)> {
+) -> Result<Marked> {
     let mut live: BTreeSet<Digest> = BTreeSet::new();
     reach(store, roots.to_vec(), &mut live)?;
     // Read once however many repositories link them: manifests are immutable.
@@ -455,6 +455,9 @@ pub fn mark(
     }
     Ok((live, stale))
 }
+
+/// What the mark found: the live digests, and the stale blob links (repository, blob).
+pub type Marked = (BTreeSet<Digest>, Vec<(Name, Digest)>);
 
 /// What a manifest names: its blobs and its children.
 type Names = (Vec<Digest>, Vec<Digest>);

@@ -24,6 +24,7 @@
 //! | [`registry`] | the HTTP API: router, one file per resource, OCI errors, TLS, access rules, health |
 //! | [`metrics`] | Prometheus metrics, off unless `serve --metrics-listen` |
 //! | [`licenses`] | the license notices of the linked crates, generated at build time |
+//! | [`thread`] | our own threads' priority (compression workers, the collector) |
 
 pub mod digest;
 pub mod image;
@@ -35,3 +36,4 @@ pub mod reference;
 pub mod registry;
 pub mod runtime;
 pub mod store;
+pub mod thread;

@@ -258,7 +258,7 @@ where
     std::thread::Builder::new()
         .name("quinistry-zstd".to_owned())
         .spawn(move || {
-            gzip::lower_priority();
+            crate::thread::lower_priority();
             let _ = done.send(runtime.block_on(work()));
         })?;
     result

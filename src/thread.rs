@@ -1,0 +1,20 @@
+//! Our own threads' scheduling: background work that must not take CPU from serving.
+
+/// Lowers this thread's CPU priority (nice 10: about a tenth of the CPU of a nice-0 thread
+/// that wants it). Deflating is the bulk of a pack's CPU time, and with a worker per core it
+/// would take turns on equal terms with everything else: the tar stage that feeds it, and a
+/// server's request handling. Niced, it takes what they leave. Only for threads of our own
+/// that end with the pack: an unprivileged thread cannot take the priority back.
+pub fn lower_priority() {
+    // On Linux, PRIO_PROCESS with a thread id applies to that thread only. Failing to lower
+    // it is harmless; the pack runs the same.
+    // SAFETY: system calls on this thread, no pointers.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if *libc::__errno_location() == 0 {
+            libc::setpriority(libc::PRIO_PROCESS, tid, now.saturating_add(10).min(19));
+        }
+    }
+}

@@ -184,7 +184,7 @@ pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result
     // No pinned step is half done now (see the module doc, step 1).
     let t0 = store.exclusive().await?.at;
     let (s, r, link_grace) = (store.clone(), roots.to_vec(), policy.link_grace);
-    let (live, stale) = blocking(move || mark(&s, &r, t0, link_grace)).await?;
+    let (live, stale) = niced(move || mark(&s, &r, t0, link_grace)).await?;
     let link_cutoff = cutoff(t0, policy.link_grace);
     let stale: Vec<_> = stale
         .into_iter()
@@ -244,6 +244,34 @@ pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Runs `f` on a thread of its own at a lower CPU priority: a mark is seconds of CPU on a
+/// large store, which a busy server's request threads should get first. Only what takes
+/// no lock: the removals under the exclusive gate run at full priority, so that writers
+/// never wait on a niced thread.
+async fn niced<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("quinistry-gc".into())
+        .spawn(move || {
+            crate::thread::lower_priority();
+            let _ = tx.send(f());
+        });
+    if let Err(e) = spawned {
+        return Err(super::StoreError::Io {
+            action: "start the collector's thread",
+            path: std::path::PathBuf::new(),
+            source: e,
+        });
+    }
+    rx.await.unwrap_or_else(|_| {
+        Err(super::StoreError::Io {
+            action: "finish the collector's mark",
+            path: std::path::PathBuf::new(),
+            source: std::io::Error::other("its thread panicked"),
+        })
+    })
 }
 
 enum Swept {
@@ -318,7 +346,7 @@ async fn retain(
     report: &mut GcReport,
 ) -> Result<()> {
     let (s, protected, p) = (store.clone(), protected.to_vec(), policy.clone());
-    let (tags, links) = blocking(move || decide_retention(&s, &protected, &p)).await?;
+    let (tags, links) = niced(move || decide_retention(&s, &protected, &p)).await?;
     report.tags_removed = apply(store, tags, policy.dry_run).await?;
     report.untagged_removed = apply(store, links, policy.dry_run).await?;
     Ok(())
@@ -419,12 +447,7 @@ fn reach_with_referrers(
 /// and the blob links that no manifest of their repository names and that were last
 /// touched at or before `now - grace` (stale: see the module doc). On the calling thread:
 /// thousands of small reads, which one blocking task does far faster than a task each.
-pub fn mark(
-    store: &Store,
-    roots: &[Digest],
-    now: SystemTime,
-    grace: Duration,
-) -> Result<Marked> {
+pub fn mark(store: &Store, roots: &[Digest], now: SystemTime, grace: Duration) -> Result<Marked> {
     let mut live: BTreeSet<Digest> = BTreeSet::new();
     reach(store, roots.to_vec(), &mut live)?;
     // Read once however many repositories link them: manifests are immutable.

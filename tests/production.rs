@@ -692,6 +692,16 @@ images_files = ["{d}/more.toml"]
 [[image]]
 name = "od/tool:1"
 inputs = ["{input}"]
+
+[gc]
+interval = "2h"
+grace = "30m"
+link_grace = "12h"
+keep_untagged = "7d"
+
+[[gc.keep_tags]]
+repositories = "ci/*"
+last = 3
 "#,
         cert = cert.display(),
         key = key.display(),
@@ -721,6 +731,11 @@ inputs = ["{input}"]
         "{out}"
     );
     assert!(line(&out, "metrics").contains("127.0.0.1:0"), "{out}");
+    assert_eq!(
+        line(&out, "gc"),
+        "gc         every 2h; blobs kept 30m after last use, layers without a manifest 12h, untagged manifests 7days; ci/*: last 3 tags",
+        "{out}"
+    );
 
     // The environment overrides the file.
     let env = [

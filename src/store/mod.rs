@@ -46,6 +46,11 @@
 //!   process: a second process writing the same repository's tags (`quinistry pack --tag`)
 //!   is not serialized with it.
 //!
+//! **Garbage collection runs beside all of this** (`gc`): every step that finds or makes a
+//! blob and then links it holds a [`Pin`] and touches what it relies on; the sweep removes
+//! only under the gate taken exclusively, what was last touched before its pass began. Why
+//! that makes a lost acknowledged push impossible rather than unlikely is in `gc.rs`.
+//!
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | every path above, opening a store, temp files, the durable file operations |

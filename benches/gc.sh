@@ -22,25 +22,16 @@ cd "$(dirname "$0")/.."
 repos=${1:-1000}
 secs=${2:-10}
 
-need=()
-for tool in wrk:wrk python3:python3 /usr/bin/time:time curl:curl; do
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "gc.sh needs: ${need[*]}" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=benches/serve-lib.sh
+. benches/serve-lib.sh
+need wrk:wrk python3:python3 /usr/bin/time:time curl:curl
 
 cargo build --release -q
 bin=$PWD/target/release/quinistry
 work=$(mktemp -d /tmp/quinistry-gc.XXXXXX)
-pids=()
+pid=
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -105,46 +96,30 @@ cp -a "$store" "$work/again"
 echo "2. gc --grace 0 --link-grace 0:   $(timed "$bin" gc --store "$work/again" --grace 0 --link-grace 0)"
 rm -rf "$work/again"
 
-if [ "$(nproc)" -ge 2 ]; then
-  on_server=(taskset -c 1)
-  on_client=(taskset -c 0)
-else
-  on_server=()
-  on_client=()
-fi
-start_server() {
-  "${on_server[@]}" "$bin" serve --store "$store" --listen 127.0.0.1:0 --no-prepack \
-    --no-cache "$@" "$work/input" >"$work/serve.log" 2>&1 &
-  pids+=($!)
-  server=$!
-  for _ in $(seq 200); do
-    addr=$(sed -n 's/^listening http:\/\///p' "$work/serve.log")
-    [ -n "$addr" ] && return
-    sleep 0.1
-  done
-  cat "$work/serve.log"
-  exit 1
-}
-stop_server() {
-  kill "$server"
-  wait "$server" 2>/dev/null || true
-}
+# With 2 or more CPUs the server (its collector too) runs on CPU 1 and wrk on CPU 0.
+on_client=()
+if [ "$(nproc)" -ge 2 ]; then on_client=(taskset -c 0); fi
+pin() { if [ "$(nproc)" -ge 2 ]; then taskset -a -p -c 1 "$pid" >/dev/null; fi; }
 rate() {
   "${on_client[@]}" wrk -t2 -c32 -d"${secs}s" "http://$addr/v2/bench/r00007/manifests/v3" |
     awk '/Requests\/sec/ { print $2 }'
 }
+hwm() { awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$pid/status"; }
 head -c 4096 /dev/urandom >"$work/input"
 
-start_server
+serve_start --no-prepack --no-cache "$work/input"
+pin
 plain=$(rate)
-hwm_plain=$(awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$server/status")
-stop_server
+hwm_plain=$(hwm)
+serve_stop
+: >"$work/serve.log"
 
-start_server --gc-interval 1ms --grace 1h
+serve_start --no-prepack --no-cache --gc-interval 1ms --grace 1h "$work/input"
+pin
 sleep 1
 busy=$(rate)
-hwm=$(awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$server/status")
-stop_server
+hwm=$(hwm)
+serve_stop
 passes=$(grep -c 'gc: ' "$work/serve.log" || true)
 took=$(grep -o '[0-9.]* s; [0-9]* layer-cache' "$work/serve.log" | awk '{ printf "%s%s s", (NR > 1 ? ", " : ""), $1 }')
 echo "3. manifest GET: $plain req/s alone, $busy req/s during collection ($(awk -v a="$busy" -v b="$plain" 'BEGIN { printf "%.3fx", a / b }'));"

@@ -19,18 +19,9 @@ cd "$(dirname "$0")/.."
 rounds=${1:-5}
 secs=${2:-10}
 
-need=()
-for tool in curl:curl wrk:wrk openssl:openssl; do
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "ops.sh needs: ${need[*]}" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=benches/serve-lib.sh
+. benches/serve-lib.sh
+need curl:curl wrk:wrk openssl:openssl
 
 cargo build --release -q
 bin=$PWD/target/release/quinistry

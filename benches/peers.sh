@@ -37,19 +37,9 @@ secs=${3:-10}
 dl_rounds=$((rounds * 3))
 ncpu=$(nproc)
 
-need=()
-for tool in curl:curl nginx:nginx-light wrk:wrk pigz:pigz zstd:zstd skopeo:skopeo \
-  docker-registry:docker-registry go:golang-go /usr/bin/time:time; do
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "peers.sh: needs ${need[*]} (apt-get install ${need[*]})" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=benches/serve-lib.sh
+. benches/serve-lib.sh
+need curl:curl nginx:nginx-light wrk:wrk pigz:pigz zstd:zstd skopeo:skopeo docker-registry:docker-registry go:golang-go /usr/bin/time:time
 
 work=$(mktemp -d /tmp/quinistry-peers.XXXXXX)
 pids=()

@@ -1,4 +1,20 @@
-# Sourced by the bench scripts that run a quinistry server: `serve_start ARGS...` starts
+# Sourced by the bench scripts. `need TOOL:PACKAGE...` installs the packages of the tools
+# that are missing (as root, with apt), or names them and exits.
+need() {
+  local missing=() tool
+  for tool in "$@"; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "$(basename "$0") needs: ${missing[*]} (apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+}
+
+# For the benches that run a quinistry server: `serve_start ARGS...` starts
 # "$bin serve --listen 127.0.0.1:0 --store $work/store ARGS..." in the background and waits
 # for its `listening` line (sets $pid and $addr); `serve_stop` stops it. Needs $bin and $work.
 serve_start() {

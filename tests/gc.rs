@@ -38,6 +38,22 @@ fn gc(store: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Input files in `dir` of pseudo-random bytes (name, length, seed), dated a minute back:
+/// a pack records only such settled inputs in the layer cache.
+fn inputs<const N: usize>(dir: &Path, specs: [(&str, usize, u64); N]) -> [std::path::PathBuf; N] {
+    let minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    specs.map(|(name, len, seed)| {
+        let path = dir.join(name);
+        std::fs::write(&path, common::noise(len, seed)).expect("input");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(minute_ago))
+            .expect("mtime");
+        path
+    })
+}
+
 fn blob_count(store: &Path) -> usize {
     common::files(&store.join("blobs/sha256")).len()
 }
@@ -46,26 +62,16 @@ fn blob_count(store: &Path) -> usize {
 fn gc_reclaims_deleted_images_and_keeps_shared_and_cached_layers_beside_a_running_server() {
     let dir = tempfile::tempdir().expect("tmp");
     let store = dir.path().join("store");
-    let (shared, own, cached, start) = (
-        dir.path().join("shared"),
-        dir.path().join("own"),
-        dir.path().join("cached"),
-        dir.path().join("start"),
+    // `start` is the servers' own image, packed at their start: live throughout.
+    let [shared, own, cached, start] = inputs(
+        dir.path(),
+        [
+            ("shared", 200_000, 1),
+            ("own", 200_000, 2),
+            ("cached", 200_000, 3),
+            ("start", 100_000, 4),
+        ],
     );
-    // The servers' own image, packed at their start: live throughout.
-    std::fs::write(&start, common::noise(100_000, 4)).expect("input");
-    std::fs::write(&shared, common::noise(200_000, 1)).expect("input");
-    std::fs::write(&own, common::noise(200_000, 2)).expect("input");
-    std::fs::write(&cached, common::noise(200_000, 3)).expect("input");
-    // Settled inputs (written a minute ago): a pack records only those in the layer cache.
-    for f in [&shared, &own, &cached, &start] {
-        let minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        std::fs::File::options()
-            .write(true)
-            .open(f)
-            .and_then(|f| f.set_modified(minute_ago))
-            .expect("mtime");
-    }
     // a and b share a layer (same input, other settings); c's layer is its own and has no
     // layer-cache record; d's layer has one.
     let a = pack(
@@ -422,13 +428,7 @@ fn pushes_racing_a_back_to_back_collector_lose_nothing() {
     // Passes that began during the last promotions have swept by now.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     for (repo, tag, manifest, blobs) in &kept {
-        let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
-        let r = common::raw_request(
-            &addr,
-            "GET",
-            &format!("/v2/{repo}/manifests/{tag}"),
-            &[accept],
-        );
+        let r = get_manifest(&addr, repo, tag);
         if r.status != 200 || sha256_digest(&r.body) != *manifest {
             t.lost
                 .push(format!("{repo}:{tag}: the manifest answered {}", r.status));
@@ -480,6 +480,13 @@ fn pushes_racing_a_back_to_back_collector_lose_nothing() {
     assert!(text.contains("0 inconsistencies"), "{text}");
 }
 
+/// `GET /v2/REPO/manifests/REFERENCE`, asking for an OCI manifest.
+fn get_manifest(addr: &str, repo: &str, reference: &str) -> common::RawResponse {
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+    common::raw_request(addr, "GET", &path, &[accept])
+}
+
 /// Tags of `repo` the registry lists.
 fn tags_of(addr: &str, repo: &str) -> Vec<String> {
     let r = common::raw_request(addr, "GET", &format!("/v2/{repo}/tags/list"), &[]);
@@ -518,22 +525,14 @@ fn catalog(addr: &str) -> Vec<String> {
 fn retention_keeps_the_last_tags_drops_old_untagged_manifests_and_dead_cache_records() {
     let dir = tempfile::tempdir().expect("tmp");
     let store = dir.path().join("store");
-    let (input, cached, start) = (
-        dir.path().join("input"),
-        dir.path().join("cached"),
-        dir.path().join("start"),
+    let [input, cached, start] = inputs(
+        dir.path(),
+        [
+            ("input", 100_000, 2),
+            ("cached", 100_000, 4),
+            ("start", 10_000, 6),
+        ],
     );
-    std::fs::write(&input, common::noise(100_000, 2)).expect("input");
-    std::fs::write(&cached, common::noise(100_000, 4)).expect("input");
-    std::fs::write(&start, common::noise(10_000, 6)).expect("input");
-    for f in [&input, &cached] {
-        let minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-        std::fs::File::options()
-            .write(true)
-            .open(f)
-            .and_then(|f| f.set_modified(minute_ago))
-            .expect("mtime");
-    }
     // ci/app:1..5 (set in that order), ci/gone:1, keep/x:a and keep/x:b; keep/x:old is
     // packed twice, so its first manifest is left untagged. All share one layer.
     let mut manifests = std::collections::HashMap::new();
@@ -667,13 +666,7 @@ fn retention_keeps_the_last_tags_drops_old_untagged_manifests_and_dead_cache_rec
     } else {
         for tag in left {
             let (repo, tag) = tag.split_once(':').expect("tag");
-            let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
-            let r = common::raw_request(
-                &addr,
-                "GET",
-                &format!("/v2/{repo}/manifests/{tag}"),
-                &[accept],
-            );
+            let r = get_manifest(&addr, repo, tag);
             assert_eq!(r.status, 200, "{repo}:{tag}");
         }
     }
@@ -711,8 +704,7 @@ fn the_online_collector_takes_superseded_on_demand_layers_and_keeps_the_served_o
     );
     let addr = server.addr.clone();
     let layer_of = || {
-        let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
-        let r = common::raw_request(&addr, "GET", "/v2/od/tool/manifests/1", &[accept]);
+        let r = get_manifest(&addr, "od/tool", "1");
         assert_eq!(r.status, 200, "{r:?}");
         let m: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
         let layer = m["layers"][0]["digest"].as_str().expect("layer").to_owned();

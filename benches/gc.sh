@@ -10,9 +10,9 @@
 #   1. `quinistry gc --dry-run` on the store (nothing else running): seconds, peak RSS.
 #   2. `quinistry gc --grace 0 --link-grace 0` (removes the deleted images): seconds, RSS.
 #   3. manifest GET by tag, `wrk -t2 -c32` for WRK_SECONDS, from `serve` alone, then from a
-#      `serve --gc-interval 1ms` (passes back to back, the first after 1 ms, so the whole
-#      run is during collection): requests/s and the ratio, the passes the collector
-#      finished meanwhile with their mean time, and the server's peak RSS each time.
+#      `serve --gc-interval 1ms` (passes back to back, so the whole run is during
+#      collection): requests/s and the ratio; how long a pass took on the idle server and
+#      the passes finished under wrk; the server's peak RSS each time.
 #      With 2 or more CPUs the server runs on CPU 1 (its collector too) and wrk on CPU 0.
 #
 # usage: benches/gc.sh [REPOS (default 1000)] [WRK_SECONDS (default 10)]
@@ -116,12 +116,15 @@ serve_stop
 
 serve_start --no-prepack --no-cache --gc-interval 1ms --grace 1h "$work/input"
 pin
-sleep 1
+# The first pass on the idle server, then wrk while the next ones run.
+until grep -q 'gc: ' "$work/serve.log"; do sleep 0.1; done
+idle=$(grep -o '[0-9.]* s; [0-9]* layer-cache' "$work/serve.log" | awk '{ print $1 }')
+: >"$work/serve.log"
 busy=$(rate)
 hwm=$(hwm)
 serve_stop
 passes=$(grep -c 'gc: ' "$work/serve.log" || true)
-took=$(grep -o '[0-9.]* s; [0-9]* layer-cache' "$work/serve.log" | awk '{ printf "%s%s s", (NR > 1 ? ", " : ""), $1 }')
+took=$(grep -o '[0-9.]* s; [0-9]* layer-cache' "$work/serve.log" | awk '{ printf "%s%s s", (NR > 1 ? ", " : ""), $1 }' || true)
 echo "3. manifest GET: $plain req/s alone, $busy req/s during collection ($(awk -v a="$busy" -v b="$plain" 'BEGIN { printf "%.3fx", a / b }'));"
-echo "   the server's collector finished $passes passes meanwhile, the first before wrk began: $took;"
+echo "   a pass of the server's collector took $idle s idle; under wrk it finished $passes (${took:-none}), a pass running throughout;"
 echo "   the server's peak RSS: $hwm_plain MiB alone, $hwm MiB with its collector"

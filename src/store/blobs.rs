@@ -278,6 +278,7 @@ impl Store {
         digest: &Digest,
         cutoff: std::time::SystemTime,
         dry_run: bool,
+        dirty: &mut super::Dirty,
     ) -> Result<Option<u64>> {
         let path = self.blob_path(digest);
         let meta = match stdfs::metadata(&path) {
@@ -291,13 +292,10 @@ impl Store {
         if dry_run {
             return Ok(Some(meta.len()));
         }
-        ctx(stdfs::remove_file(&path), "remove", &path)?;
-        let record = self.manifest_type_path(digest);
-        match stdfs::remove_file(&record) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => ctx(Err(e), "remove", &record)?,
-            _ => {}
+        if !dirty.remove(&path)? {
+            return Ok(None);
         }
-        sync_dir(&self.blob_dir(digest.algorithm()))?;
+        dirty.remove(&self.manifest_type_path(digest))?;
         self.removed(meta.len());
         Ok(Some(meta.len()))
     }

@@ -215,18 +215,19 @@ pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result
         let held = store.held().await?;
         let swept = blocking(move || {
             let mut out = Vec::new();
+            let mut dirty = super::Dirty::default();
             for digest in chunk {
                 if held.contains(&digest) {
                     out.push(Swept::Held);
                     continue;
                 }
-                out.push(
-                    match s.remove_blob_untouched(&digest, blob_cutoff, dry_run)? {
-                        Some(len) => Swept::Removed(len),
-                        None => Swept::Young,
-                    },
-                );
+                let removed = s.remove_blob_untouched(&digest, blob_cutoff, dry_run, &mut dirty)?;
+                out.push(match removed {
+                    Some(len) => Swept::Removed(len),
+                    None => Swept::Young,
+                });
             }
+            dirty.sync()?;
             Ok(out)
         })
         .await?;
@@ -311,19 +312,21 @@ async fn apply(store: &Store, removals: Vec<Removal>, dry_run: bool) -> Result<u
         let s = store.clone();
         made += blocking(move || {
             let mut made = 0;
+            let mut dirty = super::Dirty::default();
             for r in batch {
                 let done = match r {
                     Removal::Link(name, kind, digest, cutoff) => {
-                        s.unlink_untouched(&name, kind, &digest, cutoff)?
+                        s.unlink_untouched(&name, kind, &digest, cutoff, &mut dirty)?
                     }
                     Removal::Tag(name, tag, digest, set) => {
-                        s.delete_tag_if(&name, &tag, &digest, set)?
+                        s.delete_tag_if(&name, &tag, &digest, set, &mut dirty)?
                     }
                     Removal::Manifest(name, digest, cutoff, subjects) => {
-                        let gone = s.unlink_untouched(&name, Link::Manifest, &digest, cutoff)?;
+                        let link = Link::Manifest;
+                        let gone = s.unlink_untouched(&name, link, &digest, cutoff, &mut dirty)?;
                         if gone {
                             for subject in subjects {
-                                s.remove_referrer_sync(&name, &subject, &digest)?;
+                                s.remove_referrer_now(&name, &subject, &digest, &mut dirty)?;
                             }
                         }
                         gone
@@ -331,6 +334,8 @@ async fn apply(store: &Store, removals: Vec<Removal>, dry_run: bool) -> Result<u
                 };
                 made += usize::from(done);
             }
+            // Durable before the gate is let go, and before anything they held is swept.
+            dirty.sync()?;
             Ok(made)
         })
         .await?;

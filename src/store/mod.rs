@@ -535,6 +535,33 @@ fn create_dirs_durably(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Folders whose entries the collector removed in a batch: each is fsynced once at the end
+/// (under the exclusive gate still), not once per file: a batch of 256 removals is then
+/// milliseconds of writers waiting, not 256 fsyncs.
+#[derive(Default)]
+pub(crate) struct Dirty(std::collections::BTreeSet<PathBuf>);
+
+impl Dirty {
+    /// Removes a file, its folder's fsync left to `sync`; `false` if there was none.
+    fn remove(&mut self, path: &Path) -> Result<bool> {
+        match stdfs::remove_file(path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    self.0.insert(dir.to_owned());
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => ctx(Err(e), "remove", path),
+        }
+    }
+
+    /// Makes the batch's removals durable.
+    pub(crate) fn sync(self) -> Result<()> {
+        self.0.iter().try_for_each(|dir| sync_dir(dir))
+    }
+}
+
 /// Removes a file and makes the removal durable; `false` if there was none.
 fn remove_durably(path: &Path, dir: &Path) -> Result<bool> {
     match stdfs::remove_file(path) {

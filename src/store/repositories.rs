@@ -8,8 +8,8 @@ use std::time::SystemTime;
 
 use super::gate::touched;
 use super::{
-    Pin, Result, Store, StoreError, blocking, create_dirs_durably, create_durably, ctx, exists,
-    file_name, list_names, parse_file_name, remove_durably, sync_dir,
+    Dirty, Pin, Result, Store, StoreError, blocking, create_dirs_durably, create_durably, ctx,
+    exists, file_name, list_names, parse_file_name, remove_durably, sync_dir,
 };
 use crate::digest::Digest;
 use crate::reference::{Name, Tag};
@@ -160,6 +160,7 @@ impl Store {
         kind: Link,
         digest: &Digest,
         cutoff: SystemTime,
+        dirty: &mut Dirty,
     ) -> Result<bool> {
         let path = self.link_path(name, kind, digest);
         match stdfs::metadata(&path) {
@@ -168,8 +169,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return ctx(Err(e), "stat", &path),
         }
-        let dir = path.parent().unwrap_or(&path).to_owned();
-        remove_durably(&path, &dir)
+        dirty.remove(&path)
     }
 
     /// Removes `name:tag` if it still points at `digest` and was set at `set` (not since);
@@ -180,6 +180,7 @@ impl Store {
         tag: &Tag,
         digest: &Digest,
         set: SystemTime,
+        dirty: &mut Dirty,
     ) -> Result<bool> {
         let path = self.tag_path(name, tag);
         let (text, meta) = match (stdfs::read_to_string(&path), stdfs::metadata(&path)) {
@@ -190,18 +191,18 @@ impl Store {
         if text.trim_end() != digest.to_string() || ctx(meta.modified(), "stat", &path)? != set {
             return Ok(false);
         }
-        remove_durably(&path, &self.tags_dir(name))
+        dirty.remove(&path)
     }
 
     /// `remove_referrer`, on the calling thread; whether there was one.
-    pub(crate) fn remove_referrer_sync(
+    pub(crate) fn remove_referrer_now(
         &self,
         name: &Name,
         subject: &Digest,
         referrer: &Digest,
+        dirty: &mut Dirty,
     ) -> Result<bool> {
-        let dir = self.referrers_dir(name, subject);
-        remove_durably(&dir.join(file_name(referrer)), &dir)
+        dirty.remove(&self.referrers_dir(name, subject).join(file_name(referrer)))
     }
 
     /// Whether repository `name` holds `digest` (and the store has its bytes).

@@ -700,6 +700,8 @@ fn the_online_collector_takes_superseded_on_demand_layers_and_keeps_the_served_o
             "0s",
             "--link-grace",
             "0s",
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
     );
     let addr = server.addr.clone();
@@ -733,4 +735,24 @@ fn the_online_collector_takes_superseded_on_demand_layers_and_keeps_the_served_o
         "the served layer went"
     );
     assert_eq!(layer_of(), second);
+    // And the metrics count the passes and what they took.
+    let metrics = server.report["metrics"]
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    let text = String::from_utf8(common::raw_request(&metrics, "GET", "/metrics", &[]).body)
+        .expect("utf-8");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(value("quinistry_gc_passes_total") >= 2.0, "{text}");
+    // The superseded image: its manifest, config and layer at least.
+    assert!(value("quinistry_gc_reclaimed_blobs_total") >= 3.0, "{text}");
+    assert!(value("quinistry_gc_reclaimed_bytes_total") > 0.0, "{text}");
+    assert!(
+        value("quinistry_gc_last_pass_duration_seconds") > 0.0,
+        "{text}"
+    );
 }

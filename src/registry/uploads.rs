@@ -623,7 +623,10 @@ async fn commit(
     digest: &Digest,
 ) -> Result<Response<Body>, RegistryError> {
     // From the commit to the link, so that a collector cannot take a blob that was there
-    // already (a push of the same bytes) before it is linked here.
+    // already (a push of the same bytes) before it is linked here. The bytes are made
+    // durable first: a sweep waits for the pin.
+    let mut writer = writer;
+    writer.sync().await?;
     let pin = registry.store().pin().await?;
     match writer.commit_expecting(digest).await {
         Ok(_) => {}

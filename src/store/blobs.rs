@@ -472,6 +472,18 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Writes out and fsyncs what was written so far: done before taking a pin to commit
+    /// (see `gate`), the commit's own fsync finds nothing left to write, and the pin, which
+    /// a sweep waits for, is not held through seconds of writeback of a large blob.
+    pub async fn sync(&mut self) -> Result<()> {
+        self.park().await?;
+        let path = self.temp.to_path_buf();
+        if let Some(file) = &self.out.get_mut().parked {
+            ctx(file.sync_all().await, "fsync", &path)?;
+        }
+        Ok(())
+    }
+
     /// Flushes, fsyncs and renames the temp file to its digest. If the store already has that
     /// blob, the new copy is dropped. Returns the digest and size.
     pub async fn commit(self) -> Result<(Digest, u64)> {
@@ -493,7 +505,8 @@ impl BlobWriter {
 
     /// Commits (replacing a stored copy, with `replace`) and holds the blob (see `gate`):
     /// for a pack, which links its blobs only once the whole image is made.
-    pub async fn commit_held(self, replace: bool) -> Result<(Digest, u64, Hold)> {
+    pub async fn commit_held(mut self, replace: bool) -> Result<(Digest, u64, Hold)> {
+        self.sync().await?;
         let store = self.store.clone();
         let pin = store.pin().await?;
         let (digest, len) = self.commit_inner(None, replace).await?;

@@ -210,8 +210,12 @@ pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result
         let chunk = chunk.to_vec();
         let s = store.clone();
         let dry_run = policy.dry_run;
-        // Under the exclusive gate, with the holds read under it too (step 3).
-        let gate = store.exclusive().await?;
+        // Under the exclusive gate, with the holds read under it too (step 3); a dry run
+        // removes nothing and keeps no writer waiting.
+        let gate = match dry_run {
+            true => None,
+            false => Some(store.exclusive().await?),
+        };
         let held = store.held().await?;
         let swept = blocking(move || {
             let mut out = Vec::new();

@@ -118,13 +118,13 @@ serve_start --no-prepack --no-cache --gc-interval 1ms --grace 1h "$work/input"
 pin
 # The first pass on the idle server, then wrk while the next ones run.
 until grep -q 'gc: ' "$work/serve.log"; do sleep 0.1; done
-idle=$(grep -o '[0-9.]* s; [0-9]* layer-cache' "$work/serve.log" | awk '{ print $1 }')
+idle=$(grep -o '[0-9.]* s; [a-z ]*[0-9]* layer-cache' "$work/serve.log" | awk '{ print $1 }')
 : >"$work/serve.log"
 busy=$(rate)
 hwm=$(hwm)
 serve_stop
 passes=$(grep -c 'gc: ' "$work/serve.log" || true)
-took=$(grep -o '[0-9.]* s; [0-9]* layer-cache' "$work/serve.log" | awk '{ printf "%s%s s", (NR > 1 ? ", " : ""), $1 }' || true)
+took=$(grep -o '[0-9.]* s; [a-z ]*[0-9]* layer-cache' "$work/serve.log" | awk '{ printf "%s%s s", (NR > 1 ? ", " : ""), $1 }' || true)
 echo "3. manifest GET: $plain req/s alone, $busy req/s during collection ($(awk -v a="$busy" -v b="$plain" 'BEGIN { printf "%.3fx", a / b }'));"
 echo "   a pass of the server's collector took $idle s idle; under wrk it finished $passes (${took:-none}), a pass running throughout;"
 echo "   the server's peak RSS: $hwm_plain MiB alone, $hwm MiB with its collector"

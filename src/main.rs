@@ -572,20 +572,9 @@ async fn run_gc(arg: StoreArg, policy: quinistry::store::gc::Policy) -> Result<(
     let dir = arg.dir()?;
     // Not `open`: a typo'd --store must not become a new empty store.
     let store = Store::open_existing(&dir).await.map_err(msg)?;
-    let (roots, pruned) = pack::cache::prune(&store, policy.dry_run)
+    let report = serve::gc_pass(&store, Vec::new(), &policy)
         .await
         .map_err(msg)?;
-    let report = quinistry::store::gc::collect(&store, &roots, &policy)
-        .await
-        .map_err(msg)?;
-    let verb = if policy.dry_run {
-        "would prune"
-    } else {
-        "pruned"
-    };
-    println!(
-        "gc: {}; {verb} {pruned} layer-cache records no pack can use",
-        report.summary()
-    );
+    println!("gc: {}", report.summary());
     Ok(())
 }

@@ -111,10 +111,7 @@ pub fn apply_to_gc(
     store: &mut StoreArg,
     args: &mut GcArgs,
 ) -> Result<(), String> {
-    let env_store = std::env::var_os("QUINISTRY_STORE").is_some_and(|v| !v.is_empty());
-    if !env_store {
-        fill(m, "store", &mut store.store, file.store.map(Some));
-    }
+    fill_store(m, store, file.store);
     apply_gc(file.gc, m, args).map(drop)
 }
 
@@ -245,6 +242,15 @@ fn fill<T>(m: &ArgMatches, id: &str, slot: &mut T, value: Option<T>) {
     }
 }
 
+/// The file's store, unless the user gave `--store` or `QUINISTRY_STORE` (read by
+/// `StoreArg::dir`, not by clap, so `fill` cannot see it).
+fn fill_store(m: &ArgMatches, arg: &mut StoreArg, store: Option<PathBuf>) {
+    let env_store = std::env::var_os("QUINISTRY_STORE").is_some_and(|v| !v.is_empty());
+    if !env_store {
+        fill(m, "store", &mut arg.store, store.map(Some));
+    }
+}
+
 /// The log format: the flag or its variable, else the file's.
 pub fn log_format(root: &ArgMatches, flag: Option<String>, file: Option<&File>) -> Option<String> {
     if given(root, "log_format") {
@@ -276,10 +282,7 @@ pub fn apply(
     } = file;
     let interval = apply_gc(gc, m, &mut args.gc)?;
     fill(m, "gc_interval", &mut args.gc_interval, interval.map(Some));
-    let env_store = std::env::var_os("QUINISTRY_STORE").is_some_and(|v| !v.is_empty());
-    if !env_store {
-        fill(m, "store", &mut args.store.store, store.map(Some));
-    }
+    fill_store(m, &mut args.store, store);
     fill(m, "listen", &mut args.listen, listen);
     fill(m, "tls_cert", &mut args.tls_cert, tls.cert.map(Some));
     fill(m, "tls_key", &mut args.tls_key, tls.key.map(Some));

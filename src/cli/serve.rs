@@ -308,19 +308,27 @@ pub async fn collect_once(
     registry: &registry::Registry,
     policy: &gc::Policy,
 ) -> Result<String, quinistry::store::StoreError> {
-    let store = registry.store();
-    let (mut roots, pruned) = quinistry::pack::cache::prune(store, policy.dry_run).await?;
-    roots.extend(registry.on_demand_served());
-    let report = gc::collect(store, &roots, policy).await?;
+    let report = gc_pass(registry.store(), registry.on_demand_served(), policy).await?;
     if report.reclaimed + report.stale_links + report.tags_removed + report.untagged_removed > 0 {
         // Nothing removed may be answered from memory.
         registry.forget_cached();
     }
     quinistry::metrics::collected(&report);
-    Ok(format!(
-        "{}; {pruned} layer-cache records no pack can use",
-        report.summary()
-    ))
+    Ok(report.summary())
+}
+
+/// One pass over `store` (for `serve` and `quinistry gc`): the layer-cache records no pack
+/// can use are pruned first; the layers of the others, and `extra`, are roots.
+pub async fn gc_pass(
+    store: &Store,
+    extra: Vec<quinistry::digest::Digest>,
+    policy: &gc::Policy,
+) -> Result<gc::GcReport, quinistry::store::StoreError> {
+    let (mut roots, pruned) = quinistry::pack::cache::prune(store, policy.dry_run).await?;
+    roots.extend(extra);
+    let mut report = gc::collect(store, &roots, policy).await?;
+    report.pruned_records = pruned;
+    Ok(report)
 }
 
 /// The TLS configuration the flags name, loaded.

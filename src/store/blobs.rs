@@ -132,8 +132,14 @@ impl Store {
 
     /// The media type recorded for a manifest without one of its own, if any.
     pub async fn manifest_type(&self, digest: &Digest) -> Result<Option<String>> {
+        let (s, d) = (self.clone(), digest.clone());
+        blocking(move || s.manifest_type_now(&d)).await
+    }
+
+    /// `manifest_type`, on the calling thread.
+    fn manifest_type_now(&self, digest: &Digest) -> Result<Option<String>> {
         let path = self.manifest_type_path(digest);
-        match tokio::fs::read_to_string(&path).await {
+        match stdfs::read_to_string(&path) {
             Ok(t) => Ok(Some(t)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => ctx(Err(e), "read manifest type", &path),
@@ -214,42 +220,40 @@ impl Store {
         digest: &Digest,
         max: u64,
     ) -> Result<Option<(Vec<u8>, Option<String>)>> {
+        let bytes = match self.read_small_now(digest, max) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) | Err(StoreError::BlobUnknown(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some((bytes, self.manifest_type_now(digest)?)))
+    }
+
+    /// Reads a blob into memory if it is at most `max` bytes; `None` if it is larger.
+    pub async fn read_small_blob(&self, digest: &Digest, max: u64) -> Result<Option<Vec<u8>>> {
+        let (s, d) = (self.clone(), digest.clone());
+        // One trip to a blocking thread, not one per open, stat and read.
+        blocking(move || s.read_small_now(&d, max)).await
+    }
+
+    /// `read_small_blob`, on the calling thread.
+    fn read_small_now(&self, digest: &Digest, max: u64) -> Result<Option<Vec<u8>>> {
         let path = self.blob_path(digest);
         let mut file = match stdfs::File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::BlobUnknown(digest.clone()));
+            }
             Err(e) => return ctx(Err(e), "open blob", &path),
         };
         let len = ctx(file.metadata(), "stat blob", &path)?.len();
         if len > max {
             return Ok(None);
         }
-        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-        ctx(
-            io::Read::read_to_end(&mut file, &mut bytes),
-            "read blob",
-            &path,
-        )?;
-        let type_path = self.manifest_type_path(digest);
-        let recorded = match stdfs::read_to_string(&type_path) {
-            Ok(t) => Some(t),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return ctx(Err(e), "read manifest type", &type_path),
-        };
-        Ok(Some((bytes, recorded)))
-    }
-
-    /// Reads a blob into memory if it is at most `max` bytes; `None` if it is larger.
-    pub async fn read_small_blob(&self, digest: &Digest, max: u64) -> Result<Option<Vec<u8>>> {
-        let (mut file, len) = self.open_blob(digest).await?;
-        if len > max {
-            return Ok(None);
-        }
         let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         ctx(
-            file.read_to_end(&mut buf).await,
+            io::Read::read_to_end(&mut file, &mut buf),
             "read blob",
-            &self.blob_path(digest),
+            &path,
         )?;
         Ok(Some(buf))
     }
@@ -312,11 +316,11 @@ impl Store {
             let mut records = Vec::new();
             for entry in entries {
                 let path = ctx(entry, "list", &dir)?.path();
-                // Keys are sha256 hex; anything else is not a record.
+                // Keys are named as digests are; anything else is not a record.
                 let Some(key) = path
                     .file_name()
                     .and_then(|n| n.to_str())
-                    .and_then(|n| format!("sha256:{n}").parse::<Digest>().ok())
+                    .and_then(super::parse_file_name)
                 else {
                     continue;
                 };

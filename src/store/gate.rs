@@ -6,7 +6,7 @@
 //!   blob to the last link. Inside it, every blob it finds or commits is *touched* (its
 //!   access time set to now, see [`touch`]) and every link it makes or finds is touched too.
 //! - The sweep takes [`Exclusive`] to read the clock that starts a pass, and again around
-//!   each batch of removals, in which it re-reads the mtime of what it is about to remove.
+//!   each batch of removals, in which it re-reads the touch time of what it is about to remove.
 //! - A pack, which commits a layer long before it links it, keeps a [`Hold`] on each blob:
 //!   a flock'd file under `holds/`, which the sweep reads under `Exclusive`.
 //!
@@ -102,13 +102,6 @@ impl Store {
             _file: file,
             at: SystemTime::now(),
         })
-    }
-
-    /// Touches blob `digest` (it is needed now); `false` if the store does not have it.
-    /// Only under a pin: that is what keeps the sweep from removing it before it is linked.
-    pub async fn touch_blob(&self, _pin: &Pin, digest: &Digest) -> Result<bool> {
-        let path = self.blob_path(digest);
-        blocking(move || touch(&path)).await
     }
 
     /// Touches blob `digest` and claims it until the hold is dropped; `None` if the store

@@ -129,6 +129,9 @@ pub struct GcReport {
     pub tags_removed: usize,
     /// Manifests unlinked by `keep_untagged` (referrers included).
     pub untagged_removed: usize,
+    /// Layer-cache records no pack can use, pruned before the pass (by `pack::cache::prune`,
+    /// which the caller runs: the store does not read records).
+    pub pruned_records: usize,
     /// Wall time of the pass.
     pub seconds: f64,
     /// Nothing was removed: the counts say what would have been.
@@ -167,6 +170,15 @@ impl GcReport {
                 self.strays
             );
         }
+        let verb = if self.dry_run {
+            "would prune"
+        } else {
+            "pruned"
+        };
+        s += &format!(
+            "; {verb} {} layer-cache records no pack can use",
+            self.pruned_records
+        );
         s
     }
 }

@@ -183,15 +183,10 @@ impl Store {
         dirty: &mut Dirty,
     ) -> Result<bool> {
         let path = self.tag_path(name, tag);
-        let (text, meta) = match (stdfs::read_to_string(&path), stdfs::metadata(&path)) {
-            (Ok(t), Ok(m)) => (t, m),
-            (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            (Err(e), _) | (_, Err(e)) => return ctx(Err(e), "read tag", &path),
-        };
-        if text.trim_end() != digest.to_string() || ctx(meta.modified(), "stat", &path)? != set {
-            return Ok(false);
+        match tag_set(&path)? {
+            Some((d, at)) if &d == digest && at == set => dirty.remove(&path),
+            _ => Ok(false),
         }
-        dirty.remove(&path)
     }
 
     /// `remove_referrer`, on the calling thread; whether there was one.
@@ -283,13 +278,7 @@ impl Store {
         let mut tags = Vec::new();
         let dir = self.tags_dir(name);
         for tag in list_names(&dir, |s| s.parse::<Tag>().ok())? {
-            let path = dir.join(tag.as_str());
-            let (text, meta) = match (stdfs::read_to_string(&path), stdfs::metadata(&path)) {
-                (Ok(t), Ok(m)) => (t, m),
-                (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => continue,
-                (Err(e), _) | (_, Err(e)) => return ctx(Err(e), "read tag", &path),
-            };
-            if let (Ok(d), Ok(set)) = (text.trim_end().parse(), meta.modified()) {
+            if let Some((d, set)) = tag_set(&dir.join(tag.as_str()))? {
                 tags.push((tag, d, set));
             }
         }
@@ -342,6 +331,24 @@ impl Link {
             Link::Manifest => "_manifests",
         }
     }
+}
+
+/// Where the tag file at `path` points and when it was set; `None` if there is none (or it
+/// is corrupt, and so names nothing).
+fn tag_set(path: &Path) -> Result<Option<(Digest, SystemTime)>> {
+    let mut file = match stdfs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return ctx(Err(e), "read tag", path),
+    };
+    let set = ctx(file.metadata().and_then(|m| m.modified()), "stat", path)?;
+    let mut text = String::new();
+    ctx(
+        io::Read::read_to_string(&mut file, &mut text),
+        "read tag",
+        path,
+    )?;
+    Ok(text.trim_end().parse().ok().map(|d| (d, set)))
 }
 
 /// Folders whose presence makes their parent a repository.

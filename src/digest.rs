@@ -215,6 +215,34 @@ impl Hasher {
         self.len == 0
     }
 
+    /// The running state as bytes, for [`Hasher::resume`]: an upload that one replica began
+    /// and another goes on with, without reading back what was hashed.
+    pub fn save(&self) -> Vec<u8> {
+        use sha2::digest::common::hazmat::SerializableState;
+        let (tag, state) = match &self.state {
+            State::Sha256(h) => (0u8, h.serialize().to_vec()),
+            State::Sha512(h) => (1u8, h.serialize().to_vec()),
+        };
+        let mut out = vec![tag];
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&state);
+        out
+    }
+
+    /// The hasher `save` described; `None` for bytes it did not make.
+    pub fn resume(saved: &[u8]) -> Option<Hasher> {
+        use sha2::digest::common::hazmat::SerializableState;
+        let (&tag, rest) = saved.split_first()?;
+        let (len, state) = rest.split_at_checked(8)?;
+        let len = u64::from_le_bytes(len.try_into().ok()?);
+        let state = match tag {
+            0 => State::Sha256(Sha256::deserialize(state.try_into().ok()?).ok()?),
+            1 => State::Sha512(Sha512::deserialize(state.try_into().ok()?).ok()?),
+            _ => return None,
+        };
+        Some(Hasher { state, len })
+    }
+
     /// The digest and byte count of everything hashed.
     pub fn finish(self) -> (Digest, u64) {
         let (algorithm, raw) = match self.state {
@@ -251,6 +279,15 @@ impl<W> HashingWriter<W> {
             inner,
             hasher: Hasher::with(algorithm),
         }
+    }
+
+    /// Goes on hashing from `hasher` (what was written elsewhere before).
+    pub fn resume(inner: W, hasher: Hasher) -> Self {
+        HashingWriter { inner, hasher }
+    }
+
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -302,6 +339,23 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for HashingWriter<W> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_saved_hasher_resumes_where_it_stopped() {
+        for algorithm in Algorithm::ALL {
+            let mut h = Hasher::with(algorithm);
+            h.update(&[7u8; 1000]);
+            let saved = h.save();
+            let mut resumed = Hasher::resume(&saved).expect("resume");
+            resumed.update(b"more");
+            let mut whole = Hasher::with(algorithm);
+            whole.update(&[7u8; 1000]);
+            whole.update(b"more");
+            assert_eq!(resumed.finish(), whole.finish());
+            assert!(Hasher::resume(&saved[..saved.len() - 1]).is_none());
+            assert!(Hasher::resume(b"").is_none());
+        }
+    }
+
     use super::*;
     use tokio::io::AsyncWriteExt;
 

@@ -29,7 +29,7 @@ mod tests {
             "clap_derive ",
             "serde_derive ",
             "criterion ",
-            "reqwest ",
+            "rcgen ",
         ] {
             assert!(
                 !NOTICES.lines().any(|l| l.starts_with(absent)),

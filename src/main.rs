@@ -328,7 +328,10 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
         None => image.default_tag.clone()?,
     };
     let store_dir = args.store.dir()?;
-    let store = Store::open(&store_dir).await.map_err(msg)?;
+    let store = args.store.open(false).await?;
+    if store.is_shared() && args.oci_layout.is_some() {
+        return Err("--oci-layout copies blob files: it works with a directory --store, not an s3:// one (yet)".into());
+    }
     let img = pack_with_progress(&store, &image, &tag).await?;
     if let Some(dir) = &args.oci_layout {
         let blobs: Vec<&quinistry::digest::Digest> = std::iter::once(&img.config.0)
@@ -503,7 +506,7 @@ fn report(
 
 async fn run_verify(arg: StoreArg, repair: bool) -> Result<(), String> {
     let dir = arg.dir()?;
-    let store = Store::open_existing(&dir).await.map_err(msg)?;
+    let store = arg.open(true).await?;
     let mut bad = 0usize;
     let mut good = 0usize;
     for entry in store.blobs().await.map_err(msg)? {
@@ -569,9 +572,8 @@ async fn run_verify(arg: StoreArg, repair: bool) -> Result<(), String> {
 /// `quinistry gc`: one pass over a store, stopped or in use (see `store::gc`); the layers
 /// of the layer-cache records a pack can still use are kept, the others' records pruned.
 async fn run_gc(arg: StoreArg, policy: quinistry::store::gc::Policy) -> Result<(), String> {
-    let dir = arg.dir()?;
     // Not `open`: a typo'd --store must not become a new empty store.
-    let store = Store::open_existing(&dir).await.map_err(msg)?;
+    let store = arg.open(true).await?;
     let report = serve::gc_pass(&store, Vec::new(), &policy)
         .await
         .map_err(msg)?;

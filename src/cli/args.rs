@@ -128,10 +128,25 @@ fn keep_tags(s: &str) -> Result<(String, usize), String> {
 
 #[derive(Args, Default)]
 pub struct StoreArg {
-    /// Store directory [default: $QUINISTRY_STORE, else $XDG_DATA_HOME/quinistry, else
-    /// ~/.local/share/quinistry]
-    #[arg(long, value_name = "DIR")]
+    /// Store directory, or s3://BUCKET/PREFIX for blobs in S3-compatible object storage
+    /// shared by replicas (then --metadata is needed too) [default: $QUINISTRY_STORE, else
+    /// $XDG_DATA_HOME/quinistry, else ~/.local/share/quinistry]
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
     pub store: Option<PathBuf>,
+    /// With an s3:// store: the PostgreSQL database that holds tags, links and the other
+    /// metadata, e.g. postgres://user@host:5432/quinistry
+    #[arg(long, value_name = "URL", env = "QUINISTRY_METADATA")]
+    pub metadata: Option<String>,
+    /// With an s3:// store: a storage endpoint (repeat for each node or gateway; a request
+    /// that cannot reach one goes to the next) [default: $AWS_ENDPOINT_URL, comma-separated].
+    /// Region and credentials come from AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    #[arg(
+        long = "s3-endpoint",
+        value_name = "URL",
+        env = "QUINISTRY_S3_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub s3_endpoints: Vec<String>,
 }
 
 /// What goes into the image, shared by `pack` and `serve`.
@@ -198,6 +213,11 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
+    /// With an s3:// store: answer blob GETs with a 307 to a presigned URL of the object,
+    /// valid 10 minutes, so the bytes flow from storage to the client and not through this
+    /// replica (clients must reach the storage endpoint)
+    #[arg(long, env = "QUINISTRY_REDIRECT")]
+    pub redirect: bool,
     /// Collect garbage in the background, a pass every DURATION (e.g. 1h), while serving;
     /// what it keeps is set as for `quinistry gc` [default: off]
     #[arg(long, env = "QUINISTRY_GC_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -350,6 +370,42 @@ pub struct ServeArgs {
 }
 
 impl StoreArg {
+    /// The object storage of an s3:// store, `None` for a directory; with a message if the
+    /// URL is bad or --metadata is missing.
+    pub fn shared(&self) -> Result<Option<(quinistry::store::s3::Location, String)>, String> {
+        let dir = self.dir()?;
+        let Some(parsed) = dir.to_str().and_then(quinistry::store::s3::Location::parse) else {
+            if self.metadata.is_some() {
+                return Err("--metadata goes with an s3:// --store (a directory store keeps its metadata in files)".into());
+            }
+            return Ok(None);
+        };
+        let mut location = parsed.map_err(|e| format!("invalid --store: {e}"))?;
+        location.endpoints = self.s3_endpoints.clone();
+        let Some(metadata) = self.metadata.clone() else {
+            return Err(format!(
+                "--store {} needs --metadata postgres://… (tags and links live in PostgreSQL)",
+                dir.display()
+            ));
+        };
+        Ok(Some((location, metadata)))
+    }
+
+    /// Opens the store, creating a directory store if need be; `existing` refuses a folder
+    /// that is not one instead (a typo must not become a new empty store).
+    pub async fn open(&self, existing: bool) -> Result<quinistry::store::Store, String> {
+        use quinistry::store::Store;
+        let fail = |e: quinistry::store::StoreError| e.to_string();
+        if let Some((location, metadata)) = self.shared()? {
+            return Store::open_shared(&location, &metadata).await.map_err(fail);
+        }
+        let dir = self.dir()?;
+        match existing {
+            true => Store::open_existing(&dir).await.map_err(fail),
+            false => Store::open(&dir).await.map_err(fail),
+        }
+    }
+
     pub fn dir(&self) -> Result<PathBuf, String> {
         if let Some(dir) = &self.store {
             return Ok(dir.clone());

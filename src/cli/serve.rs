@@ -40,9 +40,17 @@ pub struct Settings {
     prepack: bool,
     rescan: Duration,
     store_dir: PathBuf,
+    /// An s3:// store's object storage and metadata database (`None`: a directory store).
+    shared: Option<(quinistry::store::s3::Location, String)>,
+    /// `--redirect`: how long a blob GET's presigned URL is valid.
+    redirect: Option<Duration>,
     /// A collector pass every this long, with this policy (`--gc-interval`).
     gc: Option<(Duration, gc::Policy)>,
 }
+
+/// How long the URL of a `--redirect` is valid: long enough for a client to follow it (S3
+/// checks it when the GET starts, so a long download is not cut).
+const REDIRECT_VALID: Duration = Duration::from_secs(600);
 
 /// Checks every setting without binding or writing anything.
 pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
@@ -109,6 +117,14 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
     let (config, fds) = limits(&args)?;
     let access = access(&args, listen, tls.is_some(), fds, file.access)?;
     let store_dir = args.store.dir()?;
+    let shared = args.store.shared()?;
+    if args.redirect && shared.is_none() {
+        return Err("--redirect sends clients to object storage: it needs an s3:// --store".into());
+    }
+    if shared.is_some() && gc.is_some() {
+        return Err("--gc-interval: garbage collection of an s3:// store is not built yet".into());
+    }
+    let redirect = args.redirect.then_some(REDIRECT_VALID);
     let (prepack, rescan) = (!args.no_prepack, Duration::from_secs(args.rescan));
     let mut image_args = args.image;
     if !pack_at_start {
@@ -129,6 +145,8 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         prepack,
         rescan,
         store_dir,
+        shared,
+        redirect,
         gc,
     })
 }
@@ -211,7 +229,10 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
         // Before the pack, so it is counted.
         quinistry::metrics::enable();
     }
-    let store = Store::open(&s.store_dir).await.map_err(msg)?;
+    let store = match &s.shared {
+        Some((location, metadata)) => Store::open_shared(location, metadata).await.map_err(msg)?,
+        None => Store::open(&s.store_dir).await.map_err(msg)?,
+    };
     let mut pull = None;
     if let Some((name, tag)) = s.start.clone() {
         let name = match name {
@@ -244,7 +265,9 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
         }
         None => Registry::new(store.clone()),
     };
-    let registry = registry.with_access(s.access.clone());
+    let registry = registry
+        .with_access(s.access.clone())
+        .with_redirect(s.redirect);
 
     let mut server = Server::on(listener, registry, s.config.clone());
     let scheme = match &s.tls {

@@ -21,43 +21,26 @@ pub async fn get(
     digest: &Digest,
     request: &HeaderMap,
     mapped: bool,
+    head: bool,
 ) -> Result<Response<Body>, RegistryError> {
     registry.require_repository(name).await?;
     // Scoped: only what was pushed, mounted or packed into this repository. A manifest is a
     // blob too (some clients fetch one through /blobs/).
     let linked = registry.is_linked(name, Link::Blob, digest).await?
         || registry.is_linked(name, Link::Manifest, digest).await?;
-    let opened = match linked {
-        true => registry.store().open_blob(digest).await,
-        false => Err(StoreError::BlobUnknown(digest.clone())),
-    };
-    let (mut file, size) = match opened {
+    if !linked {
+        return Err(unknown(name, digest));
+    }
+    if registry.store().is_shared() {
+        return get_shared(registry, name, digest, request, head).await;
+    }
+    let (mut file, size) = match registry.store().open_blob(digest).await {
         Ok(f) => f,
         Err(StoreError::BlobUnknown(_)) => return Err(unknown(name, digest)),
         Err(e) => return Err(e.into()),
     };
-    let range = match request.get(header::RANGE) {
-        None => None,
-        Some(value) => match parse_range(value.as_bytes(), size) {
-            Ok(range) => range,
-            Err(why) => {
-                let text = String::from_utf8_lossy(value.as_bytes());
-                return Err(RegistryError::new(
-                    Code::RangeInvalid,
-                    format!("requested range not satisfiable: {why}"),
-                )
-                .detail(json!({ "range": super::router::truncate(&text), "size": size }))
-                .header(
-                    header::CONTENT_RANGE,
-                    super::header_value(&format!("bytes */{size}"))?,
-                ));
-            }
-        },
-    };
-    let (status, start, len) = match range {
-        Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last - first + 1),
-        None => (StatusCode::OK, 0, size),
-    };
+    let range = range_of(request, size)?;
+    let (start, len) = span(range, size);
     let body = if mapped {
         Body::mapped(file.into_std().await, start, len)
     } else {
@@ -71,6 +54,88 @@ pub async fn get(
                 })?;
         }
         Body::file(file, len)
+    };
+    respond(body, digest, request, range, size)
+}
+
+/// The range a request's `Range` header asks of a blob of `size` bytes (`None`: all of
+/// it), or 416.
+fn range_of(request: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, RegistryError> {
+    let Some(value) = request.get(header::RANGE) else {
+        return Ok(None);
+    };
+    parse_range(value.as_bytes(), size).or_else(|why| {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        Err(RegistryError::new(
+            Code::RangeInvalid,
+            format!("requested range not satisfiable: {why}"),
+        )
+        .detail(json!({ "range": super::router::truncate(&text), "size": size }))
+        .header(
+            header::CONTENT_RANGE,
+            super::header_value(&format!("bytes */{size}"))?,
+        ))
+    })
+}
+
+/// Where the bytes to send start, and how many.
+fn span(range: Option<(u64, u64)>, size: u64) -> (u64, u64) {
+    match range {
+        Some((first, last)) => (first, last - first + 1),
+        None => (0, size),
+    }
+}
+
+/// A shared store's blob: streamed through this replica, or (with `--redirect`) a 307 to a
+/// short-lived URL of the object itself, so the bytes flow from storage to the client.
+/// A HEAD is answered here either way: it is the size, which the database has.
+async fn get_shared(
+    registry: &Registry,
+    name: &Name,
+    digest: &Digest,
+    request: &HeaderMap,
+    head: bool,
+) -> Result<Response<Body>, RegistryError> {
+    let store = registry.store();
+    let Some(size) = store.blob_size(digest).await? else {
+        return Err(unknown(name, digest));
+    };
+    if !head && let Some(valid) = registry.redirect() {
+        let Some(url) = store.presigned(hyper::Method::GET, digest, valid).await? else {
+            return Err(unknown(name, digest));
+        };
+        let mut response = super::empty(StatusCode::TEMPORARY_REDIRECT);
+        let headers = response.headers_mut();
+        headers.insert(header::LOCATION, super::header_value(&url)?);
+        super::digest_headers(headers, digest)?;
+        return Ok(response);
+    }
+    let range = range_of(request, size)?;
+    let (start, len) = span(range, size);
+    let body = if head {
+        Body::Empty
+    } else {
+        match store.blob_stream(digest, start, len).await {
+            Ok(stream) => Body::stream(stream, len),
+            Err(StoreError::BlobUnknown(_)) => return Err(unknown(name, digest)),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    respond(body, digest, request, range, size)
+}
+
+/// The response that carries a blob's bytes (or, for HEAD, only their headers).
+fn respond(
+    body: Body,
+    digest: &Digest,
+    request: &HeaderMap,
+    range: Option<(u64, u64)>,
+    size: u64,
+) -> Result<Response<Body>, RegistryError> {
+    let (_, len) = span(range, size);
+    let status = match range {
+        Some(_) => StatusCode::PARTIAL_CONTENT,
+        None => StatusCode::OK,
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -104,7 +169,7 @@ pub async fn delete(
 ) -> Result<Response<Body>, RegistryError> {
     registry.require_repository(name).await?;
     // Not while a manifest push in this repository checks that its blobs are here.
-    let _lock = registry.lock_repository(name).await;
+    let _lock = registry.lock_repository(name).await?;
     if !registry.unlink(name, Link::Blob, digest).await? {
         return Err(unknown(name, digest));
     }

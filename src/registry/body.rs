@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_core::Stream;
 use hyper::body::{Frame, SizeHint};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
@@ -39,8 +38,9 @@ pub enum Body {
     /// A blob, or a range of one, read into memory: for writers that copy the bytes in user
     /// space (HTTP/2's framing), where a map of a blob cut short behind the store's back
     /// would be SIGBUS instead of an error.
+    /// Also a shared store's blob, streamed from object storage.
     File {
-        stream: ReaderStream<tokio::io::Take<tokio::fs::File>>,
+        stream: crate::store::ByteStream,
         remaining: u64,
     },
 }
@@ -52,8 +52,16 @@ impl Body {
 
     /// `len` bytes of `file` from its current position, read.
     pub fn file(file: tokio::fs::File, len: u64) -> Body {
+        Body::stream(
+            Box::pin(ReaderStream::with_capacity(file.take(len), STREAM_CHUNK)),
+            len,
+        )
+    }
+
+    /// `len` bytes as `stream` brings them.
+    pub fn stream(stream: crate::store::ByteStream, len: u64) -> Body {
         Body::File {
-            stream: ReaderStream::with_capacity(file.take(len), STREAM_CHUNK),
+            stream,
             remaining: len,
         }
     }
@@ -98,7 +106,7 @@ impl hyper::body::Body for Body {
                 }
             }
             Body::File { stream, remaining } => {
-                match std::task::ready!(Pin::new(stream).poll_next(cx)) {
+                match std::task::ready!(stream.as_mut().poll_next(cx)) {
                     Some(Ok(chunk)) => {
                         *remaining = remaining.saturating_sub(chunk.len() as u64);
                         Poll::Ready(Some(Ok(Frame::data(chunk))))

@@ -34,6 +34,9 @@ pub enum Code {
     RangeInvalid,
     /// A fault on our side (500); the details go to the log, not to the client.
     Unknown,
+    /// 503: a service the store depends on (object storage, the metadata database) cannot
+    /// be reached; distribution's code for it.
+    Unavailable,
 }
 
 impl Code {
@@ -57,6 +60,7 @@ impl Code {
             Code::Unsupported => "UNSUPPORTED",
             Code::RangeInvalid => "RANGE_INVALID",
             Code::Unknown => "UNKNOWN",
+            Code::Unavailable => "UNAVAILABLE",
         }
     }
 
@@ -81,6 +85,7 @@ impl Code {
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Code::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
             Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -149,6 +154,13 @@ impl From<StoreError> for RegistryError {
             StoreError::BlobUnknown(d) => {
                 RegistryError::new(Code::BlobUnknown, "blob unknown to registry")
                     .detail(json!({ "digest": d.to_string() }))
+            }
+            e if e.unavailable() => {
+                tracing::error!(error = %e, "a service the store depends on failed");
+                RegistryError::new(
+                    Code::Unavailable,
+                    "the registry's storage cannot be reached; retry shortly",
+                )
             }
             StoreError::Io { source, .. } if crate::store::disk_full(&source) => {
                 tracing::error!(error = %source, "the store's disk is full");

@@ -161,7 +161,7 @@ pub async fn put(
         .chain(pushed.children.iter().map(|c| (c, Link::Manifest)));
     // From here to the last tag, no delete in this repository interleaves: the links checked
     // stay, and a tag is never set on a manifest a delete is unlinking.
-    let _lock = registry.lock_repository(name).await;
+    let _lock = registry.lock_repository(name).await?;
     // And no collector removes what is checked here before it is linked (`store::Pin`).
     let pin = registry.store().pin().await?;
     for ((blob, size), kind) in wanted {
@@ -240,7 +240,7 @@ pub async fn delete(
     reference: &Reference,
 ) -> Result<Response<Body>, RegistryError> {
     registry.require_repository(name).await?;
-    let _lock = registry.lock_repository(name).await;
+    let _lock = registry.lock_repository(name).await?;
     match reference {
         Reference::Tag(tag) => {
             refuse_on_demand(registry, name, tag.as_str()).await?;

@@ -207,6 +207,16 @@ pub struct Registry {
     health: health::Health,
     /// The open connections (the server's; here for the metrics to count).
     connections: Arc<conn::Connections>,
+    /// With `--redirect` on a shared store: blob GETs answer 307 to a URL of the object
+    /// valid this long, so bytes flow from storage to the client, not through us.
+    redirect: Option<Duration>,
+}
+
+/// A repository's write lock, held while it lives (see `Registry::lock_repository`).
+struct RepositoryGuard<'a> {
+    /// Dropped first: the replicas' lock is let go before this process's.
+    _shared: Option<crate::store::postgres::RepositoryLock>,
+    _local: tokio::sync::MutexGuard<'a, ()>,
 }
 
 /// How many repository locks there are (two repositories may share one; they then wait for
@@ -229,11 +239,12 @@ fn remember<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, key: K, value: 
 /// What the store said recently about things that can change under us (tags, repositories),
 /// trusted for `TAG_TTL`. Only things found are kept, so something new is seen at once; at
 /// most `REMEMBERED` of them.
-struct Recent<K, V>(RwLock<HashMap<K, (V, Instant)>>);
+struct Recent<K, V>(RwLock<HashMap<K, (V, Instant)>>, Duration);
 
 impl<K: Eq + std::hash::Hash + Clone, V: Clone> Recent<K, V> {
-    fn new() -> Self {
-        Recent(RwLock::new(HashMap::new()))
+    /// Answers kept for `ttl` (zero: none kept).
+    fn new(ttl: Duration) -> Self {
+        Recent(RwLock::new(HashMap::new()), ttl)
     }
 
     /// The fresh cached value of `key`, else what `lookup` finds in the store (then cached).
@@ -251,7 +262,7 @@ impl<K: Eq + std::hash::Hash + Clone, V: Clone> Recent<K, V> {
         F: Future<Output = Result<Option<V>, StoreError>>,
     {
         if let Some((value, read_at)) = read(&self.0).get(key)
-            && read_at.elapsed() < TAG_TTL
+            && read_at.elapsed() < self.1
         {
             return Ok(Some(value.clone()));
         }
@@ -321,11 +332,18 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 impl Registry {
     pub fn new(store: Store) -> Registry {
+        // Replicas over a shared store keep no answer that another replica can change: what
+        // one writes, the next request to any sees.
+        let ttl = if store.is_shared() {
+            Duration::ZERO
+        } else {
+            TAG_TTL
+        };
         Registry {
             store,
             manifests: std::sync::Mutex::new(ManifestCache::new(MANIFEST_CACHE_BYTES)),
-            tags: Recent::new(),
-            repositories: Recent::new(),
+            tags: Recent::new(ttl),
+            repositories: Recent::new(ttl),
             images: None,
             access: Access::default(),
             uploads: None,
@@ -335,17 +353,38 @@ impl Registry {
                 .collect(),
             health: health::Health::default(),
             connections: Arc::default(),
+            redirect: None,
         }
     }
 
-    /// The write lock of repository `name` (see `repository_locks`).
-    async fn lock_repository(&self, name: &Name) -> tokio::sync::MutexGuard<'_, ()> {
+    /// The registry, redirecting blob GETs to object storage with URLs valid for `valid`
+    /// (a shared store only; a local store serves its blobs itself).
+    pub fn with_redirect(self, valid: Option<Duration>) -> Registry {
+        Registry {
+            redirect: valid.filter(|_| self.store.is_shared()),
+            ..self
+        }
+    }
+
+    /// How long a redirect's URL is valid, when blob GETs are redirected.
+    fn redirect(&self) -> Option<Duration> {
+        self.redirect
+    }
+
+    /// The write lock of repository `name` (see `repository_locks`); on a shared store,
+    /// also the lock every replica takes for it.
+    async fn lock_repository(&self, name: &Name) -> Result<RepositoryGuard<'_>, StoreError> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         name.hash(&mut h);
-        self.repository_locks[(h.finish() % REPOSITORY_LOCKS as u64) as usize]
+        let local = self.repository_locks[(h.finish() % REPOSITORY_LOCKS as u64) as usize]
             .lock()
-            .await
+            .await;
+        let shared = self.store.lock_repository(name).await?;
+        Ok(RepositoryGuard {
+            _shared: shared,
+            _local: local,
+        })
     }
 
     /// The registry with these access rules (say, pushing on).
@@ -382,7 +421,8 @@ impl Registry {
             return Ok(true);
         }
         let linked = self.store.is_linked(name, kind, digest).await?;
-        if linked {
+        // Another replica may unlink it: a shared store's links are asked every time.
+        if linked && !self.store.is_shared() {
             remember(&mut write(&self.linked), key, ());
         }
         Ok(linked)
@@ -417,11 +457,13 @@ impl Registry {
         digest: &Digest,
     ) -> Result<(), StoreError> {
         self.store.link(pin, name, kind, digest).await?;
-        remember(
-            &mut write(&self.linked),
-            (name.clone(), kind, digest.clone()),
-            (),
-        );
+        if !self.store.is_shared() {
+            remember(
+                &mut write(&self.linked),
+                (name.clone(), kind, digest.clone()),
+                (),
+            );
+        }
         self.repositories.set(name, Some(()));
         Ok(())
     }
@@ -815,7 +857,8 @@ async fn dispatch(
                 // map itself); HTTP/2 framing and TLS encryption read them in user space,
                 // where a blob cut short behind the store's back is SIGBUS (body::Body::File).
                 let mapped = req.version <= hyper::Version::HTTP_11 && !secure;
-                blobs::get(registry, &name, &digest, headers, mapped).await
+                let head = *m == Method::HEAD;
+                blobs::get(registry, &name, &digest, headers, mapped, head).await
             }
             Method::DELETE => blobs::delete(registry, &name, &digest).await,
             _ => Err(not_allowed(m, "GET, HEAD, DELETE")),

@@ -25,17 +25,34 @@ impl Store {
 
     /// `new_blob`, hashing with `algorithm` as the bytes arrive.
     pub async fn new_blob_with(&self, algorithm: Algorithm) -> Result<BlobWriter> {
+        if let Some(shared) = self.shared() {
+            let key = shared.objects.upload_key();
+            let writer = shared.objects.writer(key.clone());
+            return Ok(BlobWriter {
+                out: HashingWriter::with(
+                    Sink::Object(ObjectSink {
+                        writer: Some(writer),
+                        key,
+                        store: self.clone(),
+                        written: false,
+                    }),
+                    algorithm,
+                ),
+                temp: None,
+                store: self.clone(),
+            });
+        }
         let s = self.clone();
         let (file, temp) = blocking(move || s.create_temp("blob-")).await?;
         Ok(BlobWriter {
             out: HashingWriter::with(
-                Sink {
+                Sink::File {
                     buffered: None,
                     parked: Some(tokio::fs::File::from_std(file)),
                 },
                 algorithm,
             ),
-            temp,
+            temp: Some(temp),
             store: self.clone(),
         })
     }
@@ -49,7 +66,7 @@ impl Store {
     /// `put`, holding the blob (see `BlobWriter::commit_held`).
     pub async fn put_held(&self, bytes: &[u8]) -> Result<(Digest, Hold)> {
         let mut w = self.new_blob().await?;
-        ctx(w.write_all(bytes).await, "write", &w.temp)?;
+        ctx(w.write_all(bytes).await, "write", &w.place())?;
         let (digest, _, hold) = w.commit_held(false).await?;
         Ok((digest, hold))
     }
@@ -57,6 +74,18 @@ impl Store {
     /// `put`, naming the document by its `algorithm` digest.
     pub async fn put_with(&self, algorithm: Algorithm, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(algorithm, bytes);
+        if let Some(shared) = self.shared() {
+            // One PUT is atomic: the object appears whole or not at all.
+            let len = bytes.len() as u64;
+            if shared.meta.blob_size(&digest).await?.is_none() {
+                let key = shared.objects.blob_key(&digest);
+                let body = bytes::Bytes::copy_from_slice(bytes);
+                shared.objects.put(&key, body).await?;
+                self.added(len);
+            }
+            shared.meta.blob_committed(&digest, len).await?;
+            return Ok(digest);
+        }
         let path = self.blob_path(&digest);
         match tokio::fs::read(&path).await {
             Ok(stored) if stored == bytes => return Ok(digest),
@@ -65,7 +94,7 @@ impl Store {
             Err(e) => return ctx(Err(e), "read blob", &path),
         }
         let mut w = self.new_blob_with(algorithm).await?;
-        let temp = w.temp.to_path_buf();
+        let temp = w.place();
         ctx(w.write_all(bytes).await, "write", &temp)?;
         Ok(w.commit_replacing().await?.0)
     }
@@ -115,6 +144,9 @@ impl Store {
     /// so it is served as that (a Docker schema 2 manifest stays one). Atomic; durable before
     /// the manifest is linked.
     pub async fn set_manifest_type(&self, digest: &Digest, media_type: &str) -> Result<()> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.set_manifest_type(digest, media_type).await;
+        }
         let s = self.clone();
         let dest = self.manifest_type_path(digest);
         let body = media_type.as_bytes().to_vec();
@@ -132,6 +164,9 @@ impl Store {
 
     /// The media type recorded for a manifest without one of its own, if any.
     pub async fn manifest_type(&self, digest: &Digest) -> Result<Option<String>> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.manifest_type(digest).await;
+        }
         let (s, d) = (self.clone(), digest.clone());
         blocking(move || s.manifest_type_now(&d)).await
     }
@@ -148,6 +183,16 @@ impl Store {
 
     /// How the blob's file looks on disk now, or `None` if the store does not have it.
     pub async fn blob_stamp(&self, digest: &Digest) -> Result<Option<FileStamp>> {
+        if let Some(shared) = self.shared() {
+            // Shared blobs have no file; the size is what identifies them here.
+            let size = shared.meta.blob_size(digest).await?;
+            return Ok(size.map(|size| FileStamp {
+                dev: 0,
+                ino: 0,
+                size,
+                mtime_ns: 0,
+            }));
+        }
         let path = self.blob_path(digest);
         match tokio::fs::metadata(&path).await {
             Ok(m) => Ok(Some(FileStamp::of(&m))),
@@ -158,6 +203,9 @@ impl Store {
 
     /// The layer-cache record stored under `key`, if there is one.
     pub async fn layer_record(&self, key: &Digest) -> Result<Option<Vec<u8>>> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.layer_record(key).await;
+        }
         let path = self.layer_cache_dir().join(key.hex());
         match tokio::fs::read(&path).await {
             Ok(bytes) => Ok(Some(bytes)),
@@ -169,6 +217,9 @@ impl Store {
     /// Stores the layer-cache record of `key`, replacing any, atomically (temp file, rename).
     /// Not fsynced: a record lost in a crash costs one repack, and a torn one reads as none.
     pub async fn set_layer_record(&self, key: &Digest, bytes: Vec<u8>) -> Result<()> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.set_layer_record(key, &bytes).await;
+        }
         let s = self.clone();
         let dest = self.layer_cache_dir().join(key.hex());
         blocking(move || {
@@ -194,6 +245,11 @@ impl Store {
 
     /// Opens a blob for streaming; gives the file and its size.
     pub async fn open_blob(&self, digest: &Digest) -> Result<(tokio::fs::File, u64)> {
+        if self.is_shared() {
+            return Err(StoreError::Unsupported(
+                "a shared store's blobs are streamed (blob_stream), not opened as files",
+            ));
+        }
         let path = self.blob_path(digest);
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
@@ -204,6 +260,42 @@ impl Store {
         };
         let len = ctx(file.metadata().await, "stat blob", &path)?.len();
         Ok((file, len))
+    }
+
+    /// `len` bytes of a shared store's blob from `start`, streamed from object storage;
+    /// `BlobUnknown` if it is not there.
+    pub async fn blob_stream(
+        &self,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+    ) -> Result<super::ByteStream> {
+        let Some(shared) = self.shared() else {
+            return Err(StoreError::Unsupported(
+                "a local store's blobs are opened as files",
+            ));
+        };
+        let key = shared.objects.blob_key(digest);
+        shared
+            .objects
+            .stream(&key, start, len)
+            .await?
+            .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))
+    }
+
+    /// A short-lived URL from which a client can `method` (GET or HEAD) a shared store's
+    /// blob straight from object storage; `None` for a local store.
+    pub async fn presigned(
+        &self,
+        method: hyper::Method,
+        digest: &Digest,
+        valid: std::time::Duration,
+    ) -> Result<Option<String>> {
+        let Some(shared) = self.shared() else {
+            return Ok(None);
+        };
+        let key = shared.objects.blob_key(digest);
+        shared.objects.presign(method, &key, valid).await.map(Some)
     }
 
     /// Reads a whole blob into memory: only for small documents (configs, manifests).
@@ -230,6 +322,18 @@ impl Store {
 
     /// Reads a blob into memory if it is at most `max` bytes; `None` if it is larger.
     pub async fn read_small_blob(&self, digest: &Digest, max: u64) -> Result<Option<Vec<u8>>> {
+        if let Some(shared) = self.shared() {
+            match shared.meta.blob_size(digest).await? {
+                None => return Err(StoreError::BlobUnknown(digest.clone())),
+                Some(len) if len > max => return Ok(None),
+                Some(_) => {}
+            }
+            let key = shared.objects.blob_key(digest);
+            return match shared.objects.read(&key).await? {
+                Some(bytes) => Ok(Some(bytes.to_vec())),
+                None => Err(StoreError::BlobUnknown(digest.clone())),
+            };
+        }
         let (s, d) = (self.clone(), digest.clone());
         // One trip to a blocking thread, not one per open, stat and read.
         blocking(move || s.read_small_now(&d, max)).await
@@ -260,6 +364,22 @@ impl Store {
 
     /// Re-hashes a blob and checks it against its name.
     pub async fn verify(&self, digest: &Digest) -> Result<()> {
+        if self.is_shared() {
+            let size = self
+                .blob_size(digest)
+                .await?
+                .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))?;
+            let stream = self.blob_stream(digest, 0, size).await?;
+            let actual = hash_stream(stream, digest.algorithm(), digest).await?;
+            return if &actual == digest {
+                Ok(())
+            } else {
+                Err(StoreError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                })
+            };
+        }
         let (file, _) = self.open_blob(digest).await?;
         let path = self.blob_path(digest);
         let actual = hash_file(file, digest.algorithm(), &path).await?;
@@ -306,6 +426,9 @@ impl Store {
 
     /// The layer-cache records, by key, as stored (`pack::cache` reads them).
     pub async fn layer_cache_records(&self) -> Result<Vec<(Digest, Vec<u8>)>> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.layer_cache_records().await;
+        }
         let dir = self.layer_cache_dir();
         blocking(move || {
             let entries = match stdfs::read_dir(&dir) {
@@ -339,6 +462,9 @@ impl Store {
     /// Removes the layer-cache record of `key` (no fsync: a record that comes back in a
     /// crash is pruned again).
     pub async fn remove_layer_record(&self, key: &Digest) -> Result<()> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.remove_layer_record(key).await;
+        }
         let path = self.layer_cache_dir().join(key.hex());
         match tokio::fs::remove_file(&path).await {
             Err(e) if e.kind() != io::ErrorKind::NotFound => ctx(Err(e), "remove", &path),
@@ -349,6 +475,10 @@ impl Store {
     /// Every blob in the store. A file whose name is not a digest is reported as an error
     /// rather than skipped: something other than the store wrote it.
     pub async fn blobs(&self) -> Result<Vec<std::result::Result<Digest, PathBuf>>> {
+        if let Some(shared) = self.shared() {
+            let digests = shared.meta.blobs().await?;
+            return Ok(digests.into_iter().map(Ok).collect());
+        }
         let dirs = Algorithm::ALL.map(|a| (a, self.blob_dir(a)));
         blocking(move || {
             let mut out = Vec::new();
@@ -389,35 +519,95 @@ async fn hash_file(mut file: tokio::fs::File, algorithm: Algorithm, path: &Path)
     Ok(hasher.finish().0)
 }
 
+/// The `algorithm` digest of a stream's bytes (a shared store's blob); `what` names it in
+/// errors.
+async fn hash_stream(
+    mut stream: super::ByteStream,
+    algorithm: Algorithm,
+    what: &Digest,
+) -> Result<Digest> {
+    use futures_util::StreamExt;
+    let mut hasher = Hasher::with(algorithm);
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| StoreError::Objects(format!("read {what}: {e}")))?;
+        hasher.update(&piece);
+    }
+    Ok(hasher.finish().0)
+}
+
 /// A blob being written: bytes go to a locked temp file and are hashed on the way. `commit`
 /// names it by its digest; dropping it without commit removes the temp file.
 pub struct BlobWriter {
     /// The file, hashed as bytes reach it (the digest is of exactly what was written).
     out: HashingWriter<Sink>,
     /// The temp file's path; deleting it on drop is what makes an abandoned write vanish.
-    temp: tempfile::TempPath,
+    /// None for a shared store's blob (its `ObjectSink` cleans up after itself).
+    temp: Option<tempfile::TempPath>,
     /// Where to commit.
     store: Store,
 }
 
-/// A blob's temp file, buffered while bytes arrive. `park` writes the buffer out and gives
-/// its memory back: an upload waiting for its next chunk holds a file, not a megabyte.
-struct Sink {
-    /// The file behind a write buffer, while writing.
-    buffered: Option<BufWriter<tokio::fs::File>>,
-    /// The file alone, while parked (and before the first write).
-    parked: Option<tokio::fs::File>,
+/// Where a blob's bytes go while it is written.
+enum Sink {
+    /// A local store's temp file, buffered while bytes arrive. `park` writes the buffer out
+    /// and gives its memory back: an upload waiting for its next chunk holds a file, not a
+    /// megabyte.
+    File {
+        /// The file behind a write buffer, while writing.
+        buffered: Option<BufWriter<tokio::fs::File>>,
+        /// The file alone, while parked (and before the first write).
+        parked: Option<tokio::fs::File>,
+    },
+    /// A shared store's multipart upload under `uploads/`.
+    Object(ObjectSink),
+}
+
+/// A multipart upload to a temporary key. Dropped before its blob was committed, it aborts
+/// the upload (or removes the completed object), so nothing is left behind on purpose.
+struct ObjectSink {
+    /// The upload; `None` once completed.
+    writer: Option<object_store::buffered::BufWriter>,
+    key: object_store::path::Path,
+    store: Store,
+    /// Whether the upload completed and its object is still at `key`.
+    written: bool,
+}
+
+impl Drop for ObjectSink {
+    fn drop(&mut self) {
+        let (writer, written) = (self.writer.take(), self.written);
+        if writer.is_none() && !written {
+            return;
+        }
+        let (store, key) = (self.store.clone(), self.key.clone());
+        let cleanup = async move {
+            if let Some(mut writer) = writer
+                && let Err(e) = writer.abort().await
+            {
+                tracing::warn!(key = %key, error = %e, "cannot abort an unfinished upload");
+            }
+            if written && let Some(shared) = store.shared() {
+                let _ = shared.objects.delete(&key).await;
+            }
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            drop(rt.spawn(cleanup));
+        }
+    }
 }
 
 impl Sink {
     /// The buffered file, the buffer made if it was parked.
     fn writer(&mut self) -> io::Result<Pin<&mut BufWriter<tokio::fs::File>>> {
-        if self.buffered.is_none()
-            && let Some(file) = self.parked.take()
+        let Sink::File { buffered, parked } = self else {
+            return Err(io::Error::other("not a file"));
+        };
+        if buffered.is_none()
+            && let Some(file) = parked.take()
         {
-            self.buffered = Some(BufWriter::with_capacity(WRITE_BUFFER, file));
+            *buffered = Some(BufWriter::with_capacity(WRITE_BUFFER, file));
         }
-        match &mut self.buffered {
+        match buffered {
             Some(b) => Ok(Pin::new(b)),
             None => Err(io::Error::other("the blob's temp file is gone")),
         }
@@ -425,10 +615,21 @@ impl Sink {
 
     /// The file, taken out of its buffer (call `flush` first).
     fn take_file(&mut self) -> Option<tokio::fs::File> {
-        match self.buffered.take() {
+        let Sink::File { buffered, parked } = self else {
+            return None;
+        };
+        match buffered.take() {
             Some(b) => Some(b.into_inner()),
-            None => self.parked.take(),
+            None => parked.take(),
         }
+    }
+}
+
+/// The upload of an object sink, while it is open.
+fn upload(o: &mut ObjectSink) -> io::Result<Pin<&mut object_store::buffered::BufWriter>> {
+    match &mut o.writer {
+        Some(w) => Ok(Pin::new(w)),
+        None => Err(io::Error::other("the blob's upload is finished")),
     }
 }
 
@@ -438,6 +639,12 @@ impl AsyncWrite for Sink {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Sink::Object(o) = &mut *self {
+            return match upload(o) {
+                Ok(w) => w.poll_write(cx, buf),
+                Err(e) => Poll::Ready(Err(e)),
+            };
+        }
         match self.writer() {
             Ok(w) => w.poll_write(cx, buf),
             Err(e) => Poll::Ready(Err(e)),
@@ -445,9 +652,15 @@ impl AsyncWrite for Sink {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.buffered {
-            Some(b) => Pin::new(b).poll_flush(cx),
-            None => Poll::Ready(Ok(())),
+        match &mut *self {
+            Sink::File {
+                buffered: Some(b), ..
+            } => Pin::new(b).poll_flush(cx),
+            Sink::File { buffered: None, .. } => Poll::Ready(Ok(())),
+            Sink::Object(o) => match upload(o) {
+                Ok(w) => w.poll_flush(cx),
+                Err(_) => Poll::Ready(Ok(())),
+            },
         }
     }
 
@@ -465,13 +678,20 @@ impl BlobWriter {
     /// Writes out what is buffered and frees the buffers (ours and tokio's), for a writer
     /// that will wait (an upload between chunks); the next write makes new ones.
     pub async fn park(&mut self) -> Result<()> {
-        let path = self.temp.to_path_buf();
+        let path = self.place();
+        if matches!(self.out.get_ref(), Sink::Object(_)) {
+            // An upload's part buffer stays until the part is full (S3's 5 MiB minimum).
+            return Ok(());
+        }
         ctx(self.out.flush().await, "write", &path)?;
         let sink = self.out.get_mut();
         // tokio's File keeps a buffer of its own as big as the largest write it was given
         // (a megabyte here); a File made anew from the std one has none.
         if let Some(file) = sink.take_file() {
-            sink.parked = Some(tokio::fs::File::from_std(file.into_std().await));
+            *sink = Sink::File {
+                buffered: None,
+                parked: Some(tokio::fs::File::from_std(file.into_std().await)),
+            };
         }
         Ok(())
     }
@@ -481,8 +701,11 @@ impl BlobWriter {
     /// a sweep waits for, is not held through seconds of writeback of a large blob.
     pub async fn sync(&mut self) -> Result<()> {
         self.park().await?;
-        let path = self.temp.to_path_buf();
-        if let Some(file) = &self.out.get_mut().parked {
+        let path = self.place();
+        if let Sink::File {
+            parked: Some(file), ..
+        } = self.out.get_mut()
+        {
             ctx(file.sync_all().await, "fsync", &path)?;
         }
         Ok(())
@@ -520,12 +743,90 @@ impl BlobWriter {
         }
     }
 
+    /// Where the bytes go, for messages: the temp file, or the upload's key.
+    fn place(&self) -> PathBuf {
+        match (&self.temp, self.out.get_ref()) {
+            (Some(t), _) => t.to_path_buf(),
+            (None, Sink::Object(o)) => PathBuf::from(o.key.as_ref()),
+            (None, Sink::File { .. }) => PathBuf::new(),
+        }
+    }
+
+    /// `commit_inner` for a shared store: completes the upload, checks the digest, copies
+    /// the object to its digest key and records the blob in the database (in that order:
+    /// the database never names a blob whose object is not whole).
+    async fn commit_object(
+        self,
+        expected: Option<&Digest>,
+        replace: bool,
+    ) -> Result<(Digest, u64)> {
+        let place = self.place();
+        let store = self.store.clone();
+        let (sink, mut digest, len) = self.out.into_parts();
+        let Sink::Object(mut o) = sink else {
+            return ctx(Err(io::Error::other("not an upload")), "commit", &place);
+        };
+        let Some(shared) = store.shared() else {
+            return ctx(
+                Err(io::Error::other("not a shared store")),
+                "commit",
+                &place,
+            );
+        };
+        if let Some(mut w) = o.writer.take() {
+            if let Err(e) = w.shutdown().await {
+                // Completing failed: abort what was uploaded (the sink's drop sees nothing).
+                let _ = w.abort().await;
+                return Err(StoreError::Objects(format!(
+                    "cannot complete upload {place:?}: {e}"
+                )));
+            }
+            o.written = true;
+        }
+        if let Some(expected) = expected
+            && expected.algorithm() != digest.algorithm()
+        {
+            let stream = shared
+                .objects
+                .stream(&o.key, 0, len)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Objects(format!("upload {place:?} vanished before its commit"))
+                })?;
+            digest = hash_stream(stream, expected.algorithm(), expected).await?;
+        }
+        if let Some(expected) = expected
+            && expected != &digest
+        {
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        if replace || shared.meta.blob_size(&digest).await?.is_none() {
+            shared
+                .objects
+                .copy(&o.key, &shared.objects.blob_key(&digest))
+                .await?;
+            store.added(len);
+        }
+        shared.meta.blob_committed(&digest, len).await?;
+        // The upload's object goes now; should that fail, the sink's drop tries again.
+        if shared.objects.delete(&o.key).await.is_ok() {
+            o.written = false;
+        }
+        Ok((digest, len))
+    }
+
     async fn commit_inner(
         mut self,
         expected: Option<&Digest>,
         replace: bool,
     ) -> Result<(Digest, u64)> {
-        let temp_path = self.temp.to_path_buf();
+        if self.store.is_shared() {
+            return self.commit_object(expected, replace).await;
+        }
+        let temp_path = self.place();
         ctx(self.out.flush().await, "write", &temp_path)?;
         let (mut sink, mut digest, len) = self.out.into_parts();
         if let Some(expected) = expected
@@ -556,7 +857,9 @@ impl BlobWriter {
         };
         let file = file.into_std().await;
         let dest = self.store.blob_path(&digest);
-        let temp = self.temp;
+        let Some(temp) = self.temp else {
+            return ctx(Err(io::Error::other("no temp file")), "commit", &temp_path);
+        };
         let dir = self.store.blob_dir(digest.algorithm());
         let store = self.store.clone();
         let new = blocking(move || {
@@ -633,16 +936,22 @@ mod tests {
     async fn a_parked_writer_holds_no_buffer_and_goes_on_where_it_stopped() {
         let (_d, store) = fresh().await;
         let mut w = store.new_blob().await.expect("new");
-        assert!(
-            w.out.get_ref().buffered.is_none(),
-            "a buffer before any write"
-        );
+        let buffered = |w: &BlobWriter| {
+            matches!(
+                w.out.get_ref(),
+                Sink::File {
+                    buffered: Some(_),
+                    ..
+                }
+            )
+        };
+        assert!(!buffered(&w), "a buffer before any write");
         w.write_all(b"first ").await.expect("write");
-        assert!(w.out.get_ref().buffered.is_some());
+        assert!(buffered(&w));
         w.park().await.expect("park");
-        assert!(w.out.get_ref().buffered.is_none(), "parked with a buffer");
+        assert!(!buffered(&w), "parked with a buffer");
         assert_eq!(
-            stdfs::read(&w.temp).expect("read"),
+            stdfs::read(w.place()).expect("read"),
             b"first ",
             "park must write the buffer out"
         );

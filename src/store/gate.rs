@@ -31,7 +31,8 @@ use crate::digest::Digest;
 #[derive(Debug)]
 pub struct Pin {
     _turn: tokio::sync::OwnedRwLockReadGuard<()>,
-    _file: stdfs::File,
+    /// The shared flock; none on a shared store, which has no collector yet to keep out.
+    _file: Option<stdfs::File>,
 }
 
 /// The sweep's side: no writer is between finding a blob and linking it, in any process.
@@ -48,14 +49,17 @@ pub(crate) struct Exclusive {
 /// claims are found unlocked and removed by the next sweep.
 #[derive(Debug)]
 pub struct Hold {
-    _file: stdfs::File,
-    path: PathBuf,
+    /// The flock'd claim file and its path; none on a shared store (no collector yet).
+    _file: Option<stdfs::File>,
+    path: Option<PathBuf>,
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
         // Left behind on failure, it is unlocked once we are gone, and the sweep removes it.
-        let _ = stdfs::remove_file(&self.path);
+        if let Some(path) = &self.path {
+            let _ = stdfs::remove_file(path);
+        }
     }
 }
 
@@ -71,6 +75,12 @@ impl Store {
     /// Takes the writers' side of the gate (see [`Pin`]).
     pub async fn pin(&self) -> Result<Pin> {
         let turn = self.turn.clone().read_owned().await;
+        if self.is_shared() {
+            return Ok(Pin {
+                _turn: turn,
+                _file: None,
+            });
+        }
         let path = self.gate_path();
         let file = open_lock_file(&path)?;
         let file = match file.try_lock_shared() {
@@ -83,7 +93,7 @@ impl Store {
         };
         Ok(Pin {
             _turn: turn,
-            _file: file,
+            _file: Some(file),
         })
     }
 
@@ -107,6 +117,13 @@ impl Store {
     /// Touches blob `digest` and claims it until the hold is dropped; `None` if the store
     /// does not have it.
     pub async fn hold(&self, _pin: &Pin, digest: &Digest) -> Result<Option<Hold>> {
+        if let Some(shared) = self.shared() {
+            let found = shared.meta.blob_size(digest).await?;
+            return Ok(found.map(|_| Hold {
+                _file: None,
+                path: None,
+            }));
+        }
         let blob = self.blob_path(digest);
         let dir = self.holds_dir();
         let prefix = format!("{}.", file_name(digest));
@@ -128,7 +145,10 @@ impl Store {
                 path: dir.clone(),
                 source: e.error,
             })?;
-            Ok(Some(Hold { _file: file, path }))
+            Ok(Some(Hold {
+                _file: Some(file),
+                path: Some(path),
+            }))
         })
         .await
     }

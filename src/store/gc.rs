@@ -185,6 +185,11 @@ impl GcReport {
 
 /// Runs one pass: retention, mark, sweep (see the module doc).
 pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result<GcReport> {
+    if store.is_shared() {
+        return Err(crate::store::StoreError::Unsupported(
+            "garbage collection of a shared store (object storage and PostgreSQL) is not built yet",
+        ));
+    }
     let started = Instant::now();
     let mut report = GcReport {
         dry_run: policy.dry_run,

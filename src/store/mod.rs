@@ -63,7 +63,9 @@
 mod blobs;
 mod gate;
 pub mod gc;
+pub mod postgres;
 mod repositories;
+pub mod s3;
 pub mod verify;
 
 use std::fs as stdfs;
@@ -104,6 +106,34 @@ pub enum StoreError {
     NotAStore(PathBuf),
     #[error("tag file {} is corrupt: {source}", path.display())]
     CorruptTag { path: PathBuf, source: DigestError },
+    /// Object storage failed (a shared store's bytes).
+    #[error("object storage: {0}")]
+    Objects(String),
+    /// The metadata database failed or cannot be reached (a shared store).
+    #[error("metadata database: {0}")]
+    Database(String),
+    /// What a shared store does not do (yet); the message says what.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+impl StoreError {
+    /// Whether the failure is of a service the store depends on (object storage, the
+    /// database) rather than of the request or the data: worth a 503 and a retry.
+    pub fn unavailable(&self) -> bool {
+        matches!(self, StoreError::Objects(_) | StoreError::Database(_))
+    }
+}
+
+/// Bytes of a blob as they arrive from object storage.
+pub type ByteStream =
+    std::pin::Pin<Box<dyn futures_core::Stream<Item = io::Result<bytes::Bytes>> + Send>>;
+
+/// A store shared by several replicas: bytes in object storage, metadata in PostgreSQL.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub objects: s3::Objects,
+    pub meta: postgres::Metadata,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -159,6 +189,9 @@ pub struct Store {
     totals: Arc<Totals>,
     /// The in-process half of the gate between writers and the sweep (`gate`).
     turn: gate::Turn,
+    /// Set for a store shared by replicas: then blobs and metadata live there, and `root`
+    /// is only this process's scratch folder (files made to be packed).
+    shared: Option<Arc<Shared>>,
 }
 
 /// Blobs and bytes in the store: a walk counts them once (`Store::count`), then this process's
@@ -179,6 +212,45 @@ impl Store {
             root,
             totals: Arc::default(),
             turn: gate::Turn::default(),
+            shared: None,
+        }
+    }
+
+    /// Opens a store shared by replicas: blobs at `location`, metadata in the PostgreSQL
+    /// database at `metadata_url` (its schema brought up to date). Both services are
+    /// contacted now, so a wrong address or credentials fail here, in one line. Files this
+    /// process makes to pack go to a scratch folder under the temp directory.
+    pub async fn open_shared(location: &s3::Location, metadata_url: &str) -> Result<Store> {
+        let objects = s3::Objects::new(location)?;
+        objects.probe().await?;
+        let meta = postgres::Metadata::connect(metadata_url).await?;
+        let mut store = Store::at(std::env::temp_dir().join("quinistry-scratch"));
+        let dir = store.root.clone();
+        ctx(
+            stdfs::create_dir_all(&dir),
+            "create scratch directory",
+            &dir,
+        )?;
+        store.shared = Some(Arc::new(Shared { objects, meta }));
+        Ok(store)
+    }
+
+    /// The shared store's services, if this is one.
+    pub(crate) fn shared(&self) -> Option<&Shared> {
+        self.shared.as_deref()
+    }
+
+    /// Whether blobs and metadata are shared by replicas (object storage and PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Takes repository `name`'s write lock shared by every replica; `None` for a local
+    /// store (the registry's in-process lock is the whole of it there).
+    pub async fn lock_repository(&self, name: &Name) -> Result<Option<postgres::RepositoryLock>> {
+        match self.shared() {
+            Some(s) => s.meta.lock_repository(name).await.map(Some),
+            None => Ok(None),
         }
     }
 
@@ -201,6 +273,15 @@ impl Store {
     /// Counts the blobs and their bytes with a walk of the store (once, at start: after it
     /// [`Store::totals`] are kept by commits).
     pub async fn count(&self) -> Result<()> {
+        if let Some(shared) = self.shared() {
+            let found = shared.meta.totals().await?;
+            *lock(&self.totals.added_at_walk) = (
+                self.totals.added_blobs.load(Ordering::Relaxed),
+                self.totals.added_bytes.load(Ordering::Relaxed),
+            );
+            *lock(&self.totals.walked) = Some(found);
+            return Ok(());
+        }
         *lock(&self.totals.added_at_walk) = (
             self.totals.added_blobs.load(Ordering::Relaxed),
             self.totals.added_bytes.load(Ordering::Relaxed),
@@ -241,6 +322,10 @@ impl Store {
     /// Whether the store can be read and written now: lists the blob folder and writes and
     /// removes a temp file (for `/readyz`; a full disk or a lost mount says no).
     pub async fn probe(&self) -> Result<()> {
+        if let Some(shared) = self.shared() {
+            shared.meta.probe().await?;
+            return shared.objects.probe().await;
+        }
         let s = self.clone();
         blocking(move || {
             let dir = s.blob_dir(Algorithm::Sha256);

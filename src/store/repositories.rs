@@ -20,6 +20,9 @@ impl Store {
     /// cannot straddle a push that moves it.
     pub async fn set_tag(&self, pin: &Pin, name: &Name, tag: &Tag, digest: &Digest) -> Result<()> {
         let _ = pin;
+        if let Some(shared) = self.shared() {
+            return shared.meta.set_tag(name, tag, digest).await;
+        }
         let s = self.clone();
         let dir = self.tags_dir(name);
         let dest = self.tag_path(name, tag);
@@ -41,6 +44,9 @@ impl Store {
 
     /// The manifest digest `name:tag` points at, if the tag exists.
     pub async fn tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.tag(name, tag).await;
+        }
         let path = self.tag_path(name, tag);
         let text = match tokio::fs::read_to_string(&path).await {
             Ok(t) => t,
@@ -55,6 +61,9 @@ impl Store {
 
     /// Whether `name` is a repository: something was tagged, pushed or linked into it.
     pub async fn has_repository(&self, name: &Name) -> Result<bool> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.has_repository(name).await;
+        }
         let dir = self.repository_dir(name);
         blocking(move || is_repository(&dir)).await
     }
@@ -63,6 +72,9 @@ impl Store {
     /// `_manifests` holds something), sorted by name.
     /// Folders whose path is not a valid name are skipped: the store never creates them.
     pub async fn repositories(&self) -> Result<Vec<Name>> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.repositories().await;
+        }
         let s = self.clone();
         blocking(move || s.repositories_now()).await
     }
@@ -106,6 +118,9 @@ impl Store {
 
     /// Removes `name:tag`; `false` if there was no such tag.
     pub async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.delete_tag(name, tag).await;
+        }
         let path = self.tag_path(name, tag);
         let dir = self.tags_dir(name);
         blocking(move || remove_durably(&path, &dir)).await
@@ -129,6 +144,9 @@ impl Store {
     /// sees the link (see `gate`).
     pub async fn link(&self, pin: &Pin, name: &Name, kind: Link, digest: &Digest) -> Result<()> {
         let _ = pin;
+        if let Some(shared) = self.shared() {
+            return shared.meta.link(name, kind, digest).await;
+        }
         let path = self.link_path(name, kind, digest);
         let blob = self.blob_path(digest);
         let d = digest.clone();
@@ -144,6 +162,9 @@ impl Store {
     /// Removes `digest` from repository `name`; `false` if it was not there. The bytes stay in
     /// `blobs/`: another repository may link them too.
     pub async fn unlink(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.unlink(name, kind, digest).await;
+        }
         let path = self.link_path(name, kind, digest);
         blocking(move || {
             let dir = path.parent().unwrap_or(&path).to_owned();
@@ -202,6 +223,9 @@ impl Store {
 
     /// Whether repository `name` holds `digest` (and the store has its bytes).
     pub async fn is_linked(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.is_linked(name, kind, digest).await;
+        }
         let link = self.link_path(name, kind, digest);
         let blob = self.blob_path(digest);
         blocking(move || Ok(exists(&link)? && exists(&blob)?)).await
@@ -216,6 +240,9 @@ impl Store {
         referrer: &Digest,
     ) -> Result<()> {
         let path = self.referrers_dir(name, subject).join(file_name(referrer));
+        if let Some(shared) = self.shared() {
+            return shared.meta.add_referrer(name, subject, referrer).await;
+        }
         blocking(move || create_durably(&path)).await
     }
 
@@ -226,24 +253,36 @@ impl Store {
         referrer: &Digest,
     ) -> Result<()> {
         let dir = self.referrers_dir(name, subject);
+        if let Some(shared) = self.shared() {
+            return shared.meta.remove_referrer(name, subject, referrer).await;
+        }
         let path = dir.join(file_name(referrer));
         blocking(move || remove_durably(&path, &dir).map(drop)).await
     }
 
     /// The manifests of `name` recorded as having `subject`, sorted.
     pub async fn referrers(&self, name: &Name, subject: &Digest) -> Result<Vec<Digest>> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.referrers(name, subject).await;
+        }
         let dir = self.referrers_dir(name, subject);
         blocking(move || list_names(&dir, parse_file_name)).await
     }
 
     /// The digests repository `name` links as `kind`, sorted (bytes present or not).
     pub async fn links(&self, name: &Name, kind: Link) -> Result<Vec<Digest>> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.links(name, kind).await;
+        }
         let dir = self.repository_dir(name).join(kind.dir());
         blocking(move || list_names(&dir, parse_file_name)).await
     }
 
     /// Every referrer record of repository `name`: (subject, referrer), sorted.
     pub async fn referrer_records(&self, name: &Name) -> Result<Vec<(Digest, Digest)>> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.referrer_records(name).await;
+        }
         let dir = self.repository_dir(name).join("_referrers");
         blocking(move || {
             let mut out = Vec::new();
@@ -299,6 +338,9 @@ impl Store {
 
     /// The tags of a repository, sorted; empty if the repository has none.
     pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>> {
+        if let Some(shared) = self.shared() {
+            return shared.meta.tags(name).await;
+        }
         let dir = self.tags_dir(name);
         blocking(move || list_names(&dir, |s| s.parse().ok())).await
     }
@@ -325,7 +367,7 @@ pub enum Link {
 }
 
 impl Link {
-    fn dir(self) -> &'static str {
+    pub(crate) fn dir(self) -> &'static str {
         match self {
             Link::Blob => "_blobs",
             Link::Manifest => "_manifests",

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# A 3-node Garage cluster (S3-compatible object storage, replication 3) and a PostgreSQL
+# server, on loopback ports, with all their files under one folder: what a shared quinistry
+# store (`--store s3://… --metadata postgres://…`) runs over, for the tests, the benchmarks
+# and the README's "Scale out" walk-through.
+#
+#   .ci/cluster.sh start DIR    starts both, writes DIR/env (source it), prints it
+#   .ci/cluster.sh stop DIR     stops both (the folder is left for the caller to remove)
+#
+# DIR/env sets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION (what quinistry and any
+# S3 client read), and for the tests QUINISTRY_TEST_S3_ENDPOINTS (the three nodes' S3 APIs,
+# comma-separated), QUINISTRY_TEST_BUCKET, QUINISTRY_TEST_POSTGRES (a superuser URL) and
+# QUINISTRY_TEST_CLUSTER (DIR: node N's config is DIR/garageN.toml, its pid DIR/garageN.pid,
+# so a test can kill a node and start it again).
+#
+# Needs `garage` (cargo install garage --locked) and PostgreSQL's server binaries (Debian's
+# postgresql). As root, PostgreSQL runs as the `postgres` user.
+set -euo pipefail
+
+cmd=${1:-}
+dir=${2:-}
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)
+[ -n "$pg_bin" ] || pg_bin=$(dirname "$(command -v pg_ctl 2>/dev/null || echo /usr/bin/pg_ctl)")
+
+# Runs a PostgreSQL command as the owner of its data folder (postgres when we are root).
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then
+    su postgres -s /bin/sh -c "$(printf '%q ' "$@")"
+  else
+    "$@"
+  fi
+}
+
+stop() {
+  for n in 1 2 3; do
+    if [ -f "$dir/garage$n.pid" ]; then
+      kill "$(cat "$dir/garage$n.pid")" 2>/dev/null || true
+    fi
+  done
+  if [ -f "$dir/pg/postmaster.pid" ]; then
+    as_pg "$pg_bin/pg_ctl" -D "$dir/pg" -m immediate -w stop >/dev/null 2>&1 || true
+  fi
+  for n in 1 2 3; do
+    if [ -f "$dir/garage$n.pid" ]; then
+      pid=$(cat "$dir/garage$n.pid")
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+      rm -f "$dir/garage$n.pid"
+    fi
+  done
+}
+
+if [ "$cmd" = stop ]; then
+  stop
+  exit 0
+fi
+[ "$cmd" = start ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+command -v garage >/dev/null || { echo "garage not found: cargo install garage --locked" >&2; exit 1; }
+[ -x "$pg_bin/initdb" ] || { echo "PostgreSQL's initdb not found: apt-get install postgresql" >&2; exit 1; }
+
+# Free loopback ports: 3 per Garage node (RPC, S3, admin) and one for PostgreSQL.
+read -r -a ports < <(python3 -c '
+import socket
+socks = []
+for _ in range(10):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))')
+
+secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+endpoints=()
+for n in 1 2 3; do
+  rpc=${ports[$(( (n - 1) * 3 ))]}
+  s3=${ports[$(( (n - 1) * 3 + 1 ))]}
+  admin=${ports[$(( (n - 1) * 3 + 2 ))]}
+  mkdir -p "$dir/garage$n/meta" "$dir/garage$n/data"
+  cat >"$dir/garage$n.toml" <<EOF
+metadata_dir = "$dir/garage$n/meta"
+data_dir = "$dir/garage$n/data"
+db_engine = "sqlite"
+replication_factor = 3
+consistency_mode = "consistent"
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$secret"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$admin"
+EOF
+  RUST_LOG=warn garage -c "$dir/garage$n.toml" server >"$dir/garage$n.log" 2>&1 &
+  echo $! >"$dir/garage$n.pid"
+  endpoints+=("http://127.0.0.1:$s3")
+done
+trap 'stop' ERR
+
+g() { garage -c "$dir/garage1.toml" "$@"; }
+ids=()
+for n in 1 2 3; do
+  id=""
+  for _ in $(seq 1 100); do
+    id=$(garage -c "$dir/garage$n.toml" node id -q 2>/dev/null) && break
+    sleep 0.1
+  done
+  [ -n "$id" ] || { echo "garage node $n did not start:" >&2; cat "$dir/garage$n.log" >&2; exit 1; }
+  ids+=("$id")
+done
+for n in 1 2; do g node connect "${ids[$n]}" >/dev/null; done
+for id in "${ids[@]}"; do g layout assign "${id%@*}" -z dc1 -c 1G >/dev/null; done
+g layout apply --version 1 >/dev/null
+# Fixed-format test keys: GK + 24 hex, and 64 hex.
+key_id="GK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+key_secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+for _ in $(seq 1 100); do
+  g bucket create quinistry >/dev/null 2>&1 && break
+  sleep 0.1
+done
+g key import --yes -n quinistry "$key_id" "$key_secret" >/dev/null
+g bucket allow --read --write --owner quinistry --key quinistry >/dev/null
+
+pg_port=${ports[9]}
+mkdir -p "$dir/pg" "$dir/pg-socket"
+[ "$(id -u)" = 0 ] && chown postgres "$dir/pg" "$dir/pg-socket" && chmod 711 "$dir"
+as_pg "$pg_bin/initdb" -D "$dir/pg" -A trust -U postgres >"$dir/initdb.log" 2>&1
+as_pg "$pg_bin/pg_ctl" -D "$dir/pg" -l "$dir/pg-socket/log" -w start \
+  -o "-p $pg_port -k $dir/pg-socket -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on" >/dev/null
+
+cat >"$dir/env" <<EOF
+export AWS_ACCESS_KEY_ID=$key_id
+export AWS_SECRET_ACCESS_KEY=$key_secret
+export AWS_REGION=garage
+export QUINISTRY_TEST_S3_ENDPOINTS=$(IFS=,; echo "${endpoints[*]}")
+export QUINISTRY_TEST_BUCKET=quinistry
+export QUINISTRY_TEST_POSTGRES=postgres://postgres@127.0.0.1:$pg_port/postgres
+export QUINISTRY_TEST_CLUSTER=$dir
+EOF
+cat "$dir/env"

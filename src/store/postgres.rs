@@ -1,0 +1,584 @@
+//! The metadata of a store shared by several replicas, in PostgreSQL (`--metadata
+//! postgres://…`): which blobs exist, tags, repository links, referrer records, manifest media
+//! types and layer-cache records. The bytes are in object storage (`s3`).
+//!
+//! Every answer comes from the database, so what one replica writes the next request to any
+//! replica sees: there is no cache of mutable state in a replica. Writes that must not
+//! interleave across replicas (a manifest push with its tags against a delete) take the
+//! repository's advisory lock ([`Metadata::lock_repository`]), the shared form of the
+//! in-process lock a single server holds.
+//!
+//! The schema is versioned: [`MIGRATIONS`] run at start, each in its own transaction, under
+//! an advisory lock so that replicas starting together do not race; a database whose schema
+//! is newer than this binary knows is refused.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::{Link, StoreError};
+use crate::digest::Digest;
+use crate::reference::{Name, Tag};
+
+/// The schema, one entry per version, applied in order. Never edit one that shipped: add
+/// the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: blobs, tags, links, referrers, media types, layer-cache records.
+    "CREATE TABLE blobs (
+         digest text PRIMARY KEY,
+         size bigint NOT NULL,
+         touched_at timestamptz NOT NULL DEFAULT now()
+     );
+     CREATE TABLE tags (
+         repository text NOT NULL,
+         tag text NOT NULL,
+         digest text NOT NULL,
+         set_at timestamptz NOT NULL DEFAULT now(),
+         PRIMARY KEY (repository, tag)
+     );
+     CREATE TABLE links (
+         repository text NOT NULL,
+         kind text NOT NULL,
+         digest text NOT NULL,
+         touched_at timestamptz NOT NULL DEFAULT now(),
+         PRIMARY KEY (repository, kind, digest)
+     );
+     CREATE INDEX links_by_digest ON links (digest);
+     CREATE TABLE referrers (
+         repository text NOT NULL,
+         subject text NOT NULL,
+         referrer text NOT NULL,
+         PRIMARY KEY (repository, subject, referrer)
+     );
+     CREATE TABLE manifest_types (
+         digest text PRIMARY KEY,
+         media_type text NOT NULL
+     );
+     CREATE TABLE layer_records (
+         key text PRIMARY KEY,
+         record bytea NOT NULL
+     );",
+];
+
+/// The advisory lock key under which migrations run (any fixed number of ours).
+const MIGRATION_LOCK: i64 = 0x7175_696e_6973_7472;
+
+/// Most connections a replica opens.
+const POOL_SIZE: usize = 32;
+/// How long a request waits for a connection, or to make one, before it is answered 503.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// The metadata database of a shared store.
+pub struct Metadata {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metadata").finish_non_exhaustive()
+    }
+}
+
+fn db(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn parse<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::Database(format!("the database holds a bad {what}: {text:?}")))
+}
+
+fn size(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl Metadata {
+    /// Connects to `url` and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Metadata, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Database(format!("bad --metadata URL: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .recycle_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(db)?;
+        let metadata = Metadata { pool };
+        metadata.migrate().await?;
+        Ok(metadata)
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Database(format!("cannot reach the database: {e}")))
+    }
+
+    /// Applies the migrations this database lacks.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS quinistry_schema (
+                     version integer PRIMARY KEY,
+                     applied_at timestamptz NOT NULL DEFAULT now()
+                 )",
+            )
+            .await
+            .map_err(db)?;
+        let tx = client.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db)?;
+        let row = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM quinistry_schema",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let current: i32 = row.get(0);
+        let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+        if current > known {
+            return Err(StoreError::Database(format!(
+                "the database's schema is version {current}, newer than this quinistry knows ({known}): upgrade quinistry"
+            )));
+        }
+        for (version, sql) in (1..)
+            .zip(MIGRATIONS)
+            .skip(usize::try_from(current).unwrap_or(0))
+        {
+            tx.batch_execute(sql).await.map_err(|e| {
+                StoreError::Database(format!("schema migration {version} failed: {e}"))
+            })?;
+            tx.execute(
+                "INSERT INTO quinistry_schema (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(db)?;
+            tracing::info!(version, "metadata schema migrated");
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// Whether the database answers.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .simple_query("SELECT 1")
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    /// Records that blob `digest` (of `size` bytes) is stored: after its object is complete.
+    pub async fn blob_committed(&self, digest: &Digest, size: u64) -> Result<(), StoreError> {
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO blobs (digest, size) VALUES ($1, $2)
+                 ON CONFLICT (digest) DO UPDATE SET touched_at = now()",
+                &[&digest.to_string(), &size],
+            )
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    /// The size of blob `digest`, `None` if the store does not have it.
+    pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT size FROM blobs WHERE digest = $1",
+                &[&digest.to_string()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| size(r.get(0))))
+    }
+
+    /// Every blob the store has, sorted.
+    pub async fn blobs(&self) -> Result<Vec<Digest>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT digest FROM blobs ORDER BY digest", &[])
+            .await
+            .map_err(db)?;
+        rows.iter().map(|r| parse(r.get(0), "digest")).collect()
+    }
+
+    /// How many blobs and bytes the store holds.
+    pub async fn totals(&self) -> Result<(i64, i64), StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT count(*), coalesce(sum(size), 0)::bigint FROM blobs",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    pub async fn set_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO tags (repository, tag, digest) VALUES ($1, $2, $3)
+                 ON CONFLICT (repository, tag) DO UPDATE SET digest = $3, set_at = now()",
+                &[&name.as_str(), &tag.as_str(), &digest.to_string()],
+            )
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    pub async fn tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT digest FROM tags WHERE repository = $1 AND tag = $2",
+                &[&name.as_str(), &tag.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        row.map(|r| parse(r.get(0), "digest")).transpose()
+    }
+
+    pub async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM tags WHERE repository = $1 AND tag = $2",
+                &[&name.as_str(), &tag.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT tag FROM tags WHERE repository = $1 ORDER BY tag",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(|r| parse(r.get(0), "tag")).collect()
+    }
+
+    /// Whether something is tagged or linked in `name`.
+    pub async fn has_repository(&self, name: &Name) -> Result<bool, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM tags WHERE repository = $1)
+                     OR EXISTS (SELECT 1 FROM links WHERE repository = $1)",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get(0))
+    }
+
+    pub async fn repositories(&self) -> Result<Vec<Name>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT repository FROM tags UNION SELECT repository FROM links ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(|r| parse(r.get(0), "repository")).collect()
+    }
+
+    /// Links `digest` into `name` and touches the blob; `BlobUnknown` if the store does not
+    /// have it. One statement: the check and the link cannot be split by a delete.
+    pub async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<(), StoreError> {
+        let d = digest.to_string();
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "WITH blob AS (UPDATE blobs SET touched_at = now() WHERE digest = $3 RETURNING 1)
+                 INSERT INTO links (repository, kind, digest)
+                 SELECT $1, $2, $3 FROM blob
+                 ON CONFLICT (repository, kind, digest) DO UPDATE SET touched_at = now()",
+                &[&name.as_str(), &kind.dir(), &d],
+            )
+            .await
+            .map_err(db)?;
+        if n == 0 {
+            return Err(StoreError::BlobUnknown(digest.clone()));
+        }
+        Ok(())
+    }
+
+    pub async fn unlink(
+        &self,
+        name: &Name,
+        kind: Link,
+        digest: &Digest,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM links WHERE repository = $1 AND kind = $2 AND digest = $3",
+                &[&name.as_str(), &kind.dir(), &digest.to_string()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    /// Whether `name` links `digest` and the store has its bytes.
+    pub async fn is_linked(
+        &self,
+        name: &Name,
+        kind: Link,
+        digest: &Digest,
+    ) -> Result<bool, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM links JOIN blobs USING (digest)
+                                WHERE repository = $1 AND kind = $2 AND digest = $3)",
+                &[&name.as_str(), &kind.dir(), &digest.to_string()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get(0))
+    }
+
+    pub async fn links(&self, name: &Name, kind: Link) -> Result<Vec<Digest>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT digest FROM links WHERE repository = $1 AND kind = $2 ORDER BY digest",
+                &[&name.as_str(), &kind.dir()],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(|r| parse(r.get(0), "digest")).collect()
+    }
+
+    pub async fn add_referrer(
+        &self,
+        name: &Name,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO referrers VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&name.as_str(), &subject.to_string(), &referrer.to_string()],
+            )
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    pub async fn remove_referrer(
+        &self,
+        name: &Name,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM referrers WHERE repository = $1 AND subject = $2 AND referrer = $3",
+                &[&name.as_str(), &subject.to_string(), &referrer.to_string()],
+            )
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    pub async fn referrers(
+        &self,
+        name: &Name,
+        subject: &Digest,
+    ) -> Result<Vec<Digest>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT referrer FROM referrers WHERE repository = $1 AND subject = $2
+                 ORDER BY referrer",
+                &[&name.as_str(), &subject.to_string()],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter().map(|r| parse(r.get(0), "digest")).collect()
+    }
+
+    pub async fn referrer_records(&self, name: &Name) -> Result<Vec<(Digest, Digest)>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT subject, referrer FROM referrers WHERE repository = $1 ORDER BY 1, 2",
+                &[&name.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((parse(r.get(0), "digest")?, parse(r.get(1), "digest")?)))
+            .collect()
+    }
+
+    pub async fn set_manifest_type(
+        &self,
+        digest: &Digest,
+        media_type: &str,
+    ) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO manifest_types VALUES ($1, $2)
+                 ON CONFLICT (digest) DO UPDATE SET media_type = $2",
+                &[&digest.to_string(), &media_type],
+            )
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    pub async fn manifest_type(&self, digest: &Digest) -> Result<Option<String>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT media_type FROM manifest_types WHERE digest = $1",
+                &[&digest.to_string()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn layer_record(&self, key: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT record FROM layer_records WHERE key = $1",
+                &[&key.to_string()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn set_layer_record(&self, key: &Digest, record: &[u8]) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO layer_records VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET record = $2",
+                &[&key.to_string(), &record],
+            )
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    pub async fn layer_cache_records(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT key, record FROM layer_records", &[])
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((parse(r.get(0), "digest")?, r.get(1))))
+            .collect()
+    }
+
+    pub async fn remove_layer_record(&self, key: &Digest) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM layer_records WHERE key = $1",
+                &[&key.to_string()],
+            )
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    /// Takes repository `name`'s lock, shared by every replica (a session advisory lock on a
+    /// connection of its own, held until the guard is dropped).
+    pub async fn lock_repository(&self, name: &Name) -> Result<RepositoryLock, StoreError> {
+        let client = self.client().await?;
+        let key = format!("quinistry/repository/{name}");
+        client
+            .execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&key])
+            .await
+            .map_err(db)?;
+        Ok(RepositoryLock {
+            held: Some((client, key)),
+        })
+    }
+}
+
+/// A repository's lock across replicas; let go when dropped.
+pub struct RepositoryLock {
+    held: Option<(Object, String)>,
+}
+
+impl Drop for RepositoryLock {
+    fn drop(&mut self) {
+        let Some((client, key)) = self.held.take() else {
+            return;
+        };
+        let unlock = async move {
+            let unlocked = client
+                .execute(
+                    "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+                    &[&key],
+                )
+                .await;
+            if unlocked.is_err() {
+                // Never hand a connection that may still hold the lock back to the pool:
+                // closing it lets go of the lock.
+                drop(Object::take(client));
+            }
+        };
+        // No runtime (shutdown): the connection closes with the process.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            drop(rt.spawn(unlock));
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Bytes by digest in S3-compatible object storage (`--store s3://BUCKET/PREFIX`): the blobs
+//! of a store shared by several replicas.
+//!
+//! ```text
+//! <prefix>/blobs/<algorithm>/<hex>    a blob, named by the digest of its bytes
+//! <prefix>/uploads/<random>           a blob being written (a multipart upload until done)
+//! ```
+//!
+//! A writer streams into a multipart upload under `uploads/` while it hashes; only once the
+//! upload is complete and its digest checked is it copied to its `blobs/` key (a server-side
+//! copy: no byte passes through us again), so no half-written object is ever under a digest
+//! key (invariant 1). A writer dropped before that aborts its upload.
+//!
+//! Conditional writes are not used for anything: Garage accepts `If-None-Match` and ignores
+//! it. Whether a blob *exists* is the metadata database's answer (`postgres`), written after
+//! the copy; an object under `blobs/` that the database does not name is garbage.
+//!
+//! A replica is given several endpoints (the nodes of the storage cluster, or gateways): a
+//! request that fails on one for a reason of the connection is retried on the next, which
+//! then becomes the first choice. A streaming write stays on the endpoint it began on: if
+//! that fails, the write fails and its client retries.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as Key;
+use object_store::signer::Signer;
+use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig};
+
+use super::StoreError;
+use crate::digest::Digest;
+
+/// Size of one part of a multipart upload (S3's smallest but for the last).
+pub const PART_SIZE: usize = 5 << 20;
+/// Parts of one upload in flight at once: with `PART_SIZE`, a writer holds at most about
+/// (this + 1) × 5 MiB.
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// Where the blobs are, and how to reach them.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub bucket: String,
+    /// Keys start with this (no leading or trailing `/`); may be empty.
+    pub prefix: String,
+    /// The storage endpoints, tried in order (`AWS_ENDPOINT_URL` when none are given).
+    pub endpoints: Vec<String>,
+}
+
+impl Location {
+    /// Parses `s3://BUCKET[/PREFIX]`; `None` if `url` is not an s3 URL.
+    pub fn parse(url: &str) -> Option<Result<Location, String>> {
+        let rest = url.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Some(Err(format!(
+                "{url}: no bucket (expected s3://BUCKET/PREFIX)"
+            )));
+        }
+        Some(Ok(Location {
+            bucket: bucket.to_owned(),
+            prefix: prefix.trim_matches('/').to_owned(),
+            endpoints: Vec::new(),
+        }))
+    }
+
+    /// The endpoints given, else those of `AWS_ENDPOINT_URL` (comma-separated), else none
+    /// (AWS itself, from the region).
+    fn endpoints(&self) -> Vec<Option<String>> {
+        let mut list: Vec<Option<String>> = self.endpoints.iter().cloned().map(Some).collect();
+        if list.is_empty()
+            && let Ok(env) = std::env::var("AWS_ENDPOINT_URL")
+        {
+            list = env
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(|e| Some(e.to_owned()))
+                .collect();
+        }
+        if list.is_empty() {
+            list.push(None);
+        }
+        list
+    }
+}
+
+/// The object storage of a shared store: one client per endpoint.
+#[derive(Debug)]
+pub struct Objects {
+    endpoints: Vec<Endpoint>,
+    /// Index of the endpoint that answered last: where the next request goes first.
+    preferred: AtomicUsize,
+    prefix: String,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    client: Arc<AmazonS3>,
+    /// For log lines.
+    url: String,
+}
+
+fn err(e: object_store::Error) -> StoreError {
+    StoreError::Objects(e.to_string())
+}
+
+/// Whether a failure says the endpoint could not be used (worth trying another), rather than
+/// an answer about the object.
+fn connection_failure(e: &object_store::Error) -> bool {
+    !matches!(
+        e,
+        object_store::Error::NotFound { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::NotModified { .. }
+            | object_store::Error::InvalidPath { .. }
+    )
+}
+
+impl Objects {
+    /// Clients for `location`, with region and credentials from the `AWS_*` variables.
+    /// Nothing is contacted yet ([`Objects::probe`] does).
+    pub fn new(location: &Location) -> Result<Objects, StoreError> {
+        let mut endpoints = Vec::new();
+        for endpoint in location.endpoints() {
+            let mut b = AmazonS3Builder::from_env()
+                .with_bucket_name(&location.bucket)
+                // A dead node must cost seconds, not object_store's default minutes of
+                // retries, before the next endpoint is tried.
+                .with_retry(RetryConfig {
+                    max_retries: 2,
+                    retry_timeout: Duration::from_secs(10),
+                    ..RetryConfig::default()
+                })
+                .with_client_options(
+                    ClientOptions::new()
+                        .with_connect_timeout(Duration::from_secs(2))
+                        .with_timeout(Duration::from_secs(300)),
+                );
+            if std::env::var_os("AWS_REGION").is_none()
+                && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+            {
+                b = b.with_region("us-east-1");
+            }
+            let url = endpoint.clone().unwrap_or_else(|| "aws".to_owned());
+            if let Some(e) = endpoint {
+                b = b
+                    .with_allow_http(e.starts_with("http://"))
+                    .with_endpoint(e)
+                    .with_virtual_hosted_style_request(false);
+            }
+            let client = b.build().map_err(|e| {
+                StoreError::Objects(format!("cannot set up object storage at {url}: {e}"))
+            })?;
+            endpoints.push(Endpoint {
+                client: Arc::new(client),
+                url,
+            });
+        }
+        Ok(Objects {
+            endpoints,
+            preferred: AtomicUsize::new(0),
+            prefix: location.prefix.clone(),
+        })
+    }
+
+    fn key(&self, rest: &str) -> Key {
+        if self.prefix.is_empty() {
+            Key::from(rest)
+        } else {
+            Key::from(format!("{}/{rest}", self.prefix))
+        }
+    }
+
+    /// The key of blob `digest`.
+    pub fn blob_key(&self, digest: &Digest) -> Key {
+        self.key(&format!(
+            "blobs/{}/{}",
+            digest.algorithm().name(),
+            digest.hex()
+        ))
+    }
+
+    /// A new key for a blob being written.
+    pub fn upload_key(&self) -> Key {
+        let mut raw = [0u8; 16];
+        // A failed random source would only make keys collide; fall back on the clock.
+        if getrandom::fill(&mut raw).is_err() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            raw = now.as_nanos().to_le_bytes();
+        }
+        self.key(&format!("uploads/{}", hex::encode(raw)))
+    }
+
+    /// Runs `op` on the preferred endpoint, then on each other one while the failure is of
+    /// the connection; the endpoint that answers becomes the preferred one.
+    async fn attempt<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Arc<AmazonS3>) -> Fut,
+        Fut: Future<Output = object_store::Result<T>>,
+    {
+        let n = self.endpoints.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        let mut last = None;
+        for i in 0..n {
+            let at = (first + i) % n;
+            let endpoint = &self.endpoints[at];
+            match op(endpoint.client.clone()).await {
+                Ok(v) => {
+                    if at != first {
+                        self.preferred.store(at, Ordering::Relaxed);
+                    }
+                    return Ok(v);
+                }
+                Err(e) if connection_failure(&e) && i + 1 < n => {
+                    tracing::warn!(endpoint = %endpoint.url, error = %e, "{what} failed; trying the next storage endpoint");
+                    last = Some(e);
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Err(last.map_or_else(|| StoreError::Objects("no storage endpoint".into()), err))
+    }
+
+    /// The client a streaming write goes through (the preferred endpoint's).
+    pub fn writer_client(&self) -> Arc<dyn ObjectStore> {
+        let at = self.preferred.load(Ordering::Relaxed) % self.endpoints.len().max(1);
+        self.endpoints[at].client.clone()
+    }
+
+    /// A multipart writer into `key`, with bounded buffers.
+    pub fn writer(&self, key: Key) -> object_store::buffered::BufWriter {
+        object_store::buffered::BufWriter::with_capacity(self.writer_client(), key, PART_SIZE)
+            .with_max_concurrency(PARTS_IN_FLIGHT)
+    }
+
+    /// The size of the object at `key`, `None` if there is none.
+    pub async fn size(&self, key: &Key) -> Result<Option<u64>, StoreError> {
+        let r = self
+            .attempt("HEAD", |c| {
+                let k = key.clone();
+                async move {
+                    match c.head(&k).await {
+                        Ok(meta) => Ok(Some(meta.size)),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+        Ok(r)
+    }
+
+    /// Streams `len` bytes of the object at `key` from `start`. `None` if there is none.
+    pub async fn stream(
+        &self,
+        key: &Key,
+        start: u64,
+        len: u64,
+    ) -> Result<Option<super::ByteStream>, StoreError> {
+        use futures_util::TryStreamExt;
+        if len == 0 {
+            return Ok(Some(Box::pin(futures_util::stream::empty())));
+        }
+        let got = self
+            .attempt("GET", |c| {
+                let k = key.clone();
+                async move {
+                    let options = GetOptions {
+                        range: Some(GetRange::Bounded(start..start + len)),
+                        ..GetOptions::default()
+                    };
+                    match c.get_opts(&k, options).await {
+                        Ok(r) => Ok(Some(r)),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+        Ok(got.map(|r| -> super::ByteStream {
+            Box::pin(r.into_stream().map_err(std::io::Error::other))
+        }))
+    }
+
+    /// The whole object at `key` in memory (small documents); `None` if there is none.
+    pub async fn read(&self, key: &Key) -> Result<Option<Bytes>, StoreError> {
+        self.attempt("GET", |c| {
+            let k = key.clone();
+            async move {
+                match c.get(&k).await {
+                    Ok(r) => r.bytes().await.map(Some),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Stores `bytes` at `key` in one request (small documents).
+    pub async fn put(&self, key: &Key, bytes: Bytes) -> Result<(), StoreError> {
+        self.attempt("PUT", |c| {
+            let (k, b) = (key.clone(), bytes.clone());
+            async move { c.put(&k, b.into()).await.map(drop) }
+        })
+        .await
+    }
+
+    /// Copies `from` to `to` inside the storage (no bytes through us).
+    pub async fn copy(&self, from: &Key, to: &Key) -> Result<(), StoreError> {
+        self.attempt("COPY", |c| {
+            let (f, t) = (from.clone(), to.clone());
+            async move { c.copy(&f, &t).await }
+        })
+        .await
+    }
+
+    /// Removes the object at `key` (none there is fine).
+    pub async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        self.attempt("DELETE", |c| {
+            let k = key.clone();
+            async move {
+                match c.delete(&k).await {
+                    Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    other => other,
+                }
+            }
+        })
+        .await
+    }
+
+    /// A URL that lets its holder `method` (GET or HEAD) the object at `key` for `valid`.
+    pub async fn presign(
+        &self,
+        method: hyper::Method,
+        key: &Key,
+        valid: Duration,
+    ) -> Result<String, StoreError> {
+        let at = self.preferred.load(Ordering::Relaxed) % self.endpoints.len().max(1);
+        self.endpoints[at]
+            .client
+            .signed_url(method, key, valid)
+            .await
+            .map(|u| u.to_string())
+            .map_err(err)
+    }
+
+    /// Whether the storage answers: a listing of one key under the prefix.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let key = self.key("blobs");
+        self.attempt("LIST", |c| {
+            let k = key.clone();
+            async move {
+                use futures_util::StreamExt;
+                let mut listing = c.list(Some(&k));
+                match listing.next().await {
+                    Some(Err(e)) => Err(e),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await
+    }
+}

@@ -1,0 +1,445 @@
+//! Replicas over a shared store: blobs in a 3-node Garage cluster (S3), metadata in
+//! PostgreSQL. `.ci/cluster.sh start DIR` starts both and writes the variables these tests
+//! read (`QUINISTRY_TEST_S3_ENDPOINTS`, `QUINISTRY_TEST_BUCKET`, `QUINISTRY_TEST_POSTGRES`,
+//! and the `AWS_*` credentials); without them the tests skip (fail under CI). Each test gets
+//! a store of its own: a fresh key prefix in the bucket and a fresh database.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{DockerCleanup, Serving, docker, have_docker, have_tool, run_ok, sh, skip};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// The cluster `.ci/cluster.sh` started.
+struct Cluster {
+    endpoints: Vec<String>,
+    bucket: String,
+    /// A superuser URL: each test makes its own database with it.
+    postgres: String,
+}
+
+fn cluster() -> Option<Cluster> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        var("QUINISTRY_TEST_S3_ENDPOINTS"),
+        var("QUINISTRY_TEST_BUCKET"),
+        var("QUINISTRY_TEST_POSTGRES"),
+    ) {
+        (Some(e), Some(bucket), Some(postgres)) => Some(Cluster {
+            endpoints: e.split(',').map(str::to_owned).collect(),
+            bucket,
+            postgres,
+        }),
+        _ => {
+            skip(
+                "no Garage cluster and PostgreSQL: run `.ci/cluster.sh start DIR` and source DIR/env",
+            );
+            None
+        }
+    }
+}
+
+/// A store of one test's own in the cluster.
+struct SharedStore {
+    url: String,
+    metadata: String,
+    endpoints: Vec<String>,
+}
+
+fn random_name() -> String {
+    let mut raw = [0u8; 6];
+    getrandom::fill(&mut raw).expect("random");
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Cluster {
+    fn store(&self) -> SharedStore {
+        let name = format!("t{}", random_name());
+        run_ok(Command::new("psql").args([
+            &self.postgres,
+            "-q",
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ]));
+        let (base, _) = self
+            .postgres
+            .rsplit_once('/')
+            .expect("a database in the URL");
+        SharedStore {
+            url: format!("s3://{}/{name}", self.bucket),
+            metadata: format!("{base}/{name}"),
+            endpoints: self.endpoints.clone(),
+        }
+    }
+}
+
+impl SharedStore {
+    /// A replica serving this store, pushing allowed, with `extra` arguments.
+    fn replica(&self, dir: &Path, extra: &[&str]) -> Serving {
+        let log_dir = dir.join(random_name());
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let mut args: Vec<&str> = vec!["--push", "--metadata", &self.metadata];
+        for e in &self.endpoints {
+            args.extend(["--s3-endpoint", e]);
+        }
+        args.extend(extra);
+        Serving::start(Path::new(&self.url), &log_dir, &args)
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Pushes `bytes` into `repo` at `addr` in one POST; its digest.
+async fn push_blob(addr: &str, repo: &str, bytes: &[u8]) -> String {
+    let digest = sha256(bytes);
+    let r = http()
+        .post(format!(
+            "http://{addr}/v2/{repo}/blobs/uploads/?digest={digest}"
+        ))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    digest
+}
+
+/// Pushes a config and one layer into `repo` at `addr`, and a manifest naming them under
+/// `tag`; the manifest's digest.
+async fn push_image(addr: &str, repo: &str, tag: &str, layer: &[u8]) -> String {
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let c = push_blob(addr, repo, config).await;
+    let l = push_blob(addr, repo, layer).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": c, "size": config.len()},
+        "layers": [{"mediaType": OCI_LAYER, "digest": l, "size": layer.len()}],
+    }))
+    .expect("json");
+    let r = http()
+        .put(format!("http://{addr}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .expect("PUT manifest");
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    sha256(&manifest)
+}
+
+/// The digest `repo:tag` names at `addr` (HEAD), or the status if it is not 200.
+async fn tag_digest(addr: &str, repo: &str, tag: &str) -> Result<String, StatusCode> {
+    let r = http()
+        .head(format!("http://{addr}/v2/{repo}/manifests/{tag}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .expect("HEAD");
+    if r.status() != StatusCode::OK {
+        return Err(r.status());
+    }
+    Ok(r.headers()["docker-content-digest"]
+        .to_str()
+        .expect("ascii")
+        .to_owned())
+}
+
+#[tokio::test]
+async fn a_tag_moved_on_one_replica_is_seen_on_the_other_at_once() {
+    let Some(cluster) = cluster() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = cluster.store();
+    let a = store.replica(dir.path(), &[]);
+    let b = store.replica(dir.path(), &[]);
+    let first = push_image(&a.addr, "team/app", "v1", b"layer one").await;
+    // Read on A first, so that anything A remembered would now be stale.
+    assert_eq!(
+        tag_digest(&a.addr, "team/app", "v1").await,
+        Ok(first.clone())
+    );
+    for round in 0..20u32 {
+        let layer = format!("layer {round}");
+        let moved = push_image(&b.addr, "team/app", "v1", layer.as_bytes()).await;
+        assert_eq!(
+            tag_digest(&a.addr, "team/app", "v1").await,
+            Ok(moved.clone()),
+            "round {round}: A did not see B's move at once"
+        );
+        let r = http()
+            .get(format!("http://{}/v2/team/app/tags/list", a.addr))
+            .send()
+            .await
+            .expect("tags");
+        let body: Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+        assert_eq!(body["tags"], json!(["v1"]));
+    }
+    // Deleted on A: gone on B at once.
+    let r = http()
+        .delete(format!("http://{}/v2/team/app/manifests/v1", a.addr))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        tag_digest(&b.addr, "team/app", "v1").await,
+        Err(StatusCode::NOT_FOUND)
+    );
+}
+
+#[tokio::test]
+async fn blobs_stream_through_a_replica_or_redirect_to_storage_with_ranges() {
+    let Some(cluster) = cluster() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = cluster.store();
+    let a = store.replica(dir.path(), &[]);
+    let r = store.replica(dir.path(), &["--redirect"]);
+    // Larger than one multipart part, so the upload is a multipart one.
+    let big = common::noise(12 << 20, 8);
+    let digest = push_blob(&a.addr, "big/blob", &big).await;
+
+    let streamed = http()
+        .get(format!("http://{}/v2/big/blob/blobs/{digest}", a.addr))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(streamed.status(), StatusCode::OK);
+    assert_eq!(sha256(&streamed.bytes().await.expect("body")), digest);
+    let ranged = http()
+        .get(format!("http://{}/v2/big/blob/blobs/{digest}", a.addr))
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .expect("GET range");
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&ranged.bytes().await.expect("body")[..], &big[1000..2000]);
+
+    let redirected = http()
+        .get(format!("http://{}/v2/big/blob/blobs/{digest}", r.addr))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(redirected.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = redirected.headers()["location"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        cluster
+            .endpoints
+            .iter()
+            .any(|e| location.starts_with(e.as_str())),
+        "{location}"
+    );
+    let fetched = http().get(&location).send().await.expect("GET presigned");
+    assert_eq!(fetched.status(), StatusCode::OK);
+    assert_eq!(sha256(&fetched.bytes().await.expect("body")), digest);
+    let ranged = http()
+        .get(&location)
+        .header("range", "bytes=5-9")
+        .send()
+        .await
+        .expect("GET presigned range");
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&ranged.bytes().await.expect("body")[..], &big[5..10]);
+    // HEAD is answered by the replica itself.
+    let head = http()
+        .head(format!("http://{}/v2/big/blob/blobs/{digest}", r.addr))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(
+        head.headers()["content-length"],
+        (12u64 << 20).to_string().as_str()
+    );
+    // Not in this repository: 404 either way, no URL handed out.
+    for addr in [&a.addr, &r.addr] {
+        let other = http()
+            .get(format!("http://{addr}/v2/other/repo/blobs/{digest}"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    }
+}
+
+#[test]
+fn docker_pushes_through_one_replica_and_pulls_through_the_other_streamed_and_redirected() {
+    let Some(cluster) = cluster() else { return };
+    if !have_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("app.c"),
+        "#include <stdio.h>\nint main(void) { puts(\"hello from a shared store\"); return 0; }\n",
+    )
+    .expect("write app.c");
+    sh(&format!(
+        "cd '{}' && cc -static -O1 -o app app.c",
+        dir.path().display()
+    ));
+    // A local packer makes the image docker pushes.
+    let app = dir.path().join("app");
+    let local = Serving::start(
+        &dir.path().join("local"),
+        dir.path(),
+        &["--level", "1", &app.to_string_lossy()],
+    );
+    let store = cluster.store();
+    let a = store.replica(dir.path(), &[]);
+    let b = store.replica(dir.path(), &[]);
+    let c = store.replica(dir.path(), &["--redirect"]);
+    let source = format!("{}/app:latest", local.addr);
+    let pushed = format!("{}/shared/app:v1", a.addr);
+    let via_b = format!("{}/shared/app:v1", b.addr);
+    let via_c = format!("{}/shared/app:v1", c.addr);
+    let _cleanup = DockerCleanup::images(&[&source, &pushed, &via_b, &via_c]);
+    docker(&["pull", &source]);
+    docker(&["tag", &source, &pushed]);
+    let out = docker(&["push", &pushed]);
+    let digest = out
+        .lines()
+        .find_map(|l| l.split("digest: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest in docker push's output:\n{out}"))
+        .to_owned();
+    docker(&["rmi", &source, &pushed]);
+    for image in [&via_b, &via_c] {
+        let pulled = docker(&["pull", image]);
+        assert!(pulled.contains(&format!("Digest: {digest}")), "{pulled}");
+        let ran = docker(&["run", "--rm", "--network", "none", image]);
+        assert_eq!(ran, "hello from a shared store");
+        docker(&["rmi", image]);
+    }
+    let log = c.log_text();
+    assert!(
+        log.contains("307"),
+        "the redirecting replica answered no 307:\n{log}"
+    );
+}
+
+/// Writes an OCI layout at `dir` holding one image of `layers` (uncompressed "tar" layers
+/// of arbitrary bytes: nothing here unpacks them) tagged `v1`; the manifest's digest.
+fn oci_layout(dir: &Path, layers: &[Vec<u8>]) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("mkdir");
+    let put = |bytes: &[u8]| -> String {
+        let d = sha256(bytes);
+        std::fs::write(blobs.join(&d[7..]), bytes).expect("write blob");
+        d
+    };
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let c = put(config);
+    let descriptors: Vec<Value> = layers
+        .iter()
+        .map(|l| json!({"mediaType": OCI_LAYER, "digest": put(l), "size": l.len()}))
+        .collect();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": c, "size": config.len()},
+        "layers": descriptors,
+    }))
+    .expect("json");
+    let m = put(&manifest);
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("write");
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": m, "size": manifest.len(),
+                       "annotations": {"org.opencontainers.image.ref.name": "v1"}}],
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).expect("write index");
+    m
+}
+
+#[test]
+fn skopeo_copies_a_multi_layer_image_in_through_one_replica_and_out_through_the_other() {
+    let Some(cluster) = cluster() else { return };
+    if !have_tool("skopeo", "skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = cluster.store();
+    let a = store.replica(dir.path(), &[]);
+    let b = store.replica(dir.path(), &[]);
+    // One layer large enough for a multipart upload, and small ones.
+    let layers = vec![
+        common::noise(11 << 20, 10),
+        common::noise(1000, 12),
+        common::noise(300_000, 14),
+        b"tiny".to_vec(),
+    ];
+    let src = dir.path().join("src");
+    let manifest = oci_layout(&src, &layers);
+    let out = dir.path().join("out");
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", src.display()),
+        &format!("docker://{}/multi/layer:v1", b.addr),
+    ]));
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/multi/layer:v1", a.addr),
+        &format!("oci:{}:v1", out.display()),
+    ]));
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).expect("index"))
+            .expect("json");
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        manifest.as_str(),
+        "{index}"
+    );
+    for l in &layers {
+        let d = sha256(l);
+        let copied = std::fs::read(out.join("blobs/sha256").join(&d[7..])).expect("layer copied");
+        assert_eq!(sha256(&copied), d);
+    }
+}
+
+#[tokio::test]
+async fn a_store_without_its_database_is_refused_in_one_line() {
+    let Some(cluster) = cluster() else { return };
+    let store = cluster.store();
+    let out = common::quinistry()
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", &store.url])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs --metadata"), "{err}");
+}

@@ -17,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+const OCI_GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
 /// The cluster `.ci/cluster.sh` started.
 struct Cluster {
@@ -349,8 +350,9 @@ fn docker_pushes_through_one_replica_and_pulls_through_the_other_streamed_and_re
     );
 }
 
-/// Writes an OCI layout at `dir` holding one image of `layers` (uncompressed "tar" layers
-/// of arbitrary bytes: nothing here unpacks them) tagged `v1`; the manifest's digest.
+/// Writes an OCI layout at `dir` holding one image of `layers` (gzip layers of arbitrary
+/// bytes: nothing here unpacks them, and gzip ones are copied as they are, where skopeo
+/// would compress uncompressed ones) tagged `v1`; the manifest's digest.
 fn oci_layout(dir: &Path, layers: &[Vec<u8>]) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).expect("mkdir");
@@ -364,7 +366,13 @@ fn oci_layout(dir: &Path, layers: &[Vec<u8>]) -> String {
     let c = put(config);
     let descriptors: Vec<Value> = layers
         .iter()
-        .map(|l| json!({"mediaType": OCI_LAYER, "digest": put(l), "size": l.len()}))
+        .map(|l| {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(l).expect("gzip");
+            let gz = gz.finish().expect("gzip");
+            json!({"mediaType": OCI_GZIP_LAYER, "digest": put(&gz), "size": gz.len()})
+        })
         .collect();
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -424,10 +432,13 @@ fn skopeo_copies_a_multi_layer_image_in_through_one_replica_and_out_through_the_
         manifest.as_str(),
         "{index}"
     );
-    for l in &layers {
-        let d = sha256(l);
-        let copied = std::fs::read(out.join("blobs/sha256").join(&d[7..])).expect("layer copied");
-        assert_eq!(sha256(&copied), d);
+    let blob = |d: &str| std::fs::read(out.join("blobs/sha256").join(&d[7..])).expect("copied");
+    let m: Value = serde_json::from_slice(&blob(&manifest)).expect("manifest");
+    let copied = m["layers"].as_array().expect("layers");
+    assert_eq!(copied.len(), layers.len(), "{m}");
+    for l in copied.iter().chain([&m["config"]]) {
+        let d = l["digest"].as_str().expect("digest");
+        assert_eq!(sha256(&blob(d)), d);
     }
 }
 
@@ -442,4 +453,98 @@ async fn a_store_without_its_database_is_refused_in_one_line() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs --metadata"), "{err}");
+}
+
+/// A session's `Location` and `Range` end, from a 202.
+fn session(r: &reqwest::Response) -> (String, u64) {
+    let location = r.headers()["location"].to_str().expect("ascii").to_owned();
+    let end = r.headers()["range"]
+        .to_str()
+        .expect("ascii")
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("a Range");
+    (location, end)
+}
+
+#[tokio::test]
+async fn a_chunked_upload_begun_on_one_replica_is_finished_on_the_other() {
+    let Some(cluster) = cluster() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = cluster.store();
+    let a = store.replica(dir.path(), &[]);
+    let b = store.replica(dir.path(), &[]);
+    // Chunks of 6 MiB, 1 MiB and 5 MiB + 3 bytes, sent to A, B, A; closed on B.
+    let blob = common::noise((12 << 20) + 3, 16);
+    let cuts = [0, 6 << 20, 7 << 20, blob.len()];
+    let r = http()
+        .post(format!("http://{}/v2/chunked/blob/blobs/uploads/", a.addr))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let (mut location, _) = session(&r);
+    for (i, w) in cuts.windows(2).enumerate() {
+        let addr = if i % 2 == 0 { &a.addr } else { &b.addr };
+        let r = http()
+            .patch(format!("http://{addr}{location}"))
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{}-{}", w[0], w[1] - 1))
+            .body(blob[w[0]..w[1]].to_vec())
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "chunk {i} on {addr}");
+        let (next, end) = session(&r);
+        assert_eq!(end, w[1] as u64 - 1);
+        location = next;
+        // The other replica sees how far it got.
+        let other = if i % 2 == 0 { &b.addr } else { &a.addr };
+        let s = http()
+            .get(format!("http://{other}{location}"))
+            .send()
+            .await
+            .expect("GET status");
+        assert_eq!(s.status(), StatusCode::NO_CONTENT);
+        assert_eq!(session(&s).1, w[1] as u64 - 1);
+    }
+    // A chunk out of order is refused where the session is not (416, Range says where).
+    let r = http()
+        .patch(format!("http://{}{location}", b.addr))
+        .header("content-range", "5-9")
+        .body(vec![0u8; 5])
+        .send()
+        .await
+        .expect("PATCH out of order");
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let digest = sha256(&blob);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let r = http()
+        .put(format!("http://{}{location}{sep}digest={digest}", b.addr))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    for addr in [&a.addr, &b.addr] {
+        let got = http()
+            .get(format!("http://{addr}/v2/chunked/blob/blobs/{digest}"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(got.status(), StatusCode::OK);
+        assert_eq!(sha256(&got.bytes().await.expect("body")), digest);
+    }
+    // The session is over everywhere.
+    let s = http()
+        .get(format!("http://{}{location}", a.addr))
+        .send()
+        .await
+        .expect("GET status");
+    assert_eq!(s.status(), StatusCode::NOT_FOUND);
 }

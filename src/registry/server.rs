@@ -100,6 +100,7 @@ impl Server {
                     if let Some(uploads) = &registry.uploads {
                         uploads.sweep();
                     }
+                    super::uploads::sweep_shared(&registry).await;
                 }
             })
         });

@@ -25,22 +25,9 @@ impl Store {
 
     /// `new_blob`, hashing with `algorithm` as the bytes arrive.
     pub async fn new_blob_with(&self, algorithm: Algorithm) -> Result<BlobWriter> {
-        if let Some(shared) = self.shared() {
-            let key = shared.objects.upload_key();
-            let writer = shared.objects.writer(key.clone());
-            return Ok(BlobWriter {
-                out: HashingWriter::with(
-                    Sink::Object(ObjectSink {
-                        writer: Some(writer),
-                        key,
-                        store: self.clone(),
-                        written: false,
-                    }),
-                    algorithm,
-                ),
-                temp: None,
-                store: self.clone(),
-            });
+        if self.is_shared() {
+            // A multipart upload into object storage, hashed as it goes.
+            return self.resume_blob(&Suspended::new(algorithm));
         }
         let s = self.clone();
         let (file, temp) = blocking(move || s.create_temp("blob-")).await?;
@@ -53,8 +40,53 @@ impl Store {
                 algorithm,
             ),
             temp: Some(temp),
+            parts: Vec::new(),
+            resumed_at: 0,
             store: self.clone(),
         })
+    }
+
+    /// Goes on with a shared store's upload that `BlobWriter::suspend` left (in this process
+    /// or another): new bytes go to a new part, hashed on from the saved state.
+    pub fn resume_blob(&self, saved: &Suspended) -> Result<BlobWriter> {
+        let Some(shared) = self.shared() else {
+            return Err(StoreError::Unsupported(
+                "only a shared store's uploads are suspended",
+            ));
+        };
+        let hasher = crate::digest::Hasher::resume(&saved.hasher)
+            .filter(|h| h.len() == saved.written)
+            .ok_or_else(|| {
+                StoreError::Database("an upload's saved hash state is damaged".into())
+            })?;
+        let key = shared.objects.upload_key();
+        let writer = shared.objects.writer(key.clone());
+        Ok(BlobWriter {
+            out: HashingWriter::resume(
+                Sink::Object(ObjectSink {
+                    writer: Some(writer),
+                    key,
+                    store: self.clone(),
+                    written: false,
+                }),
+                hasher,
+            ),
+            temp: None,
+            parts: saved.parts.clone(),
+            resumed_at: saved.written,
+            store: self.clone(),
+        })
+    }
+
+    /// Removes the parts of a shared store's upload that was cancelled, expired or committed
+    /// (failures are logged: an orphaned part is garbage, not damage).
+    pub async fn discard_parts(&self, parts: &[String]) {
+        let Some(shared) = self.shared() else { return };
+        for part in parts {
+            if let Err(e) = shared.objects.delete(&part.as_str().into()).await {
+                tracing::warn!(part, error = %e, "cannot remove an upload's part");
+            }
+        }
     }
 
     /// Stores a small document (config, manifest) and returns its digest. A stored copy with
@@ -519,6 +551,44 @@ async fn hash_file(mut file: tokio::fs::File, algorithm: Algorithm, path: &Path)
     Ok(hasher.finish().0)
 }
 
+/// One object holding `parts` one after another, written as a new upload (an `ObjectSink`,
+/// so that it is removed if the commit does not get to use it).
+async fn join_parts(
+    store: &Store,
+    shared: &super::Shared,
+    parts: &[object_store::path::Path],
+) -> Result<ObjectSink> {
+    use futures_util::StreamExt;
+    let key = shared.objects.upload_key();
+    let mut writer = shared.objects.writer(key.clone());
+    let failed = |e: &dyn std::fmt::Display| StoreError::Objects(format!("join upload parts: {e}"));
+    for part in parts {
+        let size = shared.objects.size(part).await?.unwrap_or(0);
+        let mut stream = shared
+            .objects
+            .stream(part, 0, size)
+            .await?
+            .ok_or_else(|| StoreError::Objects(format!("part {part} of an upload is gone")))?;
+        while let Some(piece) = stream.next().await {
+            let written = match piece {
+                Ok(piece) => writer.write_all(&piece).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                let _ = writer.abort().await;
+                return Err(failed(&e));
+            }
+        }
+    }
+    writer.shutdown().await.map_err(|e| failed(&e))?;
+    Ok(ObjectSink {
+        writer: None,
+        key,
+        store: store.clone(),
+        written: true,
+    })
+}
+
 /// The `algorithm` digest of a stream's bytes (a shared store's blob); `what` names it in
 /// errors.
 async fn hash_stream(
@@ -543,8 +613,33 @@ pub struct BlobWriter {
     /// The temp file's path; deleting it on drop is what makes an abandoned write vanish.
     /// None for a shared store's blob (its `ObjectSink` cleans up after itself).
     temp: Option<tempfile::TempPath>,
+    /// A shared store's upload continued from an earlier request: the keys of the parts
+    /// written before, in order (this writer's own bytes are the next part).
+    parts: Vec<String>,
+    /// Bytes those parts hold: a writer that added none makes no part of its own.
+    resumed_at: u64,
     /// Where to commit.
     store: Store,
+}
+
+/// A shared store's upload between two requests, as the database keeps it: the running
+/// hash, the bytes so far and the objects that hold them, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspended {
+    pub hasher: Vec<u8>,
+    pub written: u64,
+    pub parts: Vec<String>,
+}
+
+impl Suspended {
+    /// An upload with nothing written yet, hashing with `algorithm`.
+    pub fn new(algorithm: Algorithm) -> Suspended {
+        Suspended {
+            hasher: crate::digest::Hasher::with(algorithm).save(),
+            written: 0,
+            parts: Vec::new(),
+        }
+    }
 }
 
 /// Where a blob's bytes go while it is written.
@@ -743,6 +838,34 @@ impl BlobWriter {
         }
     }
 
+    /// Ends this request's share of a shared store's upload: what it wrote becomes one more
+    /// part (completed, so nothing stays in memory), and the state to resume from is given
+    /// back for the database. The parts then belong to that state: dropping it leaves them.
+    pub async fn suspend(self) -> Result<Suspended> {
+        let place = self.place();
+        let hasher = self.out.hasher().save();
+        let written = self.out.written();
+        let mut parts = self.parts;
+        let added = written > self.resumed_at;
+        let Sink::Object(mut o) = self.out.into_parts().0 else {
+            return ctx(Err(io::Error::other("not an upload")), "suspend", &place);
+        };
+        // Nothing new: no part (the sink's drop aborts the empty upload).
+        if added && let Some(mut w) = o.writer.take() {
+            if let Err(e) = w.shutdown().await {
+                return Err(StoreError::Objects(format!(
+                    "cannot complete upload part {place:?}: {e}"
+                )));
+            }
+            parts.push(o.key.to_string());
+        }
+        Ok(Suspended {
+            hasher,
+            written,
+            parts,
+        })
+    }
+
     /// Where the bytes go, for messages: the temp file, or the upload's key.
     fn place(&self) -> PathBuf {
         match (&self.temp, self.out.get_ref()) {
@@ -773,15 +896,33 @@ impl BlobWriter {
                 &place,
             );
         };
-        if let Some(mut w) = o.writer.take() {
+        let mut parts: Vec<object_store::path::Path> =
+            self.parts.iter().map(|p| p.as_str().into()).collect();
+        if len == self.resumed_at && parts.len() == 1 {
+            // The usual push: the bytes came in one earlier request (PATCH) and the PUT
+            // brought none. That part is the upload; this writer's empty one is dropped
+            // (aborted), and the part is removed with the session's parts after the commit.
+            o = ObjectSink {
+                writer: None,
+                key: parts.remove(0),
+                store: store.clone(),
+                written: false,
+            };
+        } else if let Some(mut w) = o.writer.take() {
             if let Err(e) = w.shutdown().await {
-                // Completing failed: abort what was uploaded (the sink's drop sees nothing).
-                let _ = w.abort().await;
+                // A writer whose completion failed cannot be aborted (object_store panics):
+                // its parts stay in storage as garbage, never under a digest key.
                 return Err(StoreError::Objects(format!(
                     "cannot complete upload {place:?}: {e}"
                 )));
             }
             o.written = true;
+        }
+        if !parts.is_empty() {
+            // An upload written by several requests: its parts, then this one's bytes, are
+            // put together into one object (read back once; hashed already).
+            parts.push(o.key.clone());
+            o = join_parts(&store, shared, &parts).await?;
         }
         if let Some(expected) = expected
             && expected.algorithm() != digest.algorithm()

@@ -76,7 +76,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::digest::{Algorithm, Digest, DigestError};
 use crate::reference::{Name, Tag};
-pub use blobs::BlobWriter;
+pub use blobs::{BlobWriter, Suspended};
 pub use gate::{Hold, Pin};
 pub use repositories::Link;
 
@@ -225,7 +225,7 @@ impl Store {
         objects.probe().await?;
         let meta = postgres::Metadata::connect(metadata_url).await?;
         let mut store = Store::at(std::env::temp_dir().join("quinistry-scratch"));
-        let dir = store.root.clone();
+        let dir = store.tmp_dir();
         ctx(
             stdfs::create_dir_all(&dir),
             "create scratch directory",
@@ -238,6 +238,11 @@ impl Store {
     /// The shared store's services, if this is one.
     pub(crate) fn shared(&self) -> Option<&Shared> {
         self.shared.as_deref()
+    }
+
+    /// A shared store's database, where its upload sessions live; `None` for a local store.
+    pub fn sessions(&self) -> Option<&postgres::Metadata> {
+        self.shared().map(|s| &s.meta)
     }
 
     /// Whether blobs and metadata are shared by replicas (object storage and PostgreSQL).

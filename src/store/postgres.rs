@@ -59,7 +59,32 @@ const MIGRATIONS: &[&str] = &[
          key text PRIMARY KEY,
          record bytea NOT NULL
      );",
+    // 2: upload sessions, so that one begun on a replica can go on on another.
+    "CREATE TABLE uploads (
+         id text PRIMARY KEY,
+         repository text NOT NULL,
+         client text NOT NULL,
+         hasher bytea NOT NULL,
+         written bigint NOT NULL,
+         parts text[] NOT NULL,
+         updated_at timestamptz NOT NULL DEFAULT now()
+     );
+     CREATE INDEX uploads_by_client ON uploads (client);
+     CREATE INDEX uploads_by_age ON uploads (updated_at);",
 ];
+
+/// The advisory lock key under which an upload is admitted (the caps are counted and the
+/// session made in one step across replicas).
+const ADMISSION_LOCK: i64 = 0x7175_696e_7570_6c64;
+
+/// Why a new upload session was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// As many sessions as the cap allows are open, across replicas.
+    Full,
+    /// This client holds as many as it may.
+    ClientFull,
+}
 
 /// The advisory lock key under which migrations run (any fixed number of ours).
 const MIGRATION_LOCK: i64 = 0x7175_696e_6973_7472;
@@ -536,6 +561,148 @@ impl Metadata {
             .await
             .map(drop)
             .map_err(db)
+    }
+
+    /// Opens upload session `id` in `name` for `client`, unless `max` sessions are open in all
+    /// or `per_client` for this client.
+    pub async fn upload_open(
+        &self,
+        id: &str,
+        name: &Name,
+        client: &str,
+        state: &super::Suspended,
+        (max, per_client): (usize, usize),
+    ) -> Result<Result<(), Refused>, StoreError> {
+        let mut client_conn = self.client().await?;
+        let tx = client_conn.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADMISSION_LOCK])
+            .await
+            .map_err(db)?;
+        let row = tx
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE client = $1) FROM uploads",
+                &[&client],
+            )
+            .await
+            .map_err(db)?;
+        let (all, mine): (i64, i64) = (row.get(0), row.get(1));
+        let cap = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        if all >= cap(max) {
+            return Ok(Err(Refused::Full));
+        }
+        if mine >= cap(per_client) {
+            return Ok(Err(Refused::ClientFull));
+        }
+        let written = i64::try_from(state.written).unwrap_or(i64::MAX);
+        tx.execute(
+            "INSERT INTO uploads (id, repository, client, hasher, written, parts)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &id,
+                &name.as_str(),
+                &client,
+                &state.hasher,
+                &written,
+                &state.parts,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Ok(()))
+    }
+
+    /// Upload session `id`: its repository and state; `None` if there is none.
+    pub async fn upload(&self, id: &str) -> Result<Option<(String, super::Suspended)>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT repository, hasher, written, parts FROM uploads WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|r| {
+            (
+                r.get(0),
+                super::Suspended {
+                    hasher: r.get(1),
+                    written: size(r.get(2)),
+                    parts: r.get(3),
+                },
+            )
+        }))
+    }
+
+    /// Moves session `id` from `written` bytes to `next`; `false` if it is not at `written`
+    /// any more (another request, maybe on another replica, moved it or ended it first).
+    pub async fn upload_advance(
+        &self,
+        id: &str,
+        written: u64,
+        next: &super::Suspended,
+    ) -> Result<bool, StoreError> {
+        let from = i64::try_from(written).unwrap_or(i64::MAX);
+        let to = i64::try_from(next.written).unwrap_or(i64::MAX);
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE uploads SET hasher = $3, written = $4, parts = $5, updated_at = now()
+                 WHERE id = $1 AND written = $2",
+                &[&id, &from, &next.hasher, &to, &next.parts],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    /// Ends session `id` if it is still at `written` bytes; whether it did (then the caller
+    /// owns its parts).
+    pub async fn upload_end(&self, id: &str, written: u64) -> Result<bool, StoreError> {
+        let at = i64::try_from(written).unwrap_or(i64::MAX);
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM uploads WHERE id = $1 AND written = $2",
+                &[&id, &at],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    /// Ends the sessions that made no progress for `idle`; their parts, for the caller to
+    /// remove.
+    pub async fn uploads_expire(&self, idle: Duration) -> Result<Vec<String>, StoreError> {
+        let secs = idle.as_secs_f64();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "DELETE FROM uploads WHERE updated_at < now() - make_interval(secs => $1)
+                 RETURNING parts",
+                &[&secs],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .flat_map(|r| r.get::<_, Vec<String>>(0))
+            .collect())
+    }
+
+    /// How many upload sessions are open, across replicas.
+    pub async fn uploads_open(&self) -> Result<usize, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT count(*) FROM uploads", &[])
+            .await
+            .map_err(db)?;
+        Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     /// Takes repository `name`'s lock, shared by every replica (a session advisory lock on a

@@ -17,6 +17,8 @@
 //! if the process dies, the next `Store::open` removes the file; if a client goes quiet for
 //! `upload_timeout`, the sweeper drops the session and the file with it.
 
+mod shared;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -173,8 +175,7 @@ impl Uploads {
                 opened: false,
             });
         };
-        Err(RegistryError::new(Code::TooManyRequests, why)
-            .header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S)))
+        Err(too_many(why))
     }
 
     fn insert(
@@ -315,6 +316,9 @@ pub async fn post(
                 .detail(json!({ "digest-algorithm": super::router::truncate(a) }))
         })?,
     };
+    if registry.store().is_shared() {
+        return shared::open(registry, uploads, name, algorithm, client).await;
+    }
     let admission = uploads.admit(client)?;
     let writer = registry.store().new_blob_with(algorithm).await?;
     let id = uploads.insert(name.clone(), writer, admission)?;
@@ -330,6 +334,9 @@ pub async fn patch(
     body: &mut RequestBody,
 ) -> Result<Response<Body>, RegistryError> {
     let uploads = registry.uploads()?;
+    if registry.store().is_shared() {
+        return shared::patch(registry, uploads, name, id, request, body).await;
+    }
     let held = hold(uploads, name, id)?;
     let mut guard = held.lock().await;
     let offset = feed(&held, &mut guard, name, id, request, body).await?;
@@ -346,16 +353,11 @@ pub async fn put(
     body: &mut RequestBody,
 ) -> Result<Response<Body>, RegistryError> {
     let uploads = registry.uploads()?;
+    if registry.store().is_shared() {
+        return shared::put(registry, uploads, name, id, query, request, body).await;
+    }
     // Checked before the chunk is taken, so a client that forgot the digest can retry.
-    let digest = match &query.digest {
-        Some(d) => parse_digest(d)?,
-        None => {
-            return Err(RegistryError::new(
-                Code::DigestInvalid,
-                "closing an upload needs ?digest=<digest>",
-            ));
-        }
-    };
+    let digest = closing_digest(query)?;
     let held = hold(uploads, name, id)?;
     let mut guard = held.lock().await;
     feed(&held, &mut guard, name, id, request, body).await?;
@@ -371,6 +373,10 @@ pub async fn status(
     name: &Name,
     id: &UploadId,
 ) -> Result<Response<Body>, RegistryError> {
+    if registry.store().is_shared() {
+        registry.uploads()?;
+        return shared::status(registry, name, id).await;
+    }
     let held = hold(registry.uploads()?, name, id)?;
     let mut guard = held.lock().await;
     let offset = open(&mut guard, name, id)?.writer.written();
@@ -385,12 +391,43 @@ pub async fn cancel(
     name: &Name,
     id: &UploadId,
 ) -> Result<Response<Body>, RegistryError> {
+    if registry.store().is_shared() {
+        registry.uploads()?;
+        return shared::cancel(registry, name, id).await;
+    }
     let held = hold(registry.uploads()?, name, id)?;
     let mut guard = held.lock().await;
     open(&mut guard, name, id)?;
     drop(held.end(&mut guard));
     tracing::info!(%name, session = id.as_str(), "upload cancelled");
     Ok(super::empty(StatusCode::NO_CONTENT))
+}
+
+/// The `?digest=` a closing `PUT` must have (checked before its chunk is taken, so a client
+/// that forgot it can retry).
+fn closing_digest(query: &Query) -> Result<Digest, RegistryError> {
+    match &query.digest {
+        Some(d) => parse_digest(d),
+        None => Err(RegistryError::new(
+            Code::DigestInvalid,
+            "closing an upload needs ?digest=<digest>",
+        )),
+    }
+}
+
+/// 429: a client over an upload cap; `Retry-After` says when to try again.
+fn too_many(why: String) -> RegistryError {
+    RegistryError::new(Code::TooManyRequests, why)
+        .header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S))
+}
+
+/// Ends a shared store's idle sessions (those in memory: `Uploads::sweep`).
+pub async fn sweep_shared(registry: &Registry) {
+    if let Some(uploads) = &registry.uploads
+        && registry.store().is_shared()
+    {
+        shared::sweep(registry, uploads).await;
+    }
 }
 
 /// The query parameters the upload endpoints read.
@@ -451,13 +488,13 @@ async fn feed(
 ) -> Result<u64, RegistryError> {
     let session = open(guard, name, id)?;
     let mut result = append(
-        session,
+        &mut session.writer,
         name,
         id,
         request,
         body,
         held.uploads.max_size,
-        &held.slot,
+        Some(&held.slot),
     )
     .await;
     // Waiting for its next chunk, a session holds its file but not its write buffer.
@@ -488,15 +525,15 @@ enum Failure {
 /// Appends a request body at the session's offset, after checking `Content-Range` (when
 /// given) starts exactly there. Returns the new offset.
 async fn append(
-    session: &mut Session,
+    writer: &mut BlobWriter,
     name: &Name,
     id: &UploadId,
     request: &HeaderMap,
     body: &mut RequestBody,
     max_size: Option<u64>,
-    slot: &Slot,
+    slot: Option<&Slot>,
 ) -> Result<u64, Failure> {
-    let offset = session.writer.written();
+    let offset = writer.written();
     let range = match request.get(header::CONTENT_RANGE) {
         None => None,
         Some(value) => {
@@ -536,11 +573,11 @@ async fn append(
         return Err(Failure::Keep(e));
     }
     let received = receive(
-        &mut session.writer,
+        writer,
         body,
         range,
         max_size.map(|m| m - offset.min(m)),
-        Some(slot),
+        slot,
     )
     .await
     .map_err(Failure::End)?;
@@ -552,7 +589,7 @@ async fn append(
             format!("the chunk held {received} bytes, not the {len} its Content-Range gives"),
         )));
     }
-    Ok(session.writer.written())
+    Ok(writer.written())
 }
 
 /// Streams `body` into `writer`; at most `limit` bytes (more is an error), and the whole body

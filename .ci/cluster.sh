@@ -11,7 +11,8 @@
 # S3 client read), and for the tests QUINISTRY_TEST_S3_ENDPOINTS (the three nodes' S3 APIs,
 # comma-separated), QUINISTRY_TEST_BUCKET, QUINISTRY_TEST_POSTGRES (a superuser URL) and
 # QUINISTRY_TEST_CLUSTER (DIR: node N's config is DIR/garageN.toml, its pid DIR/garageN.pid,
-# so a test can kill a node and start it again).
+# so a test can kill a node and start it again; PostgreSQL's data is DIR/pg, and
+# QUINISTRY_TEST_PG_CTL is its pg_ctl, so a test can stop it and start it again).
 #
 # Needs `garage` (cargo install garage --locked) and PostgreSQL's server binaries (Debian's
 # postgresql). As root, PostgreSQL runs as the `postgres` user.
@@ -129,8 +130,15 @@ pg_port=${ports[9]}
 mkdir -p "$dir/pg" "$dir/pg-socket"
 [ "$(id -u)" = 0 ] && chown postgres "$dir/pg" "$dir/pg-socket" && chmod 711 "$dir"
 as_pg "$pg_bin/initdb" -D "$dir/pg" -A trust -U postgres >"$dir/initdb.log" 2>&1
-as_pg "$pg_bin/pg_ctl" -D "$dir/pg" -l "$dir/pg-socket/log" -w start \
-  -o "-p $pg_port -k $dir/pg-socket -c listen_addresses=127.0.0.1 -c max_connections=400 -c fsync=on" >/dev/null
+# In its config, not on the command line, so that a plain `pg_ctl start` (a test that
+# stopped it) brings it back the same.
+cat >>"$dir/pg/postgresql.conf" <<EOF
+port = $pg_port
+unix_socket_directories = '$dir/pg-socket'
+listen_addresses = '127.0.0.1'
+max_connections = 400
+EOF
+as_pg "$pg_bin/pg_ctl" -D "$dir/pg" -l "$dir/pg-socket/log" -w start >/dev/null
 
 cat >"$dir/env" <<EOF
 export AWS_ACCESS_KEY_ID=$key_id
@@ -140,5 +148,6 @@ export QUINISTRY_TEST_S3_ENDPOINTS=$(IFS=,; echo "${endpoints[*]}")
 export QUINISTRY_TEST_BUCKET=quinistry
 export QUINISTRY_TEST_POSTGRES=postgres://postgres@127.0.0.1:$pg_port/postgres
 export QUINISTRY_TEST_CLUSTER=$dir
+export QUINISTRY_TEST_PG_CTL=$pg_bin/pg_ctl
 EOF
 cat "$dir/env"

@@ -78,6 +78,10 @@ const MAX_MANIFEST: u64 = 4 << 20;
 /// The realm clients are told to authenticate for.
 const REALM: &str = "Basic realm=\"quinistry\", charset=\"UTF-8\"";
 
+/// How old an answer of the shared store's database may be and still serve a read while
+/// the database cannot be reached (writes are refused meanwhile).
+const STALE_IF_ERROR: Duration = Duration::from_secs(600);
+
 /// How long a tag read from the store (or a repository seen to exist) is trusted before it
 /// is read again. Tags moved by another process (`quinistry pack` into the same store) show
 /// within this time. Reading per request instead costs a blocking-pool hop each, which
@@ -266,7 +270,17 @@ impl<K: Eq + std::hash::Hash + Clone, V: Clone> Recent<K, V> {
         {
             return Ok(Some(value.clone()));
         }
-        let found = lookup.await?;
+        let found = match lookup.await {
+            Ok(found) => found,
+            // The metadata database is down: what was read last serves reads meanwhile.
+            Err(e) if e.unavailable() => match read(&self.0).get(key) {
+                Some((value, read_at)) if read_at.elapsed() < STALE_IF_ERROR => {
+                    return Ok(Some(value.clone()));
+                }
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         let mut map = write(&self.0);
         match &found {
             Some(value) => remember(&mut map, key.clone(), (value.clone(), Instant::now())),
@@ -417,13 +431,21 @@ impl Registry {
         digest: &Digest,
     ) -> Result<bool, StoreError> {
         let key = (name.clone(), kind, digest.clone());
-        if read(&self.linked).contains_key(&key) {
+        // Another replica may unlink it: a shared store's links are asked every time, and
+        // what was seen serves only while its database cannot be reached.
+        let shared = self.store.is_shared();
+        if !shared && read(&self.linked).contains_key(&key) {
             return Ok(true);
         }
-        let linked = self.store.is_linked(name, kind, digest).await?;
-        // Another replica may unlink it: a shared store's links are asked every time.
-        if linked && !self.store.is_shared() {
+        let linked = match self.store.is_linked(name, kind, digest).await {
+            Ok(linked) => linked,
+            Err(e) if e.unavailable() && read(&self.linked).contains_key(&key) => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        if linked {
             remember(&mut write(&self.linked), key, ());
+        } else if shared {
+            write(&self.linked).remove(&key);
         }
         Ok(linked)
     }
@@ -457,13 +479,11 @@ impl Registry {
         digest: &Digest,
     ) -> Result<(), StoreError> {
         self.store.link(pin, name, kind, digest).await?;
-        if !self.store.is_shared() {
-            remember(
-                &mut write(&self.linked),
-                (name.clone(), kind, digest.clone()),
-                (),
-            );
-        }
+        remember(
+            &mut write(&self.linked),
+            (name.clone(), kind, digest.clone()),
+            (),
+        );
         self.repositories.set(name, Some(()));
         Ok(())
     }

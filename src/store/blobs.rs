@@ -217,7 +217,7 @@ impl Store {
     pub async fn blob_stamp(&self, digest: &Digest) -> Result<Option<FileStamp>> {
         if let Some(shared) = self.shared() {
             // Shared blobs have no file; the size is what identifies them here.
-            let size = shared.meta.blob_size(digest).await?;
+            let size = shared.blob_size(digest).await?;
             return Ok(size.map(|size| FileStamp {
                 dev: 0,
                 ino: 0,
@@ -355,7 +355,7 @@ impl Store {
     /// Reads a blob into memory if it is at most `max` bytes; `None` if it is larger.
     pub async fn read_small_blob(&self, digest: &Digest, max: u64) -> Result<Option<Vec<u8>>> {
         if let Some(shared) = self.shared() {
-            match shared.meta.blob_size(digest).await? {
+            match shared.blob_size(digest).await? {
                 None => return Err(StoreError::BlobUnknown(digest.clone())),
                 Some(len) if len > max => return Ok(None),
                 Some(_) => {}
@@ -864,6 +864,21 @@ impl BlobWriter {
             written,
             parts,
         })
+    }
+
+    /// What a failed write to this writer is: a fault of the disk (`Io`, where a full one
+    /// is told apart), or of object storage (`Objects`: worth a retry, maybe elsewhere).
+    pub fn write_error(&self, e: io::Error) -> StoreError {
+        match self.out.get_ref() {
+            Sink::Object(_) => {
+                StoreError::Objects(format!("write {}: {e}", self.place().display()))
+            }
+            Sink::File { .. } => StoreError::Io {
+                action: "write upload",
+                path: self.place(),
+                source: e,
+            },
+        }
     }
 
     /// Where the bytes go, for messages: the temp file, or the upload's key.

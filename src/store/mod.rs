@@ -136,6 +136,21 @@ pub(crate) struct Shared {
     pub meta: postgres::Metadata,
 }
 
+impl Shared {
+    /// The size of blob `digest`, `None` if the store does not have it. The database says;
+    /// while it cannot be reached, the object itself does (an object under a digest key is
+    /// whole: it was copied there complete), so that reads go on.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match self.meta.blob_size(digest).await {
+            Err(e) if e.unavailable() => {
+                tracing::warn!(error = %e, "metadata database unreachable: sizing a blob from object storage");
+                self.objects.size(&self.objects.blob_key(digest)).await
+            }
+            other => other,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Whether an I/O error says the disk (or the quota) is full: a write that cannot be done

@@ -2,6 +2,8 @@
 //! store with the system's own tools.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod cluster;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -640,13 +640,9 @@ async fn receive(
         {
             return Err(too_large(max));
         }
-        writer.write_all(&data).await.map_err(|e| {
-            RegistryError::from(StoreError::Io {
-                action: "write upload",
-                path: "tmp".into(),
-                source: e,
-            })
-        })?;
+        if let Err(e) = writer.write_all(&data).await {
+            return Err(writer.write_error(e).into());
+        }
     }
     Ok(received)
 }

@@ -954,6 +954,11 @@ impl BlobWriter {
         if let Some(expected) = expected
             && expected != &digest
         {
+            // Removed before the answer, as a local temp file is: the client (or a test)
+            // that sees the refusal finds nothing left behind.
+            if shared.objects.delete(&o.key).await.is_ok() {
+                o.written = false;
+            }
             return Err(StoreError::DigestMismatch {
                 expected: expected.clone(),
                 actual: digest,

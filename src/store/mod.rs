@@ -260,6 +260,19 @@ impl Store {
         self.shared().map(|s| &s.meta)
     }
 
+    /// What writes in progress hold now: temp files in `tmp/`, or a shared store's upload
+    /// sessions and the objects under `uploads/`. What an abandoned write leaves shows here
+    /// until it is cleaned up.
+    pub async fn in_progress(&self) -> Result<Vec<String>> {
+        if let Some(shared) = self.shared() {
+            let mut all = shared.meta.uploads_open().await?;
+            all.extend(shared.objects.uploads().await?);
+            return Ok(all);
+        }
+        let dir = self.tmp_dir();
+        blocking(move || list_names(&dir, |n| Some(n.to_owned()))).await
+    }
+
     /// Whether blobs and metadata are shared by replicas (object storage and PostgreSQL).
     pub fn is_shared(&self) -> bool {
         self.shared.is_some()

@@ -80,10 +80,10 @@ const ADMISSION_LOCK: i64 = 0x7175_696e_7570_6c64;
 /// Why a new upload session was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
-    /// As many sessions as the cap allows are open, across replicas.
-    Full,
-    /// This client holds as many as it may.
-    ClientFull,
+    /// As many sessions as the cap allows are open, across replicas (how many).
+    Full(i64),
+    /// This client holds as many as it may (how many).
+    ClientFull(i64),
 }
 
 /// The advisory lock key under which migrations run (any fixed number of ours).
@@ -588,10 +588,10 @@ impl Metadata {
         let (all, mine): (i64, i64) = (row.get(0), row.get(1));
         let cap = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         if all >= cap(max) {
-            return Ok(Err(Refused::Full));
+            return Ok(Err(Refused::Full(all)));
         }
         if mine >= cap(per_client) {
-            return Ok(Err(Refused::ClientFull));
+            return Ok(Err(Refused::ClientFull(mine)));
         }
         let written = i64::try_from(state.written).unwrap_or(i64::MAX);
         tx.execute(
@@ -694,15 +694,15 @@ impl Metadata {
             .collect())
     }
 
-    /// How many upload sessions are open, across replicas.
-    pub async fn uploads_open(&self) -> Result<usize, StoreError> {
-        let row = self
+    /// The upload sessions open now, across replicas.
+    pub async fn uploads_open(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
             .client()
             .await?
-            .query_one("SELECT count(*) FROM uploads", &[])
+            .query("SELECT id FROM uploads ORDER BY id", &[])
             .await
             .map_err(db)?;
-        Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Takes repository `name`'s lock, shared by every replica (a session advisory lock on a

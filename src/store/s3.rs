@@ -351,6 +351,20 @@ impl Objects {
             .map_err(err)
     }
 
+    /// The keys under `uploads/`: blobs being written, and parts of upload sessions.
+    pub async fn uploads(&self) -> Result<Vec<String>, StoreError> {
+        let key = self.key("uploads");
+        self.attempt("LIST", |c| {
+            let k = key.clone();
+            async move {
+                use futures_util::TryStreamExt;
+                let listed: Vec<_> = c.list(Some(&k)).try_collect().await?;
+                Ok(listed.into_iter().map(|m| m.location.to_string()).collect())
+            }
+        })
+        .await
+    }
+
     /// Whether the storage answers: a listing of one key under the prefix.
     pub async fn probe(&self) -> Result<(), StoreError> {
         let key = self.key("blobs");

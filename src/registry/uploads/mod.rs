@@ -118,6 +118,34 @@ struct Slot {
 }
 
 impl Slot {
+    /// A slot for one request alone (a shared store's session lives in the database): it
+    /// only counts progress, for `watch`.
+    fn transient() -> Slot {
+        Slot {
+            session: tokio::sync::Mutex::new(None),
+            touched: Mutex::new(Instant::now()),
+            progress: std::sync::atomic::AtomicU64::new(0),
+            cancelled: tokio_util::sync::CancellationToken::new(),
+            client: IpAddr::from([0, 0, 0, 0]),
+        }
+    }
+
+    /// Cancels the slot once it made no progress for `timeout` (checked every `every`);
+    /// never returns: run it beside the request that feeds the slot.
+    async fn watch(&self, timeout: Duration, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let idle = self
+                .touched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed();
+            if idle >= timeout {
+                self.cancelled.cancel();
+            }
+        }
+    }
+
     /// Counts received bytes; enough of them move the session's idle clock.
     fn received(&self, n: u64) {
         use std::sync::atomic::Ordering;

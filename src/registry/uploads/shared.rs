@@ -18,7 +18,7 @@ use hyper::{HeaderMap, Response, StatusCode};
 use serde_json::json;
 
 use super::{
-    Failure, Query, Uploads, accepted, append, commit, upload_unknown, with_upload_headers,
+    Failure, Query, Slot, Uploads, accepted, append, commit, upload_unknown, with_upload_headers,
 };
 use crate::digest::Algorithm;
 use crate::reference::Name;
@@ -61,9 +61,11 @@ pub async fn open(
     match opened {
         Ok(()) => accepted(name, &id, 0),
         Err(why) => Err(super::too_many(match why {
-            Refused::Full => "the most uploads this registry takes at once are open".to_owned(),
-            Refused::ClientFull => {
-                "this client has the most uploads open that one client may".to_owned()
+            Refused::Full(open) => {
+                format!("{open} uploads are open, the most this registry takes at once")
+            }
+            Refused::ClientFull(theirs) => {
+                format!("this client has {theirs} uploads open, the most one client may")
             }
         })),
     }
@@ -89,7 +91,14 @@ async fn feed(
 ) -> Result<(Suspended, BlobWriter), RegistryError> {
     let before = load(registry, name, id).await?;
     let mut writer = registry.store().resume_blob(&before)?;
-    match append(&mut writer, name, id, request, body, uploads.max_size, None).await {
+    // A request that trickles is ended as a session in memory would be (`Uploads::sweep`).
+    let slot = Slot::transient();
+    let appended = tokio::select! {
+        biased;
+        r = append(&mut writer, name, id, request, body, uploads.max_size, Some(&slot)) => r,
+        () = slot.watch(uploads.timeout, uploads.sweep_interval()) => unreachable!("watch never returns"),
+    };
+    match appended {
         Ok(_) => Ok((before, writer)),
         // A body cut short leaves the session where it was (its part goes with the writer):
         // unlike a session in memory, the saved one cannot be half-fed.

@@ -384,3 +384,230 @@ async fn a_chunked_upload_begun_on_one_replica_is_finished_on_the_other() {
         .expect("GET status");
     assert_eq!(s.status(), StatusCode::NOT_FOUND);
 }
+
+/// `quinistry gc` over the store, with `args`; its output line.
+fn gc(store: &SharedStore, args: &[&str]) -> std::process::Output {
+    let mut c = common::quinistry();
+    c.args(["gc", "--store", &store.url, "--metadata", &store.metadata]);
+    for e in &store.endpoints {
+        c.args(["--s3-endpoint", e]);
+    }
+    c.args(args).output().expect("run quinistry gc")
+}
+
+/// The number before `word` in a gc summary ("removed 3 (…)" → 3 for "removed").
+fn count_after(summary: &str, word: &str) -> usize {
+    summary
+        .split(word)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count after {word:?} in {summary:?}"))
+}
+
+#[tokio::test]
+async fn gc_of_a_shared_store_reclaims_what_no_image_needs_and_runs_one_pass_at_a_time() {
+    let Some(cluster) = cluster() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = cluster.store();
+    let a = store.replica(dir.path(), &[]);
+    let b = store.replica(dir.path(), &[]);
+    let shared_layer = common::noise(1 << 20, 30);
+    let gone = push_image(&a.addr, "gc/one", "v1", &common::noise(6 << 20, 32)).await;
+    let kept = push_image(&a.addr, "gc/two", "v1", &shared_layer).await;
+    // The shared layer is pushed into gc/one too, then only gc/two's image names it.
+    push_blob(&a.addr, "gc/one", &shared_layer).await;
+    let r = http()
+        .delete(format!("http://{}/v2/gc/one/manifests/{gone}", b.addr))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
+    // Within the grace period: nothing goes.
+    let out = gc(&store, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count_after(&text, "removed"), 0, "{text}");
+    // A dry run counts, removes nothing: gc/one's three blob links (its layer, its config
+    // and the shared layer), and its manifest. It does not foresee what removing the links
+    // would free (the layer).
+    let out = gc(
+        &store,
+        &["--dry-run", "--grace", "0s", "--link-grace", "0s"],
+    );
+    let dry = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(count_after(&dry, "would remove"), 1, "{dry}");
+    assert_eq!(count_after(&dry, "MiB), "), 3, "{dry}");
+    // Another replica's pass is under way: this one does nothing and says why.
+    let lock = tokio_postgres::connect(&store.metadata, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let (client, connection) = lock;
+    tokio::spawn(connection);
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&0x7175_696e_6763_6c6bi64])
+        .await
+        .expect("lock");
+    let out = gc(&store, &["--grace", "0s", "--link-grace", "0s"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another replica is collecting"), "{err}");
+    client
+        .execute(
+            "SELECT pg_advisory_unlock($1)",
+            &[&0x7175_696e_6763_6c6bi64],
+        )
+        .await
+        .expect("unlock");
+
+    let out = gc(&store, &["--grace", "0s", "--link-grace", "0s"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // gc/one's manifest and layer; the config and the shared layer are gc/two's too.
+    assert_eq!(count_after(&text, "removed"), 2, "{text}");
+    assert_eq!(count_after(&text, "MiB), "), 3, "{text}");
+    let r = http()
+        .get(format!("http://{}/v2/gc/one/manifests/{gone}", a.addr))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    for addr in [&a.addr, &b.addr] {
+        assert_eq!(tag_digest(addr, "gc/two", "v1").await, Ok(kept.clone()));
+        let r = http()
+            .get(format!(
+                "http://{addr}/v2/gc/two/blobs/{}",
+                sha256(&shared_layer)
+            ))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(
+            sha256(&r.bytes().await.expect("body")),
+            sha256(&shared_layer)
+        );
+    }
+    let again = gc(&store, &["--grace", "0s", "--link-grace", "0s"]);
+    assert_eq!(
+        count_after(&String::from_utf8_lossy(&again.stdout), "removed"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_on_one_replica_racing_the_other_replicas_collector_lose_nothing() {
+    let Some(cluster) = cluster() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = cluster.store();
+    let a = store.replica(dir.path(), &[]);
+    // No grace for unlinked blobs; the default for blob links (a client has that long
+    // between a layer and its manifest).
+    let b = store.replica(dir.path(), &["--gc-interval", "1ms", "--grace", "0s"]);
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    let mut workers = Vec::new();
+    // Garbage made all the while, so that each pass has a batch to remove one by one: a
+    // blob the pass doomed at its start has time to be pushed again before its turn comes.
+    for j in 0..2u64 {
+        let addr = a.addr.clone();
+        workers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while std::time::Instant::now() < deadline {
+                i += 1;
+                let junk = common::noise(4 << 10, 2 * (1_000_000 + j * 100_000 + i));
+                let (a2, repo) = (addr.clone(), format!("junk/j{j}"));
+                let pushed = tokio::spawn(async move { push_blob(&a2, &repo, &junk).await });
+                if let Ok(d) = pushed.await {
+                    let _ = http()
+                        .delete(format!("http://{addr}/v2/junk/j{j}/blobs/{d}"))
+                        .send()
+                        .await;
+                }
+            }
+        }));
+    }
+    for w in 0..4u64 {
+        let (addr, acked) = (a.addr.clone(), acked.clone());
+        workers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while std::time::Instant::now() < deadline {
+                i += 1;
+                let tag = format!("w{w}-{i}");
+                let layer = common::noise(64 << 10, 2 * (w * 10_000 + i));
+                // Staged, then dropped from staging: garbage the collector is after, which
+                // the image below pushes again at once (found in the store, or doomed and
+                // written anew), racing the collector's removal.
+                let (a2, l2) = (addr.clone(), layer.clone());
+                let staged =
+                    tokio::spawn(async move { push_blob(&a2, &format!("stage/w{w}"), &l2).await });
+                // Refused (the collector took it before its link): the client was told.
+                let Ok(staged) = staged.await else { continue };
+                let r = http()
+                    .delete(format!("http://{addr}/v2/stage/w{w}/blobs/{staged}"))
+                    .send()
+                    .await
+                    .expect("DELETE staged");
+                assert_eq!(r.status(), StatusCode::ACCEPTED);
+                let addr2 = addr.clone();
+                let tag2 = tag.clone();
+                // A push the collector beat (BLOB_UNKNOWN on its link) fails here: that is
+                // the client being told, not data lost. Only acknowledged ones count.
+                let pushed =
+                    tokio::spawn(
+                        async move { push_image(&addr2, "race/app", &tag2, &layer).await },
+                    )
+                    .await;
+                if let Ok(digest) = pushed {
+                    acked.lock().expect("acked").push((tag, digest));
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+    let passes = b.log_text().matches("gc: ").count();
+    assert!(
+        passes >= 3,
+        "only {passes} collector passes ran beside the pushes"
+    );
+    let acked = acked.lock().expect("acked").clone();
+    assert!(acked.len() >= 20, "only {} pushes", acked.len());
+    for (tag, digest) in &acked {
+        assert_eq!(
+            tag_digest(&a.addr, "race/app", tag).await,
+            Ok(digest.clone()),
+            "{tag}"
+        );
+        let m = http()
+            .get(format!("http://{}/v2/race/app/manifests/{digest}", a.addr))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .expect("GET manifest");
+        let m: Value = serde_json::from_slice(&m.bytes().await.expect("body")).expect("json");
+        for d in [&m["config"]["digest"], &m["layers"][0]["digest"]] {
+            let d = d.as_str().expect("digest");
+            let r = http()
+                .get(format!("http://{}/v2/race/app/blobs/{d}", a.addr))
+                .send()
+                .await
+                .expect("GET blob");
+            assert_eq!(r.status(), StatusCode::OK, "{tag}: {d} lost");
+            assert_eq!(sha256(&r.bytes().await.expect("body")), d);
+        }
+    }
+    eprintln!(
+        "{} pushes acknowledged beside {passes} collector passes",
+        acked.len()
+    );
+}

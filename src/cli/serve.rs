@@ -121,8 +121,13 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
     if args.redirect && shared.is_none() {
         return Err("--redirect sends clients to object storage: it needs an s3:// --store".into());
     }
-    if shared.is_some() && gc.is_some() {
-        return Err("--gc-interval: garbage collection of an s3:// store is not built yet".into());
+    if shared.is_some()
+        && let Some((_, policy)) = &gc
+        && (policy.keep_untagged.is_some() || !policy.keep_tags.is_empty())
+    {
+        return Err(
+            "--keep-untagged and --keep-tags: retention of an s3:// store is not built yet".into(),
+        );
     }
     let redirect = args.redirect.then_some(REDIRECT_VALID);
     let (prepack, rescan) = (!args.no_prepack, Duration::from_secs(args.rescan));
@@ -320,6 +325,9 @@ async fn collector(registry: Arc<registry::Registry>, every: Duration, policy: g
         tick.tick().await;
         match collect_once(&registry, &policy).await {
             Ok(summary) => tracing::info!(target: "quinistry::gc", "gc: {summary}"),
+            Err(e @ quinistry::store::StoreError::Busy(_)) => {
+                tracing::info!(target: "quinistry::gc", "gc pass skipped: {e}")
+            }
             Err(e) => tracing::error!(target: "quinistry::gc", error = %e, "gc pass failed"),
         }
     }

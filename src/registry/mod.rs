@@ -219,7 +219,7 @@ pub struct Registry {
 /// A repository's write lock, held while it lives (see `Registry::lock_repository`).
 struct RepositoryGuard<'a> {
     /// Dropped first: the replicas' lock is let go before this process's.
-    _shared: Option<crate::store::postgres::RepositoryLock>,
+    _shared: Option<crate::store::postgres::AdvisoryLock>,
     _local: tokio::sync::MutexGuard<'a, ()>,
 }
 

@@ -109,6 +109,8 @@ impl Store {
         if let Some(shared) = self.shared() {
             // One PUT is atomic: the object appears whole or not at all.
             let len = bytes.len() as u64;
+            // From the check to the record, no collector can remove this blob's object.
+            let _blob = shared.meta.lock_digest(&digest).await?;
             if shared.meta.blob_size(&digest).await?.is_none() {
                 let key = shared.objects.blob_key(&digest);
                 let body = bytes::Bytes::copy_from_slice(bytes);
@@ -964,14 +966,18 @@ impl BlobWriter {
                 actual: digest,
             });
         }
-        if replace || shared.meta.blob_size(&digest).await?.is_none() {
-            shared
-                .objects
-                .copy(&o.key, &shared.objects.blob_key(&digest))
-                .await?;
-            store.added(len);
+        {
+            // From the check to the record, no collector can remove this blob's object.
+            let _blob = shared.meta.lock_digest(&digest).await?;
+            if replace || shared.meta.blob_size(&digest).await?.is_none() {
+                shared
+                    .objects
+                    .copy(&o.key, &shared.objects.blob_key(&digest))
+                    .await?;
+                store.added(len);
+            }
+            shared.meta.blob_committed(&digest, len).await?;
         }
-        shared.meta.blob_committed(&digest, len).await?;
         // The upload's object goes now; should that fail, the sink's drop tries again.
         if shared.objects.delete(&o.key).await.is_ok() {
             o.written = false;

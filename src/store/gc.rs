@@ -186,9 +186,7 @@ impl GcReport {
 /// Runs one pass: retention, mark, sweep (see the module doc).
 pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result<GcReport> {
     if store.is_shared() {
-        return Err(crate::store::StoreError::Unsupported(
-            "garbage collection of a shared store (object storage and PostgreSQL) is not built yet",
-        ));
+        return super::gc_shared::collect(store, roots, policy).await;
     }
     let started = Instant::now();
     let mut report = GcReport {
@@ -509,7 +507,7 @@ pub fn mark(store: &Store, roots: &[Digest], now: SystemTime, grace: Duration) -
 pub type Marked = (BTreeSet<Digest>, Vec<(Name, Digest)>);
 
 /// What a manifest names: its blobs and its children.
-type Names = (Vec<Digest>, Vec<Digest>);
+pub(crate) type Names = (Vec<Digest>, Vec<Digest>);
 
 /// Reads and parses a manifest (`None`: not one, too large, or gone; `verify` reports a
 /// dangling record).
@@ -517,19 +515,22 @@ fn names_of(store: &Store, manifest: &Digest) -> Result<Option<Names>> {
     let Some((bytes, recorded)) = store.read_manifest_now(manifest, MAX_MANIFEST)? else {
         return Ok(None);
     };
-    let Ok(parsed) = image::parse_pushed_manifest(&bytes, recorded.as_deref()) else {
-        return Ok(None);
+    Ok(names_in(&bytes, recorded.as_deref()))
+}
+
+/// What the manifest `bytes` (pushed as `recorded`, if it has no media type) names; `None`
+/// if it is not a manifest.
+pub(crate) fn names_in(bytes: &[u8], recorded: Option<&str>) -> Option<Names> {
+    let Ok(parsed) = image::parse_pushed_manifest(bytes, recorded) else {
+        return None;
     };
     let mut children: Vec<Digest> = parsed.children.into_iter().map(|(d, _)| d).collect();
     // A tag of an OCI manifest is served to Docker-only clients as its Docker twin (see
     // `registry`): the twin lives as long as the manifest.
-    if let Some(twin) = image::docker_form(&bytes) {
+    if let Some(twin) = image::docker_form(bytes) {
         children.push(Digest::sha256_of(&twin));
     }
-    Ok(Some((
-        parsed.blobs.into_iter().map(|(d, _)| d).collect(),
-        children,
-    )))
+    Some((parsed.blobs.into_iter().map(|(d, _)| d).collect(), children))
 }
 
 /// `manifests` and everything they name, children first to last, with each manifest read

@@ -59,10 +59,22 @@
 //! | `verify.rs` | the graph check: tags, links, manifests and referrers against each other |
 //! | `gate.rs` | the gate between the collector and writers: pins, touches, holds |
 //! | `gc.rs` | garbage collection, online: retention, mark, sweep, and why no push loses a blob |
+//! | `s3.rs` | a shared store's bytes: blobs in S3-compatible object storage, several endpoints |
+//! | `postgres.rs` | a shared store's metadata in PostgreSQL: the schema and its migrations, every query, the advisory locks |
+//! | `gc_shared.rs` | garbage collection of a shared store, one replica at a time |
+//!
+//! **A shared store** (`Store::open_shared`: `--store s3://BUCKET/PREFIX --metadata
+//! postgres://…`) keeps the same API over other engines, so that several replicas serve one
+//! store: blobs are objects named by digest (written as multipart uploads under `uploads/`,
+//! copied to their digest key once checked), and everything above is rows in PostgreSQL,
+//! written by single statements or under advisory locks instead of files and flocks. The
+//! database says which blobs exist; an object it does not name is garbage. Each public
+//! method here says `if let Some(shared) = self.shared()` first where the two differ.
 
 mod blobs;
 mod gate;
 pub mod gc;
+mod gc_shared;
 pub mod postgres;
 mod repositories;
 pub mod s3;
@@ -115,6 +127,9 @@ pub enum StoreError {
     /// What a shared store does not do (yet); the message says what.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// Another process holds what this needs alone (a shared store's collector lock).
+    #[error("{0}")]
+    Busy(&'static str),
 }
 
 impl StoreError {
@@ -280,7 +295,7 @@ impl Store {
 
     /// Takes repository `name`'s write lock shared by every replica; `None` for a local
     /// store (the registry's in-process lock is the whole of it there).
-    pub async fn lock_repository(&self, name: &Name) -> Result<Option<postgres::RepositoryLock>> {
+    pub async fn lock_repository(&self, name: &Name) -> Result<Option<postgres::AdvisoryLock>> {
         match self.shared() {
             Some(s) => s.meta.lock_repository(name).await.map(Some),
             None => Ok(None),

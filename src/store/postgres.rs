@@ -71,7 +71,12 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX uploads_by_client ON uploads (client);
      CREATE INDEX uploads_by_age ON uploads (updated_at);",
+    // 3: the collector marks what it is about to remove (see `gc_shared`).
+    "ALTER TABLE blobs ADD COLUMN doomed boolean NOT NULL DEFAULT false;",
 ];
+
+/// The advisory lock one replica's collector holds for its pass.
+const GC_LOCK: i64 = 0x7175_696e_6763_6c6b;
 
 /// The advisory lock key under which an upload is admitted (the caps are counted and the
 /// session made in one step across replicas).
@@ -216,7 +221,7 @@ impl Metadata {
             .await?
             .execute(
                 "INSERT INTO blobs (digest, size) VALUES ($1, $2)
-                 ON CONFLICT (digest) DO UPDATE SET touched_at = now()",
+                 ON CONFLICT (digest) DO UPDATE SET touched_at = now(), doomed = false",
                 &[&digest.to_string(), &size],
             )
             .await
@@ -230,7 +235,7 @@ impl Metadata {
             .client()
             .await?
             .query_opt(
-                "SELECT size FROM blobs WHERE digest = $1",
+                "SELECT size FROM blobs WHERE digest = $1 AND NOT doomed",
                 &[&digest.to_string()],
             )
             .await
@@ -351,7 +356,8 @@ impl Metadata {
             .client()
             .await?
             .execute(
-                "WITH blob AS (UPDATE blobs SET touched_at = now() WHERE digest = $3 RETURNING 1)
+                "WITH blob AS (UPDATE blobs SET touched_at = now(), doomed = false
+                               WHERE digest = $3 RETURNING 1)
                  INSERT INTO links (repository, kind, digest)
                  SELECT $1, $2, $3 FROM blob
                  ON CONFLICT (repository, kind, digest) DO UPDATE SET touched_at = now()",
@@ -707,36 +713,181 @@ impl Metadata {
 
     /// Takes repository `name`'s lock, shared by every replica (a session advisory lock on a
     /// connection of its own, held until the guard is dropped).
-    pub async fn lock_repository(&self, name: &Name) -> Result<RepositoryLock, StoreError> {
+    pub async fn lock_repository(&self, name: &Name) -> Result<AdvisoryLock, StoreError> {
+        self.advisory(format!("quinistry/repository/{name}")).await
+    }
+
+    /// Takes blob `digest`'s lock: held by a writer from its check of whether the blob
+    /// exists to its record of it, and by the collector from its last check to the removal
+    /// of the object, so neither can come between the other's steps.
+    pub async fn lock_digest(&self, digest: &Digest) -> Result<AdvisoryLock, StoreError> {
+        self.advisory(format!("quinistry/blob/{digest}")).await
+    }
+
+    async fn advisory(&self, key: String) -> Result<AdvisoryLock, StoreError> {
         let client = self.client().await?;
-        let key = format!("quinistry/repository/{name}");
         client
             .execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&key])
             .await
             .map_err(db)?;
-        Ok(RepositoryLock {
-            held: Some((client, key)),
+        Ok(AdvisoryLock {
+            held: Some((client, Unlock::Key(key))),
         })
+    }
+
+    /// The collector's lock, if no other replica holds it.
+    pub async fn try_lock_collector(&self) -> Result<Option<AdvisoryLock>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&GC_LOCK])
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, bool>(0).then(|| AdvisoryLock {
+            held: Some((client, Unlock::Number(GC_LOCK))),
+        }))
+    }
+
+    /// Removes the blob links of `name` that none of `named` is and that were last touched
+    /// longer than `grace` ago; how many (with `dry_run`, how many would go). Run under the
+    /// repository's lock, so no manifest push in it is between its check and its link.
+    pub async fn remove_stale_blob_links(
+        &self,
+        name: &Name,
+        named: &[String],
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<usize, StoreError> {
+        let sql = if dry_run {
+            "SELECT count(*) FROM links WHERE repository = $1 AND kind = '_blobs'
+             AND touched_at < now() - make_interval(secs => $3) AND NOT (digest = ANY($2))"
+        } else {
+            "WITH gone AS (DELETE FROM links WHERE repository = $1 AND kind = '_blobs'
+                 AND touched_at < now() - make_interval(secs => $3) AND NOT (digest = ANY($2))
+                 RETURNING 1)
+             SELECT count(*) FROM gone"
+        };
+        let row = self
+            .client()
+            .await?
+            .query_one(sql, &[&name.as_str(), &named, &grace.as_secs_f64()])
+            .await
+            .map_err(db)?;
+        Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    /// Counts the blobs: all, unreachable (no link, not a root), and of those how many were
+    /// touched within `grace`.
+    pub async fn count_unreachable(
+        &self,
+        roots: &[String],
+        grace: Duration,
+    ) -> Result<(usize, usize, usize), StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT count(*),
+                        count(*) FILTER (WHERE u),
+                        count(*) FILTER (WHERE u AND touched_at >= now() - make_interval(secs => $2))
+                 FROM (SELECT touched_at,
+                              NOT EXISTS (SELECT 1 FROM links l WHERE l.digest = b.digest)
+                              AND NOT (digest = ANY($1)) AS u
+                       FROM blobs b) t",
+                &[&roots, &grace.as_secs_f64()],
+            )
+            .await
+            .map_err(db)?;
+        let n = |i: usize| usize::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+        Ok((n(0), n(1), n(2)))
+    }
+
+    /// Marks the blobs no link names, none of `roots` is, and untouched for `grace`: the
+    /// collector's candidates (with `dry_run`, only lists them). Each with its size.
+    pub async fn doom(
+        &self,
+        roots: &[String],
+        grace: Duration,
+        dry_run: bool,
+    ) -> Result<Vec<(Digest, u64)>, StoreError> {
+        let filter = "NOT EXISTS (SELECT 1 FROM links l WHERE l.digest = blobs.digest)
+                      AND NOT (digest = ANY($1))
+                      AND touched_at < now() - make_interval(secs => $2)";
+        let sql = if dry_run {
+            format!("SELECT digest, size FROM blobs WHERE {filter}")
+        } else {
+            format!("UPDATE blobs SET doomed = true WHERE {filter} RETURNING digest, size")
+        };
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&roots, &grace.as_secs_f64()])
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|r| Ok((parse(r.get(0), "digest")?, size(r.get(1)))))
+            .collect()
+    }
+
+    /// Removes doomed blob `digest`'s record if it is still doomed, unlinked and untouched
+    /// for `grace` (a push since un-dooms it); whether it did. The caller holds the blob's
+    /// lock and removes the object after: a crash between leaves an object no record names
+    /// (garbage), never a record without its object.
+    pub async fn remove_doomed(
+        &self,
+        digest: &Digest,
+        grace: Duration,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM blobs WHERE digest = $1 AND doomed
+                 AND touched_at < now() - make_interval(secs => $2)
+                 AND NOT EXISTS (SELECT 1 FROM links l WHERE l.digest = $1)",
+                &[&digest.to_string(), &grace.as_secs_f64()],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    /// Un-dooms what a pass marked but did not remove (it stopped early).
+    pub async fn spare_doomed(&self) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute("UPDATE blobs SET doomed = false WHERE doomed", &[])
+            .await
+            .map(drop)
+            .map_err(db)
     }
 }
 
-/// A repository's lock across replicas; let go when dropped.
-pub struct RepositoryLock {
-    held: Option<(Object, String)>,
+/// What a lock's release names: a key hashed by the server, or a number.
+enum Unlock {
+    Key(String),
+    Number(i64),
 }
 
-impl Drop for RepositoryLock {
+/// An advisory lock held across replicas (a repository's, a blob's, the collector's); let
+/// go when dropped.
+pub struct AdvisoryLock {
+    held: Option<(Object, Unlock)>,
+}
+
+impl Drop for AdvisoryLock {
     fn drop(&mut self) {
         let Some((client, key)) = self.held.take() else {
             return;
         };
         let unlock = async move {
-            let unlocked = client
-                .execute(
-                    "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
-                    &[&key],
-                )
-                .await;
+            let unlocked = match &key {
+                Unlock::Key(k) => {
+                    client
+                        .execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[k])
+                        .await
+                }
+                Unlock::Number(n) => client.execute("SELECT pg_advisory_unlock($1)", &[n]).await,
+            };
             if unlocked.is_err() {
                 // Never hand a connection that may still hold the lock back to the pool:
                 // closing it lets go of the lock.

@@ -181,7 +181,7 @@ fn docker_pushes_through_one_replica_and_pulls_through_the_other_streamed_and_re
     }
     let log = c.log_text();
     assert!(
-        log.contains("307"),
+        log.contains("status=307"),
         "the redirecting replica answered no 307:\n{log}"
     );
 }
@@ -260,6 +260,27 @@ fn skopeo_copies_a_multi_layer_image_in_through_one_replica_and_out_through_the_
         &format!("docker://{}/multi/layer:v1", a.addr),
         &format!("oci:{}:v1", out.display()),
     ]));
+    // And out through a replica that redirects blob downloads to the storage.
+    let c = store.replica(dir.path(), &["--redirect"]);
+    let redirected = dir.path().join("redirected");
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/multi/layer:v1", c.addr),
+        &format!("oci:{}:v1", redirected.display()),
+    ]));
+    let index = |dir: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).expect("index"))
+            .expect("json")
+    };
+    assert_eq!(
+        index(&redirected)["manifests"][0]["digest"],
+        index(&out)["manifests"][0]["digest"]
+    );
+    assert!(
+        c.log_text().contains("status=307"),
+        "no redirect was answered"
+    );
     let index: Value =
         serde_json::from_slice(&std::fs::read(out.join("index.json")).expect("index"))
             .expect("json");
@@ -496,6 +517,21 @@ async fn gc_of_a_shared_store_reclaims_what_no_image_needs_and_runs_one_pass_at_
             sha256(&shared_layer)
         );
     }
+    // The store is whole: every blob re-hashed from the storage, every tag and link sound.
+    let mut verify = common::quinistry();
+    verify.args([
+        "verify",
+        "--store",
+        &store.url,
+        "--metadata",
+        &store.metadata,
+    ]);
+    for e in &store.endpoints {
+        verify.args(["--s3-endpoint", e]);
+    }
+    let out = run_ok(&mut verify);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(", 0 bad"), "{text}");
     let again = gc(&store, &["--grace", "0s", "--link-grace", "0s"]);
     assert_eq!(
         count_after(&String::from_utf8_lossy(&again.stdout), "removed"),

@@ -129,7 +129,11 @@ g bucket allow --read --write --owner quinistry --key quinistry >/dev/null
 pg_port=${ports[9]}
 mkdir -p "$dir/pg" "$dir/pg-socket"
 [ "$(id -u)" = 0 ] && chown postgres "$dir/pg" "$dir/pg-socket" && chmod 711 "$dir"
-as_pg "$pg_bin/initdb" -D "$dir/pg" -A trust -U postgres >"$dir/initdb.log" 2>&1
+as_pg "$pg_bin/initdb" -D "$dir/pg" -A trust -U postgres >"$dir/initdb.log" 2>&1 || {
+  echo "initdb failed (as root, every folder above $dir must be searchable by postgres):" >&2
+  cat "$dir/initdb.log" >&2
+  exit 1
+}
 # In its config, not on the command line, so that a plain `pg_ctl start` (a test that
 # stopped it) brings it back the same.
 cat >>"$dir/pg/postgresql.conf" <<EOF

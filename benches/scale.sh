@@ -18,6 +18,7 @@ pulls=${2:-50}
 cargo build --release --quiet
 bin=$PWD/target/release/quinistry
 work=$(mktemp -d /tmp/quinistry-scale.XXXXXX)
+chmod 711 "$work" # PostgreSQL runs as postgres (when we are root) under it
 cluster=$work/cluster
 pids=()
 cleanup() {
@@ -30,28 +31,30 @@ trap cleanup EXIT
 .ci/cluster.sh start "$cluster" >/dev/null
 . "$cluster/env"
 psql -q "$QUINISTRY_TEST_POSTGRES" -c 'CREATE DATABASE bench'
-export QUINISTRY_METADATA=${QUINISTRY_TEST_POSTGRES%/*}/bench
+meta=${QUINISTRY_TEST_POSTGRES%/*}/bench
 export QUINISTRY_S3_ENDPOINTS=$QUINISTRY_TEST_S3_ENDPOINTS
 s3=s3://$QUINISTRY_TEST_BUCKET/bench
 
 echo "== pack of $mib MiB (default gzip, all cores)"
 benches/make-input.sh "$work/input" "$mib" >/dev/null
-pack() { # STORE LABEL
-  /usr/bin/time -f "%e %M" -o "$work/time" "$bin" pack --store "$1" --tag bench/pack:v1 \
-    "$work/input" >/dev/null 2>&1
+pack() { # LABEL STORE-ARGS...
+  local label=$1; shift
+  /usr/bin/time -f "%e %M" -o "$work/time" "$bin" pack "$@" --tag bench/pack:v1 \
+    "$work/input" >/dev/null 2>"$work/pack.log" || { cat "$work/pack.log" >&2; exit 1; }
   read -r secs kib <"$work/time"
-  printf '%-22s %6.1f s  %6.0f MB/s  peak RSS %4d MiB\n' "$2" "$secs" \
-    "$(echo "$mib * 1.048576 / $secs" | bc -l)" "$((kib / 1024))"
+  printf '%-22s %6.1f s  %6.0f MB/s  peak RSS %4d MiB\n' "$label" "$secs" \
+    "$(echo "$mib * 1.048576 / $secs" | bc -l)" "$((kib / 1024))" >&2
   echo "$secs"
 }
-local_s=$(pack "$work/local" "local directory" | tee /dev/stderr | tail -n1)
-garage_s=$(pack "$s3" "Garage + PostgreSQL" | tee /dev/stderr | tail -n1)
+local_s=$(pack "local directory" --store "$work/local")
+garage_s=$(pack "Garage + PostgreSQL" --store "$s3" --metadata "$meta")
 printf 'Garage / local time: %.2fx\n' "$(echo "$garage_s / $local_s" | bc -l)"
 rm -f "$work/input"
 
 # Replicas over the shared store: $1 = extra flag. Sets $addr and $rpid.
 replica() {
-  RUST_LOG=warn "$bin" serve --push --listen 127.0.0.1:0 --store "$s3" "$@" >"$work/out.$#" 2>>"$work/replica.log" &
+  RUST_LOG=warn "$bin" serve --push --listen 127.0.0.1:0 --store "$s3" --metadata "$meta" "$@" \
+    >"$work/out.$#" 2>>"$work/replica.log" &
   rpid=$!
   pids+=("$rpid")
   addr=""

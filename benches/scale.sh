@@ -91,7 +91,7 @@ pull_all() { # ADDR PID LABEL [curl flags]
   done
   wait "${clients[@]}" || true
   t1=$(date +%s.%N); c1=$(cpu_s "$p")
-  local got; got=$(awk '{ s += $1 } END { print s + 0 }' "$work/sizes")
+  local got; got=$(awk '{ s += $1 } END { printf "%.0f", s }' "$work/sizes")
   printf '%-32s %6.1f s  %7.0f MB/s aggregate  replica CPU %6.1f s  (%d of %d bytes)\n' \
     "$label" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$got / ($t1 - $t0) / 1000000" | bc -l)" \
     "$(echo "$c1 - $c0" | bc -l)" "$got" "$((pulls * (256 << 20)))"

@@ -114,6 +114,12 @@ fn db(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> StoreError {
+        db(e)
+    }
+}
+
 fn parse<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, StoreError> {
     text.parse()
         .map_err(|_| StoreError::Database(format!("the database holds a bad {what}: {text:?}")))
@@ -156,6 +162,46 @@ impl Metadata {
             .map_err(|e| StoreError::Database(format!("cannot reach the database: {e}")))
     }
 
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        self.client().await?.execute(sql, params).await.map_err(db)
+    }
+
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.client().await?.query(sql, params).await.map_err(db)
+    }
+
+    async fn row(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, StoreError> {
+        self.client()
+            .await?
+            .query_one(sql, params)
+            .await
+            .map_err(db)
+    }
+
+    async fn maybe_row(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, StoreError> {
+        self.client()
+            .await?
+            .query_opt(sql, params)
+            .await
+            .map_err(db)
+    }
+
     /// Applies the migrations this database lacks.
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
@@ -166,19 +212,16 @@ impl Metadata {
                      applied_at timestamptz NOT NULL DEFAULT now()
                  )",
             )
-            .await
-            .map_err(db)?;
-        let tx = client.transaction().await.map_err(db)?;
+            .await?;
+        let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await
-            .map_err(db)?;
+            .await?;
         let row = tx
             .query_one(
                 "SELECT coalesce(max(version), 0) FROM quinistry_schema",
                 &[],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         let current: i32 = row.get(0);
         let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
         if current > known {
@@ -197,8 +240,7 @@ impl Metadata {
                 "INSERT INTO quinistry_schema (version) VALUES ($1)",
                 &[&version],
             )
-            .await
-            .map_err(db)?;
+            .await?;
             tracing::info!(version, "metadata schema migrated");
         }
         tx.commit().await.map_err(db)
@@ -206,145 +248,111 @@ impl Metadata {
 
     /// Whether the database answers.
     pub async fn probe(&self) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .simple_query("SELECT 1")
-            .await
-            .map(drop)
-            .map_err(db)
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
     }
 
     /// Records that blob `digest` (of `size` bytes) is stored: after its object is complete.
     pub async fn blob_committed(&self, digest: &Digest, size: u64) -> Result<(), StoreError> {
         let size = i64::try_from(size).unwrap_or(i64::MAX);
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO blobs (digest, size) VALUES ($1, $2)
+        self.execute(
+            "INSERT INTO blobs (digest, size) VALUES ($1, $2)
                  ON CONFLICT (digest) DO UPDATE SET touched_at = now(), doomed = false",
-                &[&digest.to_string(), &size],
-            )
-            .await
-            .map(drop)
-            .map_err(db)
+            &[&digest.to_string(), &size],
+        )
+        .await
+        .map(drop)
     }
 
     /// The size of blob `digest`, `None` if the store does not have it.
     pub async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>, StoreError> {
         let row = self
-            .client()
-            .await?
-            .query_opt(
+            .maybe_row(
                 "SELECT size FROM blobs WHERE digest = $1 AND NOT doomed",
                 &[&digest.to_string()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(row.map(|r| size(r.get(0))))
     }
 
     /// Every blob the store has, sorted.
     pub async fn blobs(&self) -> Result<Vec<Digest>, StoreError> {
         let rows = self
-            .client()
-            .await?
-            .query("SELECT digest FROM blobs ORDER BY digest", &[])
-            .await
-            .map_err(db)?;
+            .rows("SELECT digest FROM blobs ORDER BY digest", &[])
+            .await?;
         rows.iter().map(|r| parse(r.get(0), "digest")).collect()
     }
 
     /// How many blobs and bytes the store holds.
     pub async fn totals(&self) -> Result<(i64, i64), StoreError> {
         let row = self
-            .client()
-            .await?
-            .query_one(
+            .row(
                 "SELECT count(*), coalesce(sum(size), 0)::bigint FROM blobs",
                 &[],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok((row.get(0), row.get(1)))
     }
 
     pub async fn set_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO tags (repository, tag, digest) VALUES ($1, $2, $3)
+        self.execute(
+            "INSERT INTO tags (repository, tag, digest) VALUES ($1, $2, $3)
                  ON CONFLICT (repository, tag) DO UPDATE SET digest = $3, set_at = now()",
-                &[&name.as_str(), &tag.as_str(), &digest.to_string()],
-            )
-            .await
-            .map(drop)
-            .map_err(db)
+            &[&name.as_str(), &tag.as_str(), &digest.to_string()],
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, StoreError> {
         let row = self
-            .client()
-            .await?
-            .query_opt(
+            .maybe_row(
                 "SELECT digest FROM tags WHERE repository = $1 AND tag = $2",
                 &[&name.as_str(), &tag.as_str()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         row.map(|r| parse(r.get(0), "digest")).transpose()
     }
 
     pub async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool, StoreError> {
         let n = self
-            .client()
-            .await?
             .execute(
                 "DELETE FROM tags WHERE repository = $1 AND tag = $2",
                 &[&name.as_str(), &tag.as_str()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(n > 0)
     }
 
     pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>, StoreError> {
         let rows = self
-            .client()
-            .await?
-            .query(
+            .rows(
                 "SELECT tag FROM tags WHERE repository = $1 ORDER BY tag",
                 &[&name.as_str()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         rows.iter().map(|r| parse(r.get(0), "tag")).collect()
     }
 
     /// Whether something is tagged or linked in `name`.
     pub async fn has_repository(&self, name: &Name) -> Result<bool, StoreError> {
         let row = self
-            .client()
-            .await?
-            .query_one(
+            .row(
                 "SELECT EXISTS (SELECT 1 FROM tags WHERE repository = $1)
                      OR EXISTS (SELECT 1 FROM links WHERE repository = $1)",
                 &[&name.as_str()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(row.get(0))
     }
 
     pub async fn repositories(&self) -> Result<Vec<Name>, StoreError> {
         let rows = self
-            .client()
-            .await?
-            .query(
+            .rows(
                 "SELECT repository FROM tags UNION SELECT repository FROM links ORDER BY 1",
                 &[],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         rows.iter().map(|r| parse(r.get(0), "repository")).collect()
     }
 
@@ -353,8 +361,6 @@ impl Metadata {
     pub async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<(), StoreError> {
         let d = digest.to_string();
         let n = self
-            .client()
-            .await?
             .execute(
                 "WITH blob AS (UPDATE blobs SET touched_at = now(), doomed = false
                                WHERE digest = $3 RETURNING 1)
@@ -363,8 +369,7 @@ impl Metadata {
                  ON CONFLICT (repository, kind, digest) DO UPDATE SET touched_at = now()",
                 &[&name.as_str(), &kind.dir(), &d],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         if n == 0 {
             return Err(StoreError::BlobUnknown(digest.clone()));
         }
@@ -378,14 +383,11 @@ impl Metadata {
         digest: &Digest,
     ) -> Result<bool, StoreError> {
         let n = self
-            .client()
-            .await?
             .execute(
                 "DELETE FROM links WHERE repository = $1 AND kind = $2 AND digest = $3",
                 &[&name.as_str(), &kind.dir(), &digest.to_string()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(n > 0)
     }
 
@@ -397,28 +399,22 @@ impl Metadata {
         digest: &Digest,
     ) -> Result<bool, StoreError> {
         let row = self
-            .client()
-            .await?
-            .query_one(
+            .row(
                 "SELECT EXISTS (SELECT 1 FROM links JOIN blobs USING (digest)
                                 WHERE repository = $1 AND kind = $2 AND digest = $3)",
                 &[&name.as_str(), &kind.dir(), &digest.to_string()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(row.get(0))
     }
 
     pub async fn links(&self, name: &Name, kind: Link) -> Result<Vec<Digest>, StoreError> {
         let rows = self
-            .client()
-            .await?
-            .query(
+            .rows(
                 "SELECT digest FROM links WHERE repository = $1 AND kind = $2 ORDER BY digest",
                 &[&name.as_str(), &kind.dir()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         rows.iter().map(|r| parse(r.get(0), "digest")).collect()
     }
 
@@ -428,15 +424,12 @@ impl Metadata {
         subject: &Digest,
         referrer: &Digest,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO referrers VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                &[&name.as_str(), &subject.to_string(), &referrer.to_string()],
-            )
-            .await
-            .map(drop)
-            .map_err(db)
+        self.execute(
+            "INSERT INTO referrers VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&name.as_str(), &subject.to_string(), &referrer.to_string()],
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn remove_referrer(
@@ -445,15 +438,12 @@ impl Metadata {
         subject: &Digest,
         referrer: &Digest,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM referrers WHERE repository = $1 AND subject = $2 AND referrer = $3",
-                &[&name.as_str(), &subject.to_string(), &referrer.to_string()],
-            )
-            .await
-            .map(drop)
-            .map_err(db)
+        self.execute(
+            "DELETE FROM referrers WHERE repository = $1 AND subject = $2 AND referrer = $3",
+            &[&name.as_str(), &subject.to_string(), &referrer.to_string()],
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn referrers(
@@ -462,28 +452,22 @@ impl Metadata {
         subject: &Digest,
     ) -> Result<Vec<Digest>, StoreError> {
         let rows = self
-            .client()
-            .await?
-            .query(
+            .rows(
                 "SELECT referrer FROM referrers WHERE repository = $1 AND subject = $2
                  ORDER BY referrer",
                 &[&name.as_str(), &subject.to_string()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         rows.iter().map(|r| parse(r.get(0), "digest")).collect()
     }
 
     pub async fn referrer_records(&self, name: &Name) -> Result<Vec<(Digest, Digest)>, StoreError> {
         let rows = self
-            .client()
-            .await?
-            .query(
+            .rows(
                 "SELECT subject, referrer FROM referrers WHERE repository = $1 ORDER BY 1, 2",
                 &[&name.as_str()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         rows.iter()
             .map(|r| Ok((parse(r.get(0), "digest")?, parse(r.get(1), "digest")?)))
             .collect()
@@ -494,79 +478,61 @@ impl Metadata {
         digest: &Digest,
         media_type: &str,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO manifest_types VALUES ($1, $2)
+        self.execute(
+            "INSERT INTO manifest_types VALUES ($1, $2)
                  ON CONFLICT (digest) DO UPDATE SET media_type = $2",
-                &[&digest.to_string(), &media_type],
-            )
-            .await
-            .map(drop)
-            .map_err(db)
+            &[&digest.to_string(), &media_type],
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn manifest_type(&self, digest: &Digest) -> Result<Option<String>, StoreError> {
         let row = self
-            .client()
-            .await?
-            .query_opt(
+            .maybe_row(
                 "SELECT media_type FROM manifest_types WHERE digest = $1",
                 &[&digest.to_string()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
     pub async fn layer_record(&self, key: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         let row = self
-            .client()
-            .await?
-            .query_opt(
+            .maybe_row(
                 "SELECT record FROM layer_records WHERE key = $1",
                 &[&key.to_string()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
     pub async fn set_layer_record(&self, key: &Digest, record: &[u8]) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO layer_records VALUES ($1, $2)
+        self.execute(
+            "INSERT INTO layer_records VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET record = $2",
-                &[&key.to_string(), &record],
-            )
-            .await
-            .map(drop)
-            .map_err(db)
+            &[&key.to_string(), &record],
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn layer_cache_records(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
         let rows = self
-            .client()
-            .await?
-            .query("SELECT key, record FROM layer_records", &[])
-            .await
-            .map_err(db)?;
+            .rows("SELECT key, record FROM layer_records", &[])
+            .await?;
         rows.iter()
             .map(|r| Ok((parse(r.get(0), "digest")?, r.get(1))))
             .collect()
     }
 
     pub async fn remove_layer_record(&self, key: &Digest) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM layer_records WHERE key = $1",
-                &[&key.to_string()],
-            )
-            .await
-            .map(drop)
-            .map_err(db)
+        self.execute(
+            "DELETE FROM layer_records WHERE key = $1",
+            &[&key.to_string()],
+        )
+        .await
+        .map(drop)
     }
 
     /// Opens upload session `id` in `name` for `client`, unless `max` sessions are open in all
@@ -580,17 +546,15 @@ impl Metadata {
         (max, per_client): (usize, usize),
     ) -> Result<Result<(), Refused>, StoreError> {
         let mut client_conn = self.client().await?;
-        let tx = client_conn.transaction().await.map_err(db)?;
+        let tx = client_conn.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ADMISSION_LOCK])
-            .await
-            .map_err(db)?;
+            .await?;
         let row = tx
             .query_one(
                 "SELECT count(*), count(*) FILTER (WHERE client = $1) FROM uploads",
                 &[&client],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         let (all, mine): (i64, i64) = (row.get(0), row.get(1));
         let cap = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         if all >= cap(max) {
@@ -612,23 +576,19 @@ impl Metadata {
                 &state.parts,
             ],
         )
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
+        .await?;
+        tx.commit().await?;
         Ok(Ok(()))
     }
 
     /// Upload session `id`: its repository and state; `None` if there is none.
     pub async fn upload(&self, id: &str) -> Result<Option<(String, super::Suspended)>, StoreError> {
         let row = self
-            .client()
-            .await?
-            .query_opt(
+            .maybe_row(
                 "SELECT repository, hasher, written, parts FROM uploads WHERE id = $1",
                 &[&id],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(row.map(|r| {
             (
                 r.get(0),
@@ -652,15 +612,12 @@ impl Metadata {
         let from = i64::try_from(written).unwrap_or(i64::MAX);
         let to = i64::try_from(next.written).unwrap_or(i64::MAX);
         let n = self
-            .client()
-            .await?
             .execute(
                 "UPDATE uploads SET hasher = $3, written = $4, parts = $5, updated_at = now()
                  WHERE id = $1 AND written = $2",
                 &[&id, &from, &next.hasher, &to, &next.parts],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(n > 0)
     }
 
@@ -669,14 +626,11 @@ impl Metadata {
     pub async fn upload_end(&self, id: &str, written: u64) -> Result<bool, StoreError> {
         let at = i64::try_from(written).unwrap_or(i64::MAX);
         let n = self
-            .client()
-            .await?
             .execute(
                 "DELETE FROM uploads WHERE id = $1 AND written = $2",
                 &[&id, &at],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(n > 0)
     }
 
@@ -685,15 +639,12 @@ impl Metadata {
     pub async fn uploads_expire(&self, idle: Duration) -> Result<Vec<String>, StoreError> {
         let secs = idle.as_secs_f64();
         let rows = self
-            .client()
-            .await?
-            .query(
+            .rows(
                 "DELETE FROM uploads WHERE updated_at < now() - make_interval(secs => $1)
                  RETURNING parts",
                 &[&secs],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(rows
             .iter()
             .flat_map(|r| r.get::<_, Vec<String>>(0))
@@ -702,12 +653,7 @@ impl Metadata {
 
     /// The upload sessions open now, across replicas.
     pub async fn uploads_open(&self) -> Result<Vec<String>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query("SELECT id FROM uploads ORDER BY id", &[])
-            .await
-            .map_err(db)?;
+        let rows = self.rows("SELECT id FROM uploads ORDER BY id", &[]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -728,8 +674,7 @@ impl Metadata {
         let client = self.client().await?;
         client
             .execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&key])
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(AdvisoryLock {
             held: Some((client, Unlock::Key(key))),
         })
@@ -740,8 +685,7 @@ impl Metadata {
         let client = self.client().await?;
         let row = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&GC_LOCK])
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(row.get::<_, bool>(0).then(|| AdvisoryLock {
             held: Some((client, Unlock::Number(GC_LOCK))),
         }))
@@ -767,11 +711,8 @@ impl Metadata {
              SELECT count(*) FROM gone"
         };
         let row = self
-            .client()
-            .await?
-            .query_one(sql, &[&name.as_str(), &named, &grace.as_secs_f64()])
-            .await
-            .map_err(db)?;
+            .row(sql, &[&name.as_str(), &named, &grace.as_secs_f64()])
+            .await?;
         Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
@@ -782,10 +723,7 @@ impl Metadata {
         roots: &[String],
         grace: Duration,
     ) -> Result<(usize, usize, usize), StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_one(
+        let row = self.row(
                 "SELECT count(*),
                         count(*) FILTER (WHERE u),
                         count(*) FILTER (WHERE u AND touched_at >= now() - make_interval(secs => $2))
@@ -794,9 +732,7 @@ impl Metadata {
                               AND NOT (digest = ANY($1)) AS u
                        FROM blobs b) t",
                 &[&roots, &grace.as_secs_f64()],
-            )
-            .await
-            .map_err(db)?;
+            ).await?;
         let n = |i: usize| usize::try_from(row.get::<_, i64>(i)).unwrap_or(0);
         Ok((n(0), n(1), n(2)))
     }
@@ -817,12 +753,7 @@ impl Metadata {
         } else {
             format!("UPDATE blobs SET doomed = true WHERE {filter} RETURNING digest, size")
         };
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&roots, &grace.as_secs_f64()])
-            .await
-            .map_err(db)?;
+        let rows = self.rows(&sql, &[&roots, &grace.as_secs_f64()]).await?;
         rows.iter()
             .map(|r| Ok((parse(r.get(0), "digest")?, size(r.get(1)))))
             .collect()
@@ -838,27 +769,21 @@ impl Metadata {
         grace: Duration,
     ) -> Result<bool, StoreError> {
         let n = self
-            .client()
-            .await?
             .execute(
                 "DELETE FROM blobs WHERE digest = $1 AND doomed
                  AND touched_at < now() - make_interval(secs => $2)
                  AND NOT EXISTS (SELECT 1 FROM links l WHERE l.digest = $1)",
                 &[&digest.to_string(), &grace.as_secs_f64()],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(n > 0)
     }
 
     /// Un-dooms what a pass marked but did not remove (it stopped early).
     pub async fn spare_doomed(&self) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute("UPDATE blobs SET doomed = false WHERE doomed", &[])
+        self.execute("UPDATE blobs SET doomed = false WHERE doomed", &[])
             .await
             .map(drop)
-            .map_err(db)
     }
 }
 

@@ -647,3 +647,28 @@ async fn pushes_on_one_replica_racing_the_other_replicas_collector_lose_nothing(
         acked.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_together_over_a_new_database_all_start() {
+    let Some(cluster) = cluster() else { return };
+    let store = cluster.store();
+    let mut location = quinistry::store::s3::Location::parse(&store.url)
+        .expect("s3 URL")
+        .expect("location");
+    location.endpoints = store.endpoints.clone();
+    // Eight opens at once over a new database: each migrates it, or waits for the one that
+    // does (two CREATE TABLE IF NOT EXISTS of one table at once can fail).
+    let opens: Vec<_> = (0..8)
+        .map(|_| {
+            let (location, metadata) = (location.clone(), store.metadata.clone());
+            tokio::spawn(
+                async move { quinistry::store::Store::open_shared(&location, &metadata).await },
+            )
+        })
+        .collect();
+    for open in opens {
+        if let Err(e) = open.await.expect("task") {
+            panic!("a replica could not open the store: {e}");
+        }
+    }
+}

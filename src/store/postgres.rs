@@ -115,8 +115,14 @@ fn db(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl From<tokio_postgres::Error> for StoreError {
+    /// With the server's own message: tokio-postgres's alone says only "db error".
     fn from(e: tokio_postgres::Error) -> StoreError {
-        db(e)
+        match e.as_db_error() {
+            Some(server) => {
+                StoreError::Database(format!("{} ({})", server.message(), server.code().code()))
+            }
+            None => db(e),
+        }
     }
 }
 
@@ -167,7 +173,7 @@ impl Metadata {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
-        self.client().await?.execute(sql, params).await.map_err(db)
+        Ok(self.client().await?.execute(sql, params).await?)
     }
 
     async fn rows(
@@ -175,7 +181,7 @@ impl Metadata {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        self.client().await?.query(sql, params).await.map_err(db)
+        Ok(self.client().await?.query(sql, params).await?)
     }
 
     async fn row(
@@ -205,17 +211,18 @@ impl Metadata {
     /// Applies the migrations this database lacks.
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS quinistry_schema (
-                     version integer PRIMARY KEY,
-                     applied_at timestamptz NOT NULL DEFAULT now()
-                 )",
-            )
-            .await?;
         let tx = client.transaction().await?;
+        // First, so that replicas starting together take turns: two concurrent CREATE TABLE
+        // IF NOT EXISTS of one table can fail (seen: the second replica refused to start).
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS quinistry_schema (
+                 version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await?;
         let row = tx
             .query_one(
                 "SELECT coalesce(max(version), 0) FROM quinistry_schema",
@@ -234,7 +241,10 @@ impl Metadata {
             .skip(usize::try_from(current).unwrap_or(0))
         {
             tx.batch_execute(sql).await.map_err(|e| {
-                StoreError::Database(format!("schema migration {version} failed: {e}"))
+                StoreError::Database(format!(
+                    "schema migration {version} failed: {}",
+                    StoreError::from(e)
+                ))
             })?;
             tx.execute(
                 "INSERT INTO quinistry_schema (version) VALUES ($1)",
@@ -243,7 +253,7 @@ impl Metadata {
             .await?;
             tracing::info!(version, "metadata schema migrated");
         }
-        tx.commit().await.map_err(db)
+        Ok(tx.commit().await?)
     }
 
     /// Whether the database answers.

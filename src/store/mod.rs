@@ -54,7 +54,7 @@
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | every path above, opening a store, temp files, the durable file operations |
-//! | `blobs.rs` | blobs: writing (`BlobWriter`), reading, verifying, listing; layer-cache records |
+//! | `blobs/` | blobs: writing (`BlobWriter`), reading, verifying, listing; layer-cache records; `object.rs`: a shared store's uploads, sessions and reads |
 //! | `repositories.rs` | tags, links, referrer records, and which repositories exist |
 //! | `verify.rs` | the graph check: tags, links, manifests and referrers against each other |
 //! | `gate.rs` | the gate between the collector and writers: pins, touches, holds |

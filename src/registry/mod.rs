@@ -241,8 +241,9 @@ fn remember<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, key: K, value: 
 }
 
 /// What the store said recently about things that can change under us (tags, repositories),
-/// trusted for `TAG_TTL`. Only things found are kept, so something new is seen at once; at
-/// most `REMEMBERED` of them.
+/// trusted for a while (`TAG_TTL` over a local store; not at all over a shared one, where
+/// it only serves reads while the database is down). Only things found are kept, so
+/// something new is seen at once; at most `REMEMBERED` of them.
 struct Recent<K, V>(RwLock<HashMap<K, (V, Instant)>>, Duration);
 
 impl<K: Eq + std::hash::Hash + Clone, V: Clone> Recent<K, V> {

@@ -652,10 +652,7 @@ async fn pushes_on_one_replica_racing_the_other_replicas_collector_lose_nothing(
 async fn replicas_starting_together_over_a_new_database_all_start() {
     let Some(cluster) = cluster() else { return };
     let store = cluster.store();
-    let mut location = quinistry::store::s3::Location::parse(&store.url)
-        .expect("s3 URL")
-        .expect("location");
-    location.endpoints = store.endpoints.clone();
+    let location = store.location();
     // Eight opens at once over a new database: each migrates it, or waits for the one that
     // does (two CREATE TABLE IF NOT EXISTS of one table at once can fail).
     let opens: Vec<_> = (0..8)

@@ -54,7 +54,7 @@ pub const TICK: Duration = Duration::from_secs(2);
 const BATCH: usize = 256;
 
 /// Manifests larger than this are not read as manifests (the registry's own limit).
-const MAX_MANIFEST: u64 = 4 << 20;
+pub(super) const MAX_MANIFEST: u64 = 4 << 20;
 
 /// What to keep, and how long.
 #[derive(Debug, Clone)]

@@ -31,12 +31,9 @@
 
 use std::time::Instant;
 
-use super::gc::{GcReport, Policy, names_in};
+use super::gc::{GcReport, MAX_MANIFEST, Policy, names_in};
 use super::{Link, Result, Store, StoreError};
 use crate::digest::Digest;
-
-/// Manifests larger than this are not manifests (as `gc` and the registry have it).
-const MAX_MANIFEST: u64 = 4 << 20;
 
 pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result<GcReport> {
     let Some(shared) = store.shared() else {

@@ -228,7 +228,7 @@ impl Objects {
     }
 
     /// The client a streaming write goes through (the preferred endpoint's).
-    pub fn writer_client(&self) -> Arc<dyn ObjectStore> {
+    fn writer_client(&self) -> Arc<dyn ObjectStore> {
         let at = self.preferred.load(Ordering::Relaxed) % self.endpoints.len().max(1);
         self.endpoints[at].client.clone()
     }
@@ -241,19 +241,17 @@ impl Objects {
 
     /// The size of the object at `key`, `None` if there is none.
     pub async fn size(&self, key: &Key) -> Result<Option<u64>, StoreError> {
-        let r = self
-            .attempt("HEAD", |c| {
-                let k = key.clone();
-                async move {
-                    match c.head(&k).await {
-                        Ok(meta) => Ok(Some(meta.size)),
-                        Err(object_store::Error::NotFound { .. }) => Ok(None),
-                        Err(e) => Err(e),
-                    }
+        self.attempt("HEAD", |c| {
+            let k = key.clone();
+            async move {
+                match c.head(&k).await {
+                    Ok(meta) => Ok(Some(meta.size)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e),
                 }
-            })
-            .await?;
-        Ok(r)
+            }
+        })
+        .await
     }
 
     /// Streams `len` bytes of the object at `key` from `start`. `None` if there is none.

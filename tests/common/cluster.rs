@@ -86,6 +86,15 @@ impl Cluster {
 }
 
 impl SharedStore {
+    /// The object storage location, endpoints included, for `Store::open_shared`.
+    pub fn location(&self) -> quinistry::store::s3::Location {
+        let mut location = quinistry::store::s3::Location::parse(&self.url)
+            .expect("s3 URL")
+            .expect("location");
+        location.endpoints = self.endpoints.clone();
+        location
+    }
+
     /// A replica serving this store, pushing allowed, with `extra` arguments.
     pub fn replica(&self, dir: &Path, extra: &[&str]) -> Serving {
         let log_dir = dir.join(random_name());

@@ -47,10 +47,7 @@ async fn stores(root: &std::path::Path) -> Option<Vec<Store>> {
         return Some(vec![Store::open(root).await.expect("store")]);
     }
     let shared = common::cluster::cluster()?.store();
-    let mut location = quinistry::store::s3::Location::parse(&shared.url)
-        .expect("s3 URL")
-        .expect("location");
-    location.endpoints = shared.endpoints.clone();
+    let location = shared.location();
     let mut replicas = Vec::new();
     for _ in 0..2 {
         let store = Store::open_shared(&location, &shared.metadata)

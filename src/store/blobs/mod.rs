@@ -324,25 +324,18 @@ impl Store {
 
     /// Re-hashes a blob and checks it against its name.
     pub async fn verify(&self, digest: &Digest) -> Result<()> {
-        if self.is_shared() {
+        let actual = if self.is_shared() {
             let size = self
                 .blob_size(digest)
                 .await?
                 .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))?;
             let stream = self.blob_stream(digest, 0, size).await?;
-            let actual = hash_stream(stream, digest.algorithm(), digest).await?;
-            return if &actual == digest {
-                Ok(())
-            } else {
-                Err(StoreError::DigestMismatch {
-                    expected: digest.clone(),
-                    actual,
-                })
-            };
-        }
-        let (file, _) = self.open_blob(digest).await?;
-        let path = self.blob_path(digest);
-        let actual = hash_file(file, digest.algorithm(), &path).await?;
+            hash_stream(stream, digest.algorithm(), digest).await?
+        } else {
+            let (file, _) = self.open_blob(digest).await?;
+            let path = self.blob_path(digest);
+            hash_file(file, digest.algorithm(), &path).await?
+        };
         if &actual == digest {
             Ok(())
         } else {

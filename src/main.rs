@@ -245,6 +245,8 @@ pub struct Prepared {
     cache: bool,
     /// What the image gets beyond its inputs.
     closure: ClosureMode,
+    /// Installed packages the image holds whatever its files are (`+PKG` inputs).
+    packages: Vec<String>,
     /// `quinistry:latest` for the self-image, else named after the first input; an error
     /// only matters when no name was given.
     default_tag: Result<TaggedName, String>,
@@ -276,12 +278,20 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
         (Some(c), false) => c.parse()?,
         (None, false) => ClosureMode::default(),
     };
+    let closure = match args.no_recommends {
+        true => closure.without_recommends(),
+        false => closure,
+    };
+    let (packages, files) = pack::split_packages(&args.inputs)?;
+    if !packages.is_empty() && closure == ClosureMode::Elf {
+        return Err(pack::PackError::PackagesNeedTheirClosure.to_string());
+    }
     let inputs: Vec<Input> = if is_self {
         let exe = std::env::current_exe()
             .map_err(|err| format!("cannot find this executable to pack it: {err}"))?;
         vec![Input::at(exe, image::SELF_PATH, "self").map_err(msg)?]
     } else {
-        args.inputs
+        files
             .iter()
             .map(|s| s.parse::<Input>())
             .collect::<Result<_, _>>()
@@ -304,7 +314,7 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
         .map_err(|e| e.replace("environment entry", "--env"))?;
     let run = settings.apply(run);
     let opts = LayerOptions { compression, mtime };
-    let default_tag = default_tag(&args.inputs, &inputs);
+    let default_tag = default_tag(&args.inputs, &inputs, &packages);
     Ok(Prepared {
         inputs,
         is_self,
@@ -313,6 +323,7 @@ fn prepare(args: ImageArgs) -> Result<Prepared, String> {
         threads,
         cache: !args.no_cache,
         closure,
+        packages,
         default_tag,
     })
 }
@@ -372,15 +383,19 @@ async fn pack_with_progress(
         threads: image.threads,
     };
     let machine = Machine::new("/");
-    let closure = pack::closure(store, image.closure, &machine)
+    let closure = pack::closure(image.closure, &machine, &image.packages)
         .await
         .map_err(msg)?;
+    let mut run = image.run.clone();
+    if run.entrypoint.is_none() {
+        run.entrypoint = closure.packages_entrypoint();
+    }
     pack::pack_image_with(
         store,
         &inputs,
         &closure,
         image.opts,
-        &image.run,
+        &run,
         Some(tag),
         &packing,
     )
@@ -390,9 +405,24 @@ async fn pack_with_progress(
 
 /// `quinistry` for the self-image; otherwise the first input's file name, mapped onto the
 /// name grammar (`My_Tool.SH` is `my_tool.sh`).
-fn default_tag(specs: &[String], inputs: &[Input]) -> Result<TaggedName, String> {
+fn default_tag(
+    specs: &[String],
+    inputs: &[Input],
+    packages: &[String],
+) -> Result<TaggedName, String> {
     if specs.is_empty() {
         return "quinistry:latest".parse().map_err(|e| format!("{e}"));
+    }
+    if inputs.is_empty()
+        && let Some(first) = packages.first()
+    {
+        return first
+            .parse::<Name>()
+            .map(|name| TaggedName {
+                name,
+                tag: Tag::latest(),
+            })
+            .map_err(|_| format!("cannot name an image {first:?}: pass --tag NAME:TAG"));
     }
     // The name it has in the image, or (for a directory placed at /) on the host.
     let base = inputs

@@ -15,6 +15,9 @@ use quinistry::digest::{Digest, Hasher};
 use serde_json::Value;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The log filter of tests that count packs: each layer's pack and cache hit are debug
+/// lines of `quinistry::pack`, a pull that waits one of `quinistry::ondemand`.
+const PACK_LOG: &str = "info,quinistry::ondemand=debug,quinistry::pack=debug";
 
 /// Writes an executable file whose last change is an hour old, as a build output usually is
 /// by the time it is pulled (a file changed moments ago is packed but not cached).
@@ -310,12 +313,7 @@ async fn twenty_concurrent_first_pulls_share_one_pack() {
     let store = dir.path().join("store");
     // Incompressible, so the pack takes long enough for the pulls to pile up behind it.
     executable(&root.join("big"), &noise(24 << 20, 5));
-    let server = serve_root(
-        &store,
-        &dir.path().join("logs"),
-        &root,
-        "info,quinistry::ondemand=debug",
-    );
+    let server = serve_root(&store, &dir.path().join("logs"), &root, PACK_LOG);
     let http = reqwest::Client::new();
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
     let pulls: Vec<_> = (0..20)
@@ -356,7 +354,7 @@ async fn packs_beyond_max_packs_wait_for_a_slot() {
     }
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).expect("log dir");
-    let server = Serving::start(
+    let server = Serving::start_with_log(
         &dir.path().join("store"),
         &logs,
         &[
@@ -366,6 +364,7 @@ async fn packs_beyond_max_packs_wait_for_a_slot() {
             "--max-packs",
             "1",
         ],
+        PACK_LOG,
     );
     let http = reqwest::Client::new();
     let pulls: Vec<_> = ["a", "b", "c"]
@@ -468,7 +467,12 @@ async fn the_layer_cache_survives_restarts_and_never_serves_a_damaged_blob() {
     executable(&root.join("tool"), &bytes);
     let http = reqwest::Client::new();
     let run = |n: usize| {
-        let server = serve_root(&store, &dir.path().join(format!("logs{n}")), &root, "info");
+        let server = serve_root(
+            &store,
+            &dir.path().join(format!("logs{n}")),
+            &root,
+            PACK_LOG,
+        );
         let http = http.clone();
         async move {
             let pulled = pull(&http, &server.addr, "tool").await;
@@ -691,17 +695,19 @@ fn tags_of_on_demand_images_cannot_be_pushed_or_deleted() {
     assert_eq!(again.body, manifest.body);
 }
 
-/// `serve --root ROOT` with background packing (the default) at level 9, which packs
-/// incompressible bytes slowly enough for a test to act while the pack runs.
-fn serve_root_prepacking(dir: &Path, root: &Path) -> Serving {
+/// `serve --image NAME=FILE...` (configured images, which are packed in the background by
+/// default) at level 9, which packs incompressible bytes slowly enough for a test to act
+/// while the pack runs.
+fn serve_prepacking(dir: &Path, images: &[(&str, &Path)]) -> Serving {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).expect("log dir");
-    Serving::start_with_log(
-        &dir.join("store"),
-        &logs,
-        &["--level", "9", "--root", root.to_str().expect("utf-8 path")],
-        "info,quinistry::ondemand=debug",
-    )
+    let mut args = vec!["--level".to_owned(), "9".to_owned()];
+    for (name, file) in images {
+        args.push("--image".to_owned());
+        args.push(format!("{name}={}", file.display()));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Serving::start_with_log(&dir.join("store"), &logs, &args, PACK_LOG)
 }
 
 /// Waits until the server's log has `needle` (at most 60 s); the log then.
@@ -725,7 +731,11 @@ async fn files_are_packed_in_the_background_and_a_pull_joins_the_pack_in_flight(
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root");
     executable(&root.join("big"), &noise(48 << 20, 31));
-    let server = serve_root_prepacking(dir.path(), &root);
+    // `later` does not exist yet.
+    let server = serve_prepacking(
+        dir.path(),
+        &[("big", &root.join("big")), ("later", &root.join("later"))],
+    );
     // Nobody asked; the pack starts anyway. A pull now joins it rather than packing again.
     wait_for_log(&server, "packing layer:");
     let http = reqwest::Client::new();
@@ -748,13 +758,69 @@ async fn files_are_packed_in_the_background_and_a_pull_joins_the_pack_in_flight(
     assert_eq!(count(&log, "packing layer:"), packs, "{log}");
 }
 
+/// Of a root, only what clients pulled is packed ahead (after a restart too, and again when
+/// its file changes); configured images always are; the rest waits for its first pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_images_are_prepacked_once_pulled_and_configured_ones_always() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    for name in ["pulled", "never"] {
+        executable(
+            &root.join(name),
+            format!("#!/bin/sh\necho {name}\n").as_bytes(),
+        );
+        age(&root.join(name), 3600);
+    }
+    let configured = dir.path().join("configured");
+    executable(&configured, b"#!/bin/sh\necho configured\n");
+    age(&configured, 3600);
+    let store = dir.path().join("store");
+    let spec = format!("conf={}", configured.display());
+    let start = |n: usize| {
+        let logs = dir.path().join(format!("logs{n}"));
+        std::fs::create_dir_all(&logs).expect("log dir");
+        Serving::start_with_log(
+            &store,
+            &logs,
+            &["--root", root.to_str().expect("utf-8"), "--image", &spec],
+            PACK_LOG,
+        )
+    };
+    let server = start(1);
+    let log = wait_for_log(&server, "prepack pass done");
+    assert_eq!(count(&log, "packing layer:"), 1, "{log}");
+    assert!(log.contains("image=conf:latest}"), "{log}");
+    assert!(!log.contains("image=pulled:latest}"), "{log}");
+    let http = reqwest::Client::new();
+    let first = pull(&http, &server.addr, "pulled").await;
+    drop(server);
+
+    // Restarted: the pulled image is made ready at start (from the layer cache), the one
+    // nobody pulled is not looked at.
+    let server = start(2);
+    let log = wait_for_log(&server, "prepack pass done");
+    assert!(log.contains("image=pulled:latest}"), "{log}");
+    assert!(!log.contains("image=never:latest}"), "{log}");
+    assert_eq!(count(&log, "packing layer:"), 0, "{log}");
+    // Its file changed: packed again without a pull.
+    executable(&root.join("pulled"), b"#!/bin/sh\necho changed\n");
+    age(&root.join("pulled"), 3600);
+    wait_for_log(
+        &server,
+        "image=pulled:latest}: quinistry::pack: packed layer in",
+    );
+    let log = server.log_text();
+    assert!(!log.contains("image=never:latest}"), "{log}");
+    assert_ne!(pull(&http, &server.addr, "pulled").await, first);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_during_a_background_pack_never_yields_a_wrong_layer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("root");
     let tool = root.join("tool");
     executable(&tool, &noise(48 << 20, 41));
-    let server = serve_root_prepacking(dir.path(), &root);
+    let server = serve_prepacking(dir.path(), &[("tool", &tool)]);
     wait_for_log(&server, "packing layer:");
     // Rewritten in place while the background pack reads it.
     let new = noise(48 << 20, 42);
@@ -778,7 +844,7 @@ async fn a_file_changed_during_a_background_pack_never_yields_a_wrong_layer() {
     let pulled = pull(&http, &server.addr, "tool").await;
     let store = dir.path().join("store");
     assert!(
-        file_in_layer(&store, &pulled.layer, "usr/local/bin/tool") == new,
+        file_in_layer(&store, &pulled.layer, "tool") == new,
         "the layer does not hold the file as it is"
     );
     drop(server);

@@ -400,6 +400,18 @@ fn requests_the_http_parser_refuses_are_logged() {
     let big_header = format!("X-Big: {}", "b".repeat(500_000));
     let r = common::raw_request(&server.addr, "GET", "/v2/", &[&big_header]);
     assert_eq!(r.status, 431);
+    // Docker's TLS probe of a plain-HTTP registry (a ClientHello's first bytes): no INFO line.
+    {
+        use std::io::{Read, Write};
+        let mut probe = std::net::TcpStream::connect(&server.addr).expect("connect");
+        probe
+            .write_all(&[
+                0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+            ])
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = probe.read_to_end(&mut answer);
+    }
     let mut log = String::new();
     for _ in 0..50 {
         log = server.log_text();
@@ -411,6 +423,11 @@ fn requests_the_http_parser_refuses_are_logged() {
     assert!(
         log.contains("status=414") && log.contains("status=431"),
         "{log}"
+    );
+    assert_eq!(
+        log.matches("request refused by the HTTP parser").count(),
+        2,
+        "the TLS probe was logged as a refused request: {log}"
     );
 }
 

@@ -176,15 +176,21 @@ pub struct ImageArgs {
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// What the image gets beyond its inputs: `packages` (default) adds, for a file that
-    /// belongs to an installed package, that package and what it depends on, and a minimal
-    /// base; `elf` only the interpreter and libraries of ELF files (always, for the
-    /// self-image). Both close over every ELF file in the image
-    #[arg(long, env = "QUINISTRY_CLOSURE", value_parser = ["elf", "packages"], value_name = "KIND")]
+    /// belongs to an installed package, that package, what it depends on and recommends,
+    /// Debian's Essential set and a minimal base; `minimal` the same without Essential
+    /// packages and recommendations; `elf` only the interpreter and libraries of ELF files
+    /// (always, for the self-image). All close over every ELF file in the image
+    #[arg(long, env = "QUINISTRY_CLOSURE", value_parser = ["packages", "minimal", "elf"], value_name = "KIND")]
     pub closure: Option<String>,
+    /// Do not follow the installed `Recommends` of the image's packages (apt installs them
+    /// by default, and programs count on them: gcc only recommends libc6-dev)
+    #[arg(long, env = "QUINISTRY_NO_RECOMMENDS")]
+    pub no_recommends: bool,
     /// Pack again even if the layer cache knows these inputs
     #[arg(long, env = "QUINISTRY_NO_CACHE")]
     pub no_cache: bool,
-    /// Files or directories to pack, each as SRC or SRC:/DEST (where it goes in the image)
+    /// Files or directories to pack, each as SRC or SRC:/DEST (where it goes in the image),
+    /// or +PKG: an installed package, with what it needs
     #[arg(value_name = "INPUT")]
     pub inputs: Vec<String>,
 }
@@ -209,77 +215,141 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub struct ServeArgs {
     /// Read settings from this TOML file (see the README); QUINISTRY_* variables override it,
     /// and flags override both
-    #[arg(long, env = "QUINISTRY_CONFIG", value_name = "FILE")]
+    #[arg(
+        help_heading = "Server",
+        long,
+        env = "QUINISTRY_CONFIG",
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Store")]
     pub store: StoreArg,
     /// With an s3:// store: answer blob GETs with a 307 to a presigned URL of the object,
     /// valid 10 minutes, so the bytes flow from storage to the client and not through this
     /// replica (clients must reach the storage endpoint)
-    #[arg(long, env = "QUINISTRY_REDIRECT")]
+    #[arg(help_heading = "Store", long, env = "QUINISTRY_REDIRECT")]
     pub redirect: bool,
     /// Collect garbage in the background, a pass every DURATION (e.g. 1h), while serving;
     /// what it keeps is set as for `quinistry gc` [default: off]
-    #[arg(long, env = "QUINISTRY_GC_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(help_heading = "Garbage collection", long, env = "QUINISTRY_GC_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub gc_interval: Option<std::time::Duration>,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Garbage collection")]
     pub gc: GcArgs,
     /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate chain: the server's
     /// certificate first, then its intermediates. Read again when it changes, or on SIGHUP
-    #[arg(long, env = "QUINISTRY_TLS_CERT", value_name = "FILE")]
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "QUINISTRY_TLS_CERT",
+        value_name = "FILE"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert
-    #[arg(long, env = "QUINISTRY_TLS_KEY", value_name = "FILE")]
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "QUINISTRY_TLS_KEY",
+        value_name = "FILE"
+    )]
     pub tls_key: Option<PathBuf>,
     /// Require a client certificate signed by one of these PEM CA certificates
-    #[arg(long, env = "QUINISTRY_TLS_CLIENT_CA", value_name = "FILE")]
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "QUINISTRY_TLS_CLIENT_CA",
+        value_name = "FILE"
+    )]
     pub tls_client_ca: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (and /healthz, /readyz); off by
     /// default
-    #[arg(long, env = "QUINISTRY_METRICS_LISTEN", value_name = "ADDR")]
+    #[arg(
+        help_heading = "Server",
+        long,
+        env = "QUINISTRY_METRICS_LISTEN",
+        value_name = "ADDR"
+    )]
     pub metrics_listen: Option<String>,
     /// Write access-log lines for /healthz and /readyz too
-    #[arg(long, env = "QUINISTRY_LOG_HEALTH")]
+    #[arg(help_heading = "Server", long, env = "QUINISTRY_LOG_HEALTH")]
     pub log_health: bool,
     /// Address to listen on (port 0 picks a free port; the address is printed)
-    #[arg(long, env = "QUINISTRY_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    #[arg(help_heading = "Server", long, env = "QUINISTRY_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
     pub listen: String,
     /// Repository name of the packed image [default: the first input's file name, or
     /// quinistry]
-    #[arg(long, env = "QUINISTRY_NAME", value_name = "NAME")]
+    #[arg(
+        help_heading = "Image packed at start (INPUTs)",
+        long,
+        env = "QUINISTRY_NAME",
+        value_name = "NAME"
+    )]
     pub name: Option<String>,
     /// Tag of the packed image
     #[arg(
+        help_heading = "Image packed at start (INPUTs)",
         long,
         env = "QUINISTRY_TAG",
         default_value = "latest",
         value_name = "TAG"
     )]
     pub tag: String,
-    /// Also serve NAME:TAG, made of the inputs (SRC or SRC:/DEST, comma-separated) and packed
-    /// on its first pull; repeatable
-    #[arg(long = "image", value_name = "NAME[:TAG]=INPUT[,INPUT...]")]
+    /// Also serve NAME:TAG, made of the inputs (SRC or SRC:/DEST, comma-separated; +PKG
+    /// for an installed package) and packed on its first pull; repeatable
+    #[arg(
+        help_heading = "Images packed on demand",
+        long = "image",
+        value_name = "NAME[:TAG]=INPUT[,INPUT...]"
+    )]
     pub images: Vec<String>,
     /// Also serve the images of a TOML file, each with its own entrypoint, cmd, env and
     /// closure (see the README); repeatable
-    #[arg(long = "images", value_name = "FILE")]
+    #[arg(
+        help_heading = "Images packed on demand",
+        long = "images",
+        value_name = "FILE"
+    )]
     pub image_files: Vec<PathBuf>,
     /// Serve every executable file under DIR as an image named after its path below DIR
-    /// (tag latest), packed on its first pull; files added later are served too
-    #[arg(long, env = "QUINISTRY_ROOT", value_name = "DIR")]
+    /// (tag latest), packed on its first pull; files added later are served too. A program
+    /// of an installed package keeps its host path (and the symlinks to it) in its image
+    #[arg(
+        help_heading = "Images packed on demand",
+        long,
+        env = "QUINISTRY_ROOT",
+        value_name = "DIR"
+    )]
     pub root: Option<PathBuf>,
+    /// Serve the machine's installed packages as images: pkgs/PKG[/PKG...]:latest holds
+    /// those packages and what they need (on with --root)
+    #[arg(
+        help_heading = "Images packed on demand",
+        long,
+        env = "QUINISTRY_PACKAGES"
+    )]
+    pub packages: bool,
     /// How many on-demand images may be packed at once; more requests wait for a slot
     /// [default: the number of CPUs]
-    #[arg(long, env = "QUINISTRY_MAX_PACKS", value_name = "N")]
+    #[arg(
+        help_heading = "Images packed on demand",
+        long,
+        env = "QUINISTRY_MAX_PACKS",
+        value_name = "N"
+    )]
     pub max_packs: Option<usize>,
-    /// Do not pack on-demand images ahead of their first pull. By default each is packed in
-    /// the background at start and whenever its files change (one at a time, at low
-    /// priority), so a pull finds its layers ready
-    #[arg(long, env = "QUINISTRY_NO_PREPACK")]
+    /// Do not pack on-demand images ahead of their first pull. By default the configured
+    /// ones (--image, --images) and those pulled before (recorded in the store) are packed in
+    /// the background at start and whenever their files change (one at a time, at low
+    /// priority), so a pull finds their layers ready; the rest of --root waits for its pull
+    #[arg(
+        help_heading = "Images packed on demand",
+        long,
+        env = "QUINISTRY_NO_PREPACK"
+    )]
     pub no_prepack: bool,
     /// How often the background packing checks every on-demand image even without a change
     /// notice (for file systems inotify cannot watch)
     #[arg(
+        help_heading = "Images packed on demand",
         long,
         env = "QUINISTRY_RESCAN",
         default_value_t = 60,
@@ -287,29 +357,47 @@ pub struct ServeArgs {
     )]
     pub rescan: u64,
     /// Accept pushes and deletes (the OCI distribution API's write side)
-    #[arg(long, env = "QUINISTRY_PUSH")]
+    #[arg(
+        help_heading = "Pushes and authentication",
+        long,
+        env = "QUINISTRY_PUSH"
+    )]
     pub push: bool,
     /// Require HTTP basic authentication for writes, against FILE's bcrypt entries (as
     /// `htpasswd -B` writes them)
-    #[arg(long, env = "QUINISTRY_HTPASSWD", value_name = "FILE")]
+    #[arg(
+        help_heading = "Pushes and authentication",
+        long,
+        env = "QUINISTRY_HTPASSWD",
+        value_name = "FILE"
+    )]
     pub htpasswd: Option<PathBuf>,
     /// With --htpasswd: require authentication for reads too
-    #[arg(long, env = "QUINISTRY_AUTH_READS")]
+    #[arg(
+        help_heading = "Pushes and authentication",
+        long,
+        env = "QUINISTRY_AUTH_READS"
+    )]
     pub auth_reads: bool,
     /// With --htpasswd: wrong passwords one client address may try per minute before it is
     /// answered 429 until the minute is over
-    #[arg(long, env = "QUINISTRY_AUTH_FAILURES_PER_MINUTE", value_name = "N", default_value_t = registry::DEFAULT_FAILURES_PER_MINUTE)]
+    #[arg(help_heading = "Pushes and authentication", long, env = "QUINISTRY_AUTH_FAILURES_PER_MINUTE", value_name = "N", default_value_t = registry::DEFAULT_FAILURES_PER_MINUTE)]
     pub auth_failures_per_minute: u32,
     /// Allow --push on a non-loopback address without --htpasswd (anyone who can reach the
     /// port can then overwrite tags)
-    #[arg(long, env = "QUINISTRY_INSECURE_PUSH")]
+    #[arg(
+        help_heading = "Pushes and authentication",
+        long,
+        env = "QUINISTRY_INSECURE_PUSH"
+    )]
     pub insecure_push: bool,
     /// Largest blob a push may store, e.g. 512M or 8G [default: no limit]
-    #[arg(long, env = "QUINISTRY_MAX_BLOB_SIZE", value_name = "SIZE", value_parser = compress::parse_size)]
+    #[arg(help_heading = "Pushes and authentication", long, env = "QUINISTRY_MAX_BLOB_SIZE", value_name = "SIZE", value_parser = compress::parse_size)]
     pub max_blob_size: Option<usize>,
     /// Drop an upload session (and its temp file) that receives less than 64 KiB in this
     /// many seconds
     #[arg(
+        help_heading = "Limits and timeouts",
         long,
         env = "QUINISTRY_UPLOAD_TIMEOUT",
         value_name = "SECONDS",
@@ -318,10 +406,16 @@ pub struct ServeArgs {
     pub upload_timeout: u64,
     /// Most upload sessions open at once (more get 429 with Retry-After) [default: 1024, or
     /// a third of the file descriptors]
-    #[arg(long, env = "QUINISTRY_MAX_UPLOADS", value_name = "N")]
+    #[arg(
+        help_heading = "Limits and timeouts",
+        long,
+        env = "QUINISTRY_MAX_UPLOADS",
+        value_name = "N"
+    )]
     pub max_uploads: Option<usize>,
     /// Most upload sessions one client address may have open
     #[arg(
+        help_heading = "Limits and timeouts",
         long,
         env = "QUINISTRY_MAX_UPLOADS_PER_CLIENT",
         value_name = "N",
@@ -330,11 +424,17 @@ pub struct ServeArgs {
     pub max_uploads_per_client: usize,
     /// Most connections open at once; more wait in the kernel's backlog [default: 4096, or a
     /// third of the file descriptors]
-    #[arg(long, env = "QUINISTRY_MAX_CONNECTIONS", value_name = "N")]
+    #[arg(
+        help_heading = "Limits and timeouts",
+        long,
+        env = "QUINISTRY_MAX_CONNECTIONS",
+        value_name = "N"
+    )]
     pub max_connections: Option<usize>,
     /// Close a connection that sends nothing for this long while none of its requests is
     /// being answered
     #[arg(
+        help_heading = "Limits and timeouts",
         long,
         env = "QUINISTRY_IDLE_TIMEOUT",
         value_name = "SECONDS",
@@ -343,6 +443,7 @@ pub struct ServeArgs {
     pub idle_timeout: u64,
     /// End a request whose body brings no byte for this long
     #[arg(
+        help_heading = "Limits and timeouts",
         long,
         env = "QUINISTRY_BODY_TIMEOUT",
         value_name = "SECONDS",
@@ -351,6 +452,7 @@ pub struct ServeArgs {
     pub body_timeout: u64,
     /// Close a connection whose client takes no byte of an answer for this long
     #[arg(
+        help_heading = "Limits and timeouts",
         long,
         env = "QUINISTRY_WRITE_TIMEOUT",
         value_name = "SECONDS",
@@ -359,13 +461,14 @@ pub struct ServeArgs {
     pub write_timeout: u64,
     /// On SIGTERM, wait this long for requests in flight, then close what is left
     #[arg(
+        help_heading = "Server",
         long,
         env = "QUINISTRY_SHUTDOWN_TIMEOUT",
         value_name = "SECONDS",
         default_value_t = 30
     )]
     pub shutdown_timeout: u64,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Packing")]
     pub image: ImageArgs,
 }
 

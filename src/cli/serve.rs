@@ -82,15 +82,19 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
     for image in file.images {
         specs.push(image.into_spec().map_err(|e| format!("--config: {e}"))?);
     }
-    let on_demand = !specs.is_empty() || args.root.is_some();
+    let on_demand = !specs.is_empty() || args.root.is_some() || args.packages;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let server_closure = match &args.image.closure {
+    let mut server_closure = match &args.image.closure {
         Some(c) => c.parse()?,
         None => ClosureMode::default(),
     };
+    if args.image.no_recommends {
+        server_closure = server_closure.without_recommends();
+    }
     let setup = Setup::new(
         specs,
         args.root.as_deref(),
+        args.packages || args.root.is_some(),
         args.max_packs.unwrap_or(cpus),
         server_closure,
     )?;

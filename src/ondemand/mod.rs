@@ -1,19 +1,26 @@
-//! Images packed on demand: `serve --image NAME[:TAG]=INPUT,...` and `serve --root DIR`.
+//! Images packed on demand: `serve --image NAME[:TAG]=INPUT,...`, `serve --root DIR`, and
+//! `pkgs/PKG[/PKG...]` (the machine's installed packages by name, with `--packages` or
+//! `--root`).
 //!
-//! Nothing is packed at start. The first request for an image's manifest packs it (through
-//! the layer cache, so an unchanged input is not compressed again after a restart); requests
-//! that arrive meanwhile wait for that same pack ([`Flight`]). Each later request checks the
+//! Nothing is packed at start but what was pulled before and what is configured (see
+//! [`prepack`]). The first request for an image's manifest packs it (through the layer
+//! cache, so an unchanged input is not compressed again after a restart); requests that
+//! arrive meanwhile wait for that same pack ([`Flight`]). Each later request checks the
 //! input files' stamps: a changed file makes a new image on that request. An outcome is
 //! reused for at most [`RECHECK`], after which the inputs are planned again (cheap: metadata
 //! and ELF headers), so a changed library or directory content shows too.
 //!
-//! Under `--root DIR`, every regular file with an execute bit below DIR is an image named
-//! after its path relative to DIR ([`Name::from_path_lossy`]), tag `latest`; the file goes
-//! to `/usr/local/bin/<file name>` and is the entrypoint. A request can
-//! only reach such a file: names come from the grammar, which has no `..`, and every file is
-//! checked at request time to resolve (symlinks followed) to an executable regular file
-//! inside DIR. On-demand images write no tags into the store: what they serve is decided by
-//! the files, now.
+//! Under `--root DIR`, every executable file below DIR is an image named after its path
+//! relative to DIR ([`Name::from_path_lossy`]), tag `latest`. A program of an installed
+//! package keeps its host path in the image, with the symlinks that lead to it (so
+//! `/usr/bin/java -> /etc/alternatives/java -> /usr/lib/jvm/.../bin/java` is the same chain
+//! in the image, and gcc finds `cc1` beside itself); a file of no package goes to
+//! `/usr/local/bin/<file name>`, so that an image of a build output does not depend on where
+//! the build ran. Either is the entrypoint. A request can only reach such a file: names come
+//! from the grammar, which has no `..`, and every file is checked at request time to resolve
+//! (symlinks followed) to an executable regular file inside DIR, or to one an installed
+//! package owns. On-demand images write no tags into the store: what they serve is decided
+//! by the files, now.
 
 pub mod flight;
 pub mod prepack;
@@ -32,7 +39,7 @@ use crate::ondemand::flight::{Flight, Joined};
 use crate::pack::progress;
 use crate::pack::{self, ClosureMode, Input, LayerOptions, PackError, Packing};
 use crate::reference::{Name, Tag};
-use crate::runtime::packages::Machine;
+use crate::runtime::packages::{Machine, PackageDb};
 use crate::store::{FileStamp, Store};
 pub use spec::{FileImage, ImageSpec, load_images};
 
@@ -45,12 +52,24 @@ pub const ROOT_IMAGE_DIR: &str = "/usr/local/bin";
 /// Directories deeper than this below the root are not scanned (a bind-mount loop would
 /// otherwise never end).
 const MAX_DEPTH: usize = 32;
+/// Where images of installed packages are named: `pkgs/git`, `pkgs/python3-pip/python3-venv`.
+pub const PACKAGES_PREFIX: &str = "pkgs/";
+/// Most packages one `pkgs/...` name may list.
+pub const MAX_NAMED_PACKAGES: usize = 32;
+/// Package images remembered (each with its flight): any combination of names can be
+/// asked for, so the least recently asked are forgotten past this.
+const MAX_PACKAGE_IMAGES: usize = 1024;
 
 /// Why an image could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("cannot pack {image}: {source}")]
     Pack { image: String, source: PackError },
+    /// A `pkgs/...` name lists what is not an installed package.
+    #[error("{image}: no installed package is called {package:?}")]
+    UnknownPackage { image: String, package: String },
+    #[error("{image}: an image of packages names at most {most} of them")]
+    TooManyPackages { image: String, most: usize },
     #[error("packing {image} failed unexpectedly (see the server log)")]
     Crashed { image: String },
 }
@@ -108,15 +127,20 @@ struct Image {
 struct How {
     run: RunSettings,
     closure: ClosureMode,
+    /// Installed packages it holds whatever its files are.
+    packages: Vec<String>,
 }
 
 /// An image named on the command line or in an `--images` file.
 struct Explicit {
     inputs: Vec<Input>,
+    packages: Vec<String>,
     /// Its own run settings, over the defaults.
     run: RunSettings,
     /// Its own closure, else the server's.
     closure: Option<ClosureMode>,
+    /// Its own choice on `Recommends`, else the server's.
+    recommends: Option<bool>,
     image: Image,
 }
 
@@ -133,6 +157,12 @@ pub struct OnDemand {
     /// Root images seen so far, each with its flight. Only names that mapped to a file get an
     /// entry, so the map is bounded by the files that ever existed under the root.
     root_images: Mutex<HashMap<Name, Arc<Image>>>,
+    /// Whether `pkgs/...` names are served.
+    packages: bool,
+    /// `pkgs/...` images asked for, each with its flight, the least recently asked forgotten.
+    package_images: Mutex<lru::LruCache<Name, Arc<Image>>>,
+    /// Images clients pulled (`NAME:TAG`), as recorded in the store: prepacked at start.
+    pulled: Mutex<BTreeSet<String>>,
     /// Packs that may run at once (cache hits need none).
     slots: Arc<tokio::sync::Semaphore>,
     /// What images reach beyond their inputs (`--closure`).
@@ -145,6 +175,8 @@ pub struct OnDemand {
 pub struct Setup {
     explicit: BTreeMap<Name, BTreeMap<Tag, Explicit>>,
     root: Option<Root>,
+    /// Whether `pkgs/...` names are served.
+    packages: bool,
     /// Packs that may run at once.
     max_packs: usize,
     closure: ClosureMode,
@@ -157,6 +189,7 @@ impl Setup {
     pub fn new(
         specs: Vec<ImageSpec>,
         root: Option<&Path>,
+        packages: bool,
         max_packs: usize,
         closure: ClosureMode,
     ) -> Result<Setup, String> {
@@ -167,7 +200,8 @@ impl Setup {
         let mut explicit: BTreeMap<Name, BTreeMap<Tag, Explicit>> = BTreeMap::new();
         for spec in specs {
             let label = spec.name.to_string();
-            let inputs: Vec<String> = spec.inputs.iter().map(|i| i.to_string()).collect();
+            let mut inputs: Vec<String> = spec.inputs.iter().map(|i| i.to_string()).collect();
+            inputs.extend(spec.packages.iter().map(|p| format!("+{p}")));
             lines.push(format!("{label}  <- {}", inputs.join(", ")));
             // Allowed (the file may be made later), but most likely a typo: say so now
             // rather than on the first pull.
@@ -189,8 +223,10 @@ impl Setup {
                 spec.name.tag,
                 Explicit {
                     inputs: spec.inputs,
+                    packages: spec.packages,
                     run: spec.run,
                     closure: spec.closure,
+                    recommends: spec.recommends,
                     image: Image::new(label),
                 },
             );
@@ -202,6 +238,7 @@ impl Setup {
         Ok(Setup {
             explicit,
             root,
+            packages,
             max_packs,
             closure,
             lines,
@@ -222,10 +259,22 @@ impl OnDemand {
         let Setup {
             explicit,
             root,
+            packages,
             max_packs,
             closure,
             mut lines,
         } = setup;
+        let pulled = match store.pulls().await {
+            Ok(p) => p.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which images were pulled before; none is prepacked");
+                BTreeSet::new()
+            }
+        };
+        let machine = Arc::new(Machine::new("/"));
+        if let Some(root) = &root {
+            root.set_machine(machine.clone());
+        }
         let ondemand = OnDemand {
             store,
             opts,
@@ -233,10 +282,20 @@ impl OnDemand {
             explicit,
             root,
             root_images: Mutex::new(HashMap::new()),
+            packages,
+            package_images: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::MIN.saturating_add(MAX_PACKAGE_IMAGES - 1),
+            )),
+            pulled: Mutex::new(pulled),
             slots: Arc::new(tokio::sync::Semaphore::new(max_packs)),
             closure,
-            machine: Arc::new(Machine::new("/")),
+            machine,
         };
+        if packages {
+            lines.push(format!(
+                "{PACKAGES_PREFIX}PKG[/PKG...]:latest  <- the installed packages named"
+            ));
+        }
         if let Some(root) = &ondemand.root {
             for name in root.names(true).await {
                 let hidden = ondemand
@@ -245,6 +304,8 @@ impl OnDemand {
                     .is_some_and(|t| t.contains_key(&Tag::latest()));
                 if hidden {
                     tracing::warn!(%name, "--image {name}:latest hides the root's file of that name");
+                } else if packages && name.as_str().starts_with(PACKAGES_PREFIX) {
+                    tracing::warn!(%name, "the root's file {name} is hidden by the images of installed packages ({PACKAGES_PREFIX}...)");
                 } else if let Some(rel) = root.relative(&name) {
                     lines.push(format!(
                         "{name}:latest  <- {}",
@@ -256,18 +317,49 @@ impl OnDemand {
         (ondemand, lines)
     }
 
-    /// The OCI manifest digest of `name:tag`, packing it if need be; `None` if `name:tag` is
-    /// not an on-demand image.
+    /// The OCI manifest digest of `name:tag` for a client, packing it if need be; `None` if
+    /// `name:tag` is not an on-demand image. A pull is recorded in the store (once per
+    /// image), so that a restarted server prepacks it.
     pub async fn manifest(
+        &self,
+        name: &Name,
+        tag: &Tag,
+    ) -> Option<Result<Digest, Arc<ResolveError>>> {
+        let outcome = self.resolve_image(name, tag).await?;
+        if outcome.is_ok() {
+            self.record_pull(name, tag).await;
+        }
+        Some(outcome)
+    }
+
+    /// Remembers, here and in the store, that a client pulled `name:tag`.
+    async fn record_pull(&self, name: &Name, tag: &Tag) {
+        let image = format!("{name}:{tag}");
+        let new = {
+            let mut pulled = self.pulled.lock().unwrap_or_else(|p| p.into_inner());
+            pulled.insert(image.clone())
+        };
+        if new && let Err(e) = self.store.record_pull(&image).await {
+            tracing::warn!(%image, error = %e, "cannot record the pull; the image is not prepacked after a restart");
+        }
+    }
+
+    /// `manifest`, without recording a pull: what the prepack asks.
+    pub(super) async fn resolve_image(
         &self,
         name: &Name,
         tag: &Tag,
     ) -> Option<Result<Digest, Arc<ResolveError>>> {
         if let Some(e) = self.explicit.get(name).and_then(|t| t.get(tag)) {
             let stamps = stamps(&e.inputs).await;
+            let closure = e.closure.unwrap_or(self.closure);
             let how = How {
                 run: e.run.clone(),
-                closure: e.closure.unwrap_or(self.closure),
+                closure: match e.recommends {
+                    Some(false) => closure.without_recommends(),
+                    _ => closure,
+                },
+                packages: e.packages.clone(),
             };
             return Some(
                 self.resolve(name, &e.image, e.inputs.clone(), how, stamps)
@@ -277,11 +369,10 @@ impl OnDemand {
         if *tag != Tag::latest() {
             return None;
         }
-        let Located {
-            path,
-            file_name,
-            stamp,
-        } = self.root.as_ref()?.locate(name).await?;
+        if let Some(list) = self.package_list(name) {
+            return Some(self.package_image(name, list).await);
+        }
+        let located = self.root.as_ref()?.locate(name).await?;
         let image = {
             let mut images = self.root_images.lock().unwrap_or_else(|p| p.into_inner());
             images
@@ -289,9 +380,18 @@ impl OnDemand {
                 .or_insert_with(|| Arc::new(Image::new(format!("{name}:latest"))))
                 .clone()
         };
-        let dest = format!("{ROOT_IMAGE_DIR}/{file_name}");
-        let inputs = match Input::at(path, &dest, &file_name) {
-            Ok(input) => vec![input],
+        let stamp = located.stamp;
+        let packages = matches!(self.closure, ClosureMode::Packages { .. });
+        let made = match located.owned && packages {
+            true => program_inputs(&located),
+            false => {
+                let dest = format!("{ROOT_IMAGE_DIR}/{}", located.file_name);
+                Input::at(located.path, &dest, &located.file_name)
+                    .map(|input| (vec![input], RunSettings::default()))
+            }
+        };
+        let (inputs, run) = match made {
+            Ok(made) => made,
             Err(e) => {
                 let error = ResolveError::Pack {
                     image: image.label.clone(),
@@ -301,8 +401,9 @@ impl OnDemand {
             }
         };
         let how = How {
-            run: RunSettings::default(),
+            run,
             closure: self.closure,
+            packages: Vec::new(),
         };
         Some(
             self.resolve(name, &image, inputs, how, vec![Some(stamp)])
@@ -310,10 +411,92 @@ impl OnDemand {
         )
     }
 
+    /// The package names of a `pkgs/...` name, if package images are served and `name` is one.
+    pub(super) fn package_list<'n>(&self, name: &'n Name) -> Option<&'n str> {
+        if !self.packages {
+            return None;
+        }
+        name.as_str().strip_prefix(PACKAGES_PREFIX)
+    }
+
+    /// The image of the installed packages `list` names (`a/b/c`): the same image whatever
+    /// their order. An unknown package is an error naming it.
+    async fn package_image(&self, name: &Name, list: &str) -> Result<Digest, Arc<ResolveError>> {
+        let packages = self.installed(name, list)?;
+        let image = {
+            let mut images = self
+                .package_images
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            images
+                .get_or_insert(name.clone(), || {
+                    Arc::new(Image::new(format!("{name}:latest")))
+                })
+                .clone()
+        };
+        // A package image needs the package closure, whatever the server's is.
+        let closure = match self.closure {
+            ClosureMode::Elf => ClosureMode::default(),
+            c => c,
+        };
+        let how = How {
+            run: RunSettings::default(),
+            closure,
+            packages,
+        };
+        let stamps = vec![self.dpkg_stamp().await];
+        self.resolve(name, &image, Vec::new(), how, stamps).await
+    }
+
+    /// The stamp of dpkg's `status` file: what it installs or removes changes a package image.
+    async fn dpkg_stamp(&self) -> Option<FileStamp> {
+        let status = self.machine.root().join("var/lib/dpkg/status");
+        tokio::fs::metadata(&status)
+            .await
+            .ok()
+            .map(|m| FileStamp::of(&m))
+    }
+
+    /// The packages of a `pkgs/...` list, sorted and each once, if every one is installed.
+    fn installed(&self, name: &Name, list: &str) -> Result<Vec<String>, Arc<ResolveError>> {
+        let unknown = |package: &str| {
+            Arc::new(ResolveError::UnknownPackage {
+                image: name.to_string(),
+                package: package.to_owned(),
+            })
+        };
+        let mut packages: Vec<String> = list.split('/').map(str::to_owned).collect();
+        packages.sort();
+        packages.dedup();
+        if packages.len() > MAX_NAMED_PACKAGES {
+            return Err(Arc::new(ResolveError::TooManyPackages {
+                image: name.to_string(),
+                most: MAX_NAMED_PACKAGES,
+            }));
+        }
+        let db = match self.machine.current() {
+            Ok(Some(db)) => db,
+            Ok(None) => return Err(unknown(&packages[0])),
+            Err(e) => {
+                return Err(Arc::new(ResolveError::Pack {
+                    image: name.to_string(),
+                    source: e.into(),
+                }));
+            }
+        };
+        match packages.iter().find(|p| db.find(p).is_none()) {
+            Some(missing) => Err(unknown(missing)),
+            None => Ok(packages),
+        }
+    }
+
     /// Whether `name` is an on-demand repository.
     pub async fn has(&self, name: &Name) -> bool {
         if self.explicit.contains_key(name) {
             return true;
+        }
+        if let Some(list) = self.package_list(name) {
+            return self.installed(name, list).is_ok();
         }
         match &self.root {
             Some(root) => root.locate(name).await.is_some(),
@@ -328,7 +511,11 @@ impl OnDemand {
             .get(name)
             .map(|t| t.keys().cloned().collect())
             .unwrap_or_default();
-        if let Some(root) = &self.root
+        if let Some(list) = self.package_list(name) {
+            if self.installed(name, list).is_ok() {
+                tags.insert(Tag::latest());
+            }
+        } else if let Some(root) = &self.root
             && root.locate(name).await.is_some()
         {
             tags.insert(Tag::latest());
@@ -344,6 +531,13 @@ impl OnDemand {
             let map = self.root_images.lock().unwrap_or_else(|p| p.into_inner());
             map.values().cloned().collect()
         };
+        {
+            let map = self
+                .package_images
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            images.extend(map.iter().map(|(_, i)| i.clone()));
+        }
         let explicit = self.explicit.values().flat_map(|tags| tags.values());
         let latest = |image: &Image| {
             image
@@ -388,7 +582,7 @@ impl OnDemand {
             move || {
                 let span = tracing::info_span!("pack", image = %label);
                 async move {
-                    let run = how.run.apply(pack::default_run_config(&inputs, opts.mtime));
+                    let mut run = how.run.apply(pack::default_run_config(&inputs, opts.mtime));
                     let packing = Packing {
                         cache: true,
                         progress: Some(progress::reporter(&label)),
@@ -397,7 +591,10 @@ impl OnDemand {
                     };
                     // Linked into the repository, so its blobs are served through it.
                     let packed = async {
-                        let closure = pack::closure(&store, how.closure, &machine).await?;
+                        let closure = pack::closure(how.closure, &machine, &how.packages).await?;
+                        if run.entrypoint.is_none() {
+                            run.entrypoint = closure.packages_entrypoint();
+                        }
                         let img = pack::pack_image_with(
                             &store, &inputs, &closure, opts, &run, None, &packing,
                         )
@@ -461,9 +658,12 @@ impl Image {
 
 /// The `--root` folder and what was last found in it.
 struct Root {
-    /// Canonical: every exposed file must resolve to a path below it.
+    /// Canonical: every exposed file must resolve to a path below it, or to a file of an
+    /// installed package.
     dir: PathBuf,
     index: Mutex<Index>,
+    /// The package database, which says what a symlink leading out of the root may reach.
+    machine: Mutex<Option<Arc<Machine>>>,
 }
 
 #[derive(Default)]
@@ -495,7 +695,12 @@ impl Root {
         Ok(Root {
             dir: canonical,
             index: Mutex::new(Index::default()),
+            machine: Mutex::new(None),
         })
+    }
+
+    fn set_machine(&self, machine: Arc<Machine>) {
+        *self.machine.lock().unwrap_or_else(|p| p.into_inner()) = Some(machine);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -519,7 +724,16 @@ impl Root {
             return;
         }
         let dir = self.dir.clone();
-        let Ok(scan) = tokio::task::spawn_blocking(move || scan(&dir)).await else {
+        let machine = self
+            .machine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let db = machine.and_then(|m| packages_of(&m));
+            scan(&dir, db.as_deref())
+        });
+        let Ok(scan) = scanned.await else {
             return;
         };
         let mut index = self.lock();
@@ -555,13 +769,22 @@ impl Root {
     /// `rel` checked with `exposed`, off the async threads.
     async fn check(&self, rel: PathBuf) -> Option<Located> {
         let dir = self.dir.clone();
+        let machine = self
+            .machine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         tokio::task::spawn_blocking(move || {
             let file_name = rel.file_name()?.to_str()?.to_owned();
-            match exposed(&dir, &rel) {
-                Ok((path, stamp)) => Some(Located {
-                    path,
+            let db = machine.and_then(|m| packages_of(&m));
+            match exposed(&dir, &rel, db.as_deref()) {
+                Ok(found) => Some(Located {
+                    path: found.real,
                     file_name,
-                    stamp,
+                    stamp: found.stamp,
+                    entry: dir.join(&rel),
+                    chain: found.chain,
+                    owned: found.owned,
                 }),
                 Err(why) => {
                     tracing::debug!(path = %rel.display(), "not served: {why}");
@@ -577,17 +800,45 @@ impl Root {
 
 /// A root file found fit to serve.
 struct Located {
-    /// Canonical path, inside the root.
+    /// Canonical path: inside the root, or a file of an installed package.
     path: PathBuf,
     /// Its name in the root (a symlink's own name, not its target's).
     file_name: String,
     /// What the file looked like when checked.
     stamp: FileStamp,
+    /// Its path in the root, as the host has it (`/usr/bin/java`).
+    entry: PathBuf,
+    /// The symlinks met on the way from `entry` to `path`, in order.
+    chain: Vec<PathBuf>,
+    /// Whether an installed package owns `path`.
+    owned: bool,
+}
+
+/// The package database as it is now, if the machine has one; read on a blocking thread
+/// (the first read takes tens of milliseconds).
+fn packages_of(machine: &Machine) -> Option<Arc<dyn PackageDb>> {
+    match machine.current() {
+        Ok(db) => db,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the package database; links leading out of the root are not served");
+            None
+        }
+    }
+}
+
+/// What `exposed` found.
+#[derive(Debug, PartialEq)]
+struct Exposed {
+    real: PathBuf,
+    stamp: FileStamp,
+    chain: Vec<PathBuf>,
+    owned: bool,
 }
 
 /// `rel` (relative to the canonical `root`) if it resolves, symlinks followed, to an
-/// executable regular file inside `root`: its canonical path and stamp. Else why not.
-fn exposed(root: &Path, rel: &Path) -> Result<(PathBuf, FileStamp), &'static str> {
+/// executable regular file inside `root`, or to one an installed package owns (a link
+/// through `/etc/alternatives`, or into `/usr/lib`); else why not.
+fn exposed(root: &Path, rel: &Path, db: Option<&dyn PackageDb>) -> Result<Exposed, &'static str> {
     if rel.is_absolute()
         || rel
             .components()
@@ -595,20 +846,63 @@ fn exposed(root: &Path, rel: &Path) -> Result<(PathBuf, FileStamp), &'static str
     {
         return Err("not a plain relative path");
     }
-    let real = std::fs::canonicalize(root.join(rel)).map_err(|_| "does not resolve")?;
-    if !real.starts_with(root) {
+    let mut chain = Vec::new();
+    let real = match crate::runtime::elf::walk(&root.join(rel), &mut |p| chain.push(p.to_owned())) {
+        Ok(real) => real,
+        Err(_) if std::fs::metadata(root.join(rel)).is_ok() => {
+            return Err("not an executable regular file");
+        }
+        Err(_) => return Err("does not resolve"),
+    };
+    // `walk` ends with the file itself.
+    chain.pop();
+    let owned = db.is_some_and(|db| db.owner(&real).is_some());
+    if !real.starts_with(root) && !owned {
         return Err("resolves to a path outside the root");
     }
     let meta = std::fs::metadata(&real).map_err(|_| "cannot be read")?;
     if !pack::is_executable(&meta) {
         return Err("not an executable regular file");
     }
-    Ok((real, FileStamp::of(&meta)))
+    Ok(Exposed {
+        real,
+        stamp: FileStamp::of(&meta),
+        chain,
+        owned,
+    })
+}
+
+/// The inputs of a program of an installed package, as the host has it: each symlink on
+/// the way at its own path, then the file; its entrypoint is the path it was found at, and
+/// its folder is on `PATH`.
+fn program_inputs(found: &Located) -> Result<(Vec<Input>, RunSettings), PackError> {
+    let spec = found.entry.display().to_string();
+    let mut inputs = Vec::new();
+    for link in &found.chain {
+        inputs.push(Input::link(link, &link.display().to_string(), &spec)?);
+    }
+    inputs.push(Input::at(
+        &found.path,
+        &found.path.display().to_string(),
+        &spec,
+    )?);
+    let mut run = RunSettings {
+        entrypoint: Some(vec![spec.clone()]),
+        ..RunSettings::default()
+    };
+    if let Some(dir) = found.entry.parent() {
+        let default = crate::image::DEFAULT_PATH.trim_start_matches("PATH=");
+        let dir = dir.display().to_string();
+        if !default.split(':').any(|d| d == dir) {
+            run.env.push(format!("PATH={dir}:{default}"));
+        }
+    }
+    Ok((inputs, run))
 }
 
 /// Walks the root (not following symlinked directories) and maps every exposed file to a
 /// name.
-fn scan(root: &Path) -> Scan {
+fn scan(root: &Path, db: Option<&dyn PackageDb>) -> Scan {
     let mut found: BTreeMap<Name, Vec<PathBuf>> = BTreeMap::new();
     let mut problems = Vec::new();
     let mut pending = vec![(PathBuf::new(), 0usize)];
@@ -633,7 +927,7 @@ fn scan(root: &Path) -> Scan {
                 }
                 continue;
             }
-            match exposed(root, &child) {
+            match exposed(root, &child, db) {
                 Ok(_) => {}
                 Err("resolves to a path outside the root") => {
                     problems.push(format!(
@@ -704,7 +998,7 @@ mod tests {
         exe(&root.join("___"));
         let root = std::fs::canonicalize(&root).expect("canonical");
 
-        let scan = scan(&root);
+        let scan = scan(&root, None);
         let names: Vec<String> = scan.names.keys().map(|n| n.to_string()).collect();
         assert_eq!(names, ["alias", "sub/app.sh"]);
         assert_eq!(
@@ -725,7 +1019,7 @@ mod tests {
         }
 
         assert_eq!(
-            exposed(&root, Path::new("alias")).map(|(path, _)| path),
+            exposed(&root, Path::new("alias"), None).map(|e| e.real),
             Ok(root.join("sub/app.sh"))
         );
         for (rel, why) in [
@@ -736,8 +1030,12 @@ mod tests {
             ("sub", "not an executable regular file"),
             ("missing", "does not resolve"),
         ] {
-            assert_eq!(exposed(&root, Path::new(rel)).err(), Some(why), "{rel}");
+            assert_eq!(
+                exposed(&root, Path::new(rel), None).err(),
+                Some(why),
+                "{rel}"
+            );
         }
-        assert!(exposed(&root, &top.path().join("outside")).is_err());
+        assert!(exposed(&root, &top.path().join("outside"), None).is_err());
     }
 }

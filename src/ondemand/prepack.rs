@@ -2,7 +2,14 @@
 //! its manifest is answered at once, instead of after a pack of the whole input (16 s for a
 //! 1 GiB executable).
 //!
-//! One task goes through every on-demand image, one at a time, the way a pull would
+//! What is prepacked: the images configured (`--image`, `--images`, `[[image]]`) and those
+//! clients pulled before (recorded in the store, so this survives a restart), each again
+//! when its files change. The rest of a `--root` (a thousand programs under `/usr/bin`) and
+//! the `pkgs/...` images nobody pulled are packed on their first pull: a server over a
+//! large root spends no CPU or disk on programs nobody asks for, and since package layers
+//! are shared, the store grows with the distinct packages pulled.
+//!
+//! One task goes through those images, one at a time, the way a pull would
 //! ([`OnDemand::manifest`]): through the image's single flight, so a pull that comes while
 //! the image is being packed here waits for this same pack, and through the layer cache, so
 //! an unchanged image costs a stat and a plan. It does so at start, after any change that
@@ -127,25 +134,33 @@ impl OnDemand {
         paths
     }
 
-    /// Resolves every on-demand image in turn, packing what is not packed; failures are
-    /// logged by the pack, and retried on the next pass. Returns how soon another pass is
-    /// due for images whose files were modified too recently to pack now.
+    /// Resolves every configured or previously pulled on-demand image in turn, packing what
+    /// is not packed; failures are logged by the pack, and retried on the next pass. Returns
+    /// how soon another pass is due for images whose files were modified too recently to
+    /// pack now.
     pub async fn pack_all(&self) -> Option<Duration> {
         let mut images: Vec<(Name, Tag)> = self
             .explicit
             .iter()
             .flat_map(|(name, tags)| tags.keys().map(move |tag| (name.clone(), tag.clone())))
             .collect();
-        if let Some(root) = &self.root {
-            images.extend(
-                root.names(true)
-                    .await
-                    .into_iter()
-                    .map(|n| (n, Tag::latest())),
-            );
+        let pulled: Vec<String> = {
+            let pulled = self.pulled.lock().unwrap_or_else(|p| p.into_inner());
+            pulled.iter().cloned().collect()
+        };
+        for image in pulled {
+            // Recorded by this or an older quinistry: a record that no longer parses, or
+            // names what is no longer served, is skipped.
+            let Ok(tagged) = image.parse::<crate::reference::TaggedName>() else {
+                continue;
+            };
+            if !self.explicit.contains_key(&tagged.name) && self.has(&tagged.name).await {
+                images.push((tagged.name, tagged.tag));
+            }
         }
         let mut again: Option<Duration> = None;
         let mut later = |wait: Duration| again = Some(again.map_or(wait, |a| a.min(wait)));
+        let checked = images.len();
         for (name, tag) in images {
             let Some(stamps) = self.current_stamps(&name, &tag).await else {
                 continue; // gone since the scan
@@ -157,13 +172,14 @@ impl OnDemand {
                 later(wait);
                 continue;
             }
-            let packed = self.manifest(&name, &tag).await;
+            let packed = self.resolve_image(&name, &tag).await;
             // Served, but not cached: files below an input folder were fresh. Once they have
             // settled, a pack of them is remembered.
             if matches!(packed, Some(Ok(_))) && !self.packed_for(&name, &tag, &stamps) {
                 later(crate::pack::SETTLE);
             }
         }
+        tracing::debug!(images = checked, "prepack pass done");
         again
     }
 
@@ -171,6 +187,9 @@ impl OnDemand {
     async fn current_stamps(&self, name: &Name, tag: &Tag) -> Option<Vec<Option<FileStamp>>> {
         if let Some(e) = self.explicit.get(name).and_then(|t| t.get(tag)) {
             return Some(super::stamps(&e.inputs).await);
+        }
+        if self.package_list(name).is_some() {
+            return Some(vec![self.dpkg_stamp().await]);
         }
         let found = self.root.as_ref()?.locate(name).await?;
         Some(vec![Some(found.stamp)])
@@ -183,6 +202,15 @@ impl OnDemand {
         let good = |o: &super::Outcome| o.as_ref().is_ok_and(|r| r.settled);
         if let Some(e) = self.explicit.get(name).and_then(|t| t.get(tag)) {
             return e.image.flight.done_for(stamps, good);
+        }
+        if self.package_list(name).is_some() {
+            let images = self
+                .package_images
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            return images
+                .peek(name)
+                .is_some_and(|i| i.flight.done_for(stamps, good));
         }
         let images = self.root_images.lock().unwrap_or_else(|p| p.into_inner());
         images

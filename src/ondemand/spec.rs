@@ -5,11 +5,16 @@
 //! [[image]]
 //! name = "py:3.11"                    # NAME[:TAG], tag latest by default
 //! inputs = ["/usr/bin/python3"]       # SRC or SRC:/DEST, as for `pack`
+//! packages = ["python3-venv"]         # installed packages it holds too
 //! entrypoint = ["/python3"]           # default: the first executable input
 //! cmd = ["-c", "print('hello')"]
 //! env = ["PYTHONDONTWRITEBYTECODE=1"]
-//! closure = "packages"                # or "elf"; default: the server's --closure
+//! closure = "packages"                # or "minimal", "elf"; default: the server's --closure
+//! recommends = false                  # default: the server's (--no-recommends)
 //! ```
+//!
+//! On the command line, `+NAME` among the inputs names an installed package:
+//! `--image py=/usr/bin/python3,+python3-venv,+python3-pip`.
 //!
 //! A key the file does not know is an error naming it and its line, not ignored.
 
@@ -28,9 +33,13 @@ use crate::reference::TaggedName;
 pub struct ImageSpec {
     pub name: TaggedName,
     pub inputs: Vec<Input>,
+    /// Installed packages it holds whatever its files are.
+    pub packages: Vec<String>,
     pub run: RunSettings,
     /// `None`: the server's `--closure`.
     pub closure: Option<ClosureMode>,
+    /// `Some(false)`: installed `Recommends` are not followed; `None`: the server's setting.
+    pub recommends: Option<bool>,
 }
 
 impl std::str::FromStr for ImageSpec {
@@ -43,19 +52,23 @@ impl std::str::FromStr for ImageSpec {
         let name: TaggedName = name
             .parse()
             .map_err(|e| format!("invalid --image {s:?}: {e}"))?;
-        let inputs = inputs
-            .split(',')
-            .filter(|i| !i.is_empty())
+        let items: Vec<&str> = inputs.split(',').filter(|i| !i.is_empty()).collect();
+        let (packages, files) =
+            crate::pack::split_packages(&items).map_err(|e| format!("--image {s:?}: {e}"))?;
+        let inputs = files
+            .iter()
             .map(|i| i.parse::<Input>().map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        if inputs.is_empty() {
+        if inputs.is_empty() && packages.is_empty() {
             return Err(format!("invalid --image {s:?}: no input after '='"));
         }
         Ok(ImageSpec {
             name,
             inputs,
+            packages,
             run: RunSettings::default(),
             closure: None,
+            recommends: None,
         })
     }
 }
@@ -73,7 +86,11 @@ struct ImagesFile {
 #[serde(deny_unknown_fields)]
 pub struct FileImage {
     name: String,
+    #[serde(default)]
     inputs: Vec<String>,
+    #[serde(default)]
+    packages: Vec<String>,
+    recommends: Option<bool>,
     entrypoint: Option<Vec<String>>,
     cmd: Option<Vec<String>>,
     #[serde(default)]
@@ -100,8 +117,15 @@ impl FileImage {
         let i = self;
         let what = |e: String| format!("image {:?}: {e}", i.name);
         let name: TaggedName = i.name.parse().map_err(|e| what(format!("{e}")))?;
-        if i.inputs.is_empty() {
-            return Err(what("no inputs".to_owned()));
+        if i.inputs.is_empty() && i.packages.is_empty() {
+            return Err(what("no inputs and no packages".to_owned()));
+        }
+        if let Some(bad) = i
+            .packages
+            .iter()
+            .find(|p| !crate::pack::valid_package_name(p))
+        {
+            return Err(what(format!("{bad:?} is not a package name")));
         }
         let inputs = i
             .inputs
@@ -114,12 +138,20 @@ impl FileImage {
             env: i.env,
         };
         run.check().map_err(what)?;
-        let closure = i.closure.map(|c| c.parse()).transpose().map_err(what)?;
+        let closure: Option<ClosureMode> =
+            i.closure.map(|c| c.parse()).transpose().map_err(what)?;
+        if !i.packages.is_empty() && closure == Some(ClosureMode::Elf) {
+            return Err(what(
+                crate::pack::PackError::PackagesNeedTheirClosure.to_string(),
+            ));
+        }
         Ok(ImageSpec {
             name,
             inputs,
+            packages: i.packages,
             run,
             closure,
+            recommends: i.recommends,
         })
     }
 }
@@ -193,6 +225,10 @@ inputs = ["/bin/true", "/etc/hostname:/etc/name"]
             ),
             ("[[image]]\nname = \"a\"\ninputs = []\n", "no inputs"),
             (
+                "[[image]]\nname = \"a\"\npackages = [\"Bad Name\"]\n",
+                "not a package name",
+            ),
+            (
                 "[[image]]\nname = \"a\"\ninputs = [\"/x\"]\nenv = [\"NOEQUALS\"]\n",
                 "KEY=VALUE",
             ),
@@ -200,7 +236,7 @@ inputs = ["/bin/true", "/etc/hostname:/etc/name"]
                 "[[image]]\nname = \"a\"\ninputs = [\"/x\"]\nclosure = \"all\"\n",
                 "unknown closure",
             ),
-            ("[[image]]\nname = \"a\"\n", "inputs"),
+            ("[[image]]\nname = \"a\"\n", "no inputs and no packages"),
             ("not toml at all", "line 1"),
         ] {
             let err = parse_images(text).expect_err(text);

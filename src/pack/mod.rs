@@ -35,7 +35,7 @@ use crate::runtime::packages::Machine;
 use crate::store::{FileStamp, Hold, Link, Pin as StorePin, Store, StoreError};
 use cache::Lookup;
 use compress::Compression;
-pub use plan::{Base, Closure};
+pub use plan::{Base, Closure, Packaged};
 use plan::{Entry, Kind, Plan};
 use progress::Progress;
 
@@ -60,6 +60,10 @@ pub enum PackError {
     BadInput { spec: String, why: &'static str },
     #[error("{0}")]
     BadCompression(String),
+    #[error("no installed package is called {0:?}")]
+    UnknownPackage(String),
+    #[error("packages can be named only for an image with the package closure (not --closure elf)")]
+    PackagesNeedTheirClosure,
     #[error("cannot write layer: {0}")]
     Write(io::Error),
     #[error(transparent)]
@@ -75,10 +79,14 @@ pub enum PackError {
 /// One thing to pack: a file or directory on the host and where it goes in the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Input {
-    /// Host path. Followed if it is a symlink (what the user named is what they want).
+    /// Host path. Followed if it is a symlink (what the user named is what they want),
+    /// unless `follow` is false.
     pub source: PathBuf,
     /// Absolute, normalized path in the image (`/` for a directory means its contents at root).
     pub dest: String,
+    /// False: a symlink goes in as a symlink (a program's chain of links, kept as the host
+    /// has it so that `argv[0]` and lookups relative to it behave the same).
+    pub follow: bool,
 }
 
 impl Input {
@@ -120,6 +128,15 @@ impl Input {
         Ok(Input {
             source: source.into(),
             dest: clean,
+            follow: true,
+        })
+    }
+
+    /// `source` placed at `dest` as it is: a symlink stays a symlink.
+    pub fn link(source: impl Into<PathBuf>, dest: &str, spec: &str) -> Result<Input, PackError> {
+        Ok(Input {
+            follow: false,
+            ..Input::at(source, dest, spec)?
         })
     }
 }
@@ -309,7 +326,7 @@ async fn layer_of(
                 let pin = store.pin().await?;
                 // Gone since the lookup (a collector): packed again below.
                 if let Some(hold) = store.hold(&pin, &hit.layer.digest).await? {
-                    tracing::info!(layer = %hit.layer.digest, %label, "layer cache hit: nothing to read or compress");
+                    tracing::debug!(layer = %hit.layer.digest, %label, "layer cache hit: nothing to read or compress");
                     let layer = PackedLayer {
                         layer: hit.layer,
                         label,
@@ -330,7 +347,7 @@ async fn layer_of(
         Some(slots) => Some(slot(slots).await?),
         None => None,
     };
-    tracing::info!(
+    tracing::debug!(
         entries = plan.len(),
         %label,
         "packing layer: {:.1} MiB of input",
@@ -346,7 +363,7 @@ async fn layer_of(
     }
     let (layer, tar_size, input_bytes, hold) = written?;
     let secs = started.elapsed().as_secs_f64();
-    tracing::info!(
+    tracing::debug!(
         layer = %layer.digest,
         "packed layer in {secs:.2} s ({:.1} MiB/s)",
         input_bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9)
@@ -630,11 +647,37 @@ impl<R: AsyncRead + Unpin> AsyncRead for Exact<R> {
 }
 
 /// Which closure an image gets (`--closure`): see `Closure`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClosureMode {
     Elf,
-    #[default]
-    Packages,
+    /// The packages of the image's files and what they depend on; with `essential`, Debian's
+    /// Essential set too; with `recommends`, what they recommend that is installed.
+    Packages {
+        essential: bool,
+        recommends: bool,
+    },
+}
+
+impl Default for ClosureMode {
+    fn default() -> Self {
+        ClosureMode::Packages {
+            essential: true,
+            recommends: true,
+        }
+    }
+}
+
+impl ClosureMode {
+    /// The same, without following `Recommends`.
+    pub fn without_recommends(self) -> ClosureMode {
+        match self {
+            ClosureMode::Packages { essential, .. } => ClosureMode::Packages {
+                essential,
+                recommends: false,
+            },
+            ClosureMode::Elf => ClosureMode::Elf,
+        }
+    }
 }
 
 impl FromStr for ClosureMode {
@@ -643,52 +686,164 @@ impl FromStr for ClosureMode {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "elf" => Ok(ClosureMode::Elf),
-            "packages" => Ok(ClosureMode::Packages),
-            other => Err(format!("unknown closure {other:?}: use elf or packages")),
+            "packages" => Ok(ClosureMode::default()),
+            "minimal" => Ok(ClosureMode::Packages {
+                essential: false,
+                recommends: false,
+            }),
+            other => Err(format!(
+                "unknown closure {other:?}: use packages, minimal or elf"
+            )),
         }
     }
 }
 
-/// The closure `mode` asks for on this machine: for packages, the package database as it is
-/// now and the base files, made in `store`. A machine without a package database packs as
-/// `elf` does.
+/// The closure `mode` asks for on this machine, with the packages `named` (by their
+/// installed names) whatever the files are: for packages, the package database as it is
+/// now. A machine without a package database packs as `elf` does, unless packages are
+/// named; a name that is not installed is an error naming it.
 pub async fn closure(
-    store: &Store,
     mode: ClosureMode,
     machine: &Machine,
+    named: &[String],
 ) -> Result<Closure, PackError> {
-    if mode == ClosureMode::Elf {
-        return Ok(Closure::Elf);
-    }
-    let Some(db) = machine.current()? else {
-        return Ok(Closure::Elf);
+    let ClosureMode::Packages {
+        essential,
+        recommends,
+    } = mode
+    else {
+        return match named.first() {
+            Some(_) => Err(PackError::PackagesNeedTheirClosure),
+            None => Ok(Closure::Elf),
+        };
     };
-    let mut base = Base::default();
-    for (dest, text) in crate::runtime::base::FILES {
-        base.files.push((
+    let db = match machine.current()? {
+        Some(db) => db,
+        None if named.is_empty() => return Ok(Closure::Elf),
+        None => return Err(PackError::UnknownPackage(named[0].clone())),
+    };
+    let named = named
+        .iter()
+        .map(|n| {
+            db.find(n)
+                .ok_or_else(|| PackError::UnknownPackage(n.clone()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Closure::Packages(Packaged {
+        db,
+        essential,
+        recommends,
+        named,
+    }))
+}
+
+/// The inputs of a command line or `--image` split into installed packages (`+NAME`) and
+/// files; a `+` alone, or a package name with a path in it, is an error.
+pub fn split_packages<S: AsRef<str>>(specs: &[S]) -> Result<(Vec<String>, Vec<String>), String> {
+    let mut packages = Vec::new();
+    let mut files = Vec::new();
+    for spec in specs {
+        let spec = spec.as_ref();
+        match spec.strip_prefix('+') {
+            Some(name) if valid_package_name(name) => packages.push(name.to_owned()),
+            Some(_) => {
+                return Err(format!(
+                    "invalid package {spec:?}: +NAME names an installed package (write ./{spec} for a file)"
+                ));
+            }
+            None => files.push(spec.to_owned()),
+        }
+    }
+    Ok((packages, files))
+}
+
+/// Debian's package name grammar (`[a-z0-9][a-z0-9+.-]+`), with an optional `:arch`.
+pub fn valid_package_name(name: &str) -> bool {
+    let (name, arch) = name.split_once(':').unwrap_or((name, "x"));
+    let ok = |s: &str, extra: &str| {
+        !s.is_empty()
+            && s.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || extra.as_bytes().contains(&b)
+            })
+    };
+    ok(name, "+.-") && name.as_bytes()[0].is_ascii_alphanumeric() && ok(arch, "-")
+}
+
+impl Closure {
+    /// The entrypoint of an image of named packages: the program named after its package
+    /// when exactly one of them has one (`git`'s `/usr/bin/git`), else `/bin/sh`. `None` when
+    /// no package is named.
+    pub fn packages_entrypoint(&self) -> Option<Vec<String>> {
+        let Closure::Packages(p) = self else {
+            return None;
+        };
+        if p.named.is_empty() {
+            return None;
+        }
+        let programs: Vec<PathBuf> = p
+            .named
+            .iter()
+            .filter_map(|&id| p.db.program(id, p.db.name(id)))
+            .collect();
+        let entry = match programs.as_slice() {
+            [one] => one.display().to_string(),
+            _ => "/bin/sh".to_owned(),
+        };
+        Some(vec![entry])
+    }
+}
+
+/// The base of an image with packages (see `Base`): the accounts its packages need, the
+/// machine's CA bundle and top-level symlinks, the directories programs expect. The
+/// generated files are made in `store`, so they can be packed from a path.
+async fn base(
+    store: &Store,
+    packaged: &Packaged,
+    planned: &plan::Planned,
+) -> Result<Base, PackError> {
+    use crate::runtime::base;
+    let db = packaged.db.as_ref();
+    let packages: Vec<_> = planned.packages.keys().copied().collect();
+    let accounts = base::Accounts::of(db, &packages, &planned.uids, &planned.gids);
+    let mut out = Base::default();
+    for (dest, text) in [
+        ("/etc/passwd", accounts.passwd),
+        ("/etc/group", accounts.group),
+        ("/etc/nsswitch.conf", base::NSSWITCH.to_owned()),
+    ] {
+        out.files.push((
             PathBuf::from(dest),
-            store.materialize(text.as_bytes()).await?,
+            store.materialize(text.into_bytes()).await?,
         ));
     }
     // Copied, not packed from where it is: `update-ca-certificates` may rewrite it while a
     // pack reads it, and a copy named by its content keeps the layer cache valid.
-    if let Some(bundle) = crate::runtime::base::ca_bundle(machine.root()) {
+    if let Some(bundle) = base::ca_bundle(db.root()) {
         let bytes = tokio::fs::read(&bundle)
             .await
             .map_err(|source| PackError::Read {
                 path: bundle.clone(),
                 source,
             })?;
-        base.files.push((
-            PathBuf::from(crate::runtime::base::CA_BUNDLE),
+        out.files.push((
+            PathBuf::from(base::CA_BUNDLE),
             store.materialize(bytes).await?,
         ));
     }
-    base.dirs = crate::runtime::base::DIRS
+    out.dirs = base::DIRS
         .iter()
         .map(|(d, mode)| (PathBuf::from(d), *mode))
         .collect();
-    Ok(Closure::Packages(db, base))
+    out.links = db
+        .aliases()
+        .into_iter()
+        .map(|(link, target)| {
+            // Relative, as the machine has it (`bin -> usr/bin`).
+            let target = target.strip_prefix("/").unwrap_or(&target).to_owned();
+            (link, target)
+        })
+        .collect();
+    Ok(out)
 }
 
 /// A packed, stored image: its layers, bottom first, and the digests of its documents.
@@ -790,6 +945,18 @@ pub async fn pack_image_with(
         Ok(img) => crate::metrics::packed("packed", img.input_bytes(), img.seconds),
         Err(_) => crate::metrics::packed("failed", 0, start.elapsed().as_secs_f64()),
     }
+    if let Ok(img) = &packed {
+        let cached = img.layers.iter().filter(|l| l.cached).count();
+        tracing::info!(
+            manifest = %img.manifest.0,
+            "packed image: {} packages in {} layers ({} packed, {cached} from the layer cache), {:.1} MiB of input in {:.2} s",
+            img.packages.len(),
+            img.layers.len(),
+            img.layers.len() - cached,
+            img.input_bytes() as f64 / (1024.0 * 1024.0),
+            img.seconds,
+        );
+    }
     packed
 }
 
@@ -808,10 +975,15 @@ async fn pack_image_inner(
         .check()
         .map_err(PackError::BadCompression)?;
     let planned_at = std::time::SystemTime::now();
-    let planned = plan_blocking(inputs, closure).await?;
+    let mut planned = plan_blocking(inputs, closure).await?;
     let db = match closure {
+        Closure::Packages(p) if !planned.packages.is_empty() => {
+            let base = base(store, p, &planned).await?;
+            plan::add_base(&mut planned.plan, &base)?;
+            Some(p.db.as_ref())
+        }
+        Closure::Packages(p) => Some(p.db.as_ref()),
         Closure::Elf => None,
-        Closure::Packages(db, _) => Some(db.as_ref()),
     };
     let mut packed = Vec::new();
     let mut holds = Vec::new();

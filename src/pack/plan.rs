@@ -27,18 +27,34 @@ use crate::store::FileStamp;
 pub enum Closure {
     #[default]
     Elf,
-    /// With the machine's package database, and the base files already made (see `Base`).
-    Packages(Arc<dyn PackageDb>, Base),
+    /// With the machine's package database.
+    Packages(Packaged),
+}
+
+/// What an image with packages holds beyond the packages of its files.
+#[derive(Clone, Debug)]
+pub struct Packaged {
+    pub db: Arc<dyn PackageDb>,
+    /// Debian's Essential set (coreutils, sed, gzip, tar, bash, ...), which every package
+    /// may use undeclared; without it, only the package of `/bin/sh`.
+    pub essential: bool,
+    /// Installed `Recommends` are followed, as apt followed them when it installed.
+    pub recommends: bool,
+    /// Packages the image holds whatever its files are (`pkgs/...` images, `+PKG`).
+    pub named: Vec<PkgId>,
 }
 
 /// The minimal base of an image that holds packages: files made in memory and written where
-/// they can be packed from, the host files that belong in it, and directories with a mode.
+/// they can be packed from, the host files that belong in it, directories with a mode, and
+/// the machine's top-level symlinks (`bin -> usr/bin`), so paths such as `/bin/sh` resolve.
 #[derive(Clone, Debug, Default)]
 pub struct Base {
     /// (image path, host file): `/etc/passwd` from its made copy, the host's CA bundle.
     pub files: Vec<(PathBuf, PathBuf)>,
     /// (image path, mode): `/tmp` 1777, `/root` 0700.
     pub dirs: Vec<(PathBuf, u32)>,
+    /// (image path, target): `/bin` -> `usr/bin`.
+    pub links: Vec<(PathBuf, PathBuf)>,
 }
 
 /// What one tar entry is.
@@ -139,6 +155,13 @@ pub(super) struct Planned {
     /// Image directories of libraries the loader finds only through the machine's
     /// ld.so.conf: the image's `LD_LIBRARY_PATH`.
     pub(super) library_path: Vec<PathBuf>,
+    /// The owners and groups of the packages' files on the machine: the users and groups
+    /// the image's `/etc/passwd` and `/etc/group` must know.
+    pub(super) uids: BTreeSet<u32>,
+    pub(super) gids: BTreeSet<u32>,
+    /// The Essential set with what it needs: one layer, the same in every image of the
+    /// machine that has it.
+    pub(super) essential: BTreeSet<PkgId>,
 }
 
 /// Walks the inputs (metadata only) into a sorted plan of entries, with every parent
@@ -152,14 +175,18 @@ pub(super) fn plan(inputs: &[Input], closure: &Closure) -> Result<Planned, PackE
     // directory whose dependency is missing is only warned of.
     let mut named = HashSet::new();
     for input in inputs {
-        let meta = std::fs::metadata(&input.source).map_err(|source| PackError::Read {
+        let meta = match input.follow {
+            true => std::fs::metadata(&input.source),
+            false => std::fs::symlink_metadata(&input.source),
+        };
+        let meta = meta.map_err(|source| PackError::Read {
             path: input.source.clone(),
             source,
         })?;
         let mut dest = PathBuf::from(input.dest.trim_start_matches('/'));
         if meta.is_file() {
-            if let Closure::Packages(db, _) = closure
-                && db.owner(&input.source).is_some()
+            if let Closure::Packages(p) = closure
+                && p.db.owner(&input.source).is_some()
                 && meta.permissions().mode() & 0o004 == 0
             {
                 return Err(PackError::BadInput {
@@ -190,13 +217,17 @@ pub(super) fn plan(inputs: &[Input], closure: &Closure) -> Result<Planned, PackE
         add(plan, dest, &input.source, &meta, &Adding::Input)?;
     }
 
-    let db = match closure {
+    let packaged = match closure {
         Closure::Elf => None,
-        Closure::Packages(db, _) => Some(db.as_ref()),
+        Closure::Packages(p) => Some(p),
     };
     let mut examined: HashSet<PathBuf> = HashSet::new();
     let mut owned_checked: HashSet<PathBuf> = HashSet::new();
     let mut included: BTreeSet<PkgId> = BTreeSet::new();
+    // The image's own packages (of its inputs, named, completing or doing a wrapper's
+    // work): their installed Recommends are followed, one level, as the programs count on
+    // them (gcc on libc6-dev). A library's recommendations are not (libgl1's mesa drivers).
+    let mut recommending: BTreeSet<PkgId> = BTreeSet::new();
     let mut canonical = Canonical::default();
     let mut interpreter: Option<PathBuf> = None;
     // To a fixed point: ELF objects bring libraries, files of packages bring their packages,
@@ -268,10 +299,15 @@ pub(super) fn plan(inputs: &[Input], closure: &Closure) -> Result<Planned, PackE
                 }
             }
         }
-        let Some(db) = db else { break };
+        let Some(packaged) = packaged else { break };
+        let db = packaged.db.as_ref();
         // Packages of the files in the image; a named input's package is completed by
         // those of the same source that depend on it (python3 for python3-minimal).
         let mut seeds = Vec::new();
+        if included.is_empty() {
+            seeds.extend(packaged.named.iter().copied());
+            recommending.extend(packaged.named.iter().copied());
+        }
         for (dest, entry) in planned.plan.iter() {
             let host = match &entry.kind {
                 Kind::File { source, .. } => source.clone(),
@@ -284,17 +320,33 @@ pub(super) fn plan(inputs: &[Input], closure: &Closure) -> Result<Planned, PackE
                 continue;
             }
             let mut owners: Vec<PkgId> = db.owner(&host).into_iter().collect();
+            let input = matches!(entry.origin, Origin::Input(_));
             // A named symlink is followed: its target's package too (python3 → python3.11).
             if let Ok(real) = std::fs::canonicalize(&host)
                 && real != host
+                && let Some(owner) = db.owner(&real)
             {
-                owners.extend(db.owner(&real));
+                owners.push(owner);
+                // A wrapper called by another name (psql → pg_wrapper) runs the program of
+                // that name from a package that depends on the wrapper's.
+                if input
+                    && let (Some(called), Some(real_name)) = (host.file_name(), real.file_name())
+                    && called != real_name
+                    && let Some(called) = called.to_str()
+                {
+                    let workers = db.wrapped(owner, called);
+                    recommending.extend(workers.iter().copied());
+                    seeds.extend(workers);
+                }
             }
             for owner in owners {
                 if !included.contains(&owner) {
                     seeds.push(owner);
-                    if named.contains(dest) || matches!(entry.origin, Origin::Input(_)) {
-                        seeds.extend(db.completion(owner));
+                    if named.contains(dest) || input {
+                        let completion = db.completion(owner);
+                        recommending.insert(owner);
+                        recommending.extend(completion.iter().copied());
+                        seeds.extend(completion);
                     }
                 }
             }
@@ -302,18 +354,33 @@ pub(super) fn plan(inputs: &[Input], closure: &Closure) -> Result<Planned, PackE
         if seeds.is_empty() {
             break;
         }
-        // Debian's Essential packages are needed without being declared; of them, programs
-        // run commands through /bin/sh (git runs git-upload-pack so), so an image with
-        // packages gets the one that owns it (dash).
+        // Debian's Essential packages are needed without being declared: a Makefile's
+        // recipes, a git hook or a shell script use echo, sed, tar, gzip. Without them an
+        // image with packages still gets the shell programs run commands through (git runs
+        // git-upload-pack so): the package of /bin/sh (dash).
+        if included.is_empty() && packaged.essential {
+            let essential = db.essential();
+            planned.essential = db
+                .closure(&essential, &BTreeSet::new())
+                .into_iter()
+                .collect();
+            seeds.extend(essential);
+        }
         if let Some(shell) = db.owner(&db.root().join(crate::runtime::base::SHELL))
             && !included.contains(&shell)
         {
             seeds.push(shell);
         }
         seeds.extend(included.iter().copied());
-        for package in db.closure(&seeds) {
+        let none = BTreeSet::new();
+        let follow = if packaged.recommends {
+            &recommending
+        } else {
+            &none
+        };
+        for package in db.closure(&seeds, follow) {
             if included.insert(package) {
-                let paths = add_package(&mut planned.plan, db, package, &mut canonical);
+                let paths = add_package(&mut planned, db, package, &mut canonical);
                 planned.packages.insert(package, paths);
                 grew = true;
             }
@@ -321,11 +388,6 @@ pub(super) fn plan(inputs: &[Input], closure: &Closure) -> Result<Planned, PackE
         if !grew {
             break;
         }
-    }
-    if let Closure::Packages(_, base) = closure
-        && !included.is_empty()
-    {
-        add_base(&mut planned.plan, base)?;
     }
     Ok(planned)
 }
@@ -342,8 +404,9 @@ pub(super) struct LayerPlan {
 }
 
 /// The layers of a planned image, bottom first. An image without packages is one layer, as
-/// it always was. With packages, each package is a layer of its own, the most depended-on
-/// first (libc6 at the bottom), so images that share packages share those layers and, as
+/// it always was. With packages, the Essential set (and what it needs) is the bottom layer,
+/// the same in every image of the machine; then each other package is a layer of its own,
+/// the most depended-on first, so images that share packages share those layers and, as
 /// far as they agree from the bottom up, the chain of layers a runtime keys them by; past
 /// `MAX_LAYERS - 2` packages the least depended-on share one layer. The image's own files
 /// (inputs, base, files of no package) are the top layer.
@@ -354,14 +417,27 @@ pub(super) fn layers(planned: &Planned, db: Option<&dyn PackageDb>) -> Vec<Layer
             plan: planned.plan.clone(),
         }];
     };
-    let mut order: Vec<PkgId> = planned.packages.keys().copied().collect();
+    let mut groups: Vec<(String, BTreeSet<&PathBuf>)> = Vec::new();
+    if !planned.essential.is_empty() {
+        let paths = planned
+            .packages
+            .iter()
+            .filter(|(p, _)| planned.essential.contains(p))
+            .flat_map(|(_, paths)| paths);
+        groups.push(("essential packages".to_owned(), paths.collect()));
+    }
+    let mut order: Vec<PkgId> = planned
+        .packages
+        .keys()
+        .copied()
+        .filter(|p| !planned.essential.contains(p))
+        .collect();
     order.sort_by(|a, b| {
         db.dependents(*b)
             .cmp(&db.dependents(*a))
             .then_with(|| db.name(*a).cmp(db.name(*b)))
     });
-    let own = order.len().min(MAX_LAYERS - 2);
-    let mut groups: Vec<(String, BTreeSet<&PathBuf>)> = Vec::new();
+    let own = order.len().min(MAX_LAYERS - 2 - groups.len());
     for (i, package) in order.iter().enumerate() {
         let paths = planned.packages[package].iter();
         if i < own {
@@ -465,7 +541,7 @@ impl Canonical {
 /// logged; a file in the way of another is left out too, not a failure. Returns the image
 /// paths of the package's files in the image.
 fn add_package(
-    plan: &mut Plan,
+    planned: &mut Planned,
     db: &dyn PackageDb,
     package: PkgId,
     canonical: &mut Canonical,
@@ -527,8 +603,15 @@ fn add_package(
                 continue;
             }
         };
+        let plan = &mut planned.plan;
         match add_parents(plan, &dest, &origin).and_then(|()| insert(plan, dest.clone(), entry)) {
-            Ok(()) => paths.push(dest),
+            Ok(()) => {
+                // Who owns it on the machine: the users and groups the image must know.
+                use std::os::unix::fs::MetadataExt;
+                planned.uids.insert(meta.uid());
+                planned.gids.insert(meta.gid());
+                paths.push(dest)
+            }
             Err(e) => {
                 tracing::warn!(package = %name, error = %e, "not packed: another file is in the way")
             }
@@ -537,8 +620,21 @@ fn add_package(
     paths
 }
 
-/// The minimal base: its files and directories, in the top layer.
-fn add_base(plan: &mut Plan, base: &Base) -> Result<(), PackError> {
+/// The minimal base: its files, directories and top-level symlinks, in the top layer.
+pub(super) fn add_base(plan: &mut Plan, base: &Base) -> Result<(), PackError> {
+    for (dest, target) in &base.links {
+        let dest = dest.strip_prefix("/").unwrap_or(dest).to_owned();
+        let origin = Origin::Base(Path::new("/").join(&dest));
+        let link = Entry {
+            mode: 0o777,
+            kind: Kind::Symlink {
+                target: target.clone(),
+            },
+            origin,
+        };
+        // Something of the image at that path already (a library's own `lib64` link): kept.
+        plan.entry(dest).or_insert(link);
+    }
     for (dest, mode) in &base.dirs {
         let dest = dest.strip_prefix("/").unwrap_or(dest).to_owned();
         let origin = Origin::Base(Path::new("/").join(&dest));
@@ -771,14 +867,35 @@ mod tests {
         write("usr/lib/extra/plugin", "extra", 0o644);
         write("usr/bin/other", "other", 0o755);
         write("usr/lib/unrelated", "no", 0o644);
+        write("usr/lib/recommended", "rec", 0o644);
+        write("usr/lib/deep", "deep", 0o644);
+        write("usr/lib/lib-rec", "lib-rec", 0o644);
+        write("usr/bin/ess", "essential", 0o755);
+        write("usr/lib/ess-dep", "what ess needs", 0o644);
+        write("usr/bin/tool", "tool", 0o755);
+        write("usr/lib/tool/stdlib", "tool's library", 0o644);
+        write("usr/share/wrap/wrapper", "#!/bin/sh\n", 0o755);
+        std::os::unix::fs::symlink("../share/wrap/wrapper", root.join("usr/bin/wtool"))
+            .expect("symlink");
+        write("usr/lib/wrap/15/bin/wtool", "the real wtool", 0o755);
         let status = format!(
             "Package: app\nStatus: install ok installed\nArchitecture: amd64\nInstalled-Size: 10\n\
-             Depends: libfoo (>= 1), missing-thing | virt\nConffiles:\n /etc/app.conf {}\n /etc/secret.conf {}\n\n\
+             Depends: libfoo (>= 1), missing-thing | virt\nRecommends: rec-pkg, not-installed\n\
+             Conffiles:\n /etc/app.conf {}\n /etc/secret.conf {}\n\n\
              Package: app-extra\nStatus: install ok installed\nSource: app\nDepends: app\n\n\
-             Package: libfoo\nStatus: install ok installed\nArchitecture: amd64\nInstalled-Size: 3\n\n\
+             Package: libfoo\nStatus: install ok installed\nArchitecture: amd64\nInstalled-Size: 3\nRecommends: lib-rec\n\n\
+             Package: lib-rec\nStatus: install ok installed\n\n\
+             Package: rec-pkg\nStatus: install ok installed\nRecommends: deep\n\n\
+             Package: deep\nStatus: install ok installed\n\n\
              Package: provider\nStatus: install ok installed\nProvides: virt\n\n\
              Package: other\nStatus: install ok installed\nDepends: libfoo\n\n\
              Package: unrelated\nStatus: install ok installed\n\n\
+             Package: ess\nStatus: install ok installed\nEssential: yes\nDepends: ess-dep\n\n\
+             Package: ess-dep\nStatus: install ok installed\n\n\
+             Package: tool-minimal\nStatus: install ok installed\nSource: tool-src\n\n\
+             Package: tool\nStatus: install ok installed\nSource: tool-src\nDepends: tool-minimal\n\n\
+             Package: wrap-common\nStatus: install ok installed\n\n\
+             Package: wrap-15\nStatus: install ok installed\nDepends: wrap-common, libfoo\n\n\
              Package: removed\nStatus: deinstall ok config-files\n",
             md5("shipped = yes\n"),
             md5("password = changed-by-the-admin\n"),
@@ -791,9 +908,18 @@ mod tests {
             ),
             ("app-extra", "/usr/lib/extra\n/usr/lib/extra/plugin\n"),
             ("libfoo:amd64", "/usr/lib\n/usr/lib/libfoo.so\n"),
+            ("lib-rec", "/usr/lib/lib-rec\n"),
+            ("rec-pkg", "/usr/lib/recommended\n"),
+            ("deep", "/usr/lib/deep\n"),
             ("provider", "/usr/lib/virt\n/usr/lib/virt/impl\n"),
             ("other", "/usr/bin/other\n"),
             ("unrelated", "/usr/lib/unrelated\n"),
+            ("ess", "/usr/bin/ess\n"),
+            ("ess-dep", "/usr/lib/ess-dep\n"),
+            ("tool-minimal", "/usr/bin/tool\n"),
+            ("tool", "/usr/lib/tool\n/usr/lib/tool/stdlib\n"),
+            ("wrap-common", "/usr/share/wrap/wrapper\n/usr/bin/wtool\n"),
+            ("wrap-15", "/usr/lib/wrap/15/bin/wtool\n"),
         ];
         for (name, list) in lists {
             write(&format!("var/lib/dpkg/info/{name}.list"), list, 0o644);
@@ -804,11 +930,40 @@ mod tests {
         (dir, Arc::new(db))
     }
 
+    fn packaged(db: &Arc<dyn PackageDb>, essential: bool, named: &[&str]) -> Closure {
+        Closure::Packages(Packaged {
+            db: db.clone(),
+            essential,
+            recommends: true,
+            named: named
+                .iter()
+                .map(|n| db.find(n).expect("installed"))
+                .collect(),
+        })
+    }
+
+    fn names(db: &Arc<dyn PackageDb>, planned: &Planned) -> Vec<String> {
+        let mut names: Vec<String> = planned
+            .packages
+            .keys()
+            .map(|p| db.name(*p).to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A plan's entries as the tar has them (why each is there aside).
+    fn bytes(p: &Plan) -> Vec<(PathBuf, u32, Kind)> {
+        p.iter()
+            .map(|(k, e)| (k.clone(), e.mode, e.kind.clone()))
+            .collect()
+    }
+
     #[test]
     fn packages_bring_their_dependencies_but_no_docs_edits_or_private_files() {
         let (dir, db) = fake_machine();
         let root = dir.path();
-        let closure = Closure::Packages(db.clone(), Base::default());
+        let closure = packaged(&db, false, &[]);
         let inputs = [Input::at(root.join("usr/bin/app"), "/app", "app").expect("input")];
         let planned = plan(&inputs, &closure).expect("plan");
         let has = |p: &str| planned.plan.contains_key(Path::new(p));
@@ -818,7 +973,7 @@ mod tests {
             "usr/lib/libfoo.so",
             "usr/lib/virt/impl",
             "etc/app.conf",
-            "usr/lib/extra/plugin",
+            "usr/lib/recommended",
         ] {
             assert!(
                 has(present),
@@ -832,11 +987,29 @@ mod tests {
             "usr/lib/app/private",
             "usr/bin/other",
             "usr/lib/unrelated",
+            // Of the same source and depending on app, but not app's completion (as the
+            // JDK is not the JRE's).
+            "usr/lib/extra/plugin",
+            // Recommended by what app recommends, or by a library: one level only.
+            "usr/lib/deep",
+            "usr/lib/lib-rec",
+            // Essential, but not asked for.
+            "usr/bin/ess",
         ] {
             assert!(!has(absent), "{absent} must not be packed");
         }
-        let names: Vec<&str> = planned.packages.keys().map(|p| db.name(*p)).collect();
-        assert_eq!(names, ["app", "app-extra", "libfoo", "provider"]);
+        assert_eq!(
+            names(&db, &planned),
+            ["app", "libfoo", "provider", "rec-pkg"]
+        );
+
+        // Without following Recommends, app's recommendation stays out.
+        let Closure::Packages(mut no_rec) = closure.clone() else {
+            unreachable!("packaged")
+        };
+        no_rec.recommends = false;
+        let planned_no_rec = plan(&inputs, &Closure::Packages(no_rec)).expect("plan");
+        assert_eq!(names(&db, &planned_no_rec), ["app", "libfoo", "provider"]);
 
         // One layer per package, the most depended-on (libfoo) first, the image's own last;
         // libfoo's layer is the same in another image that holds it.
@@ -850,17 +1023,73 @@ mod tests {
         let planned_other = plan(&other, &closure).expect("plan");
         let layers_other = layers(&planned_other, Some(db.as_ref()));
         assert_eq!(layers_other[0].label, "libfoo");
-        // The same entries (why each is there aside, which is not in the tar).
-        let bytes = |p: &Plan| -> Vec<(PathBuf, u32, Kind)> {
-            p.iter()
-                .map(|(k, e)| (k.clone(), e.mode, e.kind.clone()))
-                .collect()
-        };
         assert_eq!(bytes(&layers_other[0].plan), bytes(&split[0].plan));
 
         // With the ELF closure only, nothing of the packages comes along.
         let elf = plan(&inputs, &Closure::Elf).expect("plan");
         assert_eq!(elf.plan.keys().collect::<Vec<_>>(), [Path::new("app")]);
         assert_eq!(layers(&elf, None).len(), 1);
+    }
+
+    #[test]
+    fn the_essential_set_is_one_layer_at_the_bottom_of_every_image_with_packages() {
+        let (dir, db) = fake_machine();
+        let root = dir.path();
+        let closure = packaged(&db, true, &[]);
+        let app = [Input::at(root.join("usr/bin/app"), "/app", "app").expect("input")];
+        let other = [Input::at(root.join("usr/bin/other"), "/other", "o").expect("input")];
+        let a = plan(&app, &closure).expect("plan");
+        let b = plan(&other, &closure).expect("plan");
+        for planned in [&a, &b] {
+            assert!(planned.plan.contains_key(Path::new("usr/bin/ess")));
+            assert!(planned.plan.contains_key(Path::new("usr/lib/ess-dep")));
+        }
+        let (la, lb) = (layers(&a, Some(db.as_ref())), layers(&b, Some(db.as_ref())));
+        assert_eq!(la[0].label, "essential packages");
+        assert_eq!(bytes(&la[0].plan), bytes(&lb[0].plan));
+        assert!(la[0].plan.contains_key(Path::new("usr/lib/ess-dep")));
+        // A file of no package brings no package, Essential or not.
+        std::fs::write(root.join("loose"), "x").expect("write");
+        let loose = [Input::at(root.join("loose"), "/loose", "l").expect("input")];
+        assert!(plan(&loose, &closure).expect("plan").packages.is_empty());
+    }
+
+    #[test]
+    fn a_program_brings_its_completion_and_a_wrapper_the_package_doing_its_work() {
+        let (dir, db) = fake_machine();
+        let root = dir.path();
+        let closure = packaged(&db, false, &[]);
+        // tool-minimal's program is completed by `tool` (its name without -minimal).
+        let tool = [Input::at(root.join("usr/bin/tool"), "/usr/bin/tool", "t").expect("input")];
+        let planned = plan(&tool, &closure).expect("plan");
+        assert_eq!(names(&db, &planned), ["tool", "tool-minimal"]);
+        // A wrapper called wtool brings the package that depends on the wrapper's and has a
+        // program of that name; the link is kept as a link.
+        let wtool =
+            [Input::link(root.join("usr/bin/wtool"), "/usr/bin/wtool", "w").expect("input")];
+        let planned = plan(&wtool, &closure).expect("plan");
+        assert_eq!(names(&db, &planned), ["libfoo", "wrap-15", "wrap-common"]);
+        assert!(matches!(
+            planned.plan[Path::new("usr/bin/wtool")].kind,
+            Kind::Symlink { .. }
+        ));
+    }
+
+    #[test]
+    fn named_packages_make_an_image_without_files() {
+        let (_dir, db) = fake_machine();
+        let closure = packaged(&db, false, &["other"]);
+        let planned = plan(&[], &closure).expect("plan");
+        assert_eq!(names(&db, &planned), ["libfoo", "other"]);
+        assert_eq!(
+            closure.packages_entrypoint(),
+            Some(vec!["/usr/bin/other".to_owned()])
+        );
+        // Two packages with programs of their names, or none: the shell.
+        let both = packaged(&db, false, &["other", "ess"]);
+        assert_eq!(both.packages_entrypoint(), Some(vec!["/bin/sh".to_owned()]));
+        let none = packaged(&db, false, &["libfoo"]);
+        assert_eq!(none.packages_entrypoint(), Some(vec!["/bin/sh".to_owned()]));
+        assert_eq!(packaged(&db, false, &[]).packages_entrypoint(), None);
     }
 }

@@ -237,9 +237,14 @@ impl Server {
 /// How a connection ended badly, for the log. A request hyper refused before it reached us
 /// (a path over its 64 KiB limit: 414; headers over its buffer: 431; not HTTP: 400) gets
 /// hyper's own empty answer, which no hook lets us replace with an OCI body, so it gets an
-/// access-log line here instead; the rest (a client gone, a timeout) are debug lines.
+/// access-log line here instead; the rest (a client gone, a timeout) are debug lines. Bytes
+/// that do not start with an HTTP method are a debug line too: Docker opens every connection
+/// to a registry it may speak plain HTTP to with a TLS handshake first.
 fn log_connection_error(remote: SocketAddr, e: &(dyn std::error::Error + 'static)) {
     match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_parse() && h.to_string().contains("invalid HTTP method") => {
+            tracing::debug!(%remote, error = %h, "not HTTP (a TLS handshake, as Docker probes with): closed")
+        }
         Some(h) if h.is_parse_too_large() || h.is_parse() => tracing::info!(
             target: ACCESS_LOG,
             %remote,

@@ -28,12 +28,19 @@ pub enum DpkgError {
 #[derive(Debug, Clone)]
 struct Package {
     name: String,
+    /// Its architecture (`amd64`, `all`; empty if the paragraph has none).
+    arch: String,
     /// The source package it was built from (its own name when the field is absent).
     source: String,
     /// `Installed-Size`, in KiB: what dpkg says the package takes once installed.
     installed_size: u64,
     /// `Pre-Depends` then `Depends`: each a list of alternatives, any one of which does.
     depends: Vec<Vec<String>>,
+    /// `Recommends`, as alternatives: apt installs them by default, so programs count on
+    /// them (gcc only recommends libc6-dev, without which `<stdio.h>` is missing).
+    recommends: Vec<Vec<String>>,
+    /// `Essential: yes`: every package may use it without declaring it.
+    essential: bool,
     /// What it installed, as listed (dpkg's spelling of each path).
     files: Vec<PathBuf>,
     /// Conffile path (as listed) → the md5 it shipped with; `None` when it has none to
@@ -129,6 +136,7 @@ impl Database {
                     depends.extend(parse_depends(v));
                 }
             }
+            let recommends = get("Recommends").map(parse_depends).unwrap_or_default();
             let conffiles = get("Conffiles")
                 .map(|v| {
                     v.lines()
@@ -157,6 +165,7 @@ impl Database {
             }
             db.packages.push(Package {
                 name: name.to_owned(),
+                arch: arch.to_owned(),
                 source: get("Source")
                     .and_then(|s| s.split_whitespace().next())
                     .unwrap_or(name)
@@ -165,6 +174,8 @@ impl Database {
                     .and_then(|s| s.trim().parse().ok())
                     .unwrap_or(0),
                 depends,
+                recommends,
+                essential: get("Essential").is_some_and(|v| v.eq_ignore_ascii_case("yes")),
                 files,
                 conffiles,
             });
@@ -289,11 +300,18 @@ impl PackageDb for Database {
         self.packages[id.0].installed_size * 1024
     }
 
-    fn closure(&self, seeds: &[PkgId]) -> Vec<PkgId> {
+    fn closure(&self, seeds: &[PkgId], recommending: &BTreeSet<PkgId>) -> Vec<PkgId> {
         let mut seen: BTreeSet<usize> = seeds.iter().map(|p| p.0).collect();
         let mut queue: VecDeque<usize> = seen.iter().copied().collect();
         while let Some(index) = queue.pop_front() {
-            for group in &self.packages[index].depends {
+            let package = &self.packages[index];
+            let follow = recommending.contains(&PkgId(index));
+            let recommended = follow.then_some(&package.recommends).into_iter();
+            for group in std::iter::once(&package.depends)
+                .chain(recommended)
+                .flatten()
+            {
+                // A recommendation that is not installed is not followed, as apt left it.
                 if let Some(dep) = self.chosen(group)
                     && seen.insert(dep)
                 {
@@ -304,6 +322,71 @@ impl PackageDb for Database {
         seen.into_iter().map(PkgId).collect()
     }
 
+    fn find(&self, name: &str) -> Option<PkgId> {
+        self.by_name.get(name).copied().map(PkgId)
+    }
+
+    fn essential(&self) -> Vec<PkgId> {
+        (0..self.packages.len())
+            .filter(|&i| self.packages[i].essential)
+            .map(PkgId)
+            .collect()
+    }
+
+    fn aliases(&self) -> Vec<(PathBuf, PathBuf)> {
+        self.aliases.clone()
+    }
+
+    fn program(&self, id: PkgId, name: &str) -> Option<PathBuf> {
+        let package = &self.packages[id.0];
+        let mut found: Vec<PathBuf> = package
+            .files
+            .iter()
+            .filter(|f| f.file_name().is_some_and(|n| n == name))
+            .filter(|f| {
+                f.parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|d| d == "bin" || d == "sbin")
+            })
+            .map(|f| self.resolve_path(f))
+            .filter(|f| {
+                let host = self.root.join(strip_root(f));
+                std::fs::metadata(host).is_ok_and(|m| crate::pack::is_executable(&m))
+            })
+            .collect();
+        // `/usr/bin` before `/usr/sbin`, whatever order the list has.
+        found.sort();
+        found.dedup();
+        found.into_iter().next()
+    }
+
+    fn wrapped(&self, id: PkgId, called: &str) -> Vec<PkgId> {
+        let mut out: Vec<PkgId> = (0..self.packages.len())
+            .filter(|&i| {
+                i != id.0
+                    && self.packages[i]
+                        .depends
+                        .iter()
+                        .any(|g| self.chosen(g) == Some(id.0))
+            })
+            .map(PkgId)
+            .filter(|&p| self.program_anywhere(p, called))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn script(&self, id: PkgId, which: &str) -> Option<String> {
+        let package = &self.packages[id.0];
+        let dir = self.root.join("var/lib/dpkg/info");
+        [
+            format!("{}.{which}", package.name),
+            format!("{}:{}.{which}", package.name, package.arch),
+        ]
+        .iter()
+        .find_map(|f| fs::read_to_string(dir.join(f)).ok())
+    }
+
     fn completion(&self, id: PkgId) -> Vec<PkgId> {
         let owner = &self.packages[id.0];
         let mut out: Vec<PkgId> = (0..self.packages.len())
@@ -311,6 +394,9 @@ impl PackageDb for Database {
                 let p = &self.packages[i];
                 i != id.0
                     && p.source == owner.source
+                    && ["-minimal", "-base"]
+                        .iter()
+                        .any(|suffix| owner.name.strip_suffix(suffix) == Some(p.name.as_str()))
                     && p.depends.iter().any(|g| self.chosen(g) == Some(id.0))
             })
             .map(PkgId)
@@ -341,6 +427,19 @@ impl PackageDb for Database {
 }
 
 impl Database {
+    /// Whether package `index` ships an executable file named `name` in any `bin` folder
+    /// (`/usr/lib/postgresql/15/bin/psql`).
+    fn program_anywhere(&self, id: PkgId, name: &str) -> bool {
+        self.packages[id.0].files.iter().any(|f| {
+            f.file_name().is_some_and(|n| n == name)
+                && f.parent()
+                    .and_then(Path::file_name)
+                    .is_some_and(|d| d == "bin" || d == "sbin")
+                && fs::metadata(self.host_path(id.0, f))
+                    .is_ok_and(|m| crate::pack::is_executable(&m))
+        })
+    }
+
     /// The installed package that satisfies a group of alternatives: the first one installed
     /// by name, else the first that provides it; `None` on a broken system.
     fn chosen(&self, group: &[String]) -> Option<usize> {

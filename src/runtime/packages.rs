@@ -2,6 +2,7 @@
 //! needs, and which of its files may go into an image. The database is behind [`PackageDb`],
 //! so that rpm could follow dpkg ([`super::dpkg`]).
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -47,12 +48,32 @@ pub trait PackageDb: Send + Sync + fmt::Debug {
     /// Bytes the package takes once installed, as the package says.
     fn installed_size(&self, id: PkgId) -> u64;
     /// `seeds` and, recursively, the installed packages they depend on (alternatives and
-    /// virtual packages resolved to what is installed), sorted.
-    fn closure(&self, seeds: &[PkgId]) -> Vec<PkgId>;
-    /// The installed packages that complete the one owning a program: those built from the
-    /// same source that depend on it directly. `/usr/bin/python3` belongs to python3-minimal,
-    /// which has no standard library; `python3` (same source, depends on it) brings it. Only
-    /// for the owners of named inputs: for a library it would pull in its `-dev` package.
+    /// virtual packages resolved to what is installed), and those that the packages in
+    /// `recommending` recommend and are installed (apt installs them by default), sorted.
+    fn closure(&self, seeds: &[PkgId], recommending: &BTreeSet<PkgId>) -> Vec<PkgId>;
+    /// The installed package of this name (`name` or `name:arch`).
+    fn find(&self, name: &str) -> Option<PkgId>;
+    /// The installed packages marked `Essential: yes`: what every package may use without
+    /// declaring it (coreutils, sed, gzip, tar, bash, ...).
+    fn essential(&self) -> Vec<PkgId>;
+    /// The machine's top-level symlinks to directories, as `(/bin, /usr/bin)`: merged `/usr`.
+    fn aliases(&self) -> Vec<(PathBuf, PathBuf)>;
+    /// The package's executable called `name` in a `bin` or `sbin` folder of `/`'s, as the
+    /// image has it (`/usr/bin/git`), if it has one.
+    fn program(&self, id: PkgId, name: &str) -> Option<PathBuf>;
+    /// The installed packages that depend on `id` directly and ship an executable `called`
+    /// in some `bin` folder: those that do the work of a wrapper of `id`'s called so
+    /// (`psql` is postgresql-client-common's `pg_wrapper`, which runs postgresql-client-15's
+    /// `/usr/lib/postgresql/15/bin/psql`).
+    fn wrapped(&self, id: PkgId, called: &str) -> Vec<PkgId>;
+    /// A maintainer script of the package (`postinst`, `preinst`), if it has one.
+    fn script(&self, id: PkgId, which: &str) -> Option<String>;
+    /// The installed package that completes the one owning a program: built from the same
+    /// source, depending on it directly, and named as it is without its `-minimal` or `-base`
+    /// suffix. `/usr/bin/python3` belongs to python3-minimal, which has no standard library;
+    /// `python3` brings it; perl-base is completed by perl. Only for the owners of named
+    /// inputs, and no wider: openjdk-17-jre-headless's java must not bring the whole JDK
+    /// and its desktop libraries.
     fn completion(&self, id: PkgId) -> Vec<PkgId>;
     /// How many installed packages depend on `id` directly: how widely it is shared.
     fn dependents(&self, id: PkgId) -> usize;

@@ -62,6 +62,7 @@
 //! | `s3.rs` | a shared store's bytes: blobs in S3-compatible object storage, several endpoints |
 //! | `postgres.rs` | a shared store's metadata in PostgreSQL: the schema and its migrations, every query, the advisory locks |
 //! | `gc_shared.rs` | garbage collection of a shared store, one replica at a time |
+//! | `pulls.rs` | which on-demand images were pulled, for the prepack after a restart |
 //!
 //! **A shared store** (`Store::open_shared`: `--store s3://BUCKET/PREFIX --metadata
 //! postgres://…`) keeps the same API over other engines, so that several replicas serve one
@@ -76,6 +77,7 @@ mod gate;
 pub mod gc;
 mod gc_shared;
 pub mod postgres;
+mod pulls;
 mod repositories;
 pub mod s3;
 pub mod verify;

@@ -73,6 +73,11 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX uploads_by_age ON uploads (updated_at);",
     // 3: the collector marks what it is about to remove (see `gc_shared`).
     "ALTER TABLE blobs ADD COLUMN doomed boolean NOT NULL DEFAULT false;",
+    // 4: the on-demand images clients pulled, which a replica prepacks at start.
+    "CREATE TABLE pulls (
+         image text PRIMARY KEY,
+         first_at timestamptz NOT NULL DEFAULT now()
+     );",
 ];
 
 /// The advisory lock one replica's collector holds for its pass.
@@ -525,6 +530,22 @@ impl Metadata {
         )
         .await
         .map(drop)
+    }
+
+    pub async fn record_pull(&self, image: &str) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO pulls (image) VALUES ($1) ON CONFLICT (image) DO NOTHING",
+            &[&image],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn pulls(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .rows("SELECT image FROM pulls ORDER BY image", &[])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     pub async fn layer_cache_records(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {

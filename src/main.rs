@@ -75,6 +75,10 @@ fn main() -> ExitCode {
                 check: Some(path),
             } => {
                 let settings = serve::settle(args, file)?;
+                let problems = serve::unusable_paths(&settings);
+                if !problems.is_empty() {
+                    return Err(format!("{}: {}", path.display(), problems.join("; ")));
+                }
                 say(format_args!("config     {}: valid", path.display()));
                 for line in serve::summary(&settings) {
                     say(format_args!("{line}"));

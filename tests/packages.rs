@@ -325,7 +325,13 @@ fn an_edited_conffile_a_root_only_file_and_generated_files_stay_on_the_machine()
             "{p} (of openssh-client, unchanged) is not in the image"
         );
     }
-    assert!(layers(&out.stdout).iter().any(|(_, l)| l == "libc6"));
+    // libc6 is in the Essential set's layer, the bottom one of every image with packages.
+    let labels: Vec<String> = layers(&out.stdout).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(
+        labels.first().map(String::as_str),
+        Some("essential packages")
+    );
+    assert!(labels.iter().any(|l| l == "openssh-client"), "{labels:?}");
     // Generated at install time, by no package: never packed.
     for generated in ["etc/ld.so.cache", "etc/ssh/ssh_host_ed25519_key"] {
         assert!(
@@ -559,4 +565,29 @@ fn library_and_app(dir: &Path, function: &str, message: &str) {
         format!("void {function}(void);\nint main(void) {{ {function}(); return 0; }}\n"),
     )
     .expect("write");
+}
+
+/// Same inputs, same digests: python3 with its packages (the Essential set, what it
+/// recommends, the accounts, the CA bundle) packed into two stores is the same image.
+#[test]
+fn python3_packed_twice_on_two_stores_has_the_same_digests() {
+    if !installed("/usr/bin/python3", "python3") {
+        return;
+    }
+    let _machine = machine_read();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pack = |store: &str| {
+        let out = run_ok(common::pack_in(&dir.path().join(store)).args([
+            "--tag",
+            "py:1",
+            "/usr/bin/python3",
+        ]));
+        (common::report(&out), layers(&out.stdout))
+    };
+    let (a, layers_a) = pack("a");
+    let (b, layers_b) = pack("b");
+    assert_eq!(a.get("manifest"), b.get("manifest"));
+    assert!(a.get("manifest").is_some(), "{a:?}");
+    assert_eq!(layers_a, layers_b);
+    assert!(layers_a.len() > 2, "{layers_a:?}");
 }

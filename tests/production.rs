@@ -680,10 +680,12 @@ level = 6
 block_size = "512K"
 threads = 2
 closure = "elf"
+recommends = false
 cache = true
 
 [on_demand]
 root = "{d}/root"
+packages = true
 max_packs = 1
 prepack = false
 rescan = 30
@@ -820,6 +822,27 @@ read = ["c/*"]"#,
     let (ok, _, err) = run(&["config", "check", &f], &[]);
     assert!(!ok);
     assert!(err.contains("access.users.carol: no such user"), "{err}");
+
+    // A file or folder it names that is not there is refused, naming it (serve only warns
+    // of a missing image input: the file may come later).
+    for (what, missing, named) in [
+        (
+            format!("root = \"{d}/root\""),
+            format!("root = \"{d}/no-root\""),
+            "no-root",
+        ),
+        (
+            format!("inputs = [\"{input}\"]"),
+            format!("inputs = [\"{d}/no-input\"]"),
+            "no-input",
+        ),
+    ] {
+        assert!(config.contains(&what), "{what}");
+        std::fs::write(&file, config.replacen(&what, &missing, 1)).expect("write");
+        let (ok, _, err) = run(&["config", "check", &f], &[]);
+        assert!(!ok, "{missing}");
+        assert!(err.contains(named), "{err}");
+    }
 }
 
 #[test]

@@ -183,6 +183,7 @@ struct Pack {
     block_size: Option<Size>,
     threads: Option<usize>,
     closure: Option<String>,
+    recommends: Option<bool>,
     cache: Option<bool>,
 }
 
@@ -190,6 +191,7 @@ struct Pack {
 #[serde(deny_unknown_fields)]
 struct OnDemand {
     root: Option<PathBuf>,
+    packages: Option<bool>,
     max_packs: Option<usize>,
     prepack: Option<bool>,
     rescan: Option<u64>,
@@ -420,11 +422,18 @@ pub fn apply(
     );
     fill(
         m,
+        "no_recommends",
+        &mut image_args.no_recommends,
+        pack.recommends.map(|r| !r),
+    );
+    fill(
+        m,
         "no_cache",
         &mut image_args.no_cache,
         pack.cache.map(|c| !c),
     );
     fill(m, "root", &mut args.root, on_demand.root.map(Some));
+    fill(m, "packages", &mut args.packages, on_demand.packages);
     fill(
         m,
         "max_packs",

@@ -172,6 +172,41 @@ fn address(text: &str, flag: &str) -> Result<SocketAddr, String> {
 }
 
 /// The lines `serve` prints about its settings before `listening`, and `config check` prints.
+/// The files and folders the settings name that cannot be used now, one line each: the
+/// store (or, for a new one, the folder it would be made in), the on-demand images' inputs
+/// and root. TLS certificates and the htpasswd file were read by `settle` already.
+pub fn unusable_paths(s: &Settings) -> Vec<String> {
+    let mut problems = Vec::new();
+    if s.shared.is_none() {
+        let existing = s.store_dir.ancestors().find(|a| a.exists());
+        match existing {
+            Some(dir) if dir == s.store_dir && !dir.is_dir() => {
+                problems.push(format!("store {}: not a folder", dir.display()))
+            }
+            Some(dir) => {
+                if let Err(e) = quinistry::ondemand::readable(dir) {
+                    problems.push(format!("store {}: {e}", dir.display()));
+                }
+            }
+            None => problems.push(format!(
+                "store {}: no folder above it exists",
+                s.store_dir.display()
+            )),
+        }
+    }
+    if s.start.is_some() && !s.image.is_self {
+        for input in &s.image.inputs {
+            if let Err(e) = quinistry::ondemand::readable(&input.source) {
+                problems.push(format!("input {}: {e}", input.source.display()));
+            }
+        }
+    }
+    if let Some(setup) = &s.on_demand {
+        problems.extend(setup.unreadable());
+    }
+    problems
+}
+
 pub fn summary(s: &Settings) -> Vec<String> {
     let c = &s.config;
     let mut lines = vec![

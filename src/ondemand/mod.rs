@@ -246,6 +246,42 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// What the images name that cannot be read now (an input, the root): one line each.
+    /// `serve` only warns of these (a file may appear later); `config check` refuses them.
+    pub fn unreadable(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let inputs = self
+            .explicit
+            .iter()
+            .flat_map(|(name, tags)| tags.iter().map(move |(tag, e)| (name, tag, e)))
+            .flat_map(|(name, tag, e)| e.inputs.iter().map(move |i| (name, tag, i)));
+        for (name, tag, input) in inputs {
+            if let Err(e) = readable(&input.source) {
+                problems.push(format!(
+                    "image {name}:{tag}: input {}: {e}",
+                    input.source.display()
+                ));
+            }
+        }
+        if let Some(root) = &self.root
+            && let Err(e) = readable(&root.dir)
+        {
+            problems.push(format!("root {}: {e}", root.dir.display()));
+        }
+        problems
+    }
+}
+
+/// Whether `path` can be read: a file opened, a folder listed.
+pub fn readable(path: &Path) -> std::io::Result<()> {
+    if std::fs::metadata(path)?.is_dir() {
+        std::fs::read_dir(path).map(drop)
+    } else {
+        std::fs::File::open(path).map(drop)
+    }
+}
+
 impl OnDemand {
     /// Sets up the images; packs nothing. Returns the lines that describe them, for the
     /// operator. Problems under the root (names that collide or cannot be mapped, symlinks

@@ -192,6 +192,16 @@ pub fn storage_full() -> RegistryError {
 /// the client, who asked for that image; faults of the server's store are only logged.
 impl From<&crate::ondemand::ResolveError> for RegistryError {
     fn from(e: &crate::ondemand::ResolveError) -> Self {
+        use crate::ondemand::ResolveError;
+        match e {
+            ResolveError::UnknownPackage { .. } => {
+                return RegistryError::new(Code::NameUnknown, e.to_string());
+            }
+            ResolveError::TooManyPackages { .. } => {
+                return RegistryError::new(Code::NameInvalid, e.to_string());
+            }
+            _ => {}
+        }
         if e.disk_full() {
             tracing::error!(error = %e, "on-demand image failed: the disk is full");
             return storage_full();

@@ -6,9 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{DockerCleanup, Serving, have_docker, run_ok, sh};
+use common::{DockerCleanup, Serving, docker_output, have_docker, installed, run_ok, sh};
 
 /// The programs these tests pack, and the Debian package each must come from whole (`perl`,
 /// not only perl-base, for its modules; `python3`, not only python3-minimal).
@@ -37,28 +37,8 @@ fn machine_write() -> std::sync::RwLockWriteGuard<'static, ()> {
     MACHINE.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Whether `program` is installed from the Debian package `package` (skip or fail if not).
-fn installed(program: &str, package: &str) -> bool {
-    let ok = Path::new(program).exists()
-        && Command::new("dpkg-query")
-            .args(["-W", "-f", "${Status}", package])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).ends_with("installed"));
-    if !ok {
-        common::skip(&format!(
-            "{program} from the Debian package {package} is not installed: apt-get install {package}"
-        ));
-    }
-    ok
-}
-
 fn all_installed() -> bool {
     PROGRAMS.iter().all(|(p, pkg)| installed(p, pkg))
-}
-
-/// `docker ARGS`, its output whatever the exit status.
-fn docker_output(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().expect("docker")
 }
 
 /// `docker run --rm --network none [OPTS] IMAGE ARGS`, which must succeed: what the program

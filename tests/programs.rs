@@ -9,29 +9,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{DockerCleanup, Serving, have_docker, run_ok};
-
-/// `docker ARGS`, its output whatever the exit status.
-fn docker_output(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().expect("docker")
-}
-
-/// Whether the Debian `package` is installed and `program` is there (skip or fail if not).
-fn installed(program: &str, package: &str) -> bool {
-    let ok = Path::new(program).exists()
-        && Command::new("dpkg-query")
-            .args(["-W", "-f", "${Status}", package])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).ends_with("installed"));
-    if !ok {
-        common::skip(&format!(
-            "{program} from the Debian package {package} is not installed: apt-get install {package}"
-        ));
-    }
-    ok
-}
+use common::{DockerCleanup, Serving, docker_output, have_docker, installed, run_ok};
 
 /// One server for the whole binary's cases would share state between tests; each test has
 /// its own, over `--root /usr/bin` (which also serves `pkgs/...`), and no prepacking.

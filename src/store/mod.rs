@@ -556,6 +556,20 @@ impl Store {
             })?,
         ))
     }
+
+    /// Writes `bytes` to `dest` whole or not at all: a temp file renamed over it. Not
+    /// fsynced: for records whose loss in a crash costs a repack or a prepack, no more.
+    fn write_record(
+        &self,
+        prefix: &str,
+        dest: &Path,
+        bytes: &[u8],
+        what: &'static str,
+    ) -> Result<()> {
+        let (mut file, temp) = self.create_temp(prefix)?;
+        ctx(io::Write::write_all(&mut file, bytes), "write", &temp)?;
+        ctx(temp.persist(dest).map_err(|e| e.error), what, dest)
+    }
 }
 
 /// What identifies a file's current content without reading it: the file's device and inode

@@ -29,13 +29,7 @@ impl Store {
         let bytes = image.as_bytes().to_vec();
         blocking(move || {
             ctx(std::fs::create_dir_all(&dir), "create directory", &dir)?;
-            let (mut file, temp) = s.create_temp("pull-")?;
-            ctx(io::Write::write_all(&mut file, &bytes), "write", &temp)?;
-            ctx(
-                temp.persist(&path).map_err(|e| e.error),
-                "write pull record",
-                &path,
-            )
+            s.write_record("pull-", &path, &bytes, "write pull record")
         })
         .await
     }

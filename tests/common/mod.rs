@@ -394,6 +394,26 @@ pub fn have_docker() -> bool {
     ok
 }
 
+/// `docker ARGS`, its output whatever the exit status.
+pub fn docker_output(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("docker")
+}
+
+/// Whether `program` is installed from the Debian package `package` (skip or fail if not).
+pub fn installed(program: &str, package: &str) -> bool {
+    let ok = Path::new(program).exists()
+        && Command::new("dpkg-query")
+            .args(["-W", "-f", "${Status}", package])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).ends_with("installed"));
+    if !ok {
+        skip(&format!(
+            "{program} from the Debian package {package} is not installed: apt-get install {package}"
+        ));
+    }
+    ok
+}
+
 /// Runs `docker ARGS` and insists on success; its stdout, trimmed.
 pub fn docker(args: &[&str]) -> String {
     let out = run_ok(Command::new("docker").args(args));

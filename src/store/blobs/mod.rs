@@ -218,16 +218,7 @@ impl Store {
         }
         let s = self.clone();
         let dest = self.layer_cache_dir().join(key.hex());
-        blocking(move || {
-            let (mut file, temp) = s.create_temp("cache-")?;
-            ctx(io::Write::write_all(&mut file, &bytes), "write", &temp)?;
-            ctx(
-                temp.persist(&dest).map_err(|e| e.error),
-                "write layer-cache record",
-                &dest,
-            )
-        })
-        .await
+        blocking(move || s.write_record("cache-", &dest, &bytes, "write layer-cache record")).await
     }
 
     pub async fn has_blob(&self, digest: &Digest) -> Result<bool> {

@@ -121,9 +121,10 @@ echo "binary: $bin$( [ -n "$before" ] && echo "; before: $before")"
 seed_ok=
 if ! (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null; then
   mkdir -p "$work/seed"
-  # The seed as kept (../shared/seed) lacks its config types; benches/seed-types.go has them.
-  cp "${SEED:-../shared/seed/quinistry-seed.go.txt}" "$work/seed/main.go" 2>/dev/null || true
-  cp benches/seed-types.go "$work/seed/types.go"
+  # The seed as the project started (benches/seed/main.go.txt, kept as text so that no Go
+  # tool takes it for part of this crate) lacks its config types; types.go has them.
+  cp "${SEED:-benches/seed/main.go.txt}" "$work/seed/main.go" 2>/dev/null || true
+  cp benches/seed/types.go "$work/seed/types.go"
   if [ -s "$work/seed/main.go" ] && (cd "$work/seed" && GO111MODULE=off GOCACHE=$work/gocache go build -o seed main.go types.go) 2>"$work/seed/build.log"; then
     cat "$work/seed/seed" "$work/input" >"$work/seed/seed-big"
     chmod +x "$work/seed/seed-big"

@@ -1,5 +1,6 @@
 //! quinistry: pack files into OCI/Docker images with a streaming pipeline, and keep them in a
-//! content-addressed store on disk.
+//! content-addressed store: a directory, or object storage with PostgreSQL shared by
+//! replicas.
 //!
 //! Data flows one way: the CLI (`main.rs`) hands inputs to [`pack`], which streams them
 //! through tar, hashing and compression into the [`store`]; [`image`] turns the result into a
@@ -16,10 +17,10 @@
 //! |---|---|
 //! | [`digest`] | the `Digest` type, parsing, the hashing writer; no disk access |
 //! | [`reference`](mod@reference) | repository-name and tag grammar; what makes a name safe as a path |
-//! | [`store`] | every on-disk path of the store, temp files, atomic commit, tags, links, verify |
+//! | [`store`] | every path and key of the store, temp files, atomic commit, tags, links, verify, gc; the shared store's object storage and database |
 //! | [`pack`] | the pipeline and tar determinism; `compress` and `gzip` (the layer's compression), `cache` (the layer cache), `layout` (OCI layout export), `progress` |
-//! | [`runtime`] | what an image needs to run: `elf`, a dynamic ELF executable's interpreter and libraries, found as ld.so finds them |
-//! | [`ondemand`] | `--image` and `--root` images: the root scan, its confinement, resolution per request; `flight` (concurrent callers share one pack) |
+//! | [`runtime`] | what an image needs to run: `elf`, a dynamic ELF executable's interpreter and libraries, found as ld.so finds them; `dpkg` and `packages`, the package database; `base`, the accounts and files no package ships |
+//! | [`ondemand`] | `--image`, `--root` and `pkgs/` images: the root scan, its confinement, resolution per request; `flight` (concurrent callers share one pack); `prepack` |
 //! | [`image`] | config and manifest JSON (canonical bytes); no I/O |
 //! | [`registry`] | the HTTP API: router, one file per resource, OCI errors, TLS, access rules, health |
 //! | [`metrics`] | Prometheus metrics, off unless `serve --metrics-listen` |

@@ -1248,3 +1248,14 @@ fn sighup_reloads_a_certificate_whose_change_no_watched_folder_saw() {
         server.log_text()
     );
 }
+
+/// The commented example config the README points to is one `serve` accepts, with every
+/// file and folder it names there.
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quinistry.toml");
+    let (ok, out, err) = run(&["config", "check", example], &[]);
+    assert!(ok, "{err}");
+    assert!(line(&out, "config").ends_with("valid"), "{out}");
+    assert!(line(&out, "gc").starts_with("gc         every 1h"), "{out}");
+}

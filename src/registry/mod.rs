@@ -6,15 +6,17 @@
 //! | `base.rs` | `GET /v2/` |
 //! | `manifests.rs` | `/v2/<name>/manifests/<reference>`: `Accept` negotiation; push, delete |
 //! | `blobs.rs` | `/v2/<name>/blobs/<digest>`, streamed, with `Range`; delete |
-//! | `uploads.rs` | `/v2/<name>/blobs/uploads/...`: pushing blobs, whole, chunked or mounted |
+//! | `uploads/` | `/v2/<name>/blobs/uploads/...`: pushing blobs, whole, chunked or mounted; `shared.rs`, sessions kept in a shared store's database |
 //! | `referrers.rs` | `/v2/<name>/referrers/<digest>` |
-//! | `tags.rs`, `catalog.rs` | the two paginated lists (`pagination.rs`) |
+//! | `tags.rs`, `catalog.rs` | the two paginated lists |
 //! | `auth.rs` | basic authentication against an htpasswd file |
 //! | `rules.rs` | per-repository rights of users and anonymous clients |
 //! | `health.rs` | `/healthz`, `/readyz`, and the metrics port |
 //! | `tls.rs` | rustls, its certificate reloaded when the files change |
 //! | `errors.rs` | OCI error bodies and their statuses |
 //! | `body.rs` | response bodies and the per-request access log |
+//! | `mapped.rs` | blob bodies as memory maps of the file |
+//! | `pagination.rs` | `n` and `last` of the two lists |
 //! | `server.rs`, `conn.rs` | the listener, connection limits and timeouts |
 //!
 //! Reads go to the store, and to [`OnDemand`] for the images it packs on request. Writes

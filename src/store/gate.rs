@@ -31,7 +31,8 @@ use crate::digest::Digest;
 #[derive(Debug)]
 pub struct Pin {
     _turn: tokio::sync::OwnedRwLockReadGuard<()>,
-    /// The shared flock; none on a shared store, which has no collector yet to keep out.
+    /// The shared flock; none on a shared store, whose collector is kept out by row locks
+    /// in its database instead (`gc_shared`).
     _file: Option<stdfs::File>,
 }
 
@@ -49,7 +50,7 @@ pub(crate) struct Exclusive {
 /// claims are found unlocked and removed by the next sweep.
 #[derive(Debug)]
 pub struct Hold {
-    /// The flock'd claim file and its path; none on a shared store (no collector yet).
+    /// The flock'd claim file and its path; none on a shared store (see `Pin`).
     _file: Option<stdfs::File>,
     path: Option<PathBuf>,
 }

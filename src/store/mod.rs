@@ -211,8 +211,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     }
 }
 
-/// A handle on a store directory. Cheap to clone; all state is on disk, but for running
-/// totals kept for metrics.
+/// A handle on a store: a directory, or a shared store's services. Cheap to clone; all
+/// state is in the store, but for running totals kept for metrics.
 #[derive(Debug, Clone)]
 pub struct Store {
     /// The store's root directory; every path below is derived from it here and nowhere else.

@@ -3,7 +3,9 @@
 //! latency of a normal request during the attack, the status codes the attack got, and
 //! (with a Docker engine) whether a `docker pull` and a `docker push` succeed meanwhile.
 //!
-//! `cargo bench --bench attack` runs this build; `QUINISTRY_BIN=/path/to/quinistry` another
+//! A tool, not a benchmark or a test: `cargo run --release --example attack` runs it against
+//! this build (`cargo build --release` first: it runs the `quinistry` beside it in the target
+//! folder); `QUINISTRY_BIN=/path/to/quinistry` another
 //! (an older one, for before/after figures: flags it does not know are left out when
 //! `QUINISTRY_BEFORE=1`). Every attack is bounded in count and time, stops by itself, and
 //! talks to 127.0.0.1 only.
@@ -55,7 +57,14 @@ impl Server {
 }
 
 fn bin() -> String {
-    std::env::var("QUINISTRY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_quinistry").to_owned())
+    std::env::var("QUINISTRY_BIN").unwrap_or_else(|_| {
+        // target/<profile>/examples/attack → target/<profile>/quinistry
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("quinistry")))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "quinistry".to_owned())
+    })
 }
 
 fn before() -> bool {

@@ -182,7 +182,7 @@ async fn root_images_are_packed_on_first_pull_and_nothing_else_is_reachable() {
 
     let server = serve_root(&store, &dir.path().join("logs"), &root, "info");
     let addr = server.addr.clone();
-    let http = reqwest::Client::new();
+    let http = common::http();
     // Nothing is packed at start; the problems are reported.
     assert!(
         blobs(&store).is_empty(),
@@ -314,7 +314,7 @@ async fn twenty_concurrent_first_pulls_share_one_pack() {
     // Incompressible, so the pack takes long enough for the pulls to pile up behind it.
     executable(&root.join("big"), &noise(24 << 20, 5));
     let server = serve_root(&store, &dir.path().join("logs"), &root, PACK_LOG);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
     let pulls: Vec<_> = (0..20)
         .map(|_| {
@@ -366,7 +366,7 @@ async fn packs_beyond_max_packs_wait_for_a_slot() {
         ],
         PACK_LOG,
     );
-    let http = reqwest::Client::new();
+    let http = common::http();
     let pulls: Vec<_> = ["a", "b", "c"]
         .iter()
         .map(|name| {
@@ -418,7 +418,7 @@ async fn a_failed_pack_gives_every_waiter_the_same_error() {
         &root,
         "info",
     );
-    let http = reqwest::Client::new();
+    let http = common::http();
     let requests: Vec<_> = (0..20)
         .map(|_| {
             let url = format!("http://{}/v2/app/manifests/latest", server.addr);
@@ -465,7 +465,7 @@ async fn the_layer_cache_survives_restarts_and_never_serves_a_damaged_blob() {
     let store = dir.path().join("store");
     let bytes = noise(4 << 20, 9);
     executable(&root.join("tool"), &bytes);
-    let http = reqwest::Client::new();
+    let http = common::http();
     let run = |n: usize| {
         let server = serve_root(
             &store,
@@ -530,7 +530,7 @@ async fn explicit_images_are_packed_on_first_pull() {
     let store = dir.path().join("store");
     let args = ["--no-prepack", "--image", &pair, "--image", &missing];
     let server = Serving::start(&store, dir.path(), &args);
-    let http = reqwest::Client::new();
+    let http = common::http();
     assert!(blobs(&store).is_empty(), "packed at start");
     assert_eq!(catalog(&http, &server.addr).await, ["later", "tools/pair"]);
 
@@ -738,7 +738,7 @@ async fn files_are_packed_in_the_background_and_a_pull_joins_the_pack_in_flight(
     );
     // Nobody asked; the pack starts anyway. A pull now joins it rather than packing again.
     wait_for_log(&server, "packing layer:");
-    let http = reqwest::Client::new();
+    let http = common::http();
     let first = pull(&http, &server.addr, "big").await;
     let log = server.log_text();
     assert_eq!(count(&log, "packing layer:"), 1, "{log}");
@@ -791,7 +791,7 @@ async fn root_images_are_prepacked_once_pulled_and_configured_ones_always() {
     assert_eq!(count(&log, "packing layer:"), 1, "{log}");
     assert!(log.contains("image=conf:latest}"), "{log}");
     assert!(!log.contains("image=pulled:latest}"), "{log}");
-    let http = reqwest::Client::new();
+    let http = common::http();
     let first = pull(&http, &server.addr, "pulled").await;
     drop(server);
 
@@ -840,7 +840,7 @@ async fn a_file_changed_during_a_background_pack_never_yields_a_wrong_layer() {
     assert_eq!(count(&log, "packed layer in"), 0, "{log}");
     // The change brings another pass, which packs what the file holds now.
     wait_for_log(&server, "packed layer in");
-    let http = reqwest::Client::new();
+    let http = common::http();
     let pulled = pull(&http, &server.addr, "tool").await;
     let store = dir.path().join("store");
     assert!(

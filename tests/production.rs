@@ -953,7 +953,7 @@ async fn push_image(
     user: Option<(&str, &str)>,
     seed: u64,
 ) -> Vec<(u16, String)> {
-    let client = reqwest::Client::new();
+    let client = common::http();
     let auth = |r: reqwest::RequestBuilder| match user {
         Some((u, p)) => r.basic_auth(u, Some(p)),
         None => r,
@@ -1089,7 +1089,7 @@ read = ["a/*"]
 
     let get = |path: &str, user: Option<(&str, &str)>| {
         rt.block_on(async {
-            let client = reqwest::Client::new();
+            let client = common::http();
             let mut r = client
                 .get(format!("http://{addr}{path}"))
                 .header("accept", "application/vnd.oci.image.manifest.v1+json");
@@ -1123,7 +1123,7 @@ read = ["a/*"]
     // A mount from a repository alice may not read is no mount: she must send the blob.
     let tool_layer = &server.report["layer"];
     let mount = rt.block_on(async {
-        reqwest::Client::new()
+        common::http()
             .post(format!(
                 "http://{addr}/v2/a/m/blobs/uploads/?mount={tool_layer}&from=private/tool"
             ))

@@ -52,10 +52,7 @@ async fn a_push_onto_a_full_disk_is_507_and_stores_nothing() {
     tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let http = common::http_builder().no_proxy().build().expect("client");
     let url = |p: &str| format!("http://{addr}{p}");
 
     let big = common::noise(4 << 20, 11);

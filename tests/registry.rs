@@ -51,10 +51,7 @@ impl Fixture {
             addr,
             stop: Some(stop),
             task: Some(task),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .expect("client"),
+            http: common::http_builder().no_proxy().build().expect("client"),
         }
     }
 
@@ -757,10 +754,7 @@ async fn shutdown_lets_a_running_download_finish() {
     hasher.update(&first);
 
     // An idle keep-alive connection must not hold the shutdown up.
-    let idle = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let idle = common::http_builder().no_proxy().build().expect("client");
     assert_eq!(
         idle.get(f.url("/v2/")).send().await.expect("idle").status(),
         200

@@ -565,6 +565,8 @@ async fn wrong_passwords(addr: SocketAddr, statuses: Statuses) {
 }
 
 fn main() {
+    // reqwest's rustls takes the process's crypto provider: ring, as the server's.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     // Our own side needs descriptors for 20,000 connections too.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");

@@ -124,6 +124,9 @@ impl Objects {
     /// Clients for `location`, with region and credentials from the `AWS_*` variables.
     /// Nothing is contacted yet ([`Objects::probe`] does).
     pub fn new(location: &Location) -> Result<Objects, StoreError> {
+        // reqwest's rustls takes the process's provider: ring, the server's own (already
+        // installed by another store of this process: then that one stays).
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         let mut endpoints = Vec::new();
         for endpoint in location.endpoints() {
             let mut b = AmazonS3Builder::from_env()

@@ -109,7 +109,7 @@ impl SharedStore {
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    super::http_builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -10,6 +10,18 @@ use std::process::{Command, Output};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_quinistry");
 
+/// The tests' HTTP client. reqwest's rustls takes the process's crypto provider: ring, as
+/// the server's (one provider in the build, not two).
+pub fn http() -> reqwest::Client {
+    http_builder().build().expect("HTTP client")
+}
+
+/// `http()`, to be set up further.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// A `quinistry` command with a clean environment: no `SOURCE_DATE_EPOCH` and no
 /// `QUINISTRY_*` setting of the caller's reaches it.
 pub fn quinistry() -> Command {

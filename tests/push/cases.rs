@@ -89,7 +89,7 @@ impl Fixture {
             addrs,
             turn: Default::default(),
             _stop: stops,
-            http: reqwest::Client::builder()
+            http: common::http_builder()
                 .no_proxy()
                 .build()
                 .expect("client"),

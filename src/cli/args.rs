@@ -475,9 +475,12 @@ pub struct ServeArgs {
 impl StoreArg {
     /// The object storage of an s3:// store, `None` for a directory; with a message if the
     /// URL is bad or --metadata is missing.
-    pub fn shared(&self) -> Result<Option<(quinistry::store::s3::Location, String)>, String> {
+    pub fn shared(&self) -> Result<Option<(quinistry::store::object::Location, String)>, String> {
         let dir = self.dir()?;
-        let Some(parsed) = dir.to_str().and_then(quinistry::store::s3::Location::parse) else {
+        let Some(parsed) = dir
+            .to_str()
+            .and_then(quinistry::store::object::Location::parse)
+        else {
             if self.metadata.is_some() {
                 return Err("--metadata goes with an s3:// --store (a directory store keeps its metadata in files)".into());
             }

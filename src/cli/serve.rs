@@ -41,7 +41,7 @@ pub struct Settings {
     rescan: Duration,
     store_dir: PathBuf,
     /// An s3:// store's object storage and metadata database (`None`: a directory store).
-    shared: Option<(quinistry::store::s3::Location, String)>,
+    shared: Option<(quinistry::store::object::Location, String)>,
     /// `--redirect`: how long a blob GET's presigned URL is valid.
     redirect: Option<Duration>,
     /// A collector pass every this long, with this policy (`--gc-interval`).

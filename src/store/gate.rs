@@ -32,7 +32,7 @@ use crate::digest::Digest;
 pub struct Pin {
     _turn: tokio::sync::OwnedRwLockReadGuard<()>,
     /// The shared flock; none on a shared store, whose collector is kept out by row locks
-    /// in its database instead (`gc_shared`).
+    /// in its database instead (`postgres/gc.rs`).
     _file: Option<stdfs::File>,
 }
 

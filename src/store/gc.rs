@@ -186,7 +186,7 @@ impl GcReport {
 /// Runs one pass: retention, mark, sweep (see the module doc).
 pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result<GcReport> {
     if store.is_shared() {
-        return super::gc_shared::collect(store, roots, policy).await;
+        return super::postgres::gc::collect(store, roots, policy).await;
     }
     let started = Instant::now();
     let mut report = GcReport {

@@ -54,14 +54,13 @@
 //! | file | owns |
 //! |---|---|
 //! | `mod.rs` | every path above, opening a store, temp files, the durable file operations |
-//! | `blobs/` | blobs: writing (`BlobWriter`), reading, verifying, listing; layer-cache records; `object.rs`: a shared store's uploads, sessions and reads |
+//! | `blobs/` | blobs: writing (`BlobWriter`), reading, verifying, listing; layer-cache records |
 //! | `repositories.rs` | tags, links, referrer records, and which repositories exist |
 //! | `verify.rs` | the graph check: tags, links, manifests and referrers against each other |
 //! | `gate.rs` | the gate between the collector and writers: pins, touches, holds |
 //! | `gc.rs` | garbage collection, online: retention, mark, sweep, and why no push loses a blob |
-//! | `s3.rs` | a shared store's bytes: blobs in S3-compatible object storage, several endpoints |
-//! | `postgres.rs` | a shared store's metadata in PostgreSQL: the schema and its migrations, every query, the advisory locks |
-//! | `gc_shared.rs` | garbage collection of a shared store, one replica at a time |
+//! | `object/` | a shared store's bytes: blobs in object storage, several endpoints (`mod.rs`); `writer.rs`, its uploads, sessions suspended between requests, the commit by server-side copy, streams and presigned URLs |
+//! | `postgres/` | a shared store's metadata in PostgreSQL: the schema and its migrations, every query, the advisory locks (`mod.rs`); `gc.rs`, its garbage collection, one replica at a time |
 //! | `pulls.rs` | which on-demand images were pulled, for the prepack after a restart |
 //!
 //! **A shared store** (`Store::open_shared`: `--store s3://BUCKET/PREFIX --metadata
@@ -75,11 +74,10 @@
 mod blobs;
 mod gate;
 pub mod gc;
-mod gc_shared;
+pub mod object;
 pub mod postgres;
 mod pulls;
 mod repositories;
-pub mod s3;
 pub mod verify;
 
 use std::fs as stdfs;
@@ -149,7 +147,7 @@ pub type ByteStream =
 /// A store shared by several replicas: bytes in object storage, metadata in PostgreSQL.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub objects: s3::Objects,
+    pub objects: object::Objects,
     pub meta: postgres::Metadata,
 }
 
@@ -252,8 +250,8 @@ impl Store {
     /// database at `metadata_url` (its schema brought up to date). Both services are
     /// contacted now, so a wrong address or credentials fail here, in one line. Files this
     /// process makes to pack go to a scratch folder under the temp directory.
-    pub async fn open_shared(location: &s3::Location, metadata_url: &str) -> Result<Store> {
-        let objects = s3::Objects::new(location)?;
+    pub async fn open_shared(location: &object::Location, metadata_url: &str) -> Result<Store> {
+        let objects = object::Objects::new(location)?;
         objects.probe().await?;
         let meta = postgres::Metadata::connect(metadata_url).await?;
         let mut store = Store::at(std::env::temp_dir().join("quinistry-scratch"));

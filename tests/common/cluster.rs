@@ -87,8 +87,8 @@ impl Cluster {
 
 impl SharedStore {
     /// The object storage location, endpoints included, for `Store::open_shared`.
-    pub fn location(&self) -> quinistry::store::s3::Location {
-        let mut location = quinistry::store::s3::Location::parse(&self.url)
+    pub fn location(&self) -> quinistry::store::object::Location {
+        let mut location = quinistry::store::object::Location::parse(&self.url)
             .expect("s3 URL")
             .expect("location");
         location.endpoints = self.endpoints.clone();

@@ -1,9 +1,7 @@
 //! Blobs: writing one (`BlobWriter`: a locked temp file, hashed as it is written, committed
 //! by fsync and rename), small documents, reading, re-hashing, listing; and the layer-cache
 //! records kept beside them. A shared store's side of the writer (a multipart upload,
-//! sessions suspended between requests, the commit by server-side copy) is in `object.rs`.
-
-mod object;
+//! sessions suspended between requests, the commit by server-side copy) is in `object/writer.rs`.
 
 use std::fs as stdfs;
 use std::io;
@@ -18,8 +16,8 @@ use super::{
     create_dirs_durably, ctx, sync_dir,
 };
 use crate::digest::{Algorithm, Digest, Hasher, HashingWriter};
-pub use object::Suspended;
-use object::{ObjectSink, hash_stream, upload};
+pub use crate::store::object::writer::Suspended;
+use crate::store::object::writer::{ObjectSink, hash_stream, upload};
 
 impl Store {
     /// Starts writing a blob named by its sha256. Write the bytes, then `commit`; dropping
@@ -467,21 +465,21 @@ async fn hash_file(mut file: tokio::fs::File, algorithm: Algorithm, path: &Path)
 /// names it by its digest; dropping it without commit removes the temp file.
 pub struct BlobWriter {
     /// The file, hashed as bytes reach it (the digest is of exactly what was written).
-    out: HashingWriter<Sink>,
+    pub(in crate::store) out: HashingWriter<Sink>,
     /// The temp file's path; deleting it on drop is what makes an abandoned write vanish.
     /// None for a shared store's blob (its `ObjectSink` cleans up after itself).
-    temp: Option<tempfile::TempPath>,
+    pub(in crate::store) temp: Option<tempfile::TempPath>,
     /// A shared store's upload continued from an earlier request: the keys of the parts
     /// written before, in order (this writer's own bytes are the next part).
-    parts: Vec<String>,
+    pub(in crate::store) parts: Vec<String>,
     /// Bytes those parts hold: a writer that added none makes no part of its own.
-    resumed_at: u64,
+    pub(in crate::store) resumed_at: u64,
     /// Where to commit.
-    store: Store,
+    pub(in crate::store) store: Store,
 }
 
 /// Where a blob's bytes go while it is written.
-enum Sink {
+pub(in crate::store) enum Sink {
     /// A local store's temp file, buffered while bytes arrive. `park` writes the buffer out
     /// and gives its memory back: an upload waiting for its next chunk holds a file, not a
     /// megabyte.
@@ -650,7 +648,7 @@ impl BlobWriter {
     }
 
     /// Where the bytes go, for messages: the temp file, or the upload's key.
-    fn place(&self) -> PathBuf {
+    pub(in crate::store) fn place(&self) -> PathBuf {
         match (&self.temp, self.out.get_ref()) {
             (Some(t), _) => t.to_path_buf(),
             (None, Sink::Object(o)) => PathBuf::from(o.key.as_ref()),

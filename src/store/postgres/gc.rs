@@ -31,9 +31,9 @@
 
 use std::time::Instant;
 
-use super::gc::{GcReport, MAX_MANIFEST, Policy, names_in};
-use super::{Link, Result, Store, StoreError};
 use crate::digest::Digest;
+use crate::store::gc::{GcReport, MAX_MANIFEST, Policy, names_in};
+use crate::store::{Link, Result, Store, StoreError};
 
 pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result<GcReport> {
     let Some(shared) = store.shared() else {

@@ -17,6 +17,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+pub(crate) mod gc;
+
 use super::{Link, StoreError};
 use crate::digest::Digest;
 use crate::reference::{Name, Tag};
@@ -71,7 +73,7 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX uploads_by_client ON uploads (client);
      CREATE INDEX uploads_by_age ON uploads (updated_at);",
-    // 3: the collector marks what it is about to remove (see `gc_shared`).
+    // 3: the collector marks what it is about to remove (see `gc.rs` here).
     "ALTER TABLE blobs ADD COLUMN doomed boolean NOT NULL DEFAULT false;",
     // 4: the on-demand images clients pulled, which a replica prepacks at start.
     "CREATE TABLE pulls (

@@ -33,6 +33,8 @@ use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStore
 use super::StoreError;
 use crate::digest::Digest;
 
+pub(crate) mod writer;
+
 /// Size of one part of a multipart upload (S3's smallest but for the last).
 pub const PART_SIZE: usize = 5 << 20;
 /// Parts of one upload in flight at once: with `PART_SIZE`, a writer holds at most about

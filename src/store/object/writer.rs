@@ -1,4 +1,4 @@
-//! A shared store's blob writes and reads (see `s3`): a `BlobWriter` into a multipart
+//! A shared store's blob writes and reads (see the module above): a `BlobWriter` into a multipart
 //! upload, upload sessions suspended between requests and resumed on any replica, the
 //! commit that checks the digest and copies the upload to its digest key, and streams and
 //! presigned URLs for reads.
@@ -8,8 +8,10 @@ use std::pin::Pin;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{BlobWriter, HashingWriter, Sink, ctx};
+use crate::digest::HashingWriter;
 use crate::digest::{Algorithm, Digest, Hasher};
+use crate::store::blobs::Sink;
+use crate::store::{BlobWriter, ctx};
 use crate::store::{Result, Store, StoreError};
 
 impl Store {
@@ -125,7 +127,7 @@ impl BlobWriter {
     /// `commit_inner` for a shared store: completes the upload, checks the digest, copies
     /// the object to its digest key and records the blob in the database (in that order:
     /// the database never names a blob whose object is not whole).
-    pub(super) async fn commit_object(
+    pub(in crate::store) async fn commit_object(
         self,
         expected: Option<&Digest>,
         replace: bool,
@@ -256,7 +258,7 @@ async fn join_parts(
 
 /// The `algorithm` digest of a stream's bytes (a shared store's blob); `what` names it in
 /// errors.
-pub(super) async fn hash_stream(
+pub(in crate::store) async fn hash_stream(
     mut stream: crate::store::ByteStream,
     algorithm: Algorithm,
     what: &Digest,
@@ -292,13 +294,13 @@ impl Suspended {
 
 /// A multipart upload to a temporary key. Dropped before its blob was committed, it aborts
 /// the upload (or removes the completed object), so nothing is left behind on purpose.
-pub(super) struct ObjectSink {
+pub(in crate::store) struct ObjectSink {
     /// The upload; `None` once completed.
-    pub(super) writer: Option<object_store::buffered::BufWriter>,
-    pub(super) key: object_store::path::Path,
-    pub(super) store: Store,
+    pub(in crate::store) writer: Option<object_store::buffered::BufWriter>,
+    pub(in crate::store) key: object_store::path::Path,
+    pub(in crate::store) store: Store,
     /// Whether the upload completed and its object is still at `key`.
-    pub(super) written: bool,
+    pub(in crate::store) written: bool,
 }
 
 impl Drop for ObjectSink {
@@ -325,7 +327,7 @@ impl Drop for ObjectSink {
 }
 
 /// The upload of an object sink, while it is open.
-pub(super) fn upload(
+pub(in crate::store) fn upload(
     o: &mut ObjectSink,
 ) -> io::Result<Pin<&mut object_store::buffered::BufWriter>> {
     match &mut o.writer {

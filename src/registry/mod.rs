@@ -6,7 +6,7 @@
 //! | `base.rs` | `GET /v2/` |
 //! | `manifests.rs` | `/v2/<name>/manifests/<reference>`: `Accept` negotiation; push, delete |
 //! | `blobs.rs` | `/v2/<name>/blobs/<digest>`, streamed, with `Range`; delete |
-//! | `uploads/` | `/v2/<name>/blobs/uploads/...`: pushing blobs, whole, chunked or mounted; `shared.rs`, sessions kept in a shared store's database |
+//! | `uploads/` | `/v2/<name>/blobs/uploads/...`: pushing blobs, whole, chunked or mounted (the sessions are the store's) |
 //! | `referrers.rs` | `/v2/<name>/referrers/<digest>` |
 //! | `tags.rs`, `catalog.rs` | the two paginated lists |
 //! | `auth.rs` | basic authentication against an htpasswd file |
@@ -407,12 +407,12 @@ impl Registry {
     /// The registry with these access rules (say, pushing on).
     pub fn with_access(self, access: Access) -> Registry {
         let uploads = access.push.then(|| {
-            Uploads::new(
-                access.upload_timeout,
-                access.max_blob_size,
-                access.max_uploads,
-                access.max_uploads_per_client,
-            )
+            let limits = crate::store::sessions::SessionLimits {
+                timeout: access.upload_timeout,
+                max_sessions: access.max_uploads,
+                max_per_client: access.max_uploads_per_client,
+            };
+            Uploads::new(self.store.sessions(limits), access.max_blob_size)
         });
         Registry {
             access,

@@ -42,13 +42,6 @@ impl UploadId {
         (s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
             .then(|| UploadId(s.to_owned()))
     }
-
-    /// A fresh random id, from the kernel's generator.
-    pub fn random() -> std::io::Result<UploadId> {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
-        Ok(UploadId(hex::encode(bytes)))
-    }
 }
 
 /// What a manifest request names.
@@ -217,9 +210,13 @@ mod tests {
             code("/v2/a/blobs/uploads/0123456789ABCDEF0123456789ABCDEF"),
             Code::BlobUploadUnknown
         );
-        let fresh = UploadId::random().expect("random id");
-        assert_eq!(UploadId::parse(fresh.as_str()), Some(fresh.clone()));
-        assert_ne!(UploadId::random().expect("random id"), fresh);
+        // The ids the store's sessions draw are ids the router takes.
+        let fresh = crate::store::sessions::new_id().expect("random id");
+        assert_eq!(
+            UploadId::parse(&fresh).map(|i| i.as_str().to_owned()),
+            Some(fresh.clone())
+        );
+        assert_ne!(crate::store::sessions::new_id().expect("random id"), fresh);
         assert_eq!(code("/v2/a/referrers/latest"), Code::DigestInvalid);
         for unknown in [
             "/",

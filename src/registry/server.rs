@@ -98,9 +98,8 @@ impl Server {
                         break;
                     };
                     if let Some(uploads) = &registry.uploads {
-                        uploads.sweep();
+                        uploads.sessions.sweep().await;
                     }
-                    super::uploads::sweep_shared(&registry).await;
                 }
             })
         });

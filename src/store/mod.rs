@@ -60,8 +60,10 @@
 //! | `gate.rs` | the gate between the collector and writers: pins, touches, holds |
 //! | `gc.rs` | garbage collection, online: retention, mark, sweep, and why no push loses a blob |
 //! | `object/` | a shared store's bytes: blobs in object storage, several endpoints (`mod.rs`); `writer.rs`, its uploads, sessions suspended between requests, the commit by server-side copy, streams and presigned URLs |
-//! | `postgres/` | a shared store's metadata in PostgreSQL: the schema and its migrations, every query, the advisory locks (`mod.rs`); `gc.rs`, its garbage collection, one replica at a time |
+//! | `postgres/` | a shared store's metadata in PostgreSQL: the schema and its migrations, every query, the advisory locks (`mod.rs`); `gc.rs`, its garbage collection, one replica at a time; `sessions.rs`, upload sessions in the database |
 //! | `pulls.rs` | which on-demand images were pulled, for the prepack after a restart |
+//! | `sessions.rs` | upload sessions: the API the registry feeds; `fs/sessions.rs` and `postgres/sessions.rs` keep them |
+//! | `fs/` | what only the directory engine has: its upload sessions |
 //!
 //! **A shared store** (`Store::open_shared`: `--store s3://BUCKET/PREFIX --metadata
 //! postgres://…`) keeps the same API over other engines, so that several replicas serve one
@@ -72,12 +74,14 @@
 //! method here says `if let Some(shared) = self.shared()` first where the two differ.
 
 mod blobs;
+mod fs;
 mod gate;
 pub mod gc;
 pub mod object;
 pub mod postgres;
 mod pulls;
 mod repositories;
+pub mod sessions;
 pub mod verify;
 
 use std::fs as stdfs;
@@ -270,9 +274,17 @@ impl Store {
         self.shared.as_deref()
     }
 
-    /// A shared store's database, where its upload sessions live; `None` for a local store.
-    pub fn sessions(&self) -> Option<&postgres::Metadata> {
-        self.shared().map(|s| &s.meta)
+    /// The store's upload sessions, with these caps and timeout: in this process for a
+    /// directory store, in the database for a shared one (see `sessions`).
+    pub fn sessions(&self, limits: sessions::SessionLimits) -> sessions::Sessions {
+        let engine: Arc<dyn sessions::SessionEngine> = match self.shared() {
+            Some(_) => Arc::new(postgres::sessions::SharedSessions::new(
+                self.clone(),
+                limits,
+            )),
+            None => Arc::new(fs::sessions::LocalSessions::new(self.clone(), limits)),
+        };
+        sessions::Sessions::new(engine, limits)
     }
 
     /// What writes in progress hold now: temp files in `tmp/`, or a shared store's upload

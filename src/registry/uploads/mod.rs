@@ -10,19 +10,15 @@
 //! | `GET uploads/<id>` | 204 with `Range: 0-<last byte>` |
 //! | `DELETE uploads/<id>` | 204: cancelled, its temp file removed |
 //!
-//! A session is a store temp file fed in order and hashed as bytes arrive, so the blob is
-//! never read back to be checked (unless the `PUT` names a digest of another algorithm than
-//! the session was opened with: then it is read once); `PUT` compares the running digest
-//! with `D` and commits (fsync, rename) only on a match. Sessions live in memory and hold their temp file's lock:
-//! if the process dies, the next `Store::open` removes the file; if a client goes quiet for
-//! `upload_timeout`, the sweeper drops the session and the file with it.
+//! A session is kept by the store (`store::sessions`): in this process for a directory
+//! store, in the database for a shared one, so that a session begun on one replica goes on
+//! on another. A request checks the session out, feeds its writer (hashing as bytes come,
+//! so the blob is never read back to be checked, unless the `PUT` names a digest of another
+//! algorithm than the session was opened with: then it is read once) and checks it in; `PUT`
+//! compares the running digest with `D` and commits (fsync, rename) only on a match. A
+//! session a client leaves quiet for `upload_timeout` is ended with its bytes.
 
-mod shared;
-
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
@@ -35,265 +31,61 @@ use super::errors::{Code, RegistryError};
 use super::router::{UploadId, parse_digest};
 use crate::digest::{Algorithm, Digest};
 use crate::reference::Name;
+use crate::store::sessions::{Checkin, Checkout, Fed, Progress, Refused, Sessions};
 use crate::store::{BlobWriter, Link, StoreError};
 
-/// The live upload sessions.
+/// The registry's side of uploads: the store's sessions, and the size limit.
 pub struct Uploads {
-    table: Mutex<Table>,
-    /// A session receiving less than `MIN_PROGRESS` bytes in this long is dropped by `sweep`.
-    timeout: Duration,
+    pub(super) sessions: Sessions,
     /// Largest blob accepted, if limited.
     max_size: Option<u64>,
-    /// Most sessions open at once, and per client address: each holds a file descriptor
-    /// and a temp file.
-    max_sessions: usize,
-    max_per_client: usize,
 }
-
-/// The sessions, and how many each client address holds (or is opening: admitted, its temp
-/// file being made).
-#[derive(Default)]
-struct Table {
-    sessions: HashMap<UploadId, Arc<Slot>>,
-    /// Admitted but not yet in `sessions`.
-    opening: usize,
-    per_client: HashMap<IpAddr, usize>,
-}
-
-impl Table {
-    fn remove(&mut self, id: &UploadId) -> Option<Arc<Slot>> {
-        let slot = self.sessions.remove(id)?;
-        self.release(slot.client);
-        Some(slot)
-    }
-
-    fn release(&mut self, client: IpAddr) {
-        if let Some(n) = self.per_client.get_mut(&client) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_client.remove(&client);
-            }
-        }
-    }
-}
-
-/// A place taken under the caps for a session being opened; given back if it never opens.
-struct Admission<'a> {
-    uploads: &'a Uploads,
-    client: IpAddr,
-    /// Set once the session is in the table (its place is then the session's).
-    opened: bool,
-}
-
-impl Drop for Admission<'_> {
-    fn drop(&mut self) {
-        let mut table = self.uploads.table();
-        table.opening -= 1;
-        if !self.opened {
-            table.release(self.client);
-        }
-    }
-}
-
-/// Bytes a session must receive per `timeout` to stay open: a client that trickles a byte
-/// now and then does not keep a session (and its file) forever.
-const MIN_PROGRESS: u64 = 64 << 10;
 
 /// How long a client refused for having too many sessions is told to wait.
 const RETRY_AFTER_S: u32 = 10;
 
-/// One session. The async lock is held while a request feeds the session, so two requests
-/// cannot interleave their bytes; `None` once the session has ended.
-struct Slot {
-    session: tokio::sync::Mutex<Option<Session>>,
-    /// When the session last made progress: opened, or `MIN_PROGRESS` bytes received (checked
-    /// without the async lock, so the sweeper never waits behind an upload in progress).
-    touched: Mutex<Instant>,
-    /// Bytes received since `touched`.
-    progress: std::sync::atomic::AtomicU64,
-    /// Set when the session is dropped while a request is feeding it: the request stops.
-    cancelled: tokio_util::sync::CancellationToken,
-    /// Who opened it, for the per-client cap.
-    client: IpAddr,
-}
-
-impl Slot {
-    /// A slot for one request alone (a shared store's session lives in the database): it
-    /// only counts progress, for `watch`.
-    fn transient() -> Slot {
-        Slot {
-            session: tokio::sync::Mutex::new(None),
-            touched: Mutex::new(Instant::now()),
-            progress: std::sync::atomic::AtomicU64::new(0),
-            cancelled: tokio_util::sync::CancellationToken::new(),
-            client: IpAddr::from([0, 0, 0, 0]),
-        }
-    }
-
-    /// Cancels the slot once it made no progress for `timeout` (checked every `every`);
-    /// never returns: run it beside the request that feeds the slot.
-    async fn watch(&self, timeout: Duration, every: Duration) {
-        loop {
-            tokio::time::sleep(every).await;
-            let idle = self
-                .touched
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .elapsed();
-            if idle >= timeout {
-                self.cancelled.cancel();
-            }
-        }
-    }
-
-    /// Counts received bytes; enough of them move the session's idle clock.
-    fn received(&self, n: u64) {
-        use std::sync::atomic::Ordering;
-        let total = self.progress.fetch_add(n, Ordering::Relaxed) + n;
-        if total >= MIN_PROGRESS {
-            self.progress.store(0, Ordering::Relaxed);
-            *self.touched.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        }
-    }
-}
-
-struct Session {
-    /// Sessions belong to the repository they were opened in.
-    name: Name,
-    /// The temp file, hashing as it goes.
-    writer: BlobWriter,
-}
-
 impl Uploads {
-    pub fn new(
-        timeout: Duration,
-        max_size: Option<u64>,
-        max_sessions: usize,
-        max_per_client: usize,
-    ) -> Uploads {
-        Uploads {
-            table: Mutex::new(Table::default()),
-            timeout,
-            max_size,
-            max_sessions,
-            max_per_client,
-        }
+    pub fn new(sessions: Sessions, max_size: Option<u64>) -> Uploads {
+        Uploads { sessions, max_size }
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    /// Sessions open now in this process (a shared store's live in its database: 0).
+    pub fn open(&self) -> usize {
+        self.sessions.open_now().unwrap_or(0)
     }
 
-    /// Takes a place for a new session under the caps (counted at once, so concurrent
-    /// requests cannot all squeeze past them), or refuses: 429, to be retried later.
-    fn admit(&self, client: IpAddr) -> Result<Admission<'_>, RegistryError> {
-        let mut table = self.table();
-        let theirs = table.per_client.get(&client).copied().unwrap_or(0);
-        let open = table.sessions.len() + table.opening;
-        let why = if open >= self.max_sessions {
-            format!("{open} uploads are open, the most this registry takes at once")
-        } else if theirs >= self.max_per_client {
-            format!("this client has {theirs} uploads open, the most one client may")
-        } else {
-            table.opening += 1;
-            *table.per_client.entry(client).or_default() += 1;
-            return Ok(Admission {
-                uploads: self,
-                client,
-                opened: false,
-            });
-        };
-        Err(too_many(why))
+    pub fn sweep_interval(&self) -> std::time::Duration {
+        self.sessions.limits().sweep_interval()
     }
 
-    fn insert(
-        &self,
-        name: Name,
-        writer: BlobWriter,
-        mut admission: Admission<'_>,
-    ) -> Result<UploadId, RegistryError> {
-        let client = admission.client;
-        let id = UploadId::random().map_err(|e| {
-            tracing::error!(error = %e, "cannot draw a random upload id");
-            RegistryError::new(Code::Unknown, "internal error starting an upload")
-        })?;
-        let slot = Slot {
-            session: tokio::sync::Mutex::new(Some(Session { name, writer })),
-            touched: Mutex::new(Instant::now()),
-            progress: std::sync::atomic::AtomicU64::new(0),
-            cancelled: tokio_util::sync::CancellationToken::new(),
-            client,
-        };
-        self.table().sessions.insert(id.clone(), Arc::new(slot));
-        admission.opened = true;
-        Ok(id)
-    }
-
-    fn get(&self, name: &Name, id: &UploadId) -> Result<Arc<Slot>, RegistryError> {
-        self.table()
-            .sessions
-            .get(id)
-            .cloned()
+    /// Session `id` of `name`, checked out for this request, or 404.
+    async fn checkout(&self, name: &Name, id: &UploadId) -> Result<Checkout, RegistryError> {
+        self.sessions
+            .checkout(name, id.as_str())
+            .await?
             .ok_or_else(|| upload_unknown(name, id))
     }
 
-    fn remove(&self, id: &UploadId) {
-        self.table().remove(id);
-    }
-
-    /// Drops sessions that made no progress for the timeout; their temp files go with them.
-    /// One a request is still feeding (too slowly) is cancelled: the request ends, and with
-    /// it the session.
-    pub fn sweep(&self) {
-        let mut table = self.table();
-        let expired: Vec<UploadId> = table
-            .sessions
-            .iter()
-            .filter(|(_, slot)| {
-                slot.touched
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .elapsed()
-                    >= self.timeout
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in expired {
-            if let Some(slot) = table.remove(&id) {
-                slot.cancelled.cancel();
-                tracing::info!(session = id.as_str(), "upload expired");
-            }
+    /// Appends the request's body to the checked-out session, watched so that a request
+    /// that trickles is ended as an idle session is. Returns the new offset.
+    async fn feed(
+        &self,
+        checkout: &mut Checkout,
+        name: &Name,
+        id: &UploadId,
+        request: &HeaderMap,
+        body: &mut RequestBody,
+    ) -> Result<u64, Failure> {
+        let progress = checkout.progress.clone();
+        let limits = *self.sessions.limits();
+        let writer = checkout
+            .writer()
+            .map_err(|e| Failure::End(RegistryError::from(e)))?;
+        tokio::select! {
+            biased;
+            r = append(writer, name, id, request, body, self.max_size, Some(&progress)) => r,
+            () = progress.watch(limits.timeout, limits.sweep_interval()) => unreachable!("watch never returns"),
         }
-    }
-
-    /// How often `sweep` should run: often enough that a session outlives its timeout by at
-    /// most a quarter of it (and at most a minute).
-    /// Sessions open now.
-    pub fn open(&self) -> usize {
-        self.table().sessions.len()
-    }
-
-    pub fn sweep_interval(&self) -> Duration {
-        (self.timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
-    }
-}
-
-/// A session taken for one request: the lock on it, and the means to end it.
-struct Held<'a> {
-    uploads: &'a Uploads,
-    id: UploadId,
-    slot: Arc<Slot>,
-}
-
-impl Held<'_> {
-    async fn lock(&self) -> tokio::sync::MutexGuard<'_, Option<Session>> {
-        self.slot.session.lock().await
-    }
-
-    /// Ends the session: nothing can reach it afterwards.
-    fn end(&self, guard: &mut Option<Session>) -> Option<Session> {
-        self.uploads.remove(&self.id);
-        guard.take()
     }
 }
 
@@ -344,13 +136,20 @@ pub async fn post(
                 .detail(json!({ "digest-algorithm": super::router::truncate(a) }))
         })?,
     };
-    if registry.store().is_shared() {
-        return shared::open(registry, uploads, name, algorithm, client).await;
+    match uploads.sessions.open(name, algorithm, client).await? {
+        Ok(id) => {
+            let id = UploadId::parse(&id).ok_or_else(|| {
+                RegistryError::new(Code::Unknown, "internal error starting an upload")
+            })?;
+            accepted(name, &id, 0)
+        }
+        Err(Refused::Full(open)) => Err(too_many(format!(
+            "{open} uploads are open, the most this registry takes at once"
+        ))),
+        Err(Refused::ClientFull(theirs)) => Err(too_many(format!(
+            "this client has {theirs} uploads open, the most one client may"
+        ))),
     }
-    let admission = uploads.admit(client)?;
-    let writer = registry.store().new_blob_with(algorithm).await?;
-    let id = uploads.insert(name.clone(), writer, admission)?;
-    accepted(name, &id, 0)
 }
 
 /// `PATCH /v2/<name>/blobs/uploads/<id>`: one more chunk.
@@ -362,13 +161,15 @@ pub async fn patch(
     body: &mut RequestBody,
 ) -> Result<Response<Body>, RegistryError> {
     let uploads = registry.uploads()?;
-    if registry.store().is_shared() {
-        return shared::patch(registry, uploads, name, id, request, body).await;
+    let mut checkout = uploads.checkout(name, id).await?;
+    let fed = uploads.feed(&mut checkout, name, id, request, body).await;
+    let checkin = uploads.sessions.checkin(checkout, fed_as(&fed)).await;
+    match (fed, checkin?) {
+        (Err(failure), _) => Err(failure.into_error()),
+        (Ok(_), Checkin::At(offset)) => accepted(name, id, offset),
+        (Ok(_), Checkin::Raced(offset)) => Err(raced(name, id, offset)),
+        (Ok(_), Checkin::Ended) => Err(upload_unknown(name, id)),
     }
-    let held = hold(uploads, name, id)?;
-    let mut guard = held.lock().await;
-    let offset = feed(&held, &mut guard, name, id, request, body).await?;
-    accepted(name, id, offset)
 }
 
 /// `PUT /v2/<name>/blobs/uploads/<id>?digest=D`: the last chunk, if any, then commit.
@@ -381,18 +182,20 @@ pub async fn put(
     body: &mut RequestBody,
 ) -> Result<Response<Body>, RegistryError> {
     let uploads = registry.uploads()?;
-    if registry.store().is_shared() {
-        return shared::put(registry, uploads, name, id, query, request, body).await;
-    }
     // Checked before the chunk is taken, so a client that forgot the digest can retry.
     let digest = closing_digest(query)?;
-    let held = hold(uploads, name, id)?;
-    let mut guard = held.lock().await;
-    feed(&held, &mut guard, name, id, request, body).await?;
-    let Some(session) = held.end(&mut guard) else {
-        return Err(upload_unknown(name, id));
+    let mut checkout = uploads.checkout(name, id).await?;
+    if let Err(failure) = uploads.feed(&mut checkout, name, id, request, body).await {
+        uploads.sessions.checkin(checkout, failure.fed()).await?;
+        return Err(failure.into_error());
+    }
+    let (writer, leftovers) = match uploads.sessions.finish(checkout).await? {
+        Ok(finished) => finished,
+        Err(offset) => return Err(raced(name, id, offset)),
     };
-    commit(registry, name, session.writer, &digest).await
+    let result = commit(registry, name, writer, &digest).await;
+    leftovers.discard().await;
+    result
 }
 
 /// `GET /v2/<name>/blobs/uploads/<id>`: how far the upload got.
@@ -401,34 +204,46 @@ pub async fn status(
     name: &Name,
     id: &UploadId,
 ) -> Result<Response<Body>, RegistryError> {
-    if registry.store().is_shared() {
-        registry.uploads()?;
-        return shared::status(registry, name, id).await;
-    }
-    let held = hold(registry.uploads()?, name, id)?;
-    let mut guard = held.lock().await;
-    let offset = open(&mut guard, name, id)?.writer.written();
+    let uploads = registry.uploads()?;
+    let Some(offset) = uploads.sessions.state(name, id.as_str()).await? else {
+        return Err(upload_unknown(name, id));
+    };
     let mut response = accepted(name, id, offset)?;
     *response.status_mut() = StatusCode::NO_CONTENT;
     Ok(response)
 }
 
-/// `DELETE /v2/<name>/blobs/uploads/<id>`: cancel; the temp file is removed.
+/// `DELETE /v2/<name>/blobs/uploads/<id>`: cancel; its bytes are removed.
 pub async fn cancel(
     registry: &Registry,
     name: &Name,
     id: &UploadId,
 ) -> Result<Response<Body>, RegistryError> {
-    if registry.store().is_shared() {
-        registry.uploads()?;
-        return shared::cancel(registry, name, id).await;
+    let uploads = registry.uploads()?;
+    if !uploads.sessions.cancel(name, id.as_str()).await? {
+        return Err(upload_unknown(name, id));
     }
-    let held = hold(registry.uploads()?, name, id)?;
-    let mut guard = held.lock().await;
-    open(&mut guard, name, id)?;
-    drop(held.end(&mut guard));
     tracing::info!(%name, session = id.as_str(), "upload cancelled");
     Ok(super::empty(StatusCode::NO_CONTENT))
+}
+
+/// What a checkin is told of a request's bytes.
+fn fed_as(fed: &Result<u64, Failure>) -> Fed {
+    match fed {
+        Ok(_) => Fed::Whole,
+        Err(failure) => failure.fed(),
+    }
+}
+
+/// 416: another request moved (or ended) the session while this one was feeding it.
+fn raced(name: &Name, id: &UploadId, offset: u64) -> RegistryError {
+    let e = RegistryError::new(
+        Code::BlobUploadInvalid,
+        "another request changed this upload meanwhile; ask where it stands (GET) and go on from there",
+    )
+    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+    .detail(json!({ "session": id.as_str() }));
+    with_upload_headers(e, name, id, offset)
 }
 
 /// The `?digest=` a closing `PUT` must have (checked before its chunk is taken, so a client
@@ -447,15 +262,6 @@ fn closing_digest(query: &Query) -> Result<Digest, RegistryError> {
 fn too_many(why: String) -> RegistryError {
     RegistryError::new(Code::TooManyRequests, why)
         .header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S))
-}
-
-/// Ends a shared store's idle sessions (those in memory: `Uploads::sweep`).
-pub async fn sweep_shared(registry: &Registry) {
-    if let Some(uploads) = &registry.uploads
-        && registry.store().is_shared()
-    {
-        shared::sweep(registry, uploads).await;
-    }
 }
 
 /// The query parameters the upload endpoints read.
@@ -484,63 +290,6 @@ impl Query {
     }
 }
 
-fn hold<'a>(uploads: &'a Uploads, name: &Name, id: &UploadId) -> Result<Held<'a>, RegistryError> {
-    Ok(Held {
-        uploads,
-        id: id.clone(),
-        slot: uploads.get(name, id)?,
-    })
-}
-
-/// The session behind the lock, if it is still open and belongs to `name`.
-fn open<'s>(
-    guard: &'s mut Option<Session>,
-    name: &Name,
-    id: &UploadId,
-) -> Result<&'s mut Session, RegistryError> {
-    match guard.as_mut() {
-        Some(s) if &s.name == name => Ok(s),
-        _ => Err(upload_unknown(name, id)),
-    }
-}
-
-/// Appends a request's body to the held session and marks it active; a failure that leaves
-/// the session unusable ends it. Returns the new offset.
-async fn feed(
-    held: &Held<'_>,
-    guard: &mut Option<Session>,
-    name: &Name,
-    id: &UploadId,
-    request: &HeaderMap,
-    body: &mut RequestBody,
-) -> Result<u64, RegistryError> {
-    let session = open(guard, name, id)?;
-    let mut result = append(
-        &mut session.writer,
-        name,
-        id,
-        request,
-        body,
-        held.uploads.max_size,
-        Some(&held.slot),
-    )
-    .await;
-    // Waiting for its next chunk, a session holds its file but not its write buffer.
-    if !matches!(result, Err(Failure::End(_)))
-        && let Err(e) = session.writer.park().await
-    {
-        result = Err(Failure::End(e.into()));
-    }
-    match result {
-        Ok(offset) => Ok(offset),
-        Err(Failure::Keep(e)) => Err(e),
-        Err(Failure::End(e)) => {
-            held.end(guard);
-            Err(e)
-        }
-    }
-}
-
 /// Why an append failed, and whether the session survives it.
 enum Failure {
     /// Nothing was taken from this request (or only whole bytes in order): retry from the
@@ -548,6 +297,22 @@ enum Failure {
     Keep(RegistryError),
     /// The session can no longer become its blob (too large, or a client error mid-body).
     End(RegistryError),
+}
+
+impl Failure {
+    /// What the session is told: refused whole (it goes on), or broken (it ends).
+    fn fed(&self) -> Fed {
+        match self {
+            Failure::Keep(_) => Fed::Refused,
+            Failure::End(_) => Fed::Broken,
+        }
+    }
+
+    fn into_error(self) -> RegistryError {
+        match self {
+            Failure::Keep(e) | Failure::End(e) => e,
+        }
+    }
 }
 
 /// Appends a request body at the session's offset, after checking `Content-Range` (when
@@ -559,7 +324,7 @@ async fn append(
     request: &HeaderMap,
     body: &mut RequestBody,
     max_size: Option<u64>,
-    slot: Option<&Slot>,
+    progress: Option<&Progress>,
 ) -> Result<u64, Failure> {
     let offset = writer.written();
     let range = match request.get(header::CONTENT_RANGE) {
@@ -605,7 +370,7 @@ async fn append(
         body,
         range,
         max_size.map(|m| m - offset.min(m)),
-        slot,
+        progress,
     )
     .await
     .map_err(Failure::End)?;
@@ -627,14 +392,14 @@ async fn receive(
     body: &mut RequestBody,
     limit: Option<u64>,
     max: Option<u64>,
-    slot: Option<&Slot>,
+    progress: Option<&Progress>,
 ) -> Result<u64, RegistryError> {
     let mut received: u64 = 0;
     loop {
-        let frame = match slot {
-            Some(slot) => tokio::select! {
+        let frame = match progress {
+            Some(progress) => tokio::select! {
                 f = body.frame() => f,
-                () = slot.cancelled.cancelled() => {
+                () = progress.cancelled() => {
                     return Err(RegistryError::new(
                         Code::BlobUploadInvalid,
                         "the upload received too little for too long and was dropped (--upload-timeout)",
@@ -654,8 +419,8 @@ async fn receive(
             continue; // trailers
         };
         received += data.len() as u64;
-        if let Some(slot) = slot {
-            slot.received(data.len() as u64);
+        if let Some(progress) = progress {
+            progress.received(data.len() as u64);
         }
         if limit.is_some_and(|l| received > l) {
             return Err(RegistryError::new(

@@ -18,7 +18,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio_postgres::NoTls;
 
 pub(crate) mod gc;
+pub(crate) mod sessions;
 
+use super::sessions::Refused;
 use super::{Link, StoreError};
 use crate::digest::Digest;
 use crate::reference::{Name, Tag};
@@ -88,15 +90,6 @@ const GC_LOCK: i64 = 0x7175_696e_6763_6c6b;
 /// The advisory lock key under which an upload is admitted (the caps are counted and the
 /// session made in one step across replicas).
 const ADMISSION_LOCK: i64 = 0x7175_696e_7570_6c64;
-
-/// Why a new upload session was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Refused {
-    /// As many sessions as the cap allows are open, across replicas (how many).
-    Full(i64),
-    /// This client holds as many as it may (how many).
-    ClientFull(i64),
-}
 
 /// The advisory lock key under which migrations run (any fixed number of ours).
 const MIGRATION_LOCK: i64 = 0x7175_696e_6973_7472;
@@ -590,11 +583,12 @@ impl Metadata {
             .await?;
         let (all, mine): (i64, i64) = (row.get(0), row.get(1));
         let cap = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
         if all >= cap(max) {
-            return Ok(Err(Refused::Full(all)));
+            return Ok(Err(Refused::Full(count(all))));
         }
         if mine >= cap(per_client) {
-            return Ok(Err(Refused::ClientFull(mine)));
+            return Ok(Err(Refused::ClientFull(count(mine))));
         }
         let written = i64::try_from(state.written).unwrap_or(i64::MAX);
         tx.execute(

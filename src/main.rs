@@ -342,11 +342,12 @@ async fn run_pack(args: PackArgs) -> Result<(), String> {
         Some(t) => t,
         None => image.default_tag.clone()?,
     };
-    let store_dir = args.store.dir()?;
-    let store = args.store.open(false).await?;
-    if store.is_shared() && args.oci_layout.is_some() {
+    let spec = args.store.spec()?;
+    if !spec.blob_files() && args.oci_layout.is_some() {
         return Err("--oci-layout copies blob files: it works with a directory --store, not an s3:// one (yet)".into());
     }
+    let store_dir = std::path::PathBuf::from(spec.describe());
+    let store = spec.open(false).await.map_err(msg)?;
     let img = pack_with_progress(&store, &image, &tag).await?;
     if let Some(dir) = &args.oci_layout {
         let blobs: Vec<&quinistry::digest::Digest> = std::iter::once(&img.config.0)

@@ -473,43 +473,19 @@ pub struct ServeArgs {
 }
 
 impl StoreArg {
-    /// The object storage of an s3:// store, `None` for a directory; with a message if the
-    /// URL is bad or --metadata is missing.
-    pub fn shared(&self) -> Result<Option<(quinistry::store::object::Location, String)>, String> {
-        let dir = self.dir()?;
-        let Some(parsed) = dir
-            .to_str()
-            .and_then(quinistry::store::object::Location::parse)
-        else {
-            if self.metadata.is_some() {
-                return Err("--metadata goes with an s3:// --store (a directory store keeps its metadata in files)".into());
-            }
-            return Ok(None);
-        };
-        let mut location = parsed.map_err(|e| format!("invalid --store: {e}"))?;
-        location.endpoints = self.s3_endpoints.clone();
-        let Some(metadata) = self.metadata.clone() else {
-            return Err(format!(
-                "--store {} needs --metadata postgres://… (tags and links live in PostgreSQL)",
-                dir.display()
-            ));
-        };
-        Ok(Some((location, metadata)))
+    /// What `--store`, `--metadata` and `--s3-endpoint` say, checked.
+    pub fn spec(&self) -> Result<quinistry::store::spec::StoreSpec, String> {
+        quinistry::store::spec::StoreSpec::parse(
+            &self.dir()?,
+            self.metadata.clone(),
+            self.s3_endpoints.clone(),
+        )
     }
 
     /// Opens the store, creating a directory store if need be; `existing` refuses a folder
     /// that is not one instead (a typo must not become a new empty store).
     pub async fn open(&self, existing: bool) -> Result<quinistry::store::Store, String> {
-        use quinistry::store::Store;
-        let fail = |e: quinistry::store::StoreError| e.to_string();
-        if let Some((location, metadata)) = self.shared()? {
-            return Store::open_shared(&location, &metadata).await.map_err(fail);
-        }
-        let dir = self.dir()?;
-        match existing {
-            true => Store::open_existing(&dir).await.map_err(fail),
-            false => Store::open(&dir).await.map_err(fail),
-        }
+        self.spec()?.open(existing).await.map_err(|e| e.to_string())
     }
 
     pub fn dir(&self) -> Result<PathBuf, String> {

@@ -2,7 +2,7 @@
 //! registry until a signal.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use quinistry::ondemand::{FileImage, ImageSpec, OnDemand, Setup};
 use quinistry::pack::ClosureMode;
 use quinistry::reference::{Name, Tag, TaggedName};
 use quinistry::registry::{self, Registry, Server, Tls, TlsFiles};
+use quinistry::store::spec::StoreSpec;
 use quinistry::store::{Store, gc};
 
 use super::args::{DEFAULT_LISTEN, ServeArgs};
@@ -39,9 +40,8 @@ pub struct Settings {
     on_demand: Option<Setup>,
     prepack: bool,
     rescan: Duration,
-    store_dir: PathBuf,
-    /// An s3:// store's object storage and metadata database (`None`: a directory store).
-    shared: Option<(quinistry::store::object::Location, String)>,
+    /// What the store is made of.
+    store: StoreSpec,
     /// `--redirect`: how long a blob GET's presigned URL is valid.
     redirect: Option<Duration>,
     /// A collector pass every this long, with this policy (`--gc-interval`).
@@ -120,12 +120,11 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
     };
     let (config, fds) = limits(&args)?;
     let access = access(&args, listen, tls.is_some(), fds, file.access)?;
-    let store_dir = args.store.dir()?;
-    let shared = args.store.shared()?;
-    if args.redirect && shared.is_none() {
+    let store = args.store.spec()?;
+    if args.redirect && !store.presigns() {
         return Err("--redirect sends clients to object storage: it needs an s3:// --store".into());
     }
-    if shared.is_some()
+    if !store.retention()
         && let Some((_, policy)) = &gc
         && (policy.keep_untagged.is_some() || !policy.keep_tags.is_empty())
     {
@@ -153,8 +152,7 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         on_demand: on_demand.then_some(setup),
         prepack,
         rescan,
-        store_dir,
-        shared,
+        store,
         redirect,
         gc,
     })
@@ -177,10 +175,10 @@ fn address(text: &str, flag: &str) -> Result<SocketAddr, String> {
 /// and root. TLS certificates and the htpasswd file were read by `settle` already.
 pub fn unusable_paths(s: &Settings) -> Vec<String> {
     let mut problems = Vec::new();
-    if s.shared.is_none() {
-        let existing = s.store_dir.ancestors().find(|a| a.exists());
+    if let Some(store_dir) = s.store.directory() {
+        let existing = store_dir.ancestors().find(|a| a.exists());
         match existing {
-            Some(dir) if dir == s.store_dir && !dir.is_dir() => {
+            Some(dir) if dir == store_dir && !dir.is_dir() => {
                 problems.push(format!("store {}: not a folder", dir.display()))
             }
             Some(dir) => {
@@ -190,7 +188,7 @@ pub fn unusable_paths(s: &Settings) -> Vec<String> {
             }
             None => problems.push(format!(
                 "store {}: no folder above it exists",
-                s.store_dir.display()
+                store_dir.display()
             )),
         }
     }
@@ -210,7 +208,7 @@ pub fn unusable_paths(s: &Settings) -> Vec<String> {
 pub fn summary(s: &Settings) -> Vec<String> {
     let c = &s.config;
     let mut lines = vec![
-        format!("store      {}", s.store_dir.display()),
+        format!("store      {}", s.store.describe()),
         format!("listen     {}", s.listen),
         format!("access     {}", describe(&s.access)),
         format!(
@@ -273,10 +271,7 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
         // Before the pack, so it is counted.
         quinistry::metrics::enable();
     }
-    let store = match &s.shared {
-        Some((location, metadata)) => Store::open_shared(location, metadata).await.map_err(msg)?,
-        None => Store::open(&s.store_dir).await.map_err(msg)?,
-    };
+    let store = s.store.open(false).await.map_err(msg)?;
     let mut pull = None;
     if let Some((name, tag)) = s.start.clone() {
         let name = match name {
@@ -285,7 +280,12 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
         };
         let tagged = TaggedName { name, tag };
         let img = pack_with_progress(&store, &s.image, &tagged).await?;
-        report(&img, &tagged, &s.store_dir, None);
+        report(
+            &img,
+            &tagged,
+            std::path::Path::new(&s.store.describe()),
+            None,
+        );
         pull = Some(tagged);
     }
     let mut prepack = None;

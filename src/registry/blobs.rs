@@ -13,7 +13,7 @@ use super::body::Body;
 use super::errors::{Code, RegistryError};
 use crate::digest::Digest;
 use crate::reference::Name;
-use crate::store::{Link, StoreError};
+use crate::store::{BlobRead, Link, StoreError};
 
 pub async fn get(
     registry: &Registry,
@@ -31,11 +31,11 @@ pub async fn get(
     if !linked {
         return Err(unknown(name, digest));
     }
-    if registry.store().is_shared() {
-        return get_shared(registry, name, digest, request, head).await;
-    }
-    let (mut file, size) = match registry.store().open_blob(digest).await {
-        Ok(f) => f,
+    let (mut file, size) = match registry.store().open_for_read(digest).await {
+        Ok(BlobRead::File { file, size }) => (file, size),
+        Ok(BlobRead::Elsewhere { size }) => {
+            return get_elsewhere(registry, name, digest, size, request, head).await;
+        }
         Err(StoreError::BlobUnknown(_)) => return Err(unknown(name, digest)),
         Err(e) => return Err(e.into()),
     };
@@ -86,20 +86,18 @@ fn span(range: Option<(u64, u64)>, size: u64) -> (u64, u64) {
     }
 }
 
-/// A shared store's blob: streamed through this replica, or (with `--redirect`) a 307 to a
-/// short-lived URL of the object itself, so the bytes flow from storage to the client.
-/// A HEAD is answered here either way: it is the size, which the database has.
-async fn get_shared(
+/// A blob that lives elsewhere (object storage): streamed through this replica, or (with
+/// `--redirect`) a 307 to a short-lived URL of the object itself, so the bytes flow from
+/// storage to the client. A HEAD is answered here either way: it is the size.
+async fn get_elsewhere(
     registry: &Registry,
     name: &Name,
     digest: &Digest,
+    size: u64,
     request: &HeaderMap,
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
     let store = registry.store();
-    let Some(size) = store.blob_size(digest).await? else {
-        return Err(unknown(name, digest));
-    };
     if !head && let Some(valid) = registry.redirect() {
         let Some(url) = store.presigned(hyper::Method::GET, digest, valid).await? else {
             return Err(unknown(name, digest));

@@ -349,12 +349,10 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 impl Registry {
     pub fn new(store: Store) -> Registry {
-        // Replicas over a shared store keep no answer that another replica can change: what
-        // one writes, the next request to any sees.
-        let ttl = if store.is_shared() {
-            Duration::ZERO
-        } else {
+        let ttl = if store.answers_keep() {
             TAG_TTL
+        } else {
+            Duration::ZERO
         };
         Registry {
             store,
@@ -378,7 +376,7 @@ impl Registry {
     /// (a shared store only; a local store serves its blobs itself).
     pub fn with_redirect(self, valid: Option<Duration>) -> Registry {
         Registry {
-            redirect: valid.filter(|_| self.store.is_shared()),
+            redirect: valid.filter(|_| self.store.presigns()),
             ..self
         }
     }
@@ -436,7 +434,7 @@ impl Registry {
         let key = (name.clone(), kind, digest.clone());
         // Another replica may unlink it: a shared store's links are asked every time, and
         // what was seen serves only while its database cannot be reached.
-        let shared = self.store.is_shared();
+        let shared = !self.store.answers_keep();
         if !shared && read(&self.linked).contains_key(&key) {
             return Ok(true);
         }

@@ -62,6 +62,7 @@
 //! | `object/` | a shared store's bytes: blobs in object storage, several endpoints (`mod.rs`); `writer.rs`, its uploads, sessions suspended between requests, the commit by server-side copy, streams and presigned URLs |
 //! | `postgres/` | a shared store's metadata in PostgreSQL: the schema and its migrations, every query, the advisory locks (`mod.rs`); `gc.rs`, its garbage collection, one replica at a time; `sessions.rs`, upload sessions in the database |
 //! | `pulls.rs` | which on-demand images were pulled, for the prepack after a restart |
+//! | `spec.rs` | `StoreSpec`: what `--store` and `--metadata` say, what those engines can do, opening them |
 //! | `sessions.rs` | upload sessions: the API the registry feeds; `fs/sessions.rs` and `postgres/sessions.rs` keep them |
 //! | `fs/` | what only the directory engine has: its upload sessions |
 //!
@@ -82,6 +83,7 @@ pub mod postgres;
 mod pulls;
 mod repositories;
 pub mod sessions;
+pub mod spec;
 pub mod verify;
 
 use std::fs as stdfs;
@@ -92,7 +94,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::digest::{Algorithm, Digest, DigestError};
 use crate::reference::{Name, Tag};
-pub use blobs::{BlobWriter, Suspended};
+pub use blobs::{BlobRead, BlobWriter, Suspended};
 pub use gate::{Hold, Pin};
 pub use repositories::Link;
 
@@ -301,8 +303,21 @@ impl Store {
     }
 
     /// Whether blobs and metadata are shared by replicas (object storage and PostgreSQL).
-    pub fn is_shared(&self) -> bool {
+    pub(crate) fn is_shared(&self) -> bool {
         self.shared.is_some()
+    }
+
+    /// Whether this process may keep what it read of tags and links for a moment: it is the
+    /// store's one writer (a directory store; another process writing it, a `pack`, is
+    /// seen within the moment). Replicas over a shared store keep no answer another replica
+    /// can change: what one writes, the next request to any sees.
+    pub fn answers_keep(&self) -> bool {
+        !self.is_shared()
+    }
+
+    /// Whether blobs can be handed to clients as short-lived URLs of their own (`presigned`).
+    pub fn presigns(&self) -> bool {
+        self.is_shared()
     }
 
     /// Takes repository `name`'s write lock shared by every replica; `None` for a local

@@ -247,6 +247,20 @@ impl Store {
         Ok((file, len))
     }
 
+    /// A blob opened to be sent: a file of this machine (mapped or read by the caller), or
+    /// one that lives elsewhere (read with `blob_stream`, or handed out with `presigned`);
+    /// `BlobUnknown` if the store does not have it.
+    pub async fn open_for_read(&self, digest: &Digest) -> Result<BlobRead> {
+        if self.shared().is_some() {
+            return match self.blob_size(digest).await? {
+                Some(size) => Ok(BlobRead::Elsewhere { size }),
+                None => Err(StoreError::BlobUnknown(digest.clone())),
+            };
+        }
+        let (file, size) = self.open_blob(digest).await?;
+        Ok(BlobRead::File { file, size })
+    }
+
     /// Reads a whole blob into memory: only for small documents (configs, manifests).
     pub async fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         self.read_small_blob(digest, u64::MAX)
@@ -459,6 +473,14 @@ async fn hash_file(mut file: tokio::fs::File, algorithm: Algorithm, path: &Path)
         hasher.update(&buf[..n]);
     }
     Ok(hasher.finish().0)
+}
+
+/// A blob opened to be sent (`Store::open_for_read`).
+pub enum BlobRead {
+    /// A file here: the caller maps or reads it.
+    File { file: tokio::fs::File, size: u64 },
+    /// Elsewhere (object storage): streamed, or handed out as a URL.
+    Elsewhere { size: u64 },
 }
 
 /// A blob being written: bytes go to a locked temp file and are hashed on the way. `commit`

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A 3-node Garage cluster (S3-compatible object storage, replication 3) and a PostgreSQL
-# server, on loopback ports, with all their files under one folder: what a shared quinistry
-# store (`--store s3://… --metadata postgres://…`) runs over, for the tests, the benchmarks
-# and the README's "Scale out" walk-through.
+# A 3-node Garage cluster (S3-compatible object storage, replication 3), an Azurite (the
+# Azure Blob Storage emulator, when `azurite-blob` is on PATH) and a PostgreSQL server, on
+# loopback ports, with all their files under one folder: what a shared quinistry store
+# (`--store s3://… | az://… --metadata postgres://…`) runs over, for the tests, the
+# benchmarks and docs/scale-out.md's walk-through.
 #
 #   .ci/cluster.sh start DIR    starts both, writes DIR/env (source it), prints it
 #   .ci/cluster.sh stop DIR     stops both (the folder is left for the caller to remove)
@@ -12,7 +13,9 @@
 # comma-separated), QUINISTRY_TEST_BUCKET, QUINISTRY_TEST_POSTGRES (a superuser URL) and
 # QUINISTRY_TEST_CLUSTER (DIR: node N's config is DIR/garageN.toml, its pid DIR/garageN.pid,
 # so a test can kill a node and start it again; PostgreSQL's data is DIR/pg, and
-# QUINISTRY_TEST_PG_CTL is its pg_ctl, so a test can stop it and start it again).
+# QUINISTRY_TEST_PG_CTL is its pg_ctl, so a test can stop it and start it again). With
+# Azurite: AZURE_STORAGE_USE_EMULATOR=true and AZURITE_BLOB_STORAGE_URL (what quinistry's
+# az:// stores read), and QUINISTRY_TEST_AZURE_CONTAINER, a container made for the tests.
 #
 # Needs `garage` (cargo install garage --locked) and PostgreSQL's server binaries (Debian's
 # postgresql). As root, PostgreSQL runs as the `postgres` user.
@@ -37,6 +40,10 @@ as_pg() {
 }
 
 stop() {
+  if [ -f "$dir/azurite.pid" ]; then
+    kill "$(cat "$dir/azurite.pid")" 2>/dev/null || true
+    rm -f "$dir/azurite.pid"
+  fi
   for n in 1 2 3; do
     if [ -f "$dir/garage$n.pid" ]; then
       kill "$(cat "$dir/garage$n.pid")" 2>/dev/null || true
@@ -63,11 +70,11 @@ fi
 command -v garage >/dev/null || { echo "garage not found: cargo install garage --locked" >&2; exit 1; }
 [ -x "$pg_bin/initdb" ] || { echo "PostgreSQL's initdb not found: apt-get install postgresql" >&2; exit 1; }
 
-# Free loopback ports: 3 per Garage node (RPC, S3, admin) and one for PostgreSQL.
+# Free loopback ports: 3 per Garage node (RPC, S3, admin), one for PostgreSQL, one for Azurite.
 read -r -a ports < <(python3 -c '
 import socket
 socks = []
-for _ in range(10):
+for _ in range(11):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))')
 
@@ -144,6 +151,37 @@ max_connections = 400
 EOF
 as_pg "$pg_bin/pg_ctl" -D "$dir/pg" -l "$dir/pg-socket/log" -w start >/dev/null
 
+# Azurite, if installed: its blob service, and a container made with the emulator's
+# published account key (a Shared Key request signed here: curl and openssl only).
+azure_env=""
+if command -v azurite-blob >/dev/null 2>&1; then
+  az_port=${ports[10]}
+  mkdir -p "$dir/azurite"
+  azurite-blob --blobHost 127.0.0.1 --blobPort "$az_port" --location "$dir/azurite" \
+    --skipApiVersionCheck --silent >"$dir/azurite.log" 2>&1 &
+  echo $! >"$dir/azurite.pid"
+  account=devstoreaccount1
+  key=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==
+  hexkey=$(printf '%s' "$key" | base64 -d | od -An -tx1 | tr -d ' \n')
+  created=""
+  for _ in $(seq 1 100); do
+    date=$(TZ=GMT date '+%a, %d %b %Y %H:%M:%S GMT')
+    version=2021-08-06
+    to_sign="PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:$date\nx-ms-version:$version\n/$account/$account/quinistry\nrestype:container"
+    signature=$(printf "$to_sign" | openssl dgst -sha256 -mac HMAC -macopt "hexkey:$hexkey" -binary | base64 -w0)
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT -H "x-ms-date: $date" \
+      -H "x-ms-version: $version" -H "Content-Length: 0" \
+      -H "Authorization: SharedKey $account:$signature" \
+      "http://127.0.0.1:$az_port/$account/quinistry?restype=container" || true)
+    case "$code" in 201|409) created=1; break ;; esac
+    sleep 0.1
+  done
+  [ -n "$created" ] || { echo "azurite did not start:" >&2; cat "$dir/azurite.log" >&2; exit 1; }
+  azure_env="export AZURE_STORAGE_USE_EMULATOR=true
+export AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:$az_port
+export QUINISTRY_TEST_AZURE_CONTAINER=quinistry"
+fi
+
 cat >"$dir/env" <<EOF
 export AWS_ACCESS_KEY_ID=$key_id
 export AWS_SECRET_ACCESS_KEY=$key_secret
@@ -153,5 +191,6 @@ export QUINISTRY_TEST_BUCKET=quinistry
 export QUINISTRY_TEST_POSTGRES=postgres://postgres@127.0.0.1:$pg_port/postgres
 export QUINISTRY_TEST_CLUSTER=$dir
 export QUINISTRY_TEST_PG_CTL=$pg_bin/pg_ctl
+$azure_env
 EOF
 cat "$dir/env"

@@ -128,12 +128,13 @@ fn keep_tags(s: &str) -> Result<(String, usize), String> {
 
 #[derive(Args, Default)]
 pub struct StoreArg {
-    /// Store directory, or s3://BUCKET/PREFIX for blobs in S3-compatible object storage
-    /// shared by replicas (then --metadata is needed too) [default: $QUINISTRY_STORE, else
-    /// $XDG_DATA_HOME/quinistry, else ~/.local/share/quinistry]
-    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    /// Store directory, or s3://BUCKET/PREFIX (S3-compatible object storage) or
+    /// az://CONTAINER/PREFIX (Azure Blob Storage) for blobs shared by replicas (then
+    /// --metadata is needed too) [default: $QUINISTRY_STORE, else $XDG_DATA_HOME/quinistry,
+    /// else ~/.local/share/quinistry]
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX|az://CONTAINER/PREFIX")]
     pub store: Option<PathBuf>,
-    /// With an s3:// store: the PostgreSQL database that holds tags, links and the other
+    /// With an s3:// or az:// store: the PostgreSQL database that holds tags, links and the other
     /// metadata, e.g. postgres://user@host:5432/quinistry
     #[arg(long, value_name = "URL", env = "QUINISTRY_METADATA")]
     pub metadata: Option<String>,

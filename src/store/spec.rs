@@ -6,6 +6,7 @@
 //! |---|---|
 //! | a folder (the default) | blobs, metadata and sessions in files and this process |
 //! | `s3://BUCKET/PREFIX` | blobs in S3-compatible object storage; metadata and sessions in PostgreSQL (`--metadata`) |
+//! | `az://CONTAINER/PREFIX` | blobs in Azure Blob Storage; metadata and sessions in PostgreSQL |
 
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,7 @@ impl StoreSpec {
     ) -> Result<StoreSpec, String> {
         let Some(parsed) = store.to_str().and_then(Location::parse) else {
             if metadata.is_some() {
-                return Err("--metadata goes with an s3:// --store (a directory store keeps its metadata in files)".into());
+                return Err("--metadata goes with an s3:// or az:// --store (a directory store keeps its metadata in files)".into());
             }
             return Ok(StoreSpec::Directory(store.to_owned()));
         };

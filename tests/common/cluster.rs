@@ -1,8 +1,9 @@
-//! A shared store for tests: a 3-node Garage cluster (S3) and PostgreSQL that
-//! `.ci/cluster.sh start DIR` started, read from the variables it writes
+//! A shared store for tests: a 3-node Garage cluster (S3), an Azurite (Azure Blob Storage)
+//! and PostgreSQL that `.ci/cluster.sh start DIR` started, read from the variables it writes
 //! (`QUINISTRY_TEST_S3_ENDPOINTS`, `QUINISTRY_TEST_BUCKET`, `QUINISTRY_TEST_POSTGRES`,
-//! `QUINISTRY_TEST_CLUSTER`, and the `AWS_*` credentials); without them a test skips (fails
-//! under CI). Each test gets a store of its own: a fresh key prefix and a fresh database.
+//! `QUINISTRY_TEST_CLUSTER`, `QUINISTRY_TEST_AZURE_CONTAINER`, and the `AWS_*` and
+//! `AZURE*` settings); without them a test skips (fails under CI). Each test gets a store of
+//! its own: a fresh key prefix and a fresh database.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +27,8 @@ pub struct Cluster {
     pub postgres: String,
     /// Where node N's config (`garageN.toml`) and pid (`garageN.pid`) are.
     pub dir: PathBuf,
+    /// Azurite's container, if one was started.
+    pub azure: Option<String>,
 }
 
 pub fn cluster() -> Option<Cluster> {
@@ -41,6 +44,7 @@ pub fn cluster() -> Option<Cluster> {
             bucket,
             postgres,
             dir: PathBuf::from(dir),
+            azure: var("QUINISTRY_TEST_AZURE_CONTAINER"),
         }),
         _ => {
             skip(
@@ -65,7 +69,23 @@ pub fn random_name() -> String {
 }
 
 impl Cluster {
+    /// A store of the test's own: blobs in the Garage cluster.
     pub fn store(&self) -> SharedStore {
+        self.store_at(&format!("s3://{}", self.bucket), self.endpoints.clone())
+    }
+
+    /// A store of the test's own with its blobs in Azurite; `None` (skip, or fail under CI)
+    /// if none was started.
+    pub fn azure_store(&self) -> Option<SharedStore> {
+        let Some(container) = &self.azure else {
+            skip("no Azurite: install it (npm install azurite) and run `.ci/cluster.sh start DIR`");
+            return None;
+        };
+        Some(self.store_at(&format!("az://{container}"), Vec::new()))
+    }
+
+    /// A fresh database, and a fresh prefix below `url`.
+    fn store_at(&self, url: &str, endpoints: Vec<String>) -> SharedStore {
         let name = format!("t{}", random_name());
         run_ok(Command::new("psql").args([
             &self.postgres,
@@ -78,9 +98,9 @@ impl Cluster {
             .rsplit_once('/')
             .expect("a database in the URL");
         SharedStore {
-            url: format!("s3://{}/{name}", self.bucket),
+            url: format!("{url}/{name}"),
             metadata: format!("{base}/{name}"),
-            endpoints: self.endpoints.clone(),
+            endpoints,
         }
     }
 }
@@ -89,7 +109,7 @@ impl SharedStore {
     /// The object storage location, endpoints included, for `Store::open_shared`.
     pub fn location(&self) -> quinistry::store::object::Location {
         let mut location = quinistry::store::object::Location::parse(&self.url)
-            .expect("s3 URL")
+            .expect("an object storage URL")
             .expect("location");
         location.endpoints = self.endpoints.clone();
         location

@@ -1,5 +1,7 @@
-//! Bytes by digest in S3-compatible object storage (`--store s3://BUCKET/PREFIX`): the blobs
-//! of a store shared by several replicas.
+//! Bytes by digest in object storage: the blobs of a store shared by several replicas, in
+//! S3-compatible storage (`--store s3://BUCKET/PREFIX`: AWS, Garage, MinIO, ...) or Azure
+//! Blob Storage (`--store az://CONTAINER/PREFIX`), both through object_store, whose clients
+//! put, get, copy, list and presign alike; nothing below the client choice knows which.
 //!
 //! ```text
 //! <prefix>/blobs/<algorithm>/<hex>    a blob, named by the digest of its bytes
@@ -12,7 +14,7 @@
 //! key (invariant 1). A writer dropped before that aborts its upload.
 //!
 //! Conditional writes are not used for anything: Garage accepts `If-None-Match` and ignores
-//! it. Whether a blob *exists* is the metadata database's answer (`postgres`), written after
+//! it (and object_store's Azure and S3 differ on them). Whether a blob *exists* is the metadata database's answer (`postgres`), written after
 //! the copy; an object under `blobs/` that the database does not name is garbage.
 //!
 //! A replica is given several endpoints (the nodes of the storage cluster, or gateways): a
@@ -25,7 +27,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path as Key;
 use object_store::signer::Signer;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig};
@@ -41,9 +44,22 @@ pub const PART_SIZE: usize = 5 << 20;
 /// (this + 1) × 5 MiB.
 const PARTS_IN_FLIGHT: usize = 2;
 
+/// Which kind of object storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// S3 or S3-compatible: region, credentials and endpoints from `AWS_*` (and
+    /// `--s3-endpoint`).
+    S3,
+    /// Azure Blob Storage: the account and key from `AZURE_STORAGE_*`, or the Azurite
+    /// emulator with `AZURE_STORAGE_USE_EMULATOR=true` (at `AZURITE_BLOB_STORAGE_URL`).
+    Azure,
+}
+
 /// Where the blobs are, and how to reach them.
 #[derive(Debug, Clone)]
 pub struct Location {
+    pub provider: Provider,
+    /// The S3 bucket, or the Azure container.
     pub bucket: String,
     /// Keys start with this (no leading or trailing `/`); may be empty.
     pub prefix: String,
@@ -52,16 +68,23 @@ pub struct Location {
 }
 
 impl Location {
-    /// Parses `s3://BUCKET[/PREFIX]`; `None` if `url` is not an s3 URL.
+    /// Parses `s3://BUCKET[/PREFIX]` or `az://CONTAINER[/PREFIX]`; `None` if `url` is
+    /// neither.
     pub fn parse(url: &str) -> Option<Result<Location, String>> {
-        let rest = url.strip_prefix("s3://")?;
+        let (provider, rest) = match url.split_once("://") {
+            Some(("s3", rest)) => (Provider::S3, rest),
+            Some(("az", rest)) => (Provider::Azure, rest),
+            _ => return None,
+        };
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
+            let scheme = &url[..url.find("://").unwrap_or(0)];
             return Some(Err(format!(
-                "{url}: no bucket (expected s3://BUCKET/PREFIX)"
+                "{url}: no bucket or container (expected {scheme}://NAME/PREFIX)"
             )));
         }
         Some(Ok(Location {
+            provider,
             bucket: bucket.to_owned(),
             prefix: prefix.trim_matches('/').to_owned(),
             endpoints: Vec::new(),
@@ -91,9 +114,13 @@ impl Location {
 
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.provider {
+            Provider::S3 => "s3",
+            Provider::Azure => "az",
+        };
         match self.prefix.as_str() {
-            "" => write!(f, "s3://{}", self.bucket),
-            prefix => write!(f, "s3://{}/{prefix}", self.bucket),
+            "" => write!(f, "{scheme}://{}", self.bucket),
+            prefix => write!(f, "{scheme}://{}/{prefix}", self.bucket),
         }
     }
 }
@@ -107,11 +134,95 @@ pub struct Objects {
     prefix: String,
 }
 
-#[derive(Debug)]
 struct Endpoint {
-    client: Arc<AmazonS3>,
+    client: Arc<dyn ObjectStore>,
+    /// The same client, as a signer of URLs.
+    signer: Arc<dyn Signer>,
     /// For log lines.
     url: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("url", &self.url).finish()
+    }
+}
+
+/// How a client retries and waits: a dead node must cost seconds, not object_store's
+/// default minutes of retries, before the next endpoint is tried.
+fn retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(10),
+        ..RetryConfig::default()
+    }
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(300))
+}
+
+/// One S3 client per endpoint (`--s3-endpoint`, or `AWS_ENDPOINT_URL`, or AWS itself).
+fn s3_endpoints(location: &Location) -> Result<Vec<Endpoint>, StoreError> {
+    let mut endpoints = Vec::new();
+    for endpoint in location.endpoints() {
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&location.bucket)
+            .with_retry(retry())
+            .with_client_options(client_options());
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            b = b.with_region("us-east-1");
+        }
+        let url = endpoint.clone().unwrap_or_else(|| "aws".to_owned());
+        if let Some(e) = endpoint {
+            b = b
+                .with_allow_http(e.starts_with("http://"))
+                .with_endpoint(e)
+                .with_virtual_hosted_style_request(false);
+        }
+        let client = Arc::new(b.build().map_err(|e| {
+            StoreError::Objects(format!("cannot set up object storage at {url}: {e}"))
+        })?);
+        endpoints.push(Endpoint {
+            client: client.clone(),
+            signer: client,
+            url,
+        });
+    }
+    Ok(endpoints)
+}
+
+/// The Azure client: the account and key from `AZURE_STORAGE_*`, or the emulator.
+fn azure_endpoint(location: &Location) -> Result<Endpoint, StoreError> {
+    if !location.endpoints.is_empty() {
+        return Err(StoreError::Objects(
+            "--s3-endpoint is for s3:// stores; an Azure account's address comes from AZURE_STORAGE_ACCOUNT_NAME (or AZURITE_BLOB_STORAGE_URL with AZURE_STORAGE_USE_EMULATOR=true)".into(),
+        ));
+    }
+    let emulator = std::env::var("AZURE_STORAGE_USE_EMULATOR").is_ok_and(|v| v == "true");
+    let url = match emulator {
+        true => std::env::var("AZURITE_BLOB_STORAGE_URL")
+            .unwrap_or_else(|_| "http://127.0.0.1:10000".to_owned()),
+        false => std::env::var("AZURE_STORAGE_ACCOUNT_NAME")
+            .map(|a| format!("https://{a}.blob.core.windows.net"))
+            .unwrap_or_else(|_| "azure".to_owned()),
+    };
+    let client = MicrosoftAzureBuilder::from_env()
+        .with_container_name(&location.bucket)
+        .with_retry(retry())
+        .with_client_options(client_options().with_allow_http(emulator))
+        .build()
+        .map_err(|e| StoreError::Objects(format!("cannot set up object storage at {url}: {e}")))?;
+    let client = Arc::new(client);
+    Ok(Endpoint {
+        client: client.clone(),
+        signer: client,
+        url,
+    })
 }
 
 fn err(e: object_store::Error) -> StoreError {
@@ -132,48 +243,16 @@ fn connection_failure(e: &object_store::Error) -> bool {
 }
 
 impl Objects {
-    /// Clients for `location`, with region and credentials from the `AWS_*` variables.
-    /// Nothing is contacted yet ([`Objects::probe`] does).
+    /// Clients for `location`, with the credentials of its provider's variables. Nothing is
+    /// contacted yet ([`Objects::probe`] does).
     pub fn new(location: &Location) -> Result<Objects, StoreError> {
         // reqwest's rustls takes the process's provider: ring, the server's own (already
         // installed by another store of this process: then that one stays).
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-        let mut endpoints = Vec::new();
-        for endpoint in location.endpoints() {
-            let mut b = AmazonS3Builder::from_env()
-                .with_bucket_name(&location.bucket)
-                // A dead node must cost seconds, not object_store's default minutes of
-                // retries, before the next endpoint is tried.
-                .with_retry(RetryConfig {
-                    max_retries: 2,
-                    retry_timeout: Duration::from_secs(10),
-                    ..RetryConfig::default()
-                })
-                .with_client_options(
-                    ClientOptions::new()
-                        .with_connect_timeout(Duration::from_secs(2))
-                        .with_timeout(Duration::from_secs(300)),
-                );
-            if std::env::var_os("AWS_REGION").is_none()
-                && std::env::var_os("AWS_DEFAULT_REGION").is_none()
-            {
-                b = b.with_region("us-east-1");
-            }
-            let url = endpoint.clone().unwrap_or_else(|| "aws".to_owned());
-            if let Some(e) = endpoint {
-                b = b
-                    .with_allow_http(e.starts_with("http://"))
-                    .with_endpoint(e)
-                    .with_virtual_hosted_style_request(false);
-            }
-            let client = b.build().map_err(|e| {
-                StoreError::Objects(format!("cannot set up object storage at {url}: {e}"))
-            })?;
-            endpoints.push(Endpoint {
-                client: Arc::new(client),
-                url,
-            });
-        }
+        let endpoints = match location.provider {
+            Provider::S3 => s3_endpoints(location)?,
+            Provider::Azure => vec![azure_endpoint(location)?],
+        };
         Ok(Objects {
             endpoints,
             preferred: AtomicUsize::new(0),
@@ -215,7 +294,7 @@ impl Objects {
     /// the connection; the endpoint that answers becomes the preferred one.
     async fn attempt<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
     where
-        F: Fn(Arc<AmazonS3>) -> Fut,
+        F: Fn(Arc<dyn ObjectStore>) -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
     {
         let n = self.endpoints.len();
@@ -356,7 +435,7 @@ impl Objects {
     ) -> Result<String, StoreError> {
         let at = self.preferred.load(Ordering::Relaxed) % self.endpoints.len().max(1);
         self.endpoints[at]
-            .client
+            .signer
             .signed_url(method, key, valid)
             .await
             .map(|u| u.to_string())

@@ -1,6 +1,9 @@
-// The cases of tests/push.rs and tests/push_shared.rs: included by both, each of which
-// sets `SHARED` (a local store, or two replicas over a shared one).
+//! Every case of the registry's write side, as the OCI distribution spec sets it out (uploads
+//! whole, chunked and mounted, manifest pushes and deletes, referrers, scoping, limits and
+//! authentication), written once and run against each engine (`main.rs` lists them).
 
+use crate::Engine;
+use crate::common;
 use common::JsonValue;
 
 use std::net::SocketAddr;
@@ -23,7 +26,9 @@ struct Fixture {
     _dir: tempfile::TempDir,
     store: Store,
     root: PathBuf,
-    /// The first server; with `SHARED`, requests by path take turns over `addrs`.
+    /// Whether the store is shared by two replicas (object storage and PostgreSQL).
+    shared: bool,
+    /// The first server; over a shared store, requests by path take turns over `addrs`.
     addr: SocketAddr,
     addrs: Vec<SocketAddr>,
     turn: std::sync::atomic::AtomicUsize,
@@ -40,13 +45,14 @@ fn pushing() -> Access {
     }
 }
 
-/// The stores the fixture serves: one local store, or (`SHARED`) two handles on one shared
-/// store, as two replicas would have; `None` to skip (no cluster).
-async fn stores(root: &std::path::Path) -> Option<Vec<Store>> {
-    if !SHARED {
-        return Some(vec![Store::open(root).await.expect("store")]);
-    }
-    let shared = common::cluster::cluster()?.store();
+/// The stores the fixture serves: one local store, or two handles on one shared store, as
+/// two replicas would have; `None` to skip (no cluster, or no Azurite).
+async fn stores(engine: Engine, root: &std::path::Path) -> Option<Vec<Store>> {
+    let shared = match engine {
+        Engine::Local => return Some(vec![Store::open(root).await.expect("store")]),
+        Engine::S3 => common::cluster::cluster()?.store(),
+        Engine::Azure => common::cluster::cluster()?.azure_store()?,
+    };
     let location = shared.location();
     let mut replicas = Vec::new();
     for _ in 0..2 {
@@ -59,10 +65,10 @@ async fn stores(root: &std::path::Path) -> Option<Vec<Store>> {
 }
 
 impl Fixture {
-    async fn new(access: Access) -> Option<Fixture> {
+    async fn new(engine: Engine, access: Access) -> Option<Fixture> {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("store");
-        let stores = stores(&root).await?;
+        let stores = stores(engine, &root).await?;
         let (mut addrs, mut stops) = (Vec::new(), Vec::new());
         for store in &stores {
             let registry = Registry::new(store.clone()).with_access(access.clone());
@@ -85,19 +91,17 @@ impl Fixture {
             _dir: dir,
             store,
             root,
+            shared: engine != Engine::Local,
             addr: addrs[0],
             addrs,
             turn: Default::default(),
             _stop: stops,
-            http: common::http_builder()
-                .no_proxy()
-                .build()
-                .expect("client"),
+            http: common::http_builder().no_proxy().build().expect("client"),
             auth: None,
         })
     }
 
-    /// The server the next request goes to: the one after the last, with `SHARED`.
+    /// The server the next request goes to: the one after the last, over a shared store.
     fn next_addr(&self) -> SocketAddr {
         let n = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.addrs[n % self.addrs.len()]
@@ -207,7 +211,7 @@ impl Fixture {
     /// A blob's stored bytes: its file under `blobs/` (so the layout is checked too), or a
     /// shared store's object.
     async fn stored(&self, digest: &Digest) -> Vec<u8> {
-        if SHARED {
+        if self.shared {
             return self.store.read_blob(digest).await.expect("stored");
         }
         let path = self
@@ -230,7 +234,7 @@ async fn gone_soon(f: &Fixture) {
             return;
         }
         assert!(
-            SHARED && waited < Duration::from_secs(5),
+            f.shared && waited < Duration::from_secs(5),
             "left behind: {left:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -267,9 +271,10 @@ fn digest_of(v: &Value) -> Digest {
     Digest::sha256_of(&serde_json::to_vec(v).expect("json"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn monolithic_and_chunked_uploads_store_blobs_by_digest() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn monolithic_and_chunked_uploads_store_blobs_by_digest(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let whole = common::noise(300_000, 1);
     let d = f.push_blob("a/b", &whole).await;
     let r = f.get(&format!("/v2/a/b/blobs/{d}")).await;
@@ -347,10 +352,7 @@ async fn monolithic_and_chunked_uploads_store_blobs_by_digest() {
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(header(&r, "location"), format!("/v2/a/b/blobs/{digest}"));
     assert_eq!(header(&r, "docker-content-digest"), digest.to_string());
-    assert_eq!(
-        f.stored(&digest).await,
-        blob
-    );
+    assert_eq!(f.stored(&digest).await, blob);
     assert_eq!(code(f.get(&next).await).await, "BLOB_UPLOAD_UNKNOWN");
     gone_soon(&f).await;
 
@@ -376,9 +378,10 @@ async fn monolithic_and_chunked_uploads_store_blobs_by_digest() {
     assert_eq!(r.bytes().await.expect("body"), blob[blob.len() - 5..]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_digest_stores_nothing() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn a_wrong_digest_stores_nothing(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let claimed = Digest::sha256_of(b"what the client says");
     let r = f
         .send(
@@ -431,20 +434,25 @@ async fn a_wrong_digest_stores_nothing() {
     assert_eq!(code(r).await, "DIGEST_INVALID");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_and_stale_uploads_leave_no_temp_files() {
-    let Some(f) = Fixture::new(Access {
-        upload_timeout: Duration::from_millis(300),
-        ..pushing()
-    })
-    .await else { return };
+pub async fn cancelled_and_stale_uploads_leave_no_temp_files(engine: Engine) {
+    let Some(f) = Fixture::new(
+        engine,
+        Access {
+            upload_timeout: Duration::from_millis(300),
+            ..pushing()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let r = f
         .send(Method::POST, "/v2/r/blobs/uploads/", &[], Vec::new())
         .await;
     let location = header(&r, "location");
     f.send(Method::PATCH, &location, &[], vec![1; 1000]).await;
     // A temp file; or a shared store's session and the part that holds its bytes.
-    let one_session = if SHARED { 2 } else { 1 };
+    let one_session = if f.shared { 2 } else { 1 };
     assert_eq!(f.in_progress().await.len(), one_session);
     let r = f.delete(&location).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
@@ -472,9 +480,10 @@ async fn cancelled_and_stale_uploads_leave_no_temp_files() {
     assert_eq!(code(f.get(&location).await).await, "BLOB_UPLOAD_UNKNOWN");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blobs_are_scoped_and_mounted_only_from_repositories_that_hold_them() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn blobs_are_scoped_and_mounted_only_from_repositories_that_hold_them(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let bytes = b"layer bytes".to_vec();
     let d = f.push_blob("src", &bytes).await;
     f.push_blob("lacking", b"something else").await;
@@ -514,7 +523,11 @@ async fn blobs_are_scoped_and_mounted_only_from_repositories_that_hold_them() {
             .expect("body"),
         bytes
     );
-    assert_eq!(f.blobs_of(Algorithm::Sha256).await.len(), 2, "one copy of each blob");
+    assert_eq!(
+        f.blobs_of(Algorithm::Sha256).await.len(),
+        2,
+        "one copy of each blob"
+    );
 
     // DELETE takes it out of one repository; the other still serves it. dst held nothing
     // else, so it is no repository any more.
@@ -533,9 +546,10 @@ async fn blobs_are_scoped_and_mounted_only_from_repositories_that_hold_them() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn manifests_are_checked_pushed_tagged_and_deleted() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn manifests_are_checked_pushed_tagged_and_deleted(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let manifest = f
         .image("app", &[b"layer one", b"layer two", b"layer three"])
         .await;
@@ -702,9 +716,10 @@ async fn manifests_are_checked_pushed_tagged_and_deleted() {
     assert_eq!(catalog["repositories"], json!(["app"]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn referrers_list_the_manifests_that_name_a_subject() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn referrers_list_the_manifests_that_name_a_subject(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let image = f.image("app", &[b"layer"]).await;
     let subject = digest_of(&image);
     f.put_manifest("app", "v1", OCI_MANIFEST, &image).await;
@@ -800,9 +815,10 @@ async fn referrers_list_the_manifests_that_name_a_subject() {
     assert_eq!(index["manifests"].as_array().map(Vec::len), Some(1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_clients_pushing_one_blob_all_succeed_and_one_copy_is_stored() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn twenty_clients_pushing_one_blob_all_succeed_and_one_copy_is_stored(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let f = Arc::new(f);
     let blob = Arc::new(common::noise(2 << 20, 7));
     let digest = Digest::sha256_of(&blob);
@@ -851,10 +867,7 @@ async fn twenty_clients_pushing_one_blob_all_succeed_and_one_copy_is_stored() {
     for t in tasks {
         assert_eq!(t.await.expect("task"), digest);
     }
-    assert_eq!(
-        f.blobs_of(Algorithm::Sha256).await,
-        vec![digest.clone()]
-    );
+    assert_eq!(f.blobs_of(Algorithm::Sha256).await, vec![digest.clone()]);
     gone_soon(&f).await;
     f.store.verify(&digest).await.expect("verify");
     for i in 0..4 {
@@ -863,13 +876,18 @@ async fn twenty_clients_pushing_one_blob_all_succeed_and_one_copy_is_stored() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_over_the_size_limit_are_refused() {
-    let Some(f) = Fixture::new(Access {
-        max_blob_size: Some(1000),
-        ..pushing()
-    })
-    .await else { return };
+pub async fn uploads_over_the_size_limit_are_refused(engine: Engine) {
+    let Some(f) = Fixture::new(
+        engine,
+        Access {
+            max_blob_size: Some(1000),
+            ..pushing()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     f.push_blob("r", &[1; 1000]).await;
     let big = vec![2u8; 1001];
     let r = f
@@ -900,8 +918,7 @@ async fn uploads_over_the_size_limit_are_refused() {
     assert_eq!(f.blobs_of(Algorithm::Sha256).await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn htpasswd_guards_writes_and_with_auth_reads_reads_too() {
+pub async fn htpasswd_guards_writes_and_with_auth_reads_reads_too(engine: Engine) {
     let hash = bcrypt::hash("pw", 4).expect("hash");
     let users = Arc::new(Htpasswd::parse(&format!("ci:{hash}\n")).expect("htpasswd"));
     let basic = |user: &str, pw: &str| {
@@ -911,11 +928,17 @@ async fn htpasswd_guards_writes_and_with_auth_reads_reads_too() {
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
         )
     };
-    let Some(mut f) = Fixture::new(Access {
-        htpasswd: Some(users.clone()),
-        ..pushing()
-    })
-    .await else { return };
+    let Some(mut f) = Fixture::new(
+        engine,
+        Access {
+            htpasswd: Some(users.clone()),
+            ..pushing()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     for auth in [
         None,
         Some(basic("ci", "wrong")),
@@ -956,12 +979,18 @@ async fn htpasswd_guards_writes_and_with_auth_reads_reads_too() {
     );
     gone_soon(&f).await;
 
-    let Some(mut f) = Fixture::new(Access {
-        htpasswd: Some(users),
-        auth_reads: true,
-        ..pushing()
-    })
-    .await else { return };
+    let Some(mut f) = Fixture::new(
+        engine,
+        Access {
+            htpasswd: Some(users),
+            auth_reads: true,
+            ..pushing()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     f.auth = Some(basic("ci", "pw"));
     let d = f.push_blob("r", b"secret").await;
     f.auth = None;
@@ -988,9 +1017,10 @@ async fn htpasswd_guards_writes_and_with_auth_reads_reads_too() {
 /// early refusal, not a reset: the server reads what is left of the chunk (up to
 /// `LINGER_BYTES`) before it answers. Without that, measured over 5 runs: 1 of 150 clients
 /// sending 1 MiB and 14 of 150 sending 3 MiB lost the 416 to EPIPE (every run failed at 3 MiB).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_early_416_reaches_a_client_still_sending_its_chunk() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn an_early_416_reaches_a_client_still_sending_its_chunk(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let addr = f.addr.to_string();
     let rounds = 30;
     let mut lost = Vec::new();
@@ -1059,10 +1089,11 @@ async fn an_early_416_reaches_a_client_still_sending_its_chunk() {
 
 const SHA512_EMPTY_JSON: &str = "sha512:27c74670adb75075fad058d5ceaf7b20c4e7786c83bae8a32f626f9782af34c9a33c2046ef60fd2a7878d378e29fec851806bbd9a67878f3a9f1cda4830763fd";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sha512_blobs_and_manifests_round_trip_through_every_endpoint() {
+pub async fn sha512_blobs_and_manifests_round_trip_through_every_endpoint(engine: Engine) {
     use quinistry::digest::Algorithm::Sha512;
-    let Some(f) = Fixture::new(pushing()).await else { return };
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     // Monolithic: the body hashed with sha512 as it comes.
     let config = b"{}".to_vec();
     let config_digest = Digest::of(Sha512, &config);
@@ -1345,9 +1376,10 @@ async fn sha512_blobs_and_manifests_round_trip_through_every_endpoint() {
     assert_eq!(code(r).await, "DIGEST_INVALID");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_by_digest_with_tag_parameters_tags_the_manifest() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn a_push_by_digest_with_tag_parameters_tags_the_manifest(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let manifest = f.image("app", &[b"layer"]).await;
     let digest = digest_of(&manifest);
     let r = f
@@ -1405,9 +1437,10 @@ async fn a_push_by_digest_with_tag_parameters_tags_the_manifest() {
     assert_eq!(list["tags"], json!(["1.0", "latest", "stable", "v2"]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn referrers_of_a_repository_that_does_not_exist_are_an_empty_index() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn referrers_of_a_repository_that_does_not_exist_are_an_empty_index(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let subject = Digest::sha256_of(b"anything");
     let r = f
         .get(&format!("/v2/never/pushed/referrers/{subject}"))
@@ -1424,9 +1457,10 @@ async fn referrers_of_a_repository_that_does_not_exist_are_an_empty_index() {
     assert_eq!(code(r).await, "NAME_INVALID");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_catalog_and_tag_lists_agree_as_a_repository_empties() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn the_catalog_and_tag_lists_agree_as_a_repository_empties(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let listed = || async {
         let v: Value = f.get("/v2/_catalog").await.json_value().await;
         v["repositories"].clone()
@@ -1468,9 +1502,10 @@ async fn the_catalog_and_tag_lists_agree_as_a_repository_empties() {
 /// interleaving, every tag must name a manifest its repository links (else a pull by tag
 /// fails at the manifest's digest). Without the repository lock, every run of this ended with
 /// such a tag.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pushes_racing_deletes_never_leave_a_tag_on_an_unlinked_manifest() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn pushes_racing_deletes_never_leave_a_tag_on_an_unlinked_manifest(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let f = Arc::new(f);
     let manifest = f.image("race", &[b"layer"]).await;
     let digest = digest_of(&manifest);
@@ -1525,9 +1560,10 @@ async fn pushes_racing_deletes_never_leave_a_tag_on_an_unlinked_manifest() {
 /// What a pushed document is follows its shape and the type it was pushed with: a document
 /// both an image and an index is refused, and one without a `mediaType` is served as the
 /// `Content-Type` it was pushed with.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn manifests_are_judged_by_their_shape_and_served_as_pushed() {
-    let Some(f) = Fixture::new(pushing()).await else { return };
+pub async fn manifests_are_judged_by_their_shape_and_served_as_pushed(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
     let image = f.image("shape", &[b"layer"]).await;
     let size = serde_json::to_vec(&image).expect("json").len();
     f.put_manifest("shape", "v1", OCI_MANIFEST, &image).await;
@@ -1580,14 +1616,19 @@ async fn manifests_are_judged_by_their_shape_and_served_as_pushed() {
 
 /// Every session holds a file descriptor and a temp file: past the caps, a new one is 429
 /// `TOOMANYREQUESTS` with `Retry-After`, and room made is room to open again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upload_sessions_are_capped_in_all_and_per_client() {
-    let Some(f) = Fixture::new(Access {
-        max_uploads: 5,
-        max_uploads_per_client: 3,
-        ..pushing()
-    })
-    .await else { return };
+pub async fn upload_sessions_are_capped_in_all_and_per_client(engine: Engine) {
+    let Some(f) = Fixture::new(
+        engine,
+        Access {
+            max_uploads: 5,
+            max_uploads_per_client: 3,
+            ..pushing()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let post = || f.send(Method::POST, "/v2/r/blobs/uploads/", &[], Vec::new());
     let mut open = Vec::new();
     for _ in 0..3 {
@@ -1623,14 +1664,19 @@ async fn upload_sessions_are_capped_in_all_and_per_client() {
 
 /// A PATCH that trickles a byte now and then does not keep its session past the timeout: the
 /// sweeper drops it, the request feeding it ends, and the temp file goes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trickling_upload_expires_with_its_request() {
+pub async fn a_trickling_upload_expires_with_its_request(engine: Engine) {
     use std::io::Write;
-    let Some(f) = Fixture::new(Access {
-        upload_timeout: Duration::from_millis(400),
-        ..pushing()
-    })
-    .await else { return };
+    let Some(f) = Fixture::new(
+        engine,
+        Access {
+            upload_timeout: Duration::from_millis(400),
+            ..pushing()
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let r = f
         .send(Method::POST, "/v2/r/blobs/uploads/", &[], Vec::new())
         .await;

@@ -1,15 +1,31 @@
-//! The write side of the registry in-process: uploads (whole, chunked, mounted), manifest
-//! pushes and deletes, referrers, scoping, size limits and authentication, each against a
-//! server on an ephemeral loopback port over its own temp store.
+//! A push onto a full disk: a local disk's own concern (a shared store's bytes are in object
+//! storage), so this case runs against the directory engine only.
 
-mod common;
+use std::path::PathBuf;
 
-/// Over a local store, one server.
-const SHARED: bool = false;
+use quinistry::digest::Digest;
+use quinistry::registry::{Access, Config, Registry, Server};
+use quinistry::store::Store;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::oneshot;
 
-include!("push/cases.rs");
+use crate::common::{self, JsonValue};
 
-// A local disk's own concern (the shared store's bytes are in object storage): here only.
+fn pushing() -> Access {
+    Access {
+        push: true,
+        ..Access::default()
+    }
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
 
 /// Unmounts the small file system a test made, whatever happens.
 struct Mounted(PathBuf);

@@ -53,6 +53,43 @@ async fn a_tag_moved_on_one_replica_is_seen_on_the_other_at_once() {
     );
 }
 
+/// A row that breaks an invariant (a tag naming no digest) is the store's fault: a 500 that
+/// names the bad value in the log, not a 503 and an old answer from memory.
+#[tokio::test]
+async fn a_corrupt_row_is_a_500_naming_it_not_a_retry() {
+    let Some(cluster) = cluster() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = cluster.store();
+    let a = store.replica(dir.path(), &[]);
+    push_image(&a.addr, "team/app", "v1", b"a layer").await;
+    let r = http()
+        .get(format!("http://{}/v2/team/app/tags/list", a.addr))
+        .send()
+        .await
+        .expect("tags");
+    assert_eq!(r.status(), StatusCode::OK);
+    let (client, connection) = tokio_postgres::connect(&store.metadata, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE tags SET digest = 'sha256:not-a-digest' WHERE tag = 'v1'",
+            &[],
+        )
+        .await
+        .expect("corrupt the row");
+    assert_eq!(
+        tag_digest(&a.addr, "team/app", "v1").await,
+        Err(StatusCode::INTERNAL_SERVER_ERROR)
+    );
+    let log = a.log_text();
+    assert!(
+        log.contains("corrupt store") && log.contains("sha256:not-a-digest"),
+        "{log}"
+    );
+}
+
 #[tokio::test]
 async fn blobs_stream_through_a_replica_or_redirect_to_storage_with_ranges() {
     let Some(cluster) = cluster() else { return };

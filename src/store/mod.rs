@@ -130,6 +130,11 @@ pub enum StoreError {
     /// The metadata database failed or cannot be reached (a shared store).
     #[error("metadata database: {0}")]
     Database(String),
+    /// A record or object that breaks an invariant (a row whose digest does not parse, a
+    /// saved hash state that does not resume): the store's fault, not the service's, so
+    /// never retried or covered by an answer seen before; the message names it.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
     /// What a shared store does not do (yet); the message says what.
     #[error("{0}")]
     Unsupported(&'static str),

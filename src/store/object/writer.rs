@@ -25,9 +25,7 @@ impl Store {
         };
         let hasher = crate::digest::Hasher::resume(&saved.hasher)
             .filter(|h| h.len() == saved.written)
-            .ok_or_else(|| {
-                StoreError::Database("an upload's saved hash state is damaged".into())
-            })?;
+            .ok_or_else(|| StoreError::Corrupt("an upload's saved hash state is damaged".into()))?;
         let key = shared.objects.upload_key();
         let writer = shared.objects.writer(key.clone());
         Ok(BlobWriter {

@@ -128,7 +128,7 @@ impl From<tokio_postgres::Error> for StoreError {
 
 fn parse<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, StoreError> {
     text.parse()
-        .map_err(|_| StoreError::Database(format!("the database holds a bad {what}: {text:?}")))
+        .map_err(|_| StoreError::Corrupt(format!("the database holds a bad {what}: {text:?}")))
 }
 
 fn size(n: i64) -> u64 {

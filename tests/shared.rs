@@ -586,15 +586,39 @@ async fn pushes_on_one_replica_racing_the_other_replicas_collector_lose_nothing(
     // between a layer and its manifest).
     let b = store.replica(dir.path(), &["--gc-interval", "1ms", "--grace", "0s"]);
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    // Counted, not timed: the pushes go on until 20 were acknowledged and 3 collector passes
+    // ran beside them (a busy machine takes longer; at most 2 minutes, then the counts below
+    // say what was reached).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let (done, acked, log) = (done.clone(), acked.clone(), b.log.clone());
+        tokio::spawn(async move {
+            let cap = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                let passes = std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .matches("gc: ")
+                    .count();
+                let n = acked.lock().map(|a| a.len()).unwrap_or(0);
+                if (n >= 20 && passes >= 3) || std::time::Instant::now() >= cap {
+                    done.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let going = move |done: &std::sync::atomic::AtomicBool| {
+        !done.load(std::sync::atomic::Ordering::Relaxed)
+    };
     let mut workers = Vec::new();
     // Garbage made all the while, so that each pass has a batch to remove one by one: a
     // blob the pass doomed at its start has time to be pushed again before its turn comes.
     for j in 0..2u64 {
-        let addr = a.addr.clone();
+        let (addr, done) = (a.addr.clone(), done.clone());
         workers.push(tokio::spawn(async move {
             let mut i = 0;
-            while std::time::Instant::now() < deadline {
+            while going(&done) {
                 i += 1;
                 let junk = common::noise(4 << 10, 2 * (1_000_000 + j * 100_000 + i));
                 let (a2, repo) = (addr.clone(), format!("junk/j{j}"));
@@ -609,10 +633,10 @@ async fn pushes_on_one_replica_racing_the_other_replicas_collector_lose_nothing(
         }));
     }
     for w in 0..4u64 {
-        let (addr, acked) = (a.addr.clone(), acked.clone());
+        let (addr, acked, done) = (a.addr.clone(), acked.clone(), done.clone());
         workers.push(tokio::spawn(async move {
             let mut i = 0;
-            while std::time::Instant::now() < deadline {
+            while going(&done) {
                 i += 1;
                 let tag = format!("w{w}-{i}");
                 let layer = common::noise(64 << 10, 2 * (w * 10_000 + i));
@@ -648,6 +672,7 @@ async fn pushes_on_one_replica_racing_the_other_replicas_collector_lose_nothing(
     for w in workers {
         w.await.expect("worker");
     }
+    monitor.await.expect("monitor");
     let passes = b.log_text().matches("gc: ").count();
     assert!(
         passes >= 3,

@@ -136,6 +136,16 @@ pub(crate) trait Ticket: Send {
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
 
+/// The engine's own ticket back from a checkout; an error if the checkout came from
+/// another engine.
+pub(crate) fn ticket<T: Any>(checkout: Checkout) -> Result<Box<T>> {
+    checkout
+        .ticket
+        .into_any()
+        .downcast::<T>()
+        .map_err(|_| super::StoreError::Unsupported("a session checked out of another store"))
+}
+
 /// What became of a request's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fed {

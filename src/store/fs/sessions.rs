@@ -14,7 +14,7 @@ use crate::digest::Algorithm;
 use crate::reference::Name;
 use crate::store::sessions::{
     Checkin, Checkout, Fed, Leftovers, Progress, Refused, SessionEngine, SessionLimits, Ticket,
-    new_id,
+    new_id, ticket,
 };
 use crate::store::{BlobWriter, Result, Store, StoreError, lock};
 
@@ -153,14 +153,6 @@ impl LocalSessions {
     }
 }
 
-fn ticket(checkout: Checkout) -> Result<Box<LocalTicket>> {
-    checkout
-        .ticket
-        .into_any()
-        .downcast::<LocalTicket>()
-        .map_err(|_| StoreError::Unsupported("a session checked out of another store"))
-}
-
 #[async_trait::async_trait]
 impl SessionEngine for LocalSessions {
     async fn open(
@@ -204,7 +196,7 @@ impl SessionEngine for LocalSessions {
     }
 
     async fn checkin(&self, checkout: Checkout, fed: Fed) -> Result<Checkin> {
-        let mut ticket = ticket(checkout)?;
+        let mut ticket = ticket::<LocalTicket>(checkout)?;
         if fed == Fed::Broken {
             drop(self.end(&mut ticket));
             return Ok(Checkin::Ended);
@@ -226,7 +218,7 @@ impl SessionEngine for LocalSessions {
         &self,
         checkout: Checkout,
     ) -> Result<std::result::Result<(BlobWriter, Leftovers), u64>> {
-        let mut ticket = ticket(checkout)?;
+        let mut ticket = ticket::<LocalTicket>(checkout)?;
         match self.end(&mut ticket) {
             Some(state) => Ok(Ok((
                 state.writer,

@@ -20,7 +20,7 @@ use crate::digest::Algorithm;
 use crate::reference::Name;
 use crate::store::sessions::{
     Checkin, Checkout, Fed, Leftovers, Progress, Refused, SessionEngine, SessionLimits, Ticket,
-    new_id,
+    new_id, ticket,
 };
 use crate::store::{BlobWriter, Result, Store, StoreError, Suspended};
 
@@ -45,14 +45,6 @@ impl Ticket for SharedTicket {
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
         self
     }
-}
-
-fn ticket(checkout: Checkout) -> Result<Box<SharedTicket>> {
-    checkout
-        .ticket
-        .into_any()
-        .downcast::<SharedTicket>()
-        .map_err(|_| StoreError::Unsupported("a session checked out of another store"))
 }
 
 impl SharedSessions {
@@ -120,7 +112,7 @@ impl SessionEngine for SharedSessions {
     }
 
     async fn checkin(&self, checkout: Checkout, fed: Fed) -> Result<Checkin> {
-        let ticket = ticket(checkout)?;
+        let ticket = ticket::<SharedTicket>(checkout)?;
         let SharedTicket { id, before, writer } = *ticket;
         if fed != Fed::Whole {
             // A body cut short leaves the session where it was (its part goes with the
@@ -150,7 +142,7 @@ impl SessionEngine for SharedSessions {
         &self,
         checkout: Checkout,
     ) -> Result<std::result::Result<(BlobWriter, Leftovers), u64>> {
-        let ticket = ticket(checkout)?;
+        let ticket = ticket::<SharedTicket>(checkout)?;
         let SharedTicket { id, before, writer } = *ticket;
         // Ended first: from here the parts are this request's alone.
         if !self.meta()?.upload_end(&id, before.written).await? {

@@ -66,11 +66,11 @@ impl Drop for Hold {
 
 impl Store {
     fn gate_path(&self) -> PathBuf {
-        self.root.join("gc.lock")
+        self.dir.root.join("gc.lock")
     }
 
     fn holds_dir(&self) -> PathBuf {
-        self.root.join("holds")
+        self.dir.root.join("holds")
     }
 
     /// Takes the writers' side of the gate (see [`Pin`]).

@@ -334,18 +334,21 @@ async fn apply(store: &Store, removals: Vec<Removal>, dry_run: bool) -> Result<u
             let mut dirty = super::Dirty::default();
             for r in batch {
                 let done = match r {
-                    Removal::Link(name, kind, digest, cutoff) => {
-                        s.unlink_untouched(&name, kind, &digest, cutoff, &mut dirty)?
-                    }
+                    Removal::Link(name, kind, digest, cutoff) => s
+                        .dir
+                        .unlink_untouched(&name, kind, &digest, cutoff, &mut dirty)?,
                     Removal::Tag(name, tag, digest, set) => {
-                        s.delete_tag_if(&name, &tag, &digest, set, &mut dirty)?
+                        s.dir.delete_tag_if(&name, &tag, &digest, set, &mut dirty)?
                     }
                     Removal::Manifest(name, digest, cutoff, subjects) => {
                         let link = Link::Manifest;
-                        let gone = s.unlink_untouched(&name, link, &digest, cutoff, &mut dirty)?;
+                        let gone = s
+                            .dir
+                            .unlink_untouched(&name, link, &digest, cutoff, &mut dirty)?;
                         if gone {
                             for subject in subjects {
-                                s.remove_referrer_now(&name, &subject, &digest, &mut dirty)?;
+                                s.dir
+                                    .remove_referrer_now(&name, &subject, &digest, &mut dirty)?;
                             }
                         }
                         gone
@@ -386,8 +389,8 @@ fn decide_retention(
     let protected: BTreeSet<&Digest> = protected.iter().collect();
     let mut tag_removals = Vec::new();
     let mut link_removals = Vec::new();
-    for name in store.repositories_now()? {
-        let records = store.records(&name)?;
+    for name in store.dir.repositories_now()? {
+        let records = store.dir.records(&name)?;
         let mut tags = records.tags;
         if let Some(rule) = policy
             .keep_tags
@@ -478,8 +481,8 @@ pub fn mark(store: &Store, roots: &[Digest], now: SystemTime, grace: Duration) -
     let mut seen = BTreeMap::new();
     let mut stale = Vec::new();
     let cutoff = cutoff(now, grace);
-    for name in store.repositories_now()? {
-        let records = store.records(&name)?;
+    for name in store.dir.repositories_now()? {
+        let records = store.dir.records(&name)?;
         let manifests: Vec<Digest> = records
             .manifests
             .into_iter()

@@ -55,32 +55,34 @@
 //! |---|---|
 //! | `mod.rs` | every path above, opening a store, temp files, the durable file operations |
 //! | `blobs/` | blobs: writing (`BlobWriter`), reading, verifying, listing; layer-cache records |
-//! | `repositories.rs` | tags, links, referrer records, and which repositories exist |
+//! | `metadata.rs` | the `Metadata` trait: tags, links, referrers, repositories, small records; one implementation per engine |
+//! | `repositories.rs` | tags, links, referrer records, which repositories exist, pull records: the `Store`'s side |
 //! | `verify.rs` | the graph check: tags, links, manifests and referrers against each other |
 //! | `gate.rs` | the gate between the collector and writers: pins, touches, holds |
 //! | `gc.rs` | garbage collection, online: retention, mark, sweep, and why no push loses a blob |
 //! | `object/` | a shared store's bytes: blobs in object storage, several endpoints (`mod.rs`); `writer.rs`, its uploads, sessions suspended between requests, the commit by server-side copy, streams and presigned URLs |
 //! | `postgres/` | a shared store's metadata in PostgreSQL: the schema and its migrations, every query, the advisory locks (`mod.rs`); `gc.rs`, its garbage collection, one replica at a time; `sessions.rs`, upload sessions in the database |
-//! | `pulls.rs` | which on-demand images were pulled, for the prepack after a restart |
 //! | `spec.rs` | `StoreSpec`: what `--store` and `--metadata` say, what those engines can do, opening them |
 //! | `sessions.rs` | upload sessions: the API the registry feeds; `fs/sessions.rs` and `postgres/sessions.rs` keep them |
-//! | `fs/` | what only the directory engine has: its upload sessions |
+//! | `fs/` | the directory engine: its layout (`Dir`), its metadata as files, its upload sessions |
 //!
 //! **A shared store** (`Store::open_shared`: `--store s3://BUCKET/PREFIX --metadata
 //! postgres://…`) keeps the same API over other engines, so that several replicas serve one
 //! store: blobs are objects named by digest (written as multipart uploads under `uploads/`,
 //! copied to their digest key once checked), and everything above is rows in PostgreSQL,
 //! written by single statements or under advisory locks instead of files and flocks. The
-//! database says which blobs exist; an object it does not name is garbage. Each public
-//! method here says `if let Some(shared) = self.shared()` first where the two differ.
+//! database says which blobs exist; an object it does not name is garbage. Metadata and upload
+//! sessions are behind traits (`metadata::Metadata`, `sessions::SessionEngine`) chosen when
+//! the store is opened; blobs, the gate and the collector still say `if let Some(shared) =
+//! self.shared()` where the two engines differ.
 
 mod blobs;
 mod fs;
 mod gate;
 pub mod gc;
+mod metadata;
 pub mod object;
 pub mod postgres;
-mod pulls;
 mod repositories;
 pub mod sessions;
 pub mod spec;
@@ -93,7 +95,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::digest::{Algorithm, Digest, DigestError};
-use crate::reference::{Name, Tag};
+use crate::reference::Name;
 pub use blobs::{BlobRead, BlobWriter, Suspended};
 pub use gate::{Hold, Pin};
 pub use repositories::Link;
@@ -159,7 +161,7 @@ pub type ByteStream =
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub objects: object::Objects,
-    pub meta: postgres::Metadata,
+    pub meta: Arc<postgres::Metadata>,
 }
 
 impl Shared {
@@ -224,8 +226,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// state is in the store, but for running totals kept for metrics.
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// The store's root directory; every path below is derived from it here and nowhere else.
-    root: PathBuf,
+    /// The store's root directory; every path below is derived from it (`fs::Dir`) and
+    /// nowhere else. A shared store's is only this process's scratch folder.
+    dir: fs::Dir,
+    /// Tags, links, referrers, repositories and small records: files in `dir`, or rows.
+    meta: Arc<dyn metadata::Metadata>,
     /// How many blobs and bytes the store holds, without a walk per question.
     totals: Arc<Totals>,
     /// The in-process half of the gate between writers and the sweep (`gate`).
@@ -249,8 +254,10 @@ struct Totals {
 
 impl Store {
     fn at(root: PathBuf) -> Store {
+        let dir = fs::Dir { root };
         Store {
-            root,
+            meta: Arc::new(dir.clone()),
+            dir,
             totals: Arc::default(),
             turn: gate::Turn::default(),
             shared: None,
@@ -264,14 +271,15 @@ impl Store {
     pub async fn open_shared(location: &object::Location, metadata_url: &str) -> Result<Store> {
         let objects = object::Objects::new(location)?;
         objects.probe().await?;
-        let meta = postgres::Metadata::connect(metadata_url).await?;
+        let meta = Arc::new(postgres::Metadata::connect(metadata_url).await?);
         let mut store = Store::at(std::env::temp_dir().join("quinistry-scratch"));
-        let dir = store.tmp_dir();
+        let dir = store.dir.tmp_dir();
         ctx(
             stdfs::create_dir_all(&dir),
             "create scratch directory",
             &dir,
         )?;
+        store.meta = meta.clone();
         store.shared = Some(Arc::new(Shared { objects, meta }));
         Ok(store)
     }
@@ -303,7 +311,7 @@ impl Store {
             all.extend(shared.objects.uploads().await?);
             return Ok(all);
         }
-        let dir = self.tmp_dir();
+        let dir = self.dir.tmp_dir();
         blocking(move || list_names(&dir, |n| Some(n.to_owned()))).await
     }
 
@@ -366,7 +374,7 @@ impl Store {
             self.totals.added_blobs.load(Ordering::Relaxed),
             self.totals.added_bytes.load(Ordering::Relaxed),
         );
-        let dirs = Algorithm::ALL.map(|a| self.blob_dir(a));
+        let dirs = Algorithm::ALL.map(|a| self.dir.blob_dir(a));
         let found = blocking(move || {
             let (mut blobs, mut bytes) = (0i64, 0i64);
             for dir in dirs {
@@ -408,26 +416,11 @@ impl Store {
         }
         let s = self.clone();
         blocking(move || {
-            let dir = s.blob_dir(Algorithm::Sha256);
+            let dir = s.dir.blob_dir(Algorithm::Sha256);
             ctx(stdfs::read_dir(&dir).map(drop), "list", &dir)?;
-            s.check_writable()
+            s.dir.check_writable()
         })
         .await
-    }
-
-    /// Writes a byte to an unnamed temp file in `tmp/` (gone when closed).
-    fn check_writable(&self) -> Result<()> {
-        let tmp = self.tmp_dir();
-        let mut probe = ctx(
-            tempfile::tempfile_in(&tmp),
-            "write to store directory",
-            &tmp,
-        )?;
-        ctx(
-            io::Write::write_all(&mut probe, b"ready"),
-            "write to store directory",
-            &tmp,
-        )
     }
 
     /// Opens (creating if needed) the store at `root`, checks that it is writable, and removes
@@ -436,19 +429,19 @@ impl Store {
         let store = Store::at(root.into());
         let s = store.clone();
         blocking(move || {
-            let blob_dirs = Algorithm::ALL.map(|a| s.blob_dir(a));
+            let blob_dirs = Algorithm::ALL.map(|a| s.dir.blob_dir(a));
             let others = [
-                s.root.clone(),
-                s.tmp_dir(),
-                s.repositories_dir(),
-                s.layer_cache_dir(),
+                s.dir.root.clone(),
+                s.dir.tmp_dir(),
+                s.dir.repositories_dir(),
+                s.dir.layer_cache_dir(),
             ];
             for dir in others.into_iter().chain(blob_dirs) {
                 ctx(stdfs::create_dir_all(&dir), "create store directory", &dir)?;
             }
-            s.remove_stale_temp_files()?;
+            s.dir.remove_stale_temp_files()?;
             // Prove we can write here now, rather than failing after packing gigabytes.
-            s.check_writable()
+            s.dir.check_writable()
         })
         .await?;
         Ok(store)
@@ -458,147 +451,24 @@ impl Store {
     /// A folder that is not a store (a typo) is an error, not a new empty store.
     pub async fn open_existing(root: impl Into<PathBuf>) -> Result<Store> {
         let store = Store::at(root.into());
-        let blobs = store.root.join("blobs");
+        let blobs = store.dir.root.join("blobs");
         match tokio::fs::metadata(&blobs).await {
             Ok(m) if m.is_dir() => Ok(store),
-            Ok(_) => Err(StoreError::NotAStore(store.root)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotAStore(store.root)),
+            Ok(_) => Err(StoreError::NotAStore(store.dir.root)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::NotAStore(store.dir.root))
+            }
             Err(e) => ctx(Err(e), "open store", &blobs),
         }
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.dir.root
     }
 
-    fn blob_dir(&self, algorithm: Algorithm) -> PathBuf {
-        self.root.join("blobs").join(algorithm.name())
-    }
-
-    fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
-    }
-
-    fn repositories_dir(&self) -> PathBuf {
-        self.root.join("repositories")
-    }
-
-    /// Where the blob named `digest` lives (whether or not it exists).
+    /// Where the blob named `digest` lives in a directory store (whether or not it exists).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        // Digest's hex is validated lowercase hex of fixed length: a safe file name.
-        self.blob_dir(digest.algorithm()).join(digest.hex())
-    }
-
-    /// Where the pushed media type of a manifest without a `mediaType` is kept.
-    fn manifest_type_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("types").join(file_name(digest))
-    }
-
-    fn layer_cache_dir(&self) -> PathBuf {
-        self.root.join("cache").join("layers")
-    }
-
-    /// A repository's folder. Name components never start with '_', so the `_tags`, `_blobs`,
-    /// `_manifests` and `_referrers` folders in it cannot collide with a sub-repository.
-    fn repository_dir(&self, name: &Name) -> PathBuf {
-        self.repositories_dir().join(name.as_str())
-    }
-
-    fn tags_dir(&self, name: &Name) -> PathBuf {
-        self.repository_dir(name).join("_tags")
-    }
-
-    fn tag_path(&self, name: &Name, tag: &Tag) -> PathBuf {
-        self.tags_dir(name).join(tag.as_str())
-    }
-
-    /// Deletes temp files whose writer is gone. A live writer holds an exclusive flock on its
-    /// temp file, so a file we can lock belongs to a process that died. A file still under
-    /// its unlocked `new-` name is only removed once old: its writer may be between creating
-    /// and locking it.
-    fn remove_stale_temp_files(&self) -> Result<usize> {
-        let dir = self.tmp_dir();
-        let mut removed = 0;
-        for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
-            let path = ctx(entry, "list", &dir)?.path();
-            let unlocked_name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(UNLOCKED_PREFIX));
-            let stale = if unlocked_name {
-                stdfs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNLOCKED_GRACE))
-            } else {
-                // A file that vanished meanwhile was committed or cleaned up by its writer.
-                stdfs::File::open(&path).is_ok_and(|f| f.try_lock().is_ok())
-            };
-            if stale {
-                match stdfs::remove_file(&path) {
-                    Ok(()) => removed += 1,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return ctx(Err(e), "remove stale temp file", &path),
-                }
-            }
-        }
-        if removed > 0 {
-            tracing::info!(removed, dir = %dir.display(), "removed stale temp files");
-        }
-        Ok(removed)
-    }
-
-    /// A new temp file in `tmp/`, flock'd so that a concurrent `open` leaves it alone. It is
-    /// created under an unlocked name and renamed once locked, so the cleaner never mistakes
-    /// a live file it managed to lock first for a dead one.
-    fn create_temp(&self, prefix: &str) -> Result<(stdfs::File, tempfile::TempPath)> {
-        let dir = self.tmp_dir();
-        let named = ctx(
-            tempfile::Builder::new()
-                .prefix(&format!("{UNLOCKED_PREFIX}{prefix}"))
-                .tempfile_in(&dir),
-            "create temp file in",
-            &dir,
-        )?;
-        let (file, unlocked) = named.into_parts();
-        ctx(
-            file.lock().map_err(io::Error::other),
-            "lock temp file",
-            &unlocked,
-        )?;
-        let name = unlocked
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix(UNLOCKED_PREFIX))
-            .map(str::to_owned)
-            .unwrap_or_else(|| prefix.to_owned());
-        let locked = dir.join(name);
-        ctx(
-            unlocked.persist(&locked).map_err(|e| e.error),
-            "rename temp file",
-            &locked,
-        )?;
-        Ok((
-            file,
-            tempfile::TempPath::try_from_path(locked).map_err(|e| StoreError::Io {
-                action: "use temp file",
-                path: dir,
-                source: e,
-            })?,
-        ))
-    }
-
-    /// Writes `bytes` to `dest` whole or not at all: a temp file renamed over it. Not
-    /// fsynced: for records whose loss in a crash costs a repack or a prepack, no more.
-    fn write_record(
-        &self,
-        prefix: &str,
-        dest: &Path,
-        bytes: &[u8],
-        what: &'static str,
-    ) -> Result<()> {
-        let (mut file, temp) = self.create_temp(prefix)?;
-        ctx(io::Write::write_all(&mut file, bytes), "write", &temp)?;
-        ctx(temp.persist(dest).map_err(|e| e.error), what, dest)
+        self.dir.blob_path(digest)
     }
 }
 
@@ -783,13 +653,13 @@ mod tests {
         let mut live = store.new_blob().await.expect("new");
         live.write_all(b"in progress").await.expect("write");
         // A crashed writer's leftover: a temp file nobody holds a lock on.
-        let dead = store.tmp_dir().join("blob-dead");
+        let dead = store.dir.tmp_dir().join("blob-dead");
         stdfs::write(&dead, b"half").expect("write");
 
         // A file under the unlocked name: young, its writer may be about to lock it; old, dead.
-        let young = store.tmp_dir().join(format!("{UNLOCKED_PREFIX}young"));
+        let young = store.dir.tmp_dir().join(format!("{UNLOCKED_PREFIX}young"));
         stdfs::write(&young, b"").expect("write");
-        let old = store.tmp_dir().join(format!("{UNLOCKED_PREFIX}old"));
+        let old = store.dir.tmp_dir().join(format!("{UNLOCKED_PREFIX}old"));
         stdfs::File::create(&old)
             .and_then(|f| f.set_modified(std::time::SystemTime::now() - 2 * UNLOCKED_GRACE))
             .expect("age file");
@@ -800,7 +670,7 @@ mod tests {
         assert!(young.exists(), "young unlocked temp file was removed");
         stdfs::remove_file(&young).expect("remove");
         assert_eq!(
-            files_in(&store.tmp_dir()).len(),
+            files_in(&store.dir.tmp_dir()).len(),
             1,
             "live temp file was removed"
         );

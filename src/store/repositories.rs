@@ -1,16 +1,10 @@
 //! Repositories: tags, links (which blobs and manifests a repository holds), referrer
-//! records, and which repositories exist. Every record is a small file, written durably.
+//! records, and which repositories exist, as the registry and the packer ask for them; each
+//! engine keeps them its own way (`metadata::Metadata`). Pull records too.
 
-use std::fs as stdfs;
-use std::io;
-use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::gate::touched;
-use super::{
-    Dirty, Pin, Result, Store, StoreError, blocking, create_dirs_durably, create_durably, ctx,
-    exists, file_name, list_names, parse_file_name, remove_durably, sync_dir,
-};
+use super::{Pin, Result, Store};
 use crate::digest::Digest;
 use crate::reference::{Name, Tag};
 
@@ -20,215 +14,46 @@ impl Store {
     /// cannot straddle a push that moves it.
     pub async fn set_tag(&self, pin: &Pin, name: &Name, tag: &Tag, digest: &Digest) -> Result<()> {
         let _ = pin;
-        if let Some(shared) = self.shared() {
-            return shared.meta.set_tag(name, tag, digest).await;
-        }
-        let s = self.clone();
-        let dir = self.tags_dir(name);
-        let dest = self.tag_path(name, tag);
-        let body = format!("{digest}\n");
-        blocking(move || {
-            create_dirs_durably(&dir)?;
-            let (mut file, temp) = s.create_temp("tag-")?;
-            ctx(
-                io::Write::write_all(&mut file, body.as_bytes()),
-                "write",
-                &temp,
-            )?;
-            ctx(file.sync_all(), "fsync", &temp)?;
-            ctx(temp.persist(&dest).map_err(|e| e.error), "write tag", &dest)?;
-            sync_dir(&dir)
-        })
-        .await
+        self.meta.set_tag(name, tag, digest).await
     }
 
     /// The manifest digest `name:tag` points at, if the tag exists.
     pub async fn tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.tag(name, tag).await;
-        }
-        let path = self.tag_path(name, tag);
-        let text = match tokio::fs::read_to_string(&path).await {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return ctx(Err(e), "read tag", &path),
-        };
-        text.trim_end()
-            .parse()
-            .map(Some)
-            .map_err(|source| StoreError::CorruptTag { path, source })
+        self.meta.tag(name, tag).await
     }
 
     /// Whether `name` is a repository: something was tagged, pushed or linked into it.
     pub async fn has_repository(&self, name: &Name) -> Result<bool> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.has_repository(name).await;
-        }
-        let dir = self.repository_dir(name);
-        blocking(move || is_repository(&dir)).await
+        self.meta.has_repository(name).await
     }
 
-    /// Every repository (a folder under `repositories/` whose `_tags`, `_blobs` or
-    /// `_manifests` holds something), sorted by name.
-    /// Folders whose path is not a valid name are skipped: the store never creates them.
+    /// Every repository that holds a tag or a link, sorted by name.
     pub async fn repositories(&self) -> Result<Vec<Name>> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.repositories().await;
-        }
-        let s = self.clone();
-        blocking(move || s.repositories_now()).await
-    }
-
-    /// `repositories`, on the calling thread (for the collector's blocking pass).
-    pub(crate) fn repositories_now(&self) -> Result<Vec<Name>> {
-        let root = self.repositories_dir();
-        let mut names = Vec::new();
-        let mut pending = vec![(root.clone(), String::new())];
-        while let Some((dir, prefix)) = pending.pop() {
-            for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
-                let entry = ctx(entry, "list", &dir)?;
-                // file_type does not follow symlinks: a link cannot lead the walk elsewhere.
-                if !ctx(entry.file_type(), "stat", &entry.path())?.is_dir() {
-                    continue;
-                }
-                let Some(component) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                if REPOSITORY_MARKERS.contains(&component.as_str()) {
-                    // A folder with several markers is listed once (dedup below).
-                    if let Ok(name) = prefix.parse::<Name>()
-                        && !is_empty_dir(&entry.path())?
-                    {
-                        names.push(name);
-                    }
-                } else if !component.starts_with('_') {
-                    let path = if prefix.is_empty() {
-                        component
-                    } else {
-                        format!("{prefix}/{component}")
-                    };
-                    pending.push((entry.path(), path));
-                }
-            }
-        }
-        names.sort();
-        names.dedup();
-        Ok(names)
+        self.meta.repositories().await
     }
 
     /// Removes `name:tag`; `false` if there was no such tag.
     pub async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.delete_tag(name, tag).await;
-        }
-        let path = self.tag_path(name, tag);
-        let dir = self.tags_dir(name);
-        blocking(move || remove_durably(&path, &dir)).await
-    }
-
-    fn link_path(&self, name: &Name, kind: Link, digest: &Digest) -> PathBuf {
-        self.repository_dir(name)
-            .join(kind.dir())
-            .join(file_name(digest))
-    }
-
-    fn referrers_dir(&self, name: &Name, subject: &Digest) -> PathBuf {
-        self.repository_dir(name)
-            .join("_referrers")
-            .join(file_name(subject))
+        self.meta.delete_tag(name, tag).await
     }
 
     /// Makes `digest` part of repository `name`, durably; `BlobUnknown` if the store does not
-    /// have its bytes, so a link never names missing bytes. The blob and the link are
-    /// touched, under the caller's pin: the sweep cannot remove either until a pass that
-    /// sees the link (see `gate`).
+    /// have its bytes, so a link never names missing bytes. Under the caller's pin: the
+    /// sweep cannot remove the blob or the link until a pass that sees the link (see `gate`).
     pub async fn link(&self, pin: &Pin, name: &Name, kind: Link, digest: &Digest) -> Result<()> {
         let _ = pin;
-        if let Some(shared) = self.shared() {
-            return shared.meta.link(name, kind, digest).await;
-        }
-        let path = self.link_path(name, kind, digest);
-        let blob = self.blob_path(digest);
-        let d = digest.clone();
-        blocking(move || {
-            if !super::gate::touch(&blob)? {
-                return Err(StoreError::BlobUnknown(d));
-            }
-            create_durably(&path)
-        })
-        .await
+        self.meta.link(name, kind, digest).await
     }
 
-    /// Removes `digest` from repository `name`; `false` if it was not there. The bytes stay in
-    /// `blobs/`: another repository may link them too.
+    /// Removes `digest` from repository `name`; `false` if it was not there. The bytes stay:
+    /// another repository may link them too.
     pub async fn unlink(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.unlink(name, kind, digest).await;
-        }
-        let path = self.link_path(name, kind, digest);
-        blocking(move || {
-            let dir = path.parent().unwrap_or(&path).to_owned();
-            remove_durably(&path, &dir)
-        })
-        .await
-    }
-
-    /// Removes the link if it was last touched at or before `cutoff`; whether it did. For
-    /// the collector, under the exclusive gate.
-    pub(crate) fn unlink_untouched(
-        &self,
-        name: &Name,
-        kind: Link,
-        digest: &Digest,
-        cutoff: SystemTime,
-        dirty: &mut Dirty,
-    ) -> Result<bool> {
-        let path = self.link_path(name, kind, digest);
-        match stdfs::metadata(&path) {
-            Ok(m) if touched(&m).is_some_and(|t| t <= cutoff) => {}
-            Ok(_) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return ctx(Err(e), "stat", &path),
-        }
-        dirty.remove(&path)
-    }
-
-    /// Removes `name:tag` if it still points at `digest` and was set at `set` (not since);
-    /// whether it did. For retention, under the exclusive gate (tags are set under pins).
-    pub(crate) fn delete_tag_if(
-        &self,
-        name: &Name,
-        tag: &Tag,
-        digest: &Digest,
-        set: SystemTime,
-        dirty: &mut Dirty,
-    ) -> Result<bool> {
-        let path = self.tag_path(name, tag);
-        match tag_set(&path)? {
-            Some((d, at)) if &d == digest && at == set => dirty.remove(&path),
-            _ => Ok(false),
-        }
-    }
-
-    /// `remove_referrer`, on the calling thread; whether there was one.
-    pub(crate) fn remove_referrer_now(
-        &self,
-        name: &Name,
-        subject: &Digest,
-        referrer: &Digest,
-        dirty: &mut Dirty,
-    ) -> Result<bool> {
-        dirty.remove(&self.referrers_dir(name, subject).join(file_name(referrer)))
+        self.meta.unlink(name, kind, digest).await
     }
 
     /// Whether repository `name` holds `digest` (and the store has its bytes).
     pub async fn is_linked(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.is_linked(name, kind, digest).await;
-        }
-        let link = self.link_path(name, kind, digest);
-        let blob = self.blob_path(digest);
-        blocking(move || Ok(exists(&link)? && exists(&blob)?)).await
+        self.meta.is_linked(name, kind, digest).await
     }
 
     /// Records that manifest `referrer` in `name` has `subject` (the referrers API's index).
@@ -239,11 +64,7 @@ impl Store {
         subject: &Digest,
         referrer: &Digest,
     ) -> Result<()> {
-        let path = self.referrers_dir(name, subject).join(file_name(referrer));
-        if let Some(shared) = self.shared() {
-            return shared.meta.add_referrer(name, subject, referrer).await;
-        }
-        blocking(move || create_durably(&path)).await
+        self.meta.add_referrer(name, subject, referrer).await
     }
 
     pub async fn remove_referrer(
@@ -252,97 +73,38 @@ impl Store {
         subject: &Digest,
         referrer: &Digest,
     ) -> Result<()> {
-        let dir = self.referrers_dir(name, subject);
-        if let Some(shared) = self.shared() {
-            return shared.meta.remove_referrer(name, subject, referrer).await;
-        }
-        let path = dir.join(file_name(referrer));
-        blocking(move || remove_durably(&path, &dir).map(drop)).await
+        self.meta.remove_referrer(name, subject, referrer).await
     }
 
     /// The manifests of `name` recorded as having `subject`, sorted.
     pub async fn referrers(&self, name: &Name, subject: &Digest) -> Result<Vec<Digest>> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.referrers(name, subject).await;
-        }
-        let dir = self.referrers_dir(name, subject);
-        blocking(move || list_names(&dir, parse_file_name)).await
+        self.meta.referrers(name, subject).await
     }
 
     /// The digests repository `name` links as `kind`, sorted (bytes present or not).
     pub async fn links(&self, name: &Name, kind: Link) -> Result<Vec<Digest>> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.links(name, kind).await;
-        }
-        let dir = self.repository_dir(name).join(kind.dir());
-        blocking(move || list_names(&dir, parse_file_name)).await
+        self.meta.links(name, kind).await
     }
 
     /// Every referrer record of repository `name`: (subject, referrer), sorted.
     pub async fn referrer_records(&self, name: &Name) -> Result<Vec<(Digest, Digest)>> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.referrer_records(name).await;
-        }
-        let dir = self.repository_dir(name).join("_referrers");
-        blocking(move || {
-            let mut out = Vec::new();
-            for subject in list_names(&dir, parse_file_name)? {
-                for referrer in list_names(&dir.join(file_name(&subject)), parse_file_name)? {
-                    out.push((subject.clone(), referrer));
-                }
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    /// Everything repository `name` records, read at once on the calling thread, for the
-    /// collector: tags with where they point and when they were set (a corrupt tag is
-    /// skipped: it names nothing), links with when they were last touched, referrer records.
-    pub(crate) fn records(&self, name: &Name) -> Result<Records> {
-        let repo = self.repository_dir(name);
-        let touched_links = |kind: Link| -> Result<Vec<(Digest, Option<SystemTime>)>> {
-            let dir = repo.join(kind.dir());
-            let mut out = Vec::new();
-            for d in list_names(&dir, parse_file_name)? {
-                let path = dir.join(file_name(&d));
-                match stdfs::metadata(&path) {
-                    Ok(m) => out.push((d, touched(&m))),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return ctx(Err(e), "stat", &path),
-                }
-            }
-            Ok(out)
-        };
-        let mut tags = Vec::new();
-        let dir = self.tags_dir(name);
-        for tag in list_names(&dir, |s| s.parse::<Tag>().ok())? {
-            if let Some((d, set)) = tag_set(&dir.join(tag.as_str()))? {
-                tags.push((tag, d, set));
-            }
-        }
-        let referrers_dir = repo.join("_referrers");
-        let mut referrers = Vec::new();
-        for subject in list_names(&referrers_dir, parse_file_name)? {
-            for r in list_names(&referrers_dir.join(file_name(&subject)), parse_file_name)? {
-                referrers.push((subject.clone(), r));
-            }
-        }
-        Ok(Records {
-            tags,
-            manifests: touched_links(Link::Manifest)?,
-            blobs: touched_links(Link::Blob)?,
-            referrers,
-        })
+        self.meta.referrer_records(name).await
     }
 
     /// The tags of a repository, sorted; empty if the repository has none.
     pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.tags(name).await;
-        }
-        let dir = self.tags_dir(name);
-        blocking(move || list_names(&dir, |s| s.parse().ok())).await
+        self.meta.tags(name).await
+    }
+
+    /// Records that `image` (`NAME:TAG`) was pulled, if it was not recorded before (for the
+    /// prepack after a restart).
+    pub async fn record_pull(&self, image: &str) -> Result<()> {
+        self.meta.record_pull(image).await
+    }
+
+    /// Every image pulled, as `NAME:TAG`, sorted.
+    pub async fn pulls(&self) -> Result<Vec<String>> {
+        self.meta.pulls().await
     }
 }
 
@@ -375,54 +137,11 @@ impl Link {
     }
 }
 
-/// Where the tag file at `path` points and when it was set; `None` if there is none (or it
-/// is corrupt, and so names nothing).
-fn tag_set(path: &Path) -> Result<Option<(Digest, SystemTime)>> {
-    let mut file = match stdfs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return ctx(Err(e), "read tag", path),
-    };
-    let set = ctx(file.metadata().and_then(|m| m.modified()), "stat", path)?;
-    let mut text = String::new();
-    ctx(
-        io::Read::read_to_string(&mut file, &mut text),
-        "read tag",
-        path,
-    )?;
-    Ok(text.trim_end().parse().ok().map(|d| (d, set)))
-}
-
-/// Folders whose presence makes their parent a repository.
-const REPOSITORY_MARKERS: [&str; 3] = ["_tags", "_blobs", "_manifests"];
-
-/// Whether `dir` is a repository: one of its marker folders holds something. A repository
-/// whose last tag and links were deleted is gone (from the catalog too), though its empty
-/// folders stay: removing them could race a concurrent link into them.
-fn is_repository(dir: &Path) -> Result<bool> {
-    for marker in REPOSITORY_MARKERS {
-        if !is_empty_dir(&dir.join(marker))? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// Whether `dir` has no entries; a missing `dir` counts as empty.
-fn is_empty_dir(dir: &Path) -> Result<bool> {
-    match stdfs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_none()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotADirectory => Ok(true),
-        Err(e) => ctx(Err(e), "list", dir),
-    }
-}
-
 #[cfg(test)]
 impl Store {
     /// A link made as an older store or a crash could leave it: to nothing, if so.
     pub(crate) fn link_raw(&self, name: &Name, kind: Link, digest: &Digest) {
-        create_durably(&self.link_path(name, kind, digest)).expect("link");
+        super::create_durably(&self.dir.link_path(name, kind, digest)).expect("link");
     }
 }
 
@@ -449,7 +168,7 @@ mod tests {
         assert_eq!(reopened.tags(&name).await.expect("list"), vec![v1, v2]);
         let other: Name = "a".parse().expect("name");
         assert_eq!(reopened.tags(&other).await.expect("list"), vec![]);
-        assert!(files_in(&store.tmp_dir()).is_empty());
+        assert!(files_in(&store.dir.tmp_dir()).is_empty());
     }
 
     #[tokio::test]
@@ -466,8 +185,8 @@ mod tests {
                 .expect("tag");
         }
         // A folder that is not a repository (no _tags) and a stray symlink are not listed.
-        stdfs::create_dir_all(store.repositories_dir().join("x/y")).expect("mkdir");
-        std::os::unix::fs::symlink("/", store.repositories_dir().join("z")).expect("link");
+        std::fs::create_dir_all(store.dir.repositories_dir().join("x/y")).expect("mkdir");
+        std::os::unix::fs::symlink("/", store.dir.repositories_dir().join("z")).expect("link");
         let names: Vec<String> = store
             .repositories()
             .await
@@ -589,5 +308,18 @@ mod tests {
         assert!(reopened.delete_tag(&b, &v1).await.expect("delete"));
         assert!(!reopened.delete_tag(&b, &v1).await.expect("again"));
         assert_eq!(reopened.tag(&b, &v1).await.expect("get"), None);
+    }
+
+    #[tokio::test]
+    async fn a_pull_is_recorded_once_and_listed() {
+        let (_dir, store) = fresh().await;
+        assert!(store.pulls().await.expect("pulls").is_empty());
+        store.record_pull("bin/ls:latest").await.expect("record");
+        store.record_pull("bin/ls:latest").await.expect("again");
+        store.record_pull("pkgs/git:latest").await.expect("record");
+        assert_eq!(
+            store.pulls().await.expect("pulls"),
+            ["bin/ls:latest", "pkgs/git:latest"]
+        );
     }
 }

@@ -33,7 +33,7 @@ impl Store {
             return self.resume_blob(&Suspended::new(algorithm));
         }
         let s = self.clone();
-        let (file, temp) = blocking(move || s.create_temp("blob-")).await?;
+        let (file, temp) = blocking(move || s.dir.create_temp("blob-")).await?;
         Ok(BlobWriter {
             out: HashingWriter::with(
                 Sink::File {
@@ -100,6 +100,7 @@ impl Store {
     pub async fn materialize(&self, bytes: impl Into<Vec<u8>>) -> Result<PathBuf> {
         let bytes: Vec<u8> = bytes.into();
         let dest = self
+            .dir
             .root
             .join("cache")
             .join("files")
@@ -113,7 +114,7 @@ impl Store {
             }
             let dir = dest.parent().unwrap_or(&dest).to_owned();
             create_dirs_durably(&dir)?;
-            let (mut file, temp) = s.create_temp("file-")?;
+            let (mut file, temp) = s.dir.create_temp("file-")?;
             ctx(io::Write::write_all(&mut file, &bytes), "write", &temp)?;
             use std::os::unix::fs::PermissionsExt;
             ctx(
@@ -138,41 +139,12 @@ impl Store {
     /// so it is served as that (a Docker schema 2 manifest stays one). Atomic; durable before
     /// the manifest is linked.
     pub async fn set_manifest_type(&self, digest: &Digest, media_type: &str) -> Result<()> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.set_manifest_type(digest, media_type).await;
-        }
-        let s = self.clone();
-        let dest = self.manifest_type_path(digest);
-        let body = media_type.as_bytes().to_vec();
-        blocking(move || {
-            let dir = dest.parent().unwrap_or(&dest).to_owned();
-            create_dirs_durably(&dir)?;
-            let (mut file, temp) = s.create_temp("type-")?;
-            ctx(io::Write::write_all(&mut file, &body), "write", &temp)?;
-            ctx(file.sync_all(), "fsync", &temp)?;
-            ctx(temp.persist(&dest).map_err(|e| e.error), "write", &dest)?;
-            sync_dir(&dir)
-        })
-        .await
+        self.meta.set_manifest_type(digest, media_type).await
     }
 
     /// The media type recorded for a manifest without one of its own, if any.
     pub async fn manifest_type(&self, digest: &Digest) -> Result<Option<String>> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.manifest_type(digest).await;
-        }
-        let (s, d) = (self.clone(), digest.clone());
-        blocking(move || s.manifest_type_now(&d)).await
-    }
-
-    /// `manifest_type`, on the calling thread.
-    fn manifest_type_now(&self, digest: &Digest) -> Result<Option<String>> {
-        let path = self.manifest_type_path(digest);
-        match stdfs::read_to_string(&path) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => ctx(Err(e), "read manifest type", &path),
-        }
+        self.meta.manifest_type(digest).await
     }
 
     /// How the blob's file looks on disk now, or `None` if the store does not have it.
@@ -197,26 +169,13 @@ impl Store {
 
     /// The layer-cache record stored under `key`, if there is one.
     pub async fn layer_record(&self, key: &Digest) -> Result<Option<Vec<u8>>> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.layer_record(key).await;
-        }
-        let path = self.layer_cache_dir().join(key.hex());
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => ctx(Err(e), "read layer-cache record", &path),
-        }
+        self.meta.layer_record(key).await
     }
 
-    /// Stores the layer-cache record of `key`, replacing any, atomically (temp file, rename).
-    /// Not fsynced: a record lost in a crash costs one repack, and a torn one reads as none.
+    /// Stores the layer-cache record of `key`, replacing any, atomically. Not durable: a
+    /// record lost in a crash costs one repack, and a torn one reads as none.
     pub async fn set_layer_record(&self, key: &Digest, bytes: Vec<u8>) -> Result<()> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.set_layer_record(key, &bytes).await;
-        }
-        let s = self.clone();
-        let dest = self.layer_cache_dir().join(key.hex());
-        blocking(move || s.write_record("cache-", &dest, &bytes, "write layer-cache record")).await
+        self.meta.set_layer_record(key, &bytes).await
     }
 
     pub async fn has_blob(&self, digest: &Digest) -> Result<bool> {
@@ -280,7 +239,7 @@ impl Store {
             Ok(None) | Err(StoreError::BlobUnknown(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(Some((bytes, self.manifest_type_now(digest)?)))
+        Ok(Some((bytes, self.dir.manifest_type_now(digest)?)))
     }
 
     /// Reads a blob into memory if it is at most `max` bytes; `None` if it is larger.
@@ -375,7 +334,7 @@ impl Store {
         if !dirty.remove(&path)? {
             return Ok(None);
         }
-        dirty.remove(&self.manifest_type_path(digest))?;
+        dirty.remove(&self.dir.manifest_type_path(digest))?;
         self.removed(meta.len());
         Ok(Some(meta.len()))
     }
@@ -385,7 +344,7 @@ impl Store {
         if let Some(shared) = self.shared() {
             return shared.meta.layer_cache_records().await;
         }
-        let dir = self.layer_cache_dir();
+        let dir = self.dir.layer_cache_dir();
         blocking(move || {
             let entries = match stdfs::read_dir(&dir) {
                 Ok(e) => e,
@@ -421,7 +380,7 @@ impl Store {
         if let Some(shared) = self.shared() {
             return shared.meta.remove_layer_record(key).await;
         }
-        let path = self.layer_cache_dir().join(key.hex());
+        let path = self.dir.layer_cache_dir().join(key.hex());
         match tokio::fs::remove_file(&path).await {
             Err(e) if e.kind() != io::ErrorKind::NotFound => ctx(Err(e), "remove", &path),
             _ => Ok(()),
@@ -435,7 +394,7 @@ impl Store {
             let digests = shared.meta.blobs().await?;
             return Ok(digests.into_iter().map(Ok).collect());
         }
-        let dirs = Algorithm::ALL.map(|a| (a, self.blob_dir(a)));
+        let dirs = Algorithm::ALL.map(|a| (a, self.dir.blob_dir(a)));
         blocking(move || {
             let mut out = Vec::new();
             for (algorithm, dir) in dirs {
@@ -720,7 +679,7 @@ impl BlobWriter {
         let Some(temp) = self.temp else {
             return ctx(Err(io::Error::other("no temp file")), "commit", &temp_path);
         };
-        let dir = self.store.blob_dir(digest.algorithm());
+        let dir = self.store.dir.blob_dir(digest.algorithm());
         let store = self.store.clone();
         let new = blocking(move || {
             // Touched either way: a blob pushed again is needed again (see `gate`).
@@ -782,9 +741,9 @@ mod tests {
         assert_eq!(stdfs::read(store.blob_path(&a)).expect("read"), b"hello");
         let again = store.put(b"hello").await.expect("put again");
         assert_eq!(again, a);
-        assert_eq!(files_in(&store.blob_dir(Algorithm::Sha256)).len(), 1);
+        assert_eq!(files_in(&store.dir.blob_dir(Algorithm::Sha256)).len(), 1);
         assert!(
-            files_in(&store.tmp_dir()).is_empty(),
+            files_in(&store.dir.tmp_dir()).is_empty(),
             "dedupe left a temp file"
         );
         assert_eq!(store.blob_size(&a).await.expect("size"), Some(5));
@@ -825,10 +784,10 @@ mod tests {
         let (_d, store) = fresh().await;
         let mut w = store.new_blob().await.expect("new");
         w.write_all(&[7u8; 3 << 20]).await.expect("write");
-        assert_eq!(files_in(&store.tmp_dir()).len(), 1);
+        assert_eq!(files_in(&store.dir.tmp_dir()).len(), 1);
         drop(w);
-        assert!(files_in(&store.tmp_dir()).is_empty());
-        assert!(files_in(&store.blob_dir(Algorithm::Sha256)).is_empty());
+        assert!(files_in(&store.dir.tmp_dir()).is_empty());
+        assert!(files_in(&store.dir.blob_dir(Algorithm::Sha256)).is_empty());
     }
 
     #[tokio::test]
@@ -841,8 +800,8 @@ mod tests {
             .await
             .expect_err("mismatch");
         assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
-        assert!(files_in(&store.blob_dir(Algorithm::Sha256)).is_empty());
-        assert!(files_in(&store.tmp_dir()).is_empty());
+        assert!(files_in(&store.dir.blob_dir(Algorithm::Sha256)).is_empty());
+        assert!(files_in(&store.dir.tmp_dir()).is_empty());
     }
 
     #[tokio::test]
@@ -889,7 +848,7 @@ mod tests {
         w.write_all(b"other bytes").await.expect("write");
         let err = w.commit_expecting(&wanted).await.expect_err("mismatch");
         assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
-        assert!(files_in(&store.tmp_dir()).is_empty());
+        assert!(files_in(&store.dir.tmp_dir()).is_empty());
 
         let listed: Vec<Digest> = store
             .blobs()
@@ -921,6 +880,7 @@ mod tests {
             .expect("referrer");
         assert!(
             store
+                .dir
                 .repository_dir(&name)
                 .join("_blobs")
                 .join(format!("sha512-{}", got.hex()))

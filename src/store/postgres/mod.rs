@@ -303,8 +303,13 @@ impl Metadata {
             .await?;
         Ok((row.get(0), row.get(1)))
     }
+}
 
-    pub async fn set_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), StoreError> {
+/// Tags, links and referrers are rows written by single statements; the check that a blob
+/// exists and its link are one statement, so a delete cannot fall between them.
+#[async_trait::async_trait]
+impl super::metadata::Metadata for Metadata {
+    async fn set_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO tags (repository, tag, digest) VALUES ($1, $2, $3)
                  ON CONFLICT (repository, tag) DO UPDATE SET digest = $3, set_at = now()",
@@ -314,7 +319,7 @@ impl Metadata {
         .map(drop)
     }
 
-    pub async fn tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, StoreError> {
+    async fn tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>, StoreError> {
         let row = self
             .maybe_row(
                 "SELECT digest FROM tags WHERE repository = $1 AND tag = $2",
@@ -324,7 +329,7 @@ impl Metadata {
         row.map(|r| parse(r.get(0), "digest")).transpose()
     }
 
-    pub async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool, StoreError> {
+    async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool, StoreError> {
         let n = self
             .execute(
                 "DELETE FROM tags WHERE repository = $1 AND tag = $2",
@@ -334,7 +339,7 @@ impl Metadata {
         Ok(n > 0)
     }
 
-    pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>, StoreError> {
+    async fn tags(&self, name: &Name) -> Result<Vec<Tag>, StoreError> {
         let rows = self
             .rows(
                 "SELECT tag FROM tags WHERE repository = $1 ORDER BY tag",
@@ -345,7 +350,7 @@ impl Metadata {
     }
 
     /// Whether something is tagged or linked in `name`.
-    pub async fn has_repository(&self, name: &Name) -> Result<bool, StoreError> {
+    async fn has_repository(&self, name: &Name) -> Result<bool, StoreError> {
         let row = self
             .row(
                 "SELECT EXISTS (SELECT 1 FROM tags WHERE repository = $1)
@@ -356,7 +361,7 @@ impl Metadata {
         Ok(row.get(0))
     }
 
-    pub async fn repositories(&self) -> Result<Vec<Name>, StoreError> {
+    async fn repositories(&self) -> Result<Vec<Name>, StoreError> {
         let rows = self
             .rows(
                 "SELECT repository FROM tags UNION SELECT repository FROM links ORDER BY 1",
@@ -368,7 +373,7 @@ impl Metadata {
 
     /// Links `digest` into `name` and touches the blob; `BlobUnknown` if the store does not
     /// have it. One statement: the check and the link cannot be split by a delete.
-    pub async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<(), StoreError> {
+    async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<(), StoreError> {
         let d = digest.to_string();
         let n = self
             .execute(
@@ -386,12 +391,7 @@ impl Metadata {
         Ok(())
     }
 
-    pub async fn unlink(
-        &self,
-        name: &Name,
-        kind: Link,
-        digest: &Digest,
-    ) -> Result<bool, StoreError> {
+    async fn unlink(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool, StoreError> {
         let n = self
             .execute(
                 "DELETE FROM links WHERE repository = $1 AND kind = $2 AND digest = $3",
@@ -402,7 +402,7 @@ impl Metadata {
     }
 
     /// Whether `name` links `digest` and the store has its bytes.
-    pub async fn is_linked(
+    async fn is_linked(
         &self,
         name: &Name,
         kind: Link,
@@ -418,7 +418,7 @@ impl Metadata {
         Ok(row.get(0))
     }
 
-    pub async fn links(&self, name: &Name, kind: Link) -> Result<Vec<Digest>, StoreError> {
+    async fn links(&self, name: &Name, kind: Link) -> Result<Vec<Digest>, StoreError> {
         let rows = self
             .rows(
                 "SELECT digest FROM links WHERE repository = $1 AND kind = $2 ORDER BY digest",
@@ -428,7 +428,7 @@ impl Metadata {
         rows.iter().map(|r| parse(r.get(0), "digest")).collect()
     }
 
-    pub async fn add_referrer(
+    async fn add_referrer(
         &self,
         name: &Name,
         subject: &Digest,
@@ -442,7 +442,7 @@ impl Metadata {
         .map(drop)
     }
 
-    pub async fn remove_referrer(
+    async fn remove_referrer(
         &self,
         name: &Name,
         subject: &Digest,
@@ -456,11 +456,7 @@ impl Metadata {
         .map(drop)
     }
 
-    pub async fn referrers(
-        &self,
-        name: &Name,
-        subject: &Digest,
-    ) -> Result<Vec<Digest>, StoreError> {
+    async fn referrers(&self, name: &Name, subject: &Digest) -> Result<Vec<Digest>, StoreError> {
         let rows = self
             .rows(
                 "SELECT referrer FROM referrers WHERE repository = $1 AND subject = $2
@@ -471,7 +467,7 @@ impl Metadata {
         rows.iter().map(|r| parse(r.get(0), "digest")).collect()
     }
 
-    pub async fn referrer_records(&self, name: &Name) -> Result<Vec<(Digest, Digest)>, StoreError> {
+    async fn referrer_records(&self, name: &Name) -> Result<Vec<(Digest, Digest)>, StoreError> {
         let rows = self
             .rows(
                 "SELECT subject, referrer FROM referrers WHERE repository = $1 ORDER BY 1, 2",
@@ -483,11 +479,7 @@ impl Metadata {
             .collect()
     }
 
-    pub async fn set_manifest_type(
-        &self,
-        digest: &Digest,
-        media_type: &str,
-    ) -> Result<(), StoreError> {
+    async fn set_manifest_type(&self, digest: &Digest, media_type: &str) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO manifest_types VALUES ($1, $2)
                  ON CONFLICT (digest) DO UPDATE SET media_type = $2",
@@ -497,7 +489,7 @@ impl Metadata {
         .map(drop)
     }
 
-    pub async fn manifest_type(&self, digest: &Digest) -> Result<Option<String>, StoreError> {
+    async fn manifest_type(&self, digest: &Digest) -> Result<Option<String>, StoreError> {
         let row = self
             .maybe_row(
                 "SELECT media_type FROM manifest_types WHERE digest = $1",
@@ -507,7 +499,7 @@ impl Metadata {
         Ok(row.map(|r| r.get(0)))
     }
 
-    pub async fn layer_record(&self, key: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn layer_record(&self, key: &Digest) -> Result<Option<Vec<u8>>, StoreError> {
         let row = self
             .maybe_row(
                 "SELECT record FROM layer_records WHERE key = $1",
@@ -517,7 +509,7 @@ impl Metadata {
         Ok(row.map(|r| r.get(0)))
     }
 
-    pub async fn set_layer_record(&self, key: &Digest, record: &[u8]) -> Result<(), StoreError> {
+    async fn set_layer_record(&self, key: &Digest, record: &[u8]) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO layer_records VALUES ($1, $2)
                  ON CONFLICT (key) DO UPDATE SET record = $2",
@@ -527,7 +519,7 @@ impl Metadata {
         .map(drop)
     }
 
-    pub async fn record_pull(&self, image: &str) -> Result<(), StoreError> {
+    async fn record_pull(&self, image: &str) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO pulls (image) VALUES ($1) ON CONFLICT (image) DO NOTHING",
             &[&image],
@@ -536,13 +528,15 @@ impl Metadata {
         .map(drop)
     }
 
-    pub async fn pulls(&self) -> Result<Vec<String>, StoreError> {
+    async fn pulls(&self) -> Result<Vec<String>, StoreError> {
         let rows = self
             .rows("SELECT image FROM pulls ORDER BY image", &[])
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
+}
 
+impl Metadata {
     pub async fn layer_cache_records(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
         let rows = self
             .rows("SELECT key, record FROM layer_records", &[])

@@ -55,7 +55,7 @@ impl SharedSessions {
     fn meta(&self) -> Result<&super::Metadata> {
         self.store
             .shared()
-            .map(|s| &s.meta)
+            .map(|s| &*s.meta)
             .ok_or(StoreError::Unsupported("not a shared store"))
     }
 

@@ -1,0 +1,419 @@
+//! A directory store's metadata: every record is a small file, written durably.
+//!
+//! ```text
+//! repositories/<name>/_tags/<tag>                   "sha256:<hex>\n"
+//! repositories/<name>/_blobs/<d>, _manifests/<d>    empty: the link is the whole record
+//! repositories/<name>/_referrers/<subject d>/<d>    empty
+//! types/<d>, cache/layers/<hex>, pulls/<hex>        a media type, a layer-cache record, a pull
+//! ```
+//!
+//! The collector reads and removes these on its own thread, under the exclusive gate
+//! (`records`, `unlink_untouched`, `delete_tag_if`, `remove_referrer_now`); a link's mtime is
+//! the mark it compares (`store/gate.rs`).
+
+use std::fs as stdfs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::Dir;
+use crate::digest::Digest;
+use crate::reference::{Name, Tag};
+use crate::store::gate::{self, touched};
+use crate::store::metadata::Metadata;
+use crate::store::repositories::Records;
+use crate::store::{
+    Dirty, Link, Result, StoreError, blocking, create_dirs_durably, create_durably, ctx, exists,
+    file_name, list_names, parse_file_name, remove_durably, sync_dir,
+};
+
+impl Dir {
+    pub(crate) fn link_path(&self, name: &Name, kind: Link, digest: &Digest) -> PathBuf {
+        self.repository_dir(name)
+            .join(kind.dir())
+            .join(file_name(digest))
+    }
+
+    fn referrers_dir(&self, name: &Name, subject: &Digest) -> PathBuf {
+        self.repository_dir(name)
+            .join("_referrers")
+            .join(file_name(subject))
+    }
+
+    fn pulls_dir(&self) -> PathBuf {
+        self.root.join("pulls")
+    }
+
+    /// Writes `body` to `dest` atomically and durably (temp file, fsync, rename, fsync of
+    /// the folder).
+    fn write_durably(
+        &self,
+        prefix: &str,
+        dest: &Path,
+        body: &[u8],
+        what: &'static str,
+    ) -> Result<()> {
+        let dir = dest.parent().unwrap_or(dest).to_owned();
+        create_dirs_durably(&dir)?;
+        let (mut file, temp) = self.create_temp(prefix)?;
+        ctx(io::Write::write_all(&mut file, body), "write", &temp)?;
+        ctx(file.sync_all(), "fsync", &temp)?;
+        ctx(temp.persist(dest).map_err(|e| e.error), what, dest)?;
+        sync_dir(&dir)
+    }
+
+    /// Every repository (a folder under `repositories/` whose `_tags`, `_blobs` or
+    /// `_manifests` holds something), sorted by name, on the calling thread.
+    /// Folders whose path is not a valid name are skipped: the store never creates them.
+    pub(crate) fn repositories_now(&self) -> Result<Vec<Name>> {
+        let root = self.repositories_dir();
+        let mut names = Vec::new();
+        let mut pending = vec![(root.clone(), String::new())];
+        while let Some((dir, prefix)) = pending.pop() {
+            for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
+                let entry = ctx(entry, "list", &dir)?;
+                // file_type does not follow symlinks: a link cannot lead the walk elsewhere.
+                if !ctx(entry.file_type(), "stat", &entry.path())?.is_dir() {
+                    continue;
+                }
+                let Some(component) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if REPOSITORY_MARKERS.contains(&component.as_str()) {
+                    // A folder with several markers is listed once (dedup below).
+                    if let Ok(name) = prefix.parse::<Name>()
+                        && !is_empty_dir(&entry.path())?
+                    {
+                        names.push(name);
+                    }
+                } else if !component.starts_with('_') {
+                    let path = if prefix.is_empty() {
+                        component
+                    } else {
+                        format!("{prefix}/{component}")
+                    };
+                    pending.push((entry.path(), path));
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Removes the link if it was last touched at or before `cutoff`; whether it did. For
+    /// the collector, under the exclusive gate.
+    pub(crate) fn unlink_untouched(
+        &self,
+        name: &Name,
+        kind: Link,
+        digest: &Digest,
+        cutoff: SystemTime,
+        dirty: &mut Dirty,
+    ) -> Result<bool> {
+        let path = self.link_path(name, kind, digest);
+        match stdfs::metadata(&path) {
+            Ok(m) if touched(&m).is_some_and(|t| t <= cutoff) => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return ctx(Err(e), "stat", &path),
+        }
+        dirty.remove(&path)
+    }
+
+    /// Removes `name:tag` if it still points at `digest` and was set at `set` (not since);
+    /// whether it did. For retention, under the exclusive gate (tags are set under pins).
+    pub(crate) fn delete_tag_if(
+        &self,
+        name: &Name,
+        tag: &Tag,
+        digest: &Digest,
+        set: SystemTime,
+        dirty: &mut Dirty,
+    ) -> Result<bool> {
+        let path = self.tag_path(name, tag);
+        match tag_set(&path)? {
+            Some((d, at)) if &d == digest && at == set => dirty.remove(&path),
+            _ => Ok(false),
+        }
+    }
+
+    /// Removes a referrer record on the calling thread; whether there was one.
+    pub(crate) fn remove_referrer_now(
+        &self,
+        name: &Name,
+        subject: &Digest,
+        referrer: &Digest,
+        dirty: &mut Dirty,
+    ) -> Result<bool> {
+        dirty.remove(&self.referrers_dir(name, subject).join(file_name(referrer)))
+    }
+
+    /// Everything repository `name` records, read at once on the calling thread, for the
+    /// collector: tags with where they point and when they were set (a corrupt tag is
+    /// skipped: it names nothing), links with when they were last touched, referrer records.
+    pub(crate) fn records(&self, name: &Name) -> Result<Records> {
+        let repo = self.repository_dir(name);
+        let touched_links = |kind: Link| -> Result<Vec<(Digest, Option<SystemTime>)>> {
+            let dir = repo.join(kind.dir());
+            let mut out = Vec::new();
+            for d in list_names(&dir, parse_file_name)? {
+                let path = dir.join(file_name(&d));
+                match stdfs::metadata(&path) {
+                    Ok(m) => out.push((d, touched(&m))),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return ctx(Err(e), "stat", &path),
+                }
+            }
+            Ok(out)
+        };
+        let mut tags = Vec::new();
+        let dir = self.tags_dir(name);
+        for tag in list_names(&dir, |s| s.parse::<Tag>().ok())? {
+            if let Some((d, set)) = tag_set(&dir.join(tag.as_str()))? {
+                tags.push((tag, d, set));
+            }
+        }
+        Ok(Records {
+            tags,
+            manifests: touched_links(Link::Manifest)?,
+            blobs: touched_links(Link::Blob)?,
+            referrers: self.referrer_records_now(name)?,
+        })
+    }
+
+    fn referrer_records_now(&self, name: &Name) -> Result<Vec<(Digest, Digest)>> {
+        let dir = self.repository_dir(name).join("_referrers");
+        let mut out = Vec::new();
+        for subject in list_names(&dir, parse_file_name)? {
+            for referrer in list_names(&dir.join(file_name(&subject)), parse_file_name)? {
+                out.push((subject.clone(), referrer));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The recorded media type of a manifest, on the calling thread.
+    pub(crate) fn manifest_type_now(&self, digest: &Digest) -> Result<Option<String>> {
+        let path = self.manifest_type_path(digest);
+        match stdfs::read_to_string(&path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => ctx(Err(e), "read manifest type", &path),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Metadata for Dir {
+    async fn set_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<()> {
+        let (s, dest) = (self.clone(), self.tag_path(name, tag));
+        let body = format!("{digest}\n");
+        blocking(move || s.write_durably("tag-", &dest, body.as_bytes(), "write tag")).await
+    }
+
+    async fn tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>> {
+        let path = self.tag_path(name, tag);
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return ctx(Err(e), "read tag", &path),
+        };
+        text.trim_end()
+            .parse()
+            .map(Some)
+            .map_err(|source| StoreError::CorruptTag { path, source })
+    }
+
+    async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool> {
+        let (path, dir) = (self.tag_path(name, tag), self.tags_dir(name));
+        blocking(move || remove_durably(&path, &dir)).await
+    }
+
+    async fn tags(&self, name: &Name) -> Result<Vec<Tag>> {
+        let dir = self.tags_dir(name);
+        blocking(move || list_names(&dir, |s| s.parse().ok())).await
+    }
+
+    async fn has_repository(&self, name: &Name) -> Result<bool> {
+        let dir = self.repository_dir(name);
+        blocking(move || is_repository(&dir)).await
+    }
+
+    async fn repositories(&self) -> Result<Vec<Name>> {
+        let s = self.clone();
+        blocking(move || s.repositories_now()).await
+    }
+
+    /// The blob and the link are touched: the sweep cannot remove either until a pass that
+    /// sees the link (see `gate`).
+    async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<()> {
+        let path = self.link_path(name, kind, digest);
+        let blob = self.blob_path(digest);
+        let d = digest.clone();
+        blocking(move || {
+            if !gate::touch(&blob)? {
+                return Err(StoreError::BlobUnknown(d));
+            }
+            create_durably(&path)
+        })
+        .await
+    }
+
+    async fn unlink(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool> {
+        let path = self.link_path(name, kind, digest);
+        blocking(move || {
+            let dir = path.parent().unwrap_or(&path).to_owned();
+            remove_durably(&path, &dir)
+        })
+        .await
+    }
+
+    async fn is_linked(&self, name: &Name, kind: Link, digest: &Digest) -> Result<bool> {
+        let link = self.link_path(name, kind, digest);
+        let blob = self.blob_path(digest);
+        blocking(move || Ok(exists(&link)? && exists(&blob)?)).await
+    }
+
+    async fn links(&self, name: &Name, kind: Link) -> Result<Vec<Digest>> {
+        let dir = self.repository_dir(name).join(kind.dir());
+        blocking(move || list_names(&dir, parse_file_name)).await
+    }
+
+    async fn add_referrer(&self, name: &Name, subject: &Digest, referrer: &Digest) -> Result<()> {
+        let path = self.referrers_dir(name, subject).join(file_name(referrer));
+        blocking(move || create_durably(&path)).await
+    }
+
+    async fn remove_referrer(
+        &self,
+        name: &Name,
+        subject: &Digest,
+        referrer: &Digest,
+    ) -> Result<()> {
+        let dir = self.referrers_dir(name, subject);
+        let path = dir.join(file_name(referrer));
+        blocking(move || remove_durably(&path, &dir).map(drop)).await
+    }
+
+    async fn referrers(&self, name: &Name, subject: &Digest) -> Result<Vec<Digest>> {
+        let dir = self.referrers_dir(name, subject);
+        blocking(move || list_names(&dir, parse_file_name)).await
+    }
+
+    async fn referrer_records(&self, name: &Name) -> Result<Vec<(Digest, Digest)>> {
+        let (s, name) = (self.clone(), name.clone());
+        blocking(move || s.referrer_records_now(&name)).await
+    }
+
+    async fn set_manifest_type(&self, digest: &Digest, media_type: &str) -> Result<()> {
+        let (s, dest) = (self.clone(), self.manifest_type_path(digest));
+        let body = media_type.as_bytes().to_vec();
+        blocking(move || s.write_durably("type-", &dest, &body, "write")).await
+    }
+
+    async fn manifest_type(&self, digest: &Digest) -> Result<Option<String>> {
+        let (s, d) = (self.clone(), digest.clone());
+        blocking(move || s.manifest_type_now(&d)).await
+    }
+
+    async fn layer_record(&self, key: &Digest) -> Result<Option<Vec<u8>>> {
+        let path = self.layer_cache_dir().join(key.hex());
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => ctx(Err(e), "read layer-cache record", &path),
+        }
+    }
+
+    /// Atomic (temp file, rename), not fsynced: a record lost in a crash costs one repack,
+    /// and a torn one reads as none.
+    async fn set_layer_record(&self, key: &Digest, record: &[u8]) -> Result<()> {
+        let (s, dest) = (self.clone(), self.layer_cache_dir().join(key.hex()));
+        let bytes = record.to_vec();
+        blocking(move || s.write_record("cache-", &dest, &bytes, "write layer-cache record")).await
+    }
+
+    /// One small file per image, named by the sha256 of `NAME:TAG` and holding it.
+    async fn record_pull(&self, image: &str) -> Result<()> {
+        let dir = self.pulls_dir();
+        let path = dir.join(Digest::sha256_of(image.as_bytes()).hex());
+        if tokio::fs::metadata(&path).await.is_ok() {
+            return Ok(());
+        }
+        let s = self.clone();
+        let bytes = image.as_bytes().to_vec();
+        blocking(move || {
+            ctx(stdfs::create_dir_all(&dir), "create directory", &dir)?;
+            s.write_record("pull-", &path, &bytes, "write pull record")
+        })
+        .await
+    }
+
+    async fn pulls(&self) -> Result<Vec<String>> {
+        let dir = self.pulls_dir();
+        blocking(move || {
+            let entries = match stdfs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return ctx(Err(e), "list", &dir),
+            };
+            let mut out = Vec::new();
+            for entry in entries {
+                let path = ctx(entry, "list", &dir)?.path();
+                match stdfs::read_to_string(&path) {
+                    Ok(image) => out.push(image),
+                    // A record is never removed while we run; a vanished one is not a pull.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return ctx(Err(e), "read", &path),
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Where the tag file at `path` points and when it was set; `None` if there is none (or it
+/// is corrupt, and so names nothing).
+fn tag_set(path: &Path) -> Result<Option<(Digest, SystemTime)>> {
+    let mut file = match stdfs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return ctx(Err(e), "read tag", path),
+    };
+    let set = ctx(file.metadata().and_then(|m| m.modified()), "stat", path)?;
+    let mut text = String::new();
+    ctx(
+        io::Read::read_to_string(&mut file, &mut text),
+        "read tag",
+        path,
+    )?;
+    Ok(text.trim_end().parse().ok().map(|d| (d, set)))
+}
+
+/// Folders whose presence makes their parent a repository.
+const REPOSITORY_MARKERS: [&str; 3] = ["_tags", "_blobs", "_manifests"];
+
+/// Whether `dir` is a repository: one of its marker folders holds something. A repository
+/// whose last tag and links were deleted is gone (from the catalog too), though its empty
+/// folders stay: removing them could race a concurrent link into them.
+fn is_repository(dir: &Path) -> Result<bool> {
+    for marker in REPOSITORY_MARKERS {
+        if !is_empty_dir(&dir.join(marker))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `dir` has no entries; a missing `dir` counts as empty.
+fn is_empty_dir(dir: &Path) -> Result<bool> {
+    match stdfs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => Ok(true),
+        Err(e) => ctx(Err(e), "list", dir),
+    }
+}

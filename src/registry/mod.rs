@@ -88,7 +88,7 @@ const STALE_IF_ERROR: Duration = Duration::from_secs(600);
 /// is read again. Tags moved by another process (`quinistry pack` into the same store) show
 /// within this time. Reading per request instead costs a blocking-pool hop each, which
 /// measured 14k instead of 32k manifest requests/s with wrk on 2 cores.
-const TAG_TTL: Duration = Duration::from_secs(1);
+pub const TAG_TTL: Duration = Duration::from_secs(1);
 
 /// Header every response carries; Docker checks it on `/v2/`.
 const API_VERSION: (&str, &str) = ("docker-distribution-api-version", "registry/2.0");

@@ -28,6 +28,8 @@ struct Fixture {
     root: PathBuf,
     /// Whether the store is shared by two replicas (object storage and PostgreSQL).
     shared: bool,
+    /// A shared store's metadata database (to break a row on purpose).
+    metadata: Option<String>,
     /// The first server; over a shared store, requests by path take turns over `addrs`.
     addr: SocketAddr,
     addrs: Vec<SocketAddr>,
@@ -47,9 +49,9 @@ fn pushing() -> Access {
 
 /// The stores the fixture serves: one local store, or two handles on one shared store, as
 /// two replicas would have; `None` to skip (no cluster, or no Azurite).
-async fn stores(engine: Engine, root: &std::path::Path) -> Option<Vec<Store>> {
+async fn stores(engine: Engine, root: &std::path::Path) -> Option<(Vec<Store>, Option<String>)> {
     let shared = match engine {
-        Engine::Local => return Some(vec![Store::open(root).await.expect("store")]),
+        Engine::Local => return Some((vec![Store::open(root).await.expect("store")], None)),
         Engine::S3 => common::cluster::cluster()?.store(),
         Engine::Azure => common::cluster::cluster()?.azure_store()?,
     };
@@ -61,14 +63,14 @@ async fn stores(engine: Engine, root: &std::path::Path) -> Option<Vec<Store>> {
             .expect("shared store");
         replicas.push(store);
     }
-    Some(replicas)
+    Some((replicas, Some(shared.metadata)))
 }
 
 impl Fixture {
     async fn new(engine: Engine, access: Access) -> Option<Fixture> {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("store");
-        let stores = stores(engine, &root).await?;
+        let (stores, metadata) = stores(engine, &root).await?;
         let (mut addrs, mut stops) = (Vec::new(), Vec::new());
         for store in &stores {
             let registry = Registry::new(store.clone()).with_access(access.clone());
@@ -92,6 +94,7 @@ impl Fixture {
             store,
             root,
             shared: engine != Engine::Local,
+            metadata,
             addr: addrs[0],
             addrs,
             turn: Default::default(),
@@ -1712,4 +1715,173 @@ pub async fn a_trickling_upload_expires_with_its_request(engine: Engine) {
         trickle.await.expect("join"),
         "the trickling request was never ended"
     );
+}
+
+/// Pushes `repo:tag`, an image of one layer; returns its manifest digest and its blobs.
+async fn tagged_image(f: &Fixture, repo: &str, tag: &str, layer: &[u8]) -> (Digest, Vec<Digest>) {
+    let manifest = f.image(repo, &[layer]).await;
+    let r = f.put_manifest(repo, tag, OCI_MANIFEST, &manifest).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    let blobs = [&manifest["config"], &manifest["layers"][0]]
+        .iter()
+        .map(|d| {
+            d["digest"]
+                .as_str()
+                .expect("digest")
+                .parse()
+                .expect("digest")
+        })
+        .collect();
+    (digest_of(&manifest), blobs)
+}
+
+pub async fn the_collector_removes_what_nothing_reaches_and_keeps_every_tagged_image(
+    engine: Engine,
+) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
+    let (kept, kept_blobs) = tagged_image(&f, "gc/kept", "v1", b"a layer kept").await;
+    // Garbage three ways: bytes nothing links, a manifest whose tag was deleted and whose
+    // repository is then deleted by digest, and a blob link no manifest names.
+    let loose = f.store.put(b"bytes nothing links").await.expect("put");
+    let (gone, gone_blobs) = tagged_image(&f, "gc/gone", "v1", b"a layer to collect").await;
+    let r = f.delete(&format!("/v2/gc/gone/manifests/{gone}")).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let stale = f.push_blob("gc/stale", b"a layer no manifest names").await;
+    // The marks compare times, with a margin for file systems that keep them coarsely: let
+    // the clock move past the last touch and the margin.
+    tokio::time::sleep(quinistry::store::gc::TICK + Duration::from_millis(100)).await;
+    let policy = quinistry::store::gc::Policy {
+        grace: Duration::ZERO,
+        link_grace: Duration::ZERO,
+        ..Default::default()
+    };
+    let report = quinistry::store::gc::collect(&f.store, &[], &policy)
+        .await
+        .expect("collect");
+    // gc/gone's two links (its manifest is gone) and gc/stale's.
+    assert_eq!(report.stale_links, 3, "{report:?}");
+    // Both images have the same config: only gc/gone's layer is its own.
+    assert_eq!(gone_blobs[0], kept_blobs[0]);
+    for d in [&loose, &gone, &stale, &gone_blobs[1]] {
+        assert!(
+            !f.store.has_blob(d).await.expect("has"),
+            "{d} survived: {report:?}"
+        );
+    }
+    assert_eq!(report.reclaimed, 4, "{report:?}");
+    for d in std::iter::once(&kept).chain(&kept_blobs) {
+        assert!(f.store.has_blob(d).await.expect("has"), "{d} was collected");
+    }
+    let r = f.get("/v2/gc/kept/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    for d in &kept_blobs {
+        let r = f.get(&format!("/v2/gc/kept/blobs/{d}")).await;
+        assert_eq!(r.status(), StatusCode::OK, "{d}");
+    }
+    // A second pass finds nothing more.
+    let again = quinistry::store::gc::collect(&f.store, &[], &policy)
+        .await
+        .expect("collect again");
+    assert_eq!((again.reclaimed, again.stale_links), (0, 0), "{again:?}");
+}
+
+pub async fn verify_finds_dangling_records_and_repair_removes_only_them(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
+    let (good, _) = tagged_image(&f, "v/good", "v1", b"a sound layer").await;
+    let name: quinistry::reference::Name = "v/good".parse().expect("name");
+    let never = Digest::sha256_of(b"a manifest never pushed");
+    let pin = f.store.pin().await.expect("pin");
+    // What a crash or an older version could leave: a tag and a referrer record naming a
+    // manifest the repository does not link.
+    f.store
+        .set_tag(&pin, &name, &"dangling".parse().expect("tag"), &never)
+        .await
+        .expect("tag");
+    f.store
+        .add_referrer(&pin, &name, &good, &never)
+        .await
+        .expect("referrer");
+    drop(pin);
+    let report = quinistry::store::verify::check_graph(&f.store, false)
+        .await
+        .expect("check");
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert_eq!(report.repaired, 0);
+    let repaired = quinistry::store::verify::check_graph(&f.store, true)
+        .await
+        .expect("repair");
+    assert_eq!((repaired.problems.len(), repaired.repaired), (2, 2));
+    let clean = quinistry::store::verify::check_graph(&f.store, false)
+        .await
+        .expect("check");
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+    assert_eq!(
+        f.store.tags(&name).await.expect("tags"),
+        vec!["v1".parse::<quinistry::reference::Tag>().expect("tag")]
+    );
+    let r = f.get("/v2/v/good/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+pub async fn a_corrupt_tag_record_is_a_500_and_every_other_tag_still_serves(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
+    tagged_image(&f, "c/repo", "bad", b"layer one").await;
+    tagged_image(&f, "c/repo", "good", b"layer two").await;
+    match &f.metadata {
+        None => std::fs::write(
+            f.root.join("repositories/c/repo/_tags/bad"),
+            b"not a digest\n",
+        )
+        .expect("break the tag file"),
+        Some(url) => {
+            let (db, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            let n = db
+                .execute(
+                    "UPDATE tags SET digest = 'not a digest' WHERE repository = 'c/repo' AND tag = 'bad'",
+                    &[],
+                )
+                .await
+                .expect("break the row");
+            assert_eq!(n, 1);
+        }
+    }
+    // Neither a retryable 503 nor an answer seen before (once the moment a directory store's
+    // tag answers are kept has passed): the store is at fault, and says so.
+    tokio::time::sleep(quinistry::registry::TAG_TTL + Duration::from_millis(100)).await;
+    for _ in 0..2 {
+        let r = f.get("/v2/c/repo/manifests/bad").await;
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(code(r).await, "UNKNOWN");
+    }
+    let err = f
+        .store
+        .tag(
+            &"c/repo".parse().expect("name"),
+            &"bad".parse().expect("tag"),
+        )
+        .await
+        .expect_err("corrupt");
+    assert!(!err.unavailable(), "{err}");
+    assert!(
+        err.to_string().contains("not a digest") || err.to_string().contains("bad"),
+        "{err}"
+    );
+    let r = f.get("/v2/c/repo/manifests/good").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = f.get("/v2/c/repo/tags/list").await;
+    assert_eq!(r.status(), StatusCode::OK);
 }

@@ -1,5 +1,5 @@
-//! The engine suite: every case of the registry's write side (`cases.rs`) runs against every
-//! store engine, the behaviour a single server over a directory has being the bar:
+//! The engine suite: every case of the registry's write side and of the store's upkeep
+//! (collection, the graph check, corrupt records; `cases.rs`) runs against every store engine, the behaviour a single server over a directory has being the bar:
 //!
 //! | module | engine |
 //! |---|---|
@@ -62,4 +62,7 @@ on_every_engine! {
     2 manifests_are_judged_by_their_shape_and_served_as_pushed,
     2 upload_sessions_are_capped_in_all_and_per_client,
     2 a_trickling_upload_expires_with_its_request,
+    2 the_collector_removes_what_nothing_reaches_and_keeps_every_tagged_image,
+    2 verify_finds_dangling_records_and_repair_removes_only_them,
+    2 a_corrupt_tag_record_is_a_500_and_every_other_tag_still_serves,
 }

@@ -48,6 +48,10 @@ pub(crate) trait Metadata: std::fmt::Debug + Send + Sync {
     /// A layer-cache record (`pack::cache`); its loss costs a repack, so not fsynced.
     async fn layer_record(&self, key: &Digest) -> Result<Option<Vec<u8>>>;
     async fn set_layer_record(&self, key: &Digest, record: &[u8]) -> Result<()>;
+    /// Every layer-cache record, by key (for pruning).
+    async fn layer_records(&self) -> Result<Vec<(Digest, Vec<u8>)>>;
+    /// Removes a layer-cache record; not durable (one that comes back is pruned again).
+    async fn remove_layer_record(&self, key: &Digest) -> Result<()>;
     /// Records that on-demand image `image` (`NAME:TAG`) was pulled (once).
     async fn record_pull(&self, image: &str) -> Result<()>;
     /// Every image recorded as pulled, sorted.

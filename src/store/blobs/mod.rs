@@ -341,50 +341,13 @@ impl Store {
 
     /// The layer-cache records, by key, as stored (`pack::cache` reads them).
     pub async fn layer_cache_records(&self) -> Result<Vec<(Digest, Vec<u8>)>> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.layer_cache_records().await;
-        }
-        let dir = self.dir.layer_cache_dir();
-        blocking(move || {
-            let entries = match stdfs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => return ctx(Err(e), "list", &dir),
-            };
-            let mut records = Vec::new();
-            for entry in entries {
-                let path = ctx(entry, "list", &dir)?.path();
-                // Keys are named as digests are; anything else is not a record.
-                let Some(key) = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(super::parse_file_name)
-                else {
-                    continue;
-                };
-                match stdfs::read(&path) {
-                    Ok(bytes) => records.push((key, bytes)),
-                    // Replaced or removed meanwhile: its successor is read, or none is needed.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return ctx(Err(e), "read", &path),
-                }
-            }
-            Ok(records)
-        })
-        .await
+        self.meta.layer_records().await
     }
 
-    /// Removes the layer-cache record of `key` (no fsync: a record that comes back in a
+    /// Removes the layer-cache record of `key` (not durably: a record that comes back in a
     /// crash is pruned again).
     pub async fn remove_layer_record(&self, key: &Digest) -> Result<()> {
-        if let Some(shared) = self.shared() {
-            return shared.meta.remove_layer_record(key).await;
-        }
-        let path = self.dir.layer_cache_dir().join(key.hex());
-        match tokio::fs::remove_file(&path).await {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => ctx(Err(e), "remove", &path),
-            _ => Ok(()),
-        }
+        self.meta.remove_layer_record(key).await
     }
 
     /// Every blob in the store. A file whose name is not a digest is reported as an error

@@ -334,6 +334,45 @@ impl Metadata for Dir {
         blocking(move || s.write_record("cache-", &dest, &bytes, "write layer-cache record")).await
     }
 
+    async fn layer_records(&self) -> Result<Vec<(Digest, Vec<u8>)>> {
+        let dir = self.layer_cache_dir();
+        blocking(move || {
+            let entries = match stdfs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return ctx(Err(e), "list", &dir),
+            };
+            let mut records = Vec::new();
+            for entry in entries {
+                let path = ctx(entry, "list", &dir)?.path();
+                // Keys are named as digests are; anything else is not a record.
+                let Some(key) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(parse_file_name)
+                else {
+                    continue;
+                };
+                match stdfs::read(&path) {
+                    Ok(bytes) => records.push((key, bytes)),
+                    // Replaced or removed meanwhile: its successor is read, or none is needed.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return ctx(Err(e), "read", &path),
+                }
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn remove_layer_record(&self, key: &Digest) -> Result<()> {
+        let path = self.layer_cache_dir().join(key.hex());
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => ctx(Err(e), "remove", &path),
+            _ => Ok(()),
+        }
+    }
+
     /// One small file per image, named by the sha256 of `NAME:TAG` and holding it.
     async fn record_pull(&self, image: &str) -> Result<()> {
         let dir = self.pulls_dir();

@@ -519,6 +519,24 @@ impl super::metadata::Metadata for Metadata {
         .map(drop)
     }
 
+    async fn layer_records(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
+        let rows = self
+            .rows("SELECT key, record FROM layer_records", &[])
+            .await?;
+        rows.iter()
+            .map(|r| Ok((parse(r.get(0), "digest")?, r.get(1))))
+            .collect()
+    }
+
+    async fn remove_layer_record(&self, key: &Digest) -> Result<(), StoreError> {
+        self.execute(
+            "DELETE FROM layer_records WHERE key = $1",
+            &[&key.to_string()],
+        )
+        .await
+        .map(drop)
+    }
+
     async fn record_pull(&self, image: &str) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO pulls (image) VALUES ($1) ON CONFLICT (image) DO NOTHING",
@@ -537,24 +555,6 @@ impl super::metadata::Metadata for Metadata {
 }
 
 impl Metadata {
-    pub async fn layer_cache_records(&self) -> Result<Vec<(Digest, Vec<u8>)>, StoreError> {
-        let rows = self
-            .rows("SELECT key, record FROM layer_records", &[])
-            .await?;
-        rows.iter()
-            .map(|r| Ok((parse(r.get(0), "digest")?, r.get(1))))
-            .collect()
-    }
-
-    pub async fn remove_layer_record(&self, key: &Digest) -> Result<(), StoreError> {
-        self.execute(
-            "DELETE FROM layer_records WHERE key = $1",
-            &[&key.to_string()],
-        )
-        .await
-        .map(drop)
-    }
-
     /// Opens upload session `id` in `name` for `client`, unless `max` sessions are open in all
     /// or `per_client` for this client.
     pub async fn upload_open(

@@ -466,6 +466,41 @@ pub struct PushedManifest {
 /// Reads a pushed manifest. `content_type` is the request's `Content-Type` (parameters
 /// stripped), which must agree with the document's `mediaType` when both are given. The
 /// error says what is wrong, for a MANIFEST_INVALID answer.
+/// How deeply arrays and objects may nest in a pushed manifest: an image manifest or index
+/// needs 4, annotations and unknown fields get the rest.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// The depth `bytes` reach once it is more than `max`, `None` if it stays within. serde_json
+/// stops at 128 levels only where it builds values: the fields a manifest type does not name
+/// are skipped without a limit, so 100,000 nested arrays under an unknown key went through.
+/// A scan of brackets outside strings (one pass, no allocation) catches them first.
+fn nested_deeper_than(bytes: &[u8], max: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
 pub fn parse_pushed_manifest(
     bytes: &[u8],
     content_type: Option<&str>,
@@ -481,6 +516,11 @@ pub fn parse_pushed_manifest(
         manifests: Option<Vec<PushedDescriptor>>,
         subject: Option<PushedDescriptor>,
         annotations: Option<serde_json::Map<String, serde_json::Value>>,
+    }
+    if let Some(depth) = nested_deeper_than(bytes, MAX_JSON_DEPTH) {
+        return Err(format!(
+            "the document nests {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted"
+        ));
     }
     let doc: Doc =
         serde_json::from_slice(bytes).map_err(|e| format!("not a JSON manifest: {e}"))?;
@@ -560,6 +600,17 @@ pub fn parse_pushed_manifest(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        use super::nested_deeper_than;
+        assert_eq!(nested_deeper_than(br#"{"a":[[1]]}"#, 3), None);
+        assert_eq!(nested_deeper_than(br#"{"a":[[[1]]]}"#, 3), Some(4));
+        // Brackets and escaped quotes inside strings are text.
+        assert_eq!(nested_deeper_than(br#"{"a":"[[[[\"[[[["}"#, 1), None);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(nested_deeper_than(deep.as_bytes(), 64), Some(65));
+    }
+
     use super::*;
     use serde_json::Value;
 

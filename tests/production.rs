@@ -1259,3 +1259,93 @@ fn the_example_config_is_valid() {
     assert!(line(&out, "config").ends_with("valid"), "{out}");
     assert!(line(&out, "gc").starts_with("gc         every 1h"), "{out}");
 }
+
+/// `Authorization: Basic` for `user:password`.
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Authorization: Basic {token}")
+}
+
+/// Sends SIGHUP to the server.
+fn hangup(server: &Serving) {
+    run_ok(Command::new("kill").args(["-HUP", &server.child.id().to_string()]));
+}
+
+/// Asks `/v2/` as `user` until the answer is `want`: how many tries it took (one per 100 ms;
+/// at most 200, then it fails).
+fn tries_until(server: &Serving, user: &str, want: u16) -> usize {
+    for tries in 1..=200 {
+        let got = common::raw_request(&server.addr, "GET", "/v2/", &[&basic(user, "pw")]).status;
+        if got == want {
+            return tries;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{user} never got {want}");
+}
+
+#[test]
+fn sighup_never_ends_the_server_and_users_are_read_again_when_their_file_changes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = small_input(dir.path());
+    // Without TLS or users: nothing to reload, and the process stays.
+    let mut plain = Serving::start(&dir.path().join("plain"), dir.path(), &[&input]);
+    for _ in 0..3 {
+        hangup(&plain);
+    }
+    assert_eq!(
+        common::raw_request(&plain.addr, "GET", "/v2/", &[]).status,
+        200
+    );
+    assert!(
+        plain.child.try_wait().expect("wait").is_none(),
+        "SIGHUP ended the server"
+    );
+
+    let users = dir.path().join("htpasswd");
+    let hash = bcrypt::hash("pw", 4).expect("hash");
+    std::fs::write(&users, format!("alice:{hash}\nbob:{hash}\n")).expect("htpasswd");
+    let logs = dir.path().join("auth");
+    std::fs::create_dir_all(&logs).expect("dir");
+    let mut server = Serving::start(
+        &dir.path().join("store"),
+        &logs,
+        &[
+            "--push",
+            "--htpasswd",
+            &users.to_string_lossy(),
+            "--auth-reads",
+            &input,
+        ],
+    );
+    assert_eq!(tries_until(&server, "bob", 200), 1);
+    // `htpasswd -D` rewrites the file in place.
+    std::fs::write(&users, format!("alice:{hash}\n")).expect("rewrite");
+    let tries = tries_until(&server, "bob", 401);
+    println!("bob refused after {tries} tries of 100 ms, his entry deleted in place");
+    assert_eq!(tries_until(&server, "alice", 200), 1);
+    // Editors and secret stores write a new file and rename it over the old one.
+    let new = dir.path().join("htpasswd.new");
+    std::fs::write(&new, format!("alice:{hash}\nbob:{hash}\n")).expect("write");
+    std::fs::rename(&new, &users).expect("rename");
+    let tries = tries_until(&server, "bob", 200);
+    println!("bob let in after {tries} tries, the file renamed over");
+    // A file that does not load keeps the users before it; SIGHUP reads it again.
+    std::fs::write(&users, "alice:$apr1$not-bcrypt\n").expect("break");
+    hangup(&server);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(tries_until(&server, "bob", 200), 1);
+    std::fs::write(&users, format!("alice:{hash}\n")).expect("fix");
+    hangup(&server);
+    tries_until(&server, "bob", 401);
+    assert!(
+        server.child.try_wait().expect("wait").is_none(),
+        "SIGHUP ended the server"
+    );
+    let log = server.log_text();
+    assert!(log.contains("users and access rules read again"), "{log}");
+    assert!(log.contains("does not load"), "{log}");
+    plain.child.kill().ok();
+    server.child.kill().ok();
+}

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub struct Settings {
     /// File descriptors this process may open.
     fds: u64,
     access: registry::Access,
+    /// The files the users and rules are read from again on SIGHUP or a change.
+    auth_files: Option<AuthFiles>,
     image: Prepared,
     /// The name and tag of the image packed at start, if one is.
     start: Option<(Option<Name>, Tag)>,
@@ -120,6 +123,11 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
     };
     let (config, fds) = limits(&args)?;
     let access = access(&args, listen, tls.is_some(), fds, file.access)?;
+    let auth_files = args.htpasswd.clone().map(|htpasswd| AuthFiles {
+        htpasswd,
+        failures_per_minute: args.auth_failures_per_minute,
+        config: args.config.clone(),
+    });
     let store = args.store.spec()?;
     if args.redirect && !store.presigns() {
         return Err("--redirect sends clients to object storage: it needs an s3:// --store".into());
@@ -147,6 +155,7 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         config,
         fds,
         access,
+        auth_files,
         image,
         start: pack_at_start.then_some((name, tag)),
         on_demand: on_demand.then_some(setup),
@@ -255,6 +264,13 @@ pub fn summary(s: &Settings) -> Vec<String> {
 
 /// `serve`: binds, packs what is packed at start, serves until a signal.
 pub async fn run(mut s: Settings) -> Result<(), String> {
+    // SIGHUP's default action ends the process. tokio's handler, once set, stays for the
+    // process's life: from here on a SIGHUP only reloads what can be reloaded, and during the
+    // pack at start, nothing.
+    drop(
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("cannot handle SIGHUP: {e}"))?,
+    );
     // Bound first: a port in use is one line now, not after a pack of gigabytes.
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await
@@ -322,6 +338,9 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
         }
         None => "http",
     };
+    if let Some(files) = s.auth_files.take() {
+        files.watch(&server.registry())?;
+    }
     let addr = server.local_addr().map_err(msg)?;
     if let Some(tagged) = pull {
         say(format_args!("pull       docker pull {addr}/{tagged}"));
@@ -503,26 +522,12 @@ fn access(
     if args.upload_timeout == 0 {
         return Err("--upload-timeout must be at least 1 second".into());
     }
-    let htpasswd = match &args.htpasswd {
-        Some(path) => Some(Arc::new(
-            registry::Htpasswd::load(path)?.failures_per_minute(args.auth_failures_per_minute),
-        )),
-        None => None,
-    };
-    let rules = match (rules, &htpasswd) {
-        (true, Some(h)) => {
-            let users = file.users.unwrap_or_default();
-            if let Some(unknown) = users.keys().find(|u| !h.has_user(u)) {
-                return Err(format!(
-                    "access.users.{unknown}: no such user in the htpasswd file"
-                ));
-            }
-            let anonymous = file.anonymous_read.unwrap_or_default();
-            Some(Arc::new(
-                registry::Rules::new(&anonymous, &users).map_err(|e| format!("access.{e}"))?,
-            ))
+    let (htpasswd, rules) = match &args.htpasswd {
+        Some(path) => {
+            let (h, r) = load_auth(path, args.auth_failures_per_minute, &file)?;
+            (Some(h), r)
         }
-        _ => None,
+        None => (None, None),
     };
     Ok(registry::Access {
         push: args.push,
@@ -535,6 +540,82 @@ fn access(
         rules,
         log_health: args.log_health,
     })
+}
+
+/// The htpasswd file and the access rules from the config file, read and checked together
+/// (a rule naming a user the file lacks is refused).
+fn load_auth(
+    htpasswd: &Path,
+    failures_per_minute: u32,
+    file: &config::Access,
+) -> Result<(Arc<registry::Htpasswd>, Option<Arc<registry::Rules>>), String> {
+    let h = registry::Htpasswd::load(htpasswd)?.failures_per_minute(failures_per_minute);
+    let rules = match (&file.anonymous_read, &file.users) {
+        (None, None) => None,
+        (anonymous, users) => {
+            let users = users.clone().unwrap_or_default();
+            if let Some(unknown) = users.keys().find(|u| !h.has_user(u)) {
+                return Err(format!(
+                    "access.users.{unknown}: no such user in the htpasswd file"
+                ));
+            }
+            let anonymous = anonymous.clone().unwrap_or_default();
+            Some(Arc::new(
+                registry::Rules::new(&anonymous, &users).map_err(|e| format!("access.{e}"))?,
+            ))
+        }
+    };
+    Ok((Arc::new(h), rules))
+}
+
+/// Where `serve` reads its users and rules again from.
+#[derive(Clone)]
+struct AuthFiles {
+    htpasswd: PathBuf,
+    failures_per_minute: u32,
+    /// The config file, for its `[access]` rules.
+    config: Option<PathBuf>,
+}
+
+impl AuthFiles {
+    fn load(&self) -> Result<(Arc<registry::Htpasswd>, Option<Arc<registry::Rules>>), String> {
+        let file = match &self.config {
+            Some(path) => config::File::load(path)?.access,
+            None => config::Access::default(),
+        };
+        load_auth(&self.htpasswd, self.failures_per_minute, &file)
+    }
+
+    /// Reads the files again on SIGHUP and when they change; a set that does not load is
+    /// logged, and the users and rules before it stay.
+    fn watch(self, registry: &Arc<registry::Registry>) -> Result<(), String> {
+        let files: Vec<&Path> = std::iter::once(self.htpasswd.as_path())
+            .chain(self.config.as_deref())
+            .collect();
+        let registry = Arc::downgrade(registry);
+        let me = self.clone();
+        registry::watch::watch(&files, "htpasswd and config files", move |why| {
+            let Some(registry) = registry.upgrade() else {
+                return false;
+            };
+            match me.load() {
+                Ok((h, rules)) => {
+                    tracing::info!(
+                        why,
+                        users = h.users(),
+                        rules = rules.is_some(),
+                        "users and access rules read again"
+                    );
+                    registry.set_auth(Some(h), rules);
+                }
+                Err(error) => tracing::warn!(
+                    %error, why,
+                    "the htpasswd or config file does not load; the users and rules before stay"
+                ),
+            }
+            true
+        })
+    }
 }
 
 /// Who may push and who must log in, in words, for the start-up report.

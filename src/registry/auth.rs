@@ -10,7 +10,13 @@
 //!   on the threads that serve reads or do the store's file work; a full queue is answered
 //!   429 at once;
 //! - a client address past `failures_per_minute` wrong attempts is answered 429 without a
-//!   check until its minute is over;
+//!   check until its minute is over. An attempt counts as wrong from the moment it is
+//!   queued, and is taken back if it proves right: a burst of 64 wrong passwords sent at once
+//!   costs `failures_per_minute` checks, not 64;
+//! - a user name past `USER_FACTOR` times that many wrong attempts in a minute, from all
+//!   addresses together, is answered 429 without a check too, but only at addresses that have
+//!   not logged in as that user before: an attacker spreading guesses over many addresses is
+//!   held back, and cannot lock the user out of the address they work from;
 //! - an unknown user is checked against a hash of the most common cost in the file, so the
 //!   time taken tells no one which names exist.
 
@@ -35,6 +41,10 @@ const CHECK_QUEUE: usize = 64;
 const FAILURES_MAX: usize = 10_000;
 /// Wrong attempts per client address per minute before it is answered 429 (`--auth-failures`).
 pub const DEFAULT_FAILURES_PER_MINUTE: u32 = 10;
+/// A user name's budget of wrong attempts per minute, over all addresses, in address budgets.
+const USER_FACTOR: u32 = 3;
+/// (user, address) pairs that logged in, remembered at most; the set starts over when full.
+const TRUSTED_MAX: usize = 10_000;
 
 /// What a request's credentials are worth.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +76,10 @@ pub struct Htpasswd {
     verified: Mutex<HashSet<Digest>>,
     /// Wrong attempts per client address: when its minute began, and how many.
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Wrong attempts per user name, from addresses it has not logged in from.
+    user_failures: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Addresses each user logged in from.
+    trusted: Mutex<HashSet<(String, IpAddr)>>,
     failures_per_minute: u32,
     /// The checking threads' queue; they end when it is dropped.
     checks: std::sync::mpsc::SyncSender<Job>,
@@ -156,6 +170,8 @@ impl Htpasswd {
             decoy,
             verified: Mutex::new(HashSet::new()),
             failures: Mutex::new(HashMap::new()),
+            user_failures: Mutex::new(HashMap::new()),
+            trusted: Mutex::new(HashSet::new()),
             failures_per_minute: DEFAULT_FAILURES_PER_MINUTE,
             checks,
         })
@@ -169,9 +185,12 @@ impl Htpasswd {
         if lock(&self.verified).contains(&key) {
             return Verdict::User(user);
         }
-        if let Some(wait) = self.throttled(client) {
-            return Verdict::Throttled(wait);
-        }
+        let trusted = lock(&self.trusted).contains(&(user.clone(), client));
+        // Counted as wrong before the check (see the module doc).
+        let counted = match self.reserve(&user, client, trusted) {
+            Ok(counted) => counted,
+            Err(wait) => return Verdict::Throttled(wait),
+        };
         let (known, hash) = match self.users.get(&user) {
             Some(h) => (true, h.clone()),
             None => (false, self.decoy.clone()),
@@ -183,12 +202,20 @@ impl Htpasswd {
             answer,
         };
         if self.checks.try_send(job).is_err() {
+            self.take_back(&user, client, counted);
             return Verdict::Busy;
         }
         let ok = answered.await.unwrap_or(false);
         if !(ok && known) {
-            self.failed(client);
             return Verdict::Refused;
+        }
+        self.take_back(&user, client, counted);
+        {
+            let mut trusted = lock(&self.trusted);
+            if trusted.len() >= TRUSTED_MAX {
+                trusted.clear();
+            }
+            trusted.insert((user.clone(), client));
         }
         let mut verified = lock(&self.verified);
         if verified.len() >= VERIFIED_MAX {
@@ -198,29 +225,60 @@ impl Htpasswd {
         Verdict::User(user)
     }
 
-    /// Seconds `client` must wait, if it has failed too often this minute.
-    fn throttled(&self, client: IpAddr) -> Option<u64> {
-        let failures = lock(&self.failures);
-        let (began, count) = failures.get(&client)?;
-        let elapsed = began.elapsed();
-        (*count >= self.failures_per_minute && elapsed < MINUTE)
-            .then(|| (MINUTE - elapsed).as_secs().max(1))
+    /// Counts an attempt as wrong, unless `client` (or `user`, from an address it has not
+    /// logged in from) is out of budget: then the seconds to wait. Whether the user's count
+    /// was taken too.
+    fn reserve(&self, user: &str, client: IpAddr, trusted: bool) -> Result<bool, u64> {
+        let budget = self.failures_per_minute;
+        let mut failures = lock(&self.failures);
+        let by_address = window(&mut failures, client);
+        if by_address.1 >= budget {
+            return Err(wait(by_address.0));
+        }
+        if !trusted {
+            let mut users = lock(&self.user_failures);
+            let by_user = window(&mut users, user.to_owned());
+            if by_user.1 >= budget.saturating_mul(USER_FACTOR) {
+                return Err(wait(by_user.0));
+            }
+            by_user.1 += 1;
+        }
+        by_address.1 += 1;
+        Ok(!trusted)
     }
 
-    fn failed(&self, client: IpAddr) {
-        let mut failures = lock(&self.failures);
-        if failures.len() >= FAILURES_MAX {
-            failures.retain(|_, (began, _)| began.elapsed() < MINUTE);
-            if failures.len() >= FAILURES_MAX {
-                failures.clear();
-            }
+    /// Takes back an attempt `reserve` counted: it proved right, or was never checked.
+    fn take_back(&self, user: &str, client: IpAddr, counted_for_user: bool) {
+        if let Some(entry) = lock(&self.failures).get_mut(&client) {
+            entry.1 = entry.1.saturating_sub(1);
         }
-        let entry = failures.entry(client).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= MINUTE {
-            *entry = (Instant::now(), 0);
+        if counted_for_user && let Some(entry) = lock(&self.user_failures).get_mut(user) {
+            entry.1 = entry.1.saturating_sub(1);
         }
-        entry.1 += 1;
     }
+}
+
+/// The current minute's (start, count) of `key`, made if new or over; the map is bounded.
+fn window<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, (Instant, u32)>,
+    key: K,
+) -> &mut (Instant, u32) {
+    if map.len() >= FAILURES_MAX {
+        map.retain(|_, (began, _)| began.elapsed() < MINUTE);
+        if map.len() >= FAILURES_MAX {
+            map.clear();
+        }
+    }
+    let entry = map.entry(key).or_insert((Instant::now(), 0));
+    if entry.0.elapsed() >= MINUTE {
+        *entry = (Instant::now(), 0);
+    }
+    entry
+}
+
+/// Seconds until the minute that began at `began` is over (at least 1).
+fn wait(began: Instant) -> u64 {
+    MINUTE.saturating_sub(began.elapsed()).as_secs().max(1)
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -323,6 +381,90 @@ mod tests {
             file.check(Some(&header("alice", "right")), ip()).await,
             Verdict::User("alice".into())
         );
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_wrong_passwords_costs_the_budget_in_checks_and_no_more() {
+        let hash = bcrypt::hash("right", 4).expect("hash");
+        let file = std::sync::Arc::new(Htpasswd::parse(&format!("alice:{hash}\n")).expect("parse"));
+        let attacker = IpAddr::from([10, 0, 0, 2]);
+        let burst: Vec<_> = (0..64)
+            .map(|i| {
+                let file = file.clone();
+                tokio::spawn(async move {
+                    file.check(Some(&header("alice", &format!("guess{i}"))), attacker)
+                        .await
+                })
+            })
+            .collect();
+        let (mut refused, mut throttled) = (0, 0);
+        for task in burst {
+            match task.await.expect("task") {
+                Verdict::Refused => refused += 1,
+                Verdict::Throttled(_) => throttled += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        // Every Refused is one bcrypt check; a Throttled is none.
+        assert_eq!(
+            (refused, throttled),
+            (
+                DEFAULT_FAILURES_PER_MINUTE,
+                64 - DEFAULT_FAILURES_PER_MINUTE
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn guesses_spread_over_addresses_are_held_back_per_user_but_the_user_still_logs_in() {
+        let hash = bcrypt::hash("right", 4).expect("hash");
+        let file = Htpasswd::parse(&format!("alice:{hash}\n"))
+            .expect("parse")
+            .failures_per_minute(2);
+        let home = IpAddr::from([192, 168, 1, 7]);
+        assert_eq!(
+            file.check(Some(&header("alice", "right")), home).await,
+            Verdict::User("alice".into())
+        );
+        // 2 per address, 6 per user: addresses 1..=3 get their 6 checks, the rest none.
+        let mut refused = 0;
+        for a in 1..=10u8 {
+            for _ in 0..2 {
+                match file
+                    .check(Some(&header("alice", "guess")), IpAddr::from([10, 1, 0, a]))
+                    .await
+                {
+                    Verdict::Refused => refused += 1,
+                    Verdict::Throttled(_) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(refused, 6);
+        // Another user is not held back by alice's budget.
+        assert_eq!(
+            file.check(Some(&header("bob", "x")), IpAddr::from([10, 2, 0, 1]))
+                .await,
+            Verdict::Refused
+        );
+        // Alice, from where she logged in before (new credentials, so checked again), is let in.
+        let other_header = header("alice", "right");
+        lock(&file.verified).clear();
+        assert_eq!(
+            file.check(Some(&other_header), home).await,
+            Verdict::User("alice".into())
+        );
+        // From a new address she is held back with the attacker until the minute is over
+        // (credentials not remembered as good: remembered ones skip every check).
+        lock(&file.verified).clear();
+        assert!(matches!(
+            file.check(
+                Some(&header("alice", "right")),
+                IpAddr::from([172, 16, 0, 1])
+            )
+            .await,
+            Verdict::Throttled(_)
+        ));
     }
 
     #[test]

@@ -23,9 +23,10 @@ pub async fn get(
         names.dedup();
     }
     // Only what the caller may read: a name is information too.
+    let auth = registry.auth();
     let names: Vec<String> = names
         .iter()
-        .filter(|n| registry.may(user, n, Right::Read))
+        .filter(|n| auth.may(registry.access.auth_reads, user, n, Right::Read))
         .map(|n| n.to_string())
         .collect();
     pagination::respond(

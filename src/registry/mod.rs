@@ -42,6 +42,7 @@ mod server;
 mod tags;
 mod tls;
 mod uploads;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -172,6 +173,13 @@ impl Default for Access {
     }
 }
 
+/// The users of the htpasswd file and the access rules, as last read.
+#[derive(Clone, Default)]
+struct Auth {
+    htpasswd: Option<Arc<Htpasswd>>,
+    rules: Option<Arc<Rules>>,
+}
+
 /// A manifest document as served: the exact stored bytes and what they are.
 pub struct Manifest {
     pub digest: Digest,
@@ -195,8 +203,11 @@ pub struct Registry {
     /// Images packed on demand (`serve --image`, `--root`); they take precedence over the
     /// store's tags of the same name and tag.
     images: Option<Arc<OnDemand>>,
-    /// Who may read and write.
+    /// Who may read and write. Its htpasswd file and rules are the ones at start; `auth`
+    /// holds the current ones.
     access: Access,
+    /// The users and the rules now: replaced whole when their files are read again.
+    auth: RwLock<Auth>,
     /// Upload sessions; `None` when pushing is off.
     uploads: Option<Uploads>,
     /// Repository links found in the store. Only this process removes links (and forgets
@@ -361,6 +372,7 @@ impl Registry {
             repositories: Recent::new(ttl),
             images: None,
             access: Access::default(),
+            auth: RwLock::new(Auth::default()),
             uploads: None,
             linked: RwLock::new(HashMap::new()),
             repository_locks: (0..REPOSITORY_LOCKS)
@@ -412,11 +424,26 @@ impl Registry {
             };
             Uploads::new(self.store.sessions(limits), access.max_blob_size)
         });
+        let auth = RwLock::new(Auth {
+            htpasswd: access.htpasswd.clone(),
+            rules: access.rules.clone(),
+        });
         Registry {
             access,
+            auth,
             uploads,
             ..self
         }
+    }
+
+    /// Replaces the users and the rules (their files were read again): the next request is
+    /// judged by these; credentials remembered as good under the old file are forgotten with it.
+    pub fn set_auth(&self, htpasswd: Option<Arc<Htpasswd>>, rules: Option<Arc<Rules>>) {
+        *write(&self.auth) = Auth { htpasswd, rules };
+    }
+
+    fn auth(&self) -> Auth {
+        read(&self.auth).clone()
     }
 
     /// The upload sessions; 405 when pushing is off.
@@ -770,22 +797,27 @@ impl<'a> Need<'a> {
 impl Registry {
     /// Whether `user` (`None`: an anonymous client) may do `right` on repository `name`.
     fn may(&self, user: Option<&str>, name: &Name, right: rules::Right) -> bool {
-        let access = &self.access;
-        if access.htpasswd.is_none() {
+        self.auth().may(self.access.auth_reads, user, name, right)
+    }
+}
+
+impl Auth {
+    fn may(&self, auth_reads: bool, user: Option<&str>, name: &Name, right: rules::Right) -> bool {
+        if self.htpasswd.is_none() {
             return true;
         }
-        match &access.rules {
+        match &self.rules {
             Some(rules) => rules.allows(user, name, right),
-            None => user.is_some() || (right == rules::Right::Read && !access.auth_reads),
+            None => user.is_some() || (right == rules::Right::Read && !auth_reads),
         }
     }
 
-    fn may_do(&self, user: Option<&str>, need: Need<'_>) -> bool {
+    fn may_do(&self, auth_reads: bool, user: Option<&str>, need: Need<'_>) -> bool {
         match need {
             Need::Nothing => true,
             Need::Login => user.is_some(),
-            Need::List => self.access.rules.is_some() || user.is_some() || !self.access.auth_reads,
-            Need::Repository(name, right) => self.may(user, name, right),
+            Need::List => self.rules.is_some() || user.is_some() || !auth_reads,
+            Need::Repository(name, right) => self.may(auth_reads, user, name, right),
         }
     }
 }
@@ -801,17 +833,22 @@ async fn authorize(
     route: &Result<Route, RegistryError>,
     remote: SocketAddr,
 ) -> Result<Option<String>, (RegistryError, Option<String>)> {
-    let Some(htpasswd) = &registry.access.htpasswd else {
+    // One reading for the whole request: a reload meanwhile applies to the next one.
+    let auth = registry.auth();
+    let Some(htpasswd) = &auth.htpasswd else {
         return Ok(None);
     };
+    let auth_reads = registry.access.auth_reads;
     let need = Need::of(&req.method, route);
-    let anonymous = registry.may_do(None, need);
+    let anonymous = auth.may_do(auth_reads, None, need);
     let credentials = req.headers.get(header::AUTHORIZATION);
     if credentials.is_none() && anonymous {
         return Ok(None);
     }
     let refusal = match htpasswd.check(credentials, remote.ip()).await {
-        auth::Verdict::User(user) if registry.may_do(Some(&user), need) => return Ok(Some(user)),
+        auth::Verdict::User(user) if auth.may_do(auth_reads, Some(&user), need) => {
+            return Ok(Some(user));
+        }
         auth::Verdict::User(user) => return Err((denied(&user, need), Some(user))),
         _ if anonymous => return Ok(None),
         auth::Verdict::Throttled(wait) => RegistryError::new(

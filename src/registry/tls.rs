@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -36,11 +35,6 @@ pub struct Tls {
     /// file in the folder) are not logged as reloads.
     loaded: RwLock<Vec<u8>>,
 }
-
-/// A change is acted on once the files have been quiet this long: a certificate and its key
-/// are usually written one after the other.
-const SETTLE: Duration = Duration::from_millis(300);
-const SETTLE_MAX: Duration = Duration::from_secs(3);
 
 impl Tls {
     /// Loads the files; an error names the file and what is wrong with it.
@@ -77,73 +71,32 @@ impl Tls {
     /// Reloads on SIGHUP, and when anything changes in the folders of the files (a
     /// certificate renewed in place, or swapped in by rename as Kubernetes secrets are).
     pub fn watch(self: &Arc<Self>) -> Result<(), String> {
-        use notify::Watcher;
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup =
-            signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                // Reads of the files (ours, or clients' of a CA kept in the same folder)
-                // change nothing.
-                if event.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.send(());
-                }
-            })
-            .map_err(|e| format!("cannot watch the TLS files: {e}"))?;
-        let mut dirs: Vec<&Path> = [
+        let files: Vec<&Path> = [
             Some(&self.files.cert),
             Some(&self.files.key),
             self.files.client_ca.as_ref(),
         ]
         .into_iter()
         .flatten()
-        .map(|p| {
-            p.parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-        })
+        .map(PathBuf::as_path)
         .collect();
-        dirs.sort();
-        dirs.dedup();
-        for dir in dirs {
-            watcher
-                .watch(dir, notify::RecursiveMode::NonRecursive)
-                .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-        }
         let tls = Arc::downgrade(self);
-        tokio::spawn(async move {
-            // Owned here: dropping the watcher stops the events.
-            let _watcher = watcher;
-            loop {
-                let why = tokio::select! {
-                    e = rx.recv() => match e {
-                        Some(()) => "the files changed",
-                        None => break,
-                    },
-                    _ = hup.recv() => "SIGHUP",
-                };
-                // Wait for the writes to settle, taking every event that comes meanwhile; a
-                // folder that never stops changing is read anyway after `SETTLE_MAX`.
-                let began = tokio::time::Instant::now();
-                while began.elapsed() < SETTLE_MAX
-                    && let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await
-                {
+        super::watch::watch(&files, "TLS files", move |why| {
+            let Some(tls) = tls.upgrade() else {
+                return false;
+            };
+            match tls.reload() {
+                Ok(true) => {
+                    tracing::info!(cert = %tls.files.cert.display(), why, "TLS certificate reloaded")
                 }
-                let Some(tls) = tls.upgrade() else { break };
-                match tls.reload() {
-                    Ok(true) => {
-                        tracing::info!(cert = %tls.files.cert.display(), why, "TLS certificate reloaded")
-                    }
-                    Ok(false) => tracing::debug!(why, "TLS files unchanged"),
-                    Err(error) => tracing::warn!(
-                        %error, why,
-                        "TLS files do not load; the previous certificate stays in use"
-                    ),
-                }
+                Ok(false) => tracing::debug!(why, "TLS files unchanged"),
+                Err(error) => tracing::warn!(
+                    %error, why,
+                    "TLS files do not load; the previous certificate stays in use"
+                ),
             }
-        });
-        Ok(())
+            true
+        })
     }
 }
 

@@ -1589,6 +1589,37 @@ pub async fn manifests_are_judged_by_their_shape_and_served_as_pushed(engine: En
     let list = json!({"schemaVersion": 2, "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest.to_string(), "size": size}]});
     let r = f.put_manifest("shape", "img", OCI_MANIFEST, &list).await;
     assert_eq!(code(r).await, "MANIFEST_INVALID");
+    // Arrays nested 1,000 and 100,000 deep under a key no manifest type names: refused
+    // (at most 64 levels), nothing stored; 64 levels are accepted.
+    let bytes = serde_json::to_vec(&image).expect("json");
+    for (depth, accepted) in [(1_000, false), (100_000, false), (60, true)] {
+        let mut deep = bytes[..bytes.len() - 1].to_vec();
+        deep.extend_from_slice(b",\"x-nested\":");
+        deep.extend(std::iter::repeat_n(b'[', depth));
+        deep.extend(std::iter::repeat_n(b']', depth));
+        deep.push(b'}');
+        let r = f
+            .send(
+                Method::PUT,
+                &format!("/v2/shape/manifests/deep{depth}"),
+                &[("content-type", OCI_MANIFEST)],
+                deep.clone(),
+            )
+            .await;
+        if accepted {
+            assert_eq!(r.status(), StatusCode::CREATED, "{depth} levels");
+            continue;
+        }
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{depth} levels");
+        assert_eq!(code(r).await, "MANIFEST_INVALID");
+        let r = f.get(&format!("/v2/shape/manifests/deep{depth}")).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let digest = Digest::sha256_of(&deep);
+        assert!(
+            !f.store.has_blob(&digest).await.expect("has"),
+            "{depth} levels stored"
+        );
+    }
 
     // Docker schema 2 without a mediaType, pushed as Docker schema 2, stays Docker schema 2.
     let mut docker = image.clone();

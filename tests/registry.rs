@@ -990,3 +990,159 @@ async fn at_the_connection_cap_idle_ones_make_room_busy_ones_do_not_and_shutdown
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(b);
 }
+
+/// A push-enabled server with `config`; its address and the stop sender.
+async fn pushing_server(
+    dir: &std::path::Path,
+    config: Config,
+) -> (std::net::SocketAddr, oneshot::Sender<()>) {
+    let store = Store::open(dir.join("store")).await.expect("store");
+    let registry =
+        quinistry::registry::Registry::new(store).with_access(quinistry::registry::Access {
+            push: true,
+            ..Default::default()
+        });
+    let server = Server::bind_registry("127.0.0.1:0".parse().expect("addr"), registry, config)
+        .await
+        .expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+/// A connection to `addr` from the loopback address `from` (127.0.0.x: all of 127/8 is this
+/// machine), as another client would come.
+async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from((from, 0)))
+        .expect("bind");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// What the server answers first on `s` ("" if it closed the connection without a word).
+async fn first_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Ok(Err(_)) => String::new(),
+        Err(_) => panic!("no answer and no close in 20 s"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_only_its_share_of_the_connections() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _stop) = pushing_server(
+        dir.path(),
+        Config {
+            max_connections: 64,
+            max_connections_per_client: 3,
+            body_timeout: Duration::from_secs(60),
+            ..Config::default()
+        },
+    )
+    .await;
+    // Three requests in flight from 127.0.0.3 (bodies that never come): its share, all busy.
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from([127, 0, 0, 3], addr).await;
+        s.write_all(b"PUT /v2/x/manifests/v1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            .await
+            .expect("send");
+        busy.push(s);
+    }
+    // The server has taken them (each answers a request after its own).
+    let mut probe = connect_from([127, 0, 0, 4], addr).await;
+    probe
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    assert!(first_answer(&mut probe).await.starts_with("HTTP/1.1 200"));
+    // A fourth from the same address is closed unanswered; other addresses are served.
+    for _ in 0..3 {
+        let mut extra = connect_from([127, 0, 0, 3], addr).await;
+        let _ = extra
+            .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        assert_eq!(
+            first_answer(&mut extra).await,
+            "",
+            "a fourth connection was served"
+        );
+        let mut other = connect_from([127, 0, 0, 5], addr).await;
+        other
+            .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        assert!(first_answer(&mut other).await.starts_with("HTTP/1.1 200"));
+    }
+    // Once one of its requests ends, the address may connect again.
+    drop(busy.pop());
+    let mut again = None;
+    for _ in 0..100 {
+        let mut s = connect_from([127, 0, 0, 3], addr).await;
+        let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        if first_answer(&mut s).await.starts_with("HTTP/1.1 200") {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "the address was not let back in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickling_under_the_minimum_rate_is_cut_and_a_slow_one_above_it_is_not() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // At least 100 bytes in each second spent waiting for a body.
+    let (addr, _stop) = pushing_server(
+        dir.path(),
+        Config {
+            body_timeout: Duration::from_secs(1),
+            min_body_rate: 100,
+            ..Config::default()
+        },
+    )
+    .await;
+    let body = common::noise(3000, 9);
+    let digest = quinistry::digest::Digest::sha256_of(&body);
+    let head = format!(
+        "POST /v2/t/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // 10 bytes every 200 ms (50 B/s, slower still on a busy machine): cut, 400.
+    let mut slow = connect_from([127, 0, 0, 6], addr).await;
+    slow.write_all(head.as_bytes()).await.expect("send");
+    let mut sent = 0;
+    let answer = loop {
+        tokio::select! {
+            a = first_answer(&mut slow) => break a,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                assert!(sent < body.len(), "the whole body went through at 50 B/s");
+                let _ = slow.write_all(&body[sent..sent + 10]).await;
+                sent += 10;
+            }
+        }
+    };
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("BLOB_UPLOAD_INVALID") && answer.contains("B/s"),
+        "{answer}"
+    );
+    // 200 bytes every 100 ms (2,000 B/s, twenty times the minimum): stored.
+    let mut fast = connect_from([127, 0, 0, 6], addr).await;
+    fast.write_all(head.as_bytes()).await.expect("send");
+    for piece in body.chunks(200) {
+        fast.write_all(piece).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = first_answer(&mut fast).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+}

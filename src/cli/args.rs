@@ -432,6 +432,16 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub max_connections: Option<usize>,
+    /// Most connections one client address may hold; past it, its idlest connection makes
+    /// room, or the new one is closed if all are busy [default: an eighth of
+    /// --max-connections, at least 16]
+    #[arg(
+        help_heading = "Limits and timeouts",
+        long,
+        env = "QUINISTRY_MAX_CONNECTIONS_PER_CLIENT",
+        value_name = "N"
+    )]
+    pub max_connections_per_client: Option<usize>,
     /// Close a connection that sends nothing for this long while none of its requests is
     /// being answered
     #[arg(
@@ -442,7 +452,8 @@ pub struct ServeArgs {
         default_value_t = 60
     )]
     pub idle_timeout: u64,
-    /// End a request whose body brings no byte for this long
+    /// End a request whose body brings less than --min-body-rate in any span this long (no
+    /// byte at all, with a rate of 0)
     #[arg(
         help_heading = "Limits and timeouts",
         long,
@@ -451,6 +462,16 @@ pub struct ServeArgs {
         default_value_t = 30
     )]
     pub body_timeout: u64,
+    /// A request body must average this many bytes per second over each --body-timeout span
+    /// (a client trickling a body holds a connection and a session only that long)
+    #[arg(
+        help_heading = "Limits and timeouts",
+        long,
+        env = "QUINISTRY_MIN_BODY_RATE",
+        value_name = "BYTES_PER_SECOND",
+        default_value_t = 512
+    )]
+    pub min_body_rate: u64,
     /// Close a connection whose client takes no byte of an answer for this long
     #[arg(
         help_heading = "Limits and timeouts",

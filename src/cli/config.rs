@@ -154,8 +154,10 @@ pub struct Access {
 #[serde(deny_unknown_fields)]
 struct Limits {
     max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
     idle_timeout: Option<u64>,
     body_timeout: Option<u64>,
+    min_body_rate: Option<u64>,
     write_timeout: Option<u64>,
     shutdown_timeout: Option<u64>,
     max_blob_size: Option<Size>,
@@ -326,6 +328,18 @@ pub fn apply(
         "max_connections",
         &mut args.max_connections,
         limits.max_connections.map(Some),
+    );
+    fill(
+        m,
+        "max_connections_per_client",
+        &mut args.max_connections_per_client,
+        limits.max_connections_per_client.map(Some),
+    );
+    fill(
+        m,
+        "min_body_rate",
+        &mut args.min_body_rate,
+        limits.min_body_rate,
     );
     fill(
         m,

@@ -221,13 +221,15 @@ pub fn summary(s: &Settings) -> Vec<String> {
         format!("listen     {}", s.listen),
         format!("access     {}", describe(&s.access)),
         format!(
-            "limits     {} connections, {} uploads ({} per client), {} file descriptors; idle {} s, body {} s, write {} s",
+            "limits     {} connections ({} per client), {} uploads ({} per client), {} file descriptors; idle {} s, body {} s (at least {} B/s), write {} s",
             c.max_connections,
+            c.max_connections_per_client,
             s.access.max_uploads,
             s.access.max_uploads_per_client,
             s.fds,
             c.idle_timeout.as_secs(),
             c.body_timeout.as_secs(),
+            c.min_body_rate,
             c.write_timeout.as_secs(),
         ),
     ];
@@ -454,8 +456,17 @@ fn limits(args: &ServeArgs) -> Result<(registry::Config, u64), String> {
     if max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
+    let max_connections_per_client = args
+        .max_connections_per_client
+        .unwrap_or((max_connections / 8).max(16))
+        .min(max_connections);
+    if max_connections_per_client == 0 {
+        return Err("--max-connections-per-client must be at least 1".into());
+    }
     let config = registry::Config {
         max_connections,
+        max_connections_per_client,
+        min_body_rate: args.min_body_rate,
         idle_timeout: secs(args.idle_timeout, "--idle-timeout")?,
         body_timeout: secs(args.body_timeout, "--body-timeout")?,
         write_timeout: secs(args.write_timeout, "--write-timeout")?,

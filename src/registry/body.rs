@@ -330,10 +330,29 @@ pub struct RequestBody {
     /// Whether a handler asked for a frame (for `Expect: 100-continue`: asking is what makes
     /// hyper tell the client to send the body).
     started: bool,
-    /// A body that brings nothing this long ends its request.
-    timeout: std::time::Duration,
+    /// How fast a body must come (see `Pace`).
+    pace: Pace,
     /// Bytes read so far.
     received: u64,
+    /// The current span: time spent waiting for the client in it, and bytes it brought.
+    span_waited: std::time::Duration,
+    span_bytes: u64,
+}
+
+/// How fast a request body must come: at least `min_rate` bytes per second over each `span`
+/// of time spent waiting for it (at least one byte, with a rate of 0). Only time spent
+/// waiting for the client counts: a store that is slow to take what was read does not make
+/// its client too slow.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub span: std::time::Duration,
+    pub min_rate: u64,
+}
+
+impl Pace {
+    fn needed(&self) -> u64 {
+        self.min_rate.saturating_mul(self.span.as_secs()).max(1)
+    }
 }
 
 /// Why a request body could not be read.
@@ -343,30 +362,56 @@ pub enum BodyError {
     Client(#[from] hyper::Error),
     #[error("no byte of the body arrived for {} s", .0.as_secs())]
     Stalled(std::time::Duration),
+    #[error("the body came at {got} bytes in {} s, under the {min_rate} B/s the server needs", span.as_secs())]
+    TooSlow {
+        got: u64,
+        span: std::time::Duration,
+        min_rate: u64,
+    },
 }
 
 impl RequestBody {
-    pub fn new(inner: hyper::body::Incoming, timeout: std::time::Duration) -> RequestBody {
+    pub fn new(inner: hyper::body::Incoming, pace: Pace) -> RequestBody {
         RequestBody {
             inner,
             started: false,
-            timeout,
+            pace,
             received: 0,
+            span_waited: std::time::Duration::ZERO,
+            span_bytes: 0,
         }
     }
 
-    /// The next frame, `None` at the end.
+    /// The next frame, `None` at the end; an error once a span brought too little.
     pub async fn frame(&mut self) -> Option<Result<Frame<Bytes>, BodyError>> {
         use http_body_util::BodyExt;
         self.started = true;
-        match tokio::time::timeout(self.timeout, self.inner.frame()).await {
-            Ok(frame) => {
+        loop {
+            let left = self.pace.span.saturating_sub(self.span_waited);
+            let began = tokio::time::Instant::now();
+            let got = tokio::time::timeout(left, self.inner.frame()).await;
+            self.span_waited += began.elapsed();
+            if let Ok(frame) = got {
                 if let Some(Ok(f)) = &frame {
-                    self.received += f.data_ref().map_or(0, |d| d.len() as u64);
+                    let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                    self.received += n;
+                    self.span_bytes += n;
                 }
-                frame.map(|f| f.map_err(BodyError::from))
+                return frame.map(|f| f.map_err(BodyError::from));
             }
-            Err(_) => Some(Err(BodyError::Stalled(self.timeout))),
+            // A span is over: a new one begins if this one brought enough.
+            if self.span_bytes < self.pace.needed() {
+                return Some(Err(match self.span_bytes {
+                    0 => BodyError::Stalled(self.pace.span),
+                    got => BodyError::TooSlow {
+                        got,
+                        span: self.pace.span,
+                        min_rate: self.pace.min_rate,
+                    },
+                }));
+            }
+            self.span_waited = std::time::Duration::ZERO;
+            self.span_bytes = 0;
         }
     }
 

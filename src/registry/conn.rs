@@ -4,11 +4,15 @@
 //! that takes no byte of an answer (the write timeout). A request body that stops arriving is
 //! the body timeout's (`RequestBody`). How many connections are open at once is capped; at
 //! the cap, the connection idle longest is closed to make room ([`Connections`]), so a flood
-//! of connections that send nothing cannot keep new clients out.
+//! of connections that send nothing cannot keep new clients out. One client address may hold
+//! only its share of the connections (`max_connections_per_client`): past it, its own idlest
+//! connection makes room, or, if all of its connections are busy, the new one is closed at
+//! once, so one address cannot take the slots every other client needs.
 
 use std::collections::HashMap;
 use std::future::Future as _;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -65,18 +69,49 @@ impl ConnState {
 /// The open connections: at the cap, the one idle longest makes room for a new one.
 #[derive(Default)]
 pub struct Connections {
-    open: Mutex<HashMap<u64, Arc<ConnState>>>,
+    open: Mutex<HashMap<u64, (IpAddr, Arc<ConnState>)>>,
+    /// Open connections per client address.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
     next: AtomicU64,
+    /// Connections closed at once because their address held its share.
+    pub refused_per_client: AtomicU64,
 }
 
 impl Connections {
-    /// Registers a connection; `Registered` takes it out again when dropped.
-    pub fn add(self: &Arc<Self>, state: Arc<ConnState>) -> Registered {
+    /// Registers a connection of `client`; `Registered` takes it out again when dropped.
+    pub fn add(self: &Arc<Self>, client: IpAddr, state: Arc<ConnState>) -> Registered {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, state);
+        self.lock().insert(id, (client, state));
+        *lock(&self.per_client).entry(client).or_default() += 1;
         Registered {
             connections: self.clone(),
             id,
+            client,
+        }
+    }
+
+    /// Whether `client` may open another connection now that it holds `cap`: if it holds
+    /// that many, its own idlest connection is closed to make room; false if every one of
+    /// them is busy.
+    pub fn admit(&self, client: IpAddr, cap: usize) -> bool {
+        let held = lock(&self.per_client).get(&client).copied().unwrap_or(0);
+        if held < cap {
+            return true;
+        }
+        let open = self.lock();
+        let idlest = open
+            .values()
+            .filter(|(ip, c)| *ip == client && !c.busy() && !c.evict.is_cancelled())
+            .min_by_key(|(_, c)| c.last_active.load(Ordering::Relaxed));
+        match idlest {
+            Some((_, c)) => {
+                c.evict.cancel();
+                true
+            }
+            None => {
+                self.refused_per_client.fetch_add(1, Ordering::Relaxed);
+                false
+            }
         }
     }
 
@@ -85,7 +120,7 @@ impl Connections {
         let open = self.lock();
         let busy = open
             .values()
-            .map(|c| c.in_flight.load(Ordering::Relaxed))
+            .map(|(_, c)| c.in_flight.load(Ordering::Relaxed))
             .sum();
         (open.len(), busy)
     }
@@ -96,6 +131,7 @@ impl Connections {
         let open = self.lock();
         let idlest = open
             .values()
+            .map(|(_, c)| c)
             .filter(|c| !c.busy() && !c.evict.is_cancelled())
             .min_by_key(|c| c.last_active.load(Ordering::Relaxed));
         match idlest {
@@ -107,20 +143,32 @@ impl Connections {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnState>>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (IpAddr, Arc<ConnState>)>> {
+        lock(&self.open)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A connection in `Connections`, until it ends.
 pub struct Registered {
     connections: Arc<Connections>,
     id: u64,
+    client: IpAddr,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         self.connections.lock().remove(&self.id);
+        let mut per_client = lock(&self.connections.per_client);
+        if let Some(n) = per_client.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_client.remove(&self.client);
+            }
+        }
     }
 }
 

@@ -102,11 +102,16 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Most connections open at once; more wait in the kernel's backlog until one closes.
     pub max_connections: usize,
+    /// Most connections one client address may hold; past it, its idlest makes room, or the
+    /// new one is closed if all of them are busy.
+    pub max_connections_per_client: usize,
     /// A connection that sends nothing this long while none of its requests is being
     /// answered is closed (from the moment it connects).
     pub idle_timeout: Duration,
-    /// A request body that brings no byte this long ends its request.
+    /// A request body that brings less than `min_body_rate` bytes per second over a span
+    /// this long (no byte at all, with a rate of 0) ends its request.
     pub body_timeout: Duration,
+    pub min_body_rate: u64,
     /// A client that takes no byte of an answer this long loses its connection.
     pub write_timeout: Duration,
     /// How long shutdown waits for requests in flight before it closes what is left.
@@ -120,8 +125,10 @@ impl Default for Config {
         Config {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
+            max_connections_per_client: 256,
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
+            min_body_rate: 512,
             write_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
             h2_max_streams: 32,
@@ -643,7 +650,7 @@ async fn handle(
     req: Request<Incoming>,
     remote: SocketAddr,
     secure: bool,
-    body_timeout: Duration,
+    pace: body::Pace,
     in_flight: InFlight,
 ) -> Response<Logged> {
     let start = Instant::now();
@@ -678,7 +685,7 @@ async fn handle(
             let route = router::route(path);
             log.route = route_label(&route);
             (log.upload, log.digest) = route_ids(&route);
-            let mut body = RequestBody::new(body, body_timeout);
+            let mut body = RequestBody::new(body, pace);
             let result = match authorize(registry, &parts, &route, remote).await {
                 Ok(user) => {
                     let answer = dispatch(

@@ -116,6 +116,12 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            // One address holds at most its share; past it, it makes room itself or waits.
+            if !connections.admit(remote.ip(), config.max_connections_per_client) {
+                tracing::debug!(%remote, "closed: this address holds its share of the connections, all busy");
+                drop(stream);
+                continue;
+            }
             // At the cap, the connection idle longest is closed to make room; if every one
             // is busy, this one waits (and further ones in the kernel's backlog).
             let permit = match slots.clone().try_acquire_owned() {
@@ -144,7 +150,7 @@ impl Server {
             }
             let registry = self.registry.clone();
             let state = Arc::new(ConnState::new());
-            let registered = connections.add(state.clone());
+            let registered = connections.add(remote.ip(), state.clone());
             let evicted = state.evict.clone();
             let watched = Watched::new(
                 stream,
@@ -152,14 +158,17 @@ impl Server {
                 config.idle_timeout,
                 config.write_timeout,
             );
-            let body_timeout = config.body_timeout;
+            let pace = super::body::Pace {
+                span: config.body_timeout,
+                min_rate: config.min_body_rate,
+            };
             let secure = self.tls.is_some();
             let service = hyper::service::service_fn(move |req| {
                 let registry = registry.clone();
                 let in_flight = state.begin();
                 async move {
                     Ok::<_, Infallible>(
-                        handle(&registry, req, remote, secure, body_timeout, in_flight).await,
+                        handle(&registry, req, remote, secure, pace, in_flight).await,
                     )
                 }
             });

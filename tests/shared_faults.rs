@@ -347,3 +347,44 @@ async fn without_its_database_a_replica_serves_what_it_read_refuses_writes_and_i
     let again = push_image(&a.addr, "pg/app", "v2", b"after").await;
     assert_eq!(pull(&a.addr, "pg/app", "v2").await, Ok(again));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_storage_node_gone_every_push_through_every_replica_succeeds_at_once() {
+    let Some(cluster) = cluster() else { return };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = cluster.store();
+    let a = store.replica(dir.path(), &[]);
+    let b = store.replica(dir.path(), &[]);
+    // Both replicas have written through the first endpoint, their first choice.
+    for (i, addr) in [&a.addr, &b.addr].into_iter().enumerate() {
+        let layer = common::noise(6 << 20, 900 + i as u64);
+        try_push(addr, "fault/gone", &format!("warm{i}"), &layer)
+            .await
+            .expect("push before the kill");
+    }
+    let mut node = tokio::task::block_in_place(|| cluster.kill_node(1));
+    // Each push, multipart (6 MiB) or single (a config), is tried once: no client retry.
+    let mut acked = Vec::new();
+    for i in 0..6u64 {
+        for (r, addr) in [&a.addr, &b.addr].into_iter().enumerate() {
+            let tag = format!("p{i}-{r}");
+            let layer = common::noise(6 << 20, i * 10 + r as u64);
+            match try_push(addr, "fault/gone", &tag, &layer).await {
+                Ok(digest) => acked.push((tag, digest)),
+                Err(e) => panic!("push {tag} through replica {r} failed with node 1 gone: {e}"),
+            }
+        }
+    }
+    tokio::task::block_in_place(|| node.restart());
+    // Every acknowledged push is whole through both replicas, the node back.
+    for (tag, digest) in &acked {
+        for addr in [&a.addr, &b.addr] {
+            assert_eq!(
+                pull(addr, "fault/gone", tag).await.as_ref(),
+                Ok(digest),
+                "{tag} through {addr}"
+            );
+        }
+    }
+}

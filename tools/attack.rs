@@ -199,6 +199,7 @@ struct Row {
     attack: &'static str,
     statuses: BTreeMap<String, usize>,
     fds: usize,
+    rss_before: f64,
     rss_during: f64,
     rss_after: f64,
     peak: f64,
@@ -221,10 +222,11 @@ fn print(row: &Row) {
         ),
     };
     println!(
-        "| {} | {} | {} | {:.0} / {:.0} (peak {:.0}) MiB | {:.1} / {:.1} ms, {} failed | {} |",
+        "| {} | {} | {} | {:.0} / {:.0} / {:.0} (peak {:.0}) MiB | {:.1} / {:.1} ms, {} failed | {} |",
         row.attack,
         statuses.join(" "),
         row.fds,
+        row.rss_before,
         row.rss_during,
         row.rss_after,
         row.peak,
@@ -284,6 +286,7 @@ async fn measure<F>(
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
+    let (rss_before, _) = server.rss();
     let task = tokio::spawn(attack);
     // Let the attack build up.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -295,14 +298,16 @@ where
         tokio::task::spawn_blocking(move || docker_round(addr, n, docker_config.as_deref()))
             .await
             .expect("docker");
-    let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(90), task).await;
+    // Memory back 10 s after the attackers left.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let (rss_after, peak) = server.rss();
     let statuses = statuses.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Row {
         attack: name,
         statuses,
         fds,
+        rss_before,
         rss_during,
         rss_after,
         peak,
@@ -487,6 +492,144 @@ async fn slow_clients(addr: SocketAddr, statuses: Statuses, blob: String) {
         .expect("join");
 }
 
+/// A connection from the attacker's address, 127.0.0.2.
+async fn attacker_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    attacker_tcp_buffered(addr, None).await
+}
+
+/// `attacker_tcp`, with a receive buffer of `recv` bytes (a client that reads slowly).
+async fn attacker_tcp_buffered(
+    addr: SocketAddr,
+    recv: Option<u32>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(size) = recv {
+        socket.set_recv_buffer_size(size)?;
+    }
+    socket.bind(SocketAddr::from(([127, 0, 0, 2], 0)))?;
+    socket.connect(addr).await
+}
+
+/// 100 HTTP/2 connections x 32 streams on a blob, with the default window (64 KiB) that is
+/// never opened further (the bodies are never read), held 45 s.
+async fn h2_shut_windows(addr: SocketAddr, statuses: Statuses, blob: String) {
+    let stop = Instant::now() + Duration::from_secs(45);
+    let mut conns = Vec::new();
+    for _ in 0..100 {
+        let (statuses, blob) = (statuses.clone(), blob.clone());
+        conns.push(tokio::spawn(async move {
+            let Ok(tcp) = attacker_tcp(addr).await else {
+                count(&statuses, "connect failed".into());
+                return;
+            };
+            let builder =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let Ok((sender, conn)) = builder
+                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(
+                    tcp,
+                ))
+                .await
+            else {
+                count(&statuses, "h2 handshake failed".into());
+                return;
+            };
+            let conn = tokio::spawn(conn);
+            let mut held = Vec::new();
+            for _ in 0..32 {
+                let mut sender = sender.clone();
+                let Ok(req) = hyper::Request::get(format!("http://{addr}{blob}"))
+                    .body(http_body_util::Empty::new())
+                else {
+                    continue;
+                };
+                let _ = sender.ready().await;
+                match tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await
+                {
+                    // The response (and its body) is kept, never read.
+                    Ok(Ok(r)) => held.push(r),
+                    _ => count(&statuses, "h2 stream not answered".into()),
+                }
+            }
+            count(&statuses, format!("h2 streams held {}", held.len()));
+            tokio::select! {
+                _ = conn => count(&statuses, "h2 connection closed by server".into()),
+                () = tokio::time::sleep(stop.saturating_duration_since(Instant::now())) => {
+                    count(&statuses, "h2 connection still open at the end".into())
+                }
+            }
+        }));
+    }
+    for c in conns {
+        let _ = c.await;
+    }
+}
+
+/// 4,500 connections from one address, each a monolithic upload whose body comes a byte a
+/// second, held 45 s.
+async fn trickled_uploads(addr: SocketAddr, statuses: Statuses) {
+    use tokio::io::AsyncWriteExt;
+    let stop = Instant::now() + Duration::from_secs(45);
+    let mut tasks = Vec::new();
+    for _ in 0..4500 {
+        let statuses = statuses.clone();
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut s) = attacker_tcp(addr).await else {
+                count(&statuses, "connect failed".into());
+                return;
+            };
+            let head = format!("POST /v2/slow/blobs/uploads/?digest=sha256:{} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", "0".repeat(64));
+            if s.write_all(head.as_bytes()).await.is_err() {
+                count(&statuses, "closed at once".into());
+                return;
+            }
+            while Instant::now() < stop {
+                if s.write_all(b"x").await.is_err() {
+                    count(&statuses, "cut by the server".into());
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            count(&statuses, "held to the end".into());
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// 4,400 downloads from one address, each read a byte a second, held 45 s.
+async fn slow_readers(addr: SocketAddr, statuses: Statuses, blob: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stop = Instant::now() + Duration::from_secs(45);
+    let mut tasks = Vec::new();
+    for _ in 0..4400 {
+        let (statuses, blob) = (statuses.clone(), blob.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut s) = attacker_tcp_buffered(addr, Some(4096)).await else {
+                count(&statuses, "connect failed".into());
+                return;
+            };
+            let _ = s
+                .write_all(format!("GET {blob} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await;
+            let mut byte = [0u8; 1];
+            while Instant::now() < stop {
+                match s.read(&mut byte).await {
+                    Ok(1) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    _ => {
+                        count(&statuses, "cut by the server".into());
+                        return;
+                    }
+                }
+            }
+            count(&statuses, "held to the end".into());
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 /// 150 manifests of 4 MiB pushed, then each read once.
 async fn big_manifests(addr: SocketAddr, statuses: Statuses) {
     let http = reqwest::Client::builder()
@@ -572,7 +715,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!("binary: {}", bin());
     println!(
-        "| attack | what the attack got | server fds | RSS during / after | GET p50 / max during | docker during |"
+        "| attack | what the attack got | server fds | RSS before / during / 10 s after | GET p50 / max during (from another address) | docker during |"
     );
     println!("|---|---|---|---|---|---|");
     runtime.block_on(async {
@@ -622,6 +765,41 @@ fn main() {
             let st = new();
             let row = measure("slow clients: 100 trickled PATCHes, 100 unread downloads, 5 h2 x 200 zero-window streams", &s, manifest, slow_clients(s.addr, st.clone(), layer), st, 4, None).await;
             print(&row);
+            drop(s);
+        }
+
+        if wanted("h2") || wanted("trickle") || wanted("readers") {
+            // Issue 31's rows: a 12 MB blob, attackers at 127.0.0.2, probes from 127.0.0.1.
+            let s = start(&["--push"], &[]);
+            let blob = {
+                let http = reqwest::Client::builder().no_proxy().build().expect("client");
+                let big: Vec<u8> = (0..12u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+                let d = {
+                    use sha2::Digest as _;
+                    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&big)))
+                };
+                let _ = http
+                    .post(format!("http://{}/v2/app/blobs/uploads/?digest={d}", s.addr))
+                    .body(big)
+                    .send()
+                    .await;
+                format!("/v2/app/blobs/{d}")
+            };
+            if wanted("h2") {
+                let st = new();
+                let row = measure("100 h2 connections x 32 streams on a 12 MB blob, windows never opened, 45 s", &s, manifest, h2_shut_windows(s.addr, st.clone(), blob.clone()), st, 7, None).await;
+                print(&row);
+            }
+            if wanted("trickle") {
+                let st = new();
+                let row = measure("4,500 monolithic uploads from one address, a byte a second, 45 s", &s, manifest, trickled_uploads(s.addr, st.clone()), st, 8, None).await;
+                print(&row);
+            }
+            if wanted("readers") {
+                let st = new();
+                let row = measure("4,400 downloads from one address read a byte a second, 45 s", &s, manifest, slow_readers(s.addr, st.clone(), blob.clone()), st, 9, None).await;
+                print(&row);
+            }
             drop(s);
         }
 

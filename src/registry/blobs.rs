@@ -20,7 +20,7 @@ pub async fn get(
     name: &Name,
     digest: &Digest,
     request: &HeaderMap,
-    mapped: bool,
+    read_in: Option<usize>,
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
     registry.require_repository(name).await?;
@@ -41,9 +41,7 @@ pub async fn get(
     };
     let range = range_of(request, size)?;
     let (start, len) = span(range, size);
-    let body = if mapped {
-        Body::mapped(file.into_std().await, start, len)
-    } else {
+    let body = if let Some(chunk) = read_in {
         if start > 0 {
             file.seek(SeekFrom::Start(start))
                 .await
@@ -53,7 +51,9 @@ pub async fn get(
                     source,
                 })?;
         }
-        Body::file(file, len)
+        Body::file(file, len, chunk)
+    } else {
+        Body::mapped(file.into_std().await, start, len)
     };
     respond(body, digest, request, range, size)
 }

@@ -30,6 +30,11 @@ pub struct ConnState {
     in_flight: AtomicUsize,
     /// When it last received a byte or finished an answer, in ms since `epoch()`.
     last_active: AtomicU64,
+    /// Answers whose body is being sent (headers out, body not done), and when the last
+    /// piece of any of them was taken by hyper: HTTP/2 takes a piece only when the client's
+    /// window has room, so a client that never opens it shows here, not at the socket.
+    sending: AtomicUsize,
+    last_sent: AtomicU64,
     /// Cancelled to close the connection (at the cap, to make room for a new one).
     pub evict: tokio_util::sync::CancellationToken,
 }
@@ -143,6 +148,26 @@ impl Connections {
         }
     }
 
+    /// Closes every connection that has an answer to send and has had no piece of any of
+    /// them taken for `timeout`: a client that holds streams open and their windows shut
+    /// holds their buffers only this long. How many it closed.
+    pub fn cut_stalled(&self, timeout: Duration) -> usize {
+        let now = now_ms();
+        let limit = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let open = self.lock();
+        let mut cut = 0;
+        for (_, c) in open.values() {
+            if c.sending.load(Ordering::Relaxed) > 0
+                && now.saturating_sub(c.last_sent.load(Ordering::Relaxed)) > limit
+                && !c.evict.is_cancelled()
+            {
+                c.evict.cancel();
+                cut += 1;
+            }
+        }
+        cut
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (IpAddr, Arc<ConnState>)>> {
         lock(&self.open)
     }
@@ -175,6 +200,32 @@ impl Drop for Registered {
 /// A request in flight; dropped when its answer is done (or abandoned).
 #[derive(Debug)]
 pub struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    /// Marks an answer's body as being sent until the returned guard is dropped.
+    pub fn sending(&self) -> Sending {
+        self.0.last_sent.store(now_ms(), Ordering::Relaxed);
+        self.0.sending.fetch_add(1, Ordering::Relaxed);
+        Sending(self.0.clone())
+    }
+}
+
+/// An answer's body being sent.
+#[derive(Debug)]
+pub struct Sending(Arc<ConnState>);
+
+impl Sending {
+    /// A piece of the body was taken.
+    pub fn progressed(&self) {
+        self.0.last_sent.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -655,6 +655,9 @@ async fn handle(
 ) -> Response<Logged> {
     let start = Instant::now();
     let (parts, body) = req.into_parts();
+    // HTTP/2 sends a body only as the client's window allows: a stalled stream is watched by
+    // its pieces (`conn::Connections::cut_stalled`); HTTP/1 by its socket (`conn::Watched`).
+    let multiplexed = parts.version >= hyper::Version::HTTP_2;
     let path = parts.uri.path();
     let mut log = body::Access {
         remote,
@@ -738,7 +741,7 @@ async fn handle(
         body
     };
     log.status = head.status.as_u16();
-    Response::from_parts(head, Logged::new(body, log, in_flight))
+    Response::from_parts(head, Logged::new(body, log, in_flight, multiplexed))
 }
 
 /// The API resource a path names, for the access log and metrics labels.
@@ -921,9 +924,14 @@ async fn dispatch(
                 // Maps only where the kernel copies from them (hyper's HTTP/1.1 writes the
                 // map itself); HTTP/2 framing and TLS encryption read them in user space,
                 // where a blob cut short behind the store's back is SIGBUS (body::Body::File).
-                let mapped = req.version <= hyper::Version::HTTP_11 && !secure;
+                // Read in small pieces for HTTP/2, whose stalled streams each hold one.
+                let read_in = match req.version {
+                    v if v <= hyper::Version::HTTP_11 && !secure => None,
+                    v if v <= hyper::Version::HTTP_11 => Some(body::STREAM_CHUNK),
+                    _ => Some(body::H2_CHUNK),
+                };
                 let head = *m == Method::HEAD;
-                blobs::get(registry, &name, &digest, headers, mapped, head).await
+                blobs::get(registry, &name, &digest, headers, read_in, head).await
             }
             Method::DELETE => blobs::delete(registry, &name, &digest).await,
             _ => Err(not_allowed(m, "GET, HEAD, DELETE")),

@@ -18,6 +18,11 @@ use super::tls::Tls;
 use super::{ACCESS_LOG, Config, H2_SEND_BUFFER, Registry, handle};
 use crate::store::Store;
 
+/// After this many connections closed, the allocator is asked to give its free memory back
+/// to the system: glibc keeps what a burst of connections freed (100 HTTP/2 connections cut
+/// left 114 MB of RSS above the baseline 10 s after).
+const TRIM_AFTER_CLOSED: usize = 64;
+
 /// A bound listener and the registry it serves.
 pub struct Server {
     listener: TcpListener,
@@ -103,6 +108,36 @@ impl Server {
                 }
             })
         });
+        // Answers stalled with their buffers held (HTTP/2 windows kept shut) are cut by one
+        // watch for all connections, a few times per write timeout.
+        let watch = {
+            let connections = Arc::downgrade(&connections);
+            let timeout = config.write_timeout;
+            tokio::spawn(async move {
+                let every = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+                // The most connections open since memory was last given back.
+                let mut peak = 0;
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(connections) = connections.upgrade() else {
+                        break;
+                    };
+                    let cut = connections.cut_stalled(timeout);
+                    if cut > 0 {
+                        tracing::debug!(
+                            cut,
+                            "closed connections whose answers took no byte for the write timeout"
+                        );
+                    }
+                    let open = connections.counts().0;
+                    peak = peak.max(open);
+                    if peak >= open + TRIM_AFTER_CLOSED {
+                        crate::thread::give_back_memory();
+                        peak = open;
+                    }
+                }
+            })
+        };
         loop {
             let (stream, remote) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -221,6 +256,7 @@ impl Server {
             });
         }
         self.registry.health.draining();
+        watch.abort();
         drop(self.listener);
         if let Some(sweeper) = sweeper {
             sweeper.abort();

@@ -19,8 +19,9 @@
 //!
 //! A replica is given several endpoints (the nodes of the storage cluster, or gateways): a
 //! request that fails on one for a reason of the connection is retried on the next, which
-//! then becomes the first choice. A streaming write stays on the endpoint it began on: if
-//! that fails, the write fails and its client retries.
+//! then becomes the first choice. Streaming writes too, step by step: a part that fails on
+//! one endpoint is sent again through the next (`failover.rs`), so an upload in progress
+//! survives the loss of the node it was writing through.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,6 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as Key;
 use object_store::signer::Signer;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, RetryConfig};
@@ -36,6 +38,7 @@ use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStore
 use super::StoreError;
 use crate::digest::Digest;
 
+mod failover;
 pub(crate) mod writer;
 
 /// Size of one part of a multipart upload (S3's smallest but for the last).
@@ -128,14 +131,22 @@ impl std::fmt::Display for Location {
 /// The object storage of a shared store: one client per endpoint.
 #[derive(Debug)]
 pub struct Objects {
+    pool: Arc<Pool>,
+    prefix: String,
+}
+
+/// The endpoints, and which one is tried first.
+#[derive(Debug)]
+pub(crate) struct Pool {
     endpoints: Vec<Endpoint>,
     /// Index of the endpoint that answered last: where the next request goes first.
     preferred: AtomicUsize,
-    prefix: String,
 }
 
 struct Endpoint {
     client: Arc<dyn ObjectStore>,
+    /// The same client, for multipart uploads step by step (`failover.rs`).
+    multipart: Arc<dyn MultipartStore>,
     /// The same client, as a signer of URLs.
     signer: Arc<dyn Signer>,
     /// For log lines.
@@ -189,6 +200,7 @@ fn s3_endpoints(location: &Location) -> Result<Vec<Endpoint>, StoreError> {
         })?);
         endpoints.push(Endpoint {
             client: client.clone(),
+            multipart: client.clone(),
             signer: client,
             url,
         });
@@ -220,6 +232,7 @@ fn azure_endpoint(location: &Location) -> Result<Endpoint, StoreError> {
     let client = Arc::new(client);
     Ok(Endpoint {
         client: client.clone(),
+        multipart: client.clone(),
         signer: client,
         url,
     })
@@ -242,6 +255,47 @@ fn connection_failure(e: &object_store::Error) -> bool {
     )
 }
 
+impl Pool {
+    /// `op` on the preferred endpoint, then on each other one while the failure is of the
+    /// connection; the endpoint that answers becomes the preferred one.
+    async fn attempt_raw<'a, T, F, Fut>(&'a self, what: &str, op: F) -> object_store::Result<T>
+    where
+        F: Fn(&'a Endpoint) -> Fut,
+        Fut: Future<Output = object_store::Result<T>> + 'a,
+    {
+        let n = self.endpoints.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        let mut last = None;
+        for i in 0..n {
+            let at = (first + i) % n;
+            let endpoint = &self.endpoints[at];
+            match op(endpoint).await {
+                Ok(v) => {
+                    if at != first {
+                        self.preferred.store(at, Ordering::Relaxed);
+                    }
+                    return Ok(v);
+                }
+                Err(e) if connection_failure(&e) && i + 1 < n => {
+                    tracing::warn!(endpoint = %endpoint.url, error = %e, "{what} failed; trying the next storage endpoint");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| object_store::Error::Generic {
+            store: "quinistry",
+            source: "no storage endpoint".into(),
+        }))
+    }
+
+    /// The endpoint tried first.
+    fn preferred(&self) -> &Endpoint {
+        let at = self.preferred.load(Ordering::Relaxed) % self.endpoints.len().max(1);
+        &self.endpoints[at]
+    }
+}
+
 impl Objects {
     /// Clients for `location`, with the credentials of its provider's variables. Nothing is
     /// contacted yet ([`Objects::probe`] does).
@@ -254,8 +308,10 @@ impl Objects {
             Provider::Azure => vec![azure_endpoint(location)?],
         };
         Ok(Objects {
-            endpoints,
-            preferred: AtomicUsize::new(0),
+            pool: Arc::new(Pool {
+                endpoints,
+                preferred: AtomicUsize::new(0),
+            }),
             prefix: location.prefix.clone(),
         })
     }
@@ -297,33 +353,15 @@ impl Objects {
         F: Fn(Arc<dyn ObjectStore>) -> Fut,
         Fut: Future<Output = object_store::Result<T>>,
     {
-        let n = self.endpoints.len();
-        let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
-        let mut last = None;
-        for i in 0..n {
-            let at = (first + i) % n;
-            let endpoint = &self.endpoints[at];
-            match op(endpoint.client.clone()).await {
-                Ok(v) => {
-                    if at != first {
-                        self.preferred.store(at, Ordering::Relaxed);
-                    }
-                    return Ok(v);
-                }
-                Err(e) if connection_failure(&e) && i + 1 < n => {
-                    tracing::warn!(endpoint = %endpoint.url, error = %e, "{what} failed; trying the next storage endpoint");
-                    last = Some(e);
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
-        Err(last.map_or_else(|| StoreError::Objects("no storage endpoint".into()), err))
+        self.pool
+            .attempt_raw(what, |e| op(e.client.clone()))
+            .await
+            .map_err(err)
     }
 
-    /// The client a streaming write goes through (the preferred endpoint's).
+    /// The client a streaming write goes through: every endpoint, in turn as they fail.
     fn writer_client(&self) -> Arc<dyn ObjectStore> {
-        let at = self.preferred.load(Ordering::Relaxed) % self.endpoints.len().max(1);
-        self.endpoints[at].client.clone()
+        Arc::new(failover::Failover(self.pool.clone()))
     }
 
     /// A multipart writer into `key`, with bounded buffers.
@@ -433,8 +471,8 @@ impl Objects {
         key: &Key,
         valid: Duration,
     ) -> Result<String, StoreError> {
-        let at = self.preferred.load(Ordering::Relaxed) % self.endpoints.len().max(1);
-        self.endpoints[at]
+        self.pool
+            .preferred()
             .signer
             .signed_url(method, key, valid)
             .await

@@ -32,6 +32,16 @@ pub struct RouteLabels {
     pub route: &'static str,
 }
 
+/// Which limit a client hit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `connections_per_client` (a connection closed at once), `stalled_answer` (a
+    /// connection closed: no piece of its answers taken for the write timeout),
+    /// `slow_body` (a request body under the minimum rate), `auth_throttled` (a login
+    /// answered 429 unchecked).
+    pub limit: &'static str,
+}
+
 /// How a pack ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PackLabels {
@@ -61,6 +71,7 @@ pub struct Metrics {
     pub gc_blobs: Counter,
     pub gc_bytes: Counter,
     pub gc_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub limits: Family<LimitLabels, Counter>,
     registry: Registry,
 }
 
@@ -88,6 +99,7 @@ impl Metrics {
             connections: Gauge::default(),
             upload_sessions: Gauge::default(),
             packs: Family::default(),
+            limits: Family::default(),
             pack_input_bytes: Counter::default(),
             pack_seconds: Family::new_with_constructor(pack_histogram),
             layer_cache_hits: Counter::default(),
@@ -121,6 +133,11 @@ impl Metrics {
             m.upload_sessions.clone(),
         );
         r.register("packs", "Images packed, by result", m.packs.clone());
+        r.register(
+            "limits_hit",
+            "Clients stopped by a limit, by limit",
+            m.limits.clone(),
+        );
         r.register_with_unit(
             "pack_input",
             "Bytes of files read into packed images",
@@ -364,7 +381,13 @@ impl prometheus_client::collector::Collector for Requests {
 /// Sums by label set, in a stable order.
 type BTreeMapOf<L> = std::collections::BTreeMap<L, RequestStats>;
 
-/// Records one finished pack.
+/// Counts `n` clients stopped by `limit` (see `LimitLabels`).
+pub fn limit_hit(limit: &'static str, n: u64) {
+    if let Some(m) = get() {
+        m.limits.get_or_create(&LimitLabels { limit }).inc_by(n);
+    }
+}
+
 /// Counts a finished collector pass.
 pub fn collected(report: &crate::store::gc::GcReport) {
     if let Some(m) = get() {

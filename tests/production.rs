@@ -1316,6 +1316,8 @@ fn sighup_never_ends_the_server_and_users_are_read_again_when_their_file_changes
             "--htpasswd",
             &users.to_string_lossy(),
             "--auth-reads",
+            "--metrics-listen",
+            "127.0.0.1:0",
             &input,
         ],
     );
@@ -1342,6 +1344,24 @@ fn sighup_never_ends_the_server_and_users_are_read_again_when_their_file_changes
     assert!(
         server.child.try_wait().expect("wait").is_none(),
         "SIGHUP ended the server"
+    );
+    // Wrong passwords past the address's budget (10 a minute) are throttled, and counted
+    // (bob's refusals since the last reload count against the budget too).
+    let statuses: Vec<u16> = (0..12)
+        .map(|_| {
+            common::raw_request(&server.addr, "GET", "/v2/", &[&basic("mallory", "guess")]).status
+        })
+        .collect();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert!(throttled >= 2, "{statuses:?}");
+    let samples = scrape(&metrics_addr(&server));
+    assert_eq!(
+        value(
+            &samples,
+            "quinistry_limits_hit_total",
+            &[("limit", "auth_throttled")]
+        ),
+        throttled as f64
     );
     let log = server.log_text();
     assert!(log.contains("users and access rules read again"), "{log}");

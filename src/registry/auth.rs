@@ -189,7 +189,10 @@ impl Htpasswd {
         // Counted as wrong before the check (see the module doc).
         let counted = match self.reserve(&user, client, trusted) {
             Ok(counted) => counted,
-            Err(wait) => return Verdict::Throttled(wait),
+            Err(wait) => {
+                crate::metrics::limit_hit("auth_throttled", 1);
+                return Verdict::Throttled(wait);
+            }
         };
         let (known, hash) = match self.users.get(&user) {
             Some(h) => (true, h.clone()),

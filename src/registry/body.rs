@@ -418,6 +418,7 @@ impl RequestBody {
             }
             // A span is over: a new one begins if this one brought enough.
             if self.span_bytes < self.pace.needed() {
+                crate::metrics::limit_hit("slow_body", 1);
                 return Some(Err(match self.span_bytes {
                     0 => BodyError::Stalled(self.pace.span),
                     got => BodyError::TooSlow {

@@ -78,8 +78,6 @@ pub struct Connections {
     /// Open connections per client address.
     per_client: Mutex<HashMap<IpAddr, usize>>,
     next: AtomicU64,
-    /// Connections closed at once because their address held its share.
-    pub refused_per_client: AtomicU64,
 }
 
 impl Connections {
@@ -114,7 +112,7 @@ impl Connections {
                 true
             }
             None => {
-                self.refused_per_client.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::limit_hit("connections_per_client", 1);
                 false
             }
         }
@@ -164,6 +162,9 @@ impl Connections {
                 c.evict.cancel();
                 cut += 1;
             }
+        }
+        if cut > 0 {
+            crate::metrics::limit_hit("stalled_answer", cut as u64);
         }
         cut
     }

@@ -657,8 +657,10 @@ read = ["b/*"]
 
 [limits]
 max_connections = 50
+max_connections_per_client = 9
 idle_timeout = 5
 body_timeout = 6
+min_body_rate = 100
 write_timeout = 7
 shutdown_timeout = 8
 max_blob_size = "1G"
@@ -720,8 +722,8 @@ last = 3
     assert_eq!(line(&out, "store"), format!("store      {d}/store"));
     let limits = line(&out, "limits");
     assert!(
-        limits.starts_with("limits     50 connections, 40 uploads (4 per client)")
-            && limits.ends_with("idle 5 s, body 6 s, write 7 s"),
+        limits.starts_with("limits     50 connections (9 per client), 40 uploads (4 per client)")
+            && limits.ends_with("idle 5 s, body 6 s (at least 100 B/s), write 7 s"),
         "{limits}"
     );
     assert!(

@@ -221,8 +221,19 @@ impl Cluster {
         let pid_file = self.dir.join(format!("garage{n}.pid"));
         let pid = std::fs::read_to_string(&pid_file).expect("node pid");
         run_ok(Command::new("kill").args(["-9", pid.trim()]));
-        // Gone for sure before the test goes on.
-        while Path::new(&format!("/proc/{}", pid.trim())).exists() {
+        // Gone for sure before the test goes on. A node an earlier test restarted is a child
+        // of this test binary, never reaped: killed, it stays a zombie, which counts as gone.
+        let stat = format!("/proc/{}/stat", pid.trim());
+        let gone = || match std::fs::read_to_string(&stat) {
+            Err(_) => true,
+            Ok(s) => {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next())
+                    == Some("Z")
+            }
+        };
+        while !gone() {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         KilledNode {

@@ -120,7 +120,15 @@ for n in 1 2 3; do
   [ -n "$id" ] || { echo "garage node $n did not start:" >&2; cat "$dir/garage$n.log" >&2; exit 1; }
   ids+=("$id")
 done
-for n in 1 2; do g node connect "${ids[$n]}" >/dev/null; done
+# `node id` reads the node's key file, which exists before its RPC port is bound: connecting
+# at once was refused now and then (seen in CI). Retried for up to 10 s.
+for n in 1 2; do
+  for try in $(seq 1 100); do
+    g node connect "${ids[$n]}" >/dev/null 2>&1 && break
+    [ "$try" = 100 ] && { echo "garage node $((n + 1)) refused to connect:" >&2; g node connect "${ids[$n]}" >&2; exit 1; }
+    sleep 0.1
+  done
+done
 for id in "${ids[@]}"; do g layout assign "${id%@*}" -z dc1 -c 1G >/dev/null; done
 g layout apply --version 1 >/dev/null
 # Fixed-format test keys: GK + 24 hex, and 64 hex.

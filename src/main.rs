@@ -41,6 +41,7 @@ enum Job {
 }
 
 fn main() -> ExitCode {
+    quinistry::thread::tune_allocator();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

@@ -29,3 +29,27 @@ pub fn give_back_memory() {
         libc::malloc_trim(0);
     }
 }
+
+/// Sets glibc's allocator for a process that streams large buffers through a few threads.
+/// Called first in `main`, before any thread starts.
+///
+/// - A fixed mmap threshold (256 KiB): by default glibc raises it to the size of each large
+///   buffer freed (up to 32 MiB), after which the pack's 1 MiB blocks and 2 MiB copy buffers
+///   come from the arenas and stay there; fixed, they are returned when freed.
+/// - One arena per CPU instead of eight: every thread that allocates keeps its own free
+///   memory, and a pack's short-lived threads left it scattered.
+///
+/// Measured on a 2-core box (issue 32): a pack of a 1 GiB file peaked at 39.7 MB of RSS, at
+/// 38.4 with both; python3 with its packages at 56.4 and 45.0 (`/usr/bin/time -v`).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        // SAFETY: mallopt takes two integers; called before other threads allocate. A value
+        // glibc refuses is ignored (it returns 0) and the defaults stay.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+            libc::mallopt(libc::M_ARENA_MAX, cpus.min(64) as libc::c_int);
+        }
+    }
+}

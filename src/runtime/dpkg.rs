@@ -15,6 +15,7 @@ use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
+use super::owners::Owners;
 use super::packages::{Conffile, PackageDb, PackageFile, PkgId};
 
 /// Why the database cannot be read.
@@ -41,8 +42,9 @@ struct Package {
     recommends: Vec<Vec<String>>,
     /// `Essential: yes`: every package may use it without declaring it.
     essential: bool,
-    /// What it installed, as listed (dpkg's spelling of each path).
-    files: Vec<PathBuf>,
+    /// Its `info/NAME[:ARCH].list`: what it installed, as listed (dpkg's spelling of each
+    /// path). Read again when asked (see [`Owners`] for why it is not kept).
+    list: Option<PathBuf>,
     /// Conffile path (as listed) → the md5 it shipped with; `None` when it has none to
     /// compare (`newconffile`) or dpkg no longer owns it (`obsolete`).
     conffiles: HashMap<PathBuf, Option<String>>,
@@ -58,13 +60,9 @@ pub struct Database {
     by_name: HashMap<String, usize>,
     /// Virtual package names → the installed packages that provide them.
     providers: HashMap<String, Vec<usize>>,
-    /// Resolved path → the package that installed it, or `None` for a path several
-    /// packages list (a directory they share): that says nothing of what a file needs.
-    /// Keyed by the path's bytes, hashed with FxHash (the paths are the machine's own, not
-    /// an attacker's): a `PathBuf` hashes component by component, and with SipHash and
-    /// growing as it went, building this index of 133,000 paths was most of the database's
-    /// 122 ms load (now 45).
-    owners: rustc_hash::FxHashMap<OsString, Option<usize>>,
+    /// Resolved path → the package that installed it (none for a path several packages
+    /// list, a directory they share: that says nothing of what a file needs).
+    owners: Owners,
     /// Top-level symlinks to directories (`lib` → `usr/lib`), applied by `resolve`.
     aliases: Vec<(PathBuf, PathBuf)>,
     /// Diverted path → where the diverted package's file really is, and who diverted it.
@@ -118,18 +116,17 @@ impl Database {
                     a => dir.join(format!("info/{name}:{a}.list")),
                 })
                 .find(|p| p.exists());
-            let files = match list {
-                Some(path) => fs::read_to_string(&path)
-                    .map_err(|source| DpkgError::Read {
-                        path: path.clone(),
-                        source,
-                    })?
-                    .lines()
-                    .filter(|l| l.starts_with('/') && *l != "/.")
-                    .map(PathBuf::from)
-                    .collect(),
-                None => Vec::new(),
-            };
+            let index = db.packages.len();
+            if let Some(path) = &list {
+                let text = fs::read(path).map_err(|source| DpkgError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                for line in listed_paths(&text) {
+                    let key = db.resolve_key(Path::new(std::ffi::OsStr::from_bytes(line)));
+                    db.owners.insert(key.as_bytes(), index);
+                }
+            }
             let mut depends = Vec::new();
             for field in ["Pre-Depends", "Depends"] {
                 if let Some(v) = get(field) {
@@ -151,7 +148,6 @@ impl Database {
                         .collect()
                 })
                 .unwrap_or_default();
-            let index = db.packages.len();
             db.by_name.insert(name.to_owned(), index);
             if !arch.is_empty() {
                 db.by_name.insert(format!("{name}:{arch}"), index);
@@ -176,26 +172,11 @@ impl Database {
                 depends,
                 recommends,
                 essential: get("Essential").is_some_and(|v| v.eq_ignore_ascii_case("yes")),
-                files,
+                list,
                 conffiles,
             });
         }
         db.diversions = read_diversions(&dir.join("diversions"))?;
-        let listed = db.packages.iter().map(|p| p.files.len()).sum();
-        db.owners.reserve(listed);
-        for (index, package) in db.packages.iter().enumerate() {
-            for file in &package.files {
-                let resolved = db.resolve_key(file);
-                db.owners
-                    .entry(resolved)
-                    .and_modify(|o| {
-                        if *o != Some(index) {
-                            *o = None
-                        }
-                    })
-                    .or_insert(Some(index));
-            }
-        }
         let mut dependents = vec![0; db.packages.len()];
         for package in &db.packages {
             let deps: HashSet<usize> = package
@@ -211,7 +192,8 @@ impl Database {
         // A diverted path belongs to the package that diverted it.
         for (path, (_, diverter)) in &db.diversions {
             if let Some(&index) = db.by_name.get(diverter) {
-                db.owners.insert(db.resolve_key(path), Some(index));
+                let key = db.resolve_key(path);
+                db.owners.set(key.as_bytes(), index);
             }
         }
         Ok(Some(db))
@@ -286,9 +268,7 @@ impl PackageDb for Database {
             .components()
             .collect();
         self.owners
-            .get(&self.resolve_key(&inside))
-            .copied()
-            .flatten()
+            .get(self.resolve_key(&inside).as_bytes())
             .map(PkgId)
     }
 
@@ -338,17 +318,16 @@ impl PackageDb for Database {
     }
 
     fn program(&self, id: PkgId, name: &str) -> Option<PathBuf> {
-        let package = &self.packages[id.0];
-        let mut found: Vec<PathBuf> = package
-            .files
-            .iter()
+        let mut found: Vec<PathBuf> = self
+            .listed(id.0)
+            .into_iter()
             .filter(|f| f.file_name().is_some_and(|n| n == name))
             .filter(|f| {
                 f.parent()
                     .and_then(Path::file_name)
                     .is_some_and(|d| d == "bin" || d == "sbin")
             })
-            .map(|f| self.resolve_path(f))
+            .map(|f| self.resolve_path(&f))
             .filter(|f| {
                 let host = self.root.join(strip_root(f));
                 std::fs::metadata(host).is_ok_and(|m| crate::pack::is_executable(&m))
@@ -411,8 +390,7 @@ impl PackageDb for Database {
 
     fn files(&self, id: PkgId) -> Vec<PackageFile> {
         let package = &self.packages[id.0];
-        package
-            .files
+        self.listed(id.0)
             .iter()
             .map(|listed| PackageFile {
                 host: self.host_path(id.0, listed),
@@ -427,10 +405,27 @@ impl PackageDb for Database {
 }
 
 impl Database {
+    /// What package `index` installed, as its list names it. A list that cannot be read now
+    /// (dpkg is replacing it) gives nothing: the index is re-read once dpkg is done.
+    fn listed(&self, index: usize) -> Vec<PathBuf> {
+        let Some(path) = &self.packages[index].list else {
+            return Vec::new();
+        };
+        match fs::read(path) {
+            Ok(text) => listed_paths(&text)
+                .map(|l| PathBuf::from(std::ffi::OsStr::from_bytes(l)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(list = %path.display(), error = %e, "cannot read a package's file list");
+                Vec::new()
+            }
+        }
+    }
+
     /// Whether package `index` ships an executable file named `name` in any `bin` folder
     /// (`/usr/lib/postgresql/15/bin/psql`).
     fn program_anywhere(&self, id: PkgId, name: &str) -> bool {
-        self.packages[id.0].files.iter().any(|f| {
+        self.listed(id.0).iter().any(|f| {
             f.file_name().is_some_and(|n| n == name)
                 && f.parent()
                     .and_then(Path::file_name)
@@ -450,6 +445,12 @@ impl Database {
                 .or_else(|| self.providers.get(alt).and_then(|p| p.first().copied()))
         })
     }
+}
+
+/// The paths of a `.list` file, less its `/.` line.
+fn listed_paths(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    text.split(|&b| b == b'\n')
+        .filter(|l| l.first() == Some(&b'/') && *l != b"/.")
 }
 
 /// The fields of one status paragraph, continuation lines joined with `\n`.

@@ -159,6 +159,8 @@ impl Machine {
             );
         }
         *loaded = Some((stamp, db.clone()));
+        // Reading the lists left megabytes of freed buffers in the allocator's arenas.
+        crate::thread::give_back_memory();
         Ok(db.map(|d| d as Arc<dyn PackageDb>))
     }
 }

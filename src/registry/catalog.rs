@@ -9,6 +9,7 @@ use super::body::Body;
 use super::errors::RegistryError;
 use super::pagination::{self, Page};
 use super::rules::Right;
+use crate::reference::Name;
 
 pub async fn get(
     registry: &Registry,
@@ -16,19 +17,47 @@ pub async fn get(
     user: Option<&str>,
 ) -> Result<Response<Body>, RegistryError> {
     let page = Page::parse(query)?;
-    let mut names = registry.store().repositories().await?;
-    if let Some(images) = &registry.images {
-        names.extend(images.names().await);
-        names.sort();
-        names.dedup();
-    }
-    // Only what the caller may read: a name is information too.
+    // One more than the page holds says whether a next page exists.
+    let want = page.limit() + 1;
+    let served = match &registry.images {
+        Some(images) => images.names().await,
+        None => Vec::new(),
+    };
     let auth = registry.auth();
-    let names: Vec<String> = names
-        .iter()
-        .filter(|n| auth.may(registry.access.auth_reads, user, n, Right::Read))
-        .map(|n| n.to_string())
-        .collect();
+    let mut names: Vec<String> = Vec::with_capacity(want);
+    let mut cursor = page.last.clone();
+    // The store gives its names page by page from the cursor (not the whole store per
+    // page); the on-demand names, which are in memory, are merged into each batch. A
+    // caller who may read few repositories makes this take several batches.
+    loop {
+        let batch = registry
+            .store()
+            .repositories_after(cursor.as_deref(), want)
+            .await?;
+        let end = (batch.len() == want)
+            .then(|| batch.last().map(|n| n.to_string()))
+            .flatten();
+        let from = cursor.as_deref();
+        let mut merged: Vec<&Name> = batch.iter().collect();
+        merged.extend(served.iter().filter(|n| {
+            from.is_none_or(|c| n.as_str() > c) && end.as_deref().is_none_or(|e| n.as_str() <= e)
+        }));
+        merged.sort();
+        merged.dedup();
+        // Only what the caller may read: a name is information too.
+        for name in merged {
+            if names.len() == want {
+                break;
+            }
+            if auth.may(registry.access.auth_reads, user, name, Right::Read) {
+                names.push(name.to_string());
+            }
+        }
+        match end {
+            Some(end) if names.len() < want => cursor = Some(end),
+            _ => break,
+        }
+    }
     pagination::respond(
         "/v2/_catalog",
         &page,

@@ -43,7 +43,7 @@ impl Page {
     }
 
     /// How many entries this page holds at most.
-    fn limit(&self) -> usize {
+    pub fn limit(&self) -> usize {
         self.n.unwrap_or(MAX_PAGE).min(MAX_PAGE)
     }
 

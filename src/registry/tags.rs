@@ -15,11 +15,20 @@ pub async fn get(
     query: Option<&str>,
 ) -> Result<Response<Body>, RegistryError> {
     let page = Page::parse(query)?;
-    let mut tags = registry.store().tags(name).await?;
+    // One more than the page holds says whether a next page exists.
+    let want = page.limit() + 1;
+    let last = page.last.as_deref();
+    let mut tags = registry.store().tags_after(name, last, want).await?;
     if let Some(images) = &registry.images {
-        tags.extend(images.tags(name).await);
+        let served = images.tags(name).await;
+        tags.extend(
+            served
+                .into_iter()
+                .filter(|t| last.is_none_or(|l| t.as_str() > l)),
+        );
         tags.sort();
         tags.dedup();
+        tags.truncate(want);
     }
     // A repository with no tags (its manifests deleted, or pushed by digest only) lists
     // none; only a name that is no repository at all is unknown, as the catalog says.

@@ -26,6 +26,12 @@ pub(crate) trait Metadata: std::fmt::Debug + Send + Sync {
     async fn has_repository(&self, name: &Name) -> Result<bool>;
     /// Every repository that holds a tag or a link, sorted by name.
     async fn repositories(&self) -> Result<Vec<Name>>;
+    /// The first `limit` tags of `name` that sort after `after`: a page of the tag list, at a
+    /// cost that does not grow with the tags before it.
+    async fn tags_after(&self, name: &Name, after: Option<&str>, limit: usize) -> Result<Vec<Tag>>;
+    /// The first `limit` repositories that sort after `after`: a page of the catalog, at a
+    /// cost that does not grow with the store.
+    async fn repositories_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<Name>>;
     /// Makes `digest` part of `name`; `BlobUnknown` if the store has no such blob.
     async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<()>;
     /// Removes a link; whether there was one.

@@ -254,7 +254,7 @@ struct Totals {
 
 impl Store {
     fn at(root: PathBuf) -> Store {
-        let dir = fs::Dir { root };
+        let dir = fs::Dir::new(root);
         Store {
             meta: Arc::new(dir.clone()),
             dir,

@@ -32,6 +32,11 @@ impl Store {
         self.meta.repositories().await
     }
 
+    /// Up to `limit` repositories sorting after `after` (a catalog page).
+    pub async fn repositories_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<Name>> {
+        self.meta.repositories_after(after, limit).await
+    }
+
     /// Removes `name:tag`; `false` if there was no such tag.
     pub async fn delete_tag(&self, name: &Name, tag: &Tag) -> Result<bool> {
         self.meta.delete_tag(name, tag).await
@@ -94,6 +99,16 @@ impl Store {
     /// The tags of a repository, sorted; empty if the repository has none.
     pub async fn tags(&self, name: &Name) -> Result<Vec<Tag>> {
         self.meta.tags(name).await
+    }
+
+    /// Up to `limit` tags of `name` sorting after `after` (a tag-list page).
+    pub async fn tags_after(
+        &self,
+        name: &Name,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Tag>> {
+        self.meta.tags_after(name, after, limit).await
     }
 
     /// Records that `image` (`NAME:TAG`) was pulled, if it was not recorded before (for the

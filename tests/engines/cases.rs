@@ -1916,3 +1916,76 @@ pub async fn a_corrupt_tag_record_is_a_500_and_every_other_tag_still_serves(engi
     let r = f.get("/v2/c/repo/tags/list").await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// Every name once, in byte order, whatever the page size: the names here interleave as a
+/// folder walk would get wrong (`a-b` and `a.c` sort between `a` and `a/z`; `B` before `a`).
+pub async fn catalog_and_tag_pages_list_every_name_once_in_byte_order(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
+    let repos = [
+        "a0", "a/z/y", "lib-y", "a", "a.c", "b", "a/z", "lib/x", "a-b",
+    ];
+    for repo in repos {
+        tagged_image(&f, repo, "v1", repo.as_bytes()).await;
+    }
+    let tags = ["latest", "B", "v1.0", "10", "2", "a-b", "a", "a_c", "1"];
+    let mut layers = Vec::new();
+    for tag in tags {
+        layers.push(tagged_image(&f, "many", tag, tag.as_bytes()).await);
+    }
+    let walk = |first: String, key: &'static str| {
+        let f = &f;
+        async move {
+            let (mut seen, mut next, mut pages) = (Vec::new(), Some(first), 0);
+            while let Some(path) = next {
+                let r = f.get(&path).await;
+                assert_eq!(r.status(), StatusCode::OK, "{path}");
+                next = r
+                    .headers()
+                    .get("link")
+                    .map(|l| l.to_str().expect("ascii"))
+                    .map(|l| {
+                        l.trim_start_matches('<')
+                            .split('>')
+                            .next()
+                            .expect("<url>")
+                            .to_owned()
+                    });
+                let v: Value = r.json_value().await;
+                for name in v[key].as_array().expect("list") {
+                    seen.push(name.as_str().expect("string").to_owned());
+                }
+                pages += 1;
+                assert!(pages < 50, "the Link chain does not end");
+            }
+            seen
+        }
+    };
+    let mut all: Vec<String> = repos.iter().map(|s| s.to_string()).collect();
+    all.push("many".into());
+    all.sort();
+    let mut all_tags: Vec<String> = tags.iter().map(|s| s.to_string()).collect();
+    all_tags.sort();
+    for n in [1, 2, 3, 1000] {
+        assert_eq!(
+            walk(format!("/v2/_catalog?n={n}"), "repositories").await,
+            all,
+            "catalog in pages of {n}"
+        );
+        assert_eq!(
+            walk(format!("/v2/many/tags/list?n={n}"), "tags").await,
+            all_tags,
+            "tags in pages of {n}"
+        );
+    }
+    // `last` need not be a name that exists.
+    let v: Value = f.get("/v2/_catalog?n=3&last=a/m").await.json_value().await;
+    assert_eq!(v["repositories"], json!(["a/z", "a/z/y", "a0"]));
+    let v: Value = f
+        .get("/v2/many/tags/list?n=2&last=2")
+        .await
+        .json_value()
+        .await;
+    assert_eq!(v["tags"], json!(["B", "a"]));
+}

@@ -65,4 +65,5 @@ on_every_engine! {
     2 the_collector_removes_what_nothing_reaches_and_keeps_every_tagged_image,
     2 verify_finds_dangling_records_and_repair_removes_only_them,
     2 a_corrupt_tag_record_is_a_500_and_every_other_tag_still_serves,
+    2 catalog_and_tag_pages_list_every_name_once_in_byte_order,
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::Dir;
+use super::listing::{self, Kind};
 use crate::digest::Digest;
 use crate::reference::{Name, Tag};
 use crate::store::gate::{self, touched};
@@ -99,6 +100,44 @@ impl Dir {
         names.sort();
         names.dedup();
         Ok(names)
+    }
+
+    /// Appends to `out` the repositories below `dir` (whose full names start with `prefix`)
+    /// that sort after `after`, in order, until it holds `limit`. Reads the folders on the
+    /// way to `after` and those of the names it lists, not the rest (see `listing.rs`).
+    fn walk(
+        &self,
+        dir: &Path,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        out: &mut Vec<Name>,
+    ) -> Result<()> {
+        let items = self.listings.sorted(dir, Kind::Namespace)?;
+        let start = match after {
+            Some(after) => items.partition_point(|key| before_all(prefix, key, after)),
+            None => 0,
+        };
+        for key in &items[start..] {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(namespace) = key.strip_suffix('/') {
+                let below = format!("{prefix}{key}");
+                self.walk(&dir.join(namespace), &below, after, limit, out)?;
+            } else {
+                let full = format!("{prefix}{key}");
+                if after.is_some_and(|a| full.as_str() <= a) {
+                    continue;
+                }
+                if let Ok(name) = full.parse::<Name>()
+                    && is_repository(&dir.join(key))?
+                {
+                    out.push(name);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes the link if it was last touched at or before `cutoff`; whether it did. For
@@ -243,6 +282,29 @@ impl Metadata for Dir {
     async fn repositories(&self) -> Result<Vec<Name>> {
         let s = self.clone();
         blocking(move || s.repositories_now()).await
+    }
+
+    async fn tags_after(&self, name: &Name, after: Option<&str>, limit: usize) -> Result<Vec<Tag>> {
+        let (s, dir, after) = (self.clone(), self.tags_dir(name), after.map(str::to_owned));
+        blocking(move || {
+            let sorted = s.listings.sorted(&dir, Kind::Names)?;
+            Ok(sorted[listing::after(&sorted, after.as_deref())..]
+                .iter()
+                .filter_map(|t| t.parse().ok())
+                .take(limit)
+                .collect())
+        })
+        .await
+    }
+
+    async fn repositories_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<Name>> {
+        let (s, after) = (self.clone(), after.map(str::to_owned));
+        blocking(move || {
+            let mut out = Vec::new();
+            s.walk(&s.repositories_dir(), "", after.as_deref(), limit, &mut out)?;
+            Ok(out)
+        })
+        .await
     }
 
     /// The blob and the link are touched: the sweep cannot remove either until a pass that
@@ -434,6 +496,19 @@ fn tag_set(path: &Path) -> Result<Option<(Digest, SystemTime)>> {
 
 /// Folders whose presence makes their parent a repository.
 const REPOSITORY_MARKERS: [&str; 3] = ["_tags", "_blobs", "_manifests"];
+
+/// Whether every name an entry of a namespace listing stands for sorts at or before `after`:
+/// `NAME` itself, or for `NAME/` every name below it. Monotone over the sorted listing (a
+/// name below `x/` sorts before any sibling key greater than `x/`), so a binary search finds
+/// where a page starts.
+fn before_all(prefix: &str, key: &str, after: &str) -> bool {
+    let full = format!("{prefix}{key}");
+    if key.ends_with('/') {
+        after >= full.as_str() && !after.starts_with(&full)
+    } else {
+        full.as_str() <= after
+    }
+}
 
 /// Whether `dir` is a repository: one of its marker folders holds something. A repository
 /// whose last tag and links were deleted is gone (from the catalog too), though its empty

@@ -7,8 +7,10 @@
 //! |---|---|
 //! | `mod.rs` | [`Dir`]: every path of the layout (see `store/mod.rs`), temp files, records |
 //! | `metadata.rs` | tags, links, referrer records and the repository list as files |
+//! | `listing.rs` | sorted listings of big folders, kept while unchanged: catalog and tag pages |
 //! | `sessions.rs` | upload sessions in this process: a locked temp file each, hashed as bytes arrive |
 
+pub(crate) mod listing;
 pub(crate) mod metadata;
 pub(crate) mod sessions;
 
@@ -25,9 +27,17 @@ use crate::reference::{Name, Tag};
 #[derive(Debug, Clone)]
 pub(crate) struct Dir {
     pub root: PathBuf,
+    listings: std::sync::Arc<listing::Listings>,
 }
 
 impl Dir {
+    pub(crate) fn new(root: PathBuf) -> Dir {
+        Dir {
+            root,
+            listings: Default::default(),
+        }
+    }
+
     /// Writes a byte to an unnamed temp file in `tmp/` (gone when closed).
     pub(crate) fn check_writable(&self) -> Result<()> {
         let tmp = self.tmp_dir();

@@ -82,6 +82,10 @@ const MIGRATIONS: &[&str] = &[
          image text PRIMARY KEY,
          first_at timestamptz NOT NULL DEFAULT now()
      );",
+    // 5: catalog and tag-list pages in byte order whatever the database's locale (as the
+    // directory engine and the on-demand names sort), each read as an index range.
+    "CREATE INDEX tags_in_byte_order ON tags (repository COLLATE \"C\", tag COLLATE \"C\");
+     CREATE INDEX links_in_byte_order ON links (repository COLLATE \"C\");",
 ];
 
 /// The advisory lock one replica's collector holds for its pass.
@@ -366,6 +370,63 @@ impl super::metadata::Metadata for Metadata {
             .rows(
                 "SELECT repository FROM tags UNION SELECT repository FROM links ORDER BY 1",
                 &[],
+            )
+            .await?;
+        rows.iter().map(|r| parse(r.get(0), "repository")).collect()
+    }
+
+    async fn tags_after(
+        &self,
+        name: &Name,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Tag>, StoreError> {
+        // Reads the index of migration 5 in order.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .rows(
+                "SELECT tag FROM tags
+                 WHERE repository COLLATE \"C\" = $1 AND tag COLLATE \"C\" > $2
+                 ORDER BY repository COLLATE \"C\", tag COLLATE \"C\" LIMIT $3",
+                &[&name.as_str(), &after.unwrap_or(""), &limit],
+            )
+            .await?;
+        rows.iter().map(|r| parse(r.get(0), "tag")).collect()
+    }
+
+    async fn repositories_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Name>, StoreError> {
+        // PostgreSQL has no skip scan: `SELECT DISTINCT repository ... LIMIT n` would read
+        // every row of the repositories it passes (50,000 tags of one). This recursive query
+        // jumps from one repository to the next with one index probe each, in the byte-order
+        // indexes of tags and of links (migration 5).
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .rows(
+                "WITH RECURSIVE
+                   t(r) AS (
+                     (SELECT repository FROM tags WHERE repository COLLATE \"C\" > $1
+                      ORDER BY repository COLLATE \"C\" LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT repository FROM tags WHERE repository COLLATE \"C\" > t.r
+                             ORDER BY repository COLLATE \"C\" LIMIT 1)
+                     FROM t WHERE t.r IS NOT NULL),
+                   l(r) AS (
+                     (SELECT repository FROM links WHERE repository COLLATE \"C\" > $1
+                      ORDER BY repository COLLATE \"C\" LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT repository FROM links WHERE repository COLLATE \"C\" > l.r
+                             ORDER BY repository COLLATE \"C\" LIMIT 1)
+                     FROM l WHERE l.r IS NOT NULL)
+                 SELECT r FROM (
+                   (SELECT r FROM t WHERE r IS NOT NULL LIMIT $2)
+                   UNION
+                   (SELECT r FROM l WHERE r IS NOT NULL LIMIT $2)) AS both_kinds
+                 ORDER BY r COLLATE \"C\" LIMIT $2",
+                &[&after.unwrap_or(""), &limit],
             )
             .await?;
         rows.iter().map(|r| parse(r.get(0), "repository")).collect()

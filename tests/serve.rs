@@ -734,3 +734,70 @@ fn a_blob_truncated_during_its_download_fails_it_and_nothing_else() {
         "the server died"
     );
 }
+
+/// A store of 100,000 tags in one repository starts serving without opening the folder
+/// that holds them or any tag in it (inotify counts every open), and the first page of the
+/// tag list then reads it. Start-up cost must not grow with the store.
+#[test]
+fn a_store_of_100k_tags_starts_without_reading_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let tags = store.join("repositories/big/_tags");
+    std::fs::create_dir_all(&tags).expect("mkdir");
+    let record = format!("sha256:{}\n", "ab".repeat(32));
+    for i in 0..100_000 {
+        std::fs::write(tags.join(format!("t{i:06}")), &record).expect("write tag");
+    }
+    let path = std::ffi::CString::new(tags.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: plain system calls on a descriptor this test owns.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(fd >= 0, "inotify_init1");
+    let watch =
+        unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_OPEN | libc::IN_ACCESS) };
+    assert!(watch >= 0, "inotify_add_watch");
+    let opened = || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut events = 0;
+        loop {
+            // SAFETY: reads into a buffer this closure owns, of its length.
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return events;
+            }
+            let mut at = 0usize;
+            while at < n as usize {
+                // struct inotify_event: wd, mask, cookie, len (4 bytes each), then the name.
+                let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().expect("4 bytes"));
+                events += 1;
+                at += 16 + len as usize;
+            }
+        }
+    };
+    let log = dir.path().join("log");
+    std::fs::create_dir_all(&log).expect("log dir");
+    let server = Serving::start(&store, &log, &[]);
+    let r = raw_request(&server.addr, "GET", "/v2/", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        opened(),
+        0,
+        "start-up opened the tags folder or a tag in it"
+    );
+
+    // The control: the count can be non-zero, and a page is served from the folder.
+    let r = raw_request(
+        &server.addr,
+        "GET",
+        "/v2/big/tags/list?n=3&last=t049999",
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(
+        v["tags"],
+        serde_json::json!(["t050000", "t050001", "t050002"])
+    );
+    assert!(opened() > 0, "the tag list was read without an open seen");
+    // SAFETY: closes the descriptor made above, once.
+    unsafe { libc::close(fd) };
+}

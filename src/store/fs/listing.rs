@@ -60,33 +60,41 @@ impl Listings {
     /// The sorted entries of `dir` (see [`Kind`]); none when it does not exist. On the
     /// calling thread: it reads the folder when it has changed.
     pub(crate) fn sorted(&self, dir: &Path, kind: Kind) -> Result<Arc<Vec<String>>> {
-        let meta = match stdfs::metadata(dir) {
-            Ok(m) if m.is_dir() => m,
-            Ok(_) => return Ok(Arc::default()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Arc::default()),
-            Err(e) => return ctx(Err(e), "stat", dir),
-        };
-        let stamp = FileStamp::of(&meta);
         let key = (dir.to_owned(), kind);
-        {
+        let kept = self.lock().folders.get(&key).map(|k| k.stamp);
+        if let Some(stamp) = kept {
+            // Kept: still right if the folder is unchanged.
+            let now = match stdfs::metadata(dir) {
+                Ok(m) => Some(FileStamp::of(&m)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return ctx(Err(e), "stat", dir),
+            };
             let mut kept = self.lock();
             kept.clock += 1;
-            let now = kept.clock;
+            let clock = kept.clock;
             if let Some(k) = kept.folders.get_mut(&key)
+                && Some(k.stamp) == now
                 && k.stamp == stamp
             {
-                k.used = now;
+                k.used = clock;
                 return Ok(k.names.clone());
             }
         }
+        // Not kept (most folders: small ones never are): read, with no stat before.
         let names = Arc::new(read(dir, kind)?);
-        let settled = meta
-            .modified()
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
-            .is_some_and(|age| age > SETTLED);
-        if settled && names.len() >= SMALL && names.len() <= MAX_KEPT {
-            self.keep(key, stamp, names.clone());
+        if names.len() >= SMALL && names.len() <= MAX_KEPT {
+            // The stamp is taken after the read: an entry made during the read changed the
+            // mtime, which is then recent, so the listing is not kept.
+            if let Ok(meta) = stdfs::metadata(dir) {
+                let settled = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| SystemTime::now().duration_since(m).ok())
+                    .is_some_and(|age| age > SETTLED);
+                if settled {
+                    self.keep(key, FileStamp::of(&meta), names.clone());
+                }
+            }
         }
         Ok(names)
     }
@@ -130,7 +138,14 @@ impl Listings {
 fn read(dir: &Path, kind: Kind) -> Result<Vec<String>> {
     let entries = match stdfs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(Vec::new());
+        }
         Err(e) => return ctx(Err(e), "list", dir),
     };
     let mut out = Vec::new();

@@ -198,8 +198,13 @@ rss() { awk -v k="$1" '$1 == k":" { print int($2 / 1024) }' "/proc/$spid/status"
 wrk_rate() { # URL [SCRIPT]
   local script=()
   [ -n "${2:-}" ] && script=(-s "$2")
-  MANIFEST=$work/manifest.json wrk -t2 -c32 -d"${secs}s" "${script[@]}" "$1" |
-    awk '/Requests\/sec/ { printf "%.0f", $2 }'
+  MANIFEST=$work/manifest.json wrk -t2 -c32 -d"${secs}s" "${script[@]}" \
+    -H "Accept: application/vnd.oci.image.manifest.v1+json" "$1" >"$work/wrk.out"
+  # An error answer is no manifest served: a rate of those would mean nothing.
+  if grep -q "Non-2xx" "$work/wrk.out"; then
+    echo "$1: $(grep Non-2xx "$work/wrk.out")" >&2; exit 1
+  fi
+  awk '/Requests\/sec/ { printf "%.0f", $2 }' "$work/wrk.out"
 }
 timed() { # CMD... -> "SECONDS PEAK_MIB"
   /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/cmd.out" 2>&1 || {
@@ -235,25 +240,35 @@ for repos in $sizes; do
   echo "== $repos repositories, $((repos / 2)) tags in big/tags, $blobs blobs (generated in $(( $(date +%s) - t0 )) s); load $(cut -d' ' -f1-3 /proc/loadavg)"
   printf '%-26s %-20s | %-19s | %-17s | %-14s | %s\n' "" "start-up, RSS idle" "catalog: all, worst" "tags: all, worst" "GET/s   PUT/s" "peak RSS"
 
+  # Offline passes first, on the store as generated (the PUTs below add to it).
   p=$(port)
+  cat >"$work/registry.yml" <<CONF
+version: 0.1
+log: { level: error, accesslog: { disabled: true } }
+storage: { filesystem: { rootdirectory: $d }, delete: { enabled: true } }
+http: { addr: 127.0.0.1:$p }
+CONF
+  echo "gc, offline pass:  quinistry $(timed "$bin" gc --store "$q" --dry-run)  |  docker-registry $(timed docker-registry garbage-collect --dry-run "$work/registry.yml")"
+  echo "verify:            quinistry $(timed "$bin" verify --store "$q")"
+
   started "127.0.0.1:$p" env RUST_LOG=warn "$bin" serve --push --no-prepack --listen "127.0.0.1:$p" --store "$q" "$work/input"
   measure "quinistry (directory)" "$repos"
   stop
 
   if [ -n "${QUINISTRY_TEST_POSTGRES:-}" ]; then
-    dbname=growth$repos
+    dbname=growth${repos}_$$
     psql -q "$QUINISTRY_TEST_POSTGRES" -c "CREATE DATABASE $dbname" >/dev/null
     meta=${QUINISTRY_TEST_POSTGRES%/*}/$dbname
     p=$(port)
     # Once, to make the schema; then the rows; then timed.
     started "127.0.0.1:$p" env RUST_LOG=warn QUINISTRY_S3_ENDPOINTS="$QUINISTRY_TEST_S3_ENDPOINTS" \
       "$bin" serve --no-prepack --listen "127.0.0.1:$p" \
-      --store "s3://$QUINISTRY_TEST_BUCKET/growth$repos" --metadata "$meta" "$work/input"
+      --store "s3://$QUINISTRY_TEST_BUCKET/$dbname" --metadata "$meta" "$work/input"
     stop
     load_postgres "$meta" "$q"
     started "127.0.0.1:$p" env RUST_LOG=warn QUINISTRY_S3_ENDPOINTS="$QUINISTRY_TEST_S3_ENDPOINTS" \
       "$bin" serve --no-prepack --listen "127.0.0.1:$p" \
-      --store "s3://$QUINISTRY_TEST_BUCKET/growth$repos" --metadata "$meta" "$work/input"
+      --store "s3://$QUINISTRY_TEST_BUCKET/$dbname" --metadata "$meta" "$work/input"
     # Its blobs are not in the bucket: catalog and tags only (no GET/PUT of manifests).
     idle=$(rss VmRSS)
     read -r cn cp ct cs < <(python3 "$work/walk.py" "$saddr" "/v2/_catalog?n=1000" repositories)
@@ -263,20 +278,14 @@ for repos in $sizes; do
     printf '%-26s %7.2f s %5s MiB | %7.2f s %6.1f ms | %6.2f s %6.1f ms | %7s %6s | %5s MiB\n' \
       "quinistry (PostgreSQL)" "$up" "$idle" "$ct" "$cs" "$tt" "$ts" - - "$(rss VmHWM)"
     stop
+    psql -q "$QUINISTRY_TEST_POSTGRES" -c "DROP DATABASE $dbname" >/dev/null
   fi
 
   p=$(port)
-  cat >"$work/registry.yml" <<CONF
-version: 0.1
-log: { level: error, accesslog: { disabled: true } }
-storage: { filesystem: { rootdirectory: $d }, delete: { enabled: true } }
-http: { addr: 127.0.0.1:$p }
-CONF
+  sed -i "s/addr: 127.0.0.1:[0-9]*/addr: 127.0.0.1:$p/" "$work/registry.yml"
   started "127.0.0.1:$p" docker-registry serve "$work/registry.yml"
   measure "docker-registry 2.8" "$repos"
   stop
 
-  echo "gc, offline pass:  quinistry $(timed "$bin" gc --store "$q" --dry-run)  |  docker-registry $(timed docker-registry garbage-collect --dry-run "$work/registry.yml")"
-  echo "verify:            quinistry $(timed "$bin" verify --store "$q")"
   rm -rf "$work/q$repos" "$d"
 done

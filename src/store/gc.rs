@@ -490,6 +490,12 @@ pub fn mark(store: &Store, roots: &[Digest], now: SystemTime, grace: Duration) -
             .chain(records.tags.into_iter().map(|(_, d, _)| d))
             .chain(records.referrers.into_iter().map(|(_, r)| r))
             .collect();
+        // Bounded: a store's manifests would all be held otherwise (150,000 of them took
+        // ~100 MB at 350,000 blobs). What another repository links again after a clear is
+        // read again: rare, and correct either way.
+        if seen.len() > SEEN_MAX {
+            seen.clear();
+        }
         let named = reach_cached(store, manifests, &mut seen)?;
         live.extend(named.iter().cloned());
         for (blob, touched) in records.blobs {
@@ -505,6 +511,9 @@ pub fn mark(store: &Store, roots: &[Digest], now: SystemTime, grace: Duration) -
     }
     Ok((live, stale))
 }
+
+/// At most this many manifests' names are kept between repositories during a mark.
+const SEEN_MAX: usize = 16_384;
 
 /// What the mark found: the live digests, and the stale blob links (repository, blob).
 pub type Marked = (BTreeSet<Digest>, Vec<(Name, Digest)>);

@@ -10,8 +10,9 @@
 #
 # Figures per size and registry:
 #   start-up    spawn until GET /v2/ answers 200; RSS idle right after
-#   catalog     every page of /v2/_catalog?n=1000 (Link followed): total and slowest page
-#   tags        every page of big/tags' tag list, n=1000: total and slowest page
+#   catalog     every page of /v2/_catalog?n=1000 (Link followed): total and slowest page,
+#               walked twice: the first reads from disk, the second from the page cache
+#   tags        every page of big/tags' tag list, n=1000: the same
 #   GET, PUT    manifest GET by tag and manifest PUT to new tags, wrk -t2 -c32, WRK_SECONDS each
 #   RSS         the server's peak RSS after all of the above
 #   gc          an offline pass (quinistry gc --dry-run / registry garbage-collect --dry-run):
@@ -25,6 +26,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=${1:-1000 10000 100000}
 secs=${2:-5}
+# An offline pass that runs longer than this is stopped and reported as "> LIMIT s".
+limit=${GROWTH_LIMIT:-600}
 # shellcheck source=benches/serve-lib.sh
 . benches/serve-lib.sh
 need wrk:wrk python3:python3 /usr/bin/time:time curl:curl docker-registry:docker-registry
@@ -206,15 +209,25 @@ wrk_rate() { # URL [SCRIPT]
   fi
   awk '/Requests\/sec/ { printf "%.0f", $2 }' "$work/wrk.out"
 }
-timed() { # CMD... -> "SECONDS PEAK_MIB"
-  /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/cmd.out" 2>&1 || {
-    cat "$work/cmd.out" >&2; echo "failed: $*" >&2; exit 1; }
+timed() { # CMD... -> "SECONDS PEAK_MIB", or "> LIMIT s" when it ran longer than LIMIT
+  local rc=0
+  timeout "$limit" /usr/bin/time -f "%e %M" -o "$work/time" "$@" >"$work/cmd.out" 2>&1 || rc=$?
+  if [ "$rc" = 124 ]; then echo "> $limit s (stopped)"; return; fi
+  [ "$rc" = 0 ] || { tail -3 "$work/cmd.out" >&2; echo "failed: $*"; return; }
   awk '{ printf "%s s %d MiB", $1, $2 / 1024 }' "$work/time"
+}
+
+row() { # LABEL UP IDLE C1 CW1 C2 CW2 T1 TW1 T2 TW2 GET PUT PEAK
+  printf '%-23s %5.2f s %3s MiB | %7.2f s %7.1f ms / %6.2f s %6.1f ms | %5.2f s %6.1f ms / %5.2f s %5.1f ms | %6s %5s | %3s MiB\n' "$@"
 }
 
 measure() { # LABEL REPOS [noput] -- uses $saddr, $spid and $up of a started server
   local label=$1 repos=$2
   local idle; idle=$(rss VmRSS)
+  # The first walk reads folders from disk (this VM's page cache is reclaimed as it
+  # ages), the second from memory: both are printed, first / second.
+  read -r cn cp ct1 cs1 < <(python3 "$work/walk.py" "$saddr" "/v2/_catalog?n=1000" repositories)
+  read -r tn tp tt1 ts1 < <(python3 "$work/walk.py" "$saddr" "/v2/big/tags/tags/list?n=1000" tags)
   read -r cn cp ct cs < <(python3 "$work/walk.py" "$saddr" "/v2/_catalog?n=1000" repositories)
   read -r tn tp tt ts < <(python3 "$work/walk.py" "$saddr" "/v2/big/tags/tags/list?n=1000" tags)
   # +1: big/tags; quinistry also lists the image of its input.
@@ -223,8 +236,7 @@ measure() { # LABEL REPOS [noput] -- uses $saddr, $spid and $up of a started ser
   local get put=-
   get=$(wrk_rate "http://$saddr/v2/bench/r000007/manifests/v1")
   [ "${3:-}" != noput ] && put=$(wrk_rate "http://$saddr/" "$work/put.lua")
-  printf '%-26s %7.2f s %5s MiB | %7.2f s %6.1f ms | %6.2f s %6.1f ms | %7s %6s | %5s MiB\n' \
-    "$label" "$up" "$idle" "$ct" "$cs" "$tt" "$ts" "$get" "$put" "$(rss VmHWM)"
+  row "$label" "$up" "$idle" "$ct1" "$cs1" "$ct" "$cs" "$tt1" "$ts1" "$tt" "$ts" "$get" "$put" "$(rss VmHWM)"
 }
 
 head -c 4096 /dev/urandom >"$work/input"
@@ -238,7 +250,7 @@ for repos in $sizes; do
   blobs=$(find "$q/blobs/sha256" -type f | wc -l)
   echo
   echo "== $repos repositories, $((repos / 2)) tags in big/tags, $blobs blobs (generated in $(( $(date +%s) - t0 )) s); load $(cut -d' ' -f1-3 /proc/loadavg)"
-  printf '%-26s %-20s | %-19s | %-17s | %-14s | %s\n' "" "start-up, RSS idle" "catalog: all, worst" "tags: all, worst" "GET/s   PUT/s" "peak RSS"
+  printf '%-23s %-16s | %-39s | %-35s | %-12s | %s\n' "" "start-up, idle" "catalog n=1000: walk, worst page (1st / 2nd)" "tags n=1000: walk, worst (1st / 2nd)" "GET/s  PUT/s" "peak"
 
   # Offline passes first, on the store as generated (the PUTs below add to it).
   p=$(port)
@@ -271,12 +283,15 @@ CONF
       --store "s3://$QUINISTRY_TEST_BUCKET/$dbname" --metadata "$meta" "$work/input"
     # Its blobs are not in the bucket: catalog and tags only (no GET/PUT of manifests).
     idle=$(rss VmRSS)
+    # The first walk reads folders from disk (this VM's page cache is reclaimed as it
+    # ages), the second from memory: both are printed, first / second.
+    read -r cn cp ct1 cs1 < <(python3 "$work/walk.py" "$saddr" "/v2/_catalog?n=1000" repositories)
+    read -r tn tp tt1 ts1 < <(python3 "$work/walk.py" "$saddr" "/v2/big/tags/tags/list?n=1000" tags)
     read -r cn cp ct cs < <(python3 "$work/walk.py" "$saddr" "/v2/_catalog?n=1000" repositories)
     read -r tn tp tt ts < <(python3 "$work/walk.py" "$saddr" "/v2/big/tags/tags/list?n=1000" tags)
     # The small input's image makes one more repository here.
     [ "$cn" -ge $((repos + 1)) ] || { echo "postgres: catalog listed $cn" >&2; exit 1; }
-    printf '%-26s %7.2f s %5s MiB | %7.2f s %6.1f ms | %6.2f s %6.1f ms | %7s %6s | %5s MiB\n' \
-      "quinistry (PostgreSQL)" "$up" "$idle" "$ct" "$cs" "$tt" "$ts" - - "$(rss VmHWM)"
+    row "quinistry (PostgreSQL)" "$up" "$idle" "$ct1" "$cs1" "$ct" "$cs" "$tt1" "$ts1" "$tt" "$ts" - - "$(rss VmHWM)"
     stop
     psql -q "$QUINISTRY_TEST_POSTGRES" -c "DROP DATABASE $dbname" >/dev/null
   fi

@@ -347,8 +347,11 @@ fn fill(store: &Path, n: usize) {
 #[test]
 fn pushes_racing_a_back_to_back_collector_lose_nothing() {
     const WORKERS: usize = 8;
-    /// Layers staged per client: enough to go on promoting until `PASSES` passes ran.
-    const EACH: usize = 100;
+    /// Layers staged per client: enough to go on promoting until `PASSES` passes ran. At
+    /// 100, a CI run's 800 promotions were all done in 6.2 s while its loaded collector
+    /// passes took 2.5-3.1 s each: two passes, and the test failed. 300 outlasts passes of
+    /// over 5 s; promotions stop as soon as `PASSES` passes have run.
+    const EACH: usize = 300;
     /// Collector passes that must finish while promotions go on (the mark is niced, so on
     /// a loaded machine passes are slower and promotions go on longer).
     const PASSES: usize = 3;

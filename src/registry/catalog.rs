@@ -34,14 +34,15 @@ pub async fn get(
             .store()
             .repositories_after(cursor.as_deref(), want)
             .await?;
-        let end = (batch.len() == want)
-            .then(|| batch.last().map(|n| n.to_string()))
-            .flatten();
+        // A full batch ends where the store's next one begins; a short one ends the store.
+        let end = batch.last().filter(|_| batch.len() == want);
         let from = cursor.as_deref();
         let mut merged: Vec<&Name> = batch.iter().collect();
-        merged.extend(served.iter().filter(|n| {
-            from.is_none_or(|c| n.as_str() > c) && end.as_deref().is_none_or(|e| n.as_str() <= e)
-        }));
+        merged.extend(
+            served
+                .iter()
+                .filter(|n| from.is_none_or(|c| n.as_str() > c) && end.is_none_or(|e| *n <= e)),
+        );
         merged.sort();
         merged.dedup();
         // Only what the caller may read: a name is information too.
@@ -54,7 +55,7 @@ pub async fn get(
             }
         }
         match end {
-            Some(end) if names.len() < want => cursor = Some(end),
+            Some(end) if names.len() < want => cursor = Some(end.to_string()),
             _ => break,
         }
     }

@@ -61,8 +61,7 @@ impl Listings {
     /// calling thread: it reads the folder when it has changed.
     pub(crate) fn sorted(&self, dir: &Path, kind: Kind) -> Result<Arc<Vec<String>>> {
         let key = (dir.to_owned(), kind);
-        let kept = self.lock().folders.get(&key).map(|k| k.stamp);
-        if let Some(stamp) = kept {
+        if self.lock().folders.contains_key(&key) {
             // Kept: still right if the folder is unchanged.
             let now = match stdfs::metadata(dir) {
                 Ok(m) => Some(FileStamp::of(&m)),
@@ -74,7 +73,6 @@ impl Listings {
             let clock = kept.clock;
             if let Some(k) = kept.folders.get_mut(&key)
                 && Some(k.stamp) == now
-                && k.stamp == stamp
             {
                 k.used = clock;
                 return Ok(k.names.clone());

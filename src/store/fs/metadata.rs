@@ -64,41 +64,14 @@ impl Dir {
     }
 
     /// Every repository (a folder under `repositories/` whose `_tags`, `_blobs` or
-    /// `_manifests` holds something), sorted by name, on the calling thread.
+    /// `_manifests` holds something), sorted by name, on the calling thread (and the
+    /// threads a walk of a big folder starts: see `walk`).
     /// Folders whose path is not a valid name are skipped: the store never creates them.
     pub(crate) fn repositories_now(&self) -> Result<Vec<Name>> {
-        let root = self.repositories_dir();
         let mut names = Vec::new();
-        let mut pending = vec![(root.clone(), String::new())];
-        while let Some((dir, prefix)) = pending.pop() {
-            for entry in ctx(stdfs::read_dir(&dir), "list", &dir)? {
-                let entry = ctx(entry, "list", &dir)?;
-                // file_type does not follow symlinks: a link cannot lead the walk elsewhere.
-                if !ctx(entry.file_type(), "stat", &entry.path())?.is_dir() {
-                    continue;
-                }
-                let Some(component) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                if REPOSITORY_MARKERS.contains(&component.as_str()) {
-                    // A folder with several markers is listed once (dedup below).
-                    if let Ok(name) = prefix.parse::<Name>()
-                        && !is_empty_dir(&entry.path())?
-                    {
-                        names.push(name);
-                    }
-                } else if !component.starts_with('_') {
-                    let path = if prefix.is_empty() {
-                        component
-                    } else {
-                        format!("{prefix}/{component}")
-                    };
-                    pending.push((entry.path(), path));
-                }
-            }
+        if let Some(root) = Folder::open(&self.repositories_dir())? {
+            self.walk(root, "", None, usize::MAX, split(), &mut names)?;
         }
-        names.sort();
-        names.dedup();
         Ok(names)
     }
 
@@ -127,7 +100,7 @@ impl Dir {
         while out.len() < limit && !rest.is_empty() {
             let need = limit - out.len();
             // A repository is two entries (`NAME` and `NAME/`).
-            let (window, next) = rest.split_at((2 * need).min(rest.len()));
+            let (window, next) = rest.split_at(need.saturating_mul(2).min(rest.len()));
             rest = next;
             let parts = split.min(window.len() / SPLIT_MIN).max(1);
             if parts == 1 {
@@ -370,8 +343,7 @@ impl Metadata for Dir {
         blocking(move || {
             let mut out = Vec::new();
             if let Some(root) = Folder::open(&s.repositories_dir())? {
-                let split = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-                s.walk(root, "", after.as_deref(), limit, split, &mut out)?;
+                s.walk(root, "", after.as_deref(), limit, split(), &mut out)?;
             }
             Ok(out)
         })
@@ -568,6 +540,11 @@ fn tag_set(path: &Path) -> Result<Option<(Digest, SystemTime)>> {
 /// Folders whose presence makes their parent a repository.
 const REPOSITORY_MARKERS: [&str; 3] = ["_tags", "_blobs", "_manifests"];
 
+/// How many threads a walk of a big folder may use.
+fn split() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 /// Fewest entries of a folder's window worth a thread of their own in a catalog walk.
 const SPLIT_MIN: usize = 128;
 
@@ -609,22 +586,13 @@ fn is_repository_in(dir: &Folder, name: &str) -> Result<bool> {
     Ok(false)
 }
 
-/// Whether `dir` has no entries; a missing `dir` counts as empty.
-fn is_empty_dir(dir: &Path) -> Result<bool> {
-    match stdfs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_none()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotADirectory => Ok(true),
-        Err(e) => ctx(Err(e), "list", dir),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Pages of every size, walked with threads, list what a plain walk of the whole tree
-    /// lists: once each, in byte order, folders that hold nothing left out.
+    /// Pages of every size, walked with threads, and the unbounded walk (`repositories_now`,
+    /// the collector's) list what a plain walk of the whole tree lists: once each, in byte
+    /// order, folders that hold nothing left out.
     #[test]
     fn split_catalog_pages_list_what_a_whole_walk_lists() {
         let root = tempfile::tempdir().expect("tempdir");
@@ -650,12 +618,35 @@ mod tests {
         repo("a", true);
         repo("ns", true);
         repo("z/y", true);
-        let whole: Vec<String> = s
+        // The reference: every folder with a marker that holds something, from a plain
+        // recursive walk, sorted.
+        fn whole_tree(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+            let holds =
+                |m: &str| stdfs::read_dir(dir.join(m)).is_ok_and(|mut e| e.next().is_some());
+            if !prefix.is_empty() && REPOSITORY_MARKERS.iter().any(|m| holds(m)) {
+                out.push(prefix.to_owned());
+            }
+            for entry in stdfs::read_dir(dir).expect("list").flatten() {
+                let name = entry.file_name().into_string().expect("utf-8");
+                if !name.starts_with('_') && entry.file_type().expect("type").is_dir() {
+                    let below = match prefix {
+                        "" => name.clone(),
+                        p => format!("{p}/{name}"),
+                    };
+                    whole_tree(&entry.path(), &below, out);
+                }
+            }
+        }
+        let mut whole = Vec::new();
+        whole_tree(&s.repositories_dir(), "", &mut whole);
+        whole.sort();
+        let now: Vec<String> = s
             .repositories_now()
             .expect("walk")
             .iter()
             .map(|n| n.as_str().to_owned())
             .collect();
+        assert_eq!(now, whole, "the whole walk");
         assert!(whole.len() > 500, "{}", whole.len());
         for n in [1, 7, 128, 300, 1000] {
             let (mut seen, mut after) = (Vec::<String>::new(), None::<String>);

@@ -42,7 +42,6 @@ else
   on_client=()
 fi
 
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3fx", a / b; else print "-" }'; }
 load() { top -bn2 -d1 | awk '/^%Cpu/ { line = $0 } END { print line }'; }
 

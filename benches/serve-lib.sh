@@ -29,3 +29,6 @@ serve_start() {
   echo "server did not start" >&2; cat "$work/serve.log" >&2; exit 1
 }
 serve_stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
+
+# The median of space-separated numbers.
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }

@@ -58,7 +58,6 @@ addr=$(awk '$1 == "listening" { sub("http://", "", $2); print $2 }' "$work/out")
 
 now() { date +%s.%N; }
 mibs() { awk -v m="$mib" -v s="$1" 'BEGIN { printf "%.1f", m / s }'; }
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 load() { echo "load $(cut -d' ' -f1-3 /proc/loadavg)"; }
 

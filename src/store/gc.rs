@@ -481,28 +481,12 @@ pub fn mark(store: &Store, roots: &[Digest], now: SystemTime, grace: Duration) -
     reach(store, roots.to_vec(), &mut live)?;
     let cutoff = cutoff(now, grace);
     let names = store.dir.repositories_now()?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get().min(MARK_THREADS))
+    let threads = super::threads()
         .min(names.len().div_ceil(MARK_RUN_MIN))
         .max(1);
     let run = names.len().div_ceil(threads).max(1);
-    let runs: Vec<Result<Marked>> = std::thread::scope(|scope| {
-        let started: Vec<_> = names
-            .chunks(run)
-            .map(|part| scope.spawn(move || mark_repositories(store, part, cutoff)))
-            .collect();
-        started
-            .into_iter()
-            .map(|t| {
-                t.join().unwrap_or_else(|_| {
-                    Err(super::StoreError::Io {
-                        action: "mark",
-                        path: store.dir.root.clone(),
-                        source: std::io::Error::other("a marking thread panicked"),
-                    })
-                })
-            })
-            .collect()
+    let runs = super::in_parts(names.chunks(run), "mark", &store.dir.root, |part| {
+        mark_repositories(store, part, cutoff)
     });
     let mut stale = Vec::new();
     for run in runs {
@@ -550,8 +534,7 @@ fn mark_repositories(store: &Store, names: &[Name], cutoff: SystemTime) -> Resul
     Ok((live, stale))
 }
 
-/// Most threads a mark uses, and fewest repositories worth a thread of their own.
-const MARK_THREADS: usize = 4;
+/// Fewest repositories worth a thread of their own in a mark.
 const MARK_RUN_MIN: usize = 256;
 
 /// At most this many manifests' names are kept between repositories during a mark (by

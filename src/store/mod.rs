@@ -222,6 +222,39 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     }
 }
 
+/// Threads a walk or a mark over many small records may use: every core, at most 4.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// `work` over each of `parts`, each on a thread of its own but the first, which runs on
+/// the calling thread; the results in the order of `parts`. A part whose thread panicked
+/// is an error of `action` on `path`.
+fn in_parts<P: Send, T: Send>(
+    parts: impl IntoIterator<Item = P>,
+    action: &'static str,
+    path: &Path,
+    work: impl Fn(P) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    let mut parts = parts.into_iter();
+    let Some(first) = parts.next() else {
+        return Vec::new();
+    };
+    std::thread::scope(|scope| {
+        let work = &work;
+        let started: Vec<_> = parts.map(|p| scope.spawn(move || work(p))).collect();
+        let mut results = vec![work(first)];
+        for t in started {
+            results.push(
+                t.join().unwrap_or_else(|_| {
+                    ctx(Err(io::Error::other("a thread panicked")), action, path)
+                }),
+            );
+        }
+        results
+    })
+}
+
 /// A handle on a store: a directory, or a shared store's services. Cheap to clone; all
 /// state is in the store, but for running totals kept for metrics.
 #[derive(Debug, Clone)]

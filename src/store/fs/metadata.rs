@@ -25,7 +25,7 @@ use crate::store::metadata::Metadata;
 use crate::store::repositories::Records;
 use crate::store::{
     Dirty, Link, Result, StoreError, blocking, create_dirs_durably, create_durably, ctx, exists,
-    file_name, list_names, parse_file_name, remove_durably, sync_dir,
+    file_name, in_parts, list_names, parse_file_name, remove_durably, sync_dir, threads,
 };
 
 impl Dir {
@@ -70,7 +70,7 @@ impl Dir {
     pub(crate) fn repositories_now(&self) -> Result<Vec<Name>> {
         let mut names = Vec::new();
         if let Some(root) = Folder::open(&self.repositories_dir())? {
-            self.walk(root, "", None, usize::MAX, split(), &mut names)?;
+            self.walk(root, "", None, usize::MAX, threads(), &mut names)?;
         }
         Ok(names)
     }
@@ -103,40 +103,14 @@ impl Dir {
             let (window, next) = rest.split_at(need.saturating_mul(2).min(rest.len()));
             rest = next;
             let parts = split.min(window.len() / SPLIT_MIN).max(1);
-            if parts == 1 {
-                self.walk_items(&dir, window, prefix, after, limit, split, out)?;
-                continue;
-            }
-            let size = window.len().div_ceil(parts);
-            let found: Vec<Result<Vec<Name>>> = std::thread::scope(|scope| {
-                let dir = &dir;
-                let threads: Vec<_> = window
-                    .chunks(size)
-                    .skip(1)
-                    .map(|part| {
-                        scope.spawn(move || {
-                            let mut found = Vec::new();
-                            self.walk_items(dir, part, prefix, after, need, 1, &mut found)
-                                .map(|()| found)
-                        })
-                    })
-                    .collect();
-                let mut first = Vec::new();
-                let mut all = vec![
-                    self.walk_items(dir, &window[..size], prefix, after, need, 1, &mut first)
-                        .map(|()| first),
-                ];
-                for t in threads {
-                    all.push(t.join().unwrap_or_else(|_| {
-                        Err(StoreError::Io {
-                            action: "list",
-                            path: dir.path.clone(),
-                            source: io::Error::other("a listing thread panicked"),
-                        })
-                    }));
-                }
-                all
-            });
+            // Folders below a window walked in one part may be split in turn.
+            let below = if parts == 1 { split } else { 1 };
+            let found = in_parts(
+                window.chunks(window.len().div_ceil(parts)),
+                "list",
+                &dir.path,
+                |part| self.walk_items(&dir, part, prefix, after, need, below),
+            );
             for part in found {
                 out.extend(part?);
             }
@@ -145,9 +119,8 @@ impl Dir {
         Ok(())
     }
 
-    /// [`Dir::walk`] of some entries of `dir`, on the calling thread; folders below may
-    /// be split between `split` threads.
-    #[allow(clippy::too_many_arguments)]
+    /// The repositories among some entries of `dir` (at most `limit`), on the calling
+    /// thread; folders below may be split between `split` threads.
     fn walk_items(
         &self,
         dir: &Folder,
@@ -156,15 +129,22 @@ impl Dir {
         after: Option<&str>,
         limit: usize,
         split: usize,
-        out: &mut Vec<Name>,
-    ) -> Result<()> {
+    ) -> Result<Vec<Name>> {
+        let mut out = Vec::new();
         for key in items {
             if out.len() >= limit {
                 break;
             }
             if let Some(namespace) = key.strip_suffix('/') {
                 if let Some(below) = dir.child(namespace)? {
-                    self.walk(below, &format!("{prefix}{key}"), after, limit, split, out)?;
+                    self.walk(
+                        below,
+                        &format!("{prefix}{key}"),
+                        after,
+                        limit,
+                        split,
+                        &mut out,
+                    )?;
                 }
             } else {
                 let full = format!("{prefix}{key}");
@@ -178,7 +158,7 @@ impl Dir {
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Removes the link if it was last touched at or before `cutoff`; whether it did. For
@@ -343,7 +323,7 @@ impl Metadata for Dir {
         blocking(move || {
             let mut out = Vec::new();
             if let Some(root) = Folder::open(&s.repositories_dir())? {
-                s.walk(root, "", after.as_deref(), limit, split(), &mut out)?;
+                s.walk(root, "", after.as_deref(), limit, threads(), &mut out)?;
             }
             Ok(out)
         })
@@ -539,11 +519,6 @@ fn tag_set(path: &Path) -> Result<Option<(Digest, SystemTime)>> {
 
 /// Folders whose presence makes their parent a repository.
 const REPOSITORY_MARKERS: [&str; 3] = ["_tags", "_blobs", "_manifests"];
-
-/// How many threads a walk of a big folder may use.
-fn split() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-}
 
 /// Fewest entries of a folder's window worth a thread of their own in a catalog walk.
 const SPLIT_MIN: usize = 128;

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::cluster::*;
-use common::{DockerCleanup, Serving, docker, have_docker, have_tool, run_ok, sh};
+use common::{DockerCleanup, JsonValue, Serving, docker, have_docker, have_tool, run_ok, sh};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -87,6 +87,47 @@ async fn a_corrupt_row_is_a_500_naming_it_not_a_retry() {
     assert!(
         log.contains("corrupt store") && log.contains("sha256:not-a-digest"),
         "{log}"
+    );
+}
+
+/// A database from before the table of repositories (schema 5) gets it filled from its tags
+/// and links when a replica of this version starts on it: the catalog lists every repository,
+/// one with only blob links too (and the replica's own image, which it tags at start).
+#[tokio::test]
+async fn a_database_from_before_the_repository_table_lists_every_repository_after_upgrade() {
+    let Some(cluster) = cluster() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = cluster.store();
+    let a = store.replica(dir.path(), &[]);
+    for repo in ["team/app", "team/app/sub", "z"] {
+        push_image(&a.addr, repo, "v1", repo.as_bytes()).await;
+    }
+    let (client, connection) = tokio_postgres::connect(&store.metadata, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    // "blobs-only" holds a blob link and no tag.
+    client
+        .batch_execute(
+            "INSERT INTO links (repository, kind, digest)
+                 SELECT 'blobs-only', kind, digest FROM links WHERE repository = 'z' LIMIT 1;
+             DROP TABLE repositories;
+             DELETE FROM quinistry_schema WHERE version = 6;",
+        )
+        .await
+        .expect("back to schema 5");
+    drop(a);
+    let b = store.replica(dir.path(), &[]);
+    let v: Value = http()
+        .get(format!("http://{}/v2/_catalog", b.addr))
+        .send()
+        .await
+        .expect("catalog")
+        .json_value()
+        .await;
+    assert_eq!(
+        v["repositories"],
+        json!(["blobs-only", "quinistry", "team/app", "team/app/sub", "z"])
     );
 }
 

@@ -14,6 +14,11 @@
 //!                                            files packed into (JSON, see `cache`)
 //! <root>/types/<d>                           the media type a manifest without a `mediaType`
 //!                                            was pushed as (`application/vnd.docker...`)
+//! <root>/repositories.log                    every repository that has had a record folder,
+//!                                            one a line, appended before the folder is made:
+//!                                            what a catalog page reads (`fs/catalog.rs`)
+//! <root>/repositories.ready                   empty: the log names every repository (a store
+//!                                            from before the log gets it by a walk)
 //! <root>/gc.lock                             the gate between writers and the collector's
 //!                                            sweep (`gate`): flock'd, never written
 //! <root>/holds/<d>.<random>                  a pack's claim on blob <d> until it is linked;

@@ -1,6 +1,7 @@
-//! Pages of big folders without reading the whole folder per page: the catalog's
-//! `repositories/` and a repository's `_tags/` can hold 100,000 entries, and a client walks
-//! them 1,000 at a time. The sorted listing of a big folder is kept while the folder is
+//! Pages of big folders without reading the whole folder per page: a repository's `_tags/`
+//! can hold 100,000 entries, and a client walks them 1,000 at a time (the collector's walk of
+//! `repositories/` and the first catalog page of a store from before `catalog.rs` read
+//! through here too). The sorted listing of a big folder is kept while the folder is
 //! unchanged (same inode and mtime), so a page costs a `stat`, a binary search and the
 //! entries on it; a folder that changed is read again.
 //!
@@ -175,10 +176,19 @@ impl Folder {
     }
 
     /// Whether the folder at `relative` (below this one) has an entry; a missing one has
-    /// none. Reads only the first batch of entries.
+    /// none. Reads only the first batch of entries. No symlink on the way is followed (a
+    /// name read from the catalog's log is several components), where the kernel can say so.
     pub(crate) fn holds_any(&self, relative: &str) -> Result<bool> {
+        use rustix::fs::ResolveFlags;
         let path = || self.path.join(relative);
-        let opened = rustix::fs::openat(self.fd()?, relative, OPEN, Mode::empty());
+        let beneath = ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH;
+        let opened = match rustix::fs::openat2(self.fd()?, relative, OPEN, Mode::empty(), beneath) {
+            // Linux before 5.6, or a sandbox that forbids it.
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+                rustix::fs::openat(self.fd()?, relative, OPEN, Mode::empty())
+            }
+            other => other,
+        };
         let Some(mut dir) = opened_dir(opened, path)? else {
             return Ok(false);
         };
@@ -256,7 +266,7 @@ fn opened_dir(
     use rustix::io::Errno;
     match r {
         Ok(fd) => ctx(Dir::new(fd).map_err(io::Error::from), "list", &path()).map(Some),
-        Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => Ok(None),
+        Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP | Errno::XDEV) => Ok(None),
         Err(e) => ctx(Err(io::Error::from(e)), "list", &path()),
     }
 }

@@ -75,6 +75,66 @@ impl Dir {
         Ok(names)
     }
 
+    /// A catalog page: the repositories after `after`, at most `limit`, from the log of
+    /// repositories (`catalog.rs`; made by a walk the first time), each checked to hold
+    /// something still. The checks of a big page are split between threads.
+    fn catalog_page(&self, after: Option<&str>, limit: usize) -> Result<Vec<Name>> {
+        let Some(root) = Folder::open(&self.repositories_dir())? else {
+            return Ok(Vec::new());
+        };
+        let mut cursor: Option<Box<str>> = after.map(Box::from);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let need = limit - out.len();
+            let names = self
+                .catalog
+                .names_after(&self.root, cursor.as_deref(), need, || {
+                    self.repositories_now()
+                })?;
+            let Some(last) = names.last().cloned() else {
+                break;
+            };
+            let parts = threads().min(names.len() / SPLIT_MIN).max(1);
+            let found = in_parts(
+                names.chunks(names.len().div_ceil(parts)),
+                "list",
+                &root.path,
+                |part| {
+                    let mut live = Vec::new();
+                    for key in part {
+                        // A name from the file is checked like one from a client.
+                        if let Ok(name) = key.parse::<Name>()
+                            && is_repository_in(&root, key)?
+                        {
+                            live.push(name);
+                        }
+                    }
+                    Ok(live)
+                },
+            );
+            for part in found {
+                out.extend(part?);
+            }
+            cursor = Some(last);
+        }
+        Ok(out)
+    }
+
+    /// Makes `dir`, a folder of `name`'s records whose presence can make it a repository,
+    /// with the name in the log of repositories first (see `catalog.rs` for the order).
+    fn make_record_dir(&self, name: &Name, dir: &Path) -> Result<()> {
+        if exists(dir)? {
+            return Ok(());
+        }
+        let noted = self.catalog.note(&self.root, name)?;
+        create_dirs_durably(dir)?;
+        if !noted {
+            // A log made meanwhile, by a first catalog page whose walk may have missed `dir`.
+            self.catalog.note(&self.root, name)?;
+        }
+        Ok(())
+    }
+
     /// Appends to `out` the repositories below `dir` (whose full names start with `prefix`)
     /// that sort after `after`, in order, until it holds `limit`. Reads the folders on the
     /// way to `after` and those of the names it lists, not the rest (see `listing.rs`).
@@ -267,9 +327,13 @@ impl Dir {
 #[async_trait::async_trait]
 impl Metadata for Dir {
     async fn set_tag(&self, name: &Name, tag: &Tag, digest: &Digest) -> Result<()> {
-        let (s, dest) = (self.clone(), self.tag_path(name, tag));
+        let (s, dest, name) = (self.clone(), self.tag_path(name, tag), name.clone());
         let body = format!("{digest}\n");
-        blocking(move || s.write_durably("tag-", &dest, body.as_bytes(), "write tag")).await
+        blocking(move || {
+            s.make_record_dir(&name, &s.tags_dir(&name))?;
+            s.write_durably("tag-", &dest, body.as_bytes(), "write tag")
+        })
+        .await
     }
 
     async fn tag(&self, name: &Name, tag: &Tag) -> Result<Option<Digest>> {
@@ -320,14 +384,7 @@ impl Metadata for Dir {
 
     async fn repositories_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<Name>> {
         let (s, after) = (self.clone(), after.map(str::to_owned));
-        blocking(move || {
-            let mut out = Vec::new();
-            if let Some(root) = Folder::open(&s.repositories_dir())? {
-                s.walk(root, "", after.as_deref(), limit, threads(), &mut out)?;
-            }
-            Ok(out)
-        })
-        .await
+        blocking(move || s.catalog_page(after.as_deref(), limit)).await
     }
 
     /// The blob and the link are touched: the sweep cannot remove either until a pass that
@@ -335,11 +392,16 @@ impl Metadata for Dir {
     async fn link(&self, name: &Name, kind: Link, digest: &Digest) -> Result<()> {
         let path = self.link_path(name, kind, digest);
         let blob = self.blob_path(digest);
-        let d = digest.clone();
+        let (s, name, d) = (self.clone(), name.clone(), digest.clone());
         blocking(move || {
             if !gate::touch(&blob)? {
                 return Err(StoreError::BlobUnknown(d));
             }
+            // A link made again is only touched (the common case: a layer pushed twice).
+            if gate::touch(&path)? {
+                return Ok(());
+            }
+            s.make_record_dir(&name, &s.repository_dir(&name).join(kind.dir()))?;
             create_durably(&path)
         })
         .await
@@ -563,39 +625,13 @@ fn is_repository_in(dir: &Folder, name: &str) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::catalog;
     use super::*;
 
-    /// Pages of every size, walked with threads, and the unbounded walk (`repositories_now`,
-    /// the collector's) list what a plain walk of the whole tree lists: once each, in byte
-    /// order, folders that hold nothing left out.
-    #[test]
-    fn split_catalog_pages_list_what_a_whole_walk_lists() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let s = Dir::new(root.path().to_owned());
-        let repo = |name: &str, holds: bool| {
-            let dir = s.repositories_dir().join(name);
-            for marker in REPOSITORY_MARKERS {
-                stdfs::create_dir_all(dir.join(marker)).expect("mkdir");
-            }
-            if holds {
-                stdfs::write(dir.join("_tags/v1"), "sha256:00\n").expect("tag");
-            }
-        };
-        for i in 0..600 {
-            // Every 7th folder holds nothing (a repository whose tags were all deleted);
-            // every 50th has a repository below it, which sorts among its siblings.
-            repo(&format!("ns/r{i:03}"), i % 7 != 0);
-            if i % 50 == 0 {
-                repo(&format!("ns/r{i:03}/sub"), true);
-                repo(&format!("ns/r{i:03}-x"), true);
-            }
-        }
-        repo("a", true);
-        repo("ns", true);
-        repo("z/y", true);
-        // The reference: every folder with a marker that holds something, from a plain
-        // recursive walk, sorted.
-        fn whole_tree(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+    /// The reference: every folder with a marker that holds something, from a plain
+    /// recursive walk, sorted.
+    fn whole_tree(s: &Dir) -> Vec<String> {
+        fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
             let holds =
                 |m: &str| stdfs::read_dir(dir.join(m)).is_ok_and(|mut e| e.next().is_some());
             if !prefix.is_empty() && REPOSITORY_MARKERS.iter().any(|m| holds(m)) {
@@ -608,13 +644,126 @@ mod tests {
                         "" => name.clone(),
                         p => format!("{p}/{name}"),
                     };
-                    whole_tree(&entry.path(), &below, out);
+                    walk(&entry.path(), &below, out);
                 }
             }
         }
-        let mut whole = Vec::new();
-        whole_tree(&s.repositories_dir(), "", &mut whole);
-        whole.sort();
+        let mut out = Vec::new();
+        walk(&s.repositories_dir(), "", &mut out);
+        out.sort();
+        out
+    }
+
+    /// A hand-made repository (as a store made before the log has them): its record
+    /// folders, and a tag in `_tags` if it `holds` something.
+    fn hand_made(s: &Dir, name: &str, holds: bool) {
+        let dir = s.repositories_dir().join(name);
+        for marker in REPOSITORY_MARKERS {
+            stdfs::create_dir_all(dir.join(marker)).expect("mkdir");
+        }
+        if holds {
+            stdfs::write(dir.join("_tags/v1"), "sha256:00\n").expect("tag");
+        }
+    }
+
+    /// Every page of `n` through the catalog (`repositories_after`), joined.
+    async fn catalog(s: &Dir, n: usize) -> Vec<String> {
+        let (mut seen, mut after) = (Vec::<String>::new(), None::<String>);
+        loop {
+            let page = s
+                .repositories_after(after.as_deref(), n)
+                .await
+                .expect("page");
+            assert!(page.len() <= n);
+            let Some(last) = page.last() else { break };
+            after = Some(last.as_str().to_owned());
+            seen.extend(page.iter().map(|n| n.as_str().to_owned()));
+        }
+        seen
+    }
+
+    /// A store made before the log gets one from its first catalog page; after that, pages
+    /// come from the log and follow what another process (another `Dir` on the same folder)
+    /// adds and empties, and a line a crash tore does not hide the next one.
+    #[tokio::test]
+    async fn catalog_pages_come_from_the_log_and_follow_other_writers() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let s = Dir::new(root.path().to_owned());
+        stdfs::create_dir(s.tmp_dir()).expect("tmp");
+        for i in 0..400 {
+            hand_made(&s, &format!("ns/r{i:03}"), i % 7 != 0);
+            if i % 50 == 0 {
+                hand_made(&s, &format!("ns/r{i:03}/sub"), true);
+            }
+        }
+        let (v1, d): (Tag, Digest) = ("v1".parse().expect("tag"), Digest::sha256_of(b"m"));
+        let name = |n: &str| n.parse::<Name>().expect("name");
+        // Written through the store before there is a log: no log is made by a writer.
+        s.set_tag(&name("a/early"), &v1, &d).await.expect("tag");
+        assert!(!root.path().join(catalog::LOG).exists());
+
+        let whole = whole_tree(&s);
+        assert!(whole.len() > 350 && whole.contains(&"a/early".to_owned()));
+        assert_eq!(catalog(&s, 100).await, whole, "pages of the first walk");
+        assert!(root.path().join(catalog::READY).exists());
+
+        // Another process adds repositories (one inside a repository), empties one, and
+        // one of its appends was torn by a crash.
+        let other = Dir::new(root.path().to_owned());
+        for n in ["b", "ns/r003/deeper", "ns/r049-x", "zz"] {
+            other.set_tag(&name(n), &v1, &d).await.expect("tag");
+        }
+        assert!(
+            other
+                .delete_tag(&name("ns/r001"), &v1)
+                .await
+                .expect("delete")
+        );
+        let mut log = stdfs::OpenOptions::new()
+            .append(true)
+            .open(root.path().join(catalog::LOG))
+            .expect("log");
+        io::Write::write_all(&mut log, b"\nns/r0").expect("torn");
+        other
+            .set_tag(&name("zz/after-torn"), &v1, &d)
+            .await
+            .expect("tag");
+
+        let whole = whole_tree(&s);
+        assert!(whole.contains(&"zz/after-torn".to_owned()));
+        assert!(!whole.contains(&"ns/r001".to_owned()));
+        for n in [1, 7, 300, 1000] {
+            assert_eq!(catalog(&s, n).await, whole, "pages of {n} after changes");
+        }
+        let text = stdfs::read_to_string(root.path().join(catalog::LOG)).expect("log");
+        assert_eq!(
+            text.matches("\nzz/after-torn\n").count(),
+            1,
+            "noted once: {text}"
+        );
+    }
+
+    /// Pages of every size, walked with threads, and the unbounded walk (`repositories_now`,
+    /// the collector's) list what a plain walk of the whole tree lists: once each, in byte
+    /// order, folders that hold nothing left out.
+    #[test]
+    fn split_catalog_pages_list_what_a_whole_walk_lists() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let s = Dir::new(root.path().to_owned());
+        let repo = |name: &str, holds: bool| hand_made(&s, name, holds);
+        for i in 0..600 {
+            // Every 7th folder holds nothing (a repository whose tags were all deleted);
+            // every 50th has a repository below it, which sorts among its siblings.
+            repo(&format!("ns/r{i:03}"), i % 7 != 0);
+            if i % 50 == 0 {
+                repo(&format!("ns/r{i:03}/sub"), true);
+                repo(&format!("ns/r{i:03}-x"), true);
+            }
+        }
+        repo("a", true);
+        repo("ns", true);
+        repo("z/y", true);
+        let whole = whole_tree(&s);
         let now: Vec<String> = s
             .repositories_now()
             .expect("walk")

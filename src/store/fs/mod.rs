@@ -7,9 +7,11 @@
 //! |---|---|
 //! | `mod.rs` | [`Dir`]: every path of the layout (see `store/mod.rs`), temp files, records |
 //! | `metadata.rs` | tags, links, referrer records and the repository list as files |
-//! | `listing.rs` | sorted listings of big folders, kept while unchanged: catalog and tag pages |
+//! | `catalog.rs` | the log of repositories a catalog page is read from |
+//! | `listing.rs` | sorted listings of big folders, kept while unchanged: tag pages, the collector's walk |
 //! | `sessions.rs` | upload sessions in this process: a locked temp file each, hashed as bytes arrive |
 
+pub(crate) mod catalog;
 pub(crate) mod listing;
 pub(crate) mod metadata;
 pub(crate) mod sessions;
@@ -28,6 +30,7 @@ use crate::reference::{Name, Tag};
 pub(crate) struct Dir {
     pub root: PathBuf,
     listings: std::sync::Arc<listing::Listings>,
+    catalog: std::sync::Arc<catalog::Catalog>,
 }
 
 impl Dir {
@@ -35,6 +38,7 @@ impl Dir {
         Dir {
             root,
             listings: Default::default(),
+            catalog: Default::default(),
         }
     }
 

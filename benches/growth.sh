@@ -174,6 +174,9 @@ print("\\.")
 print("COPY links (repository, kind, digest) FROM stdin;")
 print("\n".join(links))
 print("\\.")
+# What a replica writes with each tag and link (schema 6).
+print("INSERT INTO repositories SELECT repository FROM tags UNION SELECT repository FROM links"
+      " ON CONFLICT DO NOTHING;")
 EOF
   psql -q "$1" -f "$work/rows.sql" >/dev/null
   psql -q "$1" -c 'ANALYZE' >/dev/null

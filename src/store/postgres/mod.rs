@@ -407,15 +407,18 @@ impl super::metadata::Metadata for Metadata {
         limit: usize,
     ) -> Result<Vec<Name>, StoreError> {
         // A range of the table of migration 6, each name probed in tags (a repository
-        // with a tag is the common case) and then in links.
+        // with a tag is the common case) and then in links. `OFFSET 0` keeps each probe
+        // one: without it the planner hashed all of tags per page (50 ms at 100,000
+        // repositories, `EXPLAIN ANALYZE`: "hashed SubPlan", a seq scan of 150,000 rows).
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .rows(
                 "SELECT name FROM repositories r
                  WHERE name > $1
-                   AND (EXISTS (SELECT 1 FROM tags WHERE repository = r.name COLLATE \"default\")
+                   AND (EXISTS (SELECT 1 FROM tags
+                                WHERE repository = r.name COLLATE \"default\" OFFSET 0)
                         OR EXISTS (SELECT 1 FROM links
-                                   WHERE repository = r.name COLLATE \"default\"))
+                                   WHERE repository = r.name COLLATE \"default\" OFFSET 0))
                  ORDER BY name LIMIT $2",
                 &[&after.unwrap_or(""), &limit],
             )

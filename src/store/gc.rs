@@ -390,7 +390,7 @@ fn decide_retention(
     let mut tag_removals = Vec::new();
     let mut link_removals = Vec::new();
     for name in store.dir.repositories_now()? {
-        let records = store.dir.records(&name)?;
+        let records = store.dir.records(&name, true)?;
         let mut tags = records.tags;
         if let Some(rule) = policy
             .keep_tags
@@ -504,7 +504,8 @@ fn mark_repositories(store: &Store, names: &[Name], cutoff: SystemTime) -> Resul
     let mut seen = BTreeMap::new();
     let mut stale = Vec::new();
     for name in names {
-        let records = store.dir.records(name)?;
+        // Link times are read only for the blobs no manifest names (below).
+        let records = store.dir.records(name, false)?;
         let manifests: Vec<Digest> = records
             .manifests
             .into_iter()
@@ -520,10 +521,11 @@ fn mark_repositories(store: &Store, names: &[Name], cutoff: SystemTime) -> Resul
         }
         let named = reach_cached(store, manifests, &mut seen)?;
         live.extend(named.iter().cloned());
-        for (blob, touched) in records.blobs {
+        for (blob, _) in records.blobs {
             if named.contains(&blob) {
                 continue;
             }
+            let touched = store.dir.link_touched(name, Link::Blob, &blob)?;
             if touched.is_some_and(|t| t <= cutoff) {
                 stale.push((name.clone(), blob));
             } else {

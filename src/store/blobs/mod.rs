@@ -275,9 +275,11 @@ impl Store {
         if len > max {
             return Ok(None);
         }
-        let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        // Blobs never change: the size `fstat` gave is what there is to read, in one `read`
+        // (std's `read_to_end` adds a stat, a seek and a read that finds the end).
+        let mut buf = vec![0; usize::try_from(len).unwrap_or(0)];
         ctx(
-            io::Read::read_to_end(&mut file, &mut buf),
+            io::Read::read_exact(&mut file, &mut buf),
             "read blob",
             &path,
         )?;

@@ -201,6 +201,24 @@ impl Folder {
         Ok(false)
     }
 
+    /// The names in the folder at `relative` (below this one), sorted; none if it is missing.
+    pub(crate) fn names_in(&self, relative: &str) -> Result<Vec<String>> {
+        match self.child(relative)? {
+            Some(mut folder) => folder.read(Kind::Names),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The file at `relative` (below this one) opened to read; `None` if it is missing.
+    pub(crate) fn open_file(&self, relative: &str) -> Result<Option<std::fs::File>> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(self.fd()?, relative, flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(std::fs::File::from(fd))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => ctx(Err(io::Error::from(e)), "open", &self.path.join(relative)),
+        }
+    }
+
     fn fd(&self) -> Result<rustix::fd::BorrowedFd<'_>> {
         ctx(self.dir.fd().map_err(io::Error::from), "list", &self.path)
     }

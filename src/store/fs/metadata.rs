@@ -272,34 +272,66 @@ impl Dir {
     /// Everything repository `name` records, read at once on the calling thread, for the
     /// collector: tags with where they point and when they were set (a corrupt tag is
     /// skipped: it names nothing), links with when they were last touched, referrer records.
-    pub(crate) fn records(&self, name: &Name) -> Result<Records> {
+    pub(crate) fn records(&self, name: &Name, times: bool) -> Result<Records> {
         let repo = self.repository_dir(name);
-        let touched_links = |kind: Link| -> Result<Vec<(Digest, Option<SystemTime>)>> {
-            let dir = repo.join(kind.dir());
+        let mut records = Records {
+            tags: Vec::new(),
+            manifests: Vec::new(),
+            blobs: Vec::new(),
+            referrers: Vec::new(),
+        };
+        // One open of the repository, and what is in it opened relative to that.
+        let Some(folder) = Folder::open(&repo)? else {
+            return Ok(records);
+        };
+        let links = |kind: Link| -> Result<Vec<(Digest, Option<SystemTime>)>> {
             let mut out = Vec::new();
-            for d in list_names(&dir, parse_file_name)? {
-                let path = dir.join(file_name(&d));
+            for key in folder.names_in(kind.dir())? {
+                let Some(d) = parse_file_name(&key) else {
+                    continue;
+                };
+                if !times {
+                    out.push((d, None));
+                    continue;
+                }
+                let path = repo.join(kind.dir()).join(&key);
                 match stdfs::metadata(&path) {
                     Ok(m) => out.push((d, touched(&m))),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return ctx(Err(e), "stat", &path),
                 }
             }
+            out.sort();
             Ok(out)
         };
-        let mut tags = Vec::new();
-        let dir = self.tags_dir(name);
-        for tag in list_names(&dir, |s| s.parse::<Tag>().ok())? {
-            if let Some((d, set)) = tag_set(&dir.join(tag.as_str()))? {
-                tags.push((tag, d, set));
+        for key in folder.names_in("_tags")? {
+            let Ok(tag) = key.parse::<Tag>() else {
+                continue;
+            };
+            let file = folder.open_file(&format!("_tags/{key}"))?;
+            if let Some((d, set)) = tag_read(file, &repo.join("_tags").join(&key))? {
+                records.tags.push((tag, d, set));
             }
         }
-        Ok(Records {
-            tags,
-            manifests: touched_links(Link::Manifest)?,
-            blobs: touched_links(Link::Blob)?,
-            referrers: self.referrer_records_now(name)?,
-        })
+        records.manifests = links(Link::Manifest)?;
+        records.blobs = links(Link::Blob)?;
+        records.referrers = self.referrer_records_now(name)?;
+        Ok(records)
+    }
+
+    /// When a link was last touched (`None`: it is gone, or the file system keeps no time).
+    pub(crate) fn link_touched(
+        &self,
+        name: &Name,
+        kind: Link,
+        digest: &Digest,
+    ) -> Result<Option<SystemTime>> {
+        let path = self.link_path(name, kind, digest);
+        match stdfs::metadata(&path) {
+            Ok(m) => Ok(touched(&m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => ctx(Err(e), "stat", &path),
+        }
     }
 
     fn referrer_records_now(&self, name: &Name) -> Result<Vec<(Digest, Digest)>> {
@@ -564,19 +596,28 @@ impl Metadata for Dir {
 /// Where the tag file at `path` points and when it was set; `None` if there is none (or it
 /// is corrupt, and so names nothing).
 fn tag_set(path: &Path) -> Result<Option<(Digest, SystemTime)>> {
-    let mut file = match stdfs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return ctx(Err(e), "read tag", path),
+    match stdfs::File::open(path) {
+        Ok(f) => tag_read(Some(f), path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => ctx(Err(e), "read tag", path),
+    }
+}
+
+/// [`tag_set`] of a tag file opened (`None`: missing), read in one `read` of the size its
+/// `fstat` gave (std's `read_to_string` adds a seek and a second stat).
+fn tag_read(file: Option<stdfs::File>, path: &Path) -> Result<Option<(Digest, SystemTime)>> {
+    let Some(mut file) = file else {
+        return Ok(None);
     };
-    let set = ctx(file.metadata().and_then(|m| m.modified()), "stat", path)?;
-    let mut text = String::new();
-    ctx(
-        io::Read::read_to_string(&mut file, &mut text),
-        "read tag",
-        path,
-    )?;
-    Ok(text.trim_end().parse().ok().map(|d| (d, set)))
+    let meta = ctx(file.metadata(), "stat", path)?;
+    let set = ctx(meta.modified(), "stat", path)?;
+    // A tag file is one digest; a bigger one is no tag of ours.
+    let mut text = vec![0; usize::try_from(meta.len()).unwrap_or(usize::MAX).min(256)];
+    ctx(io::Read::read_exact(&mut file, &mut text), "read tag", path)?;
+    let digest = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.trim_end().parse().ok());
+    Ok(digest.map(|d| (d, set)))
 }
 
 /// Folders whose presence makes their parent a repository.

@@ -41,7 +41,14 @@ const CHUNK: usize = 1 << 16;
 
 #[derive(Debug, Default)]
 pub(crate) struct Catalog {
-    index: Mutex<Option<Index>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    index: Option<Index>,
+    /// A log could not be made (a store on a read-only mount): pages are walked.
+    unwritable: bool,
 }
 
 /// The names read from a ready log so far.
@@ -69,46 +76,55 @@ impl Catalog {
     }
 
     /// Up to `limit` names after `after`, in order, from the log read up to its end. A store
-    /// without a ready log gets one first, from `walk` (every repository; see `build`).
-    /// Names are not checked here.
+    /// without a ready log gets one first, from `walk` (every repository; see `build`);
+    /// `None` when it cannot (then the caller walks). Names are not checked here.
     pub(crate) fn names_after(
         &self,
         root: &Path,
         after: Option<&str>,
         limit: usize,
         walk: impl FnOnce() -> Result<Vec<Name>>,
-    ) -> Result<Vec<Box<str>>> {
+    ) -> Result<Option<Vec<Box<str>>>> {
         // Held while a log is built: a second first page waits for it rather than walking.
-        let mut index = self.lock();
-        let index = match &mut *index {
+        let mut state = self.lock();
+        if state.unwritable {
+            return Ok(None);
+        }
+        let path = root.join(LOG);
+        let index = match &mut state.index {
             Some(index) => index,
-            None => {
-                if !ready(root)? {
-                    build(root, walk)?;
+            slot @ None => {
+                if !ready(root)?
+                    && let Err(e) = build(root, walk)
+                {
+                    tracing::warn!(error = %e, "no log of repositories: catalog pages walk the store's folders");
+                    state.unwritable = true;
+                    return Ok(None);
                 }
-                let path = root.join(LOG);
-                index.insert(Index {
+                slot.insert(Index {
                     log: ctx(stdfs::File::open(&path), "open", &path)?,
                     read: 0,
                     names: BTreeSet::new(),
                 })
             }
         };
-        index.catch_up(&root.join(LOG))?;
+        index.catch_up(&path)?;
         let from = match after {
             Some(a) => Bound::Excluded(a),
             None => Bound::Unbounded,
         };
-        Ok(index
-            .names
-            .range::<str, _>((from, Bound::Unbounded))
-            .take(limit)
-            .cloned()
-            .collect())
+        Ok(Some(
+            index
+                .names
+                .range::<str, _>((from, Bound::Unbounded))
+                .take(limit)
+                .cloned()
+                .collect(),
+        ))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Index>> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

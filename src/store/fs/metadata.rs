@@ -86,11 +86,17 @@ impl Dir {
         let mut out = Vec::new();
         while out.len() < limit {
             let need = limit - out.len();
-            let names = self
-                .catalog
-                .names_after(&self.root, cursor.as_deref(), need, || {
-                    self.repositories_now()
-                })?;
+            let walk = || self.repositories_now();
+            let Some(names) =
+                self.catalog
+                    .names_after(&self.root, cursor.as_deref(), need, walk)?
+            else {
+                // No log can be made here (a read-only store): the folders are walked.
+                if let Some(dir) = Folder::open(&self.repositories_dir())? {
+                    self.walk(dir, "", cursor.as_deref(), limit, threads(), &mut out)?;
+                }
+                break;
+            };
             let Some(last) = names.last().cloned() else {
                 break;
             };
@@ -782,6 +788,24 @@ mod tests {
             1,
             "noted once: {text}"
         );
+    }
+
+    /// Where no log can be made (a read-only store; here a folder in its place), pages are
+    /// walked and still list every repository.
+    #[tokio::test]
+    async fn a_store_where_no_log_can_be_made_walks_its_pages() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let s = Dir::new(root.path().to_owned());
+        for i in 0..300 {
+            hand_made(&s, &format!("ns/r{i:03}"), i % 5 != 0);
+        }
+        stdfs::create_dir(root.path().join(catalog::LOG)).expect("in the log's place");
+        let whole = whole_tree(&s);
+        assert_eq!(whole.len(), 240);
+        for n in [1, 7, 100, 1000] {
+            assert_eq!(catalog(&s, n).await, whole, "pages of {n}");
+        }
+        assert!(!root.path().join(catalog::READY).exists());
     }
 
     /// Pages of every size, walked with threads, and the unbounded walk (`repositories_now`,

@@ -16,9 +16,10 @@
 //!
 //! A store made before the log has none. Writers only append to a log that exists; the first
 //! page that finds none makes it, walks the folders, appends every repository found and then
-//! writes `repositories.ready`; until then pages are walked. A writer that found no log checks
-//! again after making its folder and appends if the log appeared meanwhile: either its folder
-//! was made before the log (and the walk, which starts after, finds it) or it appends.
+//! writes `repositories.ready` (pages wait for that). A writer that found no log checks again
+//! after making its folder and appends if the log appeared meanwhile: either its folder was
+//! made before the log (and the walk, which starts after, finds it) or it appends. Where no
+//! log can be made (a read-only store), pages walk the folders.
 
 use std::collections::BTreeSet;
 use std::fs as stdfs;

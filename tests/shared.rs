@@ -68,10 +68,7 @@ async fn a_corrupt_row_is_a_500_naming_it_not_a_retry() {
         .await
         .expect("tags");
     assert_eq!(r.status(), StatusCode::OK);
-    let (client, connection) = tokio_postgres::connect(&store.metadata, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let client = store.database().await;
     client
         .execute(
             "UPDATE tags SET digest = 'sha256:not-a-digest' WHERE tag = 'v1'",
@@ -102,10 +99,7 @@ async fn a_database_from_before_the_repository_table_lists_every_repository_afte
     for repo in ["team/app", "team/app/sub", "z"] {
         push_image(&a.addr, repo, "v1", repo.as_bytes()).await;
     }
-    let (client, connection) = tokio_postgres::connect(&store.metadata, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
+    let client = store.database().await;
     // "blobs-only" holds a blob link and no tag.
     client
         .batch_execute(
@@ -543,11 +537,7 @@ async fn gc_of_a_shared_store_reclaims_what_no_image_needs_and_runs_one_pass_at_
     assert_eq!(count_after(&dry, "would remove"), 1, "{dry}");
     assert_eq!(count_after(&dry, "MiB), "), 3, "{dry}");
     // Another replica's pass is under way: this one does nothing and says why.
-    let lock = tokio_postgres::connect(&store.metadata, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    let (client, connection) = lock;
-    tokio::spawn(connection);
+    let client = store.database().await;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&0x7175_696e_6763_6c6bi64])
         .await

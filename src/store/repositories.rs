@@ -124,6 +124,7 @@ impl Store {
 }
 
 /// A repository's records, as the collector reads them (see `Store::records`).
+#[derive(Default)]
 pub(crate) struct Records {
     pub tags: Vec<(Tag, Digest, SystemTime)>,
     /// Linked manifests and blobs, each with when its link was last touched.

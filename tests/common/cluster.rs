@@ -106,6 +106,15 @@ impl Cluster {
 }
 
 impl SharedStore {
+    /// A connection to this store's metadata database, for a test to read or break rows.
+    pub async fn database(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.metadata, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
     /// The object storage location, endpoints included, for `Store::open_shared`.
     pub fn location(&self) -> quinistry::store::object::Location {
         let mut location = quinistry::store::object::Location::parse(&self.url)

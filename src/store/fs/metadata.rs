@@ -280,12 +280,7 @@ impl Dir {
     /// skipped: it names nothing), links with when they were last touched, referrer records.
     pub(crate) fn records(&self, name: &Name, times: bool) -> Result<Records> {
         let repo = self.repository_dir(name);
-        let mut records = Records {
-            tags: Vec::new(),
-            manifests: Vec::new(),
-            blobs: Vec::new(),
-            referrers: Vec::new(),
-        };
+        let mut records = Records::default();
         // One open of the repository, and what is in it opened relative to that.
         let Some(folder) = Folder::open(&repo)? else {
             return Ok(records);
@@ -300,11 +295,8 @@ impl Dir {
                     out.push((d, None));
                     continue;
                 }
-                let path = repo.join(kind.dir()).join(&key);
-                match stdfs::metadata(&path) {
-                    Ok(m) => out.push((d, touched(&m))),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return ctx(Err(e), "stat", &path),
+                if let Some(m) = link_stat(&repo.join(kind.dir()).join(&key))? {
+                    out.push((d, touched(&m)));
                 }
             }
             out.sort();
@@ -332,12 +324,8 @@ impl Dir {
         kind: Link,
         digest: &Digest,
     ) -> Result<Option<SystemTime>> {
-        let path = self.link_path(name, kind, digest);
-        match stdfs::metadata(&path) {
-            Ok(m) => Ok(touched(&m)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => ctx(Err(e), "stat", &path),
-        }
+        let meta = link_stat(&self.link_path(name, kind, digest))?;
+        Ok(meta.as_ref().and_then(touched))
     }
 
     fn referrer_records_now(&self, name: &Name) -> Result<Vec<(Digest, Digest)>> {
@@ -601,6 +589,15 @@ impl Metadata for Dir {
 
 /// Where the tag file at `path` points and when it was set; `None` if there is none (or it
 /// is corrupt, and so names nothing).
+/// A link's metadata; `None` if it is gone.
+fn link_stat(path: &Path) -> Result<Option<stdfs::Metadata>> {
+    match stdfs::metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => ctx(Err(e), "stat", path),
+    }
+}
+
 fn tag_set(path: &Path) -> Result<Option<(Digest, SystemTime)>> {
     match stdfs::File::open(path) {
         Ok(f) => tag_read(Some(f), path),

@@ -19,6 +19,9 @@
 //!                                            what a catalog page reads (`fs/catalog.rs`)
 //! <root>/repositories.ready                   empty: the log names every repository (a store
 //!                                            from before the log gets it by a walk)
+//! <root>/repositories.sorted                 the names the log held up to the offset in its
+//!                                            first line, sorted, once each: searched by a
+//!                                            page, rewritten as the log grows past it
 //! <root>/gc.lock                             the gate between writers and the collector's
 //!                                            sweep (`gate`): flock'd, never written
 //! <root>/holds/<d>.<random>                  a pack's claim on blob <d> until it is linked;

@@ -10,9 +10,15 @@
 //! A repository whose last tag and links were removed keeps its line (its folders stay too);
 //! a page checks that each name it lists still holds something, as the walk did.
 //!
-//! A page reads what was appended since the last one (one `read` when nothing was), takes the
-//! names after `last` from a sorted set, and checks them (three system calls each, on threads
-//! for a big page).
+//! `<root>/repositories.sorted` holds the names the log held up to some offset, sorted, once
+//! each, after a header naming that offset. A page binary-searches it for `last` (a few
+//! `pread`s of 1 KiB), reads on from there, merges what it finds with the names the log got
+//! past that offset (kept in memory), and checks each name (three system calls, on threads
+//! for a big page). So neither memory nor a page's cost grows with the store: once the log
+//! holds [`MERGE_AT`] names past the sorted file, the page that finds them writes a new sorted
+//! file (a streaming merge into a temp file, renamed over the old one). Two processes may
+//! both do so: each file is whole and right for the offset it names, and each process reads
+//! the log on from the offset of the file it opened.
 //!
 //! A store made before the log has none. Writers only append to a log that exists; the first
 //! page that finds none makes it, walks the folders, appends every repository found and then
@@ -37,8 +43,24 @@ pub(crate) const LOG: &str = "repositories.log";
 /// Present once the log names every repository (see the module doc).
 pub(crate) const READY: &str = "repositories.ready";
 
+/// The sorted names the log held up to the offset in its header (see the module doc).
+pub(crate) const SORTED: &str = "repositories.sorted";
+/// A sorted file's first line, before the log offset it covers.
+const SORTED_MAGIC: &str = "quinistry repositories sorted 1 log ";
+
+/// Names past the sorted file at which a page writes a new one: ~1 MB held in memory at
+/// most, and at 1,000,000 repositories a rewrite of ~20 MB per 16,384 new ones.
+pub(crate) const MERGE_AT: usize = 16_384;
+
 /// Bytes read from the log at a time.
 const CHUNK: usize = 1 << 16;
+
+/// Bytes read at each step of the binary search: holds the end of one line and the whole
+/// next one, as a name is at most 255 bytes (the sorted file holds valid names only).
+const PROBE: usize = 1024;
+
+/// The binary search stops when this few bytes are left, read on in one go.
+const SEARCH_LEFT: u64 = 4096;
 
 #[derive(Debug, Default)]
 pub(crate) struct Catalog {
@@ -52,13 +74,27 @@ struct State {
     unwritable: bool,
 }
 
-/// The names read from a ready log so far.
+/// What this process reads a ready log through.
 #[derive(Debug)]
 struct Index {
     log: stdfs::File,
     /// Bytes of the log read, up to the end of its last whole line.
     read: u64,
-    names: BTreeSet<Box<str>>,
+    /// The sorted file this process opened, if any: the names up to its offset.
+    sorted: Option<Sorted>,
+    /// The names read from the log past the sorted file.
+    tail: BTreeSet<Box<str>>,
+    /// Tail size at which to write a new sorted file (raised after a failed write).
+    merge_at: usize,
+}
+
+/// An open sorted file.
+#[derive(Debug)]
+struct Sorted {
+    file: stdfs::File,
+    /// Where the names begin (after the header) and end.
+    start: u64,
+    end: u64,
 }
 
 impl Catalog {
@@ -78,13 +114,15 @@ impl Catalog {
 
     /// Up to `limit` names after `after`, in order, from the log read up to its end. A store
     /// without a ready log gets one first, from `walk` (every repository; see `build`);
-    /// `None` when it cannot (then the caller walks). Names are not checked here.
+    /// `None` when it cannot (then the caller walks). A new sorted file is written through
+    /// `temp` (a temp file in the store) when due. Names are not checked here.
     pub(crate) fn names_after(
         &self,
         root: &Path,
         after: Option<&str>,
         limit: usize,
         walk: impl FnOnce() -> Result<Vec<Name>>,
+        temp: impl FnOnce() -> Result<(stdfs::File, tempfile::TempPath)>,
     ) -> Result<Option<Vec<Box<str>>>> {
         // Held while a log is built: a second first page waits for it rather than walking.
         let mut state = self.lock();
@@ -102,26 +140,54 @@ impl Catalog {
                     state.unwritable = true;
                     return Ok(None);
                 }
+                let log = ctx(stdfs::File::open(&path), "open", &path)?;
+                let sorted = Sorted::open(root, &log)?;
                 slot.insert(Index {
-                    log: ctx(stdfs::File::open(&path), "open", &path)?,
-                    read: 0,
-                    names: BTreeSet::new(),
+                    log,
+                    read: sorted.as_ref().map_or(0, |(_, covers)| *covers),
+                    sorted: sorted.map(|(s, _)| s),
+                    tail: BTreeSet::new(),
+                    merge_at: MERGE_AT,
                 })
             }
         };
         index.catch_up(&path)?;
+        if index.tail.len() >= index.merge_at
+            && let Err(e) = index.merge(root, temp)
+        {
+            // Pages go on from the log and the old file; the next try waits a while.
+            tracing::warn!(error = %e, "could not write the sorted list of repositories");
+            index.merge_at = index.tail.len() * 2;
+        }
         let from = match after {
             Some(a) => Bound::Excluded(a),
             None => Bound::Unbounded,
         };
-        Ok(Some(
-            index
-                .names
-                .range::<str, _>((from, Bound::Unbounded))
-                .take(limit)
-                .cloned()
-                .collect(),
-        ))
+        let mut tail = index
+            .tail
+            .range::<str, _>((from, Bound::Unbounded))
+            .peekable();
+        let sorted = match &index.sorted {
+            Some(file) => file.after(root, after, limit)?,
+            None => Vec::new(),
+        };
+        // Both in order: merged, a name in both once.
+        let mut out: Vec<Box<str>> = Vec::with_capacity(limit.min(sorted.len() + 64));
+        let mut sorted = sorted.into_iter().peekable();
+        while out.len() < limit {
+            let next = match (sorted.peek(), tail.peek()) {
+                (None, None) => break,
+                (Some(a), Some(b)) if a.as_ref() == b.as_ref() => {
+                    tail.next();
+                    sorted.next()
+                }
+                (Some(a), Some(b)) if b.as_ref() < a.as_ref() => tail.next().cloned(),
+                (Some(_), _) => sorted.next(),
+                (None, Some(_)) => tail.next().cloned(),
+            };
+            out.extend(next);
+        }
+        Ok(Some(out))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -158,15 +224,203 @@ impl Index {
                 pending.drain(..=end);
             }
         }
-        if new.len() > self.names.len() {
-            // The first read (or a big tail): one sort and a bulk build, not an insert a
-            // name (the first page of a store with 1,000,000 names: 1.6-2.7 s became 0.8 s).
-            new.extend(std::mem::take(&mut self.names));
-            self.names = new.into_iter().collect();
+        if new.len() > self.tail.len() {
+            // A big read (a log from before the sorted file): one sort and a bulk build,
+            // not an insert a name (1,000,000 names: 1.6-2.7 s became 0.8 s).
+            new.extend(std::mem::take(&mut self.tail));
+            self.tail = new.into_iter().collect();
         } else {
-            self.names.extend(new);
+            self.tail.extend(new);
         }
         Ok(())
+    }
+
+    /// Writes the sorted file anew: the old one's names and the tail's, merged as they
+    /// stream (valid names only, each once), covering the log up to `read`.
+    fn merge(
+        &mut self,
+        root: &Path,
+        temp: impl FnOnce() -> Result<(stdfs::File, tempfile::TempPath)>,
+    ) -> Result<()> {
+        let (file, temp_path) = temp()?;
+        let mut out = io::BufWriter::with_capacity(CHUNK, file);
+        let target = root.join(SORTED);
+        let put = |out: &mut io::BufWriter<stdfs::File>, name: &str| {
+            out.write_all(name.as_bytes())
+                .and_then(|()| out.write_all(b"\n"))
+        };
+        ctx(
+            out.write_all(format!("{SORTED_MAGIC}{}\n", self.read).as_bytes()),
+            "write",
+            &temp_path,
+        )?;
+        let mut tail = self
+            .tail
+            .iter()
+            .filter(|n| n.parse::<Name>().is_ok())
+            .peekable();
+        if let Some(old) = &self.sorted {
+            let mut lines = Lines::new(&old.file, old.start, old.end);
+            while let Some(name) = lines.next_line(root)? {
+                while let Some(t) = tail.next_if(|t| t.as_ref() < name.as_str()) {
+                    ctx(put(&mut out, t), "write", &temp_path)?;
+                }
+                tail.next_if(|t| t.as_ref() == name.as_str());
+                ctx(put(&mut out, &name), "write", &temp_path)?;
+            }
+        }
+        for t in tail {
+            ctx(put(&mut out, t), "write", &temp_path)?;
+        }
+        let file = ctx(
+            out.into_inner().map_err(|e| e.into_error()),
+            "write",
+            &temp_path,
+        )?;
+        ctx(file.sync_data(), "fsync", &temp_path)?;
+        ctx(
+            temp_path.persist(&target).map_err(|e| e.error),
+            "rename",
+            &target,
+        )?;
+        sync_dir(root)?;
+        let end = ctx(file.metadata(), "stat", &target)?.len();
+        let start = (SORTED_MAGIC.len() + self.read.to_string().len() + 1) as u64;
+        self.sorted = Some(Sorted { file, start, end });
+        self.tail.clear();
+        self.merge_at = MERGE_AT;
+        Ok(())
+    }
+}
+
+impl Sorted {
+    /// The store's sorted file and the log offset it covers, if it has a whole one. One
+    /// that is not (a header that does not parse, an offset past the log's end) is left
+    /// for the next merge to replace: the log is read from its start meanwhile.
+    fn open(root: &Path, log: &stdfs::File) -> Result<Option<(Sorted, u64)>> {
+        let path = root.join(SORTED);
+        let file = match stdfs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return ctx(Err(e), "open", &path),
+        };
+        let mut head = [0; 128];
+        let n = ctx(file.read_at(&mut head, 0), "read", &path)?;
+        let covers = head[..n]
+            .strip_prefix(SORTED_MAGIC.as_bytes())
+            .and_then(|rest| {
+                let digits = rest.iter().position(|&b| b == b'\n')?;
+                let offset = std::str::from_utf8(&rest[..digits])
+                    .ok()?
+                    .parse::<u64>()
+                    .ok()?;
+                Some((offset, (SORTED_MAGIC.len() + digits + 1) as u64))
+            });
+        let log_len = ctx(log.metadata(), "stat", &path)?.len();
+        let end = ctx(file.metadata(), "stat", &path)?.len();
+        match covers {
+            Some((offset, start)) if offset <= log_len => {
+                Ok(Some((Sorted { file, start, end }, offset)))
+            }
+            _ => {
+                tracing::warn!(path = %path.display(), "ignoring a sorted list of repositories that is not whole");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Up to `limit` names after `after`, in order: a binary search for the first line
+    /// past `after`, then the lines from there.
+    fn after(&self, root: &Path, after: Option<&str>, limit: usize) -> Result<Vec<Box<str>>> {
+        let path = || root.join(SORTED);
+        // Lines starting before `lo` are <= after; lines starting at or past `hi` are not.
+        let (mut lo, mut hi) = (self.start, self.end);
+        if let Some(after) = after {
+            let mut buf = [0; PROBE];
+            while hi - lo > SEARCH_LEFT {
+                let mid = lo + (hi - lo) / 2;
+                // From the byte before `mid`: its line's end, then the next line whole.
+                let n = ctx(self.file.read_at(&mut buf, mid - 1), "read", &path())?;
+                let line = buf[..n].iter().position(|&b| b == b'\n').and_then(|i| {
+                    let rest = &buf[i + 1..n];
+                    let len = rest.iter().position(|&b| b == b'\n')?;
+                    Some((mid + i as u64, &rest[..len]))
+                });
+                match line {
+                    Some((at, name)) if at < hi => {
+                        if name <= after.as_bytes() {
+                            lo = at + name.len() as u64 + 1;
+                        } else {
+                            hi = at;
+                        }
+                    }
+                    // No line starts in [mid, hi).
+                    _ => hi = mid,
+                }
+            }
+        }
+        let mut lines = Lines::new(&self.file, lo, self.end);
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(name) = lines.next_line(root)? else {
+                break;
+            };
+            if after.is_none_or(|a| name.as_str() > a) {
+                out.push(name.into_boxed_str());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The lines of a byte range of a file, read in chunks.
+struct Lines<'a> {
+    file: &'a stdfs::File,
+    at: u64,
+    end: u64,
+    buf: Vec<u8>,
+    used: usize,
+}
+
+impl<'a> Lines<'a> {
+    fn new(file: &'a stdfs::File, at: u64, end: u64) -> Lines<'a> {
+        Lines {
+            file,
+            at,
+            end,
+            buf: Vec::new(),
+            used: 0,
+        }
+    }
+
+    /// The next line, without its newline; `None` at the end (a last line without one
+    /// is not whole, and left out).
+    fn next_line(&mut self, root: &Path) -> Result<Option<String>> {
+        loop {
+            if let Some(len) = self.buf[self.used..].iter().position(|&b| b == b'\n') {
+                let line = &self.buf[self.used..self.used + len];
+                self.used += len + 1;
+                return Ok(Some(String::from_utf8_lossy(line).into_owned()));
+            }
+            if self.at >= self.end {
+                return Ok(None);
+            }
+            self.buf.drain(..self.used);
+            self.used = 0;
+            let have = self.buf.len();
+            let want = CHUNK.min((self.end - self.at) as usize);
+            self.buf.resize(have + want, 0);
+            let n = ctx(
+                self.file.read_at(&mut self.buf[have..], self.at),
+                "read",
+                &root.join(SORTED),
+            )?;
+            self.buf.truncate(have + n);
+            if n == 0 {
+                return Ok(None);
+            }
+            self.at += n as u64;
+        }
     }
 }
 
@@ -205,4 +459,119 @@ fn build(root: &Path, walk: impl FnOnce() -> Result<Vec<Name>>) -> Result<()> {
     let ready = root.join(READY);
     ctx(stdfs::File::create(&ready), "create", &ready)?;
     sync_dir(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names of many lengths and namespaces, in no order; `i` picks one.
+    fn name(i: usize) -> String {
+        let j = (i * 7919) % 100_003;
+        format!("ns{}/{}r{j}", j % 37, "x".repeat(j % 23))
+    }
+
+    fn pages(c: &Catalog, root: &Path, after: Option<&str>, n: usize) -> Vec<Box<str>> {
+        let temp = || {
+            let (file, path) = tempfile::NamedTempFile::new_in(root)
+                .expect("temp")
+                .into_parts();
+            Ok((file, path))
+        };
+        c.names_after(root, after, n, || panic!("the log is ready"), temp)
+            .expect("page")
+            .expect("a log")
+    }
+
+    fn walk(c: &Catalog, root: &Path, n: usize) -> Vec<Box<str>> {
+        let (mut all, mut after) = (Vec::new(), None::<Box<str>>);
+        loop {
+            let page = pages(c, root, after.as_deref(), n);
+            assert!(page.len() <= n);
+            let Some(last) = page.last().cloned() else {
+                return all;
+            };
+            all.extend(page);
+            after = Some(last);
+        }
+    }
+
+    /// Pages come from the sorted file and the log's tail alike: from the start, from a name
+    /// listed and from one that is not (the binary search), in this process and in another
+    /// that opens the file, through a second merge, and past a sorted file that is not whole.
+    #[test]
+    fn pages_from_the_sorted_file_and_the_tail_match_a_set() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        stdfs::write(root.join(LOG), "").expect("log");
+        stdfs::write(root.join(READY), "").expect("ready");
+        let c = Catalog::default();
+        let mut want = BTreeSet::<Box<str>>::new();
+        let add = |c: &Catalog, want: &mut BTreeSet<Box<str>>, range: std::ops::Range<usize>| {
+            for i in range {
+                let n = name(i);
+                assert!(c.note(root, &n.parse().expect("name")).expect("note"));
+                want.insert(n.into());
+            }
+        };
+        add(&c, &mut want, 0..MERGE_AT + 5);
+        let first = pages(&c, root, None, 3);
+        assert_eq!(first, want.iter().take(3).cloned().collect::<Vec<_>>());
+        let text = stdfs::read_to_string(root.join(SORTED)).expect("sorted file");
+        let log_len = stdfs::metadata(root.join(LOG)).expect("log").len();
+        assert_eq!(
+            text.lines().next(),
+            Some(format!("{SORTED_MAGIC}{log_len}").as_str())
+        );
+        assert_eq!(text.lines().count(), want.len() + 1, "each name once");
+
+        // A tail past the file: new names, and names the file holds already.
+        add(&c, &mut want, MERGE_AT..MERGE_AT + 300);
+        for n in [1, 333, 1000] {
+            assert_eq!(walk(&c, root, n), want.iter().cloned().collect::<Vec<_>>());
+        }
+        let probes = (0..200).map(|i| format!("{}~", name(i * 31)));
+        for (i, probe) in probes.enumerate() {
+            let from = if i % 2 == 0 { probe } else { name(i * 53) };
+            let got = pages(&c, root, Some(&from), 7);
+            let expect: Vec<_> = want
+                .range::<str, _>((Bound::Excluded(from.as_str()), Bound::Unbounded))
+                .take(7)
+                .cloned()
+                .collect();
+            assert_eq!(got, expect, "after {from}");
+        }
+
+        // Another process opens the file and reads the log on from its offset.
+        let other = Catalog::default();
+        assert_eq!(walk(&other, root, 1000), walk(&c, root, 1000));
+        // A second merge, of the old file and a tail.
+        add(&other, &mut want, 2 * MERGE_AT..3 * MERGE_AT);
+        assert_eq!(walk(&other, root, 1000).len(), want.len());
+        let text = stdfs::read_to_string(root.join(SORTED)).expect("sorted file");
+        assert_eq!(text.lines().count(), want.len() + 1);
+        assert_eq!(
+            walk(&c, root, 500),
+            want.iter().cloned().collect::<Vec<_>>()
+        );
+
+        // A file that is not whole is read past; the next merge replaces it.
+        stdfs::write(
+            root.join(SORTED),
+            "quinistry repositories sorted 1 log 99999999999\nzz\n",
+        )
+        .expect("broken");
+        let fresh = Catalog::default();
+        assert_eq!(
+            walk(&fresh, root, 1000),
+            want.iter().cloned().collect::<Vec<_>>()
+        );
+        assert!(
+            stdfs::read_to_string(root.join(SORTED))
+                .expect("sorted")
+                .lines()
+                .count()
+                > want.len()
+        );
+    }
 }

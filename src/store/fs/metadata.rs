@@ -87,9 +87,10 @@ impl Dir {
         while out.len() < limit {
             let need = limit - out.len();
             let walk = || self.repositories_now();
+            let temp = || self.create_temp("repositories-sorted-");
             let Some(names) =
                 self.catalog
-                    .names_after(&self.root, cursor.as_deref(), need, walk)?
+                    .names_after(&self.root, cursor.as_deref(), need, walk, temp)?
             else {
                 // No log can be made here (a read-only store): the folders are walked.
                 if let Some(dir) = Folder::open(&self.repositories_dir())? {

@@ -21,8 +21,9 @@
 //! the log on from the offset of the file it opened.
 //!
 //! A store made before the log has none. Writers only append to a log that exists; the first
-//! page that finds none makes it, walks the folders, appends every repository found and then
-//! writes `repositories.ready` (pages wait for that). A writer that found no log checks again
+//! page that finds none makes it, walks the folders, appends every repository found, writes
+//! the sorted file from the walk (already in order) and what others appended meanwhile, and
+//! then writes `repositories.ready` (pages wait for that). A writer that found no log checks again
 //! after making its folder and appends if the log appeared meanwhile: either its folder was
 //! made before the log (and the walk, which starts after, finds it) or it appends. Where no
 //! log can be made (a read-only store), pages walk the folders.
@@ -36,7 +37,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::reference::Name;
-use crate::store::{Result, ctx, sync_dir};
+use crate::store::{Result, StoreError, ctx, sync_dir};
 
 /// The log, below the store's root.
 pub(crate) const LOG: &str = "repositories.log";
@@ -122,7 +123,7 @@ impl Catalog {
         after: Option<&str>,
         limit: usize,
         walk: impl FnOnce() -> Result<Vec<Name>>,
-        temp: impl FnOnce() -> Result<(stdfs::File, tempfile::TempPath)>,
+        temp: impl Fn() -> Result<(stdfs::File, tempfile::TempPath)>,
     ) -> Result<Option<Vec<Box<str>>>> {
         // Held while a log is built: a second first page waits for it rather than walking.
         let mut state = self.lock();
@@ -134,7 +135,7 @@ impl Catalog {
             Some(index) => index,
             slot @ None => {
                 if !ready(root)?
-                    && let Err(e) = build(root, walk)
+                    && let Err(e) = build(root, walk, &temp)
                 {
                     tracing::warn!(error = %e, "no log of repositories: catalog pages walk the store's folders");
                     state.unwritable = true;
@@ -153,7 +154,7 @@ impl Catalog {
         };
         index.catch_up(&path)?;
         if index.tail.len() >= index.merge_at
-            && let Err(e) = index.merge(root, temp)
+            && let Err(e) = index.merge(root, &temp)
         {
             // Pages go on from the log and the old file; the next try waits a while.
             tracing::warn!(error = %e, "could not write the sorted list of repositories");
@@ -242,54 +243,79 @@ impl Index {
         root: &Path,
         temp: impl FnOnce() -> Result<(stdfs::File, tempfile::TempPath)>,
     ) -> Result<()> {
-        let (file, temp_path) = temp()?;
-        let mut out = io::BufWriter::with_capacity(CHUNK, file);
-        let target = root.join(SORTED);
-        let put = |out: &mut io::BufWriter<stdfs::File>, name: &str| {
-            out.write_all(name.as_bytes())
-                .and_then(|()| out.write_all(b"\n"))
-        };
-        ctx(
-            out.write_all(format!("{SORTED_MAGIC}{}\n", self.read).as_bytes()),
-            "write",
-            &temp_path,
-        )?;
+        let mut out = Writer::new(temp, self.read)?;
         let mut tail = self
             .tail
             .iter()
             .filter(|n| n.parse::<Name>().is_ok())
             .peekable();
         if let Some(old) = &self.sorted {
-            let mut lines = Lines::new(&old.file, old.start, old.end);
+            let mut lines = Lines::new(&old.file, SORTED, old.start, old.end);
             while let Some(name) = lines.next_line(root)? {
                 while let Some(t) = tail.next_if(|t| t.as_ref() < name.as_str()) {
-                    ctx(put(&mut out, t), "write", &temp_path)?;
+                    out.put(t)?;
                 }
                 tail.next_if(|t| t.as_ref() == name.as_str());
-                ctx(put(&mut out, &name), "write", &temp_path)?;
+                out.put(&name)?;
             }
         }
         for t in tail {
-            ctx(put(&mut out, t), "write", &temp_path)?;
+            out.put(t)?;
         }
-        let file = ctx(
-            out.into_inner().map_err(|e| e.into_error()),
-            "write",
-            &temp_path,
-        )?;
-        ctx(file.sync_data(), "fsync", &temp_path)?;
+        self.sorted = Some(out.finish(root)?);
+        self.tail.clear();
+        self.merge_at = MERGE_AT;
+        Ok(())
+    }
+}
+
+/// A new sorted file: a temp file of the store, renamed into place when whole.
+struct Writer {
+    out: io::BufWriter<stdfs::File>,
+    path: tempfile::TempPath,
+    start: u64,
+}
+
+impl Writer {
+    /// Starts one covering the log up to `covers`.
+    fn new(
+        temp: impl FnOnce() -> Result<(stdfs::File, tempfile::TempPath)>,
+        covers: u64,
+    ) -> Result<Writer> {
+        let (file, path) = temp()?;
+        let mut out = io::BufWriter::with_capacity(CHUNK, file);
+        let header = format!("{SORTED_MAGIC}{covers}\n");
+        ctx(out.write_all(header.as_bytes()), "write", &path)?;
+        Ok(Writer {
+            out,
+            path,
+            start: header.len() as u64,
+        })
+    }
+
+    /// Adds `name`, which sorts after every name added before it.
+    fn put(&mut self, name: &str) -> Result<()> {
+        let line = self
+            .out
+            .write_all(name.as_bytes())
+            .and_then(|()| self.out.write_all(b"\n"));
+        ctx(line, "write", &self.path)
+    }
+
+    /// Makes it durable and puts it in place; the file, open.
+    fn finish(self, root: &Path) -> Result<Sorted> {
+        let Writer { out, path, start } = self;
+        let file = ctx(out.into_inner().map_err(|e| e.into_error()), "write", &path)?;
+        ctx(file.sync_data(), "fsync", &path)?;
+        let target = root.join(SORTED);
         ctx(
-            temp_path.persist(&target).map_err(|e| e.error),
+            path.persist(&target).map_err(|e| e.error),
             "rename",
             &target,
         )?;
         sync_dir(root)?;
         let end = ctx(file.metadata(), "stat", &target)?.len();
-        let start = (SORTED_MAGIC.len() + self.read.to_string().len() + 1) as u64;
-        self.sorted = Some(Sorted { file, start, end });
-        self.tail.clear();
-        self.merge_at = MERGE_AT;
-        Ok(())
+        Ok(Sorted { file, start, end })
     }
 }
 
@@ -359,7 +385,7 @@ impl Sorted {
                 }
             }
         }
-        let mut lines = Lines::new(&self.file, lo, self.end);
+        let mut lines = Lines::new(&self.file, SORTED, lo, self.end);
         let mut out = Vec::new();
         while out.len() < limit {
             let Some(name) = lines.next_line(root)? else {
@@ -376,6 +402,8 @@ impl Sorted {
 /// The lines of a byte range of a file, read in chunks.
 struct Lines<'a> {
     file: &'a stdfs::File,
+    /// The file's name below the root, for errors.
+    name: &'static str,
     at: u64,
     end: u64,
     buf: Vec<u8>,
@@ -383,9 +411,10 @@ struct Lines<'a> {
 }
 
 impl<'a> Lines<'a> {
-    fn new(file: &'a stdfs::File, at: u64, end: u64) -> Lines<'a> {
+    fn new(file: &'a stdfs::File, name: &'static str, at: u64, end: u64) -> Lines<'a> {
         Lines {
             file,
+            name,
             at,
             end,
             buf: Vec::new(),
@@ -413,7 +442,7 @@ impl<'a> Lines<'a> {
             let n = ctx(
                 self.file.read_at(&mut self.buf[have..], self.at),
                 "read",
-                &root.join(SORTED),
+                &root.join(self.name),
             )?;
             self.buf.truncate(have + n);
             if n == 0 {
@@ -435,9 +464,14 @@ fn ready(root: &Path) -> Result<bool> {
 }
 
 /// Makes the log of a store that has none ready: creates it, appends what `walk` finds
-/// (every repository, walked after the log exists) and marks it ready. Safe to run twice,
-/// or in two processes at once (a name twice is one name).
-fn build(root: &Path, walk: impl FnOnce() -> Result<Vec<Name>>) -> Result<()> {
+/// (every repository, walked after the log exists), writes the sorted file of what the log
+/// then holds, and marks it ready. Safe to run twice, or in two processes at once (a name
+/// twice is one name).
+fn build(
+    root: &Path,
+    walk: impl FnOnce() -> Result<Vec<Name>>,
+    temp: impl FnOnce() -> Result<(stdfs::File, tempfile::TempPath)>,
+) -> Result<()> {
     let path = root.join(LOG);
     let mut log = ctx(
         stdfs::OpenOptions::new()
@@ -448,17 +482,70 @@ fn build(root: &Path, walk: impl FnOnce() -> Result<Vec<Name>>) -> Result<()> {
         &path,
     )?;
     sync_dir(root)?;
-    let mut text = String::new();
-    for name in walk()? {
+    let names = walk()?;
+    // Whole lines a write: a writer's line appended meanwhile falls between two of ours.
+    let mut text = String::with_capacity(CHUNK + 300);
+    for (i, name) in names.iter().enumerate() {
         text.push('\n');
         text.push_str(name.as_str());
         text.push('\n');
+        if text.len() >= CHUNK || i + 1 == names.len() {
+            ctx(log.write_all(text.as_bytes()), "append to", &path)?;
+            text.clear();
+        }
     }
-    ctx(log.write_all(text.as_bytes()), "append to", &path)?;
     ctx(log.sync_data(), "fsync", &path)?;
+    // The walk is in the catalog's order; the sorted file is its names and those other
+    // writers appended meanwhile, so that a first page need not read the log whole.
+    if let Err(e) = sorted_from_walk(root, &log, &names, temp) {
+        tracing::warn!(error = %e, "could not write the sorted list of repositories");
+    }
     let ready = root.join(READY);
     ctx(stdfs::File::create(&ready), "create", &ready)?;
     sync_dir(root)
+}
+
+/// Writes the sorted file of the log as it is after `build` appended `walked` (sorted).
+fn sorted_from_walk(
+    root: &Path,
+    log: &stdfs::File,
+    walked: &[Name],
+    temp: impl FnOnce() -> Result<(stdfs::File, tempfile::TempPath)>,
+) -> Result<()> {
+    let path = root.join(LOG);
+    if !walked.is_sorted_by(|a, b| a.as_str() < b.as_str()) {
+        return Err(StoreError::Io {
+            action: "sort",
+            path,
+            source: io::Error::other("the walk of repositories was not in order"),
+        });
+    }
+    let covers = ctx(log.metadata(), "stat", &path)?.len();
+    // The appending handle cannot read.
+    let log = ctx(stdfs::File::open(&path), "open", &path)?;
+    let mut lines = Lines::new(&log, LOG, 0, covers);
+    let mut others = BTreeSet::new();
+    while let Some(line) = lines.next_line(root)? {
+        let walked_too = walked
+            .binary_search_by(|n| n.as_str().cmp(line.as_str()))
+            .is_ok();
+        if !walked_too && line.parse::<Name>().is_ok() {
+            others.insert(line);
+        }
+    }
+    let mut out = Writer::new(temp, covers)?;
+    let mut others = others.into_iter().peekable();
+    for name in walked {
+        while let Some(o) = others.next_if(|o| o.as_str() < name.as_str()) {
+            out.put(&o)?;
+        }
+        out.put(name.as_str())?;
+    }
+    for o in others {
+        out.put(&o)?;
+    }
+    out.finish(root)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -573,5 +660,46 @@ mod tests {
                 .count()
                 > want.len()
         );
+    }
+
+    /// The sorted file a first page's walk writes holds the walk's names and those another
+    /// writer appended while it ran, each once, in order.
+    #[test]
+    fn the_walk_that_makes_the_log_writes_its_sorted_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let c = Catalog::default();
+        let walked: Vec<Name> = (0..5000)
+            .map(name)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(|n| n.parse().expect("name"))
+            .collect();
+        let walk = || {
+            // Another writer, while the walk runs: one new name, one the walk finds too.
+            for n in ["zz/new", name(7).as_str(), "aa/new"] {
+                assert!(c.note(root, &n.parse().expect("name")).expect("note"));
+            }
+            Ok(walked.clone())
+        };
+        let temp = || {
+            let (file, path) = tempfile::NamedTempFile::new_in(root)
+                .expect("temp")
+                .into_parts();
+            Ok((file, path))
+        };
+        build(root, walk, temp).expect("build");
+        let mut want: Vec<String> = walked.iter().map(|n| n.as_str().to_owned()).collect();
+        want.extend(["aa/new".to_owned(), "zz/new".to_owned()]);
+        want.sort();
+        let text = stdfs::read_to_string(root.join(SORTED)).expect("sorted");
+        let log_len = stdfs::metadata(root.join(LOG)).expect("log").len();
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some(format!("{SORTED_MAGIC}{log_len}").as_str())
+        );
+        assert_eq!(lines.collect::<Vec<_>>(), want);
+        assert!(root.join(READY).exists());
     }
 }

@@ -751,6 +751,9 @@ mod tests {
         assert!(whole.len() > 350 && whole.contains(&"a/early".to_owned()));
         assert_eq!(catalog(&s, 100).await, whole, "pages of the first walk");
         assert!(root.path().join(catalog::READY).exists());
+        // The walk's names went straight into a sorted file, so later pages search it.
+        let sorted = stdfs::read_to_string(root.path().join(catalog::SORTED)).expect("sorted");
+        assert_eq!(sorted.lines().skip(1).collect::<Vec<_>>(), whole);
 
         // Another process adds repositories (one inside a repository), empties one, and
         // one of its appends was torn by a crash.

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `mod.rs` | [`Dir`]: every path of the layout (see `store/mod.rs`), temp files, records |
 //! | `metadata.rs` | tags, links, referrer records and the repository list as files |
-//! | `catalog.rs` | the log of repositories a catalog page is read from |
+//! | `catalog.rs` | the log of repositories and its sorted file, which a catalog page is read from |
 //! | `listing.rs` | sorted listings of big folders, kept while unchanged: tag pages, the collector's walk |
 //! | `sessions.rs` | upload sessions in this process: a locked temp file each, hashed as bytes arrive |
 

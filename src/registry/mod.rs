@@ -44,6 +44,7 @@ mod rules;
 mod server;
 mod tags;
 mod tls;
+pub mod token;
 mod uploads;
 pub mod watch;
 

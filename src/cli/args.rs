@@ -384,6 +384,47 @@ pub struct ServeArgs {
     /// answered 429 until the minute is over
     #[arg(help_heading = "Pushes and authentication", long, env = "QUINISTRY_AUTH_FAILURES_PER_MINUTE", value_name = "N", default_value_t = registry::DEFAULT_FAILURES_PER_MINUTE)]
     pub auth_failures_per_minute: u32,
+    /// Authorize by Docker registry tokens instead: the service (the `aud` tokens must hold
+    /// and the challenge names). Needs --token-issuer, --token-realm and a key
+    #[arg(
+        help_heading = "Token authentication",
+        long,
+        env = "QUINISTRY_TOKEN_SERVICE",
+        value_name = "NAME"
+    )]
+    pub token_service: Option<String>,
+    /// The `iss` tokens must carry
+    #[arg(
+        help_heading = "Token authentication",
+        long,
+        env = "QUINISTRY_TOKEN_ISSUER",
+        value_name = "NAME"
+    )]
+    pub token_issuer: Option<String>,
+    /// Where clients get tokens (the challenge's realm), e.g. https://gitlab.example.com/jwt/auth
+    #[arg(
+        help_heading = "Token authentication",
+        long,
+        env = "QUINISTRY_TOKEN_REALM",
+        value_name = "URL"
+    )]
+    pub token_realm: Option<String>,
+    /// The issuer's certificates or public keys (PEM); several for a key rotation
+    #[arg(
+        help_heading = "Token authentication",
+        long,
+        env = "QUINISTRY_TOKEN_ROOTCERTBUNDLE",
+        value_name = "FILE"
+    )]
+    pub token_rootcertbundle: Option<PathBuf>,
+    /// The issuer's keys as a JWKS file (with or instead of --token-rootcertbundle)
+    #[arg(
+        help_heading = "Token authentication",
+        long,
+        env = "QUINISTRY_TOKEN_JWKS",
+        value_name = "FILE"
+    )]
+    pub token_jwks: Option<PathBuf>,
     /// Allow --push on a non-loopback address without --htpasswd (anyone who can reach the
     /// port can then overwrite tags)
     #[arg(

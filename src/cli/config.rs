@@ -148,6 +148,18 @@ pub struct Access {
     pub anonymous_read: Option<Vec<String>>,
     /// Per user of the htpasswd file: the patterns they may read, or read and write.
     pub users: Option<BTreeMap<String, Grant>>,
+    /// `[access.token]`: Docker registry tokens (distribution's key names).
+    token: Option<Token>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct Token {
+    service: Option<String>,
+    issuer: Option<String>,
+    realm: Option<String>,
+    rootcertbundle: Option<PathBuf>,
+    jwks: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -311,6 +323,32 @@ pub fn apply(
         access.htpasswd.clone().map(Some),
     );
     fill(m, "auth_reads", &mut args.auth_reads, access.auth_reads);
+    let token = access.token.clone().unwrap_or_default();
+    fill(
+        m,
+        "token_service",
+        &mut args.token_service,
+        token.service.map(Some),
+    );
+    fill(
+        m,
+        "token_issuer",
+        &mut args.token_issuer,
+        token.issuer.map(Some),
+    );
+    fill(
+        m,
+        "token_realm",
+        &mut args.token_realm,
+        token.realm.map(Some),
+    );
+    fill(
+        m,
+        "token_rootcertbundle",
+        &mut args.token_rootcertbundle,
+        token.rootcertbundle.map(Some),
+    );
+    fill(m, "token_jwks", &mut args.token_jwks, token.jwks.map(Some));
     fill(
         m,
         "auth_failures_per_minute",

@@ -36,6 +36,7 @@ pub struct Settings {
     access: registry::Access,
     /// The files the users and rules are read from again on SIGHUP or a change.
     auth_files: Option<AuthFiles>,
+    token_files: Option<TokenFiles>,
     image: Prepared,
     /// The name and tag of the image packed at start, if one is.
     start: Option<(Option<Name>, Tag)>,
@@ -128,6 +129,7 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         failures_per_minute: args.auth_failures_per_minute,
         config: args.config.clone(),
     });
+    let token_files = token_files(&args)?;
     let store = args.store.spec()?;
     if args.redirect && !store.presigns() {
         return Err("--redirect sends clients to object storage: it needs an s3:// --store".into());
@@ -156,6 +158,7 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         fds,
         access,
         auth_files,
+        token_files,
         image,
         start: pack_at_start.then_some((name, tag)),
         on_demand: on_demand.then_some(setup),
@@ -343,6 +346,9 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
     if let Some(files) = s.auth_files.take() {
         files.watch(&server.registry())?;
     }
+    if let Some(files) = s.token_files.take() {
+        files.watch(&server.registry())?;
+    }
     let addr = server.local_addr().map_err(msg)?;
     if let Some(tagged) = pull {
         say(format_args!("pull       docker pull {addr}/{tagged}"));
@@ -517,7 +523,8 @@ fn access(
         );
     }
     let exposed = !listen.ip().is_loopback();
-    if args.push && args.htpasswd.is_none() && exposed && !args.insecure_push {
+    let guarded = args.htpasswd.is_some() || args.token_service.is_some();
+    if args.push && !guarded && exposed && !args.insecure_push {
         return Err(format!(
             "--push on {listen}, which other machines can reach, needs --htpasswd FILE \
              (or --insecure-push to let anyone push)"
@@ -550,7 +557,101 @@ fn access(
         max_uploads_per_client: args.max_uploads_per_client,
         rules,
         log_health: args.log_health,
+        token: match token_files(args)? {
+            Some(files) => Some(Arc::new(files.load()?)),
+            None => None,
+        },
     })
+}
+
+/// Where `serve` reads the keys tokens are checked with, and what tokens must carry.
+#[derive(Clone)]
+struct TokenFiles {
+    service: String,
+    issuer: String,
+    realm: String,
+    bundle: Option<PathBuf>,
+    jwks: Option<PathBuf>,
+}
+
+impl TokenFiles {
+    fn load(&self) -> Result<registry::token::Verifier, String> {
+        registry::token::Verifier::load(
+            &self.service,
+            &self.issuer,
+            &self.realm,
+            self.bundle.as_deref(),
+            self.jwks.as_deref(),
+        )
+        .map_err(|e| format!("token keys: {e}"))
+    }
+
+    /// Reads the keys again on SIGHUP and when their files change (a key rotation); a set
+    /// that does not load is logged, and the keys before it stay.
+    fn watch(self, registry: &Arc<registry::Registry>) -> Result<(), String> {
+        let files: Vec<&Path> = self
+            .bundle
+            .iter()
+            .chain(&self.jwks)
+            .map(|p| p.as_path())
+            .collect();
+        let registry = Arc::downgrade(registry);
+        let me = self.clone();
+        registry::watch::watch(&files, "token key files", move |why| {
+            let Some(registry) = registry.upgrade() else {
+                return false;
+            };
+            match me.load() {
+                Ok(verifier) => {
+                    tracing::info!(why, keys = verifier.keys(), "token keys read again");
+                    registry.set_token(Arc::new(verifier));
+                }
+                Err(error) => tracing::warn!(
+                    %error, why,
+                    "the token key files do not load; the keys before stay"
+                ),
+            }
+            true
+        })
+    }
+}
+
+/// The token settings, when --token-service (`access.token.service`) is set: the issuer,
+/// the realm and the keys must all be given.
+fn token_files(args: &ServeArgs) -> Result<Option<TokenFiles>, String> {
+    let Some(service) = &args.token_service else {
+        let other = args.token_issuer.is_some()
+            || args.token_realm.is_some()
+            || args.token_rootcertbundle.is_some()
+            || args.token_jwks.is_some();
+        if other {
+            return Err("token authentication needs --token-service (access.token.service)".into());
+        }
+        return Ok(None);
+    };
+    let Some(issuer) = &args.token_issuer else {
+        return Err("token authentication needs --token-issuer (access.token.issuer)".into());
+    };
+    let Some(realm) = &args.token_realm else {
+        return Err(
+            "token authentication needs --token-realm (access.token.realm), the issuer's URL: \
+             the built-in issuer is not built yet"
+                .into(),
+        );
+    };
+    if args.htpasswd.is_some() {
+        return Err(
+            "--htpasswd and token authentication: with tokens the issuer says who may do what"
+                .into(),
+        );
+    }
+    Ok(Some(TokenFiles {
+        service: service.clone(),
+        issuer: issuer.clone(),
+        realm: realm.clone(),
+        bundle: args.token_rootcertbundle.clone(),
+        jwks: args.token_jwks.clone(),
+    }))
 }
 
 /// The htpasswd file and the access rules from the config file, read and checked together
@@ -631,6 +732,17 @@ impl AuthFiles {
 
 /// Who may push and who must log in, in words, for the start-up report.
 fn describe(access: &registry::Access) -> String {
+    if let Some(token) = &access.token {
+        return format!(
+            "{}; every request needs a token from the issuer ({} keys)",
+            if access.push {
+                "pushes on"
+            } else {
+                "read-only"
+            },
+            token.keys()
+        );
+    }
     let users = |h: &registry::Htpasswd| format!("a user of --htpasswd ({} users)", h.users());
     if let (Some(rules), Some(h)) = (&access.rules, &access.htpasswd) {
         return format!(

@@ -10,6 +10,7 @@ use hyper::header::{self, HeaderValue};
 
 use super::errors::{Code, RegistryError};
 use super::router::Route;
+use super::token::{self, Grants, Verifier};
 use super::{Htpasswd, Registry, Rules, auth, rules};
 use crate::reference::Name;
 
@@ -21,6 +22,20 @@ const REALM: &str = "Basic realm=\"quinistry\", charset=\"UTF-8\"";
 pub(super) struct Auth {
     pub(super) htpasswd: Option<Arc<Htpasswd>>,
     pub(super) rules: Option<Arc<Rules>>,
+    /// Set: requests are authorized by Docker registry tokens, not by the two above.
+    pub(super) token: Option<Arc<Verifier>>,
+}
+
+/// The user (or token subject) a request proves and what its token grants; or the refusal,
+/// with the user for the log when it is one of the rules' and not of the credentials'.
+type Authorized = Result<(Option<String>, Option<Grants>), (RegistryError, Option<String>)>;
+
+/// Who a request comes from, once authorized: a user of the htpasswd file or a token's
+/// subject (`None`: anonymous), and with a token, what it grants.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Caller<'a> {
+    pub(super) user: Option<&'a str>,
+    pub(super) grants: Option<&'a Grants>,
 }
 
 /// What a request needs to be let through.
@@ -60,9 +75,9 @@ impl<'a> Need<'a> {
 }
 
 impl Registry {
-    /// Whether `user` (`None`: an anonymous client) may do `right` on repository `name`.
-    pub(super) fn may(&self, user: Option<&str>, name: &Name, right: rules::Right) -> bool {
-        self.auth().may(self.access.auth_reads, user, name, right)
+    /// Whether `caller` may do `right` on repository `name`.
+    pub(super) fn may(&self, caller: Caller<'_>, name: &Name, right: rules::Right) -> bool {
+        self.auth().may(self.access.auth_reads, caller, name, right)
     }
 }
 
@@ -70,10 +85,20 @@ impl Auth {
     pub(super) fn may(
         &self,
         auth_reads: bool,
-        user: Option<&str>,
+        caller: Caller<'_>,
         name: &Name,
         right: rules::Right,
     ) -> bool {
+        if self.token.is_some() {
+            let action = match right {
+                rules::Right::Read => "pull",
+                rules::Right::Write => "push",
+            };
+            return caller
+                .grants
+                .is_some_and(|g| g.allows(name.as_str(), action));
+        }
+        let user = caller.user;
         if self.htpasswd.is_none() {
             return true;
         }
@@ -88,7 +113,10 @@ impl Auth {
             Need::Nothing => true,
             Need::Login => user.is_some(),
             Need::List => self.rules.is_some() || user.is_some() || !auth_reads,
-            Need::Repository(name, right) => self.may(auth_reads, user, name, right),
+            Need::Repository(name, right) => {
+                let caller = Caller { user, grants: None };
+                self.may(auth_reads, caller, name, right)
+            }
         }
     }
 }
@@ -103,25 +131,28 @@ pub(super) async fn authorize(
     req: &hyper::http::request::Parts,
     route: &Result<Route, RegistryError>,
     remote: SocketAddr,
-) -> Result<Option<String>, (RegistryError, Option<String>)> {
+) -> Authorized {
     // One reading for the whole request: a reload meanwhile applies to the next one.
     let auth = registry.auth();
+    if let Some(verifier) = &auth.token {
+        return by_token(verifier, req, route);
+    }
     let Some(htpasswd) = &auth.htpasswd else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let auth_reads = registry.access.auth_reads;
     let need = Need::of(&req.method, route);
     let anonymous = auth.may_do(auth_reads, None, need);
     let credentials = req.headers.get(header::AUTHORIZATION);
     if credentials.is_none() && anonymous {
-        return Ok(None);
+        return Ok((None, None));
     }
     let refusal = match htpasswd.check(credentials, remote.ip()).await {
         auth::Verdict::User(user) if auth.may_do(auth_reads, Some(&user), need) => {
-            return Ok(Some(user));
+            return Ok((Some(user), None));
         }
         auth::Verdict::User(user) => return Err((denied(&user, need), Some(user))),
-        _ if anonymous => return Ok(None),
+        _ if anonymous => return Ok((None, None)),
         auth::Verdict::Throttled(wait) => RegistryError::new(
             Code::TooManyRequests,
             "too many wrong passwords from this address; wait before trying again",
@@ -143,6 +174,72 @@ pub(super) async fn authorize(
         .header(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM)),
     };
     Err((refusal, None))
+}
+
+/// The token path: every request but one the router refuses needs a token that grants what
+/// it does; without one, or with one that does not, a 401 whose challenge names the scope
+/// to ask the issuer for.
+fn by_token(
+    verifier: &Verifier,
+    req: &hyper::http::request::Parts,
+    route: &Result<Route, RegistryError>,
+) -> Authorized {
+    let need = Need::of(&req.method, route);
+    let action = match req.method {
+        Method::GET | Method::HEAD => "pull",
+        Method::DELETE => "delete",
+        _ => "push",
+    };
+    let scope = match need {
+        Need::Nothing => return Ok((None, None)),
+        Need::Login => None,
+        Need::List => Some(token::CATALOG_SCOPE.to_owned()),
+        // An upload session's status is the push side (see `Need::of`).
+        Need::Repository(name, rules::Right::Write) if action == "pull" => {
+            Some(token::repository_scope(name.as_str(), "push"))
+        }
+        Need::Repository(name, _) => Some(token::repository_scope(name.as_str(), action)),
+    };
+    let refuse = |message: String, error: Option<&str>, user: Option<String>| {
+        let challenge = verifier.challenge(scope.as_deref(), error);
+        let e = RegistryError::new(Code::Unauthorized, message);
+        match HeaderValue::from_str(&challenge) {
+            Ok(v) => Err((e.header(header::WWW_AUTHENTICATE, v), user)),
+            Err(_) => Err((e, user)),
+        }
+    };
+    let bearer = req
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(bearer) = bearer else {
+        return refuse("a token is required".into(), None, None);
+    };
+    let grants = match verifier.verify(bearer) {
+        Ok(grants) => grants,
+        Err(why) => return refuse(why, Some("invalid_token"), None),
+    };
+    let user = (!grants.subject.is_empty()).then(|| grants.subject.clone());
+    let granted = match need {
+        Need::Nothing | Need::Login => true,
+        Need::List => grants.lists_catalog(),
+        Need::Repository(name, rules::Right::Write) if action == "pull" => {
+            grants.allows(name.as_str(), "push")
+        }
+        Need::Repository(name, _) => grants.allows(name.as_str(), action),
+    };
+    if !granted {
+        let what = scope.clone().unwrap_or_default();
+        return refuse(
+            format!("the token does not grant {what}"),
+            Some("insufficient_scope"),
+            user,
+        );
+    }
+    Ok((user, Some(grants)))
 }
 
 /// 403 for a user the rules do not let through.

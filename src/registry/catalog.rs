@@ -14,7 +14,7 @@ use crate::reference::Name;
 pub async fn get(
     registry: &Registry,
     query: Option<&str>,
-    user: Option<&str>,
+    caller: super::authorize::Caller<'_>,
 ) -> Result<Response<Body>, RegistryError> {
     let page = Page::parse(query)?;
     // One more than the page holds says whether a next page exists.
@@ -50,7 +50,10 @@ pub async fn get(
             if names.len() == want {
                 break;
             }
-            if auth.may(registry.access.auth_reads, user, name, Right::Read) {
+            // With tokens, the catalog scope lists every repository (as distribution does).
+            if auth.token.is_some()
+                || auth.may(registry.access.auth_reads, caller, name, Right::Read)
+            {
                 names.push(name.to_string());
             }
         }

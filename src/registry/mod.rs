@@ -163,6 +163,9 @@ pub struct Access {
     pub rules: Option<Arc<Rules>>,
     /// Health checks get access-log lines too.
     pub log_health: bool,
+    /// Docker registry tokens: when set, every request needs one (`token.rs`), and the
+    /// htpasswd file and rules are the built-in issuer's, not the registry's.
+    pub token: Option<Arc<token::Verifier>>,
 }
 
 impl Default for Access {
@@ -177,6 +180,7 @@ impl Default for Access {
             max_uploads_per_client: 64,
             rules: None,
             log_health: false,
+            token: None,
         }
     }
 }
@@ -428,6 +432,7 @@ impl Registry {
         let auth = RwLock::new(Auth {
             htpasswd: access.htpasswd.clone(),
             rules: access.rules.clone(),
+            token: access.token.clone(),
         });
         Registry {
             access,
@@ -440,7 +445,14 @@ impl Registry {
     /// Replaces the users and the rules (their files were read again): the next request is
     /// judged by these; credentials remembered as good under the old file are forgotten with it.
     pub fn set_auth(&self, htpasswd: Option<Arc<Htpasswd>>, rules: Option<Arc<Rules>>) {
-        *write(&self.auth) = Auth { htpasswd, rules };
+        let mut auth = write(&self.auth);
+        auth.htpasswd = htpasswd;
+        auth.rules = rules;
+    }
+
+    /// Replaces the keys tokens are checked with (their files were read again).
+    pub fn set_token(&self, verifier: Arc<token::Verifier>) {
+        write(&self.auth).token = Some(verifier);
     }
 
     fn auth(&self) -> Auth {
@@ -684,17 +696,13 @@ async fn handle(
             (log.upload, log.digest) = route_ids(&route);
             let mut body = RequestBody::new(body, pace);
             let result = match authorize::authorize(registry, &parts, &route, remote).await {
-                Ok(user) => {
-                    let answer = dispatch(
-                        registry,
-                        &parts,
-                        route,
-                        &mut body,
-                        remote,
-                        secure,
-                        user.as_deref(),
-                    )
-                    .await;
+                Ok((user, grants)) => {
+                    let caller = authorize::Caller {
+                        user: user.as_deref(),
+                        grants: grants.as_ref(),
+                    };
+                    let answer =
+                        dispatch(registry, &parts, route, &mut body, remote, secure, caller).await;
                     log.user = user;
                     answer
                 }
@@ -769,7 +777,7 @@ async fn dispatch(
     body: &mut RequestBody,
     remote: SocketAddr,
     secure: bool,
-    user: Option<&str>,
+    caller: authorize::Caller<'_>,
 ) -> Result<Response<Body>, RegistryError> {
     let (method, query, headers) = (&req.method, req.uri.query(), &req.headers);
     let read = matches!(*method, Method::GET | Method::HEAD);
@@ -778,7 +786,7 @@ async fn dispatch(
     }
     match (route?, method) {
         (Route::Base, _) if read => Ok(base::get()),
-        (Route::Catalog, _) if read => catalog::get(registry, query, user).await,
+        (Route::Catalog, _) if read => catalog::get(registry, query, caller).await,
         (Route::Tags(name), _) if read => tags::get(registry, &name, query).await,
         (Route::Manifest(name, reference), m) => match *m {
             Method::GET | Method::HEAD => {
@@ -811,7 +819,7 @@ async fn dispatch(
             // mount (the spec's fallback: an upload session, and the blob must be sent).
             let from = q.from.as_deref().and_then(|f| f.parse::<Name>().ok());
             if let Some(from) = from
-                && !registry.may(user, &from, rules::Right::Read)
+                && !registry.may(caller, &from, rules::Right::Read)
             {
                 q.mount = None;
             }

@@ -224,8 +224,9 @@ impl Verifier {
     }
 
     /// The `WWW-Authenticate` value for a request that needs `scope` (none for `/v2/`),
-    /// with `error="invalid_token"` when a token was sent and refused.
-    pub fn challenge(&self, scope: Option<&str>, refused: bool) -> String {
+    /// with the `error` of a token that was sent and refused (`invalid_token`,
+    /// `insufficient_scope`).
+    pub fn challenge(&self, scope: Option<&str>, error: Option<&str>) -> String {
         let mut value = format!(
             "Bearer realm=\"{}\",service=\"{}\"",
             self.realm, self.service
@@ -233,8 +234,8 @@ impl Verifier {
         if let Some(scope) = scope {
             value.push_str(&format!(",scope=\"{scope}\""));
         }
-        if refused {
-            value.push_str(",error=\"invalid_token\"");
+        if let Some(error) = error {
+            value.push_str(&format!(",error=\"{error}\""));
         }
         value
     }
@@ -500,11 +501,11 @@ mod tests {
         let i = issuer(Algorithm::ES256);
         let v = verifier(&i.public_pem);
         assert_eq!(
-            v.challenge(Some(&repository_scope("a/b", "push")), false),
+            v.challenge(Some(&repository_scope("a/b", "push")), None),
             "Bearer realm=\"https://auth.test/token\",service=\"registry\",scope=\"repository:a/b:pull,push\""
         );
         assert!(
-            v.challenge(Some(CATALOG_SCOPE), true)
+            v.challenge(Some(CATALOG_SCOPE), Some("invalid_token"))
                 .ends_with(",scope=\"registry:catalog:*\",error=\"invalid_token\"")
         );
         assert!(

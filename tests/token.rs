@@ -1,0 +1,308 @@
+//! Docker registry tokens from an external issuer: the test is the issuer (as GitLab or
+//! docker_auth would be), signs tokens with its own key, and the server, given that key's
+//! public half, must honour exactly their `access` claims and challenge with the exact
+//! scope a request needs.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Serving, raw_request, raw_request_with_body};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rcgen::PublicKeyData;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// The issuer: a signing key and the public key the registry is given.
+struct Issuer {
+    key: EncodingKey,
+    kid: String,
+    public_pem: String,
+}
+
+fn issuer() -> Issuer {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let spki = pair.subject_public_key_info();
+    Issuer {
+        key: EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("signing key"),
+        kid: quinistry::registry::token::libtrust_key_id(&spki),
+        public_pem: pem::encode(&pem::Pem::new("PUBLIC KEY", spki)),
+    }
+}
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+impl Issuer {
+    /// A token for `access` (`[["repository", "a", "pull"], ...]`), valid for `life` seconds.
+    fn token(&self, access: &[(&str, &str, &str)], life: i64) -> String {
+        let access: Vec<Value> = access
+            .iter()
+            .map(|(kind, name, actions)| {
+                json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()})
+            })
+            .collect();
+        let claims = json!({"iss": "test-issuer", "aud": "test-registry", "sub": "alice",
+            "iat": now(), "nbf": now(), "exp": now() as i64 + life, "access": access});
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.key).expect("sign")
+    }
+}
+
+fn start(dir: &Path, bundle: &Path) -> Serving {
+    let input = dir.join("input");
+    std::fs::write(&input, b"token test input").expect("input");
+    let store = dir.join("store");
+    Serving::start(
+        &store,
+        dir,
+        &[
+            "--push",
+            "--no-prepack",
+            "--token-service",
+            "test-registry",
+            "--token-issuer",
+            "test-issuer",
+            "--token-realm",
+            "http://127.0.0.1:1/token",
+            "--token-rootcertbundle",
+            &bundle.to_string_lossy(),
+            &input.to_string_lossy(),
+        ],
+    )
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}")
+}
+
+/// 401 with a Bearer challenge naming `scope` (and `error`, if any).
+fn assert_challenge(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    scope: Option<&str>,
+    error: Option<&str>,
+) {
+    let auth = token.map(bearer);
+    let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
+    let r = raw_request(addr, method, path, &headers);
+    assert_eq!(
+        r.status,
+        401,
+        "{method} {path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.error_code(), "UNAUTHORIZED");
+    let mut want = "Bearer realm=\"http://127.0.0.1:1/token\",service=\"test-registry\"".to_owned();
+    if let Some(scope) = scope {
+        want.push_str(&format!(",scope=\"{scope}\""));
+    }
+    if let Some(error) = error {
+        want.push_str(&format!(",error=\"{error}\""));
+    }
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(want.as_str()),
+        "{method} {path}"
+    );
+}
+
+fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+#[test]
+fn tokens_from_an_external_issuer_grant_exactly_their_access() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issuer = issuer();
+    let bundle = dir.path().join("issuer.pem");
+    std::fs::write(&bundle, &issuer.public_pem).expect("bundle");
+    let server = start(dir.path(), &bundle);
+    let addr = server.addr.as_str();
+
+    // Without a token: the challenge names what each request needs.
+    assert_challenge(addr, "GET", "/v2/", None, None, None);
+    assert_challenge(
+        addr,
+        "GET",
+        "/v2/a/manifests/v1",
+        None,
+        Some("repository:a:pull"),
+        None,
+    );
+    assert_challenge(
+        addr,
+        "POST",
+        "/v2/a/blobs/uploads/",
+        None,
+        Some("repository:a:pull,push"),
+        None,
+    );
+    assert_challenge(
+        addr,
+        "DELETE",
+        "/v2/a/manifests/v1",
+        None,
+        Some("repository:a:delete"),
+        None,
+    );
+    assert_challenge(
+        addr,
+        "GET",
+        "/v2/_catalog",
+        None,
+        Some("registry:catalog:*"),
+        None,
+    );
+
+    // A push with a token for a: pull,push.
+    let push = issuer.token(&[("repository", "a", "pull,push")], 300);
+    let layer = b"a layer of a";
+    let d = digest(layer);
+    let r = raw_request_with_body(
+        addr,
+        "POST",
+        &format!("/v2/a/blobs/uploads/?digest={d}"),
+        &[
+            &bearer(&push),
+            "Content-Type: application/octet-stream",
+            &format!("Content-Length: {}", layer.len()),
+        ],
+        layer,
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = raw_request(addr, "GET", "/v2/", &[&bearer(&push)]);
+    assert_eq!(r.status, 200, "/v2/ with any good token");
+
+    // Pull only: reads a, and nothing else.
+    let pull = issuer.token(&[("repository", "a", "pull")], 300);
+    let r = raw_request(addr, "GET", &format!("/v2/a/blobs/{d}"), &[&bearer(&pull)]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, layer);
+    assert_challenge(
+        addr,
+        "POST",
+        "/v2/a/blobs/uploads/",
+        Some(&pull),
+        Some("repository:a:pull,push"),
+        Some("insufficient_scope"),
+    );
+    assert_challenge(
+        addr,
+        "GET",
+        &format!("/v2/b/blobs/{d}"),
+        Some(&pull),
+        Some("repository:b:pull"),
+        Some("insufficient_scope"),
+    );
+    assert_challenge(
+        addr,
+        "GET",
+        &format!("/v2/a/b/blobs/{d}"),
+        Some(&pull),
+        Some("repository:a/b:pull"),
+        Some("insufficient_scope"),
+    );
+    assert_challenge(
+        addr,
+        "DELETE",
+        &format!("/v2/a/blobs/{d}"),
+        Some(&push),
+        Some("repository:a:delete"),
+        Some("insufficient_scope"),
+    );
+    assert_challenge(
+        addr,
+        "GET",
+        "/v2/_catalog",
+        Some(&pull),
+        Some("registry:catalog:*"),
+        Some("insufficient_scope"),
+    );
+
+    // A mount from a repository the token cannot pull is no mount (an upload session).
+    let into_b = issuer.token(&[("repository", "b", "pull,push")], 300);
+    let r = raw_request(
+        addr,
+        "POST",
+        &format!("/v2/b/blobs/uploads/?mount={d}&from=a"),
+        &[&bearer(&into_b)],
+    );
+    assert_eq!(r.status, 202, "not mounted without pull on a");
+    let both = issuer.token(
+        &[
+            ("repository", "b", "pull,push"),
+            ("repository", "a", "pull"),
+        ],
+        300,
+    );
+    let r = raw_request(
+        addr,
+        "POST",
+        &format!("/v2/b/blobs/uploads/?mount={d}&from=a"),
+        &[&bearer(&both)],
+    );
+    assert_eq!(r.status, 201, "mounted with pull on a");
+
+    // The catalog scope lists the repositories.
+    let list = issuer.token(&[("registry", "catalog", "*")], 300);
+    let r = raw_request(addr, "GET", "/v2/_catalog", &[&bearer(&list)]);
+    assert_eq!(r.status, 200);
+    let names: Value = serde_json::from_slice(&r.body).expect("json");
+    let names = names["repositories"].as_array().expect("list").clone();
+    assert!(
+        names.contains(&json!("a")) && names.contains(&json!("b")),
+        "{names:?}"
+    );
+
+    // Bad tokens: 401 invalid_token, and the server goes on serving.
+    let expired = issuer.token(&[("repository", "a", "pull")], -300);
+    let other = self::issuer().token(&[("repository", "a", "pull")], 300);
+    for bad in [
+        expired.as_str(),
+        other.as_str(),
+        "garbage",
+        "a.b.c",
+        "eyJhbGciOiJub25lIn0.e30.",
+    ] {
+        let path = format!("/v2/a/blobs/{d}");
+        let scope = Some("repository:a:pull");
+        assert_challenge(addr, "GET", &path, Some(bad), scope, Some("invalid_token"));
+    }
+    // An empty one is none (RFC 6750: no error code for a request without a token).
+    assert_challenge(addr, "GET", "/v2/", Some(""), None, None);
+    let r = raw_request(addr, "GET", &format!("/v2/a/blobs/{d}"), &[&bearer(&pull)]);
+    assert_eq!(r.status, 200, "still serving");
+
+    // Key rotation: the bundle rewritten with a new key only; old tokens stop working once
+    // the server has read it (bounded by attempts, not by time).
+    let next = self::issuer();
+    std::fs::write(&bundle, &next.public_pem).expect("rotate");
+    let fresh = next.token(&[("repository", "a", "pull")], 300);
+    let path = format!("/v2/a/blobs/{d}");
+    let mut rotated = false;
+    for _ in 0..200 {
+        if raw_request(addr, "GET", &path, &[&bearer(&fresh)]).status == 200 {
+            rotated = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        rotated,
+        "the new key was never read:\n{}",
+        server.log_text()
+    );
+    assert_challenge(
+        addr,
+        "GET",
+        &path,
+        Some(&pull),
+        Some("repository:a:pull"),
+        Some("invalid_token"),
+    );
+}

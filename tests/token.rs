@@ -51,7 +51,7 @@ impl Issuer {
     }
 }
 
-fn start(dir: &Path, bundle: &Path) -> Serving {
+fn start(dir: &Path, bundle: &Path, realm: &str) -> Serving {
     let input = dir.join("input");
     std::fs::write(&input, b"token test input").expect("input");
     let store = dir.join("store");
@@ -61,17 +61,87 @@ fn start(dir: &Path, bundle: &Path) -> Serving {
         &[
             "--push",
             "--no-prepack",
+            "--name",
+            "tok/start",
             "--token-service",
             "test-registry",
             "--token-issuer",
             "test-issuer",
             "--token-realm",
-            "http://127.0.0.1:1/token",
+            realm,
             "--token-rootcertbundle",
             &bundle.to_string_lossy(),
             &input.to_string_lossy(),
         ],
     )
+}
+
+/// The issuer's token endpoint on a loopback port, as GitLab's or docker_auth's: user alice
+/// with password `secret` (or no credentials) gets a token for every scope asked for; wrong
+/// credentials get 401. Serves until the test ends; its address.
+fn serve_tokens(issuer: Issuer) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut target = String::new();
+            let mut credentials = None;
+            let mut first = true;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if first {
+                    target = line.split(' ').nth(1).unwrap_or("").to_owned();
+                    first = false;
+                } else if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("authorization")
+                {
+                    credentials = Some(v.trim().to_owned());
+                }
+            }
+            let alice = format!("Basic {}", data_encoding::BASE64.encode(b"alice:secret"));
+            let answer = if credentials.as_ref().is_some_and(|c| *c != alice) {
+                (401, "{\"details\":\"wrong password\"}".to_owned())
+            } else {
+                let query = target.split_once('?').map_or("", |(_, q)| q);
+                let scopes: Vec<String> = form_urlencoded::parse(query.as_bytes())
+                    .filter(|(k, _)| k == "scope")
+                    .map(|(_, v)| v.into_owned())
+                    .collect();
+                let mut access = Vec::new();
+                for scope in &scopes {
+                    // repository:NAME:ACTIONS, NAME possibly with a port's colon: split from the right.
+                    if let Some((kind_name, actions)) = scope.rsplit_once(':')
+                        && let Some((kind, name)) = kind_name.split_once(':')
+                    {
+                        access.push((kind.to_owned(), name.to_owned(), actions.to_owned()));
+                    }
+                }
+                let borrowed: Vec<(&str, &str, &str)> = access
+                    .iter()
+                    .map(|(k, n, a)| (k.as_str(), n.as_str(), a.as_str()))
+                    .collect();
+                let token = issuer.token(&borrowed, 300);
+                (
+                    200,
+                    json!({"token": token, "access_token": token, "expires_in": 300}).to_string(),
+                )
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                answer.0,
+                answer.1.len(),
+                answer.1
+            );
+        }
+    });
+    addr
 }
 
 fn bearer(token: &str) -> String {
@@ -121,7 +191,7 @@ fn tokens_from_an_external_issuer_grant_exactly_their_access() {
     let issuer = issuer();
     let bundle = dir.path().join("issuer.pem");
     std::fs::write(&bundle, &issuer.public_pem).expect("bundle");
-    let server = start(dir.path(), &bundle);
+    let server = start(dir.path(), &bundle, "http://127.0.0.1:1/token");
     let addr = server.addr.as_str();
 
     // Without a token: the challenge names what each request needs.
@@ -304,5 +374,78 @@ fn tokens_from_an_external_issuer_grant_exactly_their_access() {
         Some(&pull),
         Some("repository:a:pull"),
         Some("invalid_token"),
+    );
+}
+
+/// docker logs in at the issuer, pulls and pushes with the tokens it gets; a wrong password
+/// is refused at login.
+#[test]
+fn docker_logs_in_pushes_and_pulls_with_tokens_of_an_external_issuer() {
+    if !common::have_docker() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issuer = issuer();
+    let bundle = dir.path().join("issuer.pem");
+    std::fs::write(&bundle, &issuer.public_pem).expect("bundle");
+    let realm = format!("http://{}/token", serve_tokens(issuer));
+    let server = start(dir.path(), &bundle, &realm);
+    let addr = server.addr.clone();
+    let config = dir.path().join("docker-config");
+    std::fs::create_dir(&config).expect("config dir");
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .env("DOCKER_CONFIG", &config)
+            .args(args)
+            .output()
+            .expect("docker")
+    };
+    let ok = |args: &[&str]| {
+        let out = docker(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log_text()
+        );
+    };
+    let start = format!("{addr}/tok/start:latest");
+    let copy = format!("{addr}/tok/copy:v1");
+    let mut cleanup = common::DockerCleanup::images(&[&start, &copy]);
+    cleanup.image(&copy);
+
+    let login = |password: &[u8]| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("docker")
+            .env("DOCKER_CONFIG", &config)
+            .args(["login", &addr, "-u", "alice", "--password-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("docker login");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(password).expect("password");
+        drop(stdin);
+        child.wait_with_output().expect("login")
+    };
+    let wrong = login(b"guess");
+    assert!(!wrong.status.success(), "login with a wrong password");
+    let out = login(b"secret");
+    assert!(
+        out.status.success(),
+        "docker login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    ok(&["pull", &start]);
+    ok(&["tag", &start, &copy]);
+    ok(&["push", &copy]);
+    ok(&["rmi", &copy]);
+    ok(&["pull", &copy]);
+    let log = server.log_text();
+    assert!(
+        log.contains("alice"),
+        "the access log names the token's subject"
     );
 }

@@ -513,4 +513,35 @@ mod tests {
             "no keys"
         );
     }
+
+    /// A JWKS file's keys are found by their own `kid`, beside a PEM bundle's.
+    #[test]
+    fn jwks_keys_verify_by_their_kid() {
+        let i = issuer(Algorithm::ES256);
+        let pem_only = issuer(Algorithm::ES256);
+        // A P-256 SubjectPublicKeyInfo ends with the point: 0x04, then x and y.
+        let point = &i.spki[i.spki.len() - 65..];
+        assert_eq!(point[0], 4);
+        let b64 = |b: &[u8]| data_encoding::BASE64URL_NOPAD.encode(b);
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "gitlab-1", "alg": "ES256",
+            "use": "sig", "x": b64(&point[1..33]), "y": b64(&point[33..])}]});
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bundle, set) = (dir.path().join("b.pem"), dir.path().join("k.jwks"));
+        std::fs::write(&bundle, &pem_only.public_pem).expect("write");
+        std::fs::write(&set, jwks.to_string()).expect("write");
+        let v = Verifier::load("registry", "issuer", "r", Some(&bundle), Some(&set)).expect("load");
+        assert_eq!(v.keys(), 2);
+        let ok = claims(json!([{"type": "repository", "name": "a", "actions": ["pull"]}]));
+        assert!(v.verify(&sign(&i, Some("gitlab-1".into()), &ok)).is_ok());
+        assert!(
+            v.verify(&sign(&pem_only, Some(libtrust_key_id(&pem_only.spki)), &ok))
+                .is_ok()
+        );
+        assert!(
+            v.verify(&sign(&pem_only, Some("gitlab-1".into()), &ok))
+                .is_err()
+        );
+        std::fs::write(&set, "{\"keys\": [{\"kty\": \"EC\"}]}").expect("write");
+        assert!(Verifier::load("registry", "issuer", "r", None, Some(&set)).is_err());
+    }
 }

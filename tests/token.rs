@@ -449,3 +449,62 @@ fn docker_logs_in_pushes_and_pulls_with_tokens_of_an_external_issuer() {
         "the access log names the token's subject"
     );
 }
+
+/// skopeo copies between repositories and podman pulls, each with the tokens an external
+/// issuer gives for alice's password; wrong credentials get nothing.
+#[test]
+fn skopeo_and_podman_use_tokens_of_an_external_issuer() {
+    let skopeo = common::have_tool("skopeo", "skopeo");
+    let podman = common::have_tool("podman", "podman");
+    if !skopeo && !podman {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issuer = issuer();
+    let bundle = dir.path().join("issuer.pem");
+    std::fs::write(&bundle, &issuer.public_pem).expect("bundle");
+    let realm = format!("http://{}/token", serve_tokens(issuer));
+    let server = start(dir.path(), &bundle, &realm);
+    let addr = server.addr.clone();
+    if skopeo {
+        let src = format!("docker://{addr}/tok/start:latest");
+        let dst = format!("docker://{addr}/tok/skopeo:latest");
+        let copy = |creds: &str| {
+            std::process::Command::new("skopeo")
+                .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+                .args(["--src-creds", creds, "--dest-creds", creds, &src, &dst])
+                .output()
+                .expect("skopeo")
+        };
+        assert!(!copy("alice:guess").status.success(), "wrong password");
+        let out = copy("alice:secret");
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log_text()
+        );
+        let digest = common::sh(&format!(
+            "skopeo inspect --tls-verify=false --creds alice:secret --format '{{{{.Digest}}}}' {dst}"
+        ));
+        assert!(
+            digest.trim() == server.report["manifest"] || digest.trim() == server.report["docker"],
+            "skopeo copied {digest}, which we did not pack"
+        );
+    }
+    if podman {
+        let root = dir.path().join("podman");
+        let image = format!("{addr}/tok/start:latest");
+        let pulled = common::podman_in(
+            &root,
+            &[
+                "pull",
+                "--tls-verify=false",
+                "--creds",
+                "alice:secret",
+                &image,
+            ],
+        );
+        assert!(!pulled.is_empty(), "podman pull printed no image id");
+    }
+}

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use data_encoding::BASE32_NOPAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -49,7 +50,14 @@ pub struct Verifier {
     keys: HashMap<String, DecodingKey>,
     /// The configured certificates (DER) and their keys, for tokens that name theirs by `x5c`.
     certificates: Vec<(Vec<u8>, DecodingKey)>,
+    /// Tokens verified already, by their sha256, with their `exp`: a client sends its token
+    /// with every request of a push, and a signature check costs more than the request.
+    /// Forgotten with this verifier when the keys are read again.
+    verified: Mutex<HashMap<[u8; 32], (Grants, u64)>>,
 }
+
+/// Verified tokens remembered at most; the set starts over when full.
+const VERIFIED_MAX: usize = 1024;
 
 /// What a verified token grants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,6 +79,8 @@ struct Access {
 
 #[derive(Deserialize)]
 struct Claims {
+    exp: u64,
+    nbf: Option<u64>,
     #[serde(default)]
     sub: String,
     #[serde(default)]
@@ -112,6 +122,7 @@ impl Verifier {
             realm: realm.to_owned(),
             keys: HashMap::new(),
             certificates: Vec::new(),
+            verified: Mutex::new(HashMap::new()),
         };
         if let Some(path) = bundle {
             let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -181,9 +192,35 @@ impl Verifier {
 
     /// Checks `token`; what it grants, or why it is refused (for the log and the 401).
     pub fn verify(&self, token: &str) -> Result<Grants, String> {
+        self.verify_at(token, jsonwebtoken::get_current_timestamp())
+    }
+
+    /// `verify` at `now` (seconds since the epoch).
+    fn verify_at(&self, token: &str, now: u64) -> Result<Grants, String> {
         if token.len() > MAX_TOKEN {
             return Err("token too long".into());
         }
+        let id: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((grants, exp)) = self.remembered().get(&id)
+            && now <= exp.saturating_add(LEEWAY_SECONDS)
+        {
+            return Ok(grants.clone());
+        }
+        let (grants, exp) = self.check(token, now)?;
+        let mut remembered = self.remembered();
+        if remembered.len() >= VERIFIED_MAX {
+            remembered.clear();
+        }
+        remembered.insert(id, (grants.clone(), exp));
+        Ok(grants)
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Grants, u64)>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The signature and claims check of `verify`; what the token grants and its `exp`.
+    fn check(&self, token: &str, now: u64) -> Result<(Grants, u64), String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         let key = match (&header.x5c, &header.kid) {
@@ -210,17 +247,29 @@ impl Verifier {
             return Err(format!("tokens signed with {:?} are not taken", header.alg));
         }
         let mut validation = Validation::new(header.alg);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
+        // exp and nbf are checked below, at `now`, as the remembered tokens are.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.service]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|e| format!("token refused: {e}"))?;
-        Ok(Grants {
+        if now > data.claims.exp.saturating_add(LEEWAY_SECONDS) {
+            return Err("token refused: expired".into());
+        }
+        if data
+            .claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(LEEWAY_SECONDS))
+        {
+            return Err("token refused: not valid yet".into());
+        }
+        let grants = Grants {
             subject: data.claims.sub,
             access: data.claims.access,
-        })
+        };
+        Ok((grants, data.claims.exp))
     }
 
     /// The `WWW-Authenticate` value for a request that needs `scope` (none for `/v2/`),
@@ -543,5 +592,45 @@ mod tests {
         );
         std::fs::write(&set, "{\"keys\": [{\"kty\": \"EC\"}]}").expect("write");
         assert!(Verifier::load("registry", "issuer", "r", None, Some(&set)).is_err());
+    }
+
+    /// A token verified once is remembered until its `exp` (with the leeway), not after,
+    /// and the leeway holds both ways at the edges.
+    #[test]
+    fn remembered_tokens_expire_with_their_exp() {
+        let i = issuer(Algorithm::ES256);
+        let v = verifier(&i.public_pem);
+        let kid = Some(libtrust_key_id(&i.spki));
+        let t0 = now();
+        let mut c = claims(json!([{"type": "repository", "name": "a", "actions": ["pull"]}]));
+        c["exp"] = json!(t0 + 100);
+        c["nbf"] = json!(t0 + 10);
+        let token = sign(&i, kid, &c);
+        let edge = t0 + 100 + LEEWAY_SECONDS;
+        assert!(
+            v.verify_at(&token, t0 + 10 - LEEWAY_SECONDS - 1).is_err(),
+            "before nbf"
+        );
+        assert!(
+            v.verify_at(&token, t0 + 10 - LEEWAY_SECONDS).is_ok(),
+            "nbf, leeway"
+        );
+        assert!(
+            v.verify_at(&token, edge).is_ok(),
+            "remembered, at exp + leeway"
+        );
+        assert!(
+            v.verify_at(&token, edge + 1).is_err(),
+            "remembered, after exp"
+        );
+        let fresh = verifier(&i.public_pem);
+        assert!(
+            fresh.verify_at(&token, edge + 1).is_err(),
+            "not remembered, after exp"
+        );
+        assert!(
+            fresh.verify_at(&token, edge).is_ok(),
+            "not remembered, at exp + leeway"
+        );
     }
 }

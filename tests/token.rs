@@ -377,6 +377,15 @@ fn tokens_from_an_external_issuer_grant_exactly_their_access() {
     );
 }
 
+/// A server whose realm is a token endpoint of a new issuer (`serve_tokens`), under `dir`.
+fn behind_a_token_endpoint(dir: &Path) -> Serving {
+    let issuer = issuer();
+    let bundle = dir.join("issuer.pem");
+    std::fs::write(&bundle, &issuer.public_pem).expect("bundle");
+    let realm = format!("http://{}/token", serve_tokens(issuer));
+    start(dir, &bundle, &realm)
+}
+
 /// docker logs in at the issuer, pulls and pushes with the tokens it gets; a wrong password
 /// is refused at login.
 #[test]
@@ -385,11 +394,7 @@ fn docker_logs_in_pushes_and_pulls_with_tokens_of_an_external_issuer() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let issuer = issuer();
-    let bundle = dir.path().join("issuer.pem");
-    std::fs::write(&bundle, &issuer.public_pem).expect("bundle");
-    let realm = format!("http://{}/token", serve_tokens(issuer));
-    let server = start(dir.path(), &bundle, &realm);
+    let server = behind_a_token_endpoint(dir.path());
     let addr = server.addr.clone();
     let config = dir.path().join("docker-config");
     std::fs::create_dir(&config).expect("config dir");
@@ -460,11 +465,7 @@ fn skopeo_and_podman_use_tokens_of_an_external_issuer() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let issuer = issuer();
-    let bundle = dir.path().join("issuer.pem");
-    std::fs::write(&bundle, &issuer.public_pem).expect("bundle");
-    let realm = format!("http://{}/token", serve_tokens(issuer));
-    let server = start(dir.path(), &bundle, &realm);
+    let server = behind_a_token_endpoint(dir.path());
     let addr = server.addr.clone();
     if skopeo {
         let src = format!("docker://{addr}/tok/start:latest");

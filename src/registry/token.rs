@@ -201,22 +201,18 @@ impl Verifier {
             return Err("token too long".into());
         }
         let id: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((grants, exp)) = self.remembered().get(&id)
+        if let Some((grants, exp)) = super::auth::lock(&self.verified).get(&id)
             && now <= exp.saturating_add(LEEWAY_SECONDS)
         {
             return Ok(grants.clone());
         }
         let (grants, exp) = self.check(token, now)?;
-        let mut remembered = self.remembered();
+        let mut remembered = super::auth::lock(&self.verified);
         if remembered.len() >= VERIFIED_MAX {
             remembered.clear();
         }
         remembered.insert(id, (grants.clone(), exp));
         Ok(grants)
-    }
-
-    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Grants, u64)>> {
-        self.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The signature and claims check of `verify`; what the token grants and its `exp`.

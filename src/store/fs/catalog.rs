@@ -252,11 +252,7 @@ impl Index {
         if let Some(old) = &self.sorted {
             let mut lines = Lines::new(&old.file, SORTED, old.start, old.end);
             while let Some(name) = lines.next_line(root)? {
-                while let Some(t) = tail.next_if(|t| t.as_ref() < name.as_str()) {
-                    out.put(t)?;
-                }
-                tail.next_if(|t| t.as_ref() == name.as_str());
-                out.put(&name)?;
+                out.put_merged(&name, &mut tail)?;
             }
         }
         for t in tail {
@@ -300,6 +296,20 @@ impl Writer {
             .write_all(name.as_bytes())
             .and_then(|()| self.out.write_all(b"\n"));
         ctx(line, "write", &self.path)
+    }
+
+    /// Adds the names of `others` (sorted) that sort before `name`, then `name`, and drops
+    /// `name` from `others` if it is there too: one step of a merge of two sorted lists.
+    fn put_merged<S: AsRef<str>>(
+        &mut self,
+        name: &str,
+        others: &mut std::iter::Peekable<impl Iterator<Item = S>>,
+    ) -> Result<()> {
+        while let Some(o) = others.next_if(|o| o.as_ref() < name) {
+            self.put(o.as_ref())?;
+        }
+        others.next_if(|o| o.as_ref() == name);
+        self.put(name)
     }
 
     /// Makes it durable and puts it in place; the file, open.
@@ -497,7 +507,7 @@ fn build(
     ctx(log.sync_data(), "fsync", &path)?;
     // The walk is in the catalog's order; the sorted file is its names and those other
     // writers appended meanwhile, so that a first page need not read the log whole.
-    if let Err(e) = sorted_from_walk(root, &log, &names, temp) {
+    if let Err(e) = sorted_from_walk(root, &names, temp) {
         tracing::warn!(error = %e, "could not write the sorted list of repositories");
     }
     let ready = root.join(READY);
@@ -505,10 +515,10 @@ fn build(
     sync_dir(root)
 }
 
-/// Writes the sorted file of the log as it is after `build` appended `walked` (sorted).
+/// Writes the sorted file of the log as it is after `build` appended `walked` (sorted),
+/// opened again to read: `build`'s handle only appends.
 fn sorted_from_walk(
     root: &Path,
-    log: &stdfs::File,
     walked: &[Name],
     temp: impl FnOnce() -> Result<(stdfs::File, tempfile::TempPath)>,
 ) -> Result<()> {
@@ -520,9 +530,8 @@ fn sorted_from_walk(
             source: io::Error::other("the walk of repositories was not in order"),
         });
     }
-    let covers = ctx(log.metadata(), "stat", &path)?.len();
-    // The appending handle cannot read.
     let log = ctx(stdfs::File::open(&path), "open", &path)?;
+    let covers = ctx(log.metadata(), "stat", &path)?.len();
     let mut lines = Lines::new(&log, LOG, 0, covers);
     let mut others = BTreeSet::new();
     while let Some(line) = lines.next_line(root)? {
@@ -536,10 +545,7 @@ fn sorted_from_walk(
     let mut out = Writer::new(temp, covers)?;
     let mut others = others.into_iter().peekable();
     for name in walked {
-        while let Some(o) = others.next_if(|o| o.as_str() < name.as_str()) {
-            out.put(&o)?;
-        }
-        out.put(name.as_str())?;
+        out.put_merged(name.as_str(), &mut others)?;
     }
     for o in others {
         out.put(&o)?;

@@ -7,7 +7,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{DockerCleanup, Serving, docker, have_docker, have_tool, run_ok, sh, sha256sum};
+use common::{
+    Containerd, DockerCleanup, Serving, docker, have_docker, have_tool, run_ok, sh, sha256sum,
+};
 
 #[test]
 fn docker_pulls_the_self_image_by_tag_and_by_digest() {
@@ -560,29 +562,8 @@ fn htpasswd_made_by_htpasswd_guards_pushes_from_skopeo_and_docker() {
     // docker login checks the password against /v2/; a private config keeps the
     // credentials out of the machine's own.
     let config = dir.path().join("docker-config");
-    let config = config.to_string_lossy();
-    let login = |password: &str| {
-        let mut child = Command::new("docker")
-            .args([
-                "--config",
-                &config,
-                "login",
-                "-u",
-                "ci",
-                "--password-stdin",
-                &server.addr,
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("docker login");
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(password.as_bytes()).expect("password");
-        drop(stdin);
-        child.wait_with_output().expect("docker login")
-    };
+    let login =
+        |password: &str| common::docker_login(&config, &server.addr, "ci", password.as_bytes());
     assert!(
         !login("wrong").status.success(),
         "docker login accepted a wrong password"
@@ -598,6 +579,7 @@ fn htpasswd_made_by_htpasswd_guards_pushes_from_skopeo_and_docker() {
         format!("{}/docker/pushed:v1", server.addr),
     );
     let _cleanup = DockerCleanup::images(&[&image, &pushed]);
+    let config = config.to_string_lossy();
     docker(&["--config", &config, "pull", &image]);
     docker(&["--config", &config, "tag", &image, &pushed]);
     docker(&["--config", &config, "push", &pushed]);
@@ -606,65 +588,6 @@ fn htpasswd_made_by_htpasswd_guards_pushes_from_skopeo_and_docker() {
         String::from_utf8_lossy(&tags.body).contains("\"v1\""),
         "{tags:?}"
     );
-}
-
-/// A containerd of the test's own: root, state, socket and config under `dir`, no CRI plugin
-/// (nothing but pulls); killed on drop.
-struct Containerd {
-    child: std::process::Child,
-    socket: std::path::PathBuf,
-}
-
-impl Containerd {
-    fn start(dir: &Path) -> Containerd {
-        let socket = dir.join("containerd.sock");
-        let config = dir.join("containerd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = {:?}\n",
-                dir.join("root"),
-                dir.join("state"),
-                socket
-            ),
-        )
-        .expect("containerd config");
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("containerd.log")).expect("log"))
-            .spawn()
-            .expect("spawn containerd");
-        let containerd = Containerd { child, socket };
-        for _ in 0..200 {
-            if containerd.ctr(&["version"]).status.success() {
-                return containerd;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!(
-            "containerd did not start:\n{}",
-            std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
-        );
-    }
-
-    fn ctr(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", "quinistry-test"])
-            .args(args)
-            .output()
-            .expect("run ctr")
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Parallel gzip makes a layer of one gzip member per 1 MiB block (src/pack/gzip.rs). Every

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Serving, raw_request, raw_request_with_body};
+use common::{Serving, docker_login, raw_request, raw_request_with_body};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::PublicKeyData;
 use serde_json::{Value, json};
@@ -419,21 +419,7 @@ fn docker_logs_in_pushes_and_pulls_with_tokens_of_an_external_issuer() {
     let mut cleanup = common::DockerCleanup::images(&[&start, &copy]);
     cleanup.image(&copy);
 
-    let login = |password: &[u8]| {
-        use std::io::Write;
-        let mut child = std::process::Command::new("docker")
-            .env("DOCKER_CONFIG", &config)
-            .args(["login", &addr, "-u", "alice", "--password-stdin"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("docker login");
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(password).expect("password");
-        drop(stdin);
-        child.wait_with_output().expect("login")
-    };
+    let login = |password: &[u8]| common::docker_login(&config, &addr, "alice", password);
     let wrong = login(b"guess");
     assert!(!wrong.status.success(), "login with a wrong password");
     let out = login(b"secret");
@@ -508,4 +494,459 @@ fn skopeo_and_podman_use_tokens_of_an_external_issuer() {
         );
         assert!(!pulled.is_empty(), "podman pull printed no image id");
     }
+}
+
+/// A server with the built-in issuer: alice and bob (password `secret`) in an htpasswd file,
+/// rules giving alice c/* and bob c/start to read, anonymous clients pub/*; the start image
+/// is c/start. The config file's path too, to change the users in.
+fn start_built_in(dir: &Path) -> (Serving, std::path::PathBuf) {
+    let input = dir.join("input");
+    std::fs::write(&input, b"built-in issuer test input").expect("input");
+    let users = dir.join("htpasswd");
+    let hash = bcrypt::hash("secret", 4).expect("hash");
+    std::fs::write(&users, format!("alice:{hash}\nbob:{hash}\n")).expect("htpasswd");
+    let config = dir.join("q.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[access]
+push = true
+htpasswd = "{}"
+anonymous_read = ["pub/*"]
+[access.users.alice]
+read_write = ["c/*", "pub/*"]
+[access.users.bob]
+read = ["c/start"]
+[access.token]
+service = "test-registry"
+issuer = "quinistry-test"
+signing_key = "{}"
+expiration = "2m"
+"#,
+            users.display(),
+            dir.join("keys/token.key").display()
+        ),
+    )
+    .expect("config");
+    std::fs::create_dir(dir.join("keys")).expect("keys dir");
+    let server = Serving::start(
+        &dir.join("store"),
+        dir,
+        &[
+            "--config",
+            &config.to_string_lossy(),
+            "--no-prepack",
+            "--name",
+            "c/start",
+            &input.to_string_lossy(),
+        ],
+    );
+    (server, users)
+}
+
+/// `GET /token?QUERY` with Basic credentials `user:password`, if any.
+fn token_get(addr: &str, query: &str, credentials: Option<&str>) -> common::RawResponse {
+    let auth = credentials.map(|c| {
+        format!(
+            "Authorization: Basic {}",
+            data_encoding::BASE64.encode(c.as_bytes())
+        )
+    });
+    let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
+    raw_request(addr, "GET", &format!("/token?{query}"), &headers)
+}
+
+/// The JSON of an answer with status 200.
+fn json_of(r: &common::RawResponse) -> Value {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    serde_json::from_slice(&r.body).expect("json")
+}
+
+/// The claims of a JWT, unchecked.
+fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = data_encoding::BASE64URL_NOPAD
+        .decode(payload.as_bytes())
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("claims")
+}
+
+/// The built-in issuer logs users in with the htpasswd file and grants each scope only what
+/// the rules allow; its tokens work exactly as far as they grant; the OAuth2 grants and
+/// refresh tokens work, and a changed password ends a refresh token.
+#[test]
+fn the_built_in_issuer_grants_what_the_rules_allow() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, users) = start_built_in(dir.path());
+    let addr = server.addr.as_str();
+    let key = dir.path().join("keys/token.key");
+    let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the signing key is made 0600");
+
+    // The challenge sends clients to this server's /token.
+    let r = raw_request(addr, "GET", "/v2/", &[]);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(format!("Bearer realm=\"http://{addr}/token\",service=\"test-registry\"").as_str())
+    );
+
+    let push_scope =
+        "service=test-registry&scope=repository:c/start:pull,push&scope=repository:pub/x:pull";
+    let access = |credentials: Option<&str>, query: &str| {
+        let answer = json_of(&token_get(addr, query, credentials));
+        assert_eq!(answer["token"], answer["access_token"]);
+        assert_eq!(answer["expires_in"], 120, "expiration = 2m");
+        let claims = claims_of(answer["token"].as_str().expect("token"));
+        assert_eq!(claims["iss"], "quinistry-test");
+        assert_eq!(claims["aud"], "test-registry");
+        (answer["token"].as_str().expect("token").to_owned(), claims)
+    };
+    let (alice, claims) = access(Some("alice:secret"), push_scope);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "repository", "name": "c/start", "actions": ["pull", "push"]},
+               {"type": "repository", "name": "pub/x", "actions": ["pull"]}])
+    );
+    let (bob, claims) = access(Some("bob:secret"), push_scope);
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "repository", "name": "c/start", "actions": ["pull"]},
+               {"type": "repository", "name": "pub/x", "actions": ["pull"]}]),
+        "bob reads c/start and, as anyone, pub/*"
+    );
+    let (anonymous, claims) = access(None, push_scope);
+    assert_eq!(claims["sub"], "");
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "repository", "name": "pub/x", "actions": ["pull"]}])
+    );
+    // Malformed scopes and names get nothing, and do not stop the rest.
+    let (_, claims) = access(
+        Some("alice:secret"),
+        "scope=repository:C/Bad:pull&scope=nonsense&scope=repository:c/x:pull,fly&scope=registry:catalog:*",
+    );
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "registry", "name": "catalog", "actions": ["*"]},
+               {"type": "repository", "name": "c/x", "actions": ["pull"]}])
+    );
+
+    // The tokens do what they grant and no more.
+    let manifest = "/v2/c/start/manifests/latest";
+    assert_eq!(
+        raw_request(addr, "GET", manifest, &[&bearer(&bob)]).status,
+        200
+    );
+    assert_eq!(
+        raw_request(addr, "GET", manifest, &[&bearer(&alice)]).status,
+        200
+    );
+    assert_challenge_at(
+        addr,
+        "GET",
+        manifest,
+        Some(&anonymous),
+        "repository:c/start:pull",
+        Some("insufficient_scope"),
+    );
+    let uploads = "/v2/c/start/blobs/uploads/";
+    assert_challenge_at(
+        addr,
+        "POST",
+        uploads,
+        Some(&bob),
+        "repository:c/start:pull,push",
+        Some("insufficient_scope"),
+    );
+    assert_eq!(
+        raw_request(addr, "POST", uploads, &[&bearer(&alice)]).status,
+        202
+    );
+
+    // Wrong credentials: 401 with a Basic challenge, and the issuer goes on serving.
+    let wrong = token_get(addr, push_scope, Some("alice:guess"));
+    assert_eq!(wrong.status, 401);
+    assert!(
+        wrong
+            .header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Basic "))
+    );
+    let unknown = token_get(addr, push_scope, Some("mallory:secret"));
+    assert_eq!(unknown.status, 401);
+    assert_eq!(
+        token_get(addr, "service=other", None).status,
+        400,
+        "another service"
+    );
+    assert_eq!(raw_request(addr, "DELETE", "/token", &[]).status, 405);
+    access(Some("alice:secret"), push_scope);
+
+    // docker login's identity token: a refresh token from offline_token=true.
+    let answer = json_of(&token_get(
+        addr,
+        "service=test-registry&offline_token=true&client_id=docker",
+        Some("alice:secret"),
+    ));
+    let refresh = answer["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
+    assert_challenge_at(
+        addr,
+        "GET",
+        manifest,
+        Some(&refresh),
+        "repository:c/start:pull",
+        Some("invalid_token"),
+    );
+    let form = |body: &str| {
+        let length = format!("Content-Length: {}", body.len());
+        raw_request_with_body(
+            addr,
+            "POST",
+            "/token",
+            &["Content-Type: application/x-www-form-urlencoded", &length],
+            body.as_bytes(),
+        )
+    };
+    let by_refresh = format!(
+        "grant_type=refresh_token&service=test-registry&client_id=docker&scope=repository%3Ac%2Fstart%3Apull%2Cpush&refresh_token={refresh}"
+    );
+    let answer = json_of(&form(&by_refresh));
+    assert_eq!(answer["scope"], "repository:c/start:pull,push");
+    let token = answer["access_token"].as_str().expect("access token");
+    assert_eq!(
+        raw_request(addr, "POST", uploads, &[&bearer(token)]).status,
+        202
+    );
+    // containerd's password grant.
+    let answer = json_of(&form(
+        "grant_type=password&username=bob&password=secret&service=test-registry&client_id=ctr&access_type=offline&scope=repository%3Ac%2Fstart%3Apull",
+    ));
+    assert!(answer["refresh_token"].is_string(), "access_type=offline");
+    assert_eq!(
+        claims_of(answer["access_token"].as_str().expect("token"))["access"],
+        json!([{"type": "repository", "name": "c/start", "actions": ["pull"]}])
+    );
+    assert_eq!(
+        form("grant_type=password&username=bob&password=guess").status,
+        401
+    );
+    assert_eq!(form("grant_type=client_credentials").status, 400);
+    assert_eq!(
+        form("grant_type=refresh_token&refresh_token=a.b.c").status,
+        401
+    );
+
+    // A changed password ends alice's refresh token (the file is read again on change).
+    let hash = bcrypt::hash("new secret", 4).expect("hash");
+    let bob_line = std::fs::read_to_string(&users)
+        .expect("users")
+        .lines()
+        .find(|l| l.starts_with("bob:"))
+        .expect("bob")
+        .to_owned();
+    std::fs::write(&users, format!("alice:{hash}\n{bob_line}\n")).expect("htpasswd");
+    let mut refused = false;
+    for _ in 0..200 {
+        if form(&by_refresh).status == 401 {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(refused, "the refresh token outlived alice's password");
+    access(Some("alice:new secret"), push_scope);
+    assert_eq!(
+        raw_request(addr, "GET", "/v2/", &[]).status,
+        401,
+        "still serving"
+    );
+}
+
+/// `assert_challenge` for this server's own realm.
+fn assert_challenge_at(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    scope: &str,
+    error: Option<&str>,
+) {
+    let auth = token.map(bearer);
+    let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
+    let r = raw_request(addr, method, path, &headers);
+    assert_eq!(
+        r.status,
+        401,
+        "{method} {path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let mut want =
+        format!("Bearer realm=\"http://{addr}/token\",service=\"test-registry\",scope=\"{scope}\"");
+    if let Some(error) = error {
+        want.push_str(&format!(",error=\"{error}\""));
+    }
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(want.as_str()),
+        "{method} {path}"
+    );
+}
+
+/// docker, skopeo, podman and ctr log in at the built-in issuer with the htpasswd users and
+/// do what the rules let them: alice pushes and pulls, bob only pulls; the catalog each
+/// user's token lists holds only what they may read.
+#[test]
+fn docker_skopeo_podman_and_ctr_use_the_built_in_issuer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _) = start_built_in(dir.path());
+    let addr = server.addr.clone();
+    let start = format!("{addr}/c/start:latest");
+    let mut pushed = Vec::new();
+    if common::have_docker() {
+        let config = dir.path().join("docker-config");
+        std::fs::create_dir(&config).expect("config dir");
+        let copy = format!("{addr}/c/docker:v1");
+        let _cleanup = common::DockerCleanup::images(&[&start, &copy]);
+        assert!(
+            !docker_login(&config, &addr, "alice", b"guess")
+                .status
+                .success()
+        );
+        let out = docker_login(&config, &addr, "alice", b"secret");
+        assert!(
+            out.status.success(),
+            "docker login: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stored = std::fs::read_to_string(config.join("config.json")).expect("config.json");
+        assert!(
+            stored.contains("identitytoken"),
+            "docker keeps the refresh token, not the password: {stored}"
+        );
+        for args in [
+            vec!["pull", start.as_str()],
+            vec!["tag", &start, &copy],
+            vec!["push", &copy],
+            vec!["rmi", &copy],
+            vec!["pull", &copy],
+        ] {
+            let out = std::process::Command::new("docker")
+                .env("DOCKER_CONFIG", &config)
+                .args(&args)
+                .output()
+                .expect("docker");
+            assert!(
+                out.status.success(),
+                "docker {args:?}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                server.log_text()
+            );
+        }
+        pushed.push("c/docker");
+    }
+    if common::have_tool("skopeo", "skopeo") {
+        let copy = |creds: &str, to: &str| {
+            std::process::Command::new("skopeo")
+                .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+                .args(["--src-creds", creds, "--dest-creds", creds])
+                .arg(format!("docker://{start}"))
+                .arg(format!("docker://{addr}/{to}:latest"))
+                .output()
+                .expect("skopeo")
+        };
+        assert!(
+            !copy("alice:guess", "c/skopeo").status.success(),
+            "wrong password"
+        );
+        assert!(
+            !copy("bob:secret", "c/skopeo").status.success(),
+            "bob may not push"
+        );
+        let out = copy("alice:secret", "c/skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log_text()
+        );
+        pushed.push("c/skopeo");
+    }
+    if common::have_tool("podman", "podman") {
+        let root = dir.path().join("podman");
+        let pull = [
+            "pull",
+            "--tls-verify=false",
+            "--creds",
+            "bob:secret",
+            &start,
+        ];
+        assert!(
+            !common::podman_in(&root, &pull).is_empty(),
+            "podman pull printed no image id"
+        );
+    }
+    if common::have_tool("containerd", "containerd") && common::have_tool("ctr", "containerd") {
+        let root = dir.path().join("containerd");
+        std::fs::create_dir(&root).expect("containerd dir");
+        let containerd = common::Containerd::start(&root);
+        let ctr = |user: &str, args: &[&str]| {
+            let mut all = vec!["images"];
+            all.extend_from_slice(&args[..1]);
+            all.extend(["--plain-http", "--user", user]);
+            all.extend_from_slice(&args[1..]);
+            containerd.ctr(&all)
+        };
+        assert!(
+            !ctr("bob:guess", &["pull", &start]).status.success(),
+            "wrong password"
+        );
+        let out = ctr("bob:secret", &["pull", &start]);
+        assert!(
+            out.status.success(),
+            "ctr pull: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log_text()
+        );
+        let ctr_copy = format!("{addr}/c/ctr:latest");
+        let tagged = containerd.ctr(&["images", "tag", &start, &ctr_copy]);
+        assert!(
+            tagged.status.success(),
+            "{}",
+            String::from_utf8_lossy(&tagged.stderr)
+        );
+        assert!(
+            !ctr("bob:secret", &["push", &ctr_copy]).status.success(),
+            "bob may not push"
+        );
+        let out = ctr("alice:secret", &["push", &ctr_copy]);
+        assert!(
+            out.status.success(),
+            "ctr push: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log_text()
+        );
+        pushed.push("c/ctr");
+    }
+    // What each user's catalog holds: alice all of c/*, bob only c/start.
+    let catalog = |user: &str| {
+        let answer = json_of(&token_get(
+            &addr,
+            "scope=registry:catalog:*",
+            Some(&format!("{user}:secret")),
+        ));
+        let token = answer["token"].as_str().expect("token");
+        let r = raw_request(&addr, "GET", "/v2/_catalog", &[&bearer(token)]);
+        json_of(&r)["repositories"].clone()
+    };
+    let mut alice_sees = vec!["c/start"];
+    alice_sees.extend(&pushed);
+    alice_sees.sort();
+    assert_eq!(catalog("alice"), json!(alice_sees));
+    assert_eq!(catalog("bob"), json!(["c/start"]));
 }

@@ -385,7 +385,8 @@ pub struct ServeArgs {
     #[arg(help_heading = "Pushes and authentication", long, env = "QUINISTRY_AUTH_FAILURES_PER_MINUTE", value_name = "N", default_value_t = registry::DEFAULT_FAILURES_PER_MINUTE)]
     pub auth_failures_per_minute: u32,
     /// Authorize by Docker registry tokens instead: the service (the `aud` tokens must hold
-    /// and the challenge names). Needs --token-issuer, --token-realm and a key
+    /// and the challenge names). Needs --token-issuer, and --token-realm with the issuer's
+    /// keys, or --token-signing-key for the built-in issuer
     #[arg(
         help_heading = "Token authentication",
         long,
@@ -425,6 +426,18 @@ pub struct ServeArgs {
         value_name = "FILE"
     )]
     pub token_jwks: Option<PathBuf>,
+    /// The built-in issuer (no --token-realm): its signing key, a PKCS#8 P-256 PEM file made
+    /// (0600) if absent. Users log in with --htpasswd; tokens grant what the access rules allow
+    #[arg(
+        help_heading = "Token authentication",
+        long,
+        env = "QUINISTRY_TOKEN_SIGNING_KEY",
+        value_name = "FILE"
+    )]
+    pub token_signing_key: Option<PathBuf>,
+    /// The built-in issuer: how long its tokens live
+    #[arg(help_heading = "Token authentication", long, env = "QUINISTRY_TOKEN_EXPIRATION", default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub token_expiration: std::time::Duration,
     /// Allow --push on a non-loopback address without --htpasswd (anyone who can reach the
     /// port can then overwrite tags)
     #[arg(

@@ -160,6 +160,8 @@ struct Token {
     realm: Option<String>,
     rootcertbundle: Option<PathBuf>,
     jwks: Option<PathBuf>,
+    signing_key: Option<PathBuf>,
+    expiration: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -349,6 +351,18 @@ pub fn apply(
         token.rootcertbundle.map(Some),
     );
     fill(m, "token_jwks", &mut args.token_jwks, token.jwks.map(Some));
+    fill(
+        m,
+        "token_signing_key",
+        &mut args.token_signing_key,
+        token.signing_key.map(Some),
+    );
+    fill(
+        m,
+        "token_expiration",
+        &mut args.token_expiration,
+        duration("access.token.expiration", token.expiration)?,
+    );
     fill(
         m,
         "auth_failures_per_minute",

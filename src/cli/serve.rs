@@ -123,13 +123,12 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         None => None,
     };
     let (config, fds) = limits(&args)?;
-    let access = access(&args, listen, tls.is_some(), fds, file.access)?;
+    let (access, token_files) = access(&args, listen, tls.is_some(), fds, file.access)?;
     let auth_files = args.htpasswd.clone().map(|htpasswd| AuthFiles {
         htpasswd,
         failures_per_minute: args.auth_failures_per_minute,
         config: args.config.clone(),
     });
-    let token_files = token_files(&args)?;
     let store = args.store.spec()?;
     if args.redirect && !store.presigns() {
         return Err("--redirect sends clients to object storage: it needs an s3:// --store".into());
@@ -497,7 +496,7 @@ fn access(
     tls: bool,
     fds: u64,
     file: config::Access,
-) -> Result<registry::Access, String> {
+) -> Result<(registry::Access, Option<TokenFiles>), String> {
     let rules = file.anonymous_read.is_some() || file.users.is_some();
     if args.htpasswd.is_some() && !args.push && !args.auth_reads && !rules {
         return Err("--htpasswd guards pushes, which are off: add --push (or --auth-reads)".into());
@@ -547,7 +546,13 @@ fn access(
         }
         None => (None, None),
     };
-    Ok(registry::Access {
+    let token_files = token_files(args)?;
+    let token = match &token_files {
+        Some(files) => Some(Arc::new(files.load()?)),
+        None => None,
+    };
+    let issuer = token_files.as_ref().and_then(|f| f.issuer.clone());
+    let access = registry::Access {
         push: args.push,
         htpasswd,
         auth_reads: args.auth_reads,
@@ -557,31 +562,34 @@ fn access(
         max_uploads_per_client: args.max_uploads_per_client,
         rules,
         log_health: args.log_health,
-        token: match token_files(args)? {
-            Some(files) => Some(Arc::new(files.load()?)),
-            None => None,
-        },
-    })
+        token,
+        issuer,
+    };
+    Ok((access, token_files))
 }
 
 /// Where `serve` reads the keys tokens are checked with, and what tokens must carry.
 #[derive(Clone)]
 struct TokenFiles {
     service: String,
-    issuer: String,
-    realm: String,
+    issuer_name: String,
+    realm: Option<String>,
     bundle: Option<PathBuf>,
     jwks: Option<PathBuf>,
+    /// The built-in issuer, whose public key is always one of the keys.
+    issuer: Option<Arc<registry::issuer::Issuer>>,
 }
 
 impl TokenFiles {
     fn load(&self) -> Result<registry::token::Verifier, String> {
+        let own = self.issuer.as_ref().map(|i| i.public_pem());
         registry::token::Verifier::load(
             &self.service,
-            &self.issuer,
-            &self.realm,
+            &self.issuer_name,
+            self.realm.as_deref(),
             self.bundle.as_deref(),
             self.jwks.as_deref(),
+            own.as_deref(),
         )
         .map_err(|e| format!("token keys: {e}"))
     }
@@ -623,34 +631,64 @@ fn token_files(args: &ServeArgs) -> Result<Option<TokenFiles>, String> {
         let other = args.token_issuer.is_some()
             || args.token_realm.is_some()
             || args.token_rootcertbundle.is_some()
-            || args.token_jwks.is_some();
+            || args.token_jwks.is_some()
+            || args.token_signing_key.is_some();
         if other {
             return Err("token authentication needs --token-service (access.token.service)".into());
         }
         return Ok(None);
     };
-    let Some(issuer) = &args.token_issuer else {
+    let Some(issuer_name) = &args.token_issuer else {
         return Err("token authentication needs --token-issuer (access.token.issuer)".into());
     };
-    let Some(realm) = &args.token_realm else {
-        return Err(
-            "token authentication needs --token-realm (access.token.realm), the issuer's URL: \
-             the built-in issuer is not built yet"
-                .into(),
-        );
+    let issuer = issuer_name;
+    // With a signing key, or without a realm to send clients to: the built-in issuer.
+    let built_in = args.token_signing_key.is_some() || args.token_realm.is_none();
+    let issuer = if built_in {
+        let Some(key) = &args.token_signing_key else {
+            return Err(
+                "token authentication without --token-realm (access.token.realm) is the \
+                 built-in issuer: it needs --token-signing-key (access.token.signing_key), a \
+                 PEM file it makes (0600) if absent"
+                    .into(),
+            );
+        };
+        if args.htpasswd.is_none() {
+            return Err(
+                "the built-in token issuer logs users in with --htpasswd (access.htpasswd)".into(),
+            );
+        }
+        if args.token_expiration.is_zero() {
+            return Err("--token-expiration must be more than 0".into());
+        }
+        let issuer =
+            registry::issuer::Issuer::load_or_create(key, service, issuer, args.token_expiration)?;
+        Some(Arc::new(issuer))
+    } else {
+        if args.htpasswd.is_some() {
+            return Err(
+                "--htpasswd with an outside token issuer (--token-realm): the issuer says who \
+                 may do what (leave out the realm to use the built-in issuer with the \
+                 htpasswd file)"
+                    .into(),
+            );
+        }
+        if args.token_rootcertbundle.is_none() && args.token_jwks.is_none() {
+            return Err(
+                "an outside token issuer needs its keys: --token-rootcertbundle \
+                 (access.token.rootcertbundle) or --token-jwks (access.token.jwks)"
+                    .into(),
+            );
+        }
+        None
     };
-    if args.htpasswd.is_some() {
-        return Err(
-            "--htpasswd and token authentication: with tokens the issuer says who may do what"
-                .into(),
-        );
-    }
     Ok(Some(TokenFiles {
         service: service.clone(),
-        issuer: issuer.clone(),
-        realm: realm.clone(),
+        issuer_name: issuer_name.clone(),
+        realm: args.token_realm.clone(),
         bundle: args.token_rootcertbundle.clone(),
         jwks: args.token_jwks.clone(),
+        issuer,
     }))
 }
 
@@ -733,14 +771,20 @@ impl AuthFiles {
 /// Who may push and who must log in, in words, for the start-up report.
 fn describe(access: &registry::Access) -> String {
     if let Some(token) = &access.token {
+        let from = match &access.issuer {
+            Some(issuer) => format!(
+                "the built-in issuer at /token (users of --htpasswd, {} tokens)",
+                humantime::format_duration(issuer.lifetime())
+            ),
+            None => format!("the issuer ({} keys)", token.keys()),
+        };
         return format!(
-            "{}; every request needs a token from the issuer ({} keys)",
+            "{}; every request needs a token from {from}",
             if access.push {
                 "pushes on"
             } else {
                 "read-only"
             },
-            token.keys()
         );
     }
     let users = |h: &registry::Htpasswd| format!("a user of --htpasswd ({} users)", h.users());

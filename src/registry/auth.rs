@@ -100,6 +100,11 @@ impl Htpasswd {
         self.users.contains_key(user)
     }
 
+    /// The stored hash of `user`'s password, if the file names them.
+    pub fn hash_of(&self, user: &str) -> Option<String> {
+        self.users.get(user).cloned()
+    }
+
     /// How many users the file names.
     pub fn users(&self) -> usize {
         self.users.len()

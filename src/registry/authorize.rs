@@ -15,7 +15,7 @@ use super::{Htpasswd, Registry, Rules, auth, rules};
 use crate::reference::Name;
 
 /// The realm clients are told to authenticate for.
-const REALM: &str = "Basic realm=\"quinistry\", charset=\"UTF-8\"";
+pub(super) const REALM: &str = "Basic realm=\"quinistry\", charset=\"UTF-8\"";
 
 /// The users of the htpasswd file and the access rules, as last read.
 #[derive(Clone, Default)]
@@ -98,7 +98,18 @@ impl Auth {
                 .grants
                 .is_some_and(|g| g.allows(name.as_str(), action));
         }
-        let user = caller.user;
+        self.may_by_rules(auth_reads, caller.user, name, right)
+    }
+
+    /// Whether the htpasswd file and rules let `user` (`None`: anonymous) do `right` on
+    /// `name` (the built-in token issuer asks this too).
+    pub(super) fn may_by_rules(
+        &self,
+        auth_reads: bool,
+        user: Option<&str>,
+        name: &Name,
+        right: rules::Right,
+    ) -> bool {
         if self.htpasswd.is_none() {
             return true;
         }
@@ -108,11 +119,16 @@ impl Auth {
         }
     }
 
+    /// Whether `user` may ask for the catalog (which then shows only what they may read).
+    pub(super) fn lists(&self, auth_reads: bool, user: Option<&str>) -> bool {
+        self.rules.is_some() || user.is_some() || !auth_reads
+    }
+
     fn may_do(&self, auth_reads: bool, user: Option<&str>, need: Need<'_>) -> bool {
         match need {
             Need::Nothing => true,
             Need::Login => user.is_some(),
-            Need::List => self.rules.is_some() || user.is_some() || !auth_reads,
+            Need::List => self.lists(auth_reads, user),
             Need::Repository(name, right) => {
                 let caller = Caller { user, grants: None };
                 self.may(auth_reads, caller, name, right)
@@ -131,11 +147,12 @@ pub(super) async fn authorize(
     req: &hyper::http::request::Parts,
     route: &Result<Route, RegistryError>,
     remote: SocketAddr,
+    secure: bool,
 ) -> Authorized {
     // One reading for the whole request: a reload meanwhile applies to the next one.
     let auth = registry.auth();
     if let Some(verifier) = &auth.token {
-        return by_token(verifier, req, route);
+        return by_token(verifier, req, route, secure);
     }
     let Some(htpasswd) = &auth.htpasswd else {
         return Ok((None, None));
@@ -147,12 +164,21 @@ pub(super) async fn authorize(
     if credentials.is_none() && anonymous {
         return Ok((None, None));
     }
-    let refusal = match htpasswd.check(credentials, remote.ip()).await {
+    let error = match htpasswd.check(credentials, remote.ip()).await {
         auth::Verdict::User(user) if auth.may_do(auth_reads, Some(&user), need) => {
             return Ok((Some(user), None));
         }
         auth::Verdict::User(user) => return Err((denied(&user, need), Some(user))),
         _ if anonymous => return Ok((None, None)),
+        verdict => refusal(verdict, credentials.is_some()),
+    };
+    Err((error, None))
+}
+
+/// The answer to credentials that prove no user (`sent`: some were sent): 429 for a client
+/// or a server that must wait, else 401 with the Basic challenge.
+pub(super) fn refusal(verdict: auth::Verdict, sent: bool) -> RegistryError {
+    match verdict {
         auth::Verdict::Throttled(wait) => RegistryError::new(
             Code::TooManyRequests,
             "too many wrong passwords from this address; wait before trying again",
@@ -163,17 +189,16 @@ pub(super) async fn authorize(
             "too many logins are being checked; retry in a moment",
         )
         .header(header::RETRY_AFTER, HeaderValue::from(1)),
-        auth::Verdict::Refused => RegistryError::new(
+        auth::Verdict::Refused | auth::Verdict::User(_) => RegistryError::new(
             Code::Unauthorized,
-            if credentials.is_some() {
+            if sent {
                 "wrong user name or password"
             } else {
                 "authentication required"
             },
         )
         .header(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM)),
-    };
-    Err((refusal, None))
+    }
 }
 
 /// The token path: every request but one the router refuses needs a token that grants what
@@ -183,6 +208,7 @@ fn by_token(
     verifier: &Verifier,
     req: &hyper::http::request::Parts,
     route: &Result<Route, RegistryError>,
+    secure: bool,
 ) -> Authorized {
     let need = Need::of(&req.method, route);
     let action = match req.method {
@@ -201,7 +227,12 @@ fn by_token(
         Need::Repository(name, _) => Some(token::repository_scope(name.as_str(), action)),
     };
     let refuse = |message: String, error: Option<&str>, user: Option<String>| {
-        let challenge = verifier.challenge(scope.as_deref(), error);
+        let own = if verifier.has_realm() {
+            String::new()
+        } else {
+            own_realm(req, secure)
+        };
+        let challenge = verifier.challenge(&own, scope.as_deref(), error);
         let e = RegistryError::new(Code::Unauthorized, message);
         match HeaderValue::from_str(&challenge) {
             Ok(v) => Err((e.header(header::WWW_AUTHENTICATE, v), user)),
@@ -240,6 +271,26 @@ fn by_token(
         );
     }
     Ok((user, Some(grants)))
+}
+
+/// The built-in issuer's URL as the client reached this server: its `Host` (HTTP/2's
+/// authority), on the scheme of the connection. A host with characters no host name has is
+/// not echoed into the header (`localhost` stands in; configure `realm` behind a proxy).
+fn own_realm(req: &hyper::http::request::Parts, secure: bool) -> String {
+    let host = req
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+        })
+        .unwrap_or("localhost");
+    let scheme = if secure { "https" } else { "http" };
+    format!("{scheme}://{host}/token")
 }
 
 /// 403 for a user the rules do not let through.

@@ -50,10 +50,16 @@ pub async fn get(
             if names.len() == want {
                 break;
             }
-            // With tokens, the catalog scope lists every repository (as distribution does).
-            if auth.token.is_some()
-                || auth.may(registry.access.auth_reads, caller, name, Right::Read)
-            {
+            // With an outside issuer's tokens, the catalog scope lists every repository (as
+            // distribution does); the built-in issuer's lists what the rules let its
+            // subject read.
+            let auth_reads = registry.access.auth_reads;
+            let listed = match (&auth.token, &registry.access.issuer) {
+                (Some(_), Some(_)) => auth.may_by_rules(auth_reads, caller.user, name, Right::Read),
+                (Some(_), None) => true,
+                (None, _) => auth.may(auth_reads, caller, name, Right::Read),
+            };
+            if listed {
                 names.push(name.to_string());
             }
         }

@@ -12,6 +12,8 @@
 //! | `auth.rs` | basic authentication against an htpasswd file |
 //! | `authorize.rs` | who may do what per request: what it needs, the users and rules in force, 401/403/429 |
 //! | `rules.rs` | per-repository rights of users and anonymous clients |
+//! | `token.rs` | Docker registry tokens: the Bearer challenge, the check of an issuer's JWTs |
+//! | `issuer.rs` | the built-in token issuer, `/token` |
 //! | `health.rs` | `/healthz`, `/readyz`, and the metrics port |
 //! | `tls.rs` | rustls, its certificate reloaded when the files change |
 //! | `errors.rs` | OCI error bodies and their statuses |
@@ -35,6 +37,7 @@ mod catalog;
 mod conn;
 mod errors;
 mod health;
+pub mod issuer;
 mod manifests;
 mod mapped;
 mod pagination;
@@ -166,6 +169,9 @@ pub struct Access {
     /// Docker registry tokens: when set, every request needs one (`token.rs`), and the
     /// htpasswd file and rules are the built-in issuer's, not the registry's.
     pub token: Option<Arc<token::Verifier>>,
+    /// The built-in token issuer (`/token`), which logs users in with the htpasswd file and
+    /// grants what the rules allow.
+    pub issuer: Option<Arc<issuer::Issuer>>,
 }
 
 impl Default for Access {
@@ -181,6 +187,7 @@ impl Default for Access {
             rules: None,
             log_health: false,
             token: None,
+            issuer: None,
         }
     }
 }
@@ -680,6 +687,7 @@ async fn handle(
         start,
         quiet: false,
     };
+    let issuer = registry.access.issuer.as_ref().filter(|_| path == "/token");
     let (mut head, body) = match health::answer(registry, path).await {
         Some(response) => {
             log.route = if path == "/healthz" {
@@ -690,12 +698,26 @@ async fn handle(
             log.quiet = !registry.access.log_health;
             response.into_parts()
         }
+        None if let Some(issuer) = issuer => {
+            log.route = "token";
+            let mut body = RequestBody::new(body, pace);
+            let answer = issuer::answer(registry, issuer, &parts, &mut body, remote.ip()).await;
+            body.discard_rest(&parts.headers).await;
+            log.received = body.received();
+            let (answer, user) = match answer {
+                Ok((response, user)) => (response, user),
+                Err((e, user)) => (error_response(e), user),
+            };
+            log.user = user;
+            answer.into_parts()
+        }
         None => {
             let route = router::route(path);
             log.route = route_label(&route);
             (log.upload, log.digest) = route_ids(&route);
             let mut body = RequestBody::new(body, pace);
-            let result = match authorize::authorize(registry, &parts, &route, remote).await {
+            let result = match authorize::authorize(registry, &parts, &route, remote, secure).await
+            {
                 Ok((user, grants)) => {
                     let caller = authorize::Caller {
                         user: user.as_deref(),

@@ -44,8 +44,9 @@ pub struct Verifier {
     service: String,
     /// The `iss` tokens must carry.
     issuer: String,
-    /// Where clients get tokens: the challenge's `realm`.
-    realm: String,
+    /// Where clients get tokens: the challenge's `realm` (`None`: the built-in issuer's
+    /// `/token` on the address the client used).
+    realm: Option<String>,
     /// Keys by id: the libtrust id of each PEM key and certificate, a JWKS key's `kid`.
     keys: HashMap<String, DecodingKey>,
     /// The configured certificates (DER) and their keys, for tokens that name theirs by `x5c`.
@@ -108,18 +109,20 @@ impl Grants {
 
 impl Verifier {
     /// Reads the issuer's keys: `bundle`, PEM certificates and public keys (RSA, EC,
-    /// Ed25519), and `jwks`, a JSON Web Key Set; either or both, at least one key in all.
+    /// Ed25519), `jwks`, a JSON Web Key Set, and `own`, the built-in issuer's public key
+    /// (PEM); at least one key in all.
     pub fn load(
         service: &str,
         issuer: &str,
-        realm: &str,
+        realm: Option<&str>,
         bundle: Option<&Path>,
         jwks: Option<&Path>,
+        own: Option<&str>,
     ) -> Result<Verifier, String> {
         let mut verifier = Verifier {
             service: service.to_owned(),
             issuer: issuer.to_owned(),
-            realm: realm.to_owned(),
+            realm: realm.map(str::to_owned),
             keys: HashMap::new(),
             certificates: Vec::new(),
             verified: Mutex::new(HashMap::new()),
@@ -135,6 +138,9 @@ impl Verifier {
             verifier
                 .add_jwks(&text)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        if let Some(own) = own {
+            verifier.add_pem(own.as_bytes())?;
         }
         if verifier.keys.is_empty() {
             return Err("no key to verify tokens with: give a PEM bundle or a JWKS file".into());
@@ -268,14 +274,19 @@ impl Verifier {
         Ok((grants, data.claims.exp))
     }
 
+    /// Whether clients are sent to a realm of the configuration's (else to the built-in
+    /// issuer on the address they used).
+    pub fn has_realm(&self) -> bool {
+        self.realm.is_some()
+    }
+
     /// The `WWW-Authenticate` value for a request that needs `scope` (none for `/v2/`),
     /// with the `error` of a token that was sent and refused (`invalid_token`,
     /// `insufficient_scope`).
-    pub fn challenge(&self, scope: Option<&str>, error: Option<&str>) -> String {
-        let mut value = format!(
-            "Bearer realm=\"{}\",service=\"{}\"",
-            self.realm, self.service
-        );
+    /// `own_realm` is the built-in issuer's URL, for a verifier configured without a realm.
+    pub fn challenge(&self, own_realm: &str, scope: Option<&str>, error: Option<&str>) -> String {
+        let realm = self.realm.as_deref().unwrap_or(own_realm);
+        let mut value = format!("Bearer realm=\"{realm}\",service=\"{}\"", self.service);
         if let Some(scope) = scope {
             value.push_str(&format!(",scope=\"{scope}\""));
         }
@@ -375,8 +386,9 @@ mod tests {
         Verifier::load(
             "registry",
             "issuer",
-            "https://auth.test/token",
+            Some("https://auth.test/token"),
             Some(&path),
+            None,
             None,
         )
         .expect("load")
@@ -546,15 +558,15 @@ mod tests {
         let i = issuer(Algorithm::ES256);
         let v = verifier(&i.public_pem);
         assert_eq!(
-            v.challenge(Some(&repository_scope("a/b", "push")), None),
+            v.challenge("unused", Some(&repository_scope("a/b", "push")), None),
             "Bearer realm=\"https://auth.test/token\",service=\"registry\",scope=\"repository:a/b:pull,push\""
         );
         assert!(
-            v.challenge(Some(CATALOG_SCOPE), Some("invalid_token"))
+            v.challenge("unused", Some(CATALOG_SCOPE), Some("invalid_token"))
                 .ends_with(",scope=\"registry:catalog:*\",error=\"invalid_token\"")
         );
         assert!(
-            Verifier::load("r", "i", "x", None, None).is_err(),
+            Verifier::load("r", "i", Some("x"), None, None, None).is_err(),
             "no keys"
         );
     }
@@ -574,7 +586,15 @@ mod tests {
         let (bundle, set) = (dir.path().join("b.pem"), dir.path().join("k.jwks"));
         std::fs::write(&bundle, &pem_only.public_pem).expect("write");
         std::fs::write(&set, jwks.to_string()).expect("write");
-        let v = Verifier::load("registry", "issuer", "r", Some(&bundle), Some(&set)).expect("load");
+        let v = Verifier::load(
+            "registry",
+            "issuer",
+            Some("r"),
+            Some(&bundle),
+            Some(&set),
+            None,
+        )
+        .expect("load");
         assert_eq!(v.keys(), 2);
         let ok = claims(json!([{"type": "repository", "name": "a", "actions": ["pull"]}]));
         assert!(v.verify(&sign(&i, Some("gitlab-1".into()), &ok)).is_ok());
@@ -587,7 +607,7 @@ mod tests {
                 .is_err()
         );
         std::fs::write(&set, "{\"keys\": [{\"kty\": \"EC\"}]}").expect("write");
-        assert!(Verifier::load("registry", "issuer", "r", None, Some(&set)).is_err());
+        assert!(Verifier::load("registry", "issuer", Some("r"), None, Some(&set), None).is_err());
     }
 
     /// A token verified once is remembered until its `exp` (with the leeway), not after,

@@ -549,3 +549,80 @@ pub fn podman_in(root: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// A containerd of the test's own: root, state, socket and config under `dir`, no CRI plugin
+/// (nothing but pulls); killed on drop.
+pub struct Containerd {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Containerd {
+    pub fn start(dir: &Path) -> Containerd {
+        let socket = dir.join("containerd.sock");
+        let config = dir.join("containerd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = {:?}\n",
+                dir.join("root"),
+                dir.join("state"),
+                socket
+            ),
+        )
+        .expect("containerd config");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log")).expect("log"))
+            .spawn()
+            .expect("spawn containerd");
+        let containerd = Containerd { child, socket };
+        for _ in 0..200 {
+            if containerd.ctr(&["version"]).status.success() {
+                return containerd;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "containerd did not start:\n{}",
+            std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", "quinistry-test"])
+            .args(args)
+            .output()
+            .expect("run ctr")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `docker login ADDR -u USER --password-stdin` with the client config in `config` (the
+/// machine's own stays untouched).
+pub fn docker_login(config: &Path, addr: &str, user: &str, password: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("docker")
+        .env("DOCKER_CONFIG", config)
+        .args(["login", addr, "-u", user, "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker login");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(password).expect("password");
+    drop(stdin);
+    child.wait_with_output().expect("docker login")
+}

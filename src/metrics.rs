@@ -49,6 +49,20 @@ pub struct PackLabels {
     pub result: &'static str,
 }
 
+/// A notification endpoint (by its configured name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+/// What became of events for an endpoint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub endpoint: String,
+    /// `sent` (the endpoint took it) or `dropped` (its queue was full).
+    pub result: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric the process keeps.
@@ -72,6 +86,10 @@ pub struct Metrics {
     pub gc_bytes: Counter,
     pub gc_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub limits: Family<LimitLabels, Counter>,
+    /// Set from the notifier when scraped.
+    pub notification_queue: Family<EndpointLabels, Gauge>,
+    pub notifications: Family<NotificationLabels, Counter>,
+    pub notification_failures: Family<EndpointLabels, Counter>,
     registry: Registry,
 }
 
@@ -100,6 +118,9 @@ impl Metrics {
             upload_sessions: Gauge::default(),
             packs: Family::default(),
             limits: Family::default(),
+            notification_queue: Family::default(),
+            notifications: Family::default(),
+            notification_failures: Family::default(),
             pack_input_bytes: Counter::default(),
             pack_seconds: Family::new_with_constructor(pack_histogram),
             layer_cache_hits: Counter::default(),
@@ -133,6 +154,21 @@ impl Metrics {
             m.upload_sessions.clone(),
         );
         r.register("packs", "Images packed, by result", m.packs.clone());
+        r.register(
+            "notification_queue",
+            "Events waiting for their endpoint, by endpoint",
+            m.notification_queue.clone(),
+        );
+        r.register(
+            "notification_events",
+            "Events sent to or dropped for an endpoint (its queue full)",
+            m.notifications.clone(),
+        );
+        r.register(
+            "notification_failures",
+            "Attempts to send to an endpoint that failed (then retried)",
+            m.notification_failures.clone(),
+        );
         r.register(
             "limits_hit",
             "Clients stopped by a limit, by limit",
@@ -385,6 +421,27 @@ type BTreeMapOf<L> = std::collections::BTreeMap<L, RequestStats>;
 pub fn limit_hit(limit: &'static str, n: u64) {
     if let Some(m) = get() {
         m.limits.get_or_create(&LimitLabels { limit }).inc_by(n);
+    }
+}
+
+/// Counts `n` events `result` (`sent`, `dropped`) for `endpoint`.
+pub fn notified(endpoint: &str, result: &'static str, n: u64) {
+    if let Some(m) = get() {
+        let labels = NotificationLabels {
+            endpoint: endpoint.to_owned(),
+            result,
+        };
+        m.notifications.get_or_create(&labels).inc_by(n);
+    }
+}
+
+/// Counts a failed attempt to send to `endpoint`.
+pub fn notify_failed(endpoint: &str) {
+    if let Some(m) = get() {
+        let labels = EndpointLabels {
+            endpoint: endpoint.to_owned(),
+        };
+        m.notification_failures.get_or_create(&labels).inc();
     }
 }
 

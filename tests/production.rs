@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{Serving, have_docker, have_tool, quinistry, run_ok};
+use common::{Serving, have_docker, have_tool, metrics_addr, quinistry, run_ok, scrape, value};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -400,39 +400,6 @@ fn with_a_client_ca_a_client_without_a_certificate_is_refused() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-}
-
-/// The samples of a scrape, parsed by a Prometheus text parser.
-fn scrape(addr: &str) -> Vec<prometheus_parse::Sample> {
-    let body = common::raw_request(addr, "GET", "/metrics", &[]).body;
-    let text = String::from_utf8(body).expect("utf-8");
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    prometheus_parse::Scrape::parse(lines)
-        .expect("exposition format")
-        .samples
-}
-
-/// The value of the sample `name` whose labels include `labels`; 0 if there is none.
-fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
-}
-
-/// The `metrics  http://ADDR/metrics` line of the report.
-fn metrics_addr(server: &Serving) -> String {
-    server.report["metrics"]
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics")
-        .to_owned()
 }
 
 #[test]

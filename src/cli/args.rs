@@ -438,6 +438,16 @@ pub struct ServeArgs {
     /// The built-in issuer: how long its tokens live
     #[arg(help_heading = "Token authentication", long, env = "QUINISTRY_TOKEN_EXPIRATION", default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub token_expiration: std::time::Duration,
+    /// Send events of pushes, deletes and mounts to URL (distribution's envelope); repeat
+    /// for more. `[[notifications.endpoints]]` in --config says more (headers, actions, ...)
+    #[arg(
+        help_heading = "Notifications",
+        long,
+        env = "QUINISTRY_NOTIFY",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub notify: Vec<String>,
     /// Allow --push on a non-loopback address without --htpasswd (anyone who can reach the
     /// port can then overwrite tags)
     #[arg(

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use quinistry::ondemand::FileImage;
 use quinistry::registry::Grant;
+use quinistry::registry::notify::Endpoint;
 
 use super::args::{GcArgs, ServeArgs, StoreArg};
 
@@ -51,6 +52,79 @@ pub struct File {
     /// Garbage collection and retention (`serve --gc-interval`, `quinistry gc`).
     #[serde(default)]
     gc: Gc,
+    /// `[[notifications.endpoints]]`: where events go.
+    #[serde(default)]
+    notifications: Notifications,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Notifications {
+    #[serde(default)]
+    endpoints: Vec<NotifyEndpoint>,
+}
+
+/// One endpoint, with distribution's key names where it has them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyEndpoint {
+    name: String,
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    timeout: Option<String>,
+    backoff: Option<String>,
+    actions: Option<Vec<String>>,
+    #[serde(default)]
+    ignored_media_types: Vec<String>,
+    /// Events held while the endpoint is down, at most.
+    queue: Option<usize>,
+}
+
+impl NotifyEndpoint {
+    fn into_endpoint(self) -> Result<Endpoint, String> {
+        let key = |k: &str| format!("notifications.endpoints {:?}: {k}", self.name);
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(format!(
+                "{} {:?}: want an http:// or https:// URL",
+                key("url"),
+                self.url
+            ));
+        }
+        let mut e = Endpoint::new(&self.name, &self.url);
+        e.headers = self.headers.clone().into_iter().collect();
+        if let Some(t) = duration(&key("timeout"), self.timeout.clone())? {
+            e.timeout = t;
+        }
+        if let Some(b) = duration(&key("backoff"), self.backoff.clone())? {
+            e.backoff = b;
+        }
+        if e.timeout.is_zero() || e.backoff.is_zero() {
+            return Err(format!(
+                "{}: timeout and backoff must be more than 0",
+                key("")
+            ));
+        }
+        if let Some(actions) = &self.actions {
+            if let Some(bad) = actions
+                .iter()
+                .find(|a| !["push", "pull", "delete", "mount"].contains(&a.as_str()))
+            {
+                return Err(format!(
+                    "{} {bad:?}: want push, pull, delete or mount",
+                    key("actions")
+                ));
+            }
+            e.actions = actions.iter().cloned().collect();
+        }
+        e.ignored_media_types = self.ignored_media_types.iter().cloned().collect();
+        match self.queue {
+            Some(0) => return Err(format!("{} must be at least 1", key("queue"))),
+            Some(q) => e.queue = q,
+            None => {}
+        }
+        Ok(e)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -283,7 +357,7 @@ pub fn apply(
     file: File,
     m: &ArgMatches,
     args: &mut ServeArgs,
-) -> Result<(Vec<FileImage>, Access), String> {
+) -> Result<(Vec<FileImage>, Access, Vec<Endpoint>), String> {
     let File {
         store,
         listen,
@@ -297,7 +371,13 @@ pub fn apply(
         on_demand,
         image,
         gc,
+        notifications,
     } = file;
+    let endpoints = notifications
+        .endpoints
+        .into_iter()
+        .map(NotifyEndpoint::into_endpoint)
+        .collect::<Result<Vec<_>, _>>()?;
     let interval = apply_gc(gc, m, &mut args.gc)?;
     fill(m, "gc_interval", &mut args.gc_interval, interval.map(Some));
     fill_store(m, &mut args.store, store);
@@ -519,7 +599,7 @@ pub fn apply(
         &mut args.image_files,
         on_demand.images_files,
     );
-    Ok((image, access))
+    Ok((image, access, endpoints))
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ use crate::{Prepared, msg, pack_with_progress, prepare, report, say};
 pub struct FromFile {
     pub images: Vec<FileImage>,
     pub access: config::Access,
+    /// `[[notifications.endpoints]]`.
+    pub endpoints: Vec<registry::notify::Endpoint>,
 }
 
 /// Every setting of `serve`, checked: what `config check` reports and `run` uses.
@@ -50,6 +52,32 @@ pub struct Settings {
     redirect: Option<Duration>,
     /// A collector pass every this long, with this policy (`--gc-interval`).
     gc: Option<(Duration, gc::Policy)>,
+    /// Where events go: `--notify` URLs and the file's endpoints.
+    endpoints: Vec<registry::notify::Endpoint>,
+}
+
+/// The endpoints of `--notify URL` (named by their URL, with the defaults) and of the file;
+/// names must differ (they label the metrics).
+fn endpoints(
+    urls: &[String],
+    file: Vec<registry::notify::Endpoint>,
+) -> Result<Vec<registry::notify::Endpoint>, String> {
+    let mut all = Vec::new();
+    for url in urls {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("--notify {url:?}: want an http:// or https:// URL"));
+        }
+        all.push(registry::notify::Endpoint::new(url, url));
+    }
+    all.extend(file);
+    let mut names = std::collections::HashSet::new();
+    if let Some(twice) = all.iter().find(|e| !names.insert(e.name.clone())) {
+        return Err(format!(
+            "notification endpoint {:?} is named twice",
+            twice.name
+        ));
+    }
+    Ok(all)
 }
 
 /// How long the URL of a `--redirect` is valid: long enough for a client to follow it (S3
@@ -124,6 +152,7 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
     };
     let (config, fds) = limits(&args)?;
     let (access, token_files) = access(&args, listen, tls.is_some(), fds, file.access)?;
+    let endpoints = endpoints(&args.notify, file.endpoints)?;
     let auth_files = args.htpasswd.clone().map(|htpasswd| AuthFiles {
         htpasswd,
         failures_per_minute: args.auth_failures_per_minute,
@@ -166,6 +195,7 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         store,
         redirect,
         gc,
+        endpoints,
     })
 }
 
@@ -263,6 +293,19 @@ pub fn summary(s: &Settings) -> Vec<String> {
             }
         ));
     }
+    for e in &s.endpoints {
+        let mut actions: Vec<&str> = e.actions.iter().map(String::as_str).collect();
+        actions.sort();
+        lines.push(format!(
+            "notify     {} -> {} ({}; queue {}, timeout {}, backoff {})",
+            e.name,
+            e.url,
+            actions.join(", "),
+            e.queue,
+            humantime::format_duration(e.timeout),
+            humantime::format_duration(e.backoff),
+        ));
+    }
     lines
 }
 
@@ -329,9 +372,18 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
         }
         None => Registry::new(store.clone()),
     };
+    let notifier = match s.endpoints.is_empty() {
+        true => None,
+        false => {
+            let source = listener.local_addr().map_err(msg)?.to_string();
+            let notifier = registry::notify::Notifier::start(s.endpoints.clone(), source)?;
+            Some(Arc::new(notifier))
+        }
+    };
     let registry = registry
         .with_access(s.access.clone())
-        .with_redirect(s.redirect);
+        .with_redirect(s.redirect)
+        .with_notifier(notifier);
 
     let mut server = Server::on(listener, registry, s.config.clone());
     let scheme = match &s.tls {

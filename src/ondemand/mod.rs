@@ -169,7 +169,13 @@ pub struct OnDemand {
     closure: ClosureMode,
     /// The machine's package database, read again when it changes.
     machine: Arc<Machine>,
+    /// Told of each image packed anew (not from the layer cache): notifications.
+    on_packed: std::sync::OnceLock<PackedHook>,
 }
+
+/// What is told of an image packed anew: its repository, `NAME:TAG`, and its OCI manifest's
+/// digest and size.
+pub type PackedHook = Arc<dyn Fn(&Name, &str, &Digest, u64) + Send + Sync>;
 
 /// The on-demand images as given, checked before anything touches the store.
 pub struct Setup {
@@ -326,6 +332,7 @@ impl OnDemand {
             slots: Arc::new(tokio::sync::Semaphore::new(max_packs)),
             closure,
             machine,
+            on_packed: std::sync::OnceLock::new(),
         };
         if packages {
             lines.push(format!(
@@ -562,6 +569,11 @@ impl OnDemand {
     /// Every on-demand repository name, the root rescanned if its last scan is old.
     /// The manifests of the images served now (the latest pack of each): the collector's
     /// roots, since the store has no tag for them.
+    /// Sets who is told of images packed anew (once; later calls are ignored).
+    pub fn on_packed(&self, hook: PackedHook) {
+        let _ = self.on_packed.set(hook);
+    }
+
     pub fn served(&self) -> Vec<Digest> {
         let mut images: Vec<Arc<Image>> = {
             let map = self.root_images.lock().unwrap_or_else(|p| p.into_inner());
@@ -613,6 +625,7 @@ impl OnDemand {
         let machine = self.machine.clone();
         let threads = self.threads;
         let name = name.clone();
+        let on_packed = self.on_packed.get().cloned();
         let work = {
             let label = label.clone();
             move || {
@@ -640,10 +653,17 @@ impl OnDemand {
                     }
                     .await;
                     match packed {
-                        Ok(img) => Ok(Resolved {
-                            settled: img.settled(),
-                            manifest: img.manifest.0,
-                        }),
+                        Ok(img) => {
+                            if !img.cached()
+                                && let Some(hook) = &on_packed
+                            {
+                                hook(&name, &label, &img.manifest.0, img.manifest.1);
+                            }
+                            Ok(Resolved {
+                                settled: img.settled(),
+                                manifest: img.manifest.0,
+                            })
+                        }
                         Err(source) => {
                             let error = ResolveError::Pack {
                                 image: label,

@@ -142,6 +142,17 @@ fn scrape(registry: &Registry, metrics: &crate::metrics::Metrics) -> Response<Bo
     if let Some(uploads) = &registry.uploads {
         metrics.upload_sessions.set(count(uploads.open()));
     }
+    if let Some(notifier) = registry.notifier() {
+        for (endpoint, queued) in notifier.queued() {
+            let labels = crate::metrics::EndpointLabels {
+                endpoint: endpoint.to_owned(),
+            };
+            metrics
+                .notification_queue
+                .get_or_create(&labels)
+                .set(count(queued));
+        }
+    }
     if let Some((blobs, bytes)) = registry.store().totals() {
         metrics.store_blobs.set(blobs);
         metrics.store_bytes.set(bytes);

@@ -14,6 +14,7 @@
 //! | `rules.rs` | per-repository rights of users and anonymous clients |
 //! | `token.rs` | Docker registry tokens: the Bearer challenge, the check of an issuer's JWTs |
 //! | `issuer.rs` | the built-in token issuer, `/token` |
+//! | `notify.rs` | notifications: events of answered requests, queued and sent per endpoint |
 //! | `health.rs` | `/healthz`, `/readyz`, and the metrics port |
 //! | `tls.rs` | rustls, its certificate reloaded when the files change |
 //! | `errors.rs` | OCI error bodies and their statuses |
@@ -40,6 +41,7 @@ mod health;
 pub mod issuer;
 mod manifests;
 mod mapped;
+pub mod notify;
 mod pagination;
 mod referrers;
 mod router;
@@ -239,6 +241,8 @@ pub struct Registry {
     /// With `--redirect` on a shared store: blob GETs answer 307 to a URL of the object
     /// valid this long, so bytes flow from storage to the client, not through us.
     redirect: Option<Duration>,
+    /// Where events go (`notify.rs`); `None` without endpoints.
+    notifier: Option<Arc<notify::Notifier>>,
 }
 
 /// A repository's write lock, held while it lives (see `Registry::lock_repository`).
@@ -393,6 +397,7 @@ impl Registry {
             health: health::Health::default(),
             connections: Arc::default(),
             redirect: None,
+            notifier: None,
         }
     }
 
@@ -403,6 +408,24 @@ impl Registry {
             redirect: valid.filter(|_| self.store.presigns()),
             ..self
         }
+    }
+
+    /// The registry sending events to `notifier`'s endpoints; images packed on demand are
+    /// told to it too.
+    pub fn with_notifier(self, notifier: Option<Arc<notify::Notifier>>) -> Registry {
+        if let (Some(n), Some(images)) = (&notifier, &self.images) {
+            let n = n.clone();
+            images.on_packed(Arc::new(move |name, label, digest, size| {
+                let tag = label.rsplit_once(':').map_or("latest", |(_, t)| t);
+                n.packed(name, tag, &digest.to_string(), image::OCI_MANIFEST, size);
+            }));
+        }
+        Registry { notifier, ..self }
+    }
+
+    /// The notifier, for its metrics.
+    pub fn notifier(&self) -> Option<&notify::Notifier> {
+        self.notifier.as_deref()
     }
 
     /// How long a redirect's URL is valid, when blob GETs are redirected.
@@ -688,6 +711,7 @@ async fn handle(
         quiet: false,
     };
     let issuer = registry.access.issuer.as_ref().filter(|_| path == "/token");
+    let mut observed = None;
     let (mut head, body) = match health::answer(registry, path).await {
         Some(response) => {
             log.route = if path == "/healthz" {
@@ -715,6 +739,11 @@ async fn handle(
             let route = router::route(path);
             log.route = route_label(&route);
             (log.upload, log.digest) = route_ids(&route);
+            // What the answer's event (if any) will be about: kept only with endpoints.
+            observed = registry
+                .notifier
+                .as_ref()
+                .and_then(|_| route.as_ref().ok().cloned());
             let mut body = RequestBody::new(body, pace);
             let result = match authorize::authorize(registry, &parts, &route, remote, secure).await
             {
@@ -765,6 +794,10 @@ async fn handle(
         body
     };
     log.status = head.status.as_u16();
+    if let (Some(route), Some(notifier)) = (&observed, &registry.notifier) {
+        let user = log.user.as_deref();
+        notifier.observe(route, &parts, &head, remote, user, log.received, secure);
+    }
     Response::from_parts(head, Logged::new(body, log, in_flight, multiplexed))
 }
 

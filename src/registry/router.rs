@@ -10,7 +10,7 @@ use crate::digest::Digest;
 use crate::reference::{Name, Tag};
 
 /// A request path, parsed and validated.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// `/v2/`: the API version check.
     Base,

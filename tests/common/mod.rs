@@ -626,3 +626,36 @@ pub fn docker_login(config: &Path, addr: &str, user: &str, password: &[u8]) -> O
     drop(stdin);
     child.wait_with_output().expect("docker login")
 }
+
+/// The samples of a scrape, parsed by a Prometheus text parser.
+pub fn scrape(addr: &str) -> Vec<prometheus_parse::Sample> {
+    let body = raw_request(addr, "GET", "/metrics", &[]).body;
+    let text = String::from_utf8(body).expect("utf-8");
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines)
+        .expect("exposition format")
+        .samples
+}
+
+/// The value of the sample `name` whose labels include `labels`; 0 if there is none.
+pub fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// The `metrics  http://ADDR/metrics` line of the report.
+pub fn metrics_addr(server: &Serving) -> String {
+    server.report["metrics"]
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned()
+}

@@ -454,8 +454,8 @@ async fn commit(
     let mut writer = writer;
     writer.sync().await?;
     let pin = registry.store().pin().await?;
-    match writer.commit_expecting(digest).await {
-        Ok(_) => {}
+    let size = match writer.commit_expecting(digest).await {
+        Ok((_, size)) => size,
         Err(StoreError::DigestMismatch { expected, actual }) => {
             return Err(RegistryError::new(
                 Code::DigestInvalid,
@@ -464,9 +464,14 @@ async fn commit(
             .detail(json!({ "expected": expected.to_string(), "actual": actual.to_string() })));
         }
         Err(e) => return Err(e.into()),
-    }
+    };
     registry.link(&pin, name, Link::Blob, digest).await?;
-    created(name, digest)
+    let mut response = created(name, digest)?;
+    // Its size, for the push's event.
+    response
+        .extensions_mut()
+        .insert(super::notify::Stored(size));
+    Ok(response)
 }
 
 /// `Content-Range: <first>-<last>`, as the spec writes it; `bytes <first>-<last>/<total>`, as

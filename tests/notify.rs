@@ -468,3 +468,52 @@ fn ten_thousand_pushes_to_a_silent_receiver_keep_the_queue_bounded() {
     // And the server still answers.
     assert_eq!(raw_request(addr, "GET", "/v2/", &[]).status, 200);
 }
+
+/// An image packed on demand is pushed, as far as listeners know: one event when it is
+/// first packed, none when it is served again.
+#[test]
+fn an_image_packed_on_demand_is_a_push_event_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start(Mode::Up);
+    let config = format!(
+        "[[notifications.endpoints]]\nname = \"ci\"\nurl = \"{}\"\n",
+        receiver.url()
+    );
+    let tool = dir.path().join("tool");
+    std::fs::write(&tool, common::noise(20_000, 3)).expect("tool");
+    let spec = format!("od/tool:1={}", tool.display());
+    let server = start(dir.path(), &config, &["--image", &spec]);
+    let addr = server.addr.as_str();
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+    for _ in 0..3 {
+        let r = raw_request(addr, "GET", "/v2/od/tool/manifests/1", &[accept]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    receiver.wait("the pack's event", |r| !r.envelopes.is_empty());
+    // A push made after the pulls: its event comes after any the pulls made.
+    let layer = (push_blob(addr, "n/after", b"layer"), 5);
+    let cfg = (push_blob(addr, "n/after", b"{}"), 2);
+    put_manifest(addr, "n/after", "v1", &manifest(&cfg, &layer));
+    receiver.wait("the push after", |r| {
+        r.envelopes
+            .iter()
+            .flat_map(|e| &e.1)
+            .any(|e| e["target"]["repository"] == "n/after" && e["target"]["tag"] == "v1")
+    });
+    let packed: Vec<Value> = receiver
+        .events()
+        .into_iter()
+        .filter(|e| e["target"]["repository"] == "od/tool")
+        .collect();
+    assert_eq!(packed.len(), 1, "{packed:?}");
+    let e = &packed[0];
+    assert_eq!(e["action"], "push");
+    assert_eq!(e["target"]["tag"], "1");
+    assert_eq!(e["target"]["mediaType"], MANIFEST);
+    assert_eq!(e["actor"]["name"], "quinistry (on demand)");
+    let served = raw_request(addr, "GET", "/v2/od/tool/manifests/1", &[accept]);
+    assert_eq!(
+        e["target"]["digest"].as_str(),
+        served.header("docker-content-digest")
+    );
+}

@@ -169,7 +169,8 @@ pub struct OnDemand {
     closure: ClosureMode,
     /// The machine's package database, read again when it changes.
     machine: Arc<Machine>,
-    /// Told of each image packed anew (not from the layer cache): notifications.
+    /// Told of each image packed anew (not from the layer cache, not the manifest its last
+    /// pack made): notifications.
     on_packed: std::sync::OnceLock<PackedHook>,
 }
 
@@ -626,6 +627,12 @@ impl OnDemand {
         let threads = self.threads;
         let name = name.clone();
         let on_packed = self.on_packed.get().cloned();
+        // An image packed again to the same manifest (its inputs not settled yet) is no news.
+        let before = image
+            .flight
+            .latest()
+            .and_then(|o| o.ok())
+            .map(|r| r.manifest);
         let work = {
             let label = label.clone();
             move || {
@@ -655,6 +662,7 @@ impl OnDemand {
                     match packed {
                         Ok(img) => {
                             if !img.cached()
+                                && before.as_ref() != Some(&img.manifest.0)
                                 && let Some(hook) = &on_packed
                             {
                                 hook(&name, &label, &img.manifest.0, img.manifest.1);

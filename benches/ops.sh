@@ -8,6 +8,11 @@
 #     json       + --log-format json
 #     tls        + --tls-cert/--tls-key (wrk over HTTPS, keep-alive: one handshake per
 #                connection)
+#     basic      + --htpasswd --auth-reads, wrk sending Basic credentials (bcrypt checked
+#                once, then remembered)
+#     bearer     + the built-in token issuer (same users, --auth-reads), wrk sending a token from its /token (its
+#                signature checked once, then remembered); its ratio over basic is the
+#                token path's cost (goal >= 0.8x)
 #
 # On a machine of 2 or more CPUs every server runs on CPU 1 and wrk on CPU 0 (taskset), so a
 # rate is what one core of server does, and wrk's own work does not move it around.
@@ -21,7 +26,7 @@ secs=${2:-10}
 
 # shellcheck source=benches/serve-lib.sh
 . benches/serve-lib.sh
-need curl:curl wrk:wrk openssl:openssl
+need curl:curl wrk:wrk openssl:openssl htpasswd:apache2-utils
 
 cargo build --release -q
 bin=$PWD/target/release/quinistry
@@ -71,8 +76,15 @@ start plain --name ops/tool "$work/tool"
 start metrics --metrics-listen 127.0.0.1:0 --name ops/tool "$work/tool"
 start json --log-format json --name ops/tool "$work/tool"
 start tls --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" --name ops/tool "$work/tool"
+htpasswd -Bbn bench secret >"$work/htpasswd"
+start basic --htpasswd "$work/htpasswd" --auth-reads --name ops/tool "$work/tool"
+start bearer --htpasswd "$work/htpasswd" --auth-reads --token-service bench --token-issuer bench \
+  --token-signing-key "$work/token.key" --token-expiration 24h --name ops/tool "$work/tool"
+token=$(curl -sf -u bench:secret "${addr[bearer]}/token?service=bench&scope=repository:ops/tool:pull" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')
+declare -A auth=([basic]="Authorization: Basic $(printf bench:secret | base64)" [bearer]="Authorization: Bearer $token")
 
-contenders=(plain metrics json tls)
+contenders=(plain metrics json tls basic bearer)
 declare -A rates costs
 hz=$(getconf CLK_TCK)
 echo "== manifest GET by tag, wrk -t2 -c32 -d${secs}s (${on_server[*]:-unpinned}; $rounds rounds; $(load))"
@@ -83,7 +95,10 @@ for r in $(seq "$rounds"); do
     c=${contenders[$(((i + r) % n))]}
     url="${addr[$c]}/v2/ops/tool/manifests/latest"
     before=$(cpu_ticks "${spid[$c]}")
-    out=$("${on_client[@]}" wrk -t2 -c32 -d"${secs}s" -H 'Accept: application/vnd.oci.image.manifest.v1+json' "$url")
+    headers=(-H 'Accept: application/vnd.oci.image.manifest.v1+json')
+    [ -n "${auth[$c]:-}" ] && headers+=(-H "${auth[$c]}")
+    out=$("${on_client[@]}" wrk -t2 -c32 -d"${secs}s" "${headers[@]}" "$url")
+    grep -q 'Non-2xx' <<<"$out" && { echo "$c: answers other than 2xx" >&2; echo "$out" >&2; exit 1; }
     after=$(cpu_ticks "${spid[$c]}")
     rate=$(awk '/^Requests\/sec/ { print $2 }' <<<"$out")
     count=$(awk '/requests in/ { print $1 }' <<<"$out")
@@ -100,6 +115,7 @@ for c in "${contenders[@]}"; do
     "$c" "$m" "$(ratio "$m" "$base")" "$cost" "$(ratio "$cost" "$base_cost")"
   printf '           rounds:%s\n           us:%s\n' "${rates[$c]}" "${costs[$c]}"
 done
+printf 'bearer over basic: %s\n' "$(ratio "$(median "${rates[bearer]}")" "$(median "${rates[basic]}")")"
 # The metrics really counted what wrk sent.
 maddr=$(awk '/^metrics/ { print $2 }' "$work/metrics.out")
 counted=$(curl -s "$maddr" | awk '/^quinistry_http_requests_total\{.*route="manifest".*status="200"/ { s += $2 } END { print s + 0 }')

@@ -18,7 +18,9 @@
 //!   not logged in as that user before: an attacker spreading guesses over many addresses is
 //!   held back, and cannot lock the user out of the address they work from;
 //! - an unknown user is checked against a hash of the most common cost in the file, so the
-//!   time taken tells no one which names exist.
+//!   time taken tells no one which names exist;
+//! - requests bringing a value that is being checked wait for that check, so a client
+//!   opening many connections at once with its password costs one check and no failures.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -74,6 +76,8 @@ pub struct Htpasswd {
     decoy: String,
     /// sha256 of `Authorization` values that passed (see the module doc).
     verified: Mutex<HashSet<Digest>>,
+    /// Values being checked now, with where their verdict will be told (see `check`).
+    checking: Mutex<HashMap<Digest, tokio::sync::watch::Receiver<Option<Verdict>>>>,
     /// Wrong attempts per client address: when its minute began, and how many.
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     /// Wrong attempts per user name, from addresses it has not logged in from.
@@ -174,6 +178,7 @@ impl Htpasswd {
             users,
             decoy,
             verified: Mutex::new(HashSet::new()),
+            checking: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             user_failures: Mutex::new(HashMap::new()),
             trusted: Mutex::new(HashSet::new()),
@@ -183,6 +188,10 @@ impl Htpasswd {
     }
 
     /// What an `Authorization: Basic ...` value from `client` proves.
+    ///
+    /// Requests that bring the same value while it is being checked wait for that check:
+    /// a client that opens 32 connections at once with its password costs one check, and
+    /// is not taken for 32 wrong attempts meanwhile.
     pub async fn check(&self, authorization: Option<&HeaderValue>, client: IpAddr) -> Verdict {
         let Some((user, password, key)) = authorization.and_then(basic) else {
             return Verdict::Refused;
@@ -190,6 +199,45 @@ impl Htpasswd {
         if lock(&self.verified).contains(&key) {
             return Verdict::User(user);
         }
+        let waiting = {
+            let mut checking = lock(&self.checking);
+            match checking.get(&key) {
+                Some(answer) => Err(answer.clone()),
+                None => {
+                    let (tell, answer) = tokio::sync::watch::channel(None);
+                    checking.insert(key.clone(), answer);
+                    Ok(tell)
+                }
+            }
+        };
+        let tell = match waiting {
+            Ok(tell) => tell,
+            Err(mut answer) => {
+                return match answer.wait_for(Option::is_some).await {
+                    Ok(verdict) => verdict.clone().unwrap_or(Verdict::Busy),
+                    // The check was dropped (its client went away): try again later.
+                    Err(_) => Verdict::Busy,
+                };
+            }
+        };
+        // Told and forgotten however the check ends, a dropped request included.
+        let _done = Checked {
+            checking: &self.checking,
+            key: key.clone(),
+        };
+        let verdict = self.check_once(user, password, key, client).await;
+        tell.send_replace(Some(verdict.clone()));
+        verdict
+    }
+
+    /// `check` of a value no other request is checking.
+    async fn check_once(
+        &self,
+        user: String,
+        password: String,
+        key: Digest,
+        client: IpAddr,
+    ) -> Verdict {
         let trusted = lock(&self.trusted).contains(&(user.clone(), client));
         // Counted as wrong before the check (see the module doc).
         let counted = match self.reserve(&user, client, trusted) {
@@ -263,6 +311,18 @@ impl Htpasswd {
         if counted_for_user && let Some(entry) = lock(&self.user_failures).get_mut(user) {
             entry.1 = entry.1.saturating_sub(1);
         }
+    }
+}
+
+/// Forgets a value's check when dropped.
+struct Checked<'a> {
+    checking: &'a Mutex<HashMap<Digest, tokio::sync::watch::Receiver<Option<Verdict>>>>,
+    key: Digest,
+}
+
+impl Drop for Checked<'_> {
+    fn drop(&mut self) {
+        lock(self.checking).remove(&self.key);
     }
 }
 
@@ -365,6 +425,35 @@ mod tests {
         );
         assert!(Htpasswd::parse("\n# nobody\n").is_err());
         assert!(Htpasswd::parse("no-colon\n").is_err());
+    }
+
+    /// 64 requests with the same good password at once (a client opening its connections)
+    /// are one check: none is answered 429 as busy or as throttled. Without the shared check
+    /// each reserved a wrong attempt and 54 of them were answered 429 (throttled).
+    #[tokio::test]
+    async fn the_same_credentials_at_once_are_checked_once() {
+        let hash = bcrypt::hash("right", 4).expect("hash");
+        let file = Htpasswd::parse(&format!("alice:{hash}\n")).expect("parse");
+        let h = header("alice", "right");
+        let checks = (0..64).map(|_| file.check(Some(&h), ip()));
+        let verdicts = futures_util::future::join_all(checks).await;
+        let users = verdicts
+            .iter()
+            .filter(|v| **v == Verdict::User("alice".into()))
+            .count();
+        assert_eq!(users, 64, "{verdicts:?}");
+        assert!(
+            lock(&file.checking).is_empty(),
+            "a finished check is forgotten"
+        );
+        // Wrong ones at once: refused together, and counted as one attempt.
+        let wrong = header("alice", "guess");
+        let verdicts =
+            futures_util::future::join_all((0..64).map(|_| file.check(Some(&wrong), ip()))).await;
+        assert!(
+            verdicts.iter().all(|v| *v == Verdict::Refused),
+            "{verdicts:?}"
+        );
     }
 
     #[tokio::test]

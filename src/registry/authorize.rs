@@ -28,7 +28,7 @@ pub(super) struct Auth {
 
 /// The user (or token subject) a request proves and what its token grants; or the refusal,
 /// with the user for the log when it is one of the rules' and not of the credentials'.
-type Authorized = Result<(Option<String>, Option<Grants>), (RegistryError, Option<String>)>;
+type Authorized = Result<(Option<String>, Option<Arc<Grants>>), (RegistryError, Option<String>)>;
 
 /// Who a request comes from, once authorized: a user of the htpasswd file or a token's
 /// subject (`None`: anonymous), and with a token, what it grants.
@@ -216,9 +216,9 @@ fn by_token(
         Method::DELETE => "delete",
         _ => "push",
     };
-    let scope = match need {
-        Need::Nothing => return Ok((None, None)),
-        Need::Login => None,
+    // Written out only for a refusal: an accepted request never needs it.
+    let scope = || match need {
+        Need::Nothing | Need::Login => None,
         Need::List => Some(token::CATALOG_SCOPE.to_owned()),
         // An upload session's status is the push side (see `Need::of`).
         Need::Repository(name, rules::Right::Write) if action == "pull" => {
@@ -226,7 +226,11 @@ fn by_token(
         }
         Need::Repository(name, _) => Some(token::repository_scope(name.as_str(), action)),
     };
+    if let Need::Nothing = need {
+        return Ok((None, None));
+    }
     let refuse = |message: String, error: Option<&str>, user: Option<String>| {
+        let scope = scope();
         let own = if verifier.has_realm() {
             String::new()
         } else {
@@ -263,7 +267,7 @@ fn by_token(
         Need::Repository(name, _) => grants.allows(name.as_str(), action),
     };
     if !granted {
-        let what = scope.clone().unwrap_or_default();
+        let what = scope().unwrap_or_default();
         return refuse(
             format!("the token does not grant {what}"),
             Some("insufficient_scope"),

@@ -750,7 +750,7 @@ async fn handle(
                 Ok((user, grants)) => {
                     let caller = authorize::Caller {
                         user: user.as_deref(),
-                        grants: grants.as_ref(),
+                        grants: grants.as_deref(),
                     };
                     let answer =
                         dispatch(registry, &parts, route, &mut body, remote, secure, caller).await;

@@ -6,13 +6,14 @@
 //! is inside `nbf`..`exp` give or take [`LEEWAY_SECONDS`]; it then grants exactly what its
 //! `access` claim lists. The key is the one its header names: by `kid`, the libtrust key id
 //! distribution, GitLab and docker_auth send (or a JWKS key's own `kid`), or by `x5c`, whose
-//! first certificate must be one of the configured ones. Only asymmetric algorithms are
-//! taken (RS*, PS*, ES256/384, EdDSA): `alg: none` and HMAC never verify. Every failure is a
-//! reason for the 401 that carries the challenge again, never an error of the server.
+//! first certificate is one of the configured ones or leads to one of them as a root. Only
+//! asymmetric algorithms are taken (RS*, PS*, ES256/384, EdDSA): `alg: none` and HMAC never
+//! verify. Every failure is a reason for the 401 that carries the challenge again, never an
+//! error of the server.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use data_encoding::BASE32_NOPAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -51,11 +52,16 @@ pub struct Verifier {
     keys: HashMap<String, DecodingKey>,
     /// The configured certificates (DER) and their keys, for tokens that name theirs by `x5c`.
     certificates: Vec<(Vec<u8>, DecodingKey)>,
+    /// The same certificates as roots an `x5c` chain may lead to.
+    anchors: Vec<rustls_pki_types::TrustAnchor<'static>>,
     /// Tokens verified already, by their sha256, with their `exp`: a client sends its token
     /// with every request of a push, and a signature check costs more than the request.
     /// Forgotten with this verifier when the keys are read again.
-    verified: Mutex<HashMap<[u8; 32], (Grants, u64)>>,
+    verified: Mutex<HashMap<[u8; 32], Remembered>>,
 }
+
+/// A verified token's grants and its `exp`.
+type Remembered = (Arc<Grants>, u64);
 
 /// Verified tokens remembered at most; the set starts over when full.
 const VERIFIED_MAX: usize = 1024;
@@ -125,6 +131,7 @@ impl Verifier {
             realm: realm.map(str::to_owned),
             keys: HashMap::new(),
             certificates: Vec::new(),
+            anchors: Vec::new(),
             verified: Mutex::new(HashMap::new()),
         };
         if let Some(path) = bundle {
@@ -159,6 +166,10 @@ impl Verifier {
                         .map_err(|e| format!("a certificate that does not parse: {e:?}"))?;
                     let spki = cert.subject_public_key_info();
                     let key = public_key(spki.as_ref())?;
+                    let anchor = webpki::anchor_from_trusted_cert(&der)
+                        .map_err(|e| format!("a certificate that is no root: {e:?}"))?
+                        .to_owned();
+                    self.anchors.push(anchor);
                     self.certificates
                         .push((block.contents().to_vec(), key.clone()));
                     self.keys.insert(libtrust_key_id(spki.as_ref()), key);
@@ -197,12 +208,12 @@ impl Verifier {
     }
 
     /// Checks `token`; what it grants, or why it is refused (for the log and the 401).
-    pub fn verify(&self, token: &str) -> Result<Grants, String> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Grants>, String> {
         self.verify_at(token, jsonwebtoken::get_current_timestamp())
     }
 
     /// `verify` at `now` (seconds since the epoch).
-    fn verify_at(&self, token: &str, now: u64) -> Result<Grants, String> {
+    fn verify_at(&self, token: &str, now: u64) -> Result<Arc<Grants>, String> {
         if token.len() > MAX_TOKEN {
             return Err("token too long".into());
         }
@@ -213,6 +224,7 @@ impl Verifier {
             return Ok(grants.clone());
         }
         let (grants, exp) = self.check(token, now)?;
+        let grants = Arc::new(grants);
         let mut remembered = super::auth::lock(&self.verified);
         if remembered.len() >= VERIFIED_MAX {
             remembered.clear();
@@ -226,17 +238,7 @@ impl Verifier {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         let key = match (&header.x5c, &header.kid) {
-            (Some(chain), _) => {
-                let first = chain.first().ok_or("an empty x5c chain")?;
-                let der = data_encoding::BASE64
-                    .decode(first.as_bytes())
-                    .map_err(|_| "an x5c certificate that is not base64")?;
-                self.certificates
-                    .iter()
-                    .find(|(c, _)| *c == der)
-                    .map(|(_, k)| k)
-                    .ok_or("signed by a certificate that is not trusted")?
-            }
+            (Some(chain), _) => &self.chain_key(chain, now)?,
             (None, Some(kid)) => self
                 .keys
                 .get(kid)
@@ -280,6 +282,43 @@ impl Verifier {
         self.realm.is_some()
     }
 
+    /// The key of an `x5c` chain: its first certificate's, if that is one of the bundle's, or
+    /// if the chain leads from it to one of them (the others given as intermediates; any key
+    /// usage, as distribution takes), checked at `now`.
+    fn chain_key(&self, chain: &[String], now: u64) -> Result<DecodingKey, String> {
+        if chain.is_empty() || chain.len() > 8 {
+            return Err("an x5c chain of no or too many certificates".into());
+        }
+        let ders = chain
+            .iter()
+            .map(|c| data_encoding::BASE64.decode(c.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| "an x5c certificate that is not base64")?;
+        if let Some((_, key)) = self.certificates.iter().find(|(c, _)| *c == ders[0]) {
+            return Ok(key.clone());
+        }
+        let leaf = rustls_pki_types::CertificateDer::from(ders[0].as_slice());
+        let intermediates: Vec<rustls_pki_types::CertificateDer<'_>> = ders[1..]
+            .iter()
+            .map(|d| rustls_pki_types::CertificateDer::from(d.as_slice()))
+            .collect();
+        let cert = webpki::EndEntityCert::try_from(&leaf)
+            .map_err(|e| format!("an x5c certificate that does not parse: {e:?}"))?;
+        let time =
+            rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &self.anchors,
+            &intermediates,
+            time,
+            AnyUsage,
+            None,
+            None,
+        )
+        .map_err(|e| format!("signed by a certificate that is not trusted: {e:?}"))?;
+        public_key(cert.subject_public_key_info().as_ref())
+    }
+
     /// The `WWW-Authenticate` value for a request that needs `scope` (none for `/v2/`),
     /// with the `error` of a token that was sent and refused (`invalid_token`,
     /// `insufficient_scope`).
@@ -294,6 +333,15 @@ impl Verifier {
             value.push_str(&format!(",error=\"{error}\""));
         }
         value
+    }
+}
+
+/// Any extended key usage (or none): a token signer's certificate is no TLS certificate.
+struct AnyUsage;
+
+impl webpki::ExtendedKeyUsageValidator for AnyUsage {
+    fn validate(&self, _: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        Ok(())
     }
 }
 
@@ -551,6 +599,77 @@ mod tests {
         header.x5c = Some(vec![data_encoding::BASE64.encode(&other_der)]);
         let token = jsonwebtoken::encode(&header, &ok, &old.signing).expect("sign");
         assert!(v.verify(&token).is_err(), "x5c of another certificate");
+    }
+
+    /// A token whose `x5c` chain leads from its signer to a root of the bundle (through an
+    /// intermediate it carries) verifies; one under another root, or with a certificate out
+    /// of its validity at `now`, does not.
+    #[test]
+    fn an_x5c_chain_leads_to_a_root_of_the_bundle() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca = |name: &str, parent: Option<(&CertificateParams, &KeyPair)>| {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+            let mut params = CertificateParams::new(vec![]).expect("params");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let cert = match parent {
+                None => params.self_signed(&key),
+                Some((p, k)) => params.signed_by(&key, &rcgen::Issuer::from_params(p, k)),
+            }
+            .expect("cert");
+            (params, key, cert)
+        };
+        let (root_p, root_k, root) = ca("root", None);
+        let (mid_p, mid_k, mid) = ca("intermediate", Some((&root_p, &root_k)));
+        let signer_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut signer_p = CertificateParams::new(vec![]).expect("params");
+        signer_p
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "token signer");
+        signer_p.not_before = rcgen::date_time_ymd(2025, 1, 1);
+        signer_p.not_after = rcgen::date_time_ymd(2035, 1, 1);
+        let signer = signer_p
+            .signed_by(&signer_key, &rcgen::Issuer::from_params(&mid_p, &mid_k))
+            .expect("signer");
+        let signing = EncodingKey::from_ec_pem(signer_key.serialize_pem().as_bytes()).expect("key");
+        let v = verifier(&root.pem());
+        let token = |chain: &[&[u8]], now: u64| {
+            let mut header = Header::new(Algorithm::ES256);
+            header.x5c = Some(
+                chain
+                    .iter()
+                    .map(|c| data_encoding::BASE64.encode(c))
+                    .collect(),
+            );
+            let mut c = claims(json!([{"type": "repository", "name": "a", "actions": ["pull"]}]));
+            c["exp"] = json!(now + 300);
+            c["nbf"] = json!(now - 5);
+            (
+                jsonwebtoken::encode(&header, &c, &signing).expect("sign"),
+                now,
+            )
+        };
+        let (t, at) = token(&[signer.der(), mid.der()], now());
+        assert!(
+            v.verify_at(&t, at)
+                .expect("chain to the root")
+                .allows("a", "pull")
+        );
+        let (t, at) = token(&[signer.der()], now());
+        assert!(v.verify_at(&t, at).is_err(), "the intermediate is missing");
+        // Past the signer's not_after (2035), and under another root.
+        let later = 2_100_000_000;
+        let (t, _) = token(&[signer.der(), mid.der()], later);
+        assert!(
+            v.verify_at(&t, later).is_err(),
+            "an expired signer certificate"
+        );
+        let (_, _, other) = ca("other root", None);
+        let elsewhere = verifier(&other.pem());
+        let (t, at) = token(&[signer.der(), mid.der()], now());
+        assert!(elsewhere.verify_at(&t, at).is_err(), "under another root");
     }
 
     #[test]

@@ -148,8 +148,30 @@ fn bearer(token: &str) -> String {
     format!("Authorization: Bearer {token}")
 }
 
-/// 401 with a Bearer challenge naming `scope` (and `error`, if any).
+/// 401 with a Bearer challenge naming `scope` (and `error`, if any), from a server whose
+/// realm is the test issuer's `http://127.0.0.1:1/token`.
 fn assert_challenge(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    scope: Option<&str>,
+    error: Option<&str>,
+) {
+    challenged(
+        "http://127.0.0.1:1/token",
+        addr,
+        method,
+        path,
+        token,
+        scope,
+        error,
+    );
+}
+
+/// 401 with the challenge of `realm`, naming `scope` (and `error`, if any).
+fn challenged(
+    realm: &str,
     addr: &str,
     method: &str,
     path: &str,
@@ -167,7 +189,7 @@ fn assert_challenge(
         String::from_utf8_lossy(&r.body)
     );
     assert_eq!(r.error_code(), "UNAUTHORIZED");
-    let mut want = "Bearer realm=\"http://127.0.0.1:1/token\",service=\"test-registry\"".to_owned();
+    let mut want = format!("Bearer realm=\"{realm}\",service=\"test-registry\"");
     if let Some(scope) = scope {
         want.push_str(&format!(",scope=\"{scope}\""));
     }
@@ -768,7 +790,7 @@ fn the_built_in_issuer_grants_what_the_rules_allow() {
     );
 }
 
-/// `assert_challenge` for this server's own realm.
+/// `assert_challenge` for this server's own realm (the built-in issuer's).
 fn assert_challenge_at(
     addr: &str,
     method: &str,
@@ -777,25 +799,8 @@ fn assert_challenge_at(
     scope: &str,
     error: Option<&str>,
 ) {
-    let auth = token.map(bearer);
-    let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
-    let r = raw_request(addr, method, path, &headers);
-    assert_eq!(
-        r.status,
-        401,
-        "{method} {path}: {}",
-        String::from_utf8_lossy(&r.body)
-    );
-    let mut want =
-        format!("Bearer realm=\"http://{addr}/token\",service=\"test-registry\",scope=\"{scope}\"");
-    if let Some(error) = error {
-        want.push_str(&format!(",error=\"{error}\""));
-    }
-    assert_eq!(
-        r.header("www-authenticate"),
-        Some(want.as_str()),
-        "{method} {path}"
-    );
+    let realm = format!("http://{addr}/token");
+    challenged(&realm, addr, method, path, token, Some(scope), error);
 }
 
 /// docker, skopeo, podman and ctr log in at the built-in issuer with the htpasswd users and

@@ -275,12 +275,7 @@ async fn get(
     remote: IpAddr,
 ) -> Answer {
     let pairs = super::query_pairs(req.uri.query());
-    let value = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.as_str())
-    };
+    let value = |key: &str| first(&pairs, key);
     check_service(issuer, value("service")).map_err(|e| (e, None))?;
     let scopes: Vec<&str> = pairs
         .iter()
@@ -310,12 +305,7 @@ async fn post(
     let form = read_form(body).await.map_err(|e| (e, None))?;
     let form = String::from_utf8(form).map_err(|_| (bad_request("the form is not UTF-8"), None))?;
     let pairs = super::pagination::query_pairs(Some(&form), true);
-    let value = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.as_str())
-    };
+    let value = |key: &str| first(&pairs, key);
     check_service(issuer, value("service")).map_err(|e| (e, None))?;
     let scopes: Vec<&str> = value("scope")
         .map(|s| s.split(' ').collect())
@@ -524,6 +514,14 @@ fn grant(registry: &Registry, user: Option<&str>, scopes: &[&str]) -> Vec<Grante
             actions,
         })
         .collect()
+}
+
+/// The value of the first pair named `key`.
+fn first<'a>(pairs: &'a [(&str, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// A `service` that is not this issuer's is refused (a token for it would not be taken).

@@ -379,7 +379,8 @@ ignored_media_types = ["application/octet-stream"]
     );
 }
 
-/// An endpoint that fails for a while gets every event once it answers again, in order.
+/// An endpoint that fails for a while (50 attempts, 10 s) gets every event once it answers
+/// again, in order.
 #[test]
 fn a_receiver_down_then_up_gets_every_event_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -397,8 +398,8 @@ fn a_receiver_down_then_up_gets_every_event_in_order() {
     for tag in &tags {
         put_manifest(addr, "n/down", tag, &body);
     }
-    // Down for 25 attempts (5 s at this backoff), counted, not timed.
-    receiver.wait("25 refused attempts", |r| r.refused >= 25);
+    // Down for 50 attempts (10 s at this backoff), counted, not timed.
+    receiver.wait("50 refused attempts", |r| r.refused >= 50);
     assert!(receiver.events().is_empty());
     receiver.set(Mode::Up);
     receiver.wait("50 events", |r| {

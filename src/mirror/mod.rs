@@ -164,13 +164,16 @@ impl Mirror {
                 }
             }
         }
-        let fetched = match self.fetch_manifest(store, name, &path, &scope, None).await {
-            Ok(d) => d,
-            Err(MirrorError::Upstream(e)) if !e.is_not_found() && cached.is_some() => {
+        let fetched = match (
+            self.fetch_manifest(store, name, &path, &scope, None).await,
+            cached,
+        ) {
+            (Ok(d), _) => d,
+            (Err(MirrorError::Upstream(e)), Some(cached)) if !e.is_not_found() => {
                 tracing::warn!(%name, %tag, error = %e, "upstream failed; serving the cached tag");
-                return Ok(cached.unwrap_or_else(|| unreachable_digest()));
+                return Ok(cached);
             }
-            Err(e) => return Err(e),
+            (Err(e), _) => return Err(e),
         };
         let pin = store.pin().await?;
         store.set_tag(&pin, name, tag, &fetched).await?;
@@ -325,9 +328,4 @@ impl Mirror {
         }
         result
     }
-}
-
-/// Never called: the branch that uses it has a cached digest.
-fn unreachable_digest() -> Digest {
-    Digest::of(crate::digest::Algorithm::Sha256, b"")
 }

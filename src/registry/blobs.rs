@@ -23,6 +23,12 @@ pub async fn get(
     read_in: Option<usize>,
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
+    if let Some((mirror, remote)) = registry.mirror_of(name)
+        && !registry.is_linked(name, Link::Blob, digest).await?
+        && !registry.is_linked(name, Link::Manifest, digest).await?
+    {
+        super::mirrored::blob(registry, mirror, &remote, name, digest).await?;
+    }
     registry.require_repository(name).await?;
     // Scoped: only what was pushed, mounted or packed into this repository. A manifest is a
     // blob too (some clients fetch one through /blobs/).

@@ -28,6 +28,20 @@ pub enum Route {
     Referrers(Name, Digest),
 }
 
+impl Route {
+    /// The repository the path names, if any.
+    pub fn name(&self) -> Option<&Name> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags(n)
+            | Route::Manifest(n, _)
+            | Route::Blob(n, _)
+            | Route::Upload(n, _)
+            | Route::Referrers(n, _) => Some(n),
+        }
+    }
+}
+
 /// An upload session's id: 32 lowercase hex digits (128 random bits), so that a session cannot
 /// be guessed, and safe anywhere (it never reaches a path: sessions live in memory).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -1,0 +1,85 @@
+//! Repositories of a pull-through mirror (`crate::mirror`): before a read goes to the store,
+//! the mirror makes sure what it asks for is there (fetched from the upstream when it is not,
+//! or when a tag's TTL is over). Writes to them are refused: they are the upstream's.
+
+use serde_json::json;
+
+use super::Registry;
+use super::errors::{Code, RegistryError};
+use super::router::Reference;
+use crate::digest::Digest;
+use crate::mirror::{Mirror, MirrorError};
+use crate::reference::Name;
+
+impl Registry {
+    /// The mirror repository `name` belongs to, and its name upstream.
+    pub(super) fn mirror_of(&self, name: &Name) -> Option<(&Mirror, String)> {
+        self.mirrors.as_ref()?.route(name)
+    }
+}
+
+/// Makes sure the manifest `reference` of mirrored `name` is in the store (and its tag
+/// points at it), as `manifests::get` then reads it.
+pub(super) async fn manifest(
+    registry: &Registry,
+    mirror: &Mirror,
+    remote: &str,
+    name: &Name,
+    reference: &Reference,
+) -> Result<(), RegistryError> {
+    let store = registry.store();
+    match reference {
+        Reference::Tag(tag) => {
+            let digest = mirror
+                .tag(store, name, remote, tag)
+                .await
+                .map_err(|e| error(e, mirror, Code::ManifestUnknown))?;
+            registry
+                .tags
+                .set(&(name.clone(), tag.clone()), Some(digest));
+        }
+        Reference::Digest(digest) => mirror
+            .manifest(store, name, remote, digest)
+            .await
+            .map_err(|e| error(e, mirror, Code::ManifestUnknown))?,
+    }
+    registry.repositories.set(name, Some(()));
+    Ok(())
+}
+
+/// Makes sure blob `digest` of mirrored `name` is in the store and linked.
+pub(super) async fn blob(
+    registry: &Registry,
+    mirror: &Mirror,
+    remote: &str,
+    name: &Name,
+    digest: &Digest,
+) -> Result<(), RegistryError> {
+    mirror
+        .blob(registry.store(), name, remote, digest)
+        .await
+        .map_err(|e| error(e, mirror, Code::BlobUnknown))?;
+    registry.repositories.set(name, Some(()));
+    Ok(())
+}
+
+/// The client's error: 404 for what the upstream does not have, 502 for an upstream that
+/// sent wrong bytes, 503 for one that fails or cannot be reached; each names the upstream.
+fn error(e: MirrorError, mirror: &Mirror, unknown: Code) -> RegistryError {
+    let e = match e {
+        MirrorError::Store(s) => return s.into(),
+        other => other,
+    };
+    let upstream = mirror.upstream().to_owned();
+    let (code, status) = match &e {
+        MirrorError::Upstream(u) if u.is_not_found() => (unknown, None),
+        MirrorError::Mismatch { .. } => (Code::Unknown, Some(hyper::StatusCode::BAD_GATEWAY)),
+        _ => (Code::Unavailable, None),
+    };
+    tracing::warn!(%upstream, error = %e, "mirror fetch failed");
+    let mut error = RegistryError::new(code, e.to_string()).detail(json!({ "upstream": upstream }));
+    if let Some(status) = status {
+        error = error.status(status);
+    }
+    error
+}

@@ -54,6 +54,8 @@ pub enum MirrorError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Failed(String),
     #[error("upstream {url} sent bytes of {actual}, not of {expected}: nothing was stored")]
     Mismatch {
         url: String,
@@ -73,8 +75,10 @@ pub struct Mirror {
     tag_ttl: Duration,
     /// When each cached tag was last checked upstream.
     fetched: Mutex<HashMap<(Name, Tag), Instant>>,
-    /// Blob downloads under way, by digest: later askers wait for the first.
-    downloads: tokio::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Tags being checked, one at a time each.
+    tag_gates: Mutex<HashMap<(Name, Tag), Gate>>,
+    /// Blob downloads under way, by digest: later askers read the first one's.
+    downloads: Arc<Mutex<Downloads>>,
 }
 
 impl Mirrors {
@@ -92,7 +96,8 @@ impl Mirrors {
                 upstream,
                 tag_ttl: c.tag_ttl,
                 fetched: Mutex::new(HashMap::new()),
-                downloads: tokio::sync::Mutex::new(HashMap::new()),
+                tag_gates: Mutex::new(HashMap::new()),
+                downloads: Arc::default(),
             });
         }
         Ok(Mirrors { list })
@@ -126,6 +131,18 @@ impl Mirror {
         remote: &str,
         tag: &Tag,
     ) -> Result<Digest, MirrorError> {
+        // One check of a tag at a time: ten clients pulling it at once make one request.
+        let gate = {
+            let mut gates = self.tag_gates.lock().unwrap_or_else(|p| p.into_inner());
+            if gates.len() >= FETCHED_MAX {
+                gates.retain(|_, g| Arc::strong_count(g) > 1);
+            }
+            gates
+                .entry((name.clone(), tag.clone()))
+                .or_default()
+                .clone()
+        };
+        let _one = gate.lock().await;
         let cached = store.tag(name, tag).await?;
         let key = (name.clone(), tag.clone());
         let fresh = {
@@ -264,68 +281,314 @@ impl Mirror {
         Ok(stored)
     }
 
-    /// Makes sure blob `digest` is in the store and linked in `name`: downloaded (once at a
-    /// time per digest), checked, committed.
+    /// Blob `digest` for `name`: linked from the store if it is there, else being fetched
+    /// from the upstream (once per digest at a time, whoever asks), read as it arrives.
     pub async fn blob(
         &self,
         store: &Store,
         name: &Name,
         remote: &str,
         digest: &Digest,
-    ) -> Result<(), MirrorError> {
-        let gate = {
-            let mut downloads = self.downloads.lock().await;
-            downloads.entry(digest.clone()).or_default().clone()
-        };
-        let result = async {
-            let _one = gate.lock().await;
-            if store.has_blob(digest).await? {
-                let pin = store.pin().await?;
-                store.link(&pin, name, Link::Blob, digest).await?;
-                return Ok(());
-            }
-            let scope = format!("repository:{remote}:pull");
-            let path = format!("{remote}/blobs/{digest}");
-            let url = format!("{}/v2/{path}", self.upstream.base);
-            let mut response = self
-                .upstream
-                .request(reqwest::Method::GET, &path, "", &scope)
-                .await?;
-            let mut writer = store.new_blob_with(digest.algorithm()).await?;
-            loop {
-                let chunk = response
-                    .chunk()
-                    .await
-                    .map_err(|e| UpstreamError::Unreachable {
-                        url: url.clone(),
-                        why: e.to_string(),
-                    })?;
-                let Some(chunk) = chunk else { break };
-                if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut writer, &chunk).await {
-                    return Err(writer.write_error(e).into());
-                }
-            }
-            writer.sync().await?;
+    ) -> Result<Fetched, MirrorError> {
+        if store.has_blob(digest).await? {
             let pin = store.pin().await?;
-            match writer.commit_expecting(digest).await {
-                Ok(_) => {}
-                Err(StoreError::DigestMismatch { expected, actual }) => {
-                    return Err(MirrorError::Mismatch {
-                        url,
-                        expected,
-                        actual,
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            }
             store.link(&pin, name, Link::Blob, digest).await?;
-            Ok(())
+            return Ok(Fetched::Stored);
         }
-        .await;
-        let mut downloads = self.downloads.lock().await;
-        if Arc::strong_count(&gate) <= 2 {
+        let mut attempts = 0;
+        let download = loop {
+            attempts += 1;
+            let cell = {
+                let mut downloads = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+                downloads.entry(digest.clone()).or_default().clone()
+            };
+            let started = cell
+                .get_or_try_init(|| self.start(store, name, remote, digest))
+                .await;
+            let download = match started {
+                Ok(d) => d.clone(),
+                Err(e) => {
+                    self.forget(digest, &cell);
+                    return Err(e);
+                }
+            };
+            let done = download.progress.borrow().done.clone();
+            match done {
+                // Over, and not yet forgotten by its task: a failed one is tried anew, a
+                // finished one read from the store.
+                Some(Err(why)) if attempts > 1 => return Err(MirrorError::Failed(why)),
+                Some(Err(_)) => self.forget(digest, &cell),
+                Some(Ok(())) => {
+                    let pin = store.pin().await?;
+                    store.link(&pin, name, Link::Blob, digest).await?;
+                    return Ok(Fetched::Stored);
+                }
+                None => break download,
+            }
+        };
+        let link = Some((store.clone(), name.clone(), digest.clone()));
+        match &download.file {
+            // Read as it arrives.
+            Some(file) => Ok(Fetched::Streaming {
+                len: download.len,
+                stream: follow(file.clone(), download.len, download.progress.clone(), link),
+            }),
+            // A shared store's blob cannot be read before it is committed: wait for it.
+            None => {
+                let mut progress = download.progress.clone();
+                let done = progress
+                    .wait_for(|p| p.done.is_some())
+                    .await
+                    .map(|p| p.done.clone())
+                    .ok()
+                    .flatten();
+                match done {
+                    Some(Ok(())) => {
+                        let pin = store.pin().await?;
+                        store.link(&pin, name, Link::Blob, digest).await?;
+                        Ok(Fetched::Stored)
+                    }
+                    Some(Err(why)) => Err(MirrorError::Failed(why)),
+                    None => Err(MirrorError::Failed("the download stopped".into())),
+                }
+            }
+        }
+    }
+
+    /// Forgets a download once it is over (or never began), unless a newer one took its place.
+    fn forget(&self, digest: &Digest, cell: &Arc<tokio::sync::OnceCell<Arc<Download>>>) {
+        let mut downloads = self.downloads.lock().unwrap_or_else(|p| p.into_inner());
+        if downloads.get(digest).is_some_and(|c| Arc::ptr_eq(c, cell)) {
             downloads.remove(digest);
         }
-        result
     }
+
+    /// Asks the upstream for the blob and, once it answers, leaves a task writing it into
+    /// the store (whether or not anyone still reads it): checked, committed, linked in `name`.
+    async fn start(
+        &self,
+        store: &Store,
+        name: &Name,
+        remote: &str,
+        digest: &Digest,
+    ) -> Result<Arc<Download>, MirrorError> {
+        let scope = format!("repository:{remote}:pull");
+        let path = format!("{remote}/blobs/{digest}");
+        let url = format!("{}/v2/{path}", self.upstream.base);
+        let response = self
+            .upstream
+            .request(reqwest::Method::GET, &path, "", &scope)
+            .await?;
+        let len = response.content_length();
+        let writer = store.new_blob_with(digest.algorithm()).await?;
+        // Followed only with a length to promise the clients.
+        let file = match (len, writer.follow()) {
+            (Some(_), Some(file)) => Some(Arc::new(file.map_err(|source| StoreError::Io {
+                action: "read",
+                path: "the download's temp file".into(),
+                source,
+            })?)),
+            _ => None,
+        };
+        let (tell, progress) = tokio::sync::watch::channel(Progress::default());
+        let download = Arc::new(Download {
+            file,
+            len: len.unwrap_or(0),
+            progress,
+        });
+        let store = store.clone();
+        let (name, digest) = (name.clone(), digest.clone());
+        let cells = self.cells();
+        tokio::spawn(async move {
+            let done = write(response, writer, &store, &name, &digest, &url, &tell).await;
+            if let Err(e) = &done {
+                tracing::warn!(%name, %digest, error = %e, "mirror download failed; nothing stored");
+            }
+            tell.send_modify(|p| p.done = Some(done.map_err(|e| e.to_string())));
+            let mut downloads = cells.lock().unwrap_or_else(|p| p.into_inner());
+            downloads.remove(&digest);
+        });
+        Ok(download)
+    }
+
+    fn cells(&self) -> Arc<Mutex<Downloads>> {
+        self.downloads.clone()
+    }
+}
+
+/// One at a time: held while a tag is checked.
+type Gate = Arc<tokio::sync::Mutex<()>>;
+
+/// Downloads under way, by digest.
+type Downloads = HashMap<Digest, Arc<tokio::sync::OnceCell<Arc<Download>>>>;
+
+/// A blob being fetched: the temp file to read it from as it grows (none on a shared
+/// store), its length, and how far the writing got.
+pub struct Download {
+    file: Option<Arc<std::fs::File>>,
+    len: u64,
+    progress: tokio::sync::watch::Receiver<Progress>,
+}
+
+#[derive(Clone, Default)]
+struct Progress {
+    /// Bytes in the temp file, readable.
+    flushed: u64,
+    /// Set when the download is over: committed, or why not.
+    done: Option<Result<(), String>>,
+}
+
+/// What `Mirror::blob` found.
+pub enum Fetched {
+    /// In the store, linked: read it from there.
+    Stored,
+    /// Arriving: `len` bytes, the last of them held back until the digest checked out (a
+    /// mismatch ends the stream with an error, so no client ever has the whole wrong blob).
+    Streaming {
+        len: u64,
+        stream: crate::store::ByteStream,
+    },
+}
+
+/// The download task's work: the upstream's bytes into the writer, flushed chunk by chunk
+/// for the readers, then checked and committed.
+async fn write(
+    mut response: reqwest::Response,
+    mut writer: crate::store::BlobWriter,
+    store: &Store,
+    name: &Name,
+    digest: &Digest,
+    url: &str,
+    tell: &tokio::sync::watch::Sender<Progress>,
+) -> Result<(), MirrorError> {
+    use tokio::io::AsyncWriteExt as _;
+    loop {
+        let chunk = response
+            .chunk()
+            .await
+            .map_err(|e| UpstreamError::Unreachable {
+                url: url.to_owned(),
+                why: e.to_string(),
+            })?;
+        let Some(chunk) = chunk else { break };
+        if let Err(e) = writer.write_all(&chunk).await {
+            return Err(writer.write_error(e).into());
+        }
+        if let Err(e) = writer.flush().await {
+            return Err(writer.write_error(e).into());
+        }
+        let flushed = writer.written();
+        tell.send_modify(|p| p.flushed = flushed);
+    }
+    writer.sync().await?;
+    let pin = store.pin().await?;
+    match writer.commit_expecting(digest).await {
+        Ok(_) => {}
+        Err(StoreError::DigestMismatch { expected, actual }) => {
+            return Err(MirrorError::Mismatch {
+                url: url.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    store.link(&pin, name, Link::Blob, digest).await?;
+    Ok(())
+}
+
+/// Bytes read from a temp file at most per piece.
+const PIECE: usize = 256 << 10;
+
+/// The stream of a download's `len` bytes from `file`, as `progress` says they are written;
+/// the last byte only once the blob is committed. At its end, the blob is linked in the
+/// reader's repository (`link`).
+fn follow(
+    file: Arc<std::fs::File>,
+    len: u64,
+    progress: tokio::sync::watch::Receiver<Progress>,
+    link: Option<(Store, Name, Digest)>,
+) -> crate::store::ByteStream {
+    struct State {
+        file: Arc<std::fs::File>,
+        pos: u64,
+        len: u64,
+        progress: tokio::sync::watch::Receiver<Progress>,
+        link: Option<(Store, Name, Digest)>,
+        over: bool,
+    }
+    let state = State {
+        file,
+        pos: 0,
+        len,
+        progress,
+        link,
+        over: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        if st.over {
+            return None;
+        }
+        loop {
+            let now = st.progress.borrow_and_update().clone();
+            let limit = match &now.done {
+                Some(Ok(())) => st.len,
+                Some(Err(why)) => {
+                    st.over = true;
+                    let e = std::io::Error::other(why.clone());
+                    return Some((Err(e), st));
+                }
+                None => now.flushed.min(st.len.saturating_sub(1)),
+            };
+            if st.pos < limit {
+                let want = (limit - st.pos).min(PIECE as u64) as usize;
+                let (file, pos) = (st.file.clone(), st.pos);
+                let read = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt as _;
+                    let mut buf = vec![0; want];
+                    let n = file.read_at(&mut buf, pos)?;
+                    buf.truncate(n);
+                    Ok::<_, std::io::Error>(buf)
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                return match read {
+                    Ok(buf) if !buf.is_empty() => {
+                        st.pos += buf.len() as u64;
+                        Some((Ok(bytes::Bytes::from(buf)), st))
+                    }
+                    Ok(_) => {
+                        st.over = true;
+                        Some((
+                            Err(std::io::Error::other("the download's file ended early")),
+                            st,
+                        ))
+                    }
+                    Err(e) => {
+                        st.over = true;
+                        Some((Err(e), st))
+                    }
+                };
+            }
+            if now.done.is_some() {
+                if let Some((store, name, digest)) = st.link.take() {
+                    let linked = async {
+                        let pin = store.pin().await?;
+                        store.link(&pin, &name, Link::Blob, &digest).await
+                    }
+                    .await;
+                    if let Err(e) = linked {
+                        st.over = true;
+                        return Some((Err(std::io::Error::other(e.to_string())), st));
+                    }
+                }
+                return None;
+            }
+            if st.progress.changed().await.is_err() {
+                st.over = true;
+                let e = std::io::Error::other("the download stopped");
+                return Some((Err(e), st));
+            }
+        }
+    }))
 }

@@ -15,6 +15,9 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 /// A token's life when the realm does not say (the spec's default).
 const TOKEN_DEFAULT_LIFE: Duration = Duration::from_secs(60);
 
+/// How long Basic credentials are sent unasked once an upstream asked for them.
+const BASIC_LIFE: Duration = Duration::from_secs(3600);
+
 /// Tokens remembered at most (one per scope); the map starts over when full.
 const TOKENS_MAX: usize = 1024;
 
@@ -149,7 +152,10 @@ impl Upstream {
             let Some((user, password)) = &self.credentials else {
                 return Err(refused("it wants credentials, and none are configured"));
             };
-            return Ok(basic(user, password));
+            // Sent from the start from now on: a Basic upstream asks every time otherwise.
+            let value = basic(user, password);
+            self.remember(scope, &value, BASIC_LIFE);
+            return Ok(value);
         }
         let Some(bearer) = parse_bearer(challenge) else {
             return Err(refused(&format!(
@@ -196,13 +202,17 @@ impl Upstream {
             .as_u64()
             .map_or(TOKEN_DEFAULT_LIFE, Duration::from_secs);
         let value = format!("Bearer {token}");
+        self.remember(scope, &value, life.saturating_sub(TOKEN_MARGIN));
+        Ok(value)
+    }
+
+    /// Keeps `value` as the Authorization of `scope` for `life`.
+    fn remember(&self, scope: &str, value: &str, life: Duration) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         if tokens.len() >= TOKENS_MAX {
             tokens.clear();
         }
-        let until = Instant::now() + life.saturating_sub(TOKEN_MARGIN);
-        tokens.insert(scope.to_owned(), (value.clone(), until));
-        Ok(value)
+        tokens.insert(scope.to_owned(), (value.to_owned(), Instant::now() + life));
     }
 }
 

@@ -8,7 +8,7 @@ use super::Registry;
 use super::errors::{Code, RegistryError};
 use super::router::Reference;
 use crate::digest::Digest;
-use crate::mirror::{Mirror, MirrorError};
+use crate::mirror::{Fetched, Mirror, MirrorError};
 use crate::reference::Name;
 
 impl Registry {
@@ -47,20 +47,24 @@ pub(super) async fn manifest(
     Ok(())
 }
 
-/// Makes sure blob `digest` of mirrored `name` is in the store and linked.
+/// Blob `digest` of mirrored `name`: `None` when it is in the store and linked (read it
+/// from there), else its length and its bytes as they arrive from the upstream.
 pub(super) async fn blob(
     registry: &Registry,
     mirror: &Mirror,
     remote: &str,
     name: &Name,
     digest: &Digest,
-) -> Result<(), RegistryError> {
-    mirror
+) -> Result<Option<(u64, crate::store::ByteStream)>, RegistryError> {
+    let fetched = mirror
         .blob(registry.store(), name, remote, digest)
         .await
         .map_err(|e| error(e, mirror, Code::BlobUnknown))?;
     registry.repositories.set(name, Some(()));
-    Ok(())
+    Ok(match fetched {
+        Fetched::Stored => None,
+        Fetched::Streaming { len, stream } => Some((len, stream)),
+    })
 }
 
 /// The client's error: 404 for what the upstream does not have, 502 for an upstream that
@@ -73,7 +77,9 @@ fn error(e: MirrorError, mirror: &Mirror, unknown: Code) -> RegistryError {
     let upstream = mirror.upstream().to_owned();
     let (code, status) = match &e {
         MirrorError::Upstream(u) if u.is_not_found() => (unknown, None),
-        MirrorError::Mismatch { .. } => (Code::Unknown, Some(hyper::StatusCode::BAD_GATEWAY)),
+        MirrorError::Mismatch { .. } | MirrorError::Failed(_) => {
+            (Code::Unknown, Some(hyper::StatusCode::BAD_GATEWAY))
+        }
         _ => (Code::Unavailable, None),
     };
     tracing::warn!(%upstream, error = %e, "mirror fetch failed");

@@ -392,3 +392,106 @@ fn wrong_bytes_from_an_upstream_commit_nothing() {
     assert_eq!(sha256(&good.body), layer);
     assert!(common::blob(&store, &layer).exists());
 }
+
+/// Unprefixed names: containerd's `?ns=PREFIX` picks a mirror, and the default one takes
+/// the rest unless the name is the registry's own; cached under `PREFIX/NAME`. `ctr` pulls
+/// through a `hosts.toml` mirror entry.
+#[test]
+fn unprefixed_names_go_to_the_default_mirror_or_the_one_ns_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up_dir = dir.path().join("up");
+    std::fs::create_dir_all(&up_dir).expect("dir");
+    let input = up_dir.join("tool");
+    std::fs::write(&input, common::noise(20_000, 21)).expect("input");
+    let up = Serving::start(
+        &up_dir.join("store"),
+        &up_dir,
+        &[
+            "--no-prepack",
+            "--name",
+            "lib/tool",
+            input.to_str().expect("utf-8"),
+        ],
+    );
+    let mdir = dir.path().join("mirror");
+    std::fs::create_dir_all(&mdir).expect("dir");
+    let config = mdir.join("q.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mirror]]\nprefix = \"docker.io\"\nupstream = \"http://{0}\"\ndefault = true\n\n[[mirror]]\nprefix = \"quay.io\"\nupstream = \"http://{0}\"\n",
+            up.addr
+        ),
+    )
+    .expect("config");
+    let own = mdir.join("own");
+    std::fs::write(&own, b"the mirror's own image").expect("own");
+    let server = Serving::start(
+        &mdir.join("store"),
+        &mdir,
+        &[
+            "--no-prepack",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--name",
+            "own/image",
+            own.to_str().expect("utf-8"),
+        ],
+    );
+    let addr = server.addr.as_str();
+    let get = |path: &str| raw_request(addr, "GET", path, &[OCI]);
+    let unprefixed = get("/v2/lib/tool/manifests/latest");
+    assert_eq!(
+        unprefixed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&unprefixed.body)
+    );
+    assert_eq!(
+        unprefixed.header("docker-content-digest"),
+        Some(up.report["manifest"].as_str())
+    );
+    let by_ns = get("/v2/lib/tool/manifests/latest?ns=quay.io");
+    assert_eq!(by_ns.status, 200);
+    let own_image = get("/v2/own/image/manifests/latest");
+    assert_eq!(
+        own_image.header("docker-content-digest"),
+        Some(server.report["manifest"].as_str()),
+        "the registry's own name stays its own"
+    );
+    let catalog = String::from_utf8_lossy(&get("/v2/_catalog").body).into_owned();
+    assert!(
+        catalog.contains("\"docker.io/lib/tool\"") && catalog.contains("\"quay.io/lib/tool\""),
+        "{catalog}"
+    );
+
+    if common::have_tool("containerd", "containerd") && common::have_tool("ctr", "containerd") {
+        let root = dir.path().join("containerd");
+        std::fs::create_dir_all(&root).expect("dir");
+        let containerd = common::Containerd::start(&root);
+        let hosts = dir.path().join("hosts");
+        std::fs::create_dir_all(hosts.join("quay.io")).expect("hosts dir");
+        std::fs::write(
+            hosts.join("quay.io/hosts.toml"),
+            format!("server = \"https://quay.io\"\n\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+        )
+        .expect("hosts.toml");
+        let out = containerd.ctr(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts.to_str().expect("utf-8"),
+            "quay.io/lib/tool:latest",
+        ]);
+        assert!(
+            out.status.success(),
+            "ctr pull through hosts.toml: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log_text()
+        );
+        assert!(
+            server.log_text().contains("ns=quay.io"),
+            "ctr asked the mirror with ?ns="
+        );
+    }
+}

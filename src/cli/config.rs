@@ -80,12 +80,7 @@ impl MirrorEntry {
     fn into_config(self) -> Result<MirrorConfig, String> {
         let key = |k: &str| format!("mirror {:?}: {k}", self.prefix);
         let mut c = mirror_config(&self.prefix, &self.upstream)?;
-        if self.default {
-            return Err(format!(
-                "{}: unprefixed names through a default mirror are not built yet",
-                key("default")
-            ));
-        }
+        c.default = self.default;
         let password = match (&self.password, &self.password_file) {
             (Some(_), Some(_)) => {
                 return Err(format!(

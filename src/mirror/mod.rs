@@ -8,9 +8,10 @@
 //!   checked before it is committed, so wrong bytes commit nothing).
 //!
 //! What is cached stays served when the upstream fails (a tag past its TTL too, logged).
-//! Not built yet: streaming a blob to the client while it is stored (the first client waits
-//! for the whole blob), `?ns=` and the default mirror for unprefixed names, retention,
-//! metrics per upstream.
+//! Blobs stream to every client that asks while they arrive (one download per digest). An
+//! unprefixed name goes to the mirror containerd names with `?ns=`, or to the default one
+//! (dockerd's `registry-mirrors`) when it is none of this registry's own; it is cached under
+//! `PREFIX/NAME`. Not built yet: retention, metrics per upstream.
 
 pub mod upstream;
 
@@ -71,6 +72,8 @@ pub struct Mirrors {
 
 pub struct Mirror {
     pub prefix: String,
+    /// Unprefixed names go here too.
+    default: bool,
     upstream: Upstream,
     tag_ttl: Duration,
     /// When each cached tag was last checked upstream.
@@ -83,6 +86,9 @@ pub struct Mirror {
 
 impl Mirrors {
     pub fn new(configs: Vec<MirrorConfig>) -> Result<Mirrors, String> {
+        if configs.iter().filter(|c| c.default).count() > 1 {
+            return Err("more than one mirror is the default".into());
+        }
         let mut list = Vec::new();
         for c in configs {
             let upstream = Upstream::new(
@@ -93,6 +99,7 @@ impl Mirrors {
             )?;
             list.push(Mirror {
                 prefix: c.prefix.trim_matches('/').to_owned(),
+                default: c.default,
                 upstream,
                 tag_ttl: c.tag_ttl,
                 fetched: Mutex::new(HashMap::new()),
@@ -101,6 +108,22 @@ impl Mirrors {
             });
         }
         Ok(Mirrors { list })
+    }
+
+    /// The prefix of the mirror named `prefix`, if there is one (containerd's `?ns=`).
+    pub fn with_prefix(&self, prefix: &str) -> Option<&str> {
+        self.list
+            .iter()
+            .find(|m| m.prefix == prefix)
+            .map(|m| m.prefix.as_str())
+    }
+
+    /// The default mirror's prefix: unprefixed names not of this registry go there.
+    pub fn default_prefix(&self) -> Option<&str> {
+        self.list
+            .iter()
+            .find(|m| m.default)
+            .map(|m| m.prefix.as_str())
     }
 
     /// The mirror `name` belongs to, and the name upstream.

@@ -18,6 +18,35 @@ impl Registry {
     }
 }
 
+/// The mirror's name of an unprefixed `name`: `PREFIX/NAME` for containerd's `?ns=PREFIX`
+/// (a `hosts.toml` mirror), or for the default mirror (dockerd's `registry-mirrors`) when
+/// `name` is none of this registry's own (in the store or on demand). `None`: as it is.
+pub(super) async fn renamed(registry: &Registry, name: &Name, query: Option<&str>) -> Option<Name> {
+    let mirrors = registry.mirrors.as_ref()?;
+    if mirrors.route(name).is_some() {
+        return None;
+    }
+    let ns = super::query_pairs(query)
+        .into_iter()
+        .find(|(k, _)| *k == "ns")
+        .map(|(_, v)| v);
+    let prefix = match ns.as_deref().and_then(|ns| mirrors.with_prefix(ns)) {
+        Some(p) => p,
+        None => {
+            let default = mirrors.default_prefix()?;
+            let own = match &registry.images {
+                Some(images) => images.has(name).await,
+                None => false,
+            };
+            if own || registry.has_repository(name).await.unwrap_or(false) {
+                return None;
+            }
+            default
+        }
+    };
+    format!("{prefix}/{name}").parse().ok()
+}
+
 /// Makes sure the manifest `reference` of mirrored `name` is in the store (and its tag
 /// points at it), as `manifests::get` then reads it.
 pub(super) async fn manifest(

@@ -746,7 +746,14 @@ async fn handle(
             answer.into_parts()
         }
         None => {
-            let route = router::route(path);
+            let mut route = router::route(path);
+            if registry.mirrors.is_some()
+                && let Ok(r) = &route
+                && let Some(name) = r.name()
+                && let Some(mirrored) = mirrored::renamed(registry, name, parts.uri.query()).await
+            {
+                route = route.map(|r| r.renamed(mirrored));
+            }
             log.route = route_label(&route);
             (log.upload, log.digest) = route_ids(&route);
             // What the answer's event (if any) will be about: kept only with endpoints.

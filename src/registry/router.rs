@@ -29,6 +29,18 @@ pub enum Route {
 }
 
 impl Route {
+    /// The same resource in repository `name` (a mirror's name for an unprefixed one).
+    pub fn renamed(self, name: Name) -> Route {
+        match self {
+            Route::Base | Route::Catalog => self,
+            Route::Tags(_) => Route::Tags(name),
+            Route::Manifest(_, r) => Route::Manifest(name, r),
+            Route::Blob(_, d) => Route::Blob(name, d),
+            Route::Upload(_, id) => Route::Upload(name, id),
+            Route::Referrers(_, d) => Route::Referrers(name, d),
+        }
+    }
+
     /// The repository the path names, if any.
     pub fn name(&self) -> Option<&Name> {
         match self {

@@ -100,6 +100,8 @@ fn mirror(dir: &Path, mirrors: &[(&str, &str, &str)]) -> Serving {
         &[
             "--push",
             "--no-prepack",
+            "--metrics-listen",
+            "127.0.0.1:0",
             "--config",
             path.to_str().expect("utf-8"),
             "--name",
@@ -198,6 +200,27 @@ fn a_mirror_pulls_through_basic_and_token_upstreams_and_survives_their_loss() {
         "one HEAD per tag past its TTL"
     );
     assert_eq!(upstream_requests(&tokens, "GET"), gets, "and nothing else");
+
+    // The metrics count hits, misses and the bytes fetched, per upstream.
+    let samples = common::scrape(&common::metrics_addr(&server));
+    let basic_up = format!("http://{}", basic.addr);
+    let count = |result: &str| {
+        common::value(
+            &samples,
+            "quinistry_mirror_requests_total",
+            &[("upstream", &basic_up), ("result", result)],
+        )
+    };
+    assert_eq!(count("miss"), 3.0, "manifest, config and layer fetched");
+    // The second pull: its tag within the TTL (blobs already linked are read from the store
+    // without asking the mirror).
+    assert_eq!(count("hit"), 1.0);
+    let fetched = common::value(
+        &samples,
+        "quinistry_mirror_upstream_bytes_total",
+        &[("endpoint", &basic_up)],
+    );
+    assert!(fetched >= 30_000.0, "{fetched} bytes fetched");
 
     // Read-only, and not the mirror's own repositories.
     let push = raw_request(addr, "POST", "/v2/basic/lib/tool/blobs/uploads/", &[]);

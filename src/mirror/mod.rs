@@ -174,7 +174,9 @@ impl Mirror {
                 .get(&key)
                 .is_some_and(|at| at.elapsed() < self.tag_ttl)
         };
+        let up = self.upstream.base.as_str();
         if let (Some(digest), true) = (&cached, fresh) {
+            crate::metrics::mirrored(up, "hit");
             return Ok(digest.clone());
         }
         let scope = format!("repository:{remote}:pull");
@@ -194,12 +196,17 @@ impl Mirror {
                         .is_some_and(|d| d == digest.to_string());
                     if same {
                         self.checked(key);
+                        crate::metrics::mirrored(up, "hit");
                         return Ok(digest.clone());
                     }
                 }
-                Err(e) if e.is_not_found() => return Err(e.into()),
+                Err(e) if e.is_not_found() => {
+                    crate::metrics::mirrored(up, "error");
+                    return Err(e.into());
+                }
                 Err(e) => {
                     tracing::warn!(%name, %tag, error = %e, "upstream failed; serving the cached tag");
+                    crate::metrics::mirrored(up, "stale");
                     return Ok(digest.clone());
                 }
             }
@@ -211,10 +218,15 @@ impl Mirror {
             (Ok(d), _) => d,
             (Err(MirrorError::Upstream(e)), Some(cached)) if !e.is_not_found() => {
                 tracing::warn!(%name, %tag, error = %e, "upstream failed; serving the cached tag");
+                crate::metrics::mirrored(up, "stale");
                 return Ok(cached);
             }
-            (Err(e), _) => return Err(e),
+            (Err(e), _) => {
+                crate::metrics::mirrored(up, "error");
+                return Err(e);
+            }
         };
+        crate::metrics::mirrored(up, "miss");
         let pin = store.pin().await?;
         store.set_tag(&pin, name, tag, &fetched).await?;
         self.checked(key);
@@ -230,14 +242,18 @@ impl Mirror {
         remote: &str,
         digest: &Digest,
     ) -> Result<(), MirrorError> {
+        let up = self.upstream.base.as_str();
         if store.is_linked(name, Link::Manifest, digest).await? {
+            crate::metrics::mirrored(up, "hit");
             return Ok(());
         }
         let scope = format!("repository:{remote}:pull");
         let path = format!("{remote}/manifests/{digest}");
-        self.fetch_manifest(store, name, &path, &scope, Some(digest))
-            .await
-            .map(|_| ())
+        let fetched = self
+            .fetch_manifest(store, name, &path, &scope, Some(digest))
+            .await;
+        crate::metrics::mirrored(up, if fetched.is_ok() { "miss" } else { "error" });
+        fetched.map(|_| ())
     }
 
     fn checked(&self, key: (Name, Tag)) {
@@ -313,9 +329,11 @@ impl Mirror {
         remote: &str,
         digest: &Digest,
     ) -> Result<Fetched, MirrorError> {
+        let up = self.upstream.base.as_str();
         if store.has_blob(digest).await? {
             let pin = store.pin().await?;
             store.link(&pin, name, Link::Blob, digest).await?;
+            crate::metrics::mirrored(up, "hit");
             return Ok(Fetched::Stored);
         }
         let mut attempts = 0;
@@ -332,6 +350,7 @@ impl Mirror {
                 Ok(d) => d.clone(),
                 Err(e) => {
                     self.forget(digest, &cell);
+                    crate::metrics::mirrored(up, "error");
                     return Err(e);
                 }
             };
@@ -349,6 +368,7 @@ impl Mirror {
                 None => break download,
             }
         };
+        crate::metrics::mirrored(up, "miss");
         let link = Some((store.clone(), name.clone(), digest.clone()));
         match &download.file {
             // Read as it arrives.
@@ -502,6 +522,7 @@ async fn write(
         }
         let flushed = writer.written();
         tell.send_modify(|p| p.flushed = flushed);
+        crate::metrics::mirror_fetched(upstream_of(url), chunk.len() as u64);
     }
     writer.sync().await?;
     let pin = store.pin().await?;
@@ -518,6 +539,11 @@ async fn write(
     }
     store.link(&pin, name, Link::Blob, digest).await?;
     Ok(())
+}
+
+/// The upstream's base of a blob URL (`BASE/v2/...`), for the metrics' label.
+fn upstream_of(url: &str) -> &str {
+    url.split("/v2/").next().unwrap_or(url)
 }
 
 /// Bytes read from a temp file at most per piece.

@@ -222,6 +222,24 @@ fn a_mirror_pulls_through_basic_and_token_upstreams_and_survives_their_loss() {
     );
     assert!(fetched >= 30_000.0, "{fetched} bytes fetched");
 
+    // Real clients by prefix: skopeo copies out of the Bearer upstream's mirror (checking
+    // every digest), podman pulls from the Basic one's.
+    if common::have_tool("skopeo", "skopeo") {
+        let out = std::process::Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{addr}/tokens/lib/tool:latest"))
+            .arg(format!("dir:{}", dir.path().join("copied").display()))
+            .output()
+            .expect("skopeo");
+        assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    if common::have_tool("podman", "podman") {
+        let image = format!("{addr}/basic/lib/tool:latest");
+        let root = dir.path().join("podman");
+        let pulled = common::podman_in(&root, &["pull", "--tls-verify=false", &image]);
+        assert!(!pulled.is_empty(), "podman pull printed no image id");
+    }
+
     // Read-only, and not the mirror's own repositories.
     let push = raw_request(addr, "POST", "/v2/basic/lib/tool/blobs/uploads/", &[]);
     assert_eq!(push.status, 405, "{}", String::from_utf8_lossy(&push.body));

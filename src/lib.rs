@@ -31,6 +31,7 @@ pub mod digest;
 pub mod image;
 pub mod licenses;
 pub mod metrics;
+pub mod mirror;
 pub mod ondemand;
 pub mod pack;
 pub mod reference;

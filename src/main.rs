@@ -173,13 +173,8 @@ fn job(cli: Cli, root: &ArgMatches) -> Result<(Job, Option<String>), String> {
     if let Some(path) = args.config.clone() {
         let loaded = config::File::load(&path)?;
         format = config::log_format(root, format, Some(&loaded));
-        let (images, access, endpoints) = config::apply(loaded, &m, &mut args)
+        file = config::apply(loaded, &m, &mut args)
             .map_err(|e| format!("--config {}: {e}", path.display()))?;
-        file = FromFile {
-            images,
-            access,
-            endpoints,
-        };
     }
     if let Some(f) = &format
         && !["text", "json"].contains(&f.as_str())

@@ -63,6 +63,15 @@ pub struct NotificationLabels {
     pub result: &'static str,
 }
 
+/// What a mirror did for a request, by upstream.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub upstream: String,
+    /// `hit` (from the store), `miss` (fetched), `stale` (a tag past its TTL served because
+    /// the upstream failed) or `error` (nothing to serve).
+    pub result: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric the process keeps.
@@ -90,6 +99,8 @@ pub struct Metrics {
     pub notification_queue: Family<EndpointLabels, Gauge>,
     pub notifications: Family<NotificationLabels, Counter>,
     pub notification_failures: Family<EndpointLabels, Counter>,
+    pub mirror_requests: Family<MirrorLabels, Counter>,
+    pub mirror_bytes: Family<EndpointLabels, Counter>,
     registry: Registry,
 }
 
@@ -121,6 +132,8 @@ impl Metrics {
             notification_queue: Family::default(),
             notifications: Family::default(),
             notification_failures: Family::default(),
+            mirror_requests: Family::default(),
+            mirror_bytes: Family::default(),
             pack_input_bytes: Counter::default(),
             pack_seconds: Family::new_with_constructor(pack_histogram),
             layer_cache_hits: Counter::default(),
@@ -163,6 +176,17 @@ impl Metrics {
             "notification_events",
             "Events sent to or dropped for an endpoint (its queue full)",
             m.notifications.clone(),
+        );
+        r.register(
+            "mirror_requests",
+            "Manifests and blobs asked of a mirror, by upstream and result",
+            m.mirror_requests.clone(),
+        );
+        r.register_with_unit(
+            "mirror_upstream",
+            "Bytes of blobs a mirror fetched from an upstream (its `endpoint` label)",
+            Unit::Bytes,
+            m.mirror_bytes.clone(),
         );
         r.register(
             "notification_failures",
@@ -442,6 +466,27 @@ pub fn notify_failed(endpoint: &str) {
             endpoint: endpoint.to_owned(),
         };
         m.notification_failures.get_or_create(&labels).inc();
+    }
+}
+
+/// Counts what a mirror of `upstream` did for one manifest or blob.
+pub fn mirrored(upstream: &str, result: &'static str) {
+    if let Some(m) = get() {
+        let labels = MirrorLabels {
+            upstream: upstream.to_owned(),
+            result,
+        };
+        m.mirror_requests.get_or_create(&labels).inc();
+    }
+}
+
+/// Counts `n` bytes fetched from `upstream`.
+pub fn mirror_fetched(upstream: &str, n: u64) {
+    if let Some(m) = get() {
+        let labels = EndpointLabels {
+            endpoint: upstream.to_owned(),
+        };
+        m.mirror_bytes.get_or_create(&labels).inc_by(n);
     }
 }
 

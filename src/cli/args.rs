@@ -448,6 +448,17 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub notify: Vec<String>,
+    /// Serve PREFIX/NAME from the registry at URL, cached in the store (a pull-through
+    /// mirror, read-only); repeat for more. `[[mirror]]` in --config says more (credentials,
+    /// a CA, the tag TTL)
+    #[arg(
+        help_heading = "Mirrors",
+        long,
+        env = "QUINISTRY_MIRROR",
+        value_name = "PREFIX=URL",
+        value_delimiter = ','
+    )]
+    pub mirror: Vec<String>,
     /// Allow --push on a non-loopback address without --htpasswd (anyone who can reach the
     /// port can then overwrite tags)
     #[arg(

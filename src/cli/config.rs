@@ -16,6 +16,7 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use serde::Deserialize;
 
+use quinistry::mirror::MirrorConfig;
 use quinistry::ondemand::FileImage;
 use quinistry::registry::Grant;
 use quinistry::registry::notify::Endpoint;
@@ -55,6 +56,86 @@ pub struct File {
     /// `[[notifications.endpoints]]`: where events go.
     #[serde(default)]
     notifications: Notifications,
+    /// `[[mirror]]`: pull-through caches of other registries.
+    #[serde(default)]
+    mirror: Vec<MirrorEntry>,
+}
+
+/// One `[[mirror]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorEntry {
+    prefix: String,
+    upstream: String,
+    #[serde(default)]
+    default: bool,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    tag_ttl: Option<String>,
+}
+
+impl MirrorEntry {
+    fn into_config(self) -> Result<MirrorConfig, String> {
+        let key = |k: &str| format!("mirror {:?}: {k}", self.prefix);
+        let mut c = mirror_config(&self.prefix, &self.upstream)?;
+        c.default = self.default;
+        let password = match (&self.password, &self.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{}: give password or password_file, not both",
+                    key("")
+                ));
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| format!("{} {}: {e}", key("password_file"), f.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        c.credentials = match (self.username.clone(), password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            _ => return Err(format!("{}: username and password go together", key(""))),
+        };
+        if let Some(ca) = &self.ca {
+            c.ca = Some(
+                std::fs::read(ca).map_err(|e| format!("{} {}: {e}", key("ca"), ca.display()))?,
+            );
+        }
+        if let Some(ttl) = duration(&key("tag_ttl"), self.tag_ttl.clone())? {
+            c.tag_ttl = ttl;
+        }
+        Ok(c)
+    }
+}
+
+/// A mirror of `upstream` under `prefix`, with the defaults (no credentials, tags
+/// re-checked after 10 minutes).
+pub fn mirror_config(prefix: &str, upstream: &str) -> Result<MirrorConfig, String> {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() || prefix.parse::<quinistry::reference::Name>().is_err() {
+        return Err(format!(
+            "mirror prefix {prefix:?}: want a repository name such as docker.io"
+        ));
+    }
+    if !(upstream.starts_with("http://") || upstream.starts_with("https://")) {
+        return Err(format!(
+            "mirror {prefix:?}: upstream {upstream:?}: want an http:// or https:// URL"
+        ));
+    }
+    Ok(MirrorConfig {
+        prefix: prefix.to_owned(),
+        upstream: upstream.to_owned(),
+        default: false,
+        credentials: None,
+        ca: None,
+        tag_ttl: std::time::Duration::from_secs(600),
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -357,7 +438,7 @@ pub fn apply(
     file: File,
     m: &ArgMatches,
     args: &mut ServeArgs,
-) -> Result<(Vec<FileImage>, Access, Vec<Endpoint>), String> {
+) -> Result<super::serve::FromFile, String> {
     let File {
         store,
         listen,
@@ -372,7 +453,12 @@ pub fn apply(
         image,
         gc,
         notifications,
+        mirror,
     } = file;
+    let mirrors = mirror
+        .into_iter()
+        .map(MirrorEntry::into_config)
+        .collect::<Result<Vec<_>, _>>()?;
     let endpoints = notifications
         .endpoints
         .into_iter()
@@ -599,7 +685,12 @@ pub fn apply(
         &mut args.image_files,
         on_demand.images_files,
     );
-    Ok((image, access, endpoints))
+    Ok(super::serve::FromFile {
+        images: image,
+        access,
+        endpoints,
+        mirrors,
+    })
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ pub struct FromFile {
     pub access: config::Access,
     /// `[[notifications.endpoints]]`.
     pub endpoints: Vec<registry::notify::Endpoint>,
+    /// `[[mirror]]`.
+    pub mirrors: Vec<quinistry::mirror::MirrorConfig>,
 }
 
 /// Every setting of `serve`, checked: what `config check` reports and `run` uses.
@@ -54,6 +56,8 @@ pub struct Settings {
     gc: Option<(Duration, gc::Policy)>,
     /// Where events go: `--notify` URLs and the file's endpoints.
     endpoints: Vec<registry::notify::Endpoint>,
+    /// Pull-through mirrors: `--mirror` and the file's `[[mirror]]`.
+    mirrors: Vec<quinistry::mirror::MirrorConfig>,
 }
 
 /// The endpoints of `--notify URL` (named by their URL, with the defaults) and of the file;
@@ -153,6 +157,18 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
     let (config, fds) = limits(&args)?;
     let (access, token_files) = access(&args, listen, tls.is_some(), fds, file.access)?;
     let endpoints = endpoints(&args.notify, file.endpoints)?;
+    let mut mirrors = Vec::new();
+    for m in &args.mirror {
+        let Some((prefix, upstream)) = m.split_once('=') else {
+            return Err(format!("--mirror {m:?}: want PREFIX=URL"));
+        };
+        mirrors.push(config::mirror_config(prefix, upstream)?);
+    }
+    mirrors.extend(file.mirrors);
+    let mut prefixes = std::collections::HashSet::new();
+    if let Some(twice) = mirrors.iter().find(|m| !prefixes.insert(m.prefix.clone())) {
+        return Err(format!("mirror prefix {:?} is given twice", twice.prefix));
+    }
     let auth_files = args.htpasswd.clone().map(|htpasswd| AuthFiles {
         htpasswd,
         failures_per_minute: args.auth_failures_per_minute,
@@ -196,6 +212,7 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         redirect,
         gc,
         endpoints,
+        mirrors,
     })
 }
 
@@ -293,6 +310,19 @@ pub fn summary(s: &Settings) -> Vec<String> {
             }
         ));
     }
+    for m in &s.mirrors {
+        lines.push(format!(
+            "mirror     {}/NAME <- {} (tags checked again after {}{})",
+            m.prefix,
+            m.upstream,
+            humantime::format_duration(m.tag_ttl),
+            if m.credentials.is_some() {
+                ", with credentials"
+            } else {
+                ""
+            }
+        ));
+    }
     for e in &s.endpoints {
         let mut actions: Vec<&str> = e.actions.iter().map(String::as_str).collect();
         actions.sort();
@@ -383,7 +413,13 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
     let registry = registry
         .with_access(s.access.clone())
         .with_redirect(s.redirect)
-        .with_notifier(notifier);
+        .with_notifier(notifier)
+        .with_mirrors(match s.mirrors.is_empty() {
+            true => None,
+            false => Some(Arc::new(quinistry::mirror::Mirrors::new(
+                s.mirrors.clone(),
+            )?)),
+        });
 
     let mut server = Server::on(listener, registry, s.config.clone());
     let scheme = match &s.tls {

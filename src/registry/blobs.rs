@@ -23,6 +23,21 @@ pub async fn get(
     read_in: Option<usize>,
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
+    if let Some((mirror, remote)) = registry.mirror_of(name)
+        && !registry.is_linked(name, Link::Blob, digest).await?
+        && !registry.is_linked(name, Link::Manifest, digest).await?
+        && let Some((len, stream)) =
+            super::mirrored::blob(registry, mirror, &remote, name, digest).await?
+    {
+        // Arriving from the upstream: streamed as it comes, whole (a Range is not honoured
+        // until the blob is stored).
+        let body = if head {
+            Body::Empty
+        } else {
+            Body::stream(stream, len)
+        };
+        return respond(body, digest, request, None, len);
+    }
     registry.require_repository(name).await?;
     // Scoped: only what was pushed, mounted or packed into this repository. A manifest is a
     // blob too (some clients fetch one through /blobs/).

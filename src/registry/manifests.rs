@@ -35,6 +35,9 @@ pub async fn get(
     reference: &Reference,
     request: &HeaderMap,
 ) -> Result<Response<Body>, RegistryError> {
+    if let Some((mirror, remote)) = registry.mirror_of(name) {
+        super::mirrored::manifest(registry, mirror, &remote, name, reference).await?;
+    }
     let manifest = match reference {
         Reference::Digest(digest) => {
             registry.require_repository(name).await?;

@@ -20,6 +20,7 @@
 //! | `errors.rs` | OCI error bodies and their statuses |
 //! | `body.rs` | response bodies and the per-request access log |
 //! | `mapped.rs` | blob bodies as memory maps of the file |
+//! | `mirrored.rs` | repositories of a pull-through mirror: fetched before they are read, never written |
 //! | `pagination.rs` | `n` and `last` of the two lists |
 //! | `server.rs`, `conn.rs` | the listener, connection limits and timeouts |
 //!
@@ -41,6 +42,7 @@ mod health;
 pub mod issuer;
 mod manifests;
 mod mapped;
+mod mirrored;
 pub mod notify;
 mod pagination;
 mod referrers;
@@ -243,6 +245,8 @@ pub struct Registry {
     redirect: Option<Duration>,
     /// Where events go (`notify.rs`); `None` without endpoints.
     notifier: Option<Arc<notify::Notifier>>,
+    /// Pull-through mirrors (`crate::mirror`), by name prefix.
+    mirrors: Option<Arc<crate::mirror::Mirrors>>,
 }
 
 /// A repository's write lock, held while it lives (see `Registry::lock_repository`).
@@ -398,6 +402,7 @@ impl Registry {
             connections: Arc::default(),
             redirect: None,
             notifier: None,
+            mirrors: None,
         }
     }
 
@@ -421,6 +426,11 @@ impl Registry {
             }));
         }
         Registry { notifier, ..self }
+    }
+
+    /// The registry with pull-through mirrors: their repositories are read through them.
+    pub fn with_mirrors(self, mirrors: Option<Arc<crate::mirror::Mirrors>>) -> Registry {
+        Registry { mirrors, ..self }
     }
 
     /// The notifier, for its metrics.
@@ -736,7 +746,14 @@ async fn handle(
             answer.into_parts()
         }
         None => {
-            let route = router::route(path);
+            let mut route = router::route(path);
+            if registry.mirrors.is_some()
+                && let Ok(r) = &route
+                && let Some(name) = r.name()
+                && let Some(mirrored) = mirrored::renamed(registry, name, parts.uri.query()).await
+            {
+                route = route.map(|r| r.renamed(mirrored));
+            }
             log.route = route_label(&route);
             (log.upload, log.digest) = route_ids(&route);
             // What the answer's event (if any) will be about: kept only with endpoints.
@@ -838,6 +855,20 @@ async fn dispatch(
     let read = matches!(*method, Method::GET | Method::HEAD);
     if !read && !registry.access.push {
         return Err(read_only());
+    }
+    if !read
+        && let Ok(route) = &route
+        && let Some(name) = route.name()
+        && let Some((mirror, _)) = registry.mirror_of(name)
+    {
+        return Err(RegistryError::new(
+            Code::Unsupported,
+            format!(
+                "{name} is a mirror of {}: it is read-only",
+                mirror.upstream()
+            ),
+        )
+        .header(header::ALLOW, HeaderValue::from_static("GET, HEAD")));
     }
     match (route?, method) {
         (Route::Base, _) if read => Ok(base::get()),

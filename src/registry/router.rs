@@ -28,6 +28,32 @@ pub enum Route {
     Referrers(Name, Digest),
 }
 
+impl Route {
+    /// The same resource in repository `name` (a mirror's name for an unprefixed one).
+    pub fn renamed(self, name: Name) -> Route {
+        match self {
+            Route::Base | Route::Catalog => self,
+            Route::Tags(_) => Route::Tags(name),
+            Route::Manifest(_, r) => Route::Manifest(name, r),
+            Route::Blob(_, d) => Route::Blob(name, d),
+            Route::Upload(_, id) => Route::Upload(name, id),
+            Route::Referrers(_, d) => Route::Referrers(name, d),
+        }
+    }
+
+    /// The repository the path names, if any.
+    pub fn name(&self) -> Option<&Name> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags(n)
+            | Route::Manifest(n, _)
+            | Route::Blob(n, _)
+            | Route::Upload(n, _)
+            | Route::Referrers(n, _) => Some(n),
+        }
+    }
+}
+
 /// An upload session's id: 32 lowercase hex digits (128 random bits), so that a session cannot
 /// be guessed, and safe anywhere (it never reaches a path: sessions live in memory).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

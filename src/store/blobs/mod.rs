@@ -510,6 +510,14 @@ impl BlobWriter {
         self.out.written()
     }
 
+    /// The temp file opened for reading, for readers that follow the writer (a mirror's
+    /// download, read by clients as it arrives: what was flushed can be read); `None` on a
+    /// shared store, whose blobs are written to object storage. The handle stays good after
+    /// the commit renames the file.
+    pub fn follow(&self) -> Option<io::Result<stdfs::File>> {
+        self.temp.as_ref().map(stdfs::File::open)
+    }
+
     /// Writes out what is buffered and frees the buffers (ours and tokio's), for a writer
     /// that will wait (an upload between chunks); the next write makes new ones.
     pub async fn park(&mut self) -> Result<()> {

@@ -1,0 +1,538 @@
+//! Pull-through mirrors (issue 34, first part): a quinistry in front of upstream registries
+//! on loopback — one asking for Basic credentials, one for Bearer tokens of its built-in
+//! issuer, and a fake one that sends wrong bytes — counted by the upstreams' access logs.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{Serving, raw_request};
+use sha2::{Digest, Sha256};
+
+const OCI: &str = "Accept: application/vnd.oci.image.manifest.v1+json";
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// An upstream quinistry serving `lib/tool:latest` to alice (password `secret`) only: with
+/// Basic authentication, or (`tokens`) with its built-in token issuer.
+fn upstream(dir: &Path, tokens: bool) -> Serving {
+    std::fs::create_dir_all(dir).expect("dir");
+    let input = dir.join("tool");
+    // Each upstream its own bytes: blobs are shared by digest in the mirror's store.
+    std::fs::write(&input, common::noise(30_000, 7 + u64::from(tokens))).expect("input");
+    let users = dir.join("htpasswd");
+    let hash = bcrypt::hash("secret", 4).expect("hash");
+    std::fs::write(&users, format!("alice:{hash}\n")).expect("htpasswd");
+    let key = dir.join("token.key");
+    let mut args = vec![
+        "--push".to_owned(),
+        "--no-prepack".to_owned(),
+        "--htpasswd".to_owned(),
+        users.display().to_string(),
+        "--auth-reads".to_owned(),
+        "--name".to_owned(),
+        "lib/tool".to_owned(),
+    ];
+    if tokens {
+        for a in [
+            "--token-service",
+            "up",
+            "--token-issuer",
+            "up",
+            "--token-signing-key",
+        ] {
+            args.push(a.to_owned());
+        }
+        args.push(key.display().to_string());
+    }
+    args.push(input.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Serving::start(&dir.join("store"), dir, &args)
+}
+
+/// Requests the upstream's access log shows for `lib/tool`, by method. The log is written
+/// by a thread of its own, in order: a marker request sent now and seen in the log means
+/// every request answered before it is there too.
+fn upstream_requests(server: &Serving, method: &str) -> usize {
+    static MARKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let mark = format!("/v2/mark{}/tags/list", MARKS.fetch_add(1, Ordering::SeqCst));
+    raw_request(&server.addr, "GET", &mark, &[]);
+    for _ in 0..1000 {
+        let log = server.log_text();
+        if log.contains(&format!("path={mark} ")) {
+            return log
+                .lines()
+                .filter(|l| {
+                    l.contains(&format!("method={method} ")) && l.contains("path=/v2/lib/tool/")
+                })
+                .count();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!(
+        "the marker request never reached the log:\n{}",
+        server.log_text()
+    );
+}
+
+/// A mirror server with one `[[mirror]]` per (prefix, upstream address, tag_ttl), each with
+/// alice's credentials.
+fn mirror(dir: &Path, mirrors: &[(&str, &str, &str)]) -> Serving {
+    std::fs::create_dir_all(dir).expect("dir");
+    let mut config = String::new();
+    for (prefix, addr, ttl) in mirrors {
+        config.push_str(&format!(
+            "[[mirror]]\nprefix = \"{prefix}\"\nupstream = \"http://{addr}\"\nusername = \"alice\"\npassword = \"secret\"\ntag_ttl = \"{ttl}\"\n"
+        ));
+    }
+    let path = dir.join("q.toml");
+    std::fs::write(&path, config).expect("config");
+    let input = dir.join("own");
+    std::fs::write(&input, b"the mirror's own image").expect("input");
+    Serving::start(
+        &dir.join("store"),
+        dir,
+        &[
+            "--push",
+            "--no-prepack",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--name",
+            "own/image",
+            input.to_str().expect("utf-8"),
+        ],
+    )
+}
+
+/// Pulls `name:latest` through `addr` by hand: the manifest, then each blob, checking every
+/// digest; the manifest's digest.
+fn pull(addr: &str, name: &str) -> String {
+    let m = raw_request(addr, "GET", &format!("/v2/{name}/manifests/latest"), &[OCI]);
+    assert_eq!(
+        m.status,
+        200,
+        "{name}: {}",
+        String::from_utf8_lossy(&m.body)
+    );
+    let digest = sha256(&m.body);
+    assert_eq!(m.header("docker-content-digest"), Some(digest.as_str()));
+    let manifest: serde_json::Value = serde_json::from_slice(&m.body).expect("json");
+    let mut blobs = vec![
+        manifest["config"]["digest"]
+            .as_str()
+            .expect("config")
+            .to_owned(),
+    ];
+    for layer in manifest["layers"].as_array().expect("layers") {
+        blobs.push(layer["digest"].as_str().expect("digest").to_owned());
+    }
+    for blob in blobs {
+        let b = raw_request(addr, "GET", &format!("/v2/{name}/blobs/{blob}"), &[]);
+        assert_eq!(
+            b.status,
+            200,
+            "{name} {blob}: {}",
+            String::from_utf8_lossy(&b.body)
+        );
+        assert_eq!(sha256(&b.body), blob, "the bytes of {blob}");
+    }
+    digest
+}
+
+/// Through a Basic upstream and a Bearer one: the first pull fetches each piece once, a
+/// second within the TTL asks the upstream nothing, one past the TTL one HEAD; mirrored
+/// names are read-only; with the upstream gone what is cached still pulls and what is not
+/// fails naming the upstream.
+#[test]
+fn a_mirror_pulls_through_basic_and_token_upstreams_and_survives_their_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let basic = upstream(&dir.path().join("basic"), false);
+    let tokens = upstream(&dir.path().join("tokens"), true);
+    let server = mirror(
+        &dir.path().join("mirror"),
+        &[
+            ("basic", &basic.addr, "1h"),
+            ("tokens", &tokens.addr, "1h"),
+            ("always", &tokens.addr, "0s"),
+        ],
+    );
+    let addr = server.addr.as_str();
+    for (prefix, up) in [("basic", &basic), ("tokens", &tokens)] {
+        let name = format!("{prefix}/lib/tool");
+        let digest = pull(addr, &name);
+        assert_eq!(
+            digest, up.report["manifest"],
+            "{prefix}: the upstream's manifest"
+        );
+        let gets = upstream_requests(up, "GET");
+        assert!(
+            gets >= 3,
+            "{prefix}: manifest, config and layer fetched ({gets})\n{}\n{}",
+            up.log_text(),
+            server.log_text()
+        );
+        // Within the TTL: nothing asked upstream.
+        assert_eq!(pull(addr, &name), digest);
+        assert_eq!(
+            upstream_requests(up, "GET"),
+            gets,
+            "{prefix}: a second pull asked again"
+        );
+        assert_eq!(upstream_requests(up, "HEAD"), 0);
+    }
+    // Past the TTL (0 s): one HEAD for the tag, no GET.
+    pull(addr, "always/lib/tool");
+    let (gets, heads) = (
+        upstream_requests(&tokens, "GET"),
+        upstream_requests(&tokens, "HEAD"),
+    );
+    pull(addr, "always/lib/tool");
+    assert_eq!(
+        upstream_requests(&tokens, "HEAD"),
+        heads + 1,
+        "one HEAD per tag past its TTL"
+    );
+    assert_eq!(upstream_requests(&tokens, "GET"), gets, "and nothing else");
+
+    // The metrics count hits, misses and the bytes fetched, per upstream.
+    let samples = common::scrape(&common::metrics_addr(&server));
+    let basic_up = format!("http://{}", basic.addr);
+    let count = |result: &str| {
+        common::value(
+            &samples,
+            "quinistry_mirror_requests_total",
+            &[("upstream", &basic_up), ("result", result)],
+        )
+    };
+    assert_eq!(count("miss"), 3.0, "manifest, config and layer fetched");
+    // The second pull: its tag within the TTL (blobs already linked are read from the store
+    // without asking the mirror).
+    assert_eq!(count("hit"), 1.0);
+    let fetched = common::value(
+        &samples,
+        "quinistry_mirror_upstream_bytes_total",
+        &[("endpoint", &basic_up)],
+    );
+    assert!(fetched >= 30_000.0, "{fetched} bytes fetched");
+
+    // Real clients by prefix: skopeo copies out of the Bearer upstream's mirror (checking
+    // every digest), podman pulls from the Basic one's.
+    if common::have_tool("skopeo", "skopeo") {
+        let out = std::process::Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{addr}/tokens/lib/tool:latest"))
+            .arg(format!("dir:{}", dir.path().join("copied").display()))
+            .output()
+            .expect("skopeo");
+        assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    if common::have_tool("podman", "podman") {
+        let image = format!("{addr}/basic/lib/tool:latest");
+        let root = dir.path().join("podman");
+        let pulled = common::podman_in(&root, &["pull", "--tls-verify=false", &image]);
+        assert!(!pulled.is_empty(), "podman pull printed no image id");
+    }
+
+    // Read-only, and not the mirror's own repositories.
+    let push = raw_request(addr, "POST", "/v2/basic/lib/tool/blobs/uploads/", &[]);
+    assert_eq!(push.status, 405, "{}", String::from_utf8_lossy(&push.body));
+    assert!(String::from_utf8_lossy(&push.body).contains("mirror"));
+    assert_eq!(
+        raw_request(addr, "POST", "/v2/own/x/blobs/uploads/", &[]).status,
+        202
+    );
+
+    // The upstreams gone: cached images still pull (a tag past its TTL too), others fail
+    // with an error naming the upstream.
+    let tokens_addr = tokens.addr.clone();
+    drop(basic);
+    drop(tokens);
+    pull(addr, "basic/lib/tool");
+    pull(addr, "always/lib/tool");
+    let missing = raw_request(addr, "GET", "/v2/basic/lib/other/manifests/latest", &[OCI]);
+    assert_eq!(
+        missing.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&missing.body)
+    );
+    let text = String::from_utf8_lossy(&missing.body).into_owned();
+    assert!(
+        text.contains("UNAVAILABLE") && text.contains("http://127.0.0.1:"),
+        "{text}"
+    );
+    let gone = raw_request(addr, "GET", "/v2/tokens/lib/nothing/manifests/v9", &[OCI]);
+    assert!(
+        String::from_utf8_lossy(&gone.body).contains(&tokens_addr),
+        "the error names the upstream"
+    );
+}
+
+/// Ten clients pulling an uncached image at once all get it whole, and the upstream sends
+/// each piece once: one manifest GET, one GET per blob (the layer's 8 MiB read by all ten
+/// as it arrives).
+#[test]
+fn ten_concurrent_pulls_of_an_uncached_image_fetch_each_blob_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up_dir = dir.path().join("up");
+    std::fs::create_dir_all(&up_dir).expect("dir");
+    let input = up_dir.join("big");
+    std::fs::write(&input, common::noise(8 << 20, 11)).expect("input");
+    let up = Serving::start(
+        &up_dir.join("store"),
+        &up_dir,
+        &[
+            "--no-prepack",
+            "--name",
+            "lib/tool",
+            input.to_str().expect("utf-8"),
+        ],
+    );
+    let server = mirror(&dir.path().join("mirror"), &[("up", &up.addr, "1h")]);
+    let addr = server.addr.clone();
+    let pulls: Vec<_> = (0..10)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || pull(&addr, "up/lib/tool"))
+        })
+        .collect();
+    for p in pulls {
+        assert_eq!(p.join().expect("pull"), up.report["manifest"]);
+    }
+    let log = {
+        upstream_requests(&up, "GET");
+        up.log_text()
+    };
+    let fetched = |what: &str| {
+        log.lines()
+            .filter(|l| l.contains("method=GET ") && l.contains("status=200") && l.contains(what))
+            .count()
+    };
+    assert_eq!(fetched("path=/v2/lib/tool/manifests/latest"), 1, "{log}");
+    assert_eq!(
+        fetched(&format!("path=/v2/lib/tool/blobs/{}", up.report["layer"])),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        fetched("path=/v2/lib/tool/blobs/"),
+        2,
+        "config and layer, once each"
+    );
+}
+
+/// A fake upstream with one image whose layer it sends wrong until `fixed` is set.
+fn lying_upstream(fixed: Arc<AtomicBool>) -> (String, String) {
+    let layer = b"the real layer bytes".to_vec();
+    let layer_digest = sha256(&layer);
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config_digest = sha256(&config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest, "size": layer.len()}]
+    })
+    .to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let digest = layer_digest.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                continue;
+            }
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let path = first.split(' ').nth(1).unwrap_or("");
+            let (ctype, body): (&str, Vec<u8>) = if path.ends_with("/manifests/latest") {
+                (
+                    "application/vnd.oci.image.manifest.v1+json",
+                    manifest.clone().into_bytes(),
+                )
+            } else if path.ends_with(&config_digest) {
+                ("application/octet-stream", config.clone())
+            } else if path.ends_with(&layer_digest) {
+                let body = if fixed.load(Ordering::SeqCst) {
+                    layer.clone()
+                } else {
+                    b"tampered bytes of the layer".to_vec()
+                };
+                ("application/octet-stream", body)
+            } else {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(&body);
+        }
+    });
+    (addr, digest)
+}
+
+/// Wrong bytes from the upstream commit nothing: the client gets an error, the store has no
+/// blob by that digest, and once the upstream sends the right bytes the pull works.
+#[test]
+fn wrong_bytes_from_an_upstream_commit_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixed = Arc::new(AtomicBool::new(false));
+    let (up, layer) = lying_upstream(fixed.clone());
+    let server = mirror(&dir.path().join("mirror"), &[("liar", &up, "1h")]);
+    let addr = server.addr.as_str();
+    let path = format!("/v2/liar/img/blobs/{layer}");
+    let m = raw_request(addr, "GET", "/v2/liar/img/manifests/latest", &[OCI]);
+    assert_eq!(m.status, 200);
+    // Streamed as it arrives: the answer began before the digest could be checked, so the
+    // connection ends short of its Content-Length, without the last byte.
+    let bad = common::try_raw_request(addr, "GET", &path, &[], b"");
+    if let Ok(bad) = &bad {
+        let promised: usize = bad
+            .header("content-length")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            bad.status != 200 || bad.body.len() < promised,
+            "a whole blob of wrong bytes was sent: {} of {promised}",
+            bad.body.len()
+        );
+    }
+    assert!(
+        server.log_text().contains("nothing was stored"),
+        "the mismatch is logged"
+    );
+    let store = dir.path().join("mirror/store");
+    assert!(
+        !common::blob(&store, &layer).exists(),
+        "a blob of wrong bytes was stored"
+    );
+    fixed.store(true, Ordering::SeqCst);
+    let good = raw_request(addr, "GET", &path, &[]);
+    assert_eq!(good.status, 200);
+    assert_eq!(sha256(&good.body), layer);
+    assert!(common::blob(&store, &layer).exists());
+}
+
+/// Unprefixed names: containerd's `?ns=PREFIX` picks a mirror, and the default one takes
+/// the rest unless the name is the registry's own; cached under `PREFIX/NAME`. `ctr` pulls
+/// through a `hosts.toml` mirror entry.
+#[test]
+fn unprefixed_names_go_to_the_default_mirror_or_the_one_ns_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up_dir = dir.path().join("up");
+    std::fs::create_dir_all(&up_dir).expect("dir");
+    let input = up_dir.join("tool");
+    std::fs::write(&input, common::noise(20_000, 21)).expect("input");
+    let up = Serving::start(
+        &up_dir.join("store"),
+        &up_dir,
+        &[
+            "--no-prepack",
+            "--name",
+            "lib/tool",
+            input.to_str().expect("utf-8"),
+        ],
+    );
+    let mdir = dir.path().join("mirror");
+    std::fs::create_dir_all(&mdir).expect("dir");
+    let config = mdir.join("q.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mirror]]\nprefix = \"docker.io\"\nupstream = \"http://{0}\"\ndefault = true\n\n[[mirror]]\nprefix = \"quay.io\"\nupstream = \"http://{0}\"\n",
+            up.addr
+        ),
+    )
+    .expect("config");
+    let own = mdir.join("own");
+    std::fs::write(&own, b"the mirror's own image").expect("own");
+    let server = Serving::start(
+        &mdir.join("store"),
+        &mdir,
+        &[
+            "--no-prepack",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--name",
+            "own/image",
+            own.to_str().expect("utf-8"),
+        ],
+    );
+    let addr = server.addr.as_str();
+    let get = |path: &str| raw_request(addr, "GET", path, &[OCI]);
+    let unprefixed = get("/v2/lib/tool/manifests/latest");
+    assert_eq!(
+        unprefixed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&unprefixed.body)
+    );
+    assert_eq!(
+        unprefixed.header("docker-content-digest"),
+        Some(up.report["manifest"].as_str())
+    );
+    let by_ns = get("/v2/lib/tool/manifests/latest?ns=quay.io");
+    assert_eq!(by_ns.status, 200);
+    let own_image = get("/v2/own/image/manifests/latest");
+    assert_eq!(
+        own_image.header("docker-content-digest"),
+        Some(server.report["manifest"].as_str()),
+        "the registry's own name stays its own"
+    );
+    let catalog = String::from_utf8_lossy(&get("/v2/_catalog").body).into_owned();
+    assert!(
+        catalog.contains("\"docker.io/lib/tool\"") && catalog.contains("\"quay.io/lib/tool\""),
+        "{catalog}"
+    );
+
+    if common::have_tool("containerd", "containerd") && common::have_tool("ctr", "containerd") {
+        let root = dir.path().join("containerd");
+        std::fs::create_dir_all(&root).expect("dir");
+        let containerd = common::Containerd::start(&root);
+        let hosts = dir.path().join("hosts");
+        std::fs::create_dir_all(hosts.join("quay.io")).expect("hosts dir");
+        std::fs::write(
+            hosts.join("quay.io/hosts.toml"),
+            format!("server = \"https://quay.io\"\n\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+        )
+        .expect("hosts.toml");
+        let out = containerd.ctr(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts.to_str().expect("utf-8"),
+            "quay.io/lib/tool:latest",
+        ]);
+        assert!(
+            out.status.success(),
+            "ctr pull through hosts.toml: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log_text()
+        );
+        assert!(
+            server.log_text().contains("ns=quay.io"),
+            "ctr asked the mirror with ?ns="
+        );
+    }
+}

@@ -231,7 +231,11 @@ fn a_mirror_pulls_through_basic_and_token_upstreams_and_survives_their_loss() {
             .arg(format!("dir:{}", dir.path().join("copied").display()))
             .output()
             .expect("skopeo");
-        assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     if common::have_tool("podman", "podman") {
         let image = format!("{addr}/basic/lib/tool:latest");

@@ -55,6 +55,19 @@ fn upstream(dir: &Path, tokens: bool) -> Serving {
     Serving::start(&dir.join("store"), dir, &args)
 }
 
+/// An upstream quinistry without authentication serving `lib/tool:latest`, a file of `bytes`.
+fn open_upstream(dir: &Path, bytes: &[u8]) -> Serving {
+    std::fs::create_dir_all(dir).expect("dir");
+    let input = dir.join("tool");
+    std::fs::write(&input, bytes).expect("input");
+    let input = input.to_str().expect("utf-8");
+    Serving::start(
+        &dir.join("store"),
+        dir,
+        &["--no-prepack", "--name", "lib/tool", input],
+    )
+}
+
 /// Requests the upstream's access log shows for `lib/tool`, by method. The log is written
 /// by a thread of its own, in order: a marker request sent now and seen in the log means
 /// every request answered before it is there too.
@@ -285,20 +298,7 @@ fn a_mirror_pulls_through_basic_and_token_upstreams_and_survives_their_loss() {
 #[test]
 fn ten_concurrent_pulls_of_an_uncached_image_fetch_each_blob_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let up_dir = dir.path().join("up");
-    std::fs::create_dir_all(&up_dir).expect("dir");
-    let input = up_dir.join("big");
-    std::fs::write(&input, common::noise(8 << 20, 11)).expect("input");
-    let up = Serving::start(
-        &up_dir.join("store"),
-        &up_dir,
-        &[
-            "--no-prepack",
-            "--name",
-            "lib/tool",
-            input.to_str().expect("utf-8"),
-        ],
-    );
+    let up = open_upstream(&dir.path().join("up"), &common::noise(8 << 20, 11));
     let server = mirror(&dir.path().join("mirror"), &[("up", &up.addr, "1h")]);
     let addr = server.addr.clone();
     let pulls: Vec<_> = (0..10)
@@ -444,20 +444,7 @@ fn wrong_bytes_from_an_upstream_commit_nothing() {
 #[test]
 fn unprefixed_names_go_to_the_default_mirror_or_the_one_ns_names() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let up_dir = dir.path().join("up");
-    std::fs::create_dir_all(&up_dir).expect("dir");
-    let input = up_dir.join("tool");
-    std::fs::write(&input, common::noise(20_000, 21)).expect("input");
-    let up = Serving::start(
-        &up_dir.join("store"),
-        &up_dir,
-        &[
-            "--no-prepack",
-            "--name",
-            "lib/tool",
-            input.to_str().expect("utf-8"),
-        ],
-    );
+    let up = open_upstream(&dir.path().join("up"), &common::noise(20_000, 21));
     let mdir = dir.path().join("mirror");
     std::fs::create_dir_all(&mdir).expect("dir");
     let config = mdir.join("q.toml");

@@ -33,6 +33,9 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 /// The largest manifest taken from an upstream (as the registry's own limit).
 const MAX_MANIFEST: u64 = 4 << 20;
 
+/// Blob downloads one mirror runs at once.
+const DOWNLOADS: usize = 32;
+
 /// Tags whose fetch time is remembered, at most; past it the map starts over (which costs
 /// one `HEAD` per tag).
 const FETCHED_MAX: usize = 100_000;
@@ -82,6 +85,8 @@ pub struct Mirror {
     tag_gates: Mutex<HashMap<(Name, Tag), Gate>>,
     /// Blob downloads under way, by digest: later askers read the first one's.
     downloads: Arc<Mutex<Downloads>>,
+    /// Downloads that may run at once.
+    download_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Mirrors {
@@ -105,6 +110,7 @@ impl Mirrors {
                 fetched: Mutex::new(HashMap::new()),
                 tag_gates: Mutex::new(HashMap::new()),
                 downloads: Arc::default(),
+                download_slots: Arc::new(tokio::sync::Semaphore::new(DOWNLOADS)),
             });
         }
         Ok(Mirrors { list })
@@ -418,6 +424,14 @@ impl Mirror {
         let scope = format!("repository:{remote}:pull");
         let path = format!("{remote}/blobs/{digest}");
         let url = format!("{}/v2/{path}", self.upstream.base);
+        // A bound on the downloads under way: each holds a temp file and a task that goes on
+        // when its clients leave. Past it, askers wait.
+        let permit = self
+            .download_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| MirrorError::Failed("the mirror is shutting down".into()))?;
         let response = self
             .upstream
             .request(reqwest::Method::GET, &path, "", &scope)
@@ -443,6 +457,7 @@ impl Mirror {
         let (name, digest) = (name.clone(), digest.clone());
         let cells = self.cells();
         tokio::spawn(async move {
+            let _permit = permit;
             let done = write(response, writer, &store, &name, &digest, &url, &tell).await;
             if let Err(e) = &done {
                 tracing::warn!(%name, %digest, error = %e, "mirror download failed; nothing stored");

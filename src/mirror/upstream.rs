@@ -222,13 +222,28 @@ async fn check(response: reqwest::Response, url: &str) -> Result<reqwest::Respon
         return Ok(response);
     }
     let status = response.status().as_u16();
-    let body = response.text().await.unwrap_or_default();
-    let body: String = body.chars().take(300).collect();
+    let body = read_limited(response, 300).await.unwrap_or_default();
+    let body: String = String::from_utf8_lossy(&body).chars().take(300).collect();
     Err(UpstreamError::Answered {
         url: url.to_owned(),
         status,
         body,
     })
+}
+
+/// The body, or its first `max` bytes when it is longer (an error's) or an error (a token's:
+/// see the callers); an upstream is not trusted with our memory.
+async fn read_limited(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        let room = max - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok(out);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// Percent-encodes a query value (all but RFC 3986's unreserved characters).

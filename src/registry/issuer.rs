@@ -203,31 +203,25 @@ impl Issuer {
 /// is written whole to a temp file and linked in, so no reader sees half a key and two
 /// replicas starting together end up with the same one. Returns the file's bytes.
 fn create_key(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
         .map_err(|e| std::io::Error::other(format!("key generation failed: {e}")))?;
     let text = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()));
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let dir = dir.unwrap_or(Path::new("."));
-    let temp = dir.join(format!(".token-key-{}", random_id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temp)?;
-    let written = file
-        .write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::hard_link(&temp, path));
-    let _ = std::fs::remove_file(&temp);
-    match written {
-        Ok(()) => {
+    // tempfile makes it 0600 and removes it if it is not persisted; persist_noclobber links
+    // it in and fails with AlreadyExists if another process's key is there.
+    let mut temp = tempfile::Builder::new()
+        .prefix(".token-key-")
+        .tempfile_in(dir.unwrap_or(Path::new(".")))?;
+    temp.write_all(text.as_bytes())?;
+    temp.as_file().sync_all()?;
+    match temp.persist_noclobber(path) {
+        Ok(_) => {
             tracing::info!(path = %path.display(), "made a token signing key");
             Ok(text.into_bytes())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path),
-        Err(e) => Err(e),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(path),
+        Err(e) => Err(e.error),
     }
 }
 
@@ -235,7 +229,7 @@ fn create_key(path: &Path) -> std::io::Result<Vec<u8>> {
 fn random_id() -> String {
     let mut bytes = [0u8; 16];
     // getrandom fails only without an entropy source; a fixed id then is no secret lost (the
-    // id only makes tokens distinct; temp names are created with create_new).
+    // id only makes tokens distinct).
     let _ = getrandom::fill(&mut bytes);
     hex::encode(bytes)
 }

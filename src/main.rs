@@ -154,16 +154,18 @@ fn job(cli: Cli, root: &ArgMatches) -> Result<(Job, Option<String>), String> {
             dry_run,
             mut gc,
         }) => {
+            let mut unpulled = Vec::new();
             if let Some(path) = config {
                 let loaded = config::File::load(&path)?;
                 format = config::log_format(root, format, Some(&loaded));
                 let m = root
                     .subcommand_matches("gc")
                     .ok_or("cannot read the flags of `gc`")?;
-                config::apply_to_gc(loaded, m, &mut store, &mut gc)
+                unpulled = config::apply_to_gc(loaded, m, &mut store, &mut gc)
                     .map_err(|e| format!("--config {}: {e}", path.display()))?;
             }
-            let policy = gc.policy(dry_run)?;
+            let mut policy = gc.policy(dry_run)?;
+            policy.unpulled = unpulled;
             return Ok((Job::Gc { store, policy }, format));
         }
         Some(Command::Licenses) => return Ok((Job::Licenses, format)),

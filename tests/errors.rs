@@ -36,10 +36,6 @@ fn assert_store_empty(store: &Path) {
     assert_eq!(files(&store.join("tmp")), Vec::<std::path::PathBuf>::new());
 }
 
-fn is_root() -> bool {
-    sh("id -u") == "0"
-}
-
 /// A command that runs quinistry as an unprivileged user when we are root (root ignores file
 /// permissions, so permission errors can only be shown without it).
 fn unprivileged() -> Command {

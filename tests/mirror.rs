@@ -527,3 +527,452 @@ fn unprefixed_names_go_to_the_default_mirror_or_the_one_ns_names() {
         );
     }
 }
+
+/// Debian's `docker-registry` (distribution 2.8) on a free loopback port, asking for alice's
+/// Basic credentials (bcrypt htpasswd), its access log in `dir/access.log`; killed on drop.
+struct Distribution {
+    child: std::process::Child,
+    addr: String,
+    log: std::path::PathBuf,
+}
+
+impl Distribution {
+    fn start(dir: &Path) -> Distribution {
+        std::fs::create_dir_all(dir).expect("dir");
+        let users = dir.join("htpasswd");
+        let hash = bcrypt::hash("secret", 4).expect("hash");
+        std::fs::write(&users, format!("alice:{hash}\n")).expect("htpasswd");
+        let addr = format!("127.0.0.1:{}", common::free_port());
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{ level: info, accesslog: {{ disabled: false }} }}\n\
+                 storage: {{ filesystem: {{ rootdirectory: {} }} }}\n\
+                 http: {{ addr: {addr} }}\n\
+                 auth: {{ htpasswd: {{ realm: upstream, path: {} }} }}\n",
+                dir.join("data").display(),
+                users.display()
+            ),
+        )
+        .expect("registry.yml");
+        // The access log goes to stdout, the rest to stderr.
+        let log = dir.join("access.log");
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(std::fs::File::create(dir.join("registry.log")).expect("log"))
+            .spawn()
+            .expect("spawn docker-registry");
+        let d = Distribution { child, addr, log };
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(&d.addr).is_ok() {
+                return d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("docker-registry did not start:\n{}", d.log_text());
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Answered GETs of `path` (under /v2/) in its access log, after a marker request that
+    /// shows the log has caught up.
+    fn gets(&self, path: &str) -> usize {
+        static MARKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let mark = format!("/v2/mark{}/tags/list", MARKS.fetch_add(1, Ordering::SeqCst));
+        raw_request(&self.addr, "GET", &mark, &[]);
+        for _ in 0..1000 {
+            let log = self.log_text();
+            if log.contains(&format!("\"GET {mark} ")) {
+                let wanted = format!("\"GET /v2/{path} ");
+                return log
+                    .lines()
+                    .filter(|l| l.contains(&wanted) && l.contains("\" 200 "))
+                    .count();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!(
+            "the marker request never reached the log:\n{}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One platform's image in an OCI layout: a gzip layer holding `/platform` (a real tar,
+/// as docker unpacks it) and a config naming its diff ID; the manifest's descriptor.
+fn platform_image(layout: &Path, arch: &str) -> (serde_json::Value, Vec<String>) {
+    use std::io::Write as _;
+    let files = layout.join(format!("rootfs-{arch}"));
+    std::fs::create_dir_all(&files).expect("rootfs");
+    std::fs::write(files.join("platform"), format!("linux/{arch}\n")).expect("file");
+    std::fs::write(
+        files.join("noise"),
+        common::noise(200_000, arch.len() as u64),
+    )
+    .expect("noise");
+    let tar_file = layout.join(format!("layer-{arch}.tar"));
+    common::sh(&format!(
+        "tar -C '{}' --owner=0 --group=0 --mtime=@0 -cf '{}' platform noise",
+        files.display(),
+        tar_file.display()
+    ));
+    let tar = std::fs::read(&tar_file).expect("tar");
+    std::fs::remove_file(&tar_file).expect("rm tar");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar).expect("gzip");
+    let layer = gz.finish().expect("gzip");
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": arch, "os": "linux",
+        "config": {"Cmd": ["/platform"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&tar)]},
+    }))
+    .expect("config");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&layer), "size": layer.len()}],
+    }))
+    .expect("manifest");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("blobs");
+    let mut digests = Vec::new();
+    for bytes in [&layer, &config, &manifest] {
+        let d = sha256(bytes);
+        std::fs::write(blobs.join(&d["sha256:".len()..]), bytes).expect("blob");
+        digests.push(d);
+    }
+    let descriptor = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": sha256(&manifest), "size": manifest.len(),
+        "platform": {"architecture": arch, "os": "linux"},
+    });
+    (descriptor, digests)
+}
+
+/// The architecture name of this machine in image platforms, and another one.
+fn architectures() -> (&'static str, &'static str) {
+    match std::env::consts::ARCH {
+        "aarch64" => ("arm64", "amd64"),
+        _ => ("amd64", "arm64"),
+    }
+}
+
+/// Distribution 2.8 with htpasswd as the upstream, holding a two-platform index: docker
+/// (through its engine's `registry-mirrors`), ctr (through `hosts.toml`, `?ns=docker.io`),
+/// skopeo and podman (by prefix) all pull it; the upstream's access log shows the tag, this
+/// platform's manifest and each of its blobs fetched once, and nothing of the other platform.
+#[test]
+fn a_distribution_upstream_serves_every_client_and_only_the_pulled_platform_is_fetched() {
+    if !common::installed("/usr/bin/docker-registry", "docker-registry")
+        || !common::have_tool("skopeo", "skopeo")
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up = Distribution::start(&dir.path().join("up"));
+
+    // The index, pushed to the upstream by skopeo from an OCI layout.
+    let layout = dir.path().join("layout");
+    let (here, there) = architectures();
+    let (here_desc, here_digests) = platform_image(&layout, here);
+    let (there_desc, there_digests) = platform_image(&layout, there);
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [here_desc, there_desc],
+    }))
+    .expect("index");
+    let index_digest = sha256(&index);
+    std::fs::write(
+        layout
+            .join("blobs/sha256")
+            .join(&index_digest["sha256:".len()..]),
+        &index,
+    )
+    .expect("index blob");
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("oci-layout");
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest, "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }]})
+        .to_string(),
+    )
+    .expect("index.json");
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ])
+        .args(["--dest-creds", "alice:secret"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{}/lib/multi:latest", up.addr))
+        .output()
+        .expect("skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mdir = dir.path().join("mirror");
+    std::fs::create_dir_all(&mdir).expect("dir");
+    let config = mdir.join("q.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mirror]]\nprefix = \"docker.io\"\nupstream = \"http://{}\"\ndefault = true\n\
+             username = \"alice\"\npassword = \"secret\"\ntag_ttl = \"1h\"\n",
+            up.addr
+        ),
+    )
+    .expect("config");
+    let server = Serving::start(
+        &mdir.join("store"),
+        &mdir,
+        &["--no-prepack", "--config", config.to_str().expect("utf-8")],
+    );
+    let addr = server.addr.clone();
+    let (here_layer, here_config, here_manifest) =
+        (&here_digests[0], &here_digests[1], &here_digests[2]);
+    let counts = || {
+        let mut c = vec![up.gets("lib/multi/manifests/latest")];
+        for d in here_digests.iter().chain(&there_digests) {
+            c.push(
+                up.gets(&format!("lib/multi/manifests/{d}"))
+                    + up.gets(&format!("lib/multi/blobs/{d}")),
+            );
+        }
+        c
+    };
+    let before = counts();
+
+    // skopeo and podman by prefix: this platform only.
+    let copied = dir.path().join("copied");
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{addr}/docker.io/lib/multi:latest"))
+        .arg(format!("dir:{}", copied.display()))
+        .output()
+        .expect("skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    let manifest = std::fs::read(copied.join("manifest.json")).expect("manifest");
+    assert_eq!(
+        &sha256(&manifest),
+        here_manifest,
+        "skopeo got this platform's manifest"
+    );
+    if common::have_tool("podman", "podman") {
+        let image = format!("{addr}/docker.io/lib/multi:latest");
+        common::podman_in(
+            &dir.path().join("podman"),
+            &["pull", "--tls-verify=false", &image],
+        );
+    }
+    // ctr through a hosts.toml mirror entry: `?ns=docker.io` picks the mirror.
+    if common::have_tool("containerd", "containerd") {
+        let containerd = common::Containerd::start(&dir.path().join("containerd"));
+        let hosts = dir.path().join("hosts");
+        std::fs::create_dir_all(hosts.join("docker.io")).expect("hosts dir");
+        std::fs::write(
+            hosts.join("docker.io/hosts.toml"),
+            format!("server = \"https://registry-1.docker.io\"\n\n[host.\"http://{addr}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+        )
+        .expect("hosts.toml");
+        let hosts = hosts.to_str().expect("utf-8");
+        let out = containerd.ctr(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts,
+            "docker.io/lib/multi:latest",
+        ]);
+        assert!(
+            out.status.success(),
+            "ctr: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log_text()
+        );
+    }
+    // docker through its engine's registry-mirrors: an unprefixed name, the default mirror.
+    let engine = common::Dockerd::start(
+        &dir.path().join("dockerd"),
+        &serde_json::json!({"registry-mirrors": [format!("http://{addr}")]}),
+    );
+    if let Some(engine) = &engine {
+        let out = engine.docker(&["pull", "lib/multi:latest"]);
+        assert!(
+            out.status.success(),
+            "docker pull through registry-mirrors: {}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log_text(),
+            engine.log()
+        );
+        let out = engine.docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Architecture}} {{.Id}}",
+            "lib/multi:latest",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.starts_with(here) && text.contains(here_config.as_str()),
+            "{text}"
+        );
+    }
+
+    // Upstream: the tag once, this platform's manifest and blobs once each, whatever the
+    // number of clients; nothing of the other platform.
+    let after = counts();
+    let fetched: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        fetched,
+        [1, 1, 1, 1, 0, 0, 0],
+        "GETs: tag, {here}'s layer/config/manifest, {there}'s"
+    );
+    let store = mdir.join("store");
+    for d in [here_layer, here_config, here_manifest, &index_digest] {
+        assert!(common::blob(&store, d).exists(), "{d} cached");
+    }
+    for d in &there_digests {
+        assert!(!common::blob(&store, d).exists(), "{there}'s {d} fetched");
+    }
+}
+
+/// Retention: the online collector evicts a mirror's images not pulled for its `retention`
+/// (tags, manifests, then blobs) and keeps the ones pulled since; an evicted image pulls
+/// again from the upstream. Ages are made by setting the records' access times back, so
+/// nothing waits on the clock.
+#[test]
+fn retention_evicts_what_was_not_pulled_and_keeps_what_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old_up = open_upstream(&dir.path().join("old"), &common::noise(40_000, 31));
+    let new_up = open_upstream(&dir.path().join("new"), &common::noise(40_000, 32));
+    let mdir = dir.path().join("mirror");
+    std::fs::create_dir_all(&mdir).expect("dir");
+    let config = mdir.join("q.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mirror]]\nprefix = \"old\"\nupstream = \"http://{}\"\nretention = \"1h\"\n\n\
+             [[mirror]]\nprefix = \"new\"\nupstream = \"http://{}\"\nretention = \"1h\"\n",
+            old_up.addr, new_up.addr
+        ),
+    )
+    .expect("config");
+    let store = mdir.join("store");
+    let config = config.to_str().expect("utf-8").to_owned();
+    let start = |gc: &[&str]| {
+        let mut args = vec!["--no-prepack", "--config", config.as_str()];
+        args.extend_from_slice(gc);
+        Serving::start(&store, &mdir, &args)
+    };
+    // Without a collector, retention is refused with the reason.
+    let out = common::quinistry()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-prepack",
+            "--config",
+            &config,
+        ])
+        .arg("--store")
+        .arg(dir.path().join("nowhere"))
+        .output()
+        .expect("quinistry");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--gc-interval"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let first_pass_in_an_hour = ["--gc-interval", "1h"];
+    let server = start(&first_pass_in_an_hour);
+    pull(&server.addr, "old/lib/tool");
+    pull(&server.addr, "new/lib/tool");
+    drop(server);
+    // Two hours pass for both images' records.
+    common::sh(&format!(
+        "find '{}' -type f -exec touch -a -d '2 hours ago' {{}} +",
+        store.join("repositories").display()
+    ));
+    // One is pulled again: its pull is recorded.
+    let server = start(&first_pass_in_an_hour);
+    pull(&server.addr, "new/lib/tool");
+    drop(server);
+
+    let server = start(&["--gc-interval", "1s", "--grace", "0s", "--link-grace", "0s"]);
+    let addr = server.addr.clone();
+    let old_layer = common::blob(&store, &old_up.report["layer"]);
+    for _ in 0..600 {
+        if !old_layer.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!old_layer.exists(), "not evicted:\n{}", server.log_text());
+    assert!(
+        server.log_text().contains("1 tags"),
+        "{}",
+        server.log_text()
+    );
+    let list = raw_request(&addr, "GET", "/v2/old/lib/tool/tags/list", &[]);
+    assert_eq!(list.status, 404, "{}", String::from_utf8_lossy(&list.body));
+    for key in ["layer", "config", "manifest"] {
+        assert!(
+            !common::blob(&store, &old_up.report[key]).exists(),
+            "old {key} kept"
+        );
+        assert!(
+            common::blob(&store, &new_up.report[key]).exists(),
+            "new {key} evicted"
+        );
+    }
+    let catalog =
+        String::from_utf8_lossy(&raw_request(&addr, "GET", "/v2/_catalog", &[]).body).into_owned();
+    assert!(
+        catalog.contains("new/lib/tool") && !catalog.contains("old/lib/tool"),
+        "{catalog}"
+    );
+    // The kept image pulls from the store; the evicted one from its upstream again.
+    let gets = upstream_requests(&old_up, "GET");
+    assert_eq!(pull(&addr, "new/lib/tool"), new_up.report["manifest"]);
+    assert_eq!(pull(&addr, "old/lib/tool"), old_up.report["manifest"]);
+    assert!(
+        upstream_requests(&old_up, "GET") >= gets + 3,
+        "fetched again"
+    );
+    drop(server);
+    let out = common::run_ok(common::quinistry().args(["verify", "--store"]).arg(&store));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("0 inconsistencies"), "{text}");
+}

@@ -284,7 +284,7 @@ fn an_edited_conffile_a_root_only_file_and_generated_files_stay_on_the_machine()
     if !installed("/usr/bin/ssh", "openssh-client") {
         return;
     }
-    if !nix_root() {
+    if !common::is_root() {
         common::skip("editing a conffile and a package file needs root");
         return;
     }
@@ -362,10 +362,6 @@ fn a_program_finding_its_libraries_through_origin_dotdot_keeps_its_layout() {
     assert_eq!(run_in(&[], &image, &[]).0.trim(), "hello from ../lib");
 }
 
-fn nix_root() -> bool {
-    sh("id -u") == "0"
-}
-
 /// Undoes a CA added to the machine's trust store, whatever the test did.
 struct TrustedCa(std::path::PathBuf);
 
@@ -397,7 +393,7 @@ fn curl_in_its_image_reaches_an_https_server_the_machine_trusts() {
     {
         return;
     }
-    if !nix_root() {
+    if !common::is_root() {
         common::skip("adding a CA to the machine's trust store needs root");
         return;
     }
@@ -487,7 +483,7 @@ fn a_library_found_through_ld_so_conf_is_found_in_the_image() {
     if !have_docker() || !common::have_tool("cc", "gcc") {
         return;
     }
-    if !nix_root() {
+    if !common::is_root() {
         common::skip("adding a directory to the machine's ld.so.conf needs root");
         return;
     }

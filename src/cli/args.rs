@@ -110,6 +110,7 @@ impl GcArgs {
             link_grace: self.link_grace,
             keep_untagged: self.keep_untagged,
             keep_tags,
+            unpulled: Vec::new(),
             dry_run,
         })
     }

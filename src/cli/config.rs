@@ -74,6 +74,7 @@ struct MirrorEntry {
     password_file: Option<PathBuf>,
     ca: Option<PathBuf>,
     tag_ttl: Option<String>,
+    retention: Option<String>,
 }
 
 impl MirrorEntry {
@@ -110,6 +111,10 @@ impl MirrorEntry {
         if let Some(ttl) = duration(&key("tag_ttl"), self.tag_ttl.clone())? {
             c.tag_ttl = ttl;
         }
+        c.retention = duration(&key("retention"), self.retention.clone())?;
+        if c.retention.is_some_and(|r| r.is_zero()) {
+            return Err(format!("{}: must be more than 0", key("retention")));
+        }
         Ok(c)
     }
 }
@@ -135,6 +140,7 @@ pub fn mirror_config(prefix: &str, upstream: &str) -> Result<MirrorConfig, Strin
         credentials: None,
         ca: None,
         tag_ttl: std::time::Duration::from_secs(600),
+        retention: None,
     })
 }
 
@@ -259,15 +265,35 @@ fn apply_gc(
     duration("gc.interval", gc.interval)
 }
 
-/// `quinistry gc --config FILE`: the file's `store` and `[gc]`, under the flags.
+/// `quinistry gc --config FILE`: the file's `store` and `[gc]`, under the flags; the
+/// retention of its `[[mirror]]`s.
 pub fn apply_to_gc(
     file: File,
     m: &ArgMatches,
     store: &mut StoreArg,
     args: &mut GcArgs,
-) -> Result<(), String> {
+) -> Result<Vec<quinistry::store::gc::Unpulled>, String> {
     fill_store(m, store, file.store);
-    apply_gc(file.gc, m, args).map(drop)
+    apply_gc(file.gc, m, args)?;
+    let mirrors = file
+        .mirror
+        .into_iter()
+        .map(MirrorEntry::into_config)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(unpulled(&mirrors))
+}
+
+/// What the collector evicts from these mirrors' repositories.
+pub fn unpulled(mirrors: &[MirrorConfig]) -> Vec<quinistry::store::gc::Unpulled> {
+    mirrors
+        .iter()
+        .filter_map(|m| {
+            Some(quinistry::store::gc::Unpulled {
+                prefix: m.prefix.clone(),
+                after: m.retention?,
+            })
+        })
+        .collect()
 }
 
 #[derive(Deserialize, Default)]

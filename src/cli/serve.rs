@@ -149,7 +149,7 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         }
     }
     let tls = tls(&args)?;
-    let gc = match args.gc_interval {
+    let mut gc = match args.gc_interval {
         Some(every) if every.is_zero() => return Err("--gc-interval must be more than 0".into()),
         Some(every) => Some((every, args.gc.policy(false)?)),
         None => None,
@@ -168,6 +168,18 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
     let mut prefixes = std::collections::HashSet::new();
     if let Some(twice) = mirrors.iter().find(|m| !prefixes.insert(m.prefix.clone())) {
         return Err(format!("mirror prefix {:?} is given twice", twice.prefix));
+    }
+    let unpulled = config::unpulled(&mirrors);
+    match (&mut gc, unpulled.first()) {
+        (_, None) => {}
+        (Some((_, policy)), Some(_)) => policy.unpulled = unpulled,
+        (None, Some(u)) => {
+            return Err(format!(
+                "mirror {:?}: retention evicts through the online collector: \
+                 set --gc-interval (or [gc] interval) too",
+                u.prefix
+            ));
+        }
     }
     let auth_files = args.htpasswd.clone().map(|htpasswd| AuthFiles {
         htpasswd,
@@ -312,10 +324,17 @@ pub fn summary(s: &Settings) -> Vec<String> {
     }
     for m in &s.mirrors {
         lines.push(format!(
-            "mirror     {}/NAME <- {} (tags checked again after {}{})",
+            "mirror     {}/NAME <- {} (tags checked again after {}{}{})",
             m.prefix,
             m.upstream,
             humantime::format_duration(m.tag_ttl),
+            match m.retention {
+                Some(r) => format!(
+                    "; evicted when not pulled for {}",
+                    humantime::format_duration(r)
+                ),
+                None => String::new(),
+            },
             if m.credentials.is_some() {
                 ", with credentials"
             } else {

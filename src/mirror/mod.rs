@@ -49,6 +49,8 @@ pub struct MirrorConfig {
     pub credentials: Option<(String, String)>,
     pub ca: Option<Vec<u8>>,
     pub tag_ttl: Duration,
+    /// Evict (by the online collector) what was not pulled for this long.
+    pub retention: Option<Duration>,
 }
 
 /// What a mirror fetch can fail with.
@@ -83,6 +85,11 @@ pub struct Mirror {
     fetched: Mutex<HashMap<(Name, Tag), Instant>>,
     /// Tags being checked, one at a time each.
     tag_gates: Mutex<HashMap<(Name, Tag), Gate>>,
+    /// Evict what was not pulled for this long; pulls are recorded only when it is set.
+    retention: Option<Duration>,
+    /// When each manifest's pull was last recorded in the store (at most once per
+    /// `retention / 10`, or per hour).
+    pulled: Mutex<HashMap<(Name, Digest), Instant>>,
     /// Blob downloads under way, by digest: later askers read the first one's.
     downloads: Arc<Mutex<Downloads>>,
     /// Downloads that may run at once.
@@ -107,6 +114,8 @@ impl Mirrors {
                 default: c.default,
                 upstream,
                 tag_ttl: c.tag_ttl,
+                retention: c.retention,
+                pulled: Mutex::new(HashMap::new()),
                 fetched: Mutex::new(HashMap::new()),
                 tag_gates: Mutex::new(HashMap::new()),
                 downloads: Arc::default(),
@@ -130,6 +139,19 @@ impl Mirrors {
             .iter()
             .find(|m| m.default)
             .map(|m| m.prefix.as_str())
+    }
+
+    /// What the collector evicts: each mirror's repositories not pulled for its retention.
+    pub fn unpulled(&self) -> Vec<crate::store::gc::Unpulled> {
+        self.list
+            .iter()
+            .filter_map(|m| {
+                Some(crate::store::gc::Unpulled {
+                    prefix: m.prefix.clone(),
+                    after: m.retention?,
+                })
+            })
+            .collect()
     }
 
     /// The mirror `name` belongs to, and the name upstream.
@@ -260,6 +282,38 @@ impl Mirror {
             .await;
         crate::metrics::mirrored(up, if fetched.is_ok() { "miss" } else { "error" });
         fetched.map(|_| ())
+    }
+
+    /// Records that manifest `digest` of `name` was pulled, for retention: its link is made
+    /// again, which touches it (and the manifest's bytes), on every engine. At most once per
+    /// a tenth of the retention (or an hour) per manifest, so a pull costs no write.
+    pub async fn pulled(
+        &self,
+        store: &Store,
+        name: &Name,
+        digest: &Digest,
+    ) -> Result<(), MirrorError> {
+        let Some(retention) = self.retention else {
+            return Ok(());
+        };
+        let every = (retention / 10).min(Duration::from_secs(3600));
+        let key = (name.clone(), digest.clone());
+        {
+            let mut pulled = self.pulled.lock().unwrap_or_else(|p| p.into_inner());
+            if pulled.get(&key).is_some_and(|at| at.elapsed() < every) {
+                return Ok(());
+            }
+            if pulled.len() >= FETCHED_MAX {
+                pulled.clear();
+            }
+            pulled.insert(key, Instant::now());
+        }
+        let pin = store.pin().await?;
+        match store.link(&pin, name, Link::Manifest, digest).await {
+            // Evicted meanwhile: the next pull fetches it again.
+            Err(StoreError::BlobUnknown(_)) => Ok(()),
+            other => Ok(other?),
+        }
     }
 
     fn checked(&self, key: (Name, Tag)) {

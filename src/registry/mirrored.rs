@@ -57,7 +57,7 @@ pub(super) async fn manifest(
     reference: &Reference,
 ) -> Result<(), RegistryError> {
     let store = registry.store();
-    match reference {
+    let digest = match reference {
         Reference::Tag(tag) => {
             let digest = mirror
                 .tag(store, name, remote, tag)
@@ -65,14 +65,22 @@ pub(super) async fn manifest(
                 .map_err(|e| error(e, mirror, Code::ManifestUnknown))?;
             registry
                 .tags
-                .set(&(name.clone(), tag.clone()), Some(digest));
+                .set(&(name.clone(), tag.clone()), Some(digest.clone()));
+            digest
         }
-        Reference::Digest(digest) => mirror
-            .manifest(store, name, remote, digest)
-            .await
-            .map_err(|e| error(e, mirror, Code::ManifestUnknown))?,
-    }
+        Reference::Digest(digest) => {
+            mirror
+                .manifest(store, name, remote, digest)
+                .await
+                .map_err(|e| error(e, mirror, Code::ManifestUnknown))?;
+            digest.clone()
+        }
+    };
     registry.repositories.set(name, Some(()));
+    // For retention; a failure to record costs at most an early eviction.
+    if let Err(e) = mirror.pulled(store, name, &digest).await {
+        tracing::warn!(%name, %digest, error = %e, "could not record a mirror pull");
+    }
     Ok(())
 }
 

@@ -2,8 +2,10 @@
 //! (`quinistry gc` on a stopped or running store, and `serve --gc-interval`).
 //!
 //! **Retention** (only when asked) removes tags and manifest links as a client's `DELETE`
-//! would: tags beyond the last N set in a repository that a [`KeepTags`] rule names, and
-//! manifests no tag reaches whose link is older than `keep_untagged`, with their referrers.
+//! would: tags beyond the last N set in a repository that a [`KeepTags`] rule names,
+//! manifests no tag reaches whose link is older than `keep_untagged`, with their referrers,
+//! and in a mirror's repositories ([`Unpulled`]) the tags and manifests not pulled for its
+//! retention (a mirror records a pull by linking the manifest again, which touches it).
 //!
 //! **Live** is everything reachable from the store's records: every repository's tags,
 //! linked manifests (tagged or not) and referrers, the config, layers and child manifests of
@@ -69,6 +71,8 @@ pub struct Policy {
     pub keep_untagged: Option<Duration>,
     /// Keep only the most recently set tags of the repositories these rules name.
     pub keep_tags: Vec<KeepTags>,
+    /// Evict from mirrors' repositories what was not pulled for a while.
+    pub unpulled: Vec<Unpulled>,
     /// Count, but remove nothing.
     pub dry_run: bool,
 }
@@ -80,9 +84,35 @@ impl Default for Policy {
             link_grace: Duration::from_secs(24 * 3600),
             keep_untagged: None,
             keep_tags: Vec::new(),
+            unpulled: Vec::new(),
             dry_run: false,
         }
     }
+}
+
+impl Policy {
+    /// Whether a pass begins with retention (anything besides garbage is removed).
+    pub fn retains(&self) -> bool {
+        self.keep_untagged.is_some() || !self.keep_tags.is_empty() || !self.unpulled.is_empty()
+    }
+
+    /// How long manifests of `name` stay unpulled before they go, if `name` is a mirror's.
+    pub(crate) fn unpulled_for(&self, name: &Name) -> Option<Duration> {
+        self.unpulled.iter().find_map(|u| {
+            name.as_str()
+                .strip_prefix(u.prefix.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+                .then_some(u.after)
+        })
+    }
+}
+
+/// "In the repositories under `prefix/` (a mirror's), remove the tags and manifests not
+/// pulled for `after`."
+#[derive(Debug, Clone)]
+pub struct Unpulled {
+    pub prefix: String,
+    pub after: Duration,
 }
 
 /// "In the repositories `pattern` matches, keep the `last` most recently set tags."
@@ -193,7 +223,7 @@ pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result
         dry_run: policy.dry_run,
         ..GcReport::default()
     };
-    if policy.keep_untagged.is_some() || !policy.keep_tags.is_empty() {
+    if policy.retains() {
         retain(store, roots, policy, &mut report).await?;
     }
     // No pinned step is half done now (see the module doc, step 1).
@@ -403,7 +433,28 @@ fn decide_retention(
                 tag_removals.push(Removal::Tag(name.clone(), tag, digest, set));
             }
         }
-        let Some(keep_untagged) = policy.keep_untagged else {
+        // A mirror's tag goes when its manifest was not pulled (touched) within the
+        // retention; then its manifests as untagged ones, at the same age.
+        let unpulled = policy.unpulled_for(&name);
+        if let Some(after) = unpulled {
+            let cutoff = cutoff(now, after);
+            let touched: BTreeMap<&Digest, Option<SystemTime>> =
+                records.manifests.iter().map(|(d, t)| (d, *t)).collect();
+            let (old, fresh): (Vec<_>, Vec<_>) = tags.into_iter().partition(|(_, d, _)| {
+                touched
+                    .get(d)
+                    .is_some_and(|t| t.is_some_and(|t| t <= cutoff))
+            });
+            tags = fresh;
+            for (tag, digest, set) in old {
+                tag_removals.push(Removal::Tag(name.clone(), tag, digest, set));
+            }
+        }
+        let untagged = match (policy.keep_untagged, unpulled) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let Some(keep_untagged) = untagged else {
             continue;
         };
         // What the remaining tags reach, and the referrers of that, stays.

@@ -559,6 +559,7 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start(dir: &Path) -> Containerd {
+        std::fs::create_dir_all(dir).expect("containerd dir");
         let socket = dir.join("containerd.sock");
         let config = dir.join("containerd.toml");
         std::fs::write(
@@ -658,4 +659,111 @@ pub fn metrics_addr(server: &Serving) -> String {
         .trim_start_matches("http://")
         .trim_end_matches("/metrics")
         .to_owned()
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    sh("id -u") == "0"
+}
+
+/// A Docker engine of the test's own (root only), with its data, exec root, pid file,
+/// socket and daemon.json under `dir`, for settings the CI's engine does not have (a
+/// `registry-mirrors` entry); killed on drop, and what it mounted under `dir` unmounted.
+pub struct Dockerd {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    pub host: String,
+}
+
+impl Dockerd {
+    /// Starts dockerd with `config` as its daemon.json; `None` (a skip, or a failure in CI)
+    /// when dockerd is missing or the test is not root.
+    pub fn start(dir: &Path, config: &serde_json::Value) -> Option<Dockerd> {
+        if !have_tool("dockerd", "docker.io") || !have_tool("docker", "docker.io") {
+            return None;
+        }
+        if !is_root() {
+            skip("a dockerd of the test's own needs root");
+            return None;
+        }
+        std::fs::create_dir_all(dir).expect("dockerd dir");
+        let json = dir.join("daemon.json");
+        std::fs::write(&json, config.to_string()).expect("daemon.json");
+        let socket = dir.join("docker.sock");
+        let host = format!("unix://{}", socket.display());
+        let child = Command::new("dockerd")
+            .args(["--iptables=false", "--bridge=none", "--storage-driver=vfs"])
+            .arg("--config-file")
+            .arg(&json)
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .args(["-H", &host])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dockerd.log")).expect("log"))
+            .spawn()
+            .expect("spawn dockerd");
+        let dockerd = Dockerd {
+            child,
+            dir: dir.to_owned(),
+            host,
+        };
+        for _ in 0..600 {
+            if dockerd.docker(&["info"]).status.success() {
+                return Some(dockerd);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "dockerd did not start:\n{}",
+            std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+        );
+    }
+
+    /// `docker ARGS` against this engine, its output whatever the exit status.
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .env("DOCKER_HOST", &self.host)
+            .env("DOCKER_CONFIG", self.dir.join("client"))
+            .args(args)
+            .output()
+            .expect("docker")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // SIGTERM lets dockerd stop its containerd; a kill after a while if it does not.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Mounts it left (vfs makes none, its exec root may): deepest first.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let prefix = self.dir.display().to_string();
+            let mut under: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|m| m.starts_with(&prefix))
+                .collect();
+            under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in under {
+                let _ = Command::new("umount").args(["-l", m]).status();
+            }
+        }
+    }
 }

@@ -1823,6 +1823,68 @@ pub async fn the_collector_removes_what_nothing_reaches_and_keeps_every_tagged_i
     assert_eq!((again.reclaimed, again.stale_links), (0, 0), "{again:?}");
 }
 
+/// Mirror retention: in the repositories under a mirror's prefix, the images whose manifest
+/// was not pulled (linked again, as a mirror records a pull) within the retention go, tag,
+/// manifest and layer; one pulled since stays, and so does everything outside the prefix.
+pub async fn the_collector_evicts_a_mirrors_unpulled_images(engine: Engine) {
+    let Some(f) = Fixture::new(engine, pushing()).await else {
+        return;
+    };
+    let (old, old_blobs) = tagged_image(&f, "m/old", "v1", b"a mirrored layer not pulled").await;
+    let (pulled, pulled_blobs) =
+        tagged_image(&f, "m/pulled", "v1", b"a mirrored layer pulled").await;
+    let (own, own_blobs) = tagged_image(&f, "own/x", "v1", b"a layer of our own").await;
+    // Everything ages past the retention (5 s) and the collector's margin; then one image
+    // is pulled. A pass right after keeps it unless it stalls for 7 s between the two.
+    let after = Duration::from_secs(5);
+    tokio::time::sleep(after + quinistry::store::gc::TICK + Duration::from_millis(500)).await;
+    let name: quinistry::reference::Name = "m/pulled".parse().expect("name");
+    let pin = f.store.pin().await.expect("pin");
+    f.store
+        .link(&pin, &name, quinistry::store::Link::Manifest, &pulled)
+        .await
+        .expect("record the pull");
+    drop(pin);
+    let policy = quinistry::store::gc::Policy {
+        grace: Duration::ZERO,
+        link_grace: Duration::ZERO,
+        unpulled: vec![quinistry::store::gc::Unpulled {
+            prefix: "m".into(),
+            after,
+        }],
+        ..Default::default()
+    };
+    let report = quinistry::store::gc::collect(&f.store, &[], &policy)
+        .await
+        .expect("collect");
+    assert_eq!(
+        (report.tags_removed, report.untagged_removed),
+        (1, 1),
+        "{report:?}"
+    );
+    let r = f.get("/v2/m/old/manifests/v1").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(!f.store.has_blob(&old).await.expect("has"), "{report:?}");
+    // The config is shared by all three images; the layer is m/old's own.
+    assert!(
+        !f.store.has_blob(&old_blobs[1]).await.expect("has"),
+        "{report:?}"
+    );
+    for (repo, digest, blobs) in [
+        ("m/pulled", &pulled, &pulled_blobs),
+        ("own/x", &own, &own_blobs),
+    ] {
+        let r = f.get(&format!("/v2/{repo}/manifests/v1")).await;
+        assert_eq!(r.status(), StatusCode::OK, "{repo}");
+        for d in std::iter::once(digest).chain(blobs.iter()) {
+            assert!(
+                f.store.has_blob(d).await.expect("has"),
+                "{repo}: {d} was collected"
+            );
+        }
+    }
+}
+
 pub async fn verify_finds_dangling_records_and_repair_removes_only_them(engine: Engine) {
     let Some(f) = Fixture::new(engine, pushing()).await else {
         return;

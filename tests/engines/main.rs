@@ -63,6 +63,7 @@ on_every_engine! {
     2 upload_sessions_are_capped_in_all_and_per_client,
     2 a_trickling_upload_expires_with_its_request,
     2 the_collector_removes_what_nothing_reaches_and_keeps_every_tagged_image,
+    2 the_collector_evicts_a_mirrors_unpulled_images,
     2 verify_finds_dangling_records_and_repair_removes_only_them,
     2 a_corrupt_tag_record_is_a_500_and_every_other_tag_still_serves,
     2 catalog_and_tag_pages_list_every_name_once_in_byte_order,

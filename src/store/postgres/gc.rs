@@ -54,6 +54,9 @@ pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result
     };
     for name in store.repositories().await? {
         let _repository = store.lock_repository(&name).await?;
+        if let Some(age) = policy.unpulled_for(&name) {
+            evict_unpulled(store, &name, age, policy.dry_run, &mut report).await?;
+        }
         let mut named = Vec::new();
         for manifest in store.links(&name, Link::Manifest).await? {
             let Some(bytes) = read_manifest(store, &manifest).await? else {
@@ -88,6 +91,46 @@ pub async fn collect(store: &Store, roots: &[Digest], policy: &Policy) -> Result
     report.reclaimed_bytes = bytes;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A mirror's repository: its tags whose manifest was not pulled for `age`, then the
+/// manifests no tag left reaches, untouched as long (see `gc.rs`, retention).
+async fn evict_unpulled(
+    store: &Store,
+    name: &crate::reference::Name,
+    age: std::time::Duration,
+    dry_run: bool,
+    report: &mut GcReport,
+) -> Result<()> {
+    let Some(shared) = store.shared() else {
+        return Ok(());
+    };
+    let tags = shared.meta.tags_pulled(name, age).await?;
+    let (old, fresh): (Vec<_>, Vec<_>) = tags.into_iter().partition(|(_, _, old)| *old);
+    let old: Vec<String> = old.into_iter().map(|(tag, _, _)| tag).collect();
+    report.tags_removed += shared
+        .meta
+        .remove_unpulled_tags(name, &old, age, dry_run)
+        .await?;
+    // What the tags left reach (an index's platform manifests) stays.
+    let mut kept: Vec<String> = Vec::new();
+    for (_, digest, _) in fresh {
+        kept.push(digest.clone());
+        let Ok(digest) = digest.parse::<Digest>() else {
+            continue;
+        };
+        if let Some(bytes) = read_manifest(store, &digest).await? {
+            let recorded = store.manifest_type(&digest).await?;
+            if let Some((_, children)) = names_in(&bytes, recorded.as_deref()) {
+                kept.extend(children.iter().map(Digest::to_string));
+            }
+        }
+    }
+    report.untagged_removed += shared
+        .meta
+        .remove_unpulled_manifests(name, &kept, age, dry_run)
+        .await?;
+    Ok(())
 }
 
 /// Removes the doomed blobs that are still garbage (on a dry run, counts them all): how

@@ -769,6 +769,80 @@ impl Metadata {
         }))
     }
 
+    /// The tags of `name`, each with its manifest and whether that manifest's link was last
+    /// touched (pulled, for a mirror's) longer than `age` ago.
+    pub async fn tags_pulled(
+        &self,
+        name: &Name,
+        age: Duration,
+    ) -> Result<Vec<(String, String, bool)>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT t.tag, t.digest,
+                        coalesce(l.touched_at < now() - make_interval(secs => $2), false)
+                 FROM tags t LEFT JOIN links l ON l.repository = t.repository
+                     AND l.kind = '_manifests' AND l.digest = t.digest
+                 WHERE t.repository = $1",
+                &[&name.as_str(), &age.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Removes `tags` of `name` whose manifest's link is still untouched for `age` (a pull
+    /// since the decision keeps them); how many (with `dry_run`, how many would go).
+    pub async fn remove_unpulled_tags(
+        &self,
+        name: &Name,
+        tags: &[String],
+        age: Duration,
+        dry_run: bool,
+    ) -> Result<usize, StoreError> {
+        if dry_run {
+            return Ok(tags.len());
+        }
+        let n = self
+            .execute(
+                "DELETE FROM tags t USING links l
+                 WHERE t.repository = $1 AND t.tag = ANY($2) AND l.repository = $1
+                   AND l.kind = '_manifests' AND l.digest = t.digest
+                   AND l.touched_at < now() - make_interval(secs => $3)",
+                &[&name.as_str(), &tags, &age.as_secs_f64()],
+            )
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    /// Removes the manifest links of `name` that none of `kept` is, untouched for `age`,
+    /// and their referrer records; how many (with `dry_run`, how many would go). Run under
+    /// the repository's lock.
+    pub async fn remove_unpulled_manifests(
+        &self,
+        name: &Name,
+        kept: &[String],
+        age: Duration,
+        dry_run: bool,
+    ) -> Result<usize, StoreError> {
+        let sql = if dry_run {
+            "SELECT count(*) FROM links WHERE repository = $1 AND kind = '_manifests'
+             AND touched_at < now() - make_interval(secs => $3) AND NOT (digest = ANY($2))"
+        } else {
+            "WITH gone AS (DELETE FROM links WHERE repository = $1 AND kind = '_manifests'
+                 AND touched_at < now() - make_interval(secs => $3) AND NOT (digest = ANY($2))
+                 RETURNING digest),
+             refs AS (DELETE FROM referrers WHERE repository = $1
+                 AND referrer IN (SELECT digest FROM gone))
+             SELECT count(*) FROM gone"
+        };
+        let row = self
+            .row(sql, &[&name.as_str(), &kept, &age.as_secs_f64()])
+            .await?;
+        Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
     /// Removes the blob links of `name` that none of `named` is and that were last touched
     /// longer than `grace` ago; how many (with `dry_run`, how many would go). Run under the
     /// repository's lock, so no manifest push in it is between its check and its link.

@@ -51,7 +51,6 @@ if [ -z "${QUINISTRY_TEST_POSTGRES:-}" ] && command -v garage >/dev/null; then
   .ci/cluster.sh start "$cluster" >/dev/null && . "$cluster/env" || cluster=
 fi
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # The client: pages followed through Link, timed one by one (one keep-alive connection).
 cat >"$work/walk.py" <<'EOF'

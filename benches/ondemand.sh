@@ -32,7 +32,6 @@ rm "$work/data"
 touch -d '1 hour ago' "$big"
 echo "input      tools/big: $(( $(stat -c %s "$big") / 1048576 )) MiB (an ELF program + binary-like data), level $level"
 
-now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 # utime + stime of a process, in seconds.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / hz }' "/proc/$1/stat"; }

@@ -23,7 +23,6 @@ trap cleanup EXIT
 cargo build --release --quiet
 bin=$PWD/target/release/quinistry
 
-now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 

@@ -54,25 +54,7 @@ bin=$PWD/target/release/quinistry
 before=${BEFORE:-}
 
 # ---------------------------------------------------------------- helpers
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {  # URL: wait until it answers (at most 120 s)
-  for _ in $(seq 1 1200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "peers.sh: $1 never answered" >&2; exit 1
-}
-# CPU busy share of the whole machine over one second, and the steal share (a VM's
-# neighbours): sampled while nothing of ours runs.
-load() {
-  local a b
-  a=$(awk '/^cpu / { print $2+$3+$4+$7+$8, $5+$6, $9 }' /proc/stat)
-  sleep 1
-  b=$(awk '/^cpu / { print $2+$3+$4+$7+$8, $5+$6, $9 }' /proc/stat)
-  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
-    busy = y[1] - x[1]; idle = y[2] - x[2]; steal = y[3] - x[3]; t = busy + idle + steal;
-    printf "machine before this row: %.0f%% busy, %.0f%% stolen", 100 * busy / t, 100 * steal / t }'
-}
 # Runs a row: every contender once per round in a rotating order; `run_one NAME` prints one
 # figure. Sets fig[NAME] to the median and all[NAME] to every round's figure.
 declare -A fig all

@@ -21,7 +21,6 @@ cargo build --release --quiet
 bin=$PWD/target/release/quinistry
 echo "machine    $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg) before the run"
 
-now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$pid/stat"; }
 store_mib() { du -sm "$work/store" | cut -f1; }

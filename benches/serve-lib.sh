@@ -32,3 +32,24 @@ serve_stop() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 
 # The median of space-separated numbers.
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+
+now() { date +%s.%N; }
+# Seconds since a `now`.
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.4f", b - a }'; }
+# A loopback port that was free a moment ago.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() {  # URL: wait until it answers (at most 120 s)
+  for _ in $(seq 1 1200); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
+  echo "$(basename "$0"): $1 never answered" >&2; exit 1
+}
+# CPU busy share of the whole machine over one second, and the steal share (a VM's
+# neighbours): sampled while nothing of ours runs.
+load() {
+  local a b
+  a=$(awk '/^cpu / { print $2+$3+$4+$7+$8, $5+$6, $9 }' /proc/stat)
+  sleep 1
+  b=$(awk '/^cpu / { print $2+$3+$4+$7+$8, $5+$6, $9 }' /proc/stat)
+  awk -v a="$a" -v b="$b" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    busy = y[1] - x[1]; idle = y[2] - x[2]; steal = y[3] - x[3]; t = busy + idle + steal;
+    printf "machine before this row: %.0f%% busy, %.0f%% stolen", 100 * busy / t, 100 * steal / t }'
+}

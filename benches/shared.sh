@@ -56,7 +56,6 @@ for _ in $(seq 300); do grep -q '^listening' "$work/out" 2>/dev/null && break; s
 addr=$(awk '$1 == "listening" { sub("http://", "", $2); print $2 }' "$work/out")
 [ -n "$addr" ] || { cat "$work/log" >&2; exit 1; }
 
-now() { date +%s.%N; }
 mibs() { awk -v m="$mib" -v s="$1" 'BEGIN { printf "%.1f", m / s }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 load() { echo "load $(cut -d' ' -f1-3 /proc/loadavg)"; }

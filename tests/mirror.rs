@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{Serving, raw_request};
+use common::{Serving, pull_latest as pull, raw_request};
 use sha2::{Digest, Sha256};
 
 const OCI: &str = "Accept: application/vnd.oci.image.manifest.v1+json";
@@ -122,41 +122,6 @@ fn mirror(dir: &Path, mirrors: &[(&str, &str, &str)]) -> Serving {
             input.to_str().expect("utf-8"),
         ],
     )
-}
-
-/// Pulls `name:latest` through `addr` by hand: the manifest, then each blob, checking every
-/// digest; the manifest's digest.
-fn pull(addr: &str, name: &str) -> String {
-    let m = raw_request(addr, "GET", &format!("/v2/{name}/manifests/latest"), &[OCI]);
-    assert_eq!(
-        m.status,
-        200,
-        "{name}: {}",
-        String::from_utf8_lossy(&m.body)
-    );
-    let digest = sha256(&m.body);
-    assert_eq!(m.header("docker-content-digest"), Some(digest.as_str()));
-    let manifest: serde_json::Value = serde_json::from_slice(&m.body).expect("json");
-    let mut blobs = vec![
-        manifest["config"]["digest"]
-            .as_str()
-            .expect("config")
-            .to_owned(),
-    ];
-    for layer in manifest["layers"].as_array().expect("layers") {
-        blobs.push(layer["digest"].as_str().expect("digest").to_owned());
-    }
-    for blob in blobs {
-        let b = raw_request(addr, "GET", &format!("/v2/{name}/blobs/{blob}"), &[]);
-        assert_eq!(
-            b.status,
-            200,
-            "{name} {blob}: {}",
-            String::from_utf8_lossy(&b.body)
-        );
-        assert_eq!(sha256(&b.body), blob, "the bytes of {blob}");
-    }
-    digest
 }
 
 /// Through a Basic upstream and a Bearer one: the first pull fetches each piece once, a
@@ -435,7 +400,20 @@ fn wrong_bytes_from_an_upstream_commit_nothing() {
     let good = raw_request(addr, "GET", &path, &[]);
     assert_eq!(good.status, 200);
     assert_eq!(sha256(&good.body), layer);
-    assert!(common::blob(&store, &layer).exists());
+    stored(&store, &layer);
+}
+
+/// Waits until the store has `digest`: a client has a mirrored blob's last byte once its
+/// digest checked out, and the commit (fsync, rename) follows.
+fn stored(store: &Path, digest: &str) {
+    let path = common::blob(store, digest);
+    for _ in 0..3000 {
+        if path.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{digest} was never stored");
 }
 
 /// Unprefixed names: containerd's `?ns=PREFIX` picks a mirror, and the default one takes
@@ -859,7 +837,7 @@ fn a_distribution_upstream_serves_every_client_and_only_the_pulled_platform_is_f
     );
     let store = mdir.join("store");
     for d in [here_layer, here_config, here_manifest, &index_digest] {
-        assert!(common::blob(&store, d).exists(), "{d} cached");
+        stored(&store, d);
     }
     for d in &there_digests {
         assert!(!common::blob(&store, d).exists(), "{there}'s {d} fetched");
@@ -919,6 +897,9 @@ fn retention_evicts_what_was_not_pulled_and_keeps_what_was() {
     let server = start(&first_pass_in_an_hour);
     pull(&server.addr, "old/lib/tool");
     pull(&server.addr, "new/lib/tool");
+    for up in [&old_up, &new_up] {
+        stored(&store, &up.report["layer"]);
+    }
     drop(server);
     // Two hours pass for both images' records.
     common::sh(&format!(

@@ -762,3 +762,48 @@ async fn replicas_starting_together_over_a_new_database_all_start() {
         }
     }
 }
+
+/// A mirror on the shared store: what one replica fetched from the upstream, the other
+/// serves (its tag too, past its TTL) once the upstream is gone; the upstream sent each
+/// blob once.
+#[test]
+fn a_mirror_on_the_shared_store_serves_from_every_replica_what_one_fetched() {
+    let Some(cluster) = cluster() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("tool");
+    std::fs::write(&input, common::noise(3_000_000, 41)).expect("input");
+    let up = Serving::start(
+        &dir.path().join("upstream"),
+        dir.path(),
+        &[
+            "--no-prepack",
+            "--name",
+            "lib/tool",
+            input.to_str().expect("utf-8"),
+        ],
+    );
+    let store = cluster.store();
+    let mirror = format!("hub=http://{}", up.addr);
+    let a = store.replica(dir.path(), &["--mirror", &mirror]);
+    let b = store.replica(dir.path(), &["--mirror", &mirror]);
+    let digest = common::pull_latest(&a.addr, "hub/lib/tool");
+    assert_eq!(digest, up.report["manifest"]);
+    // B pulls while the upstream is still there: its blobs are already in the shared store.
+    assert_eq!(common::pull_latest(&b.addr, "hub/lib/tool"), digest);
+    let gets = up
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("method=GET ") && l.contains("path=/v2/lib/tool/blobs/"))
+        .count();
+    assert_eq!(
+        gets,
+        2,
+        "config and layer fetched once each:\n{}",
+        up.log_text()
+    );
+    drop(up);
+    let c = store.replica(dir.path(), &["--mirror", &mirror]);
+    assert_eq!(common::pull_latest(&c.addr, "hub/lib/tool"), digest);
+    let catalog = common::raw_request(&c.addr, "GET", "/v2/_catalog", &[]);
+    assert!(String::from_utf8_lossy(&catalog.body).contains("hub/lib/tool"));
+}

@@ -546,9 +546,16 @@ pub struct Download {
 struct Progress {
     /// Bytes in the temp file, readable.
     flushed: u64,
+    /// Every byte is in the temp file and their digest checked out: readers may have the
+    /// last one, while the commit (fsync, rename) goes on.
+    verified: bool,
     /// Set when the download is over: committed, or why not.
     done: Option<Result<(), String>>,
 }
+
+/// Bytes the download task writes before it makes them readable (flushes): a flush per
+/// chunk of the upstream's (a few KiB) would be a write per chunk.
+const FLUSH_EVERY: u64 = 256 << 10;
 
 /// What `Mirror::blob` found.
 pub enum Fetched {
@@ -574,6 +581,7 @@ async fn write(
     tell: &tokio::sync::watch::Sender<Progress>,
 ) -> Result<(), MirrorError> {
     use tokio::io::AsyncWriteExt as _;
+    let mut flushed = 0;
     loop {
         let chunk = response
             .chunk()
@@ -586,12 +594,27 @@ async fn write(
         if let Err(e) = writer.write_all(&chunk).await {
             return Err(writer.write_error(e).into());
         }
-        if let Err(e) = writer.flush().await {
-            return Err(writer.write_error(e).into());
-        }
-        let flushed = writer.written();
-        tell.send_modify(|p| p.flushed = flushed);
         crate::metrics::mirror_fetched(upstream_of(url), chunk.len() as u64);
+        if writer.written() - flushed >= FLUSH_EVERY {
+            if let Err(e) = writer.flush().await {
+                return Err(writer.write_error(e).into());
+            }
+            flushed = writer.written();
+            tell.send_modify(|p| p.flushed = flushed);
+        }
+    }
+    if let Err(e) = writer.flush().await {
+        return Err(writer.write_error(e).into());
+    }
+    let written = writer.written();
+    // Readers get the last byte once the digest checked out, not after the fsync.
+    if writer.digest_so_far() == *digest {
+        tell.send_modify(|p| {
+            p.flushed = written;
+            p.verified = true;
+        });
+    } else {
+        tell.send_modify(|p| p.flushed = written);
     }
     writer.sync().await?;
     let pin = store.pin().await?;
@@ -619,7 +642,7 @@ fn upstream_of(url: &str) -> &str {
 const PIECE: usize = 256 << 10;
 
 /// The stream of a download's `len` bytes from `file`, as `progress` says they are written;
-/// the last byte only once the blob is committed. At its end, the blob is linked in the
+/// the last byte only once their digest checked out. At its end, the blob is linked in the
 /// reader's repository (`link`).
 fn follow(
     file: Arc<std::fs::File>,
@@ -656,6 +679,7 @@ fn follow(
                     let e = std::io::Error::other(why.clone());
                     return Some((Err(e), st));
                 }
+                None if now.verified => now.flushed.min(st.len),
                 None => now.flushed.min(st.len.saturating_sub(1)),
             };
             if st.pos < limit {

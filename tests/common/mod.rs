@@ -767,3 +767,43 @@ impl Drop for Dockerd {
         }
     }
 }
+
+/// Pulls `name:latest` through `addr` by hand: the manifest, then each blob, checking every
+/// digest; the manifest's digest.
+pub fn pull_latest(addr: &str, name: &str) -> String {
+    let m = raw_request(
+        addr,
+        "GET",
+        &format!("/v2/{name}/manifests/latest"),
+        &["Accept: application/vnd.oci.image.manifest.v1+json"],
+    );
+    assert_eq!(
+        m.status,
+        200,
+        "{name}: {}",
+        String::from_utf8_lossy(&m.body)
+    );
+    let digest = cluster::sha256(&m.body);
+    assert_eq!(m.header("docker-content-digest"), Some(digest.as_str()));
+    let manifest: serde_json::Value = serde_json::from_slice(&m.body).expect("json");
+    let mut blobs = vec![
+        manifest["config"]["digest"]
+            .as_str()
+            .expect("config")
+            .to_owned(),
+    ];
+    for layer in manifest["layers"].as_array().expect("layers") {
+        blobs.push(layer["digest"].as_str().expect("digest").to_owned());
+    }
+    for blob in blobs {
+        let b = raw_request(addr, "GET", &format!("/v2/{name}/blobs/{blob}"), &[]);
+        assert_eq!(
+            b.status,
+            200,
+            "{name} {blob}: {}",
+            String::from_utf8_lossy(&b.body)
+        );
+        assert_eq!(cluster::sha256(&b.body), blob, "the bytes of {blob}");
+    }
+    digest
+}

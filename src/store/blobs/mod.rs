@@ -510,6 +510,11 @@ impl BlobWriter {
         self.out.written()
     }
 
+    /// The digest of the bytes written so far (the commit's, if nothing more is written).
+    pub fn digest_so_far(&self) -> Digest {
+        self.out.hasher().clone().finish().0
+    }
+
     /// The temp file opened for reading, for readers that follow the writer (a mirror's
     /// download, read by clients as it arrives: what was flushed can be read); `None` on a
     /// shared store, whose blobs are written to object storage. The handle stays good after

@@ -1,17 +1,19 @@
-//! Pull-through cache (issue 34, in progress): repositories under a mirror's prefix come
-//! from its upstream registry the first time they are asked for, and from the store after.
+//! Pull-through cache: repositories under a mirror's prefix come from its upstream registry
+//! the first time they are asked for, and from the store after.
 //!
 //! - `upstream.rs`: the upstream as a client speaks to it (Basic, Bearer tokens by scope).
 //! - here: which mirror a name belongs to, and the fetches that fill the store: a manifest
 //!   (by digest: once, it never changes; by tag: again after the tag's TTL, by a `HEAD`
 //!   that costs no pull on Docker Hub), a blob (one download at a time per digest; its digest
-//!   checked before it is committed, so wrong bytes commit nothing).
+//!   checked before any client gets its last byte, so wrong bytes are never served whole
+//!   and commit nothing).
 //!
 //! What is cached stays served when the upstream fails (a tag past its TTL too, logged).
 //! Blobs stream to every client that asks while they arrive (one download per digest). An
 //! unprefixed name goes to the mirror containerd names with `?ns=`, or to the default one
 //! (dockerd's `registry-mirrors`) when it is none of this registry's own; it is cached under
-//! `PREFIX/NAME`. Not built yet: retention, metrics per upstream.
+//! `PREFIX/NAME`. With a retention, pulls are recorded (`Mirror::pulled`) for the collector,
+//! which evicts what was not pulled (`store::gc::Unpulled`).
 
 pub mod upstream;
 

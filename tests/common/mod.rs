@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod cluster;
+pub mod pki;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -68,6 +68,18 @@ fn open_upstream(dir: &Path, bytes: &[u8]) -> Serving {
     )
 }
 
+/// A small file of the mirror's own to serve as `own/image` (`--name own/image FILE`): with
+/// no input, serve would pack its own (debug, large) executable at start.
+fn own_image(dir: &Path) -> [String; 3] {
+    let input = dir.join("own");
+    std::fs::write(&input, b"the mirror's own image").expect("input");
+    [
+        "--name".into(),
+        "own/image".into(),
+        input.display().to_string(),
+    ]
+}
+
 /// Requests the upstream's access log shows for `lib/tool`, by method. The log is written
 /// by a thread of its own, in order: a marker request sent now and seen in the log means
 /// every request answered before it is there too.
@@ -105,23 +117,17 @@ fn mirror(dir: &Path, mirrors: &[(&str, &str, &str)]) -> Serving {
     }
     let path = dir.join("q.toml");
     std::fs::write(&path, config).expect("config");
-    let input = dir.join("own");
-    std::fs::write(&input, b"the mirror's own image").expect("input");
-    Serving::start(
-        &dir.join("store"),
-        dir,
-        &[
-            "--push",
-            "--no-prepack",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--config",
-            path.to_str().expect("utf-8"),
-            "--name",
-            "own/image",
-            input.to_str().expect("utf-8"),
-        ],
-    )
+    let own = own_image(dir);
+    let mut args = vec![
+        "--push",
+        "--no-prepack",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--config",
+        path.to_str().expect("utf-8"),
+    ];
+    args.extend(own.iter().map(String::as_str));
+    Serving::start(&dir.join("store"), dir, &args)
 }
 
 /// Through a Basic upstream and a Bearer one: the first pull fetches each piece once, a
@@ -726,11 +732,10 @@ fn a_distribution_upstream_serves_every_client_and_only_the_pulled_platform_is_f
         ),
     )
     .expect("config");
-    let server = Serving::start(
-        &mdir.join("store"),
-        &mdir,
-        &["--no-prepack", "--config", config.to_str().expect("utf-8")],
-    );
+    let own = own_image(&mdir);
+    let mut args = vec!["--no-prepack", "--config", config.to_str().expect("utf-8")];
+    args.extend(own.iter().map(String::as_str));
+    let server = Serving::start(&mdir.join("store"), &mdir, &args);
     let addr = server.addr.clone();
     let (here_layer, here_config, here_manifest) =
         (&here_digests[0], &here_digests[1], &here_digests[2]);
@@ -867,8 +872,10 @@ fn retention_evicts_what_was_not_pulled_and_keeps_what_was() {
     .expect("config");
     let store = mdir.join("store");
     let config = config.to_str().expect("utf-8").to_owned();
+    let own = own_image(&mdir);
     let start = |gc: &[&str]| {
         let mut args = vec!["--no-prepack", "--config", config.as_str()];
+        args.extend(own.iter().map(String::as_str));
         args.extend_from_slice(gc);
         Serving::start(&store, &mdir, &args)
     };
@@ -956,4 +963,116 @@ fn retention_evicts_what_was_not_pulled_and_keeps_what_was() {
     let out = common::run_ok(common::quinistry().args(["verify", "--store"]).arg(&store));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("0 inconsistencies"), "{text}");
+}
+
+/// An upstream over TLS with a private CA's certificate: the mirror with that `ca` pulls
+/// from it, one without fails with a 503 naming the upstream. The access rules apply to
+/// mirrored names like any other: alice may read `tls/*`, bob only `own/*`, and bob's
+/// request for the mirrored image is refused before anything is fetched.
+#[test]
+fn a_tls_upstream_is_trusted_through_its_ca_and_access_rules_apply_to_mirrored_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = common::pki::Pki::new(&dir.path().join("pki"));
+    let (crt, key, _) = pki.issue("upstream", false);
+    let updir = dir.path().join("up");
+    std::fs::create_dir_all(&updir).expect("dir");
+    let input = updir.join("tool");
+    std::fs::write(&input, common::noise(50_000, 51)).expect("input");
+    let up = Serving::start(
+        &updir.join("store"),
+        &updir,
+        &[
+            "--no-prepack",
+            "--tls-cert",
+            crt.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+            "--name",
+            "lib/tool",
+            input.to_str().expect("utf-8"),
+        ],
+    );
+    let mdir = dir.path().join("mirror");
+    std::fs::create_dir_all(&mdir).expect("dir");
+    let users = mdir.join("htpasswd");
+    let hash = bcrypt::hash("secret", 4).expect("hash");
+    std::fs::write(&users, format!("alice:{hash}\nbob:{hash}\n")).expect("htpasswd");
+    let config = mdir.join("q.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[access]\nhtpasswd = {users:?}\n\n[access.users.alice]\nread = [\"*\"]\n\n\
+             [access.users.bob]\nread = [\"own/*\"]\n\n\
+             [[mirror]]\nprefix = \"tls\"\nupstream = \"https://{addr}\"\nca = {ca:?}\n\n\
+             [[mirror]]\nprefix = \"untrusted\"\nupstream = \"https://{addr}\"\n",
+            addr = up.addr,
+            ca = pki.ca_file(),
+        ),
+    )
+    .expect("config");
+    let own = own_image(&mdir);
+    let mut args = vec!["--no-prepack", "--config", config.to_str().expect("utf-8")];
+    args.extend(own.iter().map(String::as_str));
+    let server = Serving::start(&mdir.join("store"), &mdir, &args);
+    let addr = server.addr.as_str();
+    let basic = |user: &str| {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:secret"));
+        format!("Authorization: Basic {token}")
+    };
+    let (alice, bob) = (basic("alice"), basic("bob"));
+    let path = "/v2/tls/lib/tool/manifests/latest";
+
+    let refused = raw_request(addr, "GET", path, &[OCI, &bob]);
+    assert_eq!(
+        refused.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    let anonymous = raw_request(addr, "GET", path, &[OCI]);
+    assert_eq!(anonymous.status, 401);
+    let catalog = |who: &str| {
+        String::from_utf8_lossy(&raw_request(addr, "GET", "/v2/_catalog", &[who]).body).into_owned()
+    };
+    assert!(
+        !catalog(&alice).contains("tls/lib/tool"),
+        "a refused request fetched from the upstream"
+    );
+
+    let m = raw_request(addr, "GET", path, &[OCI, &alice]);
+    assert_eq!(m.status, 200, "{}", String::from_utf8_lossy(&m.body));
+    assert_eq!(sha256(&m.body), up.report["manifest"]);
+    let layer = &up.report["layer"];
+    let b = raw_request(
+        addr,
+        "GET",
+        &format!("/v2/tls/lib/tool/blobs/{layer}"),
+        &[&alice],
+    );
+    assert_eq!(b.status, 200);
+    assert_eq!(&sha256(&b.body), layer);
+
+    assert!(catalog(&alice).contains("tls/lib/tool"));
+    assert!(!catalog(&bob).contains("tls/lib/tool"), "{}", catalog(&bob));
+
+    // Without the CA the upstream's certificate is not trusted: a 503 naming it.
+    let untrusted = raw_request(
+        addr,
+        "GET",
+        "/v2/untrusted/lib/tool/manifests/latest",
+        &[OCI, &alice],
+    );
+    assert_eq!(
+        untrusted.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&untrusted.body)
+    );
+    let text = String::from_utf8_lossy(&untrusted.body).into_owned();
+    assert!(text.contains(&format!("https://{}", up.addr)), "{text}");
+    assert!(
+        text.to_lowercase().contains("certificate"),
+        "the reason: {text}"
+    );
 }

@@ -351,7 +351,7 @@ impl Mirror {
             .await
             .map_err(|e| UpstreamError::Unreachable {
                 url: url.clone(),
-                why: e.to_string(),
+                why: upstream::chain(&e),
             })?;
         if bytes.len() as u64 > MAX_MANIFEST {
             return Err(UpstreamError::Unreachable {
@@ -590,7 +590,7 @@ async fn write(
             .await
             .map_err(|e| UpstreamError::Unreachable {
                 url: url.to_owned(),
-                why: e.to_string(),
+                why: upstream::chain(&e),
             })?;
         let Some(chunk) = chunk else { break };
         if let Err(e) = writer.write_all(&chunk).await {

@@ -109,7 +109,7 @@ impl Upstream {
             }
             let response = req.send().await.map_err(|e| UpstreamError::Unreachable {
                 url: url.clone(),
-                why: e.to_string(),
+                why: chain(&e),
             })?;
             if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
                 auth = Some(self.authenticate(response.headers(), scope, &url).await?);
@@ -176,7 +176,7 @@ impl Upstream {
         }
         let response = req.send().await.map_err(|e| UpstreamError::Unreachable {
             url: bearer.realm.clone(),
-            why: e.to_string(),
+            why: chain(&e),
         })?;
         let response = check(response, &bearer.realm).await?;
         let bytes = response
@@ -321,4 +321,19 @@ mod tests {
         assert_eq!(parse_bearer("Bearer service=\"s\""), None, "no realm");
         assert_eq!(parse_bearer("Bearer realm=\"unterminated"), None);
     }
+}
+
+/// An error and its causes, `: `-joined: reqwest's own message ("error sending request")
+/// says nothing of why (a refused connection, an untrusted certificate).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
 }

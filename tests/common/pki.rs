@@ -55,4 +55,3 @@ impl Pki {
         (crt, k, cert.der().to_vec())
     }
 }
-

@@ -299,6 +299,21 @@ pub fn header_text(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(text).ok()
 }
 
+/// An error and its causes, `: `-joined: reqwest's own message ("error sending request")
+/// says nothing of why (a refused connection, an untrusted certificate).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = s.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,19 +336,4 @@ mod tests {
         assert_eq!(parse_bearer("Bearer service=\"s\""), None, "no realm");
         assert_eq!(parse_bearer("Bearer realm=\"unterminated"), None);
     }
-}
-
-/// An error and its causes, `: `-joined: reqwest's own message ("error sending request")
-/// says nothing of why (a refused connection, an untrusted certificate).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text = format!("{text}: {more}");
-        }
-        source = s.source();
-    }
-    text
 }

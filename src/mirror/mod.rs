@@ -96,7 +96,12 @@ pub struct Mirror {
     downloads: Arc<Mutex<Downloads>>,
     /// Downloads that may run at once.
     download_slots: Arc<tokio::sync::Semaphore>,
+    /// Hits, misses, stale answers and errors since start (the metrics count them too).
+    counts: [std::sync::atomic::AtomicU64; 4],
 }
+
+/// What `Mirror::counted` counts, in `Mirror::counts` order.
+const RESULTS: [&str; 4] = ["hit", "miss", "stale", "error"];
 
 impl Mirrors {
     pub fn new(configs: Vec<MirrorConfig>) -> Result<Mirrors, String> {
@@ -122,6 +127,7 @@ impl Mirrors {
                 tag_gates: Mutex::new(HashMap::new()),
                 downloads: Arc::default(),
                 download_slots: Arc::new(tokio::sync::Semaphore::new(DOWNLOADS)),
+                counts: Default::default(),
             });
         }
         Ok(Mirrors { list })
@@ -141,6 +147,11 @@ impl Mirrors {
             .iter()
             .find(|m| m.default)
             .map(|m| m.prefix.as_str())
+    }
+
+    /// Every mirror, in the configured order.
+    pub fn list(&self) -> &[Mirror] {
+        &self.list
     }
 
     /// What the collector evicts: each mirror's repositories not pulled for its retention.
@@ -174,6 +185,30 @@ impl Mirror {
         &self.upstream.base
     }
 
+    /// Counts one answer (`RESULTS`): in the metrics and for `counts`.
+    fn counted(&self, result: &'static str) {
+        crate::metrics::mirrored(&self.upstream.base, result);
+        if let Some(i) = RESULTS.iter().position(|r| *r == result) {
+            self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Hits, misses, stale answers and errors since start.
+    pub fn counts(&self) -> [u64; 4] {
+        self.counts
+            .each_ref()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The mirrors, for the web page.
+    pub fn tag_ttl(&self) -> Duration {
+        self.tag_ttl
+    }
+
+    pub fn retention(&self) -> Option<Duration> {
+        self.retention
+    }
+
     /// Makes sure the manifest `name:tag` is in the store, linked and tagged, checking
     /// upstream when the tag's TTL is over; its digest. The stored one when the upstream
     /// fails and one is stored.
@@ -204,9 +239,8 @@ impl Mirror {
                 .get(&key)
                 .is_some_and(|at| at.elapsed() < self.tag_ttl)
         };
-        let up = self.upstream.base.as_str();
         if let (Some(digest), true) = (&cached, fresh) {
-            crate::metrics::mirrored(up, "hit");
+            self.counted("hit");
             return Ok(digest.clone());
         }
         let scope = format!("repository:{remote}:pull");
@@ -226,17 +260,17 @@ impl Mirror {
                         .is_some_and(|d| d == digest.to_string());
                     if same {
                         self.checked(key);
-                        crate::metrics::mirrored(up, "hit");
+                        self.counted("hit");
                         return Ok(digest.clone());
                     }
                 }
                 Err(e) if e.is_not_found() => {
-                    crate::metrics::mirrored(up, "error");
+                    self.counted("error");
                     return Err(e.into());
                 }
                 Err(e) => {
                     tracing::warn!(%name, %tag, error = %e, "upstream failed; serving the cached tag");
-                    crate::metrics::mirrored(up, "stale");
+                    self.counted("stale");
                     return Ok(digest.clone());
                 }
             }
@@ -248,15 +282,15 @@ impl Mirror {
             (Ok(d), _) => d,
             (Err(MirrorError::Upstream(e)), Some(cached)) if !e.is_not_found() => {
                 tracing::warn!(%name, %tag, error = %e, "upstream failed; serving the cached tag");
-                crate::metrics::mirrored(up, "stale");
+                self.counted("stale");
                 return Ok(cached);
             }
             (Err(e), _) => {
-                crate::metrics::mirrored(up, "error");
+                self.counted("error");
                 return Err(e);
             }
         };
-        crate::metrics::mirrored(up, "miss");
+        self.counted("miss");
         let pin = store.pin().await?;
         store.set_tag(&pin, name, tag, &fetched).await?;
         self.checked(key);
@@ -272,9 +306,8 @@ impl Mirror {
         remote: &str,
         digest: &Digest,
     ) -> Result<(), MirrorError> {
-        let up = self.upstream.base.as_str();
         if store.is_linked(name, Link::Manifest, digest).await? {
-            crate::metrics::mirrored(up, "hit");
+            self.counted("hit");
             return Ok(());
         }
         let scope = format!("repository:{remote}:pull");
@@ -282,7 +315,7 @@ impl Mirror {
         let fetched = self
             .fetch_manifest(store, name, &path, &scope, Some(digest))
             .await;
-        crate::metrics::mirrored(up, if fetched.is_ok() { "miss" } else { "error" });
+        self.counted(if fetched.is_ok() { "miss" } else { "error" });
         fetched.map(|_| ())
     }
 
@@ -391,11 +424,10 @@ impl Mirror {
         remote: &str,
         digest: &Digest,
     ) -> Result<Fetched, MirrorError> {
-        let up = self.upstream.base.as_str();
         if store.has_blob(digest).await? {
             let pin = store.pin().await?;
             store.link(&pin, name, Link::Blob, digest).await?;
-            crate::metrics::mirrored(up, "hit");
+            self.counted("hit");
             return Ok(Fetched::Stored);
         }
         let mut attempts = 0;
@@ -412,7 +444,7 @@ impl Mirror {
                 Ok(d) => d.clone(),
                 Err(e) => {
                     self.forget(digest, &cell);
-                    crate::metrics::mirrored(up, "error");
+                    self.counted("error");
                     return Err(e);
                 }
             };
@@ -430,7 +462,7 @@ impl Mirror {
                 None => break download,
             }
         };
-        crate::metrics::mirrored(up, "miss");
+        self.counted("miss");
         let link = Some((store.clone(), name.clone(), digest.clone()));
         match &download.file {
             // Read as it arrives.

@@ -593,6 +593,34 @@ impl OnDemand {
         served
     }
 
+    /// The manifest of `name`'s latest image as last packed, if it has been packed since
+    /// start (for the web page: a program not packed yet is packed by its first pull).
+    pub fn packed(&self, name: &Name) -> Option<Digest> {
+        let latest = |image: &Image| {
+            image
+                .flight
+                .latest()
+                .and_then(|o| o.ok())
+                .map(|r| r.manifest)
+        };
+        if let Some(tags) = self.explicit.get(name) {
+            return tags
+                .get(&Tag::latest())
+                .or_else(|| tags.values().next())
+                .and_then(|e| latest(&e.image));
+        }
+        let roots = self.root_images.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(image) = roots.get(name) {
+            return latest(image);
+        }
+        drop(roots);
+        let packages = self
+            .package_images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        packages.peek(name).and_then(|i| latest(i))
+    }
+
     pub async fn names(&self) -> Vec<Name> {
         let mut names: BTreeSet<Name> = self.explicit.keys().cloned().collect();
         if let Some(root) = &self.root {

@@ -231,6 +231,9 @@ pub struct ServeArgs {
     /// replica (clients must reach the storage endpoint)
     #[arg(help_heading = "Store", long, env = "QUINISTRY_REDIRECT")]
     pub redirect: bool,
+    /// Do not serve the web page (repositories, tags, images, programs, storage at /ui/)
+    #[arg(long, env = "QUINISTRY_NO_UI")]
+    pub no_ui: bool,
     /// Collect garbage in the background, a pass every DURATION (e.g. 1h), while serving;
     /// what it keeps is set as for `quinistry gc` [default: off]
     #[arg(help_heading = "Garbage collection", long, env = "QUINISTRY_GC_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]

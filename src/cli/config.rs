@@ -56,6 +56,9 @@ pub struct File {
     /// `[[notifications.endpoints]]`: where events go.
     #[serde(default)]
     notifications: Notifications,
+    /// `[ui]`: the web page.
+    #[serde(default)]
+    ui: Ui,
     /// `[[mirror]]`: pull-through caches of other registries.
     #[serde(default)]
     mirror: Vec<MirrorEntry>,
@@ -298,6 +301,12 @@ pub fn unpulled(mirrors: &[MirrorConfig]) -> Vec<quinistry::store::gc::Unpulled>
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct Ui {
+    enabled: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct Tls {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -480,7 +489,9 @@ pub fn apply(
         gc,
         notifications,
         mirror,
+        ui,
     } = file;
+    fill(m, "no_ui", &mut args.no_ui, ui.enabled.map(|on| !on));
     let mirrors = mirror
         .into_iter()
         .map(MirrorEntry::into_config)

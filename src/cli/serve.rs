@@ -58,6 +58,8 @@ pub struct Settings {
     endpoints: Vec<registry::notify::Endpoint>,
     /// Pull-through mirrors: `--mirror` and the file's `[[mirror]]`.
     mirrors: Vec<quinistry::mirror::MirrorConfig>,
+    /// The web page at /ui/.
+    ui: bool,
 }
 
 /// The endpoints of `--notify URL` (named by their URL, with the defaults) and of the file;
@@ -225,6 +227,7 @@ pub fn settle(args: ServeArgs, file: FromFile) -> Result<Settings, String> {
         gc,
         endpoints,
         mirrors,
+        ui: !args.no_ui,
     })
 }
 
@@ -438,7 +441,8 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
             false => Some(Arc::new(quinistry::mirror::Mirrors::new(
                 s.mirrors.clone(),
             )?)),
-        });
+        })
+        .with_ui(s.ui);
 
     let mut server = Server::on(listener, registry, s.config.clone());
     let scheme = match &s.tls {
@@ -512,6 +516,7 @@ pub async fn collect_once(
     policy: &gc::Policy,
 ) -> Result<String, quinistry::store::StoreError> {
     let report = gc_pass(registry.store(), registry.on_demand_served(), policy).await?;
+    registry.collected(&report);
     if report.reclaimed + report.stale_links + report.tags_removed + report.untagged_removed > 0 {
         // Nothing removed may be answered from memory.
         registry.forget_cached();

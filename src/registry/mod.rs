@@ -52,6 +52,7 @@ mod server;
 mod tags;
 mod tls;
 pub mod token;
+mod ui;
 mod uploads;
 pub mod watch;
 
@@ -247,6 +248,10 @@ pub struct Registry {
     notifier: Option<Arc<notify::Notifier>>,
     /// Pull-through mirrors (`crate::mirror`), by name prefix.
     mirrors: Option<Arc<crate::mirror::Mirrors>>,
+    /// Whether the web page (`ui/`) is served.
+    ui: bool,
+    /// When the last collection in this process ended, and what it did (for the web page).
+    last_gc: std::sync::Mutex<Option<(std::time::SystemTime, crate::store::gc::GcReport)>>,
 }
 
 /// A repository's write lock, held while it lives (see `Registry::lock_repository`).
@@ -403,6 +408,8 @@ impl Registry {
             redirect: None,
             notifier: None,
             mirrors: None,
+            ui: true,
+            last_gc: std::sync::Mutex::new(None),
         }
     }
 
@@ -431,6 +438,20 @@ impl Registry {
     /// The registry with pull-through mirrors: their repositories are read through them.
     pub fn with_mirrors(self, mirrors: Option<Arc<crate::mirror::Mirrors>>) -> Registry {
         Registry { mirrors, ..self }
+    }
+
+    /// Serves the web page at `/ui/` (on unless turned off).
+    pub fn with_ui(self, ui: bool) -> Registry {
+        Registry { ui, ..self }
+    }
+
+    /// Records a collection's report, for the web page.
+    pub fn collected(&self, report: &crate::store::gc::GcReport) {
+        *lock(&self.last_gc) = Some((std::time::SystemTime::now(), report.clone()));
+    }
+
+    fn last_gc(&self) -> Option<(std::time::SystemTime, crate::store::gc::GcReport)> {
+        lock(&self.last_gc).clone()
     }
 
     /// The notifier, for its metrics.
@@ -730,6 +751,12 @@ async fn handle(
                 "readyz"
             };
             log.quiet = !registry.access.log_health;
+            response.into_parts()
+        }
+        None if registry.ui && ui::serves(path) => {
+            log.route = "ui";
+            let (response, user) = ui::answer(registry, &parts, remote.ip()).await;
+            log.user = user;
             response.into_parts()
         }
         None if let Some(issuer) = issuer => {

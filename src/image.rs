@@ -258,6 +258,16 @@ pub fn rfc3339(secs: u64) -> String {
 
 /// The image config JSON for `layers` (base first).
 pub fn config_json(run: &RunConfig, layers: &[Layer]) -> Result<Vec<u8>, ImageError> {
+    config_json_noting(run, layers, &[])
+}
+
+/// `config_json`, each layer's history entry with a comment from `notes` (by position; an
+/// empty one, or none, adds none): what a layer holds, such as the Debian package it is.
+pub fn config_json_noting(
+    run: &RunConfig,
+    layers: &[Layer],
+    notes: &[String],
+) -> Result<Vec<u8>, ImageError> {
     let created = rfc3339(run.created);
     let env = if run.env.is_empty() {
         vec![DEFAULT_PATH.to_owned()]
@@ -284,11 +294,14 @@ pub fn config_json(run: &RunConfig, layers: &[Layer]) -> Result<Vec<u8>, ImageEr
     }
     let history = layers
         .iter()
-        .map(|_| {
-            HistoryBuilder::default()
-                .created(created.clone())
-                .created_by("quinistry pack")
-                .build()
+        .enumerate()
+        .map(|(i, _)| {
+            let mut entry = HistoryBuilder::default();
+            entry = entry.created(created.clone()).created_by("quinistry pack");
+            if let Some(note) = notes.get(i).filter(|n| !n.is_empty()) {
+                entry = entry.comment(note.clone());
+            }
+            entry.build()
         })
         .collect::<Result<Vec<_>, _>>()?;
     let image = ImageConfigurationBuilder::default()
@@ -655,6 +668,22 @@ mod tests {
         assert_eq!(json["history"][0]["created"], "2023-11-14T22:13:20Z");
         assert_eq!(json["os"], "linux");
         assert_eq!(json["architecture"], host_architecture());
+    }
+
+    #[test]
+    fn layer_notes_are_history_comments_and_an_empty_one_adds_none() {
+        let run = RunConfig::default();
+        let notes = ["coreutils".to_owned(), String::new()];
+        let json: serde_json::Value = serde_json::from_slice(
+            &config_json_noting(&run, &[layer(), layer()], &notes).expect("config"),
+        )
+        .expect("json");
+        assert_eq!(json["history"][0]["comment"], "coreutils");
+        assert!(json["history"][1].get("comment").is_none(), "{json}");
+        assert_eq!(
+            config_json_noting(&run, &[layer()], &[]).expect("config"),
+            config_json(&run, &[layer()]).expect("config")
+        );
     }
 
     #[test]

@@ -804,7 +804,17 @@ async fn pack_image_inner(
         run.env.push(format!("LD_LIBRARY_PATH={}", dirs.join(":")));
     }
     let layers: Vec<Layer> = packed.iter().map(|p| p.layer.clone()).collect();
-    let config_bytes = image::config_json(&run, &layers)?;
+    // What each layer of a package closure holds, in its history entry: the web page (and
+    // `docker history`) show it. The one layer of an image without packages gets none.
+    let notes: Vec<String> = packed
+        .iter()
+        .map(|p| match p.label.as_str() {
+            "image" => String::new(),
+            label => label.to_owned(),
+        })
+        .collect();
+    let notes = if packed.len() > 1 { notes } else { Vec::new() };
+    let config_bytes = image::config_json_noting(&run, &layers, &notes)?;
     let (config, hold) = store.put_held(&config_bytes).await?;
     holds.push(hold);
     let config = (config, config_bytes.len() as u64);

@@ -325,6 +325,13 @@ pub fn summary(s: &Settings) -> Vec<String> {
             }
         ));
     }
+    lines.push(
+        match s.ui {
+            true => "ui         a web page at /ui/ (off with --no-ui)",
+            false => "ui         off",
+        }
+        .to_owned(),
+    );
     for m in &s.mirrors {
         lines.push(format!(
             "mirror     {}/NAME <- {} (tags checked again after {}{}{})",

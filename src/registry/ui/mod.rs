@@ -34,6 +34,9 @@ const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; img-
 /// Repositories (and tags) per page.
 const PAGE: usize = 50;
 
+/// Names read from the store at a time by a search.
+const SEARCH_BATCH: usize = 5000;
+
 /// The largest config read to show an image.
 const MAX_CONFIG: u64 = 4 << 20;
 
@@ -196,7 +199,7 @@ struct RepoRow {
     tags: usize,
     /// The size of the image its newest-sorting tag (`latest` first) names.
     size: String,
-    /// Where the repository comes from: `""`, `"on demand"`, `"mirror"`.
+    /// Where the repository comes from: `"stored"`, `"on demand"`, `"mirror"`.
     kind: &'static str,
 }
 
@@ -259,23 +262,36 @@ async fn repositories(
             }
         }
     } else {
-        // A search reads every name once (a substring can be anywhere).
+        // A search reads the names from the cursor on until a page is full (a substring can
+        // be anywhere), in the store's pages, which cost what they hold.
         let needle = q.to_lowercase();
-        let mut all = registry.store().repositories().await?;
-        all.extend(served.iter().cloned());
-        all.sort();
-        all.dedup();
-        for name in all {
-            if names.len() == PAGE + 1 {
-                break;
-            }
-            if after.as_deref().is_some_and(|a| name.as_str() <= a) {
-                continue;
-            }
-            if name.as_str().to_lowercase().contains(&needle) && readable(&name) {
-                names.push(name);
+        let matches = |n: &Name| n.as_str().to_lowercase().contains(&needle) && readable(n);
+        let mut found: Vec<Name> = served
+            .iter()
+            .filter(|n| after.as_deref().is_none_or(|a| n.as_str() > a) && matches(n))
+            .cloned()
+            .collect();
+        loop {
+            let batch = registry
+                .store()
+                .repositories_after(cursor.as_deref(), SEARCH_BATCH)
+                .await?;
+            let end = batch.last().filter(|_| batch.len() == SEARCH_BATCH).cloned();
+            found.extend(batch.into_iter().filter(|n| matches(n)));
+            found.sort();
+            found.dedup();
+            // Full once PAGE + 1 names sort before where the store has read to.
+            let settled = found
+                .iter()
+                .filter(|n| end.as_ref().is_none_or(|e| *n <= e))
+                .count();
+            match end {
+                Some(e) if settled <= PAGE => cursor = Some(e.to_string()),
+                _ => break,
             }
         }
+        found.truncate(PAGE + 1);
+        names = found;
     }
     let next = (names.len() > PAGE).then(|| names[PAGE - 1].to_string());
     names.truncate(PAGE);
@@ -320,7 +336,7 @@ async fn repo_row(registry: &Registry, name: &Name, served: &[Name]) -> Result<R
     } else if on_demand {
         "on demand"
     } else {
-        ""
+        "stored"
     };
     let shown = tags
         .iter()

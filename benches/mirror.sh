@@ -90,18 +90,13 @@ upstream_bytes() {
 declare -A label=([q]="quinistry serve --mirror" [d]="distribution 2.8 proxy")
 contenders=(q d)
 start_mirror() {  # NAME: a fresh store; sets $url, $name, $mpid
-  rm -rf "$work/store-$1"
+  rm -rf "$work/store-d"
   case $1 in
   q)
-    "$bin" serve --listen 127.0.0.1:0 --store "$work/store-q" --no-prepack \
-      --mirror "up=$upstream" >"$work/q.out" 2>>"$work/q.log" &
-    mpid=$!
-    for _ in $(seq 1 200); do
-      url=$(awk '$1 == "listening" { print $2 }' "$work/q.out")
-      [ -n "$url" ] && break
-      sleep 0.05
-    done
-    [ -n "$url" ] || { cat "$work/q.log" >&2; exit 1; }
+    rm -rf "$work/store"
+    serve_start --no-prepack --mirror "up=$upstream"
+    mpid=$pid
+    url=http://$addr
     name=up/bench/big
     ;;
   d)
@@ -116,7 +111,7 @@ start_mirror() {  # NAME: a fresh store; sets $url, $name, $mpid
     ;;
   esac
 }
-stop_mirror() { kill "$mpid"; wait "$mpid" 2>/dev/null || true; rm -rf "$work/store-q" "$work/store-d"; }
+stop_mirror() { kill "$mpid"; wait "$mpid" 2>/dev/null || true; pid=; rm -rf "$work/store" "$work/store-d"; }
 peak_rss() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$mpid/status"; }
 
 # One pull as docker makes it: the manifest, then config and layers 3 at a time.

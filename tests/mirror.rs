@@ -440,20 +440,10 @@ fn unprefixed_names_go_to_the_default_mirror_or_the_one_ns_names() {
         ),
     )
     .expect("config");
-    let own = mdir.join("own");
-    std::fs::write(&own, b"the mirror's own image").expect("own");
-    let server = Serving::start(
-        &mdir.join("store"),
-        &mdir,
-        &[
-            "--no-prepack",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--name",
-            "own/image",
-            own.to_str().expect("utf-8"),
-        ],
-    );
+    let own = own_image(&mdir);
+    let mut args = vec!["--no-prepack", "--config", config.to_str().expect("utf-8")];
+    args.extend(own.iter().map(String::as_str));
+    let server = Serving::start(&mdir.join("store"), &mdir, &args);
     let addr = server.addr.as_str();
     let get = |path: &str| raw_request(addr, "GET", path, &[OCI]);
     let unprefixed = get("/v2/lib/tool/manifests/latest");

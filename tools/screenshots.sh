@@ -26,15 +26,9 @@ echo "hello from quinistry" >"$work/hello.txt"
 "$bin" pack --store "$store" --tag tools/hello:latest "$work/hello.txt" >/dev/null
 mkdir -p "$work/root"
 for p in cat ls sha256sum; do cp "/usr/bin/$p" "$work/root/"; done
-"$bin" serve --listen 127.0.0.1:0 --store "$store" --no-prepack --root "$work/root" \
-  --name tools/hello "$work/hello.txt" >"$work/out" 2>"$work/log" &
-pid=$!
-for _ in $(seq 1 200); do
-  addr=$(awk '$1 == "listening" { sub("http://", "", $2); print $2 }' "$work/out")
-  [ -n "$addr" ] && break
-  sleep 0.05
-done
-[ -n "$addr" ] || { cat "$work/log" >&2; exit 1; }
+# shellcheck source=benches/serve-lib.sh
+. benches/serve-lib.sh
+serve_start --no-prepack --root "$work/root" --name tools/hello "$work/hello.txt"
 curl -sf -o /dev/null "http://$addr/v2/ls/manifests/latest" -H 'Accept: application/vnd.oci.image.manifest.v1+json'
 digest=$(curl -sf -o /dev/null -D - "http://$addr/v2/team/web/manifests/1.5" \
   -H 'Accept: application/vnd.oci.image.manifest.v1+json' | awk 'tolower($1) == "docker-content-digest:" { print $2 }' | tr -d '\r')

@@ -581,44 +581,30 @@ impl OnDemand {
             images.extend(map.iter().map(|(_, i)| i.clone()));
         }
         let explicit = self.explicit.values().flat_map(|tags| tags.values());
-        let latest = |image: &Image| {
-            image
-                .flight
-                .latest()
-                .and_then(|o| o.ok())
-                .map(|r| r.manifest)
-        };
-        let mut served: Vec<Digest> = explicit.filter_map(|e| latest(&e.image)).collect();
-        served.extend(images.drain(..).filter_map(|i| latest(&i)));
+        let mut served: Vec<Digest> = explicit.filter_map(|e| e.image.packed()).collect();
+        served.extend(images.drain(..).filter_map(|i| i.packed()));
         served
     }
 
     /// The manifest of `name`'s latest image as last packed, if it has been packed since
     /// start (for the web page: a program not packed yet is packed by its first pull).
     pub fn packed(&self, name: &Name) -> Option<Digest> {
-        let latest = |image: &Image| {
-            image
-                .flight
-                .latest()
-                .and_then(|o| o.ok())
-                .map(|r| r.manifest)
-        };
         if let Some(tags) = self.explicit.get(name) {
             return tags
                 .get(&Tag::latest())
                 .or_else(|| tags.values().next())
-                .and_then(|e| latest(&e.image));
+                .and_then(|e| e.image.packed());
         }
         let roots = self.root_images.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(image) = roots.get(name) {
-            return latest(image);
+            return image.packed();
         }
         drop(roots);
         let packages = self
             .package_images
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        packages.peek(name).and_then(|i| latest(i))
+        packages.peek(name).and_then(|i| i.packed())
     }
 
     pub async fn names(&self) -> Vec<Name> {
@@ -733,6 +719,14 @@ async fn stamps(inputs: &[Input]) -> Vec<Option<FileStamp>> {
 }
 
 impl Image {
+    /// The manifest of its latest pack, if one succeeded.
+    fn packed(&self) -> Option<Digest> {
+        self.flight
+            .latest()
+            .and_then(|o| o.ok())
+            .map(|r| r.manifest)
+    }
+
     fn new(label: String) -> Image {
         Image {
             label,

@@ -276,7 +276,10 @@ async fn repositories(
                 .store()
                 .repositories_after(cursor.as_deref(), SEARCH_BATCH)
                 .await?;
-            let end = batch.last().filter(|_| batch.len() == SEARCH_BATCH).cloned();
+            let end = batch
+                .last()
+                .filter(|_| batch.len() == SEARCH_BATCH)
+                .cloned();
             found.extend(batch.into_iter().filter(|n| matches(n)));
             found.sort();
             found.dedup();

@@ -611,7 +611,7 @@ async fn run_verify(arg: StoreArg, repair: bool) -> Result<(), String> {
 async fn run_gc(arg: StoreArg, policy: quinistry::store::gc::Policy) -> Result<(), String> {
     // Not `open`: a typo'd --store must not become a new empty store.
     let store = arg.open(true).await?;
-    let report = serve::gc_pass(&store, Vec::new(), &policy)
+    let report = quinistry::pack::cache::collect(&store, Vec::new(), &policy)
         .await
         .map_err(msg)?;
     println!("gc: {}", report.summary());

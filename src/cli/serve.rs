@@ -11,8 +11,8 @@ use quinistry::ondemand::{FileImage, ImageSpec, OnDemand, Setup};
 use quinistry::pack::ClosureMode;
 use quinistry::reference::{Name, Tag, TaggedName};
 use quinistry::registry::{self, Registry, Server, Tls, TlsFiles};
+use quinistry::store::gc;
 use quinistry::store::spec::StoreSpec;
-use quinistry::store::{Store, gc};
 
 use super::args::{DEFAULT_LISTEN, ServeArgs};
 use super::config;
@@ -522,7 +522,9 @@ pub async fn collect_once(
     registry: &registry::Registry,
     policy: &gc::Policy,
 ) -> Result<String, quinistry::store::StoreError> {
-    let report = gc_pass(registry.store(), registry.on_demand_served(), policy).await?;
+    let report =
+        quinistry::pack::cache::collect(registry.store(), registry.on_demand_served(), policy)
+            .await?;
     registry.collected(&report);
     if report.reclaimed + report.stale_links + report.tags_removed + report.untagged_removed > 0 {
         // Nothing removed may be answered from memory.
@@ -530,20 +532,6 @@ pub async fn collect_once(
     }
     quinistry::metrics::collected(&report);
     Ok(report.summary())
-}
-
-/// One pass over `store` (for `serve` and `quinistry gc`): the layer-cache records no pack
-/// can use are pruned first; the layers of the others, and `extra`, are roots.
-pub async fn gc_pass(
-    store: &Store,
-    extra: Vec<quinistry::digest::Digest>,
-    policy: &gc::Policy,
-) -> Result<gc::GcReport, quinistry::store::StoreError> {
-    let (mut roots, pruned) = quinistry::pack::cache::prune(store, policy.dry_run).await?;
-    roots.extend(extra);
-    let mut report = gc::collect(store, &roots, policy).await?;
-    report.pruned_records = pruned;
-    Ok(report)
 }
 
 /// The TLS configuration the flags name, loaded.

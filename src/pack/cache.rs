@@ -175,6 +175,21 @@ pub async fn record(
     store.set_layer_record(key, bytes).await
 }
 
+/// One collector pass over `store` (`serve --gc-interval`, `quinistry gc`, the web page's
+/// estimate): the layer-cache records no pack can use are pruned first; the layers of the
+/// others, and `extra` (the images served on demand), are roots.
+pub async fn collect(
+    store: &Store,
+    extra: Vec<Digest>,
+    policy: &crate::store::gc::Policy,
+) -> Result<crate::store::gc::GcReport, StoreError> {
+    let (mut roots, pruned) = prune(store, policy.dry_run).await?;
+    roots.extend(extra);
+    let mut report = crate::store::gc::collect(store, &roots, policy).await?;
+    report.pruned_records = pruned;
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -185,6 +185,11 @@ fn the_pages_render_in_a_browser_and_ask_nothing_of_another_origin() {
             .dom(&format!("{origin}/ui/storage"))
             .contains("<h1>Storage</h1>")
     );
+    // The estimate of the next collection: a dry run, which removes nothing.
+    let blobs = common::files(&store.join("blobs/sha256")).len();
+    let estimate = browser.dom(&format!("{origin}/ui/storage?estimate=1"));
+    assert!(estimate.contains("would remove"), "{estimate}");
+    assert_eq!(common::files(&store.join("blobs/sha256")).len(), blobs);
     let missing = browser.dom(&format!("{origin}/ui/repository?name=no/such"));
     assert!(missing.contains("Not found"), "{missing}");
 

@@ -449,7 +449,8 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
                 s.mirrors.clone(),
             )?)),
         })
-        .with_ui(s.ui);
+        .with_ui(s.ui)
+        .with_gc_policy(s.gc.as_ref().map(|(_, p)| p.clone()));
 
     let mut server = Server::on(listener, registry, s.config.clone());
     let scheme = match &s.tls {

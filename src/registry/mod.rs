@@ -252,6 +252,11 @@ pub struct Registry {
     ui: bool,
     /// When the last collection in this process ended, and what it did (for the web page).
     last_gc: std::sync::Mutex<Option<(std::time::SystemTime, crate::store::gc::GcReport)>>,
+    /// The collector's policy (`serve --gc-interval`), for the web page's estimate of what
+    /// the next pass would free; `None`: the defaults.
+    gc_policy: Option<crate::store::gc::Policy>,
+    /// Held while the web page's estimate (a dry-run pass) runs: one at a time.
+    estimating: tokio::sync::Mutex<()>,
 }
 
 /// A repository's write lock, held while it lives (see `Registry::lock_repository`).
@@ -410,6 +415,8 @@ impl Registry {
             mirrors: None,
             ui: true,
             last_gc: std::sync::Mutex::new(None),
+            gc_policy: None,
+            estimating: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -443,6 +450,14 @@ impl Registry {
     /// Serves the web page at `/ui/` (on unless turned off).
     pub fn with_ui(self, ui: bool) -> Registry {
         Registry { ui, ..self }
+    }
+
+    /// The collector's policy, for the web page's estimate.
+    pub fn with_gc_policy(self, policy: Option<crate::store::gc::Policy>) -> Registry {
+        Registry {
+            gc_policy: policy,
+            ..self
+        }
     }
 
     /// Records a collection's report, for the web page.

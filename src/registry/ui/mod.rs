@@ -134,7 +134,12 @@ pub async fn answer(
             _ => Err(Failure::NotFound),
         },
         "/ui/programs" => programs(registry, &readable, visitor).await,
-        "/ui/storage" => Ok(storage(registry, visitor)),
+        // An estimate reads the whole store: only for a logged-in user where there are users.
+        "/ui/storage" => {
+            let estimating =
+                param("estimate").is_some() && (user.is_some() || auth.htpasswd.is_none());
+            Ok(storage(registry, visitor, estimating).await)
+        }
         _ => Err(Failure::NotFound),
     };
     let response = match page {
@@ -797,10 +802,27 @@ struct Storage {
     blobs: String,
     bytes: String,
     gc: Option<(String, String)>,
+    /// What the next pass would do, when asked for (`?estimate`).
+    estimate: Option<String>,
     mirrors: Vec<MirrorRow>,
 }
 
-fn storage(registry: &Registry, visitor: Visitor) -> String {
+/// What the next collection would free: a dry run of it (reads every record, removes
+/// nothing), one at a time whoever asks.
+async fn estimate(registry: &Registry) -> String {
+    let Ok(_one) = registry.estimating.try_lock() else {
+        return "another estimate is running; reload in a moment".into();
+    };
+    let mut policy = registry.gc_policy.clone().unwrap_or_default();
+    policy.dry_run = true;
+    let served = registry.on_demand_served();
+    match crate::pack::cache::collect(registry.store(), served, &policy).await {
+        Ok(report) => report.summary(),
+        Err(e) => format!("the estimate failed: {e}"),
+    }
+}
+
+async fn storage(registry: &Registry, visitor: Visitor, estimating: bool) -> String {
     let (blobs, bytes) = match registry.store().totals() {
         Some((b, y)) => (b.to_string(), human(y.max(0) as u64)),
         None => ("counting…".into(), "counting…".into()),
@@ -841,11 +863,16 @@ fn storage(registry: &Registry, visitor: Visitor) -> String {
                 .collect()
         })
         .unwrap_or_default();
+    let estimate = match estimating {
+        true => Some(estimate(registry).await),
+        false => None,
+    };
     Storage {
         visitor,
         blobs,
         bytes,
         gc,
+        estimate,
         mirrors,
     }
     .render()

@@ -146,11 +146,22 @@ fn the_pages_render_in_a_browser_and_ask_nothing_of_another_origin() {
     assert_eq!(raw_request(&addr, "POST", "/ui/", &[]).status, 405);
     assert_eq!(raw_request(&addr, "GET", "/", &[]).status, 303);
 
+    // One repository pushed through the API by a client, beside the packed ones.
+    let mut names = vec!["team/app", "team/api", "other/db"];
+    if common::have_tool("skopeo", "skopeo") {
+        run_ok(
+            Command::new("skopeo")
+                .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+                .arg(format!("docker://{addr}/team/app:latest"))
+                .arg(format!("docker://{addr}/pushed/web:v2")),
+        );
+        names.push("pushed/web");
+    }
     let Some(mut browser) = Browser::new(dir.path()) else {
         return;
     };
     let list = browser.dom(&format!("{origin}/ui/"));
-    for name in ["team/app", "team/api", "other/db"] {
+    for name in names {
         assert!(
             list.contains(&format!(">{name}</a>")),
             "{name} not listed:\n{list}"

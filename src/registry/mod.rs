@@ -257,6 +257,9 @@ pub struct Registry {
     gc_policy: Option<crate::store::gc::Policy>,
     /// Held while the web page's estimate (a dry-run pass) runs: one at a time.
     estimating: tokio::sync::Mutex<()>,
+    /// The web page's searches that may read the store's names at once (each reads them
+    /// all on a store where few match); more wait.
+    searches: tokio::sync::Semaphore,
 }
 
 /// A repository's write lock, held while it lives (see `Registry::lock_repository`).
@@ -417,6 +420,7 @@ impl Registry {
             last_gc: std::sync::Mutex::new(None),
             gc_policy: None,
             estimating: tokio::sync::Mutex::new(()),
+            searches: tokio::sync::Semaphore::new(2),
         }
     }
 

@@ -269,6 +269,11 @@ async fn repositories(
     } else {
         // A search reads the names from the cursor on until a page is full (a substring can
         // be anywhere), in the store's pages, which cost what they hold.
+        let _slot = registry
+            .searches
+            .acquire()
+            .await
+            .map_err(|_| Failure::Store("the server is shutting down".into()))?;
         let needle = q.to_lowercase();
         let matches = |n: &Name| n.as_str().to_lowercase().contains(&needle) && readable(n);
         let mut found: Vec<Name> = served

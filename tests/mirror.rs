@@ -80,6 +80,14 @@ fn own_image(dir: &Path) -> [String; 3] {
     ]
 }
 
+/// A mirror serving with the config file `config`, its store and log under `dir`.
+fn serve_config(dir: &Path, config: &Path) -> Serving {
+    let own = own_image(dir);
+    let mut args = vec!["--no-prepack", "--config", config.to_str().expect("utf-8")];
+    args.extend(own.iter().map(String::as_str));
+    Serving::start(&dir.join("store"), dir, &args)
+}
+
 /// Requests the upstream's access log shows for `lib/tool`, by method. The log is written
 /// by a thread of its own, in order: a marker request sent now and seen in the log means
 /// every request answered before it is there too.
@@ -440,10 +448,7 @@ fn unprefixed_names_go_to_the_default_mirror_or_the_one_ns_names() {
         ),
     )
     .expect("config");
-    let own = own_image(&mdir);
-    let mut args = vec!["--no-prepack", "--config", config.to_str().expect("utf-8")];
-    args.extend(own.iter().map(String::as_str));
-    let server = Serving::start(&mdir.join("store"), &mdir, &args);
+    let server = serve_config(&mdir, &config);
     let addr = server.addr.as_str();
     let get = |path: &str| raw_request(addr, "GET", path, &[OCI]);
     let unprefixed = get("/v2/lib/tool/manifests/latest");
@@ -722,10 +727,7 @@ fn a_distribution_upstream_serves_every_client_and_only_the_pulled_platform_is_f
         ),
     )
     .expect("config");
-    let own = own_image(&mdir);
-    let mut args = vec!["--no-prepack", "--config", config.to_str().expect("utf-8")];
-    args.extend(own.iter().map(String::as_str));
-    let server = Serving::start(&mdir.join("store"), &mdir, &args);
+    let server = serve_config(&mdir, &config);
     let addr = server.addr.clone();
     let (here_layer, here_config, here_manifest) =
         (&here_digests[0], &here_digests[1], &here_digests[2]);
@@ -1000,10 +1002,7 @@ fn a_tls_upstream_is_trusted_through_its_ca_and_access_rules_apply_to_mirrored_n
         ),
     )
     .expect("config");
-    let own = own_image(&mdir);
-    let mut args = vec!["--no-prepack", "--config", config.to_str().expect("utf-8")];
-    args.extend(own.iter().map(String::as_str));
-    let server = Serving::start(&mdir.join("store"), &mdir, &args);
+    let server = serve_config(&mdir, &config);
     let addr = server.addr.as_str();
     let basic = |user: &str| {
         use base64::Engine as _;

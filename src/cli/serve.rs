@@ -477,14 +477,18 @@ pub async fn run(mut s: Settings) -> Result<(), String> {
             say(format_args!("{line}"));
         }
     }
+    let metrics_on = metrics_listener.is_some();
     if let Some(listener) = metrics_listener {
         let at = listener.local_addr().map_err(msg)?;
         say(format_args!("metrics    http://{at}/metrics"));
         tokio::spawn(registry::serve_metrics(listener, server.registry()));
-        // Counted once in the background; commits keep the count after.
+    }
+    if metrics_on || s.ui {
+        // Counted once in the background (for the metrics and the web page's storage page);
+        // commits keep the count after.
         tokio::spawn(async move {
             if let Err(e) = store.count().await {
-                tracing::warn!(error = %e, "cannot count the store's blobs for the metrics");
+                tracing::warn!(error = %e, "cannot count the store's blobs");
             }
         });
     }
